@@ -1,0 +1,1 @@
+"""Checkpoint conversion: Hugging Face / OpenAI original layouts -> mlx-oss folders."""
