@@ -1,0 +1,258 @@
+"""`mlx-oss convert SRC DST`: checkpoint (HF or original layout) -> self-contained mlx-oss folder.
+
+Streams tensor by tensor (one expert at a time) with positioned reads, so peak memory does not grow
+with the checkpoint. MXFP4 experts are byte-copied (gate/up rows reordered, see docs/FORMAT.md).
+Everything is written into a hidden sibling folder that is renamed into place only when complete, so
+a failed or interrupted run never leaves a DST that looks valid.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from convert import dense_quant
+from convert.errors import ConvertError
+from convert.progress import Progress
+from convert.reader import FORMAT_NAME, FORMAT_VERSION, SourceCheckpoint, open_source
+from convert.safetensors_io import StreamingWriter, nbytes_of
+
+MAX_SHARD_BYTES = 2 * 1024**3
+MANIFEST = "manifest.json"
+TOKENIZER_FILE = "o200k_base.tiktoken"
+
+
+def bundled_vocab() -> Path:
+    from mlx_oss.tokenizer import bundled_vocab_path
+
+    return bundled_vocab_path()
+
+
+@dataclass
+class _Out:
+    """One output tensor and the function producing its bytes in order."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    chunks: Callable[[], Iterator[np.ndarray]]
+    source_bytes: int = 0  # bytes of input it consumes (for progress)
+
+
+@dataclass
+class ConvertResult:
+    dst: Path
+    layout: str
+    bytes_written: int
+    files: int
+    dense_errors: dict[str, float] = field(default_factory=dict)
+    skipped: bool = False
+
+
+def _plan(src: SourceCheckpoint, dense_bits: int | None) -> tuple[list[_Out], dict[str, dense_quant.ErrorMeter]]:
+    outs: list[_Out] = []
+    meters: dict[str, dense_quant.ErrorMeter] = {}
+    for spec in src.specs():
+        nb = nbytes_of(spec.dtype, spec.shape)
+        if dense_bits and dense_quant.is_quantizable(spec.name):
+            outs += _quantized_outs(src, spec.name, spec.shape, dense_bits, meters)
+            continue
+        outs.append(_Out(spec.name, spec.dtype, spec.shape, lambda n=spec.name: src.chunks(n), nb))
+    return outs, meters
+
+
+def _quantized_outs(src: SourceCheckpoint, name: str, shape: tuple[int, ...], bits: int, meters: dict) -> list[_Out]:
+    """X.weight -> X.weight/X.scales/X.biases; scales and biases (1/16 of the weight) wait in memory."""
+    specs = dense_quant.quantized_specs(name, shape, bits)
+    meter = meters[name] = dense_quant.ErrorMeter(shape[1])
+    held: dict[str, list[np.ndarray]] = {"scales": [], "biases": []}
+
+    def weight() -> Iterator[np.ndarray]:
+        for chunk in src.chunks(name):
+            for r0 in range(0, chunk.shape[0], dense_quant.ROWS_PER_CHUNK):
+                wq, s, b = dense_quant.quantize_chunk(chunk[r0 : r0 + dense_quant.ROWS_PER_CHUNK], bits, meter)
+                held["scales"].append(s)
+                held["biases"].append(b)
+                yield wq
+
+    def drain(key: str) -> Callable[[], Iterator[np.ndarray]]:
+        def it() -> Iterator[np.ndarray]:
+            yield from held[key]
+            held[key] = []
+
+        return it
+
+    return [
+        _Out(*specs[0], weight, nbytes_of("BF16", shape)),
+        _Out(*specs[1], drain("scales")),
+        _Out(*specs[2], drain("biases")),
+    ]
+
+
+def _shards(outs: list[_Out], max_bytes: int) -> list[list[_Out]]:
+    shards: list[list[_Out]] = [[]]
+    size = 0
+    for o in outs:
+        nb = nbytes_of(o.dtype, o.shape)
+        if shards[-1] and size + nb > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(o)
+        size += nb
+    return shards
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_complete(dst: Path) -> bool:
+    """A finished mlx-oss folder: our config plus a manifest whose files are all present at full size."""
+    try:
+        cfg = json.loads((dst / "config.json").read_text())
+        man = json.loads((dst / MANIFEST).read_text())
+        return cfg.get("format") == FORMAT_NAME and all(
+            (dst / rel).is_file() and (dst / rel).stat().st_size == meta["bytes"] for rel, meta in man["files"].items()
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def verify_folder(dst: str | Path) -> list[str]:
+    """Re-read every file in the manifest; returns the problems found (empty = intact)."""
+    dst = Path(dst)
+    try:
+        man = json.loads((dst / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError) as e:
+        return [f"{dst / MANIFEST}: unreadable manifest ({e})"]
+    problems = []
+    for rel, meta in man.items():
+        p = dst / rel
+        if not p.is_file():
+            problems.append(f"{p}: missing")
+        elif p.stat().st_size != meta["bytes"]:
+            problems.append(f"{p}: {p.stat().st_size} bytes, manifest says {meta['bytes']}")
+        elif _sha256_file(p) != meta["sha256"]:
+            problems.append(f"{p}: sha256 differs from the manifest")
+    return problems
+
+
+def _os_error(e: OSError, dst: Path, need: int) -> ConvertError:
+    if e.errno == errno.ENOSPC:
+        return ConvertError(f"{dst}: no space left on device (the converted model needs about {need / 1e9:.2f} GB)")
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return ConvertError(f"{dst.parent}: not writable ({e.strerror or e}); choose another DST")
+    return ConvertError(f"{dst}: write failed ({e.strerror or e})")
+
+
+def convert_checkpoint(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    dense_bits: int | None = None,
+    force: bool = False,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+    progress: bool = True,
+) -> ConvertResult:
+    """Convert `src` into `dst`; raises ConvertError (one line) on bad input or a failed write."""
+    if dense_bits not in (None, 4, 8):
+        raise ConvertError(f"--dense-bits must be 4 or 8, not {dense_bits}")
+    dst = Path(dst).expanduser().absolute()
+    source = open_source(src)
+    if source.layout == "mlx-oss":
+        raise ConvertError(f"{source.root}: already an mlx-oss folder; nothing to convert")
+    if dst.exists():
+        if is_complete(dst) and not force:
+            return ConvertResult(dst, source.layout, 0, 0, skipped=True)
+        if not force and (not dst.is_dir() or any(dst.iterdir())):
+            raise ConvertError(f"{dst}: exists and is not a complete mlx-oss folder; remove it or pass --force")
+    outs, meters = _plan(source, dense_bits)
+    shards = _shards(outs, max_shard_bytes)
+    need = sum(nbytes_of(o.dtype, o.shape) for o in outs)
+    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(dst.parent).free
+        if free < need * 1.02 + (1 << 20):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        written = _write(tmp, source, shards, meters, dense_bits, progress)
+        if dst.exists():
+            old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+            os.replace(dst, old)
+            os.replace(tmp, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dst)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _os_error(e, dst, need) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    errors = {n: m.relative_error for n, m in meters.items()}
+    return ConvertResult(dst, source.layout, written, len(shards), errors)
+
+
+def _write(tmp: Path, source: SourceCheckpoint, shards: list[list[_Out]], meters, dense_bits, progress: bool) -> int:
+    bar = Progress(sum(o.source_bytes for s in shards for o in s), "converting", enabled=progress)
+    files: dict[str, dict] = {}
+    weight_map: dict[str, str] = {}
+    written = 0
+    for k, shard in enumerate(shards):
+        fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        w = StreamingWriter(tmp / fname, [(o.name, o.dtype, o.shape) for o in shard], {"format": "mlx"})
+        try:
+            for o in shard:
+                for chunk in o.chunks():
+                    w.write(o.name, chunk)
+                bar.update(o.source_bytes)
+                weight_map[o.name] = fname
+            sha = w.close()
+        except BaseException:
+            w.abort()
+            raise
+        files[fname] = {"sha256": sha, "bytes": w.total_bytes}
+        written += w.total_bytes
+    bar.close()
+
+    (tmp / "tokenizer").mkdir()
+    shutil.copyfile(bundled_vocab(), tmp / "tokenizer" / TOKENIZER_FILE)
+    quant: dict = {"experts": {"mode": "mxfp4", "bits": 4, "group_size": 32}, "dense": None}
+    if dense_bits:
+        quant["dense"] = {
+            "mode": "affine", "bits": dense_bits, "group_size": dense_quant.GROUP_SIZE,
+            "modules": ["attn.qkv", "attn.out", "embed", "unembed"],
+            "relative_error": {n: round(m.relative_error, 6) for n, m in meters.items()},
+        }  # fmt: skip
+    config = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "model_type": "gpt_oss",
+        **source.dims.ours(),
+        "quantization": quant,
+        "gate_up_layout": "halves",
+        "source": {"layout": source.layout, "path": str(source.root)},
+    }
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    index = {"metadata": {"total_size": sum(f["bytes"] for f in files.values())}, "weight_map": weight_map}
+    (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    for rel in ("config.json", "model.safetensors.index.json", f"tokenizer/{TOKENIZER_FILE}"):
+        p = tmp / rel
+        files[rel] = {"sha256": _sha256_file(p), "bytes": p.stat().st_size}
+    (tmp / MANIFEST).write_text(json.dumps({"format_version": FORMAT_VERSION, "files": files}, indent=2) + "\n")
+    return written

@@ -1,0 +1,194 @@
+"""Open a checkpoint folder in any layout and serve its tensors in OUR naming and layout.
+
+`open_source` detects the layout (Hugging Face, OpenAI `original/`, or an mlx-oss folder), reads every
+safetensors header, and checks names, dtypes and shapes against the config before anything is
+converted, so bad input fails fast with one line and nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from convert import mxfp4
+from convert.errors import ConvertError
+from convert.layouts import Dims, Source, Spec, our_specs, source_map, source_specs
+from convert.safetensors_io import TensorInfo, read_header, read_tensor
+
+FORMAT_NAME = "mlx-oss"
+FORMAT_VERSION = 1
+DENSE_ROW_CHUNK = 16384  # rows per read for big dense matrices (bounded memory)
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise ConvertError(f"{path}: cannot read ({e.strerror or e})") from None
+    except ValueError as e:
+        raise ConvertError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConvertError(f"{path}: expected a JSON object")
+    return data
+
+
+def detect_layout(path: Path) -> tuple[str, Path]:
+    """-> (layout, folder): "hf", "original" or "mlx-oss"; looks inside `original/` of a Hub snapshot."""
+    path = Path(path)
+    if not path.exists():
+        raise ConvertError(f"{path}: no such file or folder")
+    if not path.is_dir():
+        raise ConvertError(f"{path}: expected a checkpoint folder, got a file")
+    cfg_path = path / "config.json"
+    if cfg_path.is_file():
+        cfg = _load_json(cfg_path)
+        has_st = any(path.glob("*.safetensors"))
+        if cfg.get("format") == FORMAT_NAME:
+            return "mlx-oss", path
+        if cfg.get("model_type") == "gpt_oss" and (has_st or (path / "model.safetensors.index.json").is_file()):
+            return "hf", path
+        if "num_experts" in cfg and "experts_per_token" in cfg and has_st:
+            return "original", path
+    if (path / "original" / "config.json").is_file():
+        return detect_layout(path / "original")
+    raise ConvertError(
+        f"{path}: not a gpt-oss checkpoint (expected config.json with model_type gpt_oss and model*.safetensors, "
+        "or OpenAI's original/ layout with config.json and model.safetensors)"
+    )
+
+
+@dataclass
+class SourceCheckpoint:
+    """A validated checkpoint; `tensors()` yields our tensors one by one, in file order."""
+
+    root: Path
+    layout: str
+    dims: Dims
+    config: dict
+    files: dict[str, tuple[Path, TensorInfo]]  # source name -> (file, header entry)
+    sources: dict[str, Source]  # our name -> how to build it
+
+    def specs(self) -> list[Spec]:
+        """Our tensors (name, dtype, shape), in the order they are written."""
+        if self.layout == "mlx-oss":
+            return [Spec(n, i.dtype, i.shape) for n, (_, i) in self.files.items()]
+        return list(our_specs(self.dims))
+
+    @property
+    def source_bytes(self) -> int:
+        return sum(info.nbytes for _, info in self.files.values())
+
+    def chunks(self, name: str) -> Iterator[np.ndarray]:
+        """Our tensor `name` in pieces along axis 0 (one expert, or up to 16k rows at a time)."""
+        src = self.sources[name]
+        if src.kind == "concat":
+            for n in src.names:
+                yield self._read(n)
+            return
+        path, info = self.files[src.names[0]]
+        rows = info.shape[0] if info.shape else 1
+        step = 1 if src.kind != "copy" or len(info.shape) == 3 else DENSE_ROW_CHUNK
+        if len(info.shape) <= 1:
+            yield read_tensor(path, info)
+            return
+        for r0 in range(0, rows, step):
+            c = read_tensor(path, info, slice(r0, min(rows, r0 + step)))
+            if src.kind in ("deint", "deint_words"):
+                n = c.shape[1]
+                perm = np.concatenate([np.arange(0, n, 2), np.arange(1, n, 2)])
+                c = c[:, perm]
+            if src.kind in ("mx_words", "deint_words"):
+                c = mxfp4.blocks_to_words(c)
+            yield c
+
+    def tensor(self, name: str) -> np.ndarray:
+        return np.concatenate(list(self.chunks(name)), axis=0)
+
+    def tensors(self) -> Iterator[tuple[Spec, np.ndarray]]:
+        """Every tensor, whole (for in-memory loading; the converter streams `chunks` instead)."""
+        for s in self.specs():
+            yield s, self.tensor(s.name).reshape(s.shape)
+
+    def _read(self, source_name: str) -> np.ndarray:
+        path, info = self.files[source_name]
+        return read_tensor(path, info)
+
+
+def _dims_for(layout: str, cfg: dict, cfg_path: Path) -> Dims:
+    try:
+        if layout == "hf":
+            return Dims.from_hf(cfg, str(cfg_path))
+        if layout == "original":
+            return Dims.from_original(cfg, str(cfg_path))
+        return Dims.from_ours(cfg, str(cfg_path))
+    except KeyError as e:
+        raise ConvertError(str(e.args[0])) from None
+    except (TypeError, ValueError) as e:
+        raise ConvertError(f"{cfg_path}: {e}") from None
+
+
+def _shard_files(root: Path, layout: str) -> list[Path]:
+    index = root / "model.safetensors.index.json"
+    if layout in ("hf", "mlx-oss") and index.is_file():
+        wm = _load_json(index).get("weight_map")
+        if not isinstance(wm, dict):
+            raise ConvertError(f"{index}: field weight_map missing")
+        files = []
+        for fname in dict.fromkeys(wm.values()):
+            p = root / fname
+            if not p.is_file():
+                raise ConvertError(f"{p}: shard listed in {index.name} is missing")
+            files.append(p)
+        return files
+    files = sorted(root.glob("*.safetensors"))
+    if not files:
+        raise ConvertError(f"{root}: no .safetensors files")
+    return files
+
+
+def _expected_field(spec_name: str, layout: str) -> str:
+    if any(k in spec_name for k in ("expert", "mlp1", "mlp2", "router", "mlp.gate")):
+        return "num_local_experts" if layout == "hf" else "num_experts"
+    if "embed" in spec_name or "lm_head" in spec_name:
+        return "vocab_size/hidden_size"
+    return "hidden_size/head_dim/num_attention_heads/num_key_value_heads"
+
+
+def open_source(path: str | Path) -> SourceCheckpoint:
+    """Detect, read headers, validate every tensor against the config. Raises ConvertError."""
+    layout, root = detect_layout(Path(path))
+    cfg_path = root / "config.json"
+    cfg = _load_json(cfg_path)
+    if layout == "mlx-oss" and cfg.get("format_version") != FORMAT_VERSION:
+        raise ConvertError(f"{cfg_path}: field format_version is {cfg.get('format_version')!r}, expected {FORMAT_VERSION}")
+    dims = _dims_for(layout, cfg, cfg_path)
+    files: dict[str, tuple[Path, TensorInfo]] = {}
+    for f in _shard_files(root, layout):
+        infos, _ = read_header(f)
+        for name, info in infos.items():
+            if name in files:
+                raise ConvertError(f"{f}: tensor {name} also appears in {files[name][0].name}")
+            files[name] = (f, info)
+    if layout == "mlx-oss":
+        return SourceCheckpoint(root, layout, dims, cfg, files, {n: Source((n,)) for n in files})
+    expected = source_specs(layout, dims)
+    for name, spec in expected.items():
+        if name not in files:
+            raise ConvertError(f"{root}: tensor {name} missing (expected {spec.dtype} {list(spec.shape)})")
+        f, info = files[name]
+        if info.dtype != spec.dtype:
+            raise ConvertError(f"{f}: tensor {name} has dtype {info.dtype}, expected {spec.dtype}")
+        if info.shape != spec.shape:
+            field = _expected_field(name, layout)
+            raise ConvertError(
+                f"{f}: tensor {name} has shape {list(info.shape)}, expected {list(spec.shape)} "
+                f"from {cfg_path.name} ({field})"
+            )
+    for name, (f, _) in files.items():
+        if name not in expected:
+            raise ConvertError(f"{f}: unexpected tensor {name} (not part of a {layout} gpt-oss checkpoint with this config)")
+    return SourceCheckpoint(root, layout, dims, cfg, files, source_map(layout, dims))
