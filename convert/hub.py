@@ -1,0 +1,36 @@
+"""Download a gpt-oss checkpoint from the Hugging Face Hub (optional extra `mlx-oss[hub]`).
+
+huggingface_hub resumes interrupted downloads and draws its own progress bars; we fetch only the
+Hugging Face layout at the repo root (not `original/` nor `metal/`, which would double or triple the
+13 GB / 65 GB download).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from convert.errors import ConvertError
+
+HF_PATTERNS = ["config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json"]
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def is_repo_id(name: str) -> bool:
+    """`org/name` that is not an existing local path."""
+    return bool(_REPO_ID.fullmatch(name)) and not Path(name).expanduser().exists()
+
+
+def download(repo_id: str, revision: str | None = None) -> Path:
+    """Download (or resume) `repo_id` into the Hugging Face cache and return the snapshot folder."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ConvertError(
+            f"{repo_id}: downloading from the Hub needs huggingface_hub; run: pip install 'mlx-oss[hub]'"
+        ) from None
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HF_PATTERNS))
+    except Exception as e:  # network, auth, not-found: all become one line for the user
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConvertError(f"{repo_id}: download from the Hugging Face Hub failed ({msg})") from None

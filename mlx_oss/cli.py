@@ -1,0 +1,114 @@
+"""The `mlx-oss` command: one entry point, a subcommand per job.
+
+Exit codes: 0 success, 1 model/runtime error (one line on stderr), 2 bad arguments.
+Set MLX_OSS_DEBUG=1 to see the traceback behind an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable
+
+from convert.errors import ConvertError
+
+
+def _cmd_convert(a: argparse.Namespace) -> int:
+    from convert.convert import convert_checkpoint, is_complete, verify_folder
+    from convert.hub import download, is_repo_id
+
+    src = download(a.src) if is_repo_id(a.src) else a.src
+    r = convert_checkpoint(
+        src, a.dst, dense_bits=a.dense_bits, force=a.force,
+        max_shard_bytes=int(a.shard_size * 1e9), progress=not a.no_progress,
+    )  # fmt: skip
+    if r.skipped:
+        print(f"{r.dst}: already converted (pass --force to convert again)")
+    else:
+        print(f"converted {r.layout} checkpoint into {r.dst} ({r.bytes_written / 1e9:.2f} GB in {r.files} shard(s))")
+        for name, err in r.dense_errors.items():
+            print(f"  {a.dense_bits}-bit {name}: relative error {err:.2e} on a fixed activation batch")
+    if a.verify:
+        problems = verify_folder(r.dst) if is_complete(r.dst) else [f"{r.dst}: incomplete"]
+        if problems:
+            raise ConvertError(f"verify failed: {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
+        print(f"{r.dst}: verified, every file matches manifest.json")
+    return 0
+
+
+def _cmd_info(a: argparse.Namespace) -> int:
+    from mlx_oss.info import describe, format_info, info_json
+
+    info = describe(a.path)
+    contexts = a.context or [4096, 32768, 131072]
+    print(json.dumps(info_json(info, contexts), indent=2) if a.json else format_info(info, contexts))
+    return 0
+
+
+def _int_list(s: str) -> list[int]:
+    try:
+        return [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mlx-oss", description="gpt-oss on Apple Silicon with MLX")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("convert", help="convert a checkpoint (HF or original layout, local or Hub id) to an mlx-oss folder")
+    c.add_argument("src", help="checkpoint folder (Hugging Face layout, OpenAI original/ layout) or Hub id like openai/gpt-oss-20b")
+    c.add_argument("dst", help="output folder (created; written to a temporary sibling and renamed at the end)")
+    c.add_argument("--dense-bits", type=int, choices=[4, 8], default=None, help="quantize attention, embedding and lm_head (affine, group 64)")
+    c.add_argument("--force", action="store_true", help="convert even if DST is already a complete mlx-oss folder")
+    c.add_argument("--verify", action="store_true", help="re-read DST and check every file against manifest.json")
+    c.add_argument("--shard-size", type=float, default=2.0, metavar="GB", help="maximum shard size (default 2)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.set_defaults(func=_cmd_convert)
+
+    i = sub.add_parser("info", help="parameters, weight bytes, KV cache and memory needed for a model")
+    i.add_argument("path", help="converted folder, checkpoint folder or config.json")
+    i.add_argument("--context", type=_int_list, default=None, help="context lengths, e.g. 4096,131072")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(func=_cmd_info)
+
+    for name, register in _optional_commands():
+        register(sub)
+    return p
+
+
+def _optional_commands() -> list[tuple[str, Callable]]:
+    """Subcommands that live in their own modules (generate, chat, bench), registered if present."""
+    import importlib
+    import importlib.util
+
+    found = []
+    for name, mod in (("generate", "mlx_oss.generate_cli"), ("chat", "tui.cli"), ("bench", "mlx_oss.bench")):
+        if importlib.util.find_spec(mod) is not None:
+            found.append((name, importlib.import_module(mod).register))
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        return a.func(a)
+    except ConvertError as e:
+        print(f"mlx-oss: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mlx-oss: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # never a traceback for the user; MLX_OSS_DEBUG=1 shows it
+        if os.environ.get("MLX_OSS_DEBUG"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"mlx-oss: error: {type(e).__name__}: {first}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""Shared fixtures: small synthetic checkpoints in the real on-disk layouts, generated once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# openai-harmony (a test-only oracle) reads o200k_base from here instead of the network.
+os.environ.setdefault("TIKTOKEN_ENCODINGS_BASE", str(Path(__file__).resolve().parents[1] / "mlx_oss" / "data"))
+
+from convert.convert import convert_checkpoint  # noqa: E402
+from convert.synthetic import preset, write_hub_snapshot  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_hub(tmp_path_factory) -> Path:
+    """A Hub-shaped snapshot of the 'tiny' preset: HF layout at the root, OpenAI layout in original/."""
+    return write_hub_snapshot(tmp_path_factory.mktemp("ckpt") / "tiny", preset("tiny"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tiny_hub: Path) -> Path:
+    return tiny_hub
+
+
+@pytest.fixture(scope="session")
+def tiny_original(tiny_hub: Path) -> Path:
+    return tiny_hub / "original"
+
+
+@pytest.fixture(scope="session")
+def tiny_converted(tiny_hf: Path, tmp_path_factory) -> Path:
+    """The tiny model converted to an mlx-oss folder (do not modify: shared by the session)."""
+    return convert_checkpoint(tiny_hf, tmp_path_factory.mktemp("conv") / "tiny", progress=False).dst
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_converted(tmp_path_factory) -> Path:
+    """Tiny layers with the full 201088-token vocabulary, for tests that go through the tokenizer."""
+    root = tmp_path_factory.mktemp("chat")
+    from convert.synthetic import write_checkpoint
+
+    src = write_checkpoint(root / "src", preset("tiny-chat"), "hf", seed=0)
+    return convert_checkpoint(src, root / "converted", progress=False).dst

@@ -1,0 +1,262 @@
+"""`mlx-oss convert`: exact MXFP4 repacking, self-contained output, bad input never leaves a DST."""
+
+import errno
+import hashlib
+import json
+import shutil
+import tracemalloc
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from convert import mxfp4
+from convert.convert import convert_checkpoint, is_complete, verify_folder
+from convert.errors import ConvertError
+from convert.safetensors_io import StreamingWriter, read_header, read_tensor, write_file
+from convert.synthetic import preset, write_checkpoint
+from mlx_oss.cli import main
+from mlx_oss.tokenizer import bundled_vocab_path
+
+
+def _load(folder: Path) -> dict[str, mx.array]:
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(mx.load(str(f)))
+    return out
+
+
+def _f32(a: mx.array) -> np.ndarray:
+    return np.array(a.astype(mx.float32))
+
+
+def test_both_layouts_convert_to_identical_bytes(tiny_hf, tiny_original, tmp_path, tiny_converted):
+    b = convert_checkpoint(tiny_original, tmp_path / "b", progress=False).dst
+    man_a = json.loads((tiny_converted / "manifest.json").read_text())["files"]
+    man_b = json.loads((b / "manifest.json").read_text())["files"]
+    shards = [k for k in man_a if k.endswith(".safetensors")]
+    assert shards and all(man_a[k]["sha256"] == man_b[k]["sha256"] for k in shards)
+
+
+def test_experts_stay_packed_bytes_permuted_not_requantized(tiny_original, tiny_converted):
+    w = _load(tiny_converted)
+    f = tiny_original / "model.safetensors"
+    infos, _ = read_header(f)
+    blocks = read_tensor(f, infos["block.1.mlp.mlp1_weight.blocks"])  # [E, 2I, G, 16], rows interleaved
+    scales = read_tensor(f, infos["block.1.mlp.mlp1_weight.scales"])
+    gu = w["layers.1.mlp.gate_up.weight"]
+    assert gu.dtype == mx.uint32 and w["layers.1.mlp.gate_up.scales"].dtype == mx.uint8
+    got = np.array(gu).view(np.uint8).reshape(blocks.shape)
+    I = blocks.shape[1] // 2
+    assert np.array_equal(got[:, :I], blocks[:, 0::2]) and np.array_equal(got[:, I:], blocks[:, 1::2])
+    s = np.array(w["layers.1.mlp.gate_up.scales"])
+    assert np.array_equal(s[:, :I], scales[:, 0::2]) and np.array_equal(s[:, I:], scales[:, 1::2])
+    down = read_tensor(f, infos["block.1.mlp.mlp2_weight.blocks"])
+    assert np.array_equal(np.array(w["layers.1.mlp.down.weight"]).view(np.uint8).reshape(down.shape), down)
+    # MLX's mxfp4 kernels see the reference's values: gate rows then up rows
+    deq = mx.dequantize(gu, w["layers.1.mlp.gate_up.scales"], None, group_size=32, bits=4, mode="mxfp4")
+    ref = mxfp4.dequantize(blocks, scales)
+    assert np.array_equal(_f32(deq), np.concatenate([ref[:, 0::2], ref[:, 1::2]], axis=1))
+
+
+def test_output_is_self_contained_with_manifest(tiny_converted):
+    cfg = json.loads((tiny_converted / "config.json").read_text())
+    assert cfg["format"] == "mlx-oss" and cfg["format_version"] == 1
+    assert cfg["num_experts"] == 8 and cfg["sliding_window"] == 8 and cfg["layer_types"][0] == "sliding_attention"
+    assert cfg["quantization"]["experts"] == {"mode": "mxfp4", "bits": 4, "group_size": 32}
+    tok = tiny_converted / "tokenizer" / "o200k_base.tiktoken"
+    assert tok.read_bytes() == bundled_vocab_path().read_bytes()
+    man = json.loads((tiny_converted / "manifest.json").read_text())["files"]
+    for rel, meta in man.items():
+        assert hashlib.sha256((tiny_converted / rel).read_bytes()).hexdigest() == meta["sha256"]
+    assert {"config.json", "model.safetensors.index.json", "tokenizer/o200k_base.tiktoken"} <= set(man)
+    index = json.loads((tiny_converted / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(_load(tiny_converted))
+    assert verify_folder(tiny_converted) == []
+    assert not list(tiny_converted.parent.glob(".*partial*"))
+
+
+def test_verify_detects_a_flipped_byte(tiny_hf, tmp_path, capsys):
+    dst = convert_checkpoint(tiny_hf, tmp_path / "v", progress=False).dst
+    shard = next(dst.glob("*.safetensors"))
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert any("sha256" in p for p in verify_folder(dst))
+    assert main(["convert", str(tiny_hf), str(dst), "--verify", "--no-progress"]) == 1
+    assert "verify failed" in capsys.readouterr().err
+
+
+def test_existing_complete_dst_is_left_alone_unless_force(tiny_hf, tmp_path, capsys):
+    dst = tmp_path / "d"
+    assert main(["convert", str(tiny_hf), str(dst), "--no-progress"]) == 0
+    shard = next(dst.glob("*.safetensors"))
+    mtime = shard.stat().st_mtime_ns
+    assert main(["convert", str(tiny_hf), str(dst), "--no-progress"]) == 0
+    assert "already converted" in capsys.readouterr().out
+    assert shard.stat().st_mtime_ns == mtime
+    assert main(["convert", str(tiny_hf), str(dst), "--force", "--verify", "--no-progress"]) == 0
+    assert "verified" in capsys.readouterr().out
+    assert is_complete(dst) and not list(tmp_path.glob(".*"))
+
+
+def test_hub_snapshot_and_bare_original_are_detected(tiny_hub, tmp_path):
+    only_original = tmp_path / "snap"
+    shutil.copytree(tiny_hub / "original", only_original / "original")
+    r = convert_checkpoint(only_original, tmp_path / "o", progress=False)
+    assert r.layout == "original"
+    assert convert_checkpoint(tiny_hub, tmp_path / "h", progress=False).layout == "hf"
+
+
+@pytest.mark.parametrize("bits,max_err", [(8, 0.02), (4, 0.3)])
+def test_dense_quantization_reports_its_error(tiny_hf, tmp_path, bits, max_err, tiny_converted):
+    r = convert_checkpoint(tiny_hf, tmp_path / f"q{bits}", dense_bits=bits, progress=False)
+    w, ref = _load(r.dst), _load(tiny_converted)
+    for name in ("embed", "unembed", "layers.0.attn.qkv", "layers.3.attn.out"):
+        assert w[name + ".weight"].dtype == mx.uint32 and name + ".biases" in w
+        deq = mx.dequantize(w[name + ".weight"], w[name + ".scales"], w[name + ".biases"], group_size=64, bits=bits)
+        exact = _f32(ref[name + ".weight"])
+        rel = np.linalg.norm(_f32(deq) - exact) / np.linalg.norm(exact)
+        assert 0 < rel < max_err
+    assert w["layers.0.mlp.gate_up.weight"].dtype == mx.uint32  # experts untouched
+    assert np.array_equal(np.array(w["layers.0.mlp.gate_up.weight"]), np.array(ref["layers.0.mlp.gate_up.weight"]))
+    errs = json.loads((r.dst / "config.json").read_text())["quantization"]["dense"]["relative_error"]
+    assert set(errs) == set(r.dense_errors) and all(0 < e < max_err for e in errs.values())
+
+
+def test_peak_memory_does_not_grow_with_checkpoint(tmp_path):
+    """Streaming: Python/numpy peak allocation stays far below the checkpoint size."""
+    spec = preset("tiny", vocab_size=65536, num_experts=32)
+    src = write_checkpoint(tmp_path / "src", spec, "hf")
+    size = sum(p.stat().st_size for p in src.glob("*.safetensors"))
+    tracemalloc.start()
+    convert_checkpoint(src, tmp_path / "dst", progress=False)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert size > 16e6 and peak < size / 4
+
+
+# ------------------------------------------------------------------ bad input: one line, exit 1, no DST
+
+
+def _rewrite(shard: Path, edit) -> None:
+    """Rewrite a safetensors shard through `edit(dict name -> (dtype, array))`."""
+    infos, meta = read_header(shard)
+    tensors = {n: (i.dtype, read_tensor(shard, i)) for n, i in infos.items()}
+    edit(tensors)
+    write_file(shard, tensors, meta)
+
+
+def _layer_shard(folder: Path) -> Path:
+    return folder / "model-00002-of-00006.safetensors"
+
+
+def _broken(tiny_hub, tmp_path, how: str) -> Path:
+    src = tmp_path / "src"
+    shutil.copytree(tiny_hub, src, ignore=shutil.ignore_patterns("original"))
+    sinks = "model.layers.0.self_attn.sinks"
+    if how == "missing tensor":
+        _rewrite(_layer_shard(src), lambda t: t.pop(sinks))
+        idx = json.loads((src / "model.safetensors.index.json").read_text())
+        del idx["weight_map"][sinks]
+        (src / "model.safetensors.index.json").write_text(json.dumps(idx))
+    elif how == "unexpected tensor":
+        _rewrite(_layer_shard(src), lambda t: t.update({"model.layers.0.extra": ("BF16", np.zeros(4, np.uint16))}))
+    elif how == "wrong shape":
+        _rewrite(_layer_shard(src), lambda t: t.update({sinks: ("BF16", np.zeros(15, np.uint16))}))
+    elif how == "wrong dtype":
+        _rewrite(_layer_shard(src), lambda t: t.update({sinks: ("F32", np.zeros(16, np.float32))}))
+    elif how == "truncated shard":
+        p = _layer_shard(src)
+        p.write_bytes(p.read_bytes()[:-1000])
+    elif how == "corrupt header":
+        p = _layer_shard(src)
+        data = bytearray(p.read_bytes())
+        data[8:20] = b"\x00garbage!!\xff\xfe"
+        p.write_bytes(bytes(data))
+    elif how == "config disagrees":
+        cfg = json.loads((src / "config.json").read_text())
+        cfg["num_local_experts"] = 16
+        (src / "config.json").write_text(json.dumps(cfg))
+    elif how == "neither layout":
+        shutil.rmtree(src)
+        src.mkdir()
+        (src / "notes.txt").write_text("hello")
+    elif how == "src missing":
+        shutil.rmtree(src)
+    return src
+
+
+@pytest.mark.parametrize(
+    "how,expect",
+    [
+        ("src missing", "no such file or folder"),
+        ("neither layout", "not a gpt-oss checkpoint"),
+        ("missing tensor", "tensor model.layers.0.self_attn.sinks missing"),
+        ("unexpected tensor", "unexpected tensor model.layers.0.extra"),
+        ("wrong shape", "model.layers.0.self_attn.sinks has shape [15], expected [16]"),
+        ("wrong dtype", "model.layers.0.self_attn.sinks has dtype F32, expected BF16"),
+        ("truncated shard", "truncated"),
+        ("corrupt header", "corrupt safetensors header"),
+        ("config disagrees", "num_local_experts"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_no_dst(tiny_hub, tmp_path, capsys, how, expect):
+    src = _broken(tiny_hub, tmp_path, how)
+    dst = tmp_path / "out" / "dst"
+    assert main(["convert", str(src), str(dst), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mlx-oss: error: ") and expect in err, err
+    assert "Traceback" not in err
+    out = tmp_path / "out"
+    assert not dst.exists() and (not out.exists() or not list(out.iterdir()))
+
+
+def test_full_disk_before_writing(tiny_hf, tmp_path, capsys, monkeypatch):
+    import convert.convert as cc
+
+    monkeypatch.setattr(cc.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 10, 10))
+    assert main(["convert", str(tiny_hf), str(tmp_path / "dst"), "--no-progress"]) == 1
+    assert "no space left on device" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_fills_mid_write_leaves_nothing(tiny_hf, tmp_path, capsys, monkeypatch):
+    written = {"n": 0}
+    real_put = StreamingWriter._put
+
+    def put(self, data):
+        written["n"] += len(data)
+        if written["n"] > 200_000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_put(self, data)
+
+    monkeypatch.setattr(StreamingWriter, "_put", put)
+    assert main(["convert", str(tiny_hf), str(tmp_path / "dst"), "--no-progress"]) == 1
+    assert "no space left on device" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # neither DST nor the hidden partial folder
+
+
+def test_read_only_destination(tiny_hf, tmp_path, capsys, monkeypatch):
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *a, **k):
+        if self.name.startswith(".dst.partial"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_mkdir(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    assert main(["convert", str(tiny_hf), str(tmp_path / "dst"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "not writable (Read-only file system)" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_to_overwrite_a_foreign_folder(tiny_hf, tmp_path, capsys):
+    dst = tmp_path / "mine"
+    dst.mkdir()
+    (dst / "precious.txt").write_text("keep me")
+    assert main(["convert", str(tiny_hf), str(dst), "--no-progress"]) == 1
+    assert "not a complete mlx-oss folder" in capsys.readouterr().err
+    assert (dst / "precious.txt").read_text() == "keep me"
