@@ -1,0 +1,127 @@
+"""Model hyper-parameters, read from our config.json or from an original / Hugging Face one.
+
+Field names are OpenAI's (`gpt_oss/torch/model.py: ModelConfig`) so the model code reads like the
+reference. Parsing of the two source layouts is delegated to `convert.layouts.Dims`, the one table
+the converter and `mlx-oss info` also use, so loader and converter can never disagree on a field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SLIDING = "sliding_attention"
+FULL = "full_attention"
+
+
+@dataclass(frozen=True)
+class DenseQuant:
+    """Affine quantization of the big dense matrices (`mlx-oss convert --dense-bits`)."""
+
+    bits: int = 8
+    group_size: int = 64
+    modules: tuple[str, ...] = ("attn.qkv", "attn.out", "embed", "unembed")
+
+    def applies_to(self, path: str) -> bool:
+        """`path` is an MLX module path such as `layers.3.attn.qkv` or `embed`."""
+        return any(path == m or path.endswith("." + m) for m in self.modules)
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """Everything the MLX model needs to build itself (defaults: gpt-oss-20b)."""
+
+    num_hidden_layers: int = 24
+    num_experts: int = 32
+    experts_per_token: int = 4
+    vocab_size: int = 201088
+    hidden_size: int = 2880
+    intermediate_size: int = 2880
+    swiglu_limit: float = 7.0
+    head_dim: int = 64
+    num_attention_heads: int = 64
+    num_key_value_heads: int = 8
+    sliding_window: int = 128
+    initial_context_length: int = 4096
+    rope_theta: float = 150000.0
+    rope_scaling_factor: float = 32.0
+    rope_ntk_alpha: float = 1.0
+    rope_ntk_beta: float = 32.0
+    rms_norm_eps: float = 1e-5
+    max_position_embeddings: int = 131072
+    layer_types: tuple[str, ...] = field(default=())
+    swiglu_alpha: float = 1.702  # hard-coded in the reference's swiglu()
+    expert_group_size: int = 32  # MXFP4: one e8m0 scale per 32 values
+    dense_quant: DenseQuant | None = None
+
+    def __post_init__(self) -> None:
+        if not self.layer_types:
+            # The reference slides on even layers (`layer_idx % 2 == 0`).
+            types = tuple(SLIDING if i % 2 == 0 else FULL for i in range(self.num_hidden_layers))
+            object.__setattr__(self, "layer_types", types)
+        else:
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        if len(self.layer_types) != self.num_hidden_layers:
+            raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.num_hidden_layers} layers")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
+
+    # ------------------------------------------------------------------ derived
+
+    def is_sliding(self, layer: int) -> bool:
+        return self.layer_types[layer] == SLIDING
+
+    @property
+    def sm_scale(self) -> float:
+        return 1.0 / math.sqrt(self.head_dim)
+
+    @property
+    def qkv_dim(self) -> int:
+        return (self.num_attention_heads + 2 * self.num_key_value_heads) * self.head_dim
+
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def from_dims(cls, dims: Any, dense_quant: DenseQuant | None = None) -> "ModelArgs":
+        """From `convert.layouts.Dims` (or anything with the same attributes)."""
+        names = {f for f in cls.__dataclass_fields__} - {"swiglu_alpha", "expert_group_size", "dense_quant"}
+        vals = {k: getattr(dims, k) for k in names if hasattr(dims, k)}
+        return cls(**vals, dense_quant=dense_quant)
+
+    @classmethod
+    def from_dict(cls, cfg: dict, where: str = "config.json") -> "ModelArgs":
+        """Any of the three config.json flavours: ours, OpenAI's original, Hugging Face."""
+        from convert.layouts import Dims
+
+        if cfg.get("format") == "mlx-oss":
+            dims = Dims.from_ours(cfg, where)
+            dense = ((cfg.get("quantization") or {}).get("dense")) or None
+            if (cfg.get("quantization") or {}).get("experts", {}).get("mode", "mxfp4") != "mxfp4":
+                raise ValueError(f"{where}: only mxfp4 experts are supported")
+            dq = None
+            if dense:
+                dq = DenseQuant(
+                    bits=int(dense["bits"]),
+                    group_size=int(dense.get("group_size", 64)),
+                    modules=tuple(dense.get("modules", DenseQuant.modules)),
+                )
+            return cls.from_dims(dims, dq)
+        if cfg.get("model_type") == "gpt_oss":
+            return cls.from_dims(Dims.from_hf(cfg, where))
+        return cls.from_dims(Dims.from_original(cfg, where))
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> "ModelArgs":
+        """A folder holding config.json (or the config.json itself)."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / "config.json"
+        return cls.from_dict(json.loads(p.read_text()), str(p))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["layer_types"] = list(self.layer_types)
+        return d

@@ -1,0 +1,106 @@
+"""`load(path, dtype=None) -> (model, tokenizer)` for converted folders and original checkpoints.
+
+A converted (mlx-oss) folder is read with `mx.load`, tensors already in our names and layout. An
+OpenAI `original/` or Hugging Face checkpoint (or a Hub snapshot holding both) is converted in memory
+through `convert.reader`, the converter's own reader, so both paths produce the same bytes and hence
+bit-identical logits.
+
+Dtypes: dense floats are cast to the compute dtype; RMSNorm weights stay float32 (the reference keeps
+them in float32); MXFP4 words/scales and affine-quantized words stay as stored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import mlx.core as mx
+import numpy as np
+
+from mlx_oss import device
+from mlx_oss.config import ModelArgs
+from mlx_oss.model import Model, build_model
+
+DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+
+
+def resolve_dtype(dtype: str | mx.Dtype | None) -> mx.Dtype:
+    """None -> the device default (bfloat16 on a Metal GPU, float32 on the CPU backend)."""
+    if dtype is None:
+        dtype = device.default_dtype()
+    if isinstance(dtype, mx.Dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    return DTYPES[dtype]
+
+
+def _cast(name: str, a: mx.array, dtype: mx.Dtype) -> mx.array:
+    if not mx.issubdtype(a.dtype, mx.floating):
+        return a  # MXFP4 / affine words and e8m0 scales
+    if name.endswith("norm.weight"):
+        return a.astype(mx.float32)
+    return a.astype(dtype)
+
+
+def _is_converted(path: Path) -> bool:
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("format") == "mlx-oss"
+    except ValueError:
+        return False
+
+
+def _converted_weights(path: Path) -> Iterable[tuple[str, mx.array]]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = dict.fromkeys(json.loads(index.read_text())["weight_map"].values())
+    else:
+        files = sorted(p.name for p in path.glob("*.safetensors"))
+    for f in files:
+        yield from mx.load(str(path / f)).items()
+
+
+def _source_weights(src: Any) -> Iterable[tuple[str, mx.array]]:
+    """Tensors of a `convert.reader.SourceCheckpoint`, bf16 carried as uint16 bits."""
+    for spec, arr in src.tensors():
+        a = mx.array(np.ascontiguousarray(arr))
+        if spec.dtype == "BF16":
+            a = a.view(mx.bfloat16)
+        yield spec.name, a
+
+
+def load_model(path: str | Path, dtype: str | mx.Dtype | None = None) -> Model:
+    """Build the model for `path` and load its weights in the compute `dtype` (weights evaluated)."""
+    path = Path(path).expanduser()
+    dt = resolve_dtype(dtype)
+    if _is_converted(path):
+        args = ModelArgs.from_path(path)
+        weights = _converted_weights(path)
+    else:
+        from convert.reader import open_source
+
+        src = open_source(path)
+        args = ModelArgs.from_dict(src.config, str(src.root / "config.json"))
+        weights = _source_weights(src)
+    model = build_model(args)
+    model.load_weights([(n, _cast(n, a, dt)) for n, a in weights], strict=True)
+    mx.eval(model.parameters())
+    model.eval()
+    return model
+
+
+def load(path: str | Path, dtype: str | mx.Dtype | None = None):
+    """-> (model, tokenizer). The tokenizer is o200k_harmony from the folder, else the bundled copy."""
+    from mlx_oss.tokenizer import load_tokenizer
+
+    path = Path(path).expanduser()
+    model = load_model(path, dtype)
+    try:
+        tok = load_tokenizer(path)
+    except ValueError:
+        tok = load_tokenizer(None)
+    return model, tok

@@ -1,0 +1,158 @@
+"""gpt-oss in MLX, block for block as OpenAI's reference `gpt_oss/torch/model.py`.
+
+Module names follow our converted format (docs/FORMAT.md), so a folder's tensors load by name:
+`embed`, `layers.{i}.{attn_norm, attn.{qkv, sinks, out}, mlp_norm, mlp.{router, gate_up, down}}`,
+`norm`, `unembed`.
+
+`model(tokens [B, T], cache=None) -> logits [B, T, vocab]`. Work that does not depend on the layer
+(masks, the position offset) is done once per call, not once per layer. Prompts longer than
+`prefill_chunk` tokens run chunk by chunk through a cache, so a 100k-token prompt never builds a
+T x T mask, and `last_only=True` sends only the final position through the 201088-row lm_head.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from mlx_oss.attention import Attention, full_mask, sliding_mask
+from mlx_oss.cache import KVCache, RotatingKVCache, make_cache
+from mlx_oss.config import ModelArgs
+from mlx_oss.moe import MoE
+from mlx_oss.rope import YarnRoPE
+
+DEFAULT_PREFILL_CHUNK = 2048
+
+
+class RMSNorm(nn.Module):
+    """Reference RMSNorm: computed in float32 with a float32 weight, result cast back to the input dtype."""
+
+    def __init__(self, dims: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = mx.ones((dims,), dtype=mx.float32)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return mx.fast.rms_norm(x.astype(mx.float32), self.weight, self.eps).astype(x.dtype)
+
+
+class TransformerBlock(nn.Module):
+    """x + attn(attn_norm(x)), then x + mlp(mlp_norm(x)): the reference's AttentionBlock + MLPBlock."""
+
+    def __init__(self, args: ModelArgs, layer_idx: int, rope: YarnRoPE) -> None:
+        super().__init__()
+        self.sliding = args.is_sliding(layer_idx)
+        self.attn_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.attn = Attention(args, rope)
+        self.mlp_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.mlp = MoE(args)
+
+    def __call__(self, x: mx.array, masks: tuple, cache=None, offset: int = 0) -> mx.array:
+        """x [B, T, H]; masks = (full-layer mask, sliding-layer mask) -> [B, T, H]."""
+        x = x + self.attn(self.attn_norm(x), masks[self.sliding], cache, offset)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Model(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        self.prefill_chunk = DEFAULT_PREFILL_CHUNK
+        rope = YarnRoPE(
+            args.head_dim, args.rope_theta, args.rope_scaling_factor, args.initial_context_length,
+            args.rope_ntk_alpha, args.rope_ntk_beta,
+        )  # fmt: skip
+        self.embed = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.layers = [TransformerBlock(args, i, rope) for i in range(args.num_hidden_layers)]
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.unembed = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        self._first_sliding = next((i for i, l in enumerate(self.layers) if l.sliding), None)
+
+    # ------------------------------------------------------------------ caches
+
+    def make_cache(self) -> list[KVCache | RotatingKVCache]:
+        """Rotating `sliding_window`-slot caches on sliding layers, growing caches on full layers."""
+        return make_cache(self.args.layer_types, self.args.sliding_window)
+
+    # ------------------------------------------------------------------ forward
+
+    def hidden(self, tokens: mx.array, cache: list | None = None) -> mx.array:
+        """tokens [B, T] -> final hidden states [B, T, H], before the last norm. One pass, no chunking."""
+        T = tokens.shape[1]
+        offset = cache[0].offset if cache else 0
+        retained = cache[self._first_sliding].retained(T) if cache and self._first_sliding is not None else 0
+        masks = (full_mask(T), sliding_mask(T, retained, self.args.sliding_window))
+        x = self.embed(tokens)  # [B, T, H]
+        for layer, c in zip(self.layers, cache or [None] * len(self.layers)):
+            x = layer(x, masks, c, offset)
+        return x
+
+    def logits(self, h: mx.array) -> mx.array:
+        """Hidden [B, T, H] -> logits [B, T, vocab]."""
+        return self.unembed(self.norm(h))
+
+    def __call__(
+        self,
+        tokens: mx.array,
+        cache: list | None = None,
+        *,
+        last_only: bool = False,
+        chunk_size: int | None = None,
+    ) -> mx.array:
+        """tokens [B, T] -> logits [B, T, vocab] (or [B, 1, vocab] with `last_only`).
+
+        With `cache`, positions continue from the cache's offset and the cache is updated.
+        T > chunk_size (default `prefill_chunk`) runs in chunks through `cache` (a temporary one if None).
+        """
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [B, T], got shape {tokens.shape}")
+        chunk = chunk_size or self.prefill_chunk
+        T = tokens.shape[1]
+        if T <= chunk:
+            h = self.hidden(tokens, cache)
+            return self.logits(h[:, -1:] if last_only else h)
+        if cache is None:
+            cache = self.make_cache()
+        self._reserve(cache, tokens.shape[0], cache[0].offset + T)
+        outs = []
+        for s in range(0, T, chunk):
+            e = min(T, s + chunk)
+            h = self.hidden(tokens[:, s:e], cache)
+            if not last_only:
+                outs.append(self.logits(h))
+                mx.eval(outs[-1], [c.state for c in cache])
+            elif e < T:
+                # Only the caches are needed: MLX then skips this chunk's last-layer MoE and lm_head.
+                mx.eval([c.state for c in cache])
+            else:
+                return self.logits(h[:, -1:])
+        return mx.concatenate(outs, axis=1)
+
+    def prefill(self, tokens: mx.array, cache: list, chunk_size: int | None = None) -> mx.array:
+        """Fill `cache` with a prompt; -> logits of the last position [B, 1, vocab]."""
+        return self(tokens, cache, last_only=True, chunk_size=chunk_size)
+
+    def _reserve(self, cache: list, B: int, n: int) -> None:
+        """Allocate full-layer caches for the whole prompt at once (no regrowth copies during prefill)."""
+        like = mx.zeros((B, self.args.num_key_value_heads, 1, self.args.head_dim), dtype=self.embed_dtype)
+        for c in cache:
+            if isinstance(c, KVCache):
+                c.reserve(n, like=like)
+
+    @property
+    def embed_dtype(self) -> mx.Dtype:
+        """The compute dtype (dtype of the hidden states)."""
+        e = self.embed
+        return e.scales.dtype if isinstance(e, nn.QuantizedEmbedding) else e.weight.dtype
+
+
+def build_model(args: ModelArgs) -> Model:
+    """An uninitialised model; dense layers are swapped for quantized ones if the folder has them."""
+    model = Model(args)
+    dq = args.dense_quant
+    if dq is not None:
+        nn.quantize(
+            model, group_size=dq.group_size, bits=dq.bits,
+            class_predicate=lambda path, m: isinstance(m, (nn.Linear, nn.Embedding)) and dq.applies_to(path),
+        )  # fmt: skip
+    return model
