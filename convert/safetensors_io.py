@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable
@@ -119,7 +121,7 @@ def read_tensor(path: Path, info: TensorInfo, rows: slice | None = None) -> np.n
         start += r0 * row_bytes
         count = (r1 - r0) * row_bytes
         shape = (r1 - r0, *shape[1:])
-    buf = bytearray(count)
+    buf = np.empty(count, np.uint8)  # not bytearray: that would zero-fill first
     view = memoryview(buf)
     got = 0
     with open(path, "rb", buffering=0) as f:
@@ -129,14 +131,18 @@ def read_tensor(path: Path, info: TensorInfo, rows: slice | None = None) -> np.n
             if not n:
                 raise ConvertError(f"{path}: truncated while reading tensor {info.name}")
             got += n
-    return np.frombuffer(buf, dtype=dt).reshape(shape)
+    return buf.view(dt).reshape(shape)
 
 
 class StreamingWriter:
     """Writes one safetensors file whose tensor list is known up front, data streamed in order.
 
-    Hashes the bytes as they go so the manifest costs no second read.
+    The file writes run on a background thread (bounded queue) while the caller reads and repacks the
+    next chunk, and the sha256 for the manifest is computed on the way, so the converter is limited by
+    the disk rather than by reading + hashing + writing one after another.
     """
+
+    QUEUE_CHUNKS = 4  # bounds memory: at most this many chunks wait for the disk
 
     def __init__(self, path: Path, entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict | None = None):
         self.path = Path(path)
@@ -154,14 +160,31 @@ class StreamingWriter:
         raw += b" " * (-len(raw) % 8)  # 8-byte alignment of the data section, as safetensors does
         self._f: BinaryIO = open(self.path, "wb")
         self.sha256 = hashlib.sha256()
-        self._put(struct.pack("<Q", len(raw)) + raw)
         self._idx = 0
         self._left = self._order[0][1] if self._order else 0
         self.total_bytes = 8 + len(raw) + off
+        self._error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(self.QUEUE_CHUNKS)
+        self._thread = threading.Thread(target=self._drain, name=f"write {self.path.name}", daemon=True)
+        self._thread.start()
+        self._send(struct.pack("<Q", len(raw)) + raw)
 
     def _put(self, data) -> None:
         self._f.write(data)
+
+    def _drain(self) -> None:
+        while (data := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._put(data)
+                except BaseException as e:  # re-raised in the caller's thread
+                    self._error = e
+
+    def _send(self, data) -> None:
+        if self._error is not None:
+            raise self._error
         self.sha256.update(data)
+        self._queue.put(data)
 
     def write(self, name: str, chunk: np.ndarray) -> int:
         """Append (part of) tensor `name`; chunks must arrive in header order."""
@@ -171,24 +194,34 @@ class StreamingWriter:
         data = np.ascontiguousarray(chunk).view(np.uint8).reshape(-1)
         if data.nbytes > self._left:
             raise RuntimeError(f"{self.path}: too many bytes for tensor {name}")
-        self._put(memoryview(data))
+        self._send(memoryview(data))
         self._left -= data.nbytes
         if self._left == 0:
             self._idx += 1
             self._left = self._order[self._idx][1] if self._idx < len(self._order) else 0
         return data.nbytes
 
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
     def close(self) -> str:
-        """Finish the file; returns its sha256 hex digest."""
-        if self._idx != len(self._order):
+        """Finish the file (flushed and fsynced); returns its sha256 hex digest."""
+        self._stop()
+        try:
+            if self._error is not None:
+                raise self._error
+            if self._idx != len(self._order):
+                raise RuntimeError(f"{self.path}: closed before tensor {self._order[self._idx][0]} was written")
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        finally:
             self._f.close()
-            raise RuntimeError(f"{self.path}: closed before tensor {self._order[self._idx][0]} was written")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
         return self.sha256.hexdigest()
 
     def abort(self) -> None:
+        self._stop()
         self._f.close()
 
 
