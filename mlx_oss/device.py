@@ -47,7 +47,7 @@ def device_info(metal: bool | None = None, info: dict | None = None) -> dict:
 
 def chip_name(info: dict | None = None, sysctl: Callable[[], str] | None = None) -> str:
     """"Apple M3 Max" on a Mac (from Metal, else sysctl), else the CPU architecture."""
-    info = device_info(info=info) if info is not None else device_info()
+    info = device_info(info=info)
     name = info.get("device_name") or info.get("name")
     if name:
         return str(name)

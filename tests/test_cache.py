@@ -1,0 +1,162 @@
+"""KV caches: incremental decoding must equal one full pass (float32, relative error <= 1e-5), past the
+sliding window (8 on the tiny preset), across prefill chunk boundaries, for batch > 1; plus the
+roll-back / snapshot operations an engine relies on.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlx_oss.model as model_mod
+from mlx_oss.cache import KVCache, RotatingKVCache, trim_cache
+from mlx_oss.loader import load_model
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def model(tiny_original):
+    return load_model(tiny_original, "float32")
+
+
+def _tokens(B: int, T: int, seed: int = 0) -> mx.array:
+    return mx.array(np.random.default_rng(seed).integers(0, 512, (B, T)), dtype=mx.int32)
+
+
+def _rel(a: mx.array, b: mx.array) -> float:
+    a, b = np.array(a, np.float64), np.array(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _run(model, tokens: mx.array, steps: list[int], chunk_size: int | None = None) -> mx.array:
+    """Feed `tokens` through one cache in pieces of the given sizes; -> logits of every position."""
+    cache = model.make_cache()
+    outs, s = [], 0
+    for n in steps:
+        outs.append(model(tokens[:, s : s + n], cache, chunk_size=chunk_size))
+        s += n
+    assert s == tokens.shape[1] and cache[0].offset == s
+    return mx.concatenate(outs, axis=1)
+
+
+def test_token_by_token_equals_full_pass_batch2(model):
+    tokens = _tokens(2, 30)  # well past the window of 8
+    full = model(tokens)
+    assert _rel(_run(model, tokens, [1] * 30), full) <= TOL
+    # batch rows are independent
+    assert _rel(model(tokens[1:]), full[1:]) <= TOL
+
+
+@pytest.mark.parametrize("steps", [[12, 1, 1, 3, 1, 9, 1, 2], [5, 5, 5, 5, 1, 1, 8], [7, 1, 16, 6]])
+def test_multi_token_steps_equal_full_pass(model, steps):
+    """Steps shorter, equal to and longer than the window, starting at every ring phase."""
+    tokens = _tokens(2, sum(steps), seed=len(steps))
+    assert _rel(_run(model, tokens, steps), model(tokens)) <= TOL
+
+
+@pytest.mark.parametrize("chunk", [3, 8, 11])
+def test_chunked_prefill_equals_full_pass(model, chunk):
+    tokens = _tokens(2, 37, seed=chunk)
+    full = model(tokens)
+    # all positions, through a temporary cache (no cache given)
+    assert _rel(model(tokens, chunk_size=chunk), full) <= TOL
+    # prefill into a cache, then decode past more chunk boundaries
+    cache = model.make_cache()
+    last = model.prefill(tokens[:, :30], cache, chunk_size=chunk)
+    assert last.shape == (2, 1, 512)
+    assert _rel(last, full[:, 29:30]) <= TOL
+    rest = mx.concatenate([model(tokens[:, t : t + 1], cache) for t in range(30, 37)], axis=1)
+    assert _rel(rest, full[:, 30:]) <= TOL
+
+
+def test_chunking_never_builds_a_prompt_sized_mask(model, monkeypatch):
+    shapes = []
+    real = model_mod.sliding_mask
+
+    def spy(T, retained, window):
+        m = real(T, retained, window)
+        shapes.append(None if m is None or isinstance(m, str) else m.shape)
+        return m
+
+    monkeypatch.setattr(model_mod, "sliding_mask", spy)
+    tokens = _tokens(1, 100)
+    model(tokens, chunk_size=16)
+    assert shapes and all(s is None or (s[0] <= 16 and s[1] <= 16 + 7) for s in shapes), shapes
+
+
+def test_last_only_sends_one_position_through_lm_head(model, monkeypatch):
+    tokens = _tokens(2, 20)
+    full = model(tokens)
+    seen = []
+    cls = type(model.unembed)
+    real = cls.__call__
+
+    def spy(self, x):
+        if self is model.unembed:
+            seen.append(x.shape)
+        return real(self, x)
+
+    monkeypatch.setattr(cls, "__call__", spy)
+    last = model(tokens, last_only=True)
+    assert seen == [(2, 1, model.args.hidden_size)]
+    assert _rel(last, full[:, -1:]) <= TOL
+    seen.clear()
+    model.prefill(tokens, model.make_cache(), chunk_size=6)  # 4 chunks, one lm_head row
+    assert seen == [(2, 1, model.args.hidden_size)]
+
+
+def test_snapshot_restore_and_trim(model):
+    tokens = _tokens(1, 40, seed=3)
+    full = model(tokens)
+    cache = model.make_cache()
+    model.prefill(tokens[:, :20], cache)
+    snap = [c.snapshot() for c in cache]
+    model(mx.array([[7, 8, 9, 10, 11]], dtype=mx.int32), cache)  # a detour past the window
+    model(mx.array([[12]], dtype=mx.int32), cache)
+    for c, s in zip(cache, snap):
+        c.restore(s)
+    assert cache[0].offset == 20
+    out = _run_from(model, cache, tokens, 20, 25)
+    assert _rel(out, full[:, 20:25]) <= TOL
+    # trim one token (a rejected draft token, say) and recompute it
+    assert trim_cache(cache, 1) == 1
+    assert _rel(model(tokens[:, 24:26], cache), full[:, 24:26]) <= TOL
+    # a sliding ring past its window cannot drop more than one token: all-or-nothing
+    assert trim_cache(cache, 5) == 0 and cache[0].offset == 26
+
+
+def _run_from(model, cache, tokens, s, e):
+    return mx.concatenate([model(tokens[:, t : t + 1], cache) for t in range(s, e)], axis=1)
+
+
+def test_rotating_cache_keeps_window_slots_in_position_order():
+    W = 4
+    c = RotatingKVCache(W)
+    pos = lambda a, b: mx.arange(a, b, dtype=mx.float32).reshape(1, 1, -1, 1)  # noqa: E731
+    k, _ = c.update_and_fetch(pos(0, 6), pos(0, 6))
+    assert k.reshape(-1).tolist() == list(range(6))
+    assert c.keys.shape[2] == W and c.keys.reshape(-1).tolist() == [4, 5, 2, 3]  # slot p % W
+    k, _ = c.update_and_fetch(pos(6, 7), pos(6, 7))  # decode: the whole ring, unordered
+    assert sorted(k.reshape(-1).tolist()) == [3, 4, 5, 6]
+    assert c.retained(2) == 3
+    k, _ = c.update_and_fetch(pos(7, 9), pos(7, 9))  # chunk: 3 retained keys in order, then new
+    assert k.reshape(-1).tolist() == [4, 5, 6, 7, 8]
+    assert c.can_trim(1) and not c.can_trim(2)
+
+
+def test_full_cache_grows_with_use_not_up_front():
+    c = KVCache()
+    kv = mx.zeros((1, 2, 1, 4))
+    for _ in range(300):
+        c.update_and_fetch(kv, kv)
+    assert c.offset == 300 and 300 <= c.capacity <= 512
+    assert c.nbytes == 2 * 1 * 2 * c.capacity * 4 * 4
+    c.reserve(1000)
+    assert c.capacity == 1024
+    k, _ = c.update_and_fetch(mx.ones((1, 2, 3, 4)), mx.ones((1, 2, 3, 4)))
+    assert k.shape == (1, 2, 303, 4) and float(k[..., :300, :].sum()) == 0.0 and float(k[..., 300:, :].min()) == 1.0
+    assert c.trim(3) == 3 and c.offset == 300
+    with pytest.raises(ValueError):
+        c.restore(type(c.snapshot())(offset=400))
