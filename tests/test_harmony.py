@@ -408,6 +408,15 @@ def test_next_turn_shares_prefix_up_to_first_changed_message():
     assert prompt3[:stable_end] == prompt2[:stable_end]
 
 
+def test_conversation_value_type():
+    conv = Conversation(CASES["simple"])
+    longer = conv + Message.assistant("4") + [Message.user("thanks")]
+    assert len(conv) == 2 and len(longer) == 4 and longer[:2] == conv and longer[2].text == "4"
+    assert render_conversation_for_completion(longer) == render_conversation_for_completion(list(longer))
+    assert Message(Role.USER, ["a", "b"]).contents == ("a", "b")  # lists become tuples (hashable, immutable)
+    assert Message.system(reasoning_effort="HIGH").content.reasoning_effort is ReasoningEffort.HIGH
+
+
 def test_common_prefix_length():
     assert common_prefix_length([], [1]) == 0
     assert common_prefix_length([1, 2, 3], [1, 2, 4]) == 2
