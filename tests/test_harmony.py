@@ -417,6 +417,21 @@ def test_conversation_value_type():
     assert Message.system(reasoning_effort="HIGH").content.reasoning_effort is ReasoningEffort.HIGH
 
 
+def test_messages_survive_json():
+    for msgs in CASES.values():
+        conv = Conversation(msgs)
+        back = Conversation.from_dict(json.loads(json.dumps(conv.to_dict())))
+        assert back == conv
+        assert render_conversation(back) == render_conversation(conv)
+    dev = Message(Role.DEVELOPER, DeveloperContent(
+        "x", functions=(WEATHER,), response_formats=(ResponseFormat("r", {"type": "object"}, "d"),)))
+    assert Message.from_dict(json.loads(json.dumps(dev.to_dict()))) == dev
+    cut = Message(Role.ASSISTANT, "partial", channel="final", incomplete=True)
+    assert Message.from_dict(cut.to_dict()) == cut
+    with pytest.raises(ValueError, match="unknown content type"):
+        Message.from_dict({"role": "user", "content": [{"type": "image"}]})
+
+
 def test_common_prefix_length():
     assert common_prefix_length([], [1]) == 0
     assert common_prefix_length([1, 2, 3], [1, 2, 4]) == 2

@@ -325,6 +325,96 @@ class Message:
         """The answer of tool `name` (same string as the call's recipient), addressed to the assistant."""
         return cls(Role.TOOL, text, name=name, channel=channel, recipient=recipient)
 
+    # JSON-compatible form, for saving and reopening conversations ------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-compatible dict; `from_dict` inverts it exactly."""
+        out: dict[str, Any] = {"role": self.role.value}
+        if isinstance(self.content, str):
+            out["content"] = self.content
+        else:
+            out["content"] = [_content_to_dict(c) for c in self.contents]
+        for key in ("name", "channel", "recipient", "content_type"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.incomplete:
+            out["incomplete"] = True
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Message:
+        content = data.get("content", "")
+        if not isinstance(content, str):
+            parts = tuple(_content_from_dict(c) for c in content)
+            content = parts[0] if len(parts) == 1 and not isinstance(parts[0], str) else parts
+        return cls(
+            Role(data["role"]),
+            content,
+            name=data.get("name"),
+            channel=data.get("channel"),
+            recipient=data.get("recipient"),
+            content_type=data.get("content_type"),
+            incomplete=bool(data.get("incomplete", False)),
+        )
+
+
+def _namespace_to_dict(ns: ToolNamespace) -> dict[str, Any]:
+    return {"name": ns.name, "description": ns.description,
+            "tools": [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in ns.tools]}
+
+
+def _namespace_from_dict(d: dict[str, Any]) -> ToolNamespace:
+    return ToolNamespace(d["name"], d.get("description"), tuple(ToolDescription(**t) for t in d.get("tools", ())))
+
+
+def _content_to_dict(c: Content) -> dict[str, Any]:
+    if isinstance(c, str):
+        return {"type": "text", "text": c}
+    if isinstance(c, SystemContent):
+        cc = c.channel_config
+        return {
+            "type": "system_content",
+            "model_identity": c.model_identity,
+            "reasoning_effort": None if c.reasoning_effort is None else c.reasoning_effort.value,
+            "knowledge_cutoff": c.knowledge_cutoff,
+            "conversation_start_date": c.conversation_start_date,
+            "channel_config": None if cc is None else {"valid_channels": list(cc.valid_channels),
+                                                       "channel_required": cc.channel_required},
+            "tools": [_namespace_to_dict(ns) for ns in c.tools],
+        }
+    return {
+        "type": "developer_content",
+        "instructions": c.instructions,
+        "functions": [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in c.functions],
+        "tools": [_namespace_to_dict(ns) for ns in c.tools],
+        "response_formats": [{"name": f.name, "schema": f.schema, "description": f.description}
+                             for f in c.response_formats],
+    }
+
+
+def _content_from_dict(d: dict[str, Any]) -> Content:
+    kind = d.get("type")
+    if kind == "text":
+        return str(d["text"])
+    if kind == "system_content":
+        cc = d.get("channel_config")
+        return SystemContent(
+            model_identity=d.get("model_identity"),
+            reasoning_effort=d.get("reasoning_effort"),
+            knowledge_cutoff=d.get("knowledge_cutoff"),
+            conversation_start_date=d.get("conversation_start_date"),
+            channel_config=None if cc is None else ChannelConfig(tuple(cc["valid_channels"]), cc["channel_required"]),
+            tools=tuple(_namespace_from_dict(ns) for ns in d.get("tools", ())),
+        )
+    if kind == "developer_content":
+        return DeveloperContent(
+            instructions=d.get("instructions"),
+            functions=tuple(ToolDescription(**t) for t in d.get("functions", ())),
+            tools=tuple(_namespace_from_dict(ns) for ns in d.get("tools", ())),
+            response_formats=tuple(ResponseFormat(**f) for f in d.get("response_formats", ())),
+        )
+    raise ValueError(f"unknown content type {kind!r}")
+
 
 @dataclass(frozen=True)
 class Conversation:
@@ -354,3 +444,10 @@ class Conversation:
         if isinstance(other, Message):
             return Conversation(self.messages + (other,))
         return Conversation(self.messages + tuple(other))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"messages": [m.to_dict() for m in self.messages]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Conversation:
+        return cls(tuple(Message.from_dict(m) for m in data["messages"]))

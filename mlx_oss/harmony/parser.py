@@ -230,18 +230,33 @@ class StreamParser:
 
     # States -------------------------------------------------------------------------------
 
-    def _event(self, token: int, **kw: object) -> StreamEvent:
-        h = self._header
-        if isinstance(kw.get("message"), Message):
-            m = kw["message"]
-            ctx = dict(role=m.role, channel=m.channel, recipient=m.recipient, content_type=m.content_type)
-        elif h is not None:
-            ctx = dict(role=h.role, channel=h.channel, recipient=h.recipient, content_type=h.content_type)
-        else:
-            ctx = dict(role=self._role_hint)
-        if kw.get("error"):
-            self._errors.append(str(kw["error"]))
-        return StreamEvent(token, self._state, **ctx, **kw)  # type: ignore[arg-type]
+    def _event(
+        self,
+        token: int,
+        *,
+        delta: str = "",
+        header_done: bool = False,
+        message: Message | None = None,
+        stop: bool = False,
+        error: str | None = None,
+    ) -> StreamEvent:
+        # Header fields come from the message this token completed, else the one being read.
+        src: Message | _Header | None = message if message is not None else self._header
+        if error:
+            self._errors.append(error)
+        return StreamEvent(
+            token,
+            self._state,
+            role=src.role if src is not None else self._role_hint,
+            channel=src.channel if src is not None else None,
+            recipient=src.recipient if src is not None else None,
+            content_type=src.content_type if src is not None else None,
+            delta=delta,
+            header_done=header_done,
+            message=message,
+            stop=stop,
+            error=error,
+        )
 
     def _on_expect_start(self, token: int) -> StreamEvent:
         if token == tk.START:
