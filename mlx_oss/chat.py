@@ -1,0 +1,467 @@
+"""`Chat`: a harmony conversation with its KV cache and settings; `send()` streams typed events.
+
+The session keeps the history (user, assistant and tool messages, chain of thought included, for
+display and saving) and derives the system/developer messages from the current settings at every
+turn, so reasoning effort, instructions and tools can change between turns. The prompt is the
+history with the chain of thought of earlier turns pruned (OpenAI's guidance for gpt-oss), rendered
+token-exact; the `Engine` reuses the longest cached prefix. See docs/ENGINE.md and docs/ENGINE_API.md.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterator, Sequence
+
+import mlx.core as mx
+
+from mlx_oss.engine import ContextLengthError, Engine
+from mlx_oss.events import AnswerDelta, Done, Event, ReasoningDelta, Reply, Stats, ToolCall, ToolResult
+from mlx_oss.harmony import (
+    ANALYSIS,
+    COMMENTARY,
+    FINAL,
+    Conversation,
+    Message,
+    ParserState,
+    ReasoningEffort,
+    ResponseFormat,
+    Role,
+    StreamParser,
+    SystemContent,
+    prune_analysis,
+    render_with_spans,
+)
+from mlx_oss.sampling import Sampler, SamplingConfig
+from mlx_oss.tools import Tool, as_tools, parse_arguments, run_tool
+
+__all__ = ["Chat", "ContextLengthError"]
+
+_FUNCTIONS = "functions."
+JSON_VERSION = 1
+
+
+def _effort(value: str | ReasoningEffort) -> ReasoningEffort:
+    try:
+        return ReasoningEffort(value.lower() if isinstance(value, str) else value)
+    except ValueError:
+        raise ValueError(f"reasoning_effort must be low, medium or high, not {value!r}") from None
+
+
+def _response_format(schema: dict[str, Any] | ResponseFormat | None) -> ResponseFormat | None:
+    """A JSON schema (or OpenAI's `{"name", "schema"}` wrapper) -> harmony ResponseFormat."""
+    if schema is None or isinstance(schema, ResponseFormat):
+        return schema
+    if not isinstance(schema, dict):
+        raise TypeError(f"response_format must be a JSON schema dict, not {type(schema).__name__}")
+    if isinstance(schema.get("schema"), dict):
+        return ResponseFormat(schema.get("name") or "response", schema["schema"], schema.get("description"))
+    return ResponseFormat(schema.get("title") or "response", schema, schema.get("description"))
+
+
+@dataclass
+class _Turn:
+    """Accumulates what one send() produced."""
+
+    answer: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    calls: list[ToolCall] = field(default_factory=list)
+    reasoning_tokens: int = 0
+    answer_tokens: int = 0
+    generated: int = 0
+    prompt_tokens: int = 0
+    reused: int = 0
+    prefilled: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    decode_steps: int = 0
+    ttft_s: float | None = None
+    rounds: int = 0
+
+
+class Chat:
+    """A gpt-oss conversation: harmony history, KV cache (via `Engine`) and settings."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        reasoning_effort: str | ReasoningEffort = "medium",
+        instructions: str | None = None,
+        tools: Sequence[Any] | None = None,
+        auto_tools: bool = True,
+        response_format: dict[str, Any] | None = None,
+        sampling: SamplingConfig | None = None,
+        max_tokens: int | None = None,
+        max_context: int | None = None,
+        max_tool_rounds: int = 8,
+        date: str | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.reasoning_effort = reasoning_effort
+        self.instructions = instructions
+        self.tools = tools
+        self.auto_tools = auto_tools
+        self.response_format = response_format
+        self.sampling = sampling or SamplingConfig()
+        self.max_tokens = max_tokens
+        self.max_tool_rounds = max_tool_rounds
+        self.date = date
+        self.engine = Engine(model, max_context=max_context)
+        self._history: list[Message] = []
+        self._cancel = threading.Event()
+        self._active: Iterator[Event] | None = None
+
+    # ------------------------------------------------------------------ settings
+
+    @property
+    def reasoning_effort(self) -> str:
+        return self._effort.value
+
+    @reasoning_effort.setter
+    def reasoning_effort(self, value: str | ReasoningEffort) -> None:
+        """Applies from the next turn; it changes the system message, so the next prompt is prefilled
+        again from there (see docs/ENGINE.md)."""
+        self._effort = _effort(value)
+
+    @property
+    def tools(self) -> tuple[Tool, ...]:
+        return self._tools
+
+    @tools.setter
+    def tools(self, value: Sequence[Any] | None) -> None:
+        self._tools = as_tools(value)
+
+    @property
+    def response_format(self) -> ResponseFormat | None:
+        return self._response_format
+
+    @response_format.setter
+    def response_format(self, value: dict[str, Any] | ResponseFormat | None) -> None:
+        self._response_format = _response_format(value)
+
+    @property
+    def max_tokens(self) -> int | None:
+        return self._max_tokens
+
+    @max_tokens.setter
+    def max_tokens(self, value: int | None) -> None:
+        if value is not None and value < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {value}")
+        self._max_tokens = value
+
+    @property
+    def max_context(self) -> int:
+        return self.engine.max_context
+
+    # ------------------------------------------------------------------ conversation
+
+    def _header_messages(self) -> list[Message]:
+        """System (+ developer when there are instructions, tools or a response format) for the settings."""
+        out = [Message.system(SystemContent(reasoning_effort=self._effort, conversation_start_date=self.date))]
+        if self.instructions is not None or self._tools or self._response_format is not None:
+            out.append(
+                Message.developer(
+                    self.instructions,
+                    functions=[t.description for t in self._tools],
+                    response_formats=[self._response_format] if self._response_format else [],
+                )
+            )
+        return out
+
+    @property
+    def history(self) -> list[Message]:
+        """User, assistant and tool messages so far (a copy)."""
+        return list(self._history)
+
+    @property
+    def messages(self) -> Conversation:
+        """The whole conversation: system and developer messages for the current settings, then the history."""
+        return Conversation(tuple(self._header_messages()) + tuple(self._history))
+
+    def prompt_tokens(self, history: Sequence[Message] | None = None) -> list[int]:
+        """The prompt for the next assistant turn: earlier turns' reasoning pruned, rendered token-exact."""
+        return self._render(history)[0]
+
+    def _render(self, history: Sequence[Message] | None = None) -> tuple[list[int], tuple[int, ...]]:
+        """(prompt tokens, snapshot points: the end of the system/developer messages and of the
+        last message, i.e. before `<|start|>assistant`)."""
+        hist = self._history if history is None else list(history)
+        head = self._header_messages()
+        r = render_with_spans(head + prune_analysis(hist), Role.ASSISTANT, encoding=self.tokenizer)
+        return r.tokens, (r.spans[len(head) - 1].end, r.spans[-1].end)
+
+    def pending_tool_calls(self) -> list[ToolCall]:
+        """Calls of the current turn that have no result yet (for tools the caller runs itself)."""
+        last_user = max((i for i, m in enumerate(self._history) if m.role is Role.USER), default=-1)
+        pending: list[tuple[int, Message]] = []
+        for i in range(last_user + 1, len(self._history)):
+            m = self._history[i]
+            if m.role is Role.ASSISTANT and m.recipient is not None:
+                pending.append((i, m))
+            elif m.role is Role.TOOL:
+                j = next((k for k, (_, c) in enumerate(pending) if c.recipient == m.name), None)
+                if j is not None:
+                    del pending[j]
+        return [self._tool_call(i, m) for i, m in pending]
+
+    def _tool_call(self, index: int, m: Message) -> ToolCall:
+        recipient = m.recipient or ""
+        name = recipient[len(_FUNCTIONS) :] if recipient.startswith(_FUNCTIONS) else recipient
+        args, err = parse_arguments(m.text)
+        return ToolCall(name, args, m.text, err, f"call_{index}", recipient)
+
+    def add_tool_result(self, call_id_or_name: str, content: str) -> None:
+        """Answer a pending tool call (by its id, or its name); then `send()` with no text continues."""
+        pending = self.pending_tool_calls()
+        call = next((c for c in pending if c.id == call_id_or_name), None) or next(
+            (c for c in pending if call_id_or_name in (c.name, c.recipient)), None
+        )
+        if call is None:
+            have = ", ".join(f"{c.id} ({c.name})" for c in pending) or "none"
+            raise ValueError(f"no pending tool call {call_id_or_name!r} (pending: {have})")
+        if not isinstance(content, str):
+            content = json.dumps(content, ensure_ascii=False, default=str)
+        self._history.append(Message.tool_result(call.recipient, content))
+
+    def reset(self) -> None:
+        """Start a new conversation with the same settings; the cache keeps what the new prompts share
+        (the system and developer messages)."""
+        self._close_active()
+        self._history = []
+
+    # ------------------------------------------------------------------ generation
+
+    def cancel(self) -> None:
+        """Stop the running `send()` (thread-safe): its stream ends with Done(stop_reason="cancelled")."""
+        self._cancel.set()
+
+    def _close_active(self) -> None:
+        if self._active is not None:
+            try:
+                self._active.close()  # type: ignore[attr-defined]
+            except ValueError:
+                raise RuntimeError("a reply is being generated in another thread; cancel() it first") from None
+            self._active = None
+
+    def send(self, text: str | None = None) -> Iterator[Event]:
+        """Add a user message (None: continue after `add_tool_result`) and stream the reply's events.
+
+        Raises ContextLengthError now, before any compute, if the prompt does not fit; the history is
+        then unchanged. The stream always ends with `Done`.
+        """
+        self._close_active()
+        if text is None:
+            if not self._history or self._history[-1].role not in (Role.USER, Role.TOOL):
+                raise ValueError("send() without text continues after a user message or a tool result")
+            history = list(self._history)
+        else:
+            history = self._history + [Message.user(text)]
+        prompt, boundaries = self._render(history)
+        self.engine.check_prompt(prompt)
+        self._history = history
+        self._cancel.clear()
+        self._active = self._stream(prompt, boundaries)
+        return self._active
+
+    def ask(self, text: str | None = None) -> Reply:
+        """Blocking `send()`: the Reply (answer, reasoning, tool calls, stats)."""
+        done = None
+        for ev in self.send(text):
+            if isinstance(ev, Done):
+                done = ev
+        assert done is not None
+        return done.reply
+
+    def _stream(self, prompt: list[int], boundaries: tuple[int, ...]) -> Iterator[Event]:
+        t0 = time.perf_counter()
+        mx.reset_peak_memory()
+        turn = _Turn()
+        sampler = Sampler(self.sampling)
+        stop_reason, error = "stop", None
+        try:
+            while True:
+                remaining = None if self._max_tokens is None else self._max_tokens - turn.generated
+                if remaining is not None and remaining < 1:
+                    stop_reason = "length"
+                    break
+                stop_reason = yield from self._round(prompt, boundaries, sampler, remaining, turn, t0)
+                if stop_reason != "tool_call" or turn.rounds >= self.max_tool_rounds:
+                    break
+                if not (yield from self._run_tools(turn)):
+                    break
+                prompt, boundaries = self._render()
+                if len(prompt) >= self.engine.max_context:
+                    stop_reason = "context"
+                    break
+        except Exception as e:  # the stream reports it; the cache state is unknown, so drop it
+            self.engine.reset()
+            first = (str(e).strip().splitlines() or [""])[0]
+            stop_reason, error = "error", f"{type(e).__name__}: {first}" if first else type(e).__name__
+        stats = self._stats(turn, stop_reason, error)
+        answer = "".join(turn.answer)
+        parsed = None
+        if self._response_format is not None and answer.strip():
+            parsed, _ = parse_arguments(answer)
+        reply = Reply(answer, "\n\n".join(r for r in turn.reasoning if r), tuple(turn.calls), stats, parsed)
+        self._active = None
+        yield Done(stats, reply)
+
+    def _round(
+        self, prompt: list[int], boundaries: tuple[int, ...], sampler: Sampler, max_tokens: int | None, turn: _Turn, t0: float
+    ):
+        """One prefill + decode round; yields events, returns the round's stop reason."""
+        gen = self.engine.generate(
+            prompt, sampler, max_tokens=max_tokens, should_stop=self._cancel.is_set, boundaries=boundaries
+        )
+        parser = StreamParser(Role.ASSISTANT, encoding=self.tokenizer)
+        turn.rounds += 1
+        in_reasoning = False  # consecutive analysis deltas of one message join into one string
+        try:
+            for tok in gen:
+                if turn.ttft_s is None:
+                    turn.ttft_s = time.perf_counter() - t0
+                ev = parser.process(tok)
+                if ev.state is ParserState.CONTENT and not ev.header_done:
+                    if ev.channel == ANALYSIS and ev.recipient is None:
+                        turn.reasoning_tokens += 1
+                    elif ev.channel == FINAL:
+                        turn.answer_tokens += 1
+                if ev.delta and ev.recipient is None:
+                    if ev.channel == ANALYSIS:
+                        if not in_reasoning:
+                            turn.reasoning.append("")
+                            in_reasoning = True
+                        turn.reasoning[-1] += ev.delta
+                        yield ReasoningDelta(ev.delta)
+                    elif ev.channel == FINAL:
+                        turn.answer.append(ev.delta)
+                        yield AnswerDelta(ev.delta)
+                    elif ev.channel == COMMENTARY:
+                        yield AnswerDelta(ev.delta, channel=COMMENTARY)
+                if ev.message is not None:
+                    in_reasoning = False
+                    call = self._append(ev.message)
+                    if call is not None:
+                        turn.calls.append(call)
+                        yield call
+        finally:
+            # Runs on normal end, cancel, errors and a closed stream alike: keep the history consistent.
+            self._append_unfinished(parser)
+            turn.generated += len(gen.generated)
+            turn.prompt_tokens = gen.prompt_tokens
+            turn.reused += gen.reused_tokens
+            turn.prefilled += gen.prefilled_tokens
+            turn.prefill_s += gen.prefill_s
+            turn.decode_s += gen.decode_s
+            turn.decode_steps += max(0, len(gen.generated) - 1)
+        return gen.stop_reason or "cancelled"
+
+    def _append(self, m: Message) -> ToolCall | None:
+        """Add a completed message to the history; -> its ToolCall if it is one."""
+        self._history.append(m)
+        if m.role is Role.ASSISTANT and m.recipient is not None:
+            return self._tool_call(len(self._history) - 1, m)
+        return None
+
+    def _append_unfinished(self, parser: StreamParser) -> None:
+        """A message cut off (cancel, max_tokens, context) is kept as incomplete if it has text,
+        except a tool call: half a call cannot be answered, so it is dropped."""
+        before = len(parser.messages)
+        msgs = parser.finish()
+        for m in msgs[before:]:
+            if m.text and m.recipient is None and m.role is Role.ASSISTANT:
+                self._history.append(m)
+
+    def _run_tools(self, turn: _Turn):
+        """With auto_tools, answer the pending calls of callable tools (errors and unknown tools get an
+        error text the model can react to); yields ToolResult events. -> True if no call is left
+        for the caller (generation continues), False if some tool is the caller's to run."""
+        pending = self.pending_tool_calls()
+        if not self.auto_tools or not pending:
+            return False
+        by_name = {t.name: t for t in self._tools}
+        left = False
+        for call in pending:
+            tool = by_name.get(call.name) if call.recipient.startswith(_FUNCTIONS) else None
+            if tool is not None and tool.fn is None:
+                left = True  # a schema-only tool: the caller answers it with add_tool_result
+                continue
+            if tool is None:
+                content, failed = f"Error: unknown tool {call.recipient!r}", True
+            elif call.error is not None:
+                content, failed = f"Error: {call.error}", True
+            else:
+                content, failed = run_tool(tool, call.arguments)
+            self._history.append(Message.tool_result(call.recipient, content))
+            yield ToolResult(call.name, content, call.id, failed)
+        return not left
+
+    def _stats(self, turn: _Turn, stop_reason: str, error: str | None) -> Stats:
+        return Stats(
+            prompt_tokens=turn.prompt_tokens,
+            reused_tokens=turn.reused,
+            prefilled_tokens=turn.prefilled,
+            generated_tokens=turn.generated,
+            reasoning_tokens=turn.reasoning_tokens,
+            answer_tokens=turn.answer_tokens,
+            ttft_s=turn.ttft_s or 0.0,
+            prefill_tps=turn.prefilled / turn.prefill_s if turn.prefill_s > 0 else 0.0,
+            decode_tps=turn.decode_steps / turn.decode_s if turn.decode_s > 0 else 0.0,
+            peak_memory_bytes=int(mx.get_peak_memory()),
+            stop_reason=stop_reason,
+            context_used=len(self.engine.tokens),
+            context_limit=self.engine.max_context,
+            error=error,
+            prefill_s=turn.prefill_s,
+            decode_s=turn.decode_s,
+            rounds=turn.rounds,
+        )
+
+    # ------------------------------------------------------------------ save / reopen
+
+    def settings(self) -> dict[str, Any]:
+        """The settings as JSON-compatible values (tools as their schemas)."""
+        rf = self._response_format
+        return {
+            "reasoning_effort": self.reasoning_effort,
+            "instructions": self.instructions,
+            "tools": [t.to_dict() for t in self._tools],
+            "auto_tools": self.auto_tools,
+            "response_format": None if rf is None else {"name": rf.name, "schema": rf.schema, "description": rf.description},
+            "sampling": self.sampling.to_dict(),
+            "max_tokens": self._max_tokens,
+            "max_context": self.engine.max_context,
+            "max_tool_rounds": self.max_tool_rounds,
+            "date": self.date,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-compatible dict (settings + history); `json.dumps` it to save."""
+        return {"version": JSON_VERSION, "settings": self.settings(), "messages": [m.to_dict() for m in self._history]}
+
+    @classmethod
+    def from_json(
+        cls, data: dict[str, Any] | str, model, tokenizer, *, tools: Sequence[Any] | None = None, **overrides: Any
+    ) -> Chat:
+        """Reopen a saved conversation (`to_json()` output, or its JSON text). Callable `tools` given
+        here replace the saved schemas of the same name (callables cannot be saved); `overrides`
+        replace saved settings."""
+        if isinstance(data, (str, bytes)):
+            data = json.loads(data)
+        if not isinstance(data, dict) or "messages" not in data:
+            raise ValueError("not a saved chat: expected an object with 'settings' and 'messages'")
+        s = dict(data.get("settings") or {})
+        saved = {t["name"]: t for t in s.pop("tools", []) or []}
+        given = {t.name: t for t in as_tools(tools)}
+        s["tools"] = [given.pop(n, t) for n, t in saved.items()] + list(given.values())
+        samp = s.pop("sampling", None) or {}
+        s["sampling"] = replace(SamplingConfig(), **{k: v for k, v in samp.items() if k in SamplingConfig.__dataclass_fields__})
+        s.update(overrides)
+        chat = cls(model, tokenizer, **s)
+        chat._history = [Message.from_dict(m) for m in data["messages"]]
+        return chat

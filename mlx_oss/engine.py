@@ -1,0 +1,316 @@
+"""Token-level generation with prompt-cache reuse across turns.
+
+The engine owns the model's KV caches and `tokens`, the exact sequence whose keys/values they hold
+(prompts and sampled tokens as fed). A new prompt reuses the longest prefix it shares with `tokens`:
+
+- full-attention layers keep any prefix (`KVCache.trim`);
+- sliding-window layers hold only the last `window` positions, so rolling back past the newest
+  token needs the ring as it was at that point: the engine snapshots the rings (a few KB to MB,
+  no copy until the next write) right after every prompt is prefilled and after every message a
+  generation ends (`<|end|>`), keeps the newest `max_snapshots`, and restores the newest snapshot at
+  or before the divergence point. Full layers are trimmed to the same point.
+
+A typical turn diverges exactly at the previous prompt's end (harmony drops the previous turn's
+analysis), where a snapshot was taken, so turn k prefills only "previous answer + new user message +
+headers" whatever the conversation length. See docs/ENGINE.md.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import mlx.core as mx
+
+from mlx_oss import tokenizer as tk
+from mlx_oss.cache import CacheState, KVCache, RotatingKVCache
+from mlx_oss.harmony import common_prefix_length
+from mlx_oss.sampling import Sampler
+
+__all__ = ["ContextLengthError", "Engine", "Generation", "Snapshot"]
+
+Stop = Callable[[], bool]
+
+
+class ContextLengthError(ValueError):
+    """The prompt does not fit the context limit (raised before any compute)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Sliding-layer rings at `position` (None for full layers, which only need a trim)."""
+
+    position: int
+    states: tuple[CacheState | None, ...]
+    kind: str = "prompt"  # "prompt" (a prompt's end) or "message" (a message boundary in a generation)
+
+
+@dataclass
+class Generation:
+    """One prefill + decode round. Iterate it for the sampled token ids; fields fill in as it runs."""
+
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    prefilled_tokens: int = 0
+    generated: list[int] = field(default_factory=list)
+    prefill_s: float = 0.0
+    ttft_s: float = 0.0
+    decode_s: float = 0.0
+    stop_reason: str | None = None
+    _it: Iterator[int] | None = field(default=None, repr=False)
+
+    def __iter__(self) -> Iterator[int]:
+        assert self._it is not None, "a Generation is iterated once"
+        it, self._it = self._it, None
+        return it
+
+    @property
+    def prefill_tps(self) -> float:
+        return self.prefilled_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        n = len(self.generated) - 1
+        return n / self.decode_s if n > 0 and self.decode_s > 0 else 0.0
+
+
+class Engine:
+    """Caches + the token sequence they hold; `generate(prompt, sampler)` reuses what it can.
+
+    Not thread-safe: one generation at a time (the `should_stop` callback may be driven by another
+    thread, which is how cancel works).
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        max_context: int | None = None,
+        max_snapshots: int = 16,
+        prefill_chunk: int | None = None,
+    ) -> None:
+        self.model = model
+        limit = model.args.max_position_embeddings
+        self.max_context = limit if max_context is None else int(max_context)
+        if self.max_context < 2:
+            raise ValueError(f"max_context must be at least 2, got {self.max_context}")
+        self.max_snapshots = max_snapshots
+        self.prefill_chunk = prefill_chunk or model.prefill_chunk
+        self.cache = model.make_cache()
+        self._tokens: list[int] = []
+        self._snapshots: list[Snapshot] = []
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def tokens(self) -> list[int]:
+        """The tokens whose keys/values the caches hold (a copy)."""
+        return list(self._tokens)
+
+    @property
+    def snapshots(self) -> list[Snapshot]:
+        return list(self._snapshots)
+
+    def reset(self) -> None:
+        """Forget everything (fresh caches)."""
+        self.cache = self.model.make_cache()
+        self._tokens = []
+        self._snapshots = []
+
+    def check_prompt(self, prompt: list[int]) -> None:
+        """Raise ContextLengthError unless `prompt` leaves room for at least one generated token."""
+        if not prompt:
+            raise ValueError("empty prompt")
+        if len(prompt) >= self.max_context:
+            raise ContextLengthError(
+                f"prompt is {len(prompt)} tokens but the context limit is {self.max_context} "
+                f"(at least one token must be left to generate)"
+            )
+
+    def reusable(self, prompt: list[int]) -> int:
+        """Tokens of `prompt` that would come from the cache (no compute): the common prefix,
+        lowered to the newest snapshot when the sliding rings cannot be trimmed back that far."""
+        keep = min(common_prefix_length(self._tokens, prompt), len(prompt) - 1)
+        drop = len(self._tokens) - keep
+        if drop == 0 or all(c.can_trim(drop) for c in self.cache):
+            return keep
+        snap = self._snapshot_at_or_before(keep)
+        return snap.position if snap else 0
+
+    def snapshot(self, kind: str = "prompt") -> None:
+        """Remember the sliding rings at the current position (cheap: references, no copy)."""
+        pos = len(self._tokens)
+        if self._snapshots and self._snapshots[-1].position == pos:
+            return
+        states = tuple(c.snapshot() if isinstance(c, RotatingKVCache) else None for c in self.cache)
+        self._snapshots.append(Snapshot(pos, states, kind))
+        while len(self._snapshots) > self.max_snapshots:
+            victims = [i for i, s in enumerate(self._snapshots[:-1]) if s.kind == "message"]
+            del self._snapshots[victims[0] if victims else 0]
+
+    def _snapshot_at_or_before(self, pos: int) -> Snapshot | None:
+        return next((s for s in reversed(self._snapshots) if s.position <= pos), None)
+
+    def _rewind(self, prompt: list[int]) -> int:
+        """Roll the caches back to the longest reusable prefix of `prompt`; -> its length."""
+        keep = self.reusable(prompt)
+        drop = len(self._tokens) - keep
+        if drop and all(c.can_trim(drop) for c in self.cache):
+            for c in self.cache:
+                c.trim(drop)
+        elif drop:
+            snap = self._snapshot_at_or_before(keep)
+            if snap is None or snap.position == 0:
+                self.cache = self.model.make_cache()
+                keep = 0
+            else:
+                keep = snap.position
+                for c, st in zip(self.cache, snap.states):
+                    if st is not None:
+                        c.restore(st)
+                    else:
+                        c.trim(c.offset - keep)
+        self._tokens = self._tokens[:keep]
+        self._snapshots = [s for s in self._snapshots if s.position <= keep]
+        return keep
+
+    # ------------------------------------------------------------------ forward
+
+    def _prefill(self, tokens: list[int], should_stop: Stop) -> mx.array | None:
+        """Feed `tokens` chunk by chunk (cancellable between chunks); -> last logits, None if stopped."""
+        total = len(self._tokens) + len(tokens)
+        logits = None
+        for s in range(0, len(tokens), self.prefill_chunk):
+            if should_stop():
+                return None
+            piece = tokens[s : s + self.prefill_chunk]
+            logits = self.model(mx.array([piece], dtype=mx.int32), self.cache, last_only=True)
+            if s + self.prefill_chunk < len(tokens):
+                mx.eval([c.state for c in self.cache])  # MLX skips this chunk's lm_head
+            else:
+                mx.eval(logits)
+            self._tokens.extend(piece)
+            for c in self.cache:  # grow full-layer caches once for the whole prompt
+                if isinstance(c, KVCache) and c.keys is not None:
+                    c.reserve(total)
+        return logits
+
+    def prefill(
+        self, prompt: list[int], should_stop: Stop | None = None, boundaries: Iterable[int] = ()
+    ) -> tuple[mx.array | None, int]:
+        """Make the caches hold `prompt`, reusing what they can; -> (logits [1, vocab] of its last
+        position or None if stopped, reused tokens).
+
+        Snapshots the rings at the prompt's end and at each of `boundaries` that has to be prefilled
+        (the Chat passes the end of the system/developer messages and of the last message, so that
+        a new conversation with the same settings, or a turn that ended without an assistant
+        message, e.g. cancelled, does not force a full re-prefill). Each costs one more forward call.
+        """
+        self.check_prompt(prompt)
+        stop = should_stop or (lambda: False)
+        keep = self._rewind(prompt)
+        cuts = sorted({b for b in boundaries if keep < b < len(prompt)}) + [len(prompt)]
+        start, logits = keep, None
+        for end in cuts:
+            logits = self._prefill(prompt[start:end], stop)
+            if logits is None:
+                return None, keep
+            self.snapshot("prompt")
+            start = end
+        return logits.reshape(1, -1), keep
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(
+        self,
+        prompt: list[int],
+        sampler: Sampler,
+        *,
+        max_tokens: int | None = None,
+        should_stop: Stop | None = None,
+        stop_tokens: Iterable[int] = tk.STOP_TOKENS_FOR_ASSISTANT_ACTIONS,
+        boundaries: Iterable[int] = (),
+    ) -> Generation:
+        """Prefill `prompt` (reusing the cache) and sample until a stop token, `max_tokens`, the
+        context limit or `should_stop()`. Raises ContextLengthError now, before any compute.
+
+        Every yielded token has been fed to the model (decoding is pipelined: the step for token i
+        is queued before token i is read), so `tokens` is always prompt + yielded tokens.
+        """
+        self.check_prompt(prompt)
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+        gen = Generation(prompt_tokens=len(prompt))
+        stop = should_stop or (lambda: False)
+        gen._it = self._run(gen, prompt, sampler, max_tokens, stop, frozenset(stop_tokens), tuple(boundaries))
+        return gen
+
+    def _run(
+        self, gen: Generation, prompt: list[int], sampler: Sampler, max_tokens: int | None,
+        should_stop: Stop, stop_tokens: frozenset[int], boundaries: tuple[int, ...],
+    ) -> Iterator[int]:  # fmt: skip
+        try:
+            yield from self._decode(gen, prompt, sampler, max_tokens, should_stop, stop_tokens, boundaries)
+        finally:
+            self.settle()
+
+    def settle(self) -> None:
+        """Evaluate every pending cache write. MLX streams are per thread: a lazy array left for
+        another thread (the next turn may run in a different worker) fails there, so nothing lazy
+        outlives a generation."""
+        pending = [c.state for c in self.cache] + [[s.keys, s.values] for snap in self._snapshots
+                                                   for s in snap.states if s is not None and s.keys is not None]
+        mx.eval(pending)
+
+    def _decode(
+        self, gen: Generation, prompt: list[int], sampler: Sampler, max_tokens: int | None,
+        should_stop: Stop, stop_tokens: frozenset[int], boundaries: tuple[int, ...],
+    ) -> Iterator[int]:  # fmt: skip
+        t0 = time.perf_counter()
+        logits, keep = self.prefill(prompt, should_stop, boundaries)
+        gen.reused_tokens = keep
+        gen.prefilled_tokens = len(self._tokens) - keep
+        if logits is None:
+            gen.prefill_s = time.perf_counter() - t0
+            gen.stop_reason = "cancelled"
+            return
+        ctx = (lambda: mx.array(self._tokens, dtype=mx.int32)) if sampler.config.logits_processors else None
+        y = sampler(logits, ctx)
+        mx.async_eval(y)
+        gen.prefill_s = time.perf_counter() - t0
+        t_first = None
+        while True:
+            if should_stop():
+                gen.stop_reason = "cancelled"
+                break
+            # Queue the forward pass of token y before reading y, so the device works while this
+            # thread hands y out. Sampling from it is queued only once y is known not to end the
+            # generation, so (stateful) logits processors never see a step that will not happen.
+            logits = self.model(y.reshape(1, 1), self.cache, last_only=True).reshape(1, -1)
+            mx.async_eval(logits)
+            tok = int(y.item())
+            self._tokens.append(tok)
+            if tok == tk.END:
+                self.snapshot("message")
+            if t_first is None:
+                t_first = time.perf_counter()
+                gen.ttft_s = t_first - t0
+            gen.generated.append(tok)
+            if tok in stop_tokens:
+                gen.stop_reason = "tool_call" if tok == tk.CALL else "stop"
+            elif max_tokens is not None and len(gen.generated) >= max_tokens:
+                gen.stop_reason = "length"
+            elif len(self._tokens) >= self.max_context:
+                gen.stop_reason = "context"
+            else:
+                y = sampler(logits, ctx)
+                mx.async_eval(y)
+            gen.decode_s = time.perf_counter() - t_first
+            yield tok
+            if gen.stop_reason is not None:
+                break
+        if t_first is not None:
+            gen.decode_s = time.perf_counter() - t_first
+
+

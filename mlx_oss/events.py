@@ -1,0 +1,128 @@
+"""Typed events a `Chat.send()` stream yields, and the statistics of a turn.
+
+Plain frozen dataclasses (no MLX import), so UIs can `match` on them and tests can compare them.
+`Done` is always the last event of a stream, also after a cancel or an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Union
+
+__all__ = [
+    "STOP_REASONS",
+    "ReasoningDelta",
+    "AnswerDelta",
+    "ToolCall",
+    "ToolResult",
+    "Stats",
+    "Reply",
+    "Done",
+    "Event",
+]
+
+STOP_REASONS = ("stop", "tool_call", "length", "context", "cancelled", "error")
+
+
+@dataclass(frozen=True)
+class ReasoningDelta:
+    """Text added to the chain of thought (analysis channel)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class AnswerDelta:
+    """Text added to what the user sees: the final channel, or a commentary preamble
+    (`channel="commentary"`, a message to the user the model writes before calling a tool)."""
+
+    text: str
+    channel: str = "final"
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model made. `arguments` is the parsed JSON (None when `raw` is not valid JSON;
+    `error` then says why). `name` is the function name (`get_weather`), `recipient` the full
+    harmony address (`functions.get_weather`). `id` identifies it for `Chat.add_tool_result`."""
+
+    name: str
+    arguments: Any
+    raw: str
+    error: str | None = None
+    id: str = ""
+    recipient: str = ""
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """What an automatically run (callable) tool returned; it was fed back to the model.
+    `error` is True when the tool raised (then `content` holds the error text the model saw)."""
+
+    name: str
+    content: str
+    id: str = ""
+    error: bool = False
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Measurements of one `send()` (all its generation rounds when tools run automatically).
+
+    `prompt_tokens` is the length of the last prompt; `reused_tokens`/`prefilled_tokens` add up over
+    rounds (reused + prefilled == prompt tokens for a single round). `ttft_s` is from the start of
+    the stream to the first sampled token. `stop_reason` is one of `STOP_REASONS`.
+    """
+
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    prefilled_tokens: int = 0
+    generated_tokens: int = 0
+    reasoning_tokens: int = 0
+    answer_tokens: int = 0
+    ttft_s: float = 0.0
+    prefill_tps: float = 0.0
+    decode_tps: float = 0.0
+    peak_memory_bytes: int = 0
+    stop_reason: str = "stop"
+    context_used: int = 0
+    context_limit: int = 0
+    error: str | None = None
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    rounds: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The outcome of a turn: the final answer, the chain of thought, tool calls made, statistics.
+    `parsed` is the answer parsed as JSON when the chat has a `response_format` (else None)."""
+
+    answer: str = ""
+    reasoning: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    stats: Stats = field(default_factory=Stats)
+    parsed: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "answer": self.answer,
+            "reasoning": self.reasoning,
+            "tool_calls": [asdict(c) for c in self.tool_calls],
+            "parsed": self.parsed,
+            "stats": self.stats.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class Done:
+    """Last event of every stream."""
+
+    stats: Stats
+    reply: Reply
+
+
+Event = Union[ReasoningDelta, AnswerDelta, ToolCall, ToolResult, Done]

@@ -1,0 +1,109 @@
+"""Sampling settings and the sampler the engine calls once per token.
+
+The filters are mlx-lm's (`apply_top_p`, `apply_min_p`, `apply_top_k`, in mlx-lm's order), imported
+only when a filter is on because importing mlx-lm costs about a second. Randomness comes from an
+explicit key split once per token instead of MLX's global generator, so a `seed` reproduces a
+reply exactly whatever else the process samples in between (another chat, another thread).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Callable
+
+import mlx.core as mx
+
+__all__ = ["SamplingConfig", "Sampler", "LogitsProcessor", "ScriptedTokens"]
+
+# (context tokens [n] int32, logits [1, vocab]) -> logits, mlx-lm's processor signature.
+LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """temperature 1.0 is OpenAI's recommendation for gpt-oss; 0 means greedy (argmax).
+    top_p 1.0, top_k 0 and min_p 0.0 disable those filters. `seed` None draws a fresh seed
+    per reply. `logits_processors` (mlx-lm signature) run before the filters."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    logits_processors: tuple[LogitsProcessor, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "logits_processors", tuple(self.logits_processors))
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+
+    def to_dict(self) -> dict:
+        return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+                "min_p": self.min_p, "seed": self.seed}  # fmt: skip
+
+
+class Sampler:
+    """logits [1, vocab] -> token [1] (lazy, so the engine can pipeline the next forward pass)."""
+
+    def __init__(self, config: SamplingConfig) -> None:
+        self.config = config
+        seed = config.seed if config.seed is not None else secrets.randbits(63)
+        self._key = mx.random.key(seed)
+        self._filters = self._make_filters(config)
+
+    @staticmethod
+    def _make_filters(c: SamplingConfig) -> list[Callable[[mx.array], mx.array]]:
+        if c.temperature == 0 or (c.top_p >= 1 and c.min_p == 0 and c.top_k == 0):
+            return []
+        from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
+
+        out: list[Callable[[mx.array], mx.array]] = []
+        if c.top_p < 1:
+            out.append(lambda x: apply_top_p(x, c.top_p))
+        if c.min_p > 0:
+            out.append(lambda x: apply_min_p(x, c.min_p))
+        if c.top_k > 0:
+            out.append(lambda x: x if c.top_k >= x.shape[-1] else apply_top_k(x, c.top_k))
+        return out
+
+    def __call__(self, logits: mx.array, context: Callable[[], mx.array] | None = None) -> mx.array:
+        """`context` returns the token context for logits processors (built only if there are any)."""
+        logits = logits.reshape(1, -1)
+        if self.config.logits_processors:
+            ctx = context() if context is not None else mx.array([], dtype=mx.int32)
+            for p in self.config.logits_processors:
+                logits = p(ctx, logits)
+        logits = logits.astype(mx.float32)
+        if self.config.temperature == 0:
+            return mx.argmax(logits, axis=-1)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        for f in self._filters:
+            logprobs = f(logprobs)
+        self._key, sub = mx.random.split(self._key)
+        return mx.random.categorical(logprobs * (1 / self.config.temperature), key=sub)
+
+
+
+class ScriptedTokens:
+    """A logits processor that makes the model "say" `tokens`, one per sampling step, then lets it
+    go on freely. For tests and benchmarks on random-weight models, which would never emit a
+    well-formed harmony reply by themselves; the model still runs every forward pass as usual."""
+
+    def __init__(self, tokens: list[int]) -> None:
+        self.tokens = list(tokens)
+        self.step = 0
+
+    def __call__(self, context: mx.array, logits: mx.array) -> mx.array:
+        if self.step >= len(self.tokens):
+            return logits
+        tok = self.tokens[self.step]
+        self.step += 1
+        onehot = mx.arange(logits.shape[-1]) == tok
+        return mx.where(onehot, mx.array(0.0, logits.dtype), mx.array(-mx.inf, logits.dtype))

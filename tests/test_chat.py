@@ -1,0 +1,439 @@
+"""Chat sessions on the tiny synthetic model (full harmony vocabulary, sliding window 8).
+
+Random weights never produce harmony, so replies are scripted with a logits processor that forces
+harmony-shaped token sequences; the model still runs every forward pass, so cache reuse is checked
+against from-scratch logits (float32, relative error <= 1e-5).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlx_oss
+from mlx_oss import tokenizer as tk
+from mlx_oss.events import AnswerDelta, Done, ReasoningDelta, ToolCall, ToolResult
+from mlx_oss.harmony import FINAL, Role
+from mlx_oss.sampling import SamplingConfig, ScriptedTokens
+
+
+@pytest.fixture(scope="module")
+def model_tok(tiny_chat_converted):
+    return mlx_oss.load(tiny_chat_converted, dtype="float32")
+
+
+def reply(tok, *, analysis=None, final=None, call=None, preamble=None) -> list[int]:
+    """Tokens of an assistant reply after the prompt's `<|start|>assistant`, as gpt-oss writes it
+    (channel before recipient in tool calls)."""
+    parts = []
+    if analysis is not None:
+        parts.append(f"<|channel|>analysis<|message|>{analysis}<|end|>")
+    if preamble is not None:
+        parts.append(f"<|channel|>commentary<|message|>{preamble}<|end|>")
+    if call is not None:
+        name, args = call
+        parts.append(f"<|channel|>commentary to=functions.{name} <|constrain|>json<|message|>{args}<|call|>")
+    if final is not None:
+        parts.append(f"<|channel|>final<|message|>{final}<|return|>")
+    return tok.encode("<|start|>assistant".join(parts), allowed_special="all")
+
+
+class Script(ScriptedTokens):
+    """Forces `tokens` and records the logits the sampler saw at the given steps (step 0 is the
+    prefill's last position)."""
+
+    def __init__(self, tokens, record=(0,)):
+        super().__init__(tokens)
+        self.record = set(record)
+        self.seen: dict[int, np.ndarray] = {}
+
+    def __call__(self, context, logits):
+        if self.step in self.record:
+            self.seen[self.step] = np.array(logits.reshape(-1))
+        return super().__call__(context, logits)
+
+
+def use(chat, tokens, record=(0,)) -> Script:
+    s = Script(tokens, record)
+    chat.sampling = SamplingConfig(seed=0, logits_processors=(s,))
+    return s
+
+
+def scratch_logits(model, tokens) -> np.ndarray:
+    return np.array(model(mx.array([tokens]), None, last_only=True)[0, -1])
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def check_logits(model, script: Script, prompt, step=0):
+    assert rel_err(script.seen[step], scratch_logits(model, prompt)) <= 1e-5
+
+
+# ----------------------------------------------------------------------------- one turn
+
+
+def test_scripted_turn_events_reply_and_stats(model_tok):
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok)
+    assert chat.sampling.temperature == 1.0 and chat.max_tokens is None
+    use(chat, reply(tok, analysis="User greets. Reply kindly.", final="Hello there!"))
+    events = list(chat.send("Hi"))
+    assert isinstance(events[-1], Done) and not any(isinstance(e, Done) for e in events[:-1])
+    reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
+    answer = "".join(e.text for e in events if isinstance(e, AnswerDelta))
+    assert reasoning == "User greets. Reply kindly." and answer == "Hello there!"
+    r, s = events[-1].reply, events[-1].stats
+    assert (r.answer, r.reasoning, r.tool_calls) == ("Hello there!", reasoning, ())
+    assert s.stop_reason == "stop" and s.error is None
+    assert s.prompt_tokens == len(chat.engine.tokens) - s.generated_tokens
+    assert s.reused_tokens + s.prefilled_tokens == s.prompt_tokens and s.reused_tokens == 0
+    assert s.generated_tokens == len(reply(tok, analysis="User greets. Reply kindly.", final="Hello there!"))
+    assert s.reasoning_tokens == len(tok.encode("User greets. Reply kindly."))
+    assert s.answer_tokens == len(tok.encode("Hello there!"))
+    assert s.ttft_s > 0 and s.prefill_tps > 0 and s.decode_tps > 0
+    assert s.context_used == len(chat.engine.tokens) and s.context_limit == model.args.max_position_embeddings
+    hist = chat.history
+    assert [m.role for m in hist] == [Role.USER, Role.ASSISTANT, Role.ASSISTANT]
+    assert hist[-1].channel == FINAL and hist[-1].text == "Hello there!" and not hist[-1].incomplete
+    assert chat.messages[0].role is Role.SYSTEM and len(chat.messages) == 4
+
+
+def test_ask_blocks_and_returns_reply(model_tok):
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok, instructions="Answer in French.")
+    use(chat, reply(tok, analysis="ok", final="Bonjour"))
+    r = chat.ask("Hello")
+    assert r.answer == "Bonjour" and r.reasoning == "ok" and r.stats.stop_reason == "stop"
+    assert chat.messages[1].role is Role.DEVELOPER
+
+
+# ----------------------------------------------------------------------------- cache reuse
+
+
+def test_multiturn_prefills_only_new_tokens_and_logits_match(model_tok):
+    """Turn k prefills exactly what turn k adds to the prompt (previous answer, new user message,
+    headers), although the previous analysis was generated into the cache and the 8-slot ring
+    wrapped many times; the logits equal a from-scratch pass."""
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok)
+    prev = None
+    for k in range(5):
+        prompt = chat.prompt_tokens(chat.history + [mlx_oss.chat.Message.user(f"question {k} " * 3)])
+        s = use(chat, reply(tok, analysis=f"thinking about {k} " * 4, final=f"answer {k}"))
+        stats = chat.ask(f"question {k} " * 3).stats
+        check_logits(model, s, prompt)
+        if prev is not None:
+            assert prompt[: len(prev)] == prev  # the previous prompt is a prefix (analysis dropped)
+            assert stats.prefilled_tokens == len(prompt) - len(prev)
+            assert stats.reused_tokens == len(prev)
+        prev = prompt
+
+
+def test_effort_change_reprefills_from_system_message(model_tok):
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok, reasoning_effort="low")
+    use(chat, reply(tok, analysis="a", final="b"))
+    chat.ask("one")
+    chat.reasoning_effort = "HIGH"
+    assert chat.reasoning_effort == "high"
+    prompt = chat.prompt_tokens(chat.history + [mlx_oss.chat.Message.user("two")])
+    assert "Reasoning: high" in tok.decode(prompt)
+    s = use(chat, reply(tok, analysis="c", final="d"))
+    stats = chat.ask("two").stats
+    check_logits(model, s, prompt)
+    # The prompts diverge inside the system message, before any ring snapshot: all is prefilled again.
+    assert stats.reused_tokens == 0 and stats.prefilled_tokens == len(prompt)
+    stats = use(chat, reply(tok, final="e")) and chat.ask("three").stats
+    assert stats.reused_tokens == len(prompt)  # and the next turn is incremental again
+    with pytest.raises(ValueError, match="low, medium or high"):
+        chat.reasoning_effort = "extreme"
+
+
+def test_cancel_from_another_thread_then_continue(model_tok):
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok)
+    use(chat, reply(tok, analysis="one two three four five six seven eight nine ten", final="never"))
+    events = []
+    for ev in chat.send("count"):
+        events.append(ev)
+        if sum(isinstance(e, ReasoningDelta) for e in events) == 3:
+            t = threading.Thread(target=chat.cancel)
+            t.start()
+            t.join()
+    assert isinstance(events[-1], Done) and events[-1].stats.stop_reason == "cancelled"
+    assert sum(isinstance(e, ReasoningDelta) for e in events) == 3  # nothing after the cancel
+    last = chat.history[-1]
+    assert last.channel == "analysis" and last.incomplete and last.text == "one two three"
+    # The cache holds exactly what was fed; the next turn reuses up to the last message's end.
+    before = chat.prompt_tokens(chat.history[:-1])
+    boundary = len(before) - 2  # before `<|start|>assistant`
+    prompt = chat.prompt_tokens(chat.history + [mlx_oss.chat.Message.user("again")])
+    s = use(chat, reply(tok, analysis="x", final="y"))
+    stats = chat.ask("again").stats
+    assert stats.reused_tokens == boundary and stats.prefilled_tokens == len(prompt) - boundary
+    check_logits(model, s, prompt)
+    assert "one two three" not in tok.decode(prompt)  # the cut-off reasoning is pruned from the prompt
+
+
+def test_cancel_in_worker_thread(model_tok):
+    """The TUI's case: generation runs in a worker, the UI thread cancels."""
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok)
+    started, cancelled = threading.Event(), threading.Event()
+
+    class Blocking(ScriptedTokens):
+        def __call__(self, context, logits):
+            if self.step == 5:
+                started.set()
+                cancelled.wait(10)
+            return super().__call__(context, logits)
+
+    chat.sampling = SamplingConfig(logits_processors=(Blocking(reply(tok, final="word " * 100)),))
+    out = {}
+    worker = threading.Thread(target=lambda: out.setdefault("r", chat.ask("go")))
+    worker.start()
+    assert started.wait(10)
+    chat.cancel()
+    cancelled.set()
+    worker.join(10)
+    r = out["r"]
+    assert r.stats.stop_reason == "cancelled" and r.answer and len(r.answer) < len("word " * 100)
+    assert chat.history[-1].incomplete and chat.history[-1].text == r.answer  # kept as incomplete answer
+    assert len(chat.engine.tokens) == r.stats.prompt_tokens + r.stats.generated_tokens
+    # An incomplete answer stays in the conversation; the next turn is still exact.
+    prompt = chat.prompt_tokens(chat.history + [mlx_oss.chat.Message.user("more")])
+    s = use(chat, reply(tok, final="ok"))
+    assert chat.ask("more").answer == "ok"
+    check_logits(model, s, prompt)
+
+
+def test_breaking_out_of_the_stream_keeps_session_consistent(model_tok):
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok)
+    use(chat, reply(tok, final="a b c d e f g"))
+    stream = chat.send("x")
+    for ev in stream:
+        if isinstance(ev, AnswerDelta):
+            break
+    stream.close()  # what the garbage collector or the next send() does to an abandoned stream
+    assert chat.history[1].incomplete and chat.history[1].text == "a"  # partial answer kept
+    s = use(chat, reply(tok, final="z"))
+    prompt = chat.prompt_tokens(chat.history + [mlx_oss.chat.Message.user("y")])
+    assert chat.ask("y").answer == "z"
+    check_logits(model, s, prompt)
+    # Abandoned without close(): the next send() closes it first.
+    use(chat, reply(tok, final="p q r s"))
+    stream = chat.send("w")
+    next(stream)
+    use(chat, reply(tok, final="t"))
+    assert chat.ask("v").answer == "t"
+    assert [m.text for m in chat.history[-4:]] == ["w", "p", "v", "t"]
+
+
+# ----------------------------------------------------------------------------- tools
+
+
+def get_weather(city: str, unit: str = "celsius") -> dict:
+    """Current weather for a city.
+
+    Args:
+        city: City name.
+        unit: celsius or fahrenheit.
+    """
+    return {"city": city, "temperature": 21, "unit": unit}
+
+
+def test_auto_tool_round_trip_reuses_cache(model_tok):
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok, tools=[get_weather])
+    first = reply(tok, analysis="Need weather.", call=("get_weather", '{"city": "Paris"}'))
+    second = reply(tok, analysis="Got it.", final="It is 21 C in Paris.")
+    s = use(chat, first + second, record=(0, len(first)))
+    events = list(chat.send("Weather in Paris?"))
+    kinds = [type(e).__name__ for e in events]
+    assert kinds.index("ToolCall") < kinds.index("ToolResult") < kinds.index("AnswerDelta")
+    call = next(e for e in events if isinstance(e, ToolCall))
+    assert (call.name, call.arguments, call.error, call.recipient) == (
+        "get_weather", {"city": "Paris"}, None, "functions.get_weather")  # fmt: skip
+    result = next(e for e in events if isinstance(e, ToolResult))
+    assert json.loads(result.content) == {"city": "Paris", "temperature": 21, "unit": "celsius"}
+    assert result.id == call.id and not result.error
+    done = events[-1]
+    assert done.reply.answer == "It is 21 C in Paris." and done.stats.rounds == 2
+    assert done.reply.tool_calls == (call,)
+    roles = [m.role for m in chat.history]
+    assert roles == [Role.USER, Role.ASSISTANT, Role.ASSISTANT, Role.TOOL, Role.ASSISTANT, Role.ASSISTANT]
+    # Round 2's prompt: the analysis stays (same turn); only the re-rendered call (its header order
+    # differs from the model's) and the tool result are prefilled, from the snapshot after `<|end|>`.
+    prompt2 = chat.prompt_tokens(chat.history[:4])
+    check_logits(model, s, prompt2, step=len(first))
+    prompt1 = chat.prompt_tokens(chat.history[:1])
+    analysis_end = len(prompt1) + len(reply(tok, analysis="Need weather."))
+    assert done.stats.reused_tokens == analysis_end  # round 1 reused nothing
+    assert done.stats.prefilled_tokens == len(prompt1) + len(prompt2) - analysis_end
+    assert done.stats.prompt_tokens == len(chat.prompt_tokens(chat.history[:4]))
+
+
+def test_caller_runs_schema_tools(model_tok):
+    model, tok = model_tok
+    schema = {"type": "function", "function": {"name": "lookup", "description": "Look up a word.",
+              "parameters": {"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]}}}  # fmt: skip
+    chat = mlx_oss.Chat(model, tok, tools=[schema])
+    use(chat, reply(tok, call=("lookup", '{"word": "cat"}')))
+    r = chat.ask("define cat")
+    assert r.stats.stop_reason == "tool_call" and r.tool_calls[0].arguments == {"word": "cat"}
+    assert [c.id for c in chat.pending_tool_calls()] == [r.tool_calls[0].id]
+    with pytest.raises(ValueError, match="no pending tool call"):
+        chat.add_tool_result("nope", "x")
+    chat.add_tool_result(r.tool_calls[0].id, "a small feline")
+    assert chat.pending_tool_calls() == []
+    prompt = chat.prompt_tokens()
+    s = use(chat, reply(tok, final="A cat is a small feline."))
+    r2 = chat.ask()  # continue after the tool result
+    assert r2.answer == "A cat is a small feline."
+    check_logits(model, s, prompt)
+    # The model wrote the call's channel before its recipient, the renderer writes it after: the call
+    # is prefilled again from the previous prompt's end, the rest came from the cache.
+    assert r2.stats.reused_tokens == r.stats.prompt_tokens
+    assert r2.stats.prefilled_tokens == len(prompt) - r.stats.prompt_tokens
+    with pytest.raises(ValueError, match="continues after"):
+        chat.send()
+
+
+def test_invalid_tool_arguments_are_reported_and_fed_back(model_tok):
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok, tools=[get_weather])
+    use(chat, reply(tok, call=("get_weather", '{"city": Paris}')) + reply(tok, final="Sorry."))
+    events = list(chat.send("weather?"))
+    call = next(e for e in events if isinstance(e, ToolCall))
+    assert call.arguments is None and "invalid JSON" in call.error and call.raw == '{"city": Paris}'
+    res = next(e for e in events if isinstance(e, ToolResult))
+    assert res.error and "invalid JSON" in res.content
+    assert events[-1].reply.answer == "Sorry."
+
+
+def test_tool_exceptions_become_results(model_tok):
+    model, tok = model_tok
+
+    def boom(x: int) -> str:
+        """Always fails."""
+        raise RuntimeError("no network")
+
+    chat = mlx_oss.Chat(model, tok, tools=[boom])
+    use(chat, reply(tok, call=("boom", '{"x": 1}')) + reply(tok, call=("missing", "{}")) + reply(tok, final="k"))
+    results = [e for e in chat.send("go") if isinstance(e, ToolResult)]
+    assert results[0].error and "RuntimeError: no network" in results[0].content
+    assert results[1].error and "unknown tool" in results[1].content
+
+
+def test_preamble_is_answer_text_on_commentary(model_tok):
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok, tools=[get_weather], auto_tools=False)
+    use(chat, reply(tok, preamble="Let me check.", call=("get_weather", '{"city": "Oslo"}')))
+    events = list(chat.send("weather"))
+    pre = [e for e in events if isinstance(e, AnswerDelta)]
+    assert "".join(e.text for e in pre) == "Let me check." and {e.channel for e in pre} == {"commentary"}
+    assert events[-1].stats.stop_reason == "tool_call" and events[-1].reply.answer == ""
+
+
+# ----------------------------------------------------------------------------- limits, errors
+
+
+def test_context_error_before_compute(model_tok):
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok, max_context=120)
+    with pytest.raises(mlx_oss.ContextLengthError, match="context limit is 120"):
+        chat.send("word " * 200)
+    assert chat.history == [] and chat.engine.tokens == []
+    assert isinstance(mlx_oss.ContextLengthError("x"), ValueError)
+
+
+def test_context_limit_and_max_tokens_stop_generation(model_tok):
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok, max_context=120)
+    use(chat, reply(tok, final="w " * 200))
+    r = chat.ask("hi")
+    assert r.stats.stop_reason == "context" and len(chat.engine.tokens) == 120
+    assert chat.history[-1].incomplete and chat.history[-1].text == r.answer
+    chat = mlx_oss.Chat(model, tok, max_tokens=7)
+    use(chat, reply(tok, analysis="long " * 50))
+    r = chat.ask("hi")
+    assert r.stats.stop_reason == "length" and r.stats.generated_tokens == 7
+
+
+def test_runtime_error_ends_stream_with_error(model_tok):
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok)
+
+    def broken(context, logits):
+        raise RuntimeError("kernel exploded\nsecond line")
+
+    chat.sampling = SamplingConfig(logits_processors=(broken,))
+    events = list(chat.send("hi"))
+    assert len(events) == 1 and events[0].stats.stop_reason == "error"
+    assert events[0].stats.error == "RuntimeError: kernel exploded"
+    s = use(chat, reply(tok, final="fine"))
+    prompt = chat.prompt_tokens(chat.history + [mlx_oss.chat.Message.user("again")])
+    assert chat.ask("again").answer == "fine"  # the session recovers (cache rebuilt)
+    check_logits(model, s, prompt)
+
+
+# ----------------------------------------------------------------------------- settings, saving
+
+
+def test_structured_output(model_tok):
+    model, tok = model_tok
+    schema = {"title": "person", "type": "object", "properties": {"name": {"type": "string"}}}
+    chat = mlx_oss.Chat(model, tok, response_format=schema)
+    assert "# Response Formats" in tok.decode(chat.prompt_tokens([mlx_oss.chat.Message.user("x")]))
+    use(chat, reply(tok, final='{"name": "Ada"}'))
+    assert chat.ask("who?").parsed == {"name": "Ada"}
+
+
+def test_seed_reproduces_sampling(model_tok):
+    model, tok = model_tok
+    outs = []
+    for seed in (3, 3, 4):
+        chat = mlx_oss.Chat(model, tok, max_tokens=12, sampling=SamplingConfig(seed=seed))
+        chat.ask("hello")
+        outs.append(chat.engine.tokens)
+    assert outs[0] == outs[1] and outs[0] != outs[2]
+
+
+def test_save_and_reopen(model_tok):
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok, reasoning_effort="high", instructions="Be brief.", tools=[get_weather],
+                        response_format={"title": "r", "type": "object"}, max_tokens=500, date="2025-01-02")  # fmt: skip
+    use(chat, reply(tok, analysis="hm", final="Hi!"))
+    chat.ask("hello")
+    data = json.loads(json.dumps(chat.to_json()))
+    again = mlx_oss.Chat.from_json(data, model, tok, tools=[get_weather])
+    assert again.history == chat.history and again.settings()["reasoning_effort"] == "high"
+    assert again.tools[0].fn is get_weather and again.max_tokens == 500
+    nxt = [mlx_oss.chat.Message.user("next")]
+    assert again.prompt_tokens(again.history + nxt) == chat.prompt_tokens(chat.history + nxt)
+    schema_only = mlx_oss.Chat.from_json(json.dumps(data), model, tok)
+    assert schema_only.tools[0].fn is None and schema_only.tools[0].name == "get_weather"
+    with pytest.raises(ValueError, match="not a saved chat"):
+        mlx_oss.Chat.from_json({"x": 1}, model, tok)
+
+
+def test_reset_keeps_shared_prefix(model_tok):
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok, instructions="Be nice.")
+    use(chat, reply(tok, final="a"))
+    chat.ask("one")
+    chat.reset()
+    assert chat.history == []
+    prompt = chat.prompt_tokens([mlx_oss.chat.Message.user("two")])
+    s = use(chat, reply(tok, final="b"))
+    r = chat.ask("two")
+    assert r.stats.reused_tokens == len(chat.prompt_tokens([])) - 2  # system + developer messages
+    check_logits(model, s, prompt)

@@ -1,0 +1,220 @@
+"""Engine: cross-turn cache reuse equals a from-scratch run, rollback, cancel, limits, sampling."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_oss.engine import ContextLengthError, Engine
+from mlx_oss.sampling import Sampler, SamplingConfig, ScriptedTokens
+
+
+@pytest.fixture(scope="module")
+def model(tiny_chat_converted):
+    from mlx_oss.loader import load_model
+
+    m = load_model(tiny_chat_converted, dtype="float32")
+    assert m.args.sliding_window == 8  # the tests below wrap the ring many times
+    return m
+
+
+def scratch_logits(model, tokens: list[int]) -> np.ndarray:
+    """Last-position logits of one forward pass over `tokens`, no cache at all."""
+    return np.array(model(mx.array([tokens]), None, last_only=True)[0, -1])
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def rng_tokens(seed: int, n: int) -> list[int]:
+    return np.random.default_rng(seed).integers(0, 199_000, n).tolist()
+
+
+def scripted(tokens: list[int]) -> Sampler:
+    return Sampler(SamplingConfig(logits_processors=(ScriptedTokens(tokens),)))
+
+
+def run(engine: Engine, prompt: list[int], sampler: Sampler, **kw) -> tuple[list[int], object]:
+    gen = engine.generate(prompt, sampler, **kw)
+    return list(gen), gen
+
+
+def test_turns_prefill_only_new_tokens_and_match_scratch(model):
+    """Each turn drops what was generated after the previous prompt (as harmony drops analysis) and
+    appends new tokens: only those are prefilled, and the logits equal a from-scratch pass."""
+    engine = Engine(model)
+    prompt = rng_tokens(0, 40)
+    for turn in range(5):
+        gen_tokens = rng_tokens(100 + turn, 12)
+        logits, reused = engine.prefill(prompt)
+        assert rel_err(logits[0], scratch_logits(model, prompt)) <= 1e-5
+        if turn:
+            assert reused == prev_len and engine.tokens == prompt
+        out, g = run(engine, prompt, scripted(gen_tokens), max_tokens=12)
+        assert out == gen_tokens and g.stop_reason == "length"
+        assert g.reused_tokens == len(prompt) - 1  # same prompt again: only its last token is re-fed
+        assert engine.tokens == prompt + gen_tokens  # every yielded token is in the cache
+        prev_len = len(prompt)
+        prompt = prompt + [gen_tokens[0] + 1] + rng_tokens(200 + turn, 9)  # diverges right after the prompt
+
+
+def test_generated_tokens_are_reused_when_kept(model):
+    """A prompt that extends prompt + generated (tool-call round trip) prefills only its new part."""
+    engine = Engine(model)
+    prompt = rng_tokens(1, 30)
+    out, _ = run(engine, prompt, scripted(rng_tokens(2, 10)), max_tokens=10)
+    nxt = prompt + out + rng_tokens(3, 7)
+    logits, reused = engine.prefill(nxt)
+    assert reused == len(prompt) + 10
+    assert rel_err(logits[0], scratch_logits(model, nxt)) <= 1e-5
+
+
+def test_one_token_rollback_trims_the_ring(model):
+    """`<|return|>` becomes `<|end|>` in history: the last token differs, a trim suffices."""
+    engine = Engine(model)
+    prompt = rng_tokens(4, 30)
+    out, _ = run(engine, prompt, scripted(rng_tokens(5, 10)), max_tokens=10)
+    engine._snapshots.clear()  # prove no snapshot is needed
+    nxt = prompt + out[:-1] + [out[-1] + 1] + rng_tokens(6, 5)
+    logits, reused = engine.prefill(nxt)
+    assert reused == len(prompt) + 9
+    assert rel_err(logits[0], scratch_logits(model, nxt)) <= 1e-5
+
+
+def test_divergence_before_any_snapshot_recomputes_correctly(model):
+    engine = Engine(model)
+    prompt = rng_tokens(7, 30)
+    run(engine, prompt, scripted(rng_tokens(8, 10)), max_tokens=10)
+    nxt = prompt[:20] + rng_tokens(9, 15)  # diverges inside the first prompt, far behind the ring
+    logits, reused = engine.prefill(nxt)
+    assert reused == 0
+    assert rel_err(logits[0], scratch_logits(model, nxt)) <= 1e-5
+    # Within the ring's reach (nothing wrapped yet) a trim is enough.
+    short = Engine(model)
+    short.prefill(rng_tokens(10, 6))
+    logits, reused = short.prefill(rng_tokens(10, 6)[:3] + [5, 6, 7])
+    assert reused == 3
+    assert rel_err(logits[0], scratch_logits(model, rng_tokens(10, 6)[:3] + [5, 6, 7])) <= 1e-5
+
+
+def test_message_boundary_snapshot_is_used(model):
+    """A snapshot taken after a generated `<|end|>` lets a rollback to there skip re-prefilling the turn."""
+    from mlx_oss import tokenizer as tk
+
+    engine = Engine(model)
+    prompt = rng_tokens(11, 25)
+    script = rng_tokens(12, 9) + [tk.END] + rng_tokens(13, 6)
+    out, _ = run(engine, prompt, scripted(script), max_tokens=len(script))
+    assert [s.position for s in engine.snapshots][-1] == len(prompt) + 10
+    nxt = prompt + out[:10] + rng_tokens(14, 8)
+    logits, reused = engine.prefill(nxt)
+    assert reused == len(prompt) + 10
+    assert rel_err(logits[0], scratch_logits(model, nxt)) <= 1e-5
+
+
+def test_boundary_snapshot_allows_rollback_before_the_header(model):
+    engine = Engine(model)
+    prompt = rng_tokens(15, 30)
+    run(engine, prompt, scripted(rng_tokens(16, 10)), max_tokens=10, boundaries=(28, 12, 50, 0))
+    assert [s.position for s in engine.snapshots] == [12, 28, 30]  # out-of-range points ignored
+    for cut in (28, 12):
+        nxt = prompt[:cut] + rng_tokens(17, 6)  # a different next header / first message
+        logits, reused = engine.prefill(nxt)
+        assert reused == cut
+        assert rel_err(logits[0], scratch_logits(model, nxt)) <= 1e-5
+
+
+def test_cancel_during_prefill_keeps_cache_consistent(model):
+    engine = Engine(model, prefill_chunk=16)
+    prompt = rng_tokens(18, 50)
+    calls = []
+
+    def stop_after_two_chunks() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    out, g = run(engine, prompt, scripted([1, 2]), should_stop=stop_after_two_chunks)
+    assert out == [] and g.stop_reason == "cancelled"
+    assert engine.tokens == prompt[:32]
+    logits, reused = engine.prefill(prompt)
+    assert reused == 32
+    assert rel_err(logits[0], scratch_logits(model, prompt)) <= 1e-5
+
+
+def test_cancel_during_decode_keeps_yielded_tokens(model):
+    engine = Engine(model)
+    prompt = rng_tokens(19, 20)
+    flag = []
+    gen = engine.generate(prompt, scripted(rng_tokens(20, 50)), should_stop=lambda: bool(flag))
+    out = []
+    for tok in gen:
+        out.append(tok)
+        if len(out) == 5:
+            flag.append(1)
+    assert len(out) == 5 and gen.stop_reason == "cancelled"
+    assert engine.tokens == prompt + out
+
+
+def test_chunked_prefill_equals_one_pass(model):
+    prompt = rng_tokens(21, 70)
+    a, _ = Engine(model, prefill_chunk=16).prefill(prompt)
+    assert rel_err(a[0], scratch_logits(model, prompt)) <= 1e-5
+
+
+def test_context_limit_checked_before_compute(model):
+    calls = []
+
+    class Spy:
+        args = model.args
+        prefill_chunk = model.prefill_chunk
+
+        def make_cache(self):
+            return model.make_cache()
+
+        def __call__(self, *a, **k):
+            calls.append(1)
+            return model(*a, **k)
+
+    engine = Engine(Spy(), max_context=32)
+    with pytest.raises(ContextLengthError, match="32"):
+        engine.generate(rng_tokens(22, 32), scripted([]))
+    with pytest.raises(ValueError):
+        engine.generate(rng_tokens(22, 32), scripted([]))
+    assert calls == [] and engine.tokens == []
+    out, g = run(engine, rng_tokens(22, 25), scripted(rng_tokens(23, 50)))
+    assert g.stop_reason == "context" and len(engine.tokens) == 32 and len(out) == 7
+
+
+def test_stop_tokens_end_generation(model):
+    from mlx_oss import tokenizer as tk
+
+    engine = Engine(model)
+    out, g = run(engine, rng_tokens(24, 10), scripted([5, 6, tk.CALL, 7]))
+    assert out == [5, 6, tk.CALL] and g.stop_reason == "tool_call"
+    out, g = run(engine, rng_tokens(24, 10), scripted([5, tk.RETURN]))
+    assert out == [5, tk.RETURN] and g.stop_reason == "stop"
+    assert g.generated == out and g.prompt_tokens == 10 and g.reused_tokens + g.prefilled_tokens == 10
+
+
+def test_snapshots_are_bounded(model):
+    from mlx_oss import tokenizer as tk
+
+    engine = Engine(model, max_snapshots=4)
+    prompt = rng_tokens(25, 12)
+    run(engine, prompt, scripted([1, tk.END] * 6), max_tokens=12)
+    snaps = engine.snapshots
+    assert len(snaps) == 4
+    assert snaps[0].kind == "prompt" and snaps[0].position == len(prompt)  # prompt ends outlive messages
+
+
+def test_invalid_arguments(model):
+    engine = Engine(model, max_context=100)
+    with pytest.raises(ValueError):
+        engine.generate([], scripted([]))
+    with pytest.raises(ValueError):
+        engine.generate([1, 2], scripted([]), max_tokens=0)
+    with pytest.raises(ValueError):
+        Engine(model, max_context=1)
