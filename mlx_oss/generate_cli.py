@@ -1,0 +1,193 @@
+"""`mlx-oss generate`: one prompt in, the answer out (stdout is only the answer).
+
+Reasoning goes to stderr with --show-reasoning, so `mlx-oss generate ... > answer.txt` keeps the file
+clean; --json prints one object (answer, reasoning, tool calls, stats) instead. Exit codes follow the
+CLI's: 0 success, 2 bad arguments, 1 model/runtime errors (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+
+class UsageError(Exception):
+    """A bad argument found after parsing (exit code 2)."""
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _float_in(lo: float, hi: float, lo_open: bool = False):
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        if not ((lo < v if lo_open else lo <= v) and v <= hi):
+            raise argparse.ArgumentTypeError(f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {v:g}")
+        return v
+
+    return parse
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `generate` subcommand to the `mlx-oss` parser."""
+    from mlx_oss.models import DEFAULT_MODEL
+
+    g = subparsers.add_parser(
+        "generate",
+        help="answer one prompt (stdout: the answer; --json for everything)",
+        description="Generate a reply to one prompt. The prompt is read from stdin when not given.",
+    )
+    g.add_argument("prompt", nargs="?", help="the user message (default: read stdin)")
+    g.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                   help=f"Hub id, checkpoint folder or converted folder (default {DEFAULT_MODEL}; converted once)")
+    g.add_argument("--reasoning-effort", "-r", choices=["low", "medium", "high"], default="medium")
+    g.add_argument("--instructions", "--system", "-s", dest="instructions", metavar="TEXT",
+                   help="developer instructions (the usual 'system prompt')")
+    g.add_argument("--temperature", "--temp", type=_float_in(0, 100), default=1.0, help="default 1.0 (OpenAI's recommendation); 0 = greedy")
+    g.add_argument("--top-p", type=_float_in(0, 1, lo_open=True), default=1.0)
+    g.add_argument("--top-k", type=int, default=0, help="0 = off")
+    g.add_argument("--min-p", type=_float_in(0, 1), default=0.0)
+    g.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
+    g.add_argument("--max-tokens", type=_positive_int, default=None, help="default: until the model stops or the context is full")
+    g.add_argument("--max-context", type=_positive_int, default=None, help="context limit in tokens (default: the model's)")
+    g.add_argument("--show-reasoning", action="store_true", help="stream the chain of thought (to stderr unless --reasoning-to stdout)")
+    g.add_argument("--reasoning-to", choices=["stderr", "stdout"], default="stderr")
+    g.add_argument("--tools", metavar="FILE", help="JSON file: a list of function tool schemas the model may call")
+    g.add_argument("--response-format", metavar="SCHEMA", help="structured output: a JSON schema (inline JSON or a file)")
+    g.add_argument("--json", action="store_true", help="print one JSON object: answer, reasoning, tool_calls, stats")
+    g.add_argument("--stats", action="store_true", help="print a statistics line to stderr")
+    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="compute dtype (default: bf16 on Metal, f32 on CPU)")
+    g.set_defaults(func=run)
+    return g
+
+
+def _read_json(value: str, what: str) -> Any:
+    """Inline JSON or a file holding it."""
+    text = value
+    if not value.lstrip().startswith(("{", "[")):
+        p = Path(value).expanduser()
+        if not p.is_file():
+            raise UsageError(f"{what}: no such file {value!r}")
+        text = p.read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{what}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+
+
+def _prompt(a: argparse.Namespace, stdin: TextIO) -> str:
+    if a.prompt is not None:
+        text = a.prompt
+    elif stdin.isatty():
+        raise UsageError("no prompt: give it as an argument or pipe it on stdin")
+    else:
+        text = stdin.read()
+    if not text.strip():
+        raise UsageError("the prompt is empty")
+    return text
+
+
+def _stats_line(s) -> str:
+    return (
+        f"[{s.stop_reason}] prompt {s.prompt_tokens} tok ({s.reused_tokens} cached, {s.prefilled_tokens} prefilled "
+        f"at {s.prefill_tps:.1f} tok/s), ttft {s.ttft_s:.2f} s, {s.generated_tokens} generated at "
+        f"{s.decode_tps:.1f} tok/s, peak memory {s.peak_memory_bytes / 1e9:.2f} GB"
+    )
+
+
+def run(a: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | None = None, stdin: TextIO | None = None) -> int:
+    """The `generate` command; -> exit code."""
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    try:
+        return _run(a, out, err, stdin or sys.stdin)
+    except UsageError as e:
+        print(f"mlx-oss generate: error: {e}", file=err)
+        return 2
+
+
+def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    prompt = _prompt(a, stdin)
+    tools = _read_json(a.tools, "--tools") if a.tools else None
+    if tools is not None and not isinstance(tools, list):
+        tools = [tools]
+    response_format = _read_json(a.response_format, "--response-format") if a.response_format else None
+    if response_format is not None and not isinstance(response_format, dict):
+        raise UsageError("--response-format: expected a JSON schema object")
+    if a.top_k < 0:
+        raise UsageError(f"--top-k must be >= 0, got {a.top_k}")
+    if a.max_context is not None and a.max_context < 2:
+        raise UsageError("--max-context must be at least 2")
+    from mlx_oss.tools import as_tools
+
+    try:
+        tools = as_tools(tools)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--tools: {e}") from None
+
+    from mlx_oss.chat import Chat
+    from mlx_oss.events import AnswerDelta, Done, ReasoningDelta, ToolCall
+    from mlx_oss.loader import load
+    from mlx_oss.models import resolve_model
+    from mlx_oss.sampling import SamplingConfig
+
+    sampling = SamplingConfig(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p, seed=a.seed)
+    folder = resolve_model(a.model, progress=not a.json, status=lambda m: print(m, file=err))
+    model, tokenizer = load(folder, a.dtype)
+    chat = Chat(
+        model, tokenizer, reasoning_effort=a.reasoning_effort, instructions=a.instructions, tools=tools,
+        auto_tools=False, response_format=response_format, sampling=sampling, max_tokens=a.max_tokens,
+        max_context=a.max_context,
+    )  # fmt: skip
+
+    rstream = out if a.reasoning_to == "stdout" else err
+    done = None
+    in_reasoning = False
+    for ev in chat.send(prompt):
+        if a.json:
+            if isinstance(ev, Done):
+                done = ev
+            continue
+        if isinstance(ev, ReasoningDelta) or (isinstance(ev, AnswerDelta) and ev.channel != "final"):
+            if a.show_reasoning:
+                rstream.write(ev.text)
+                rstream.flush()
+                in_reasoning = True
+        elif isinstance(ev, AnswerDelta):
+            if in_reasoning:
+                rstream.write("\n")
+                in_reasoning = False
+            out.write(ev.text)
+            out.flush()
+        elif isinstance(ev, ToolCall):
+            print(f"tool call: {ev.recipient} {ev.raw}", file=err)
+        elif isinstance(ev, Done):
+            done = ev
+    assert done is not None
+    s = done.stats
+    if a.json:
+        print(json.dumps(done.reply.to_dict(), ensure_ascii=False), file=out)
+    elif done.reply.answer and not done.reply.answer.endswith("\n"):
+        out.write("\n")
+    notes = {"length": "stopped at --max-tokens", "context": "stopped: the context is full",
+             "cancelled": "cancelled", "tool_call": "stopped at a tool call (see --json)"}  # fmt: skip
+    if not a.json and s.stop_reason in notes:
+        print(f"({notes[s.stop_reason]})", file=err)
+    if a.stats:
+        print(_stats_line(s), file=err)
+    if s.stop_reason == "error":
+        print(f"mlx-oss: error: {s.error}", file=err)
+        return 1
+    return 0

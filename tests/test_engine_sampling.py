@@ -1,0 +1,68 @@
+"""Sampler: seeds reproduce, filters (mlx-lm's) restrict the support, processors apply."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_oss.sampling import Sampler, SamplingConfig, ScriptedTokens
+
+LOGITS = mx.array(np.log(np.array([[0.5, 0.3, 0.15, 0.05] + [1e-6] * 60], dtype=np.float32)))
+
+
+def draws(cfg: SamplingConfig, n: int = 200) -> list[int]:
+    s = Sampler(cfg)
+    return [int(s(LOGITS).item()) for _ in range(n)]
+
+
+def test_seed_reproduces_and_differs():
+    a, b, c = draws(SamplingConfig(seed=1)), draws(SamplingConfig(seed=1)), draws(SamplingConfig(seed=2))
+    assert a == b and a != c
+    mx.random.seed(0)  # the global generator does not matter
+    assert draws(SamplingConfig(seed=1)) == a
+
+
+def test_temperature_one_follows_the_distribution():
+    counts = np.bincount(draws(SamplingConfig(seed=0), 2000), minlength=64)[:4] / 2000
+    assert np.allclose(counts, [0.5, 0.3, 0.15, 0.05], atol=0.05)
+
+
+@pytest.mark.parametrize(
+    "cfg, support",
+    [
+        (SamplingConfig(temperature=0), {0}),
+        (SamplingConfig(top_k=2, seed=0), {0, 1}),
+        (SamplingConfig(top_p=0.7, seed=0), {0, 1}),
+        (SamplingConfig(min_p=0.35, seed=0), {0, 1}),
+        (SamplingConfig(top_k=1000, seed=0), {0, 1, 2, 3}),
+    ],
+)
+def test_filters_restrict_support(cfg, support):
+    got = set(draws(cfg, 300))
+    assert got == support
+
+
+def test_low_temperature_sharpens():
+    hot = np.mean(np.array(draws(SamplingConfig(seed=0, temperature=2.0), 1000)) == 0)
+    cold = np.mean(np.array(draws(SamplingConfig(seed=0, temperature=0.3), 1000)) == 0)
+    assert cold > 0.75 and hot < 0.45  # expected 0.83 and 0.37
+
+
+def test_processors_see_context_and_apply():
+    seen = []
+
+    def ban_zero(ctx, logits):
+        seen.append(ctx.tolist())
+        return mx.where(mx.arange(logits.shape[-1]) == 0, -mx.inf, logits)
+
+    s = Sampler(SamplingConfig(seed=0, temperature=0, logits_processors=(ban_zero,)))
+    assert int(s(LOGITS, lambda: mx.array([7, 8])).item()) == 1 and seen == [[7, 8]]
+    forced = Sampler(SamplingConfig(seed=0, logits_processors=(ScriptedTokens([5, 9]),)))
+    assert [int(forced(LOGITS).item()) for _ in range(2)] == [5, 9]
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=-0.1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-1), dict(min_p=2)])
+def test_invalid_settings(kw):
+    with pytest.raises(ValueError):
+        SamplingConfig(**kw)

@@ -1,0 +1,156 @@
+"""`mlx-oss generate` on the tiny synthetic model: output routing, --json, stdin, exit codes."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+import mlx_oss.loader
+import mlx_oss.sampling
+from mlx_oss.cli import main
+from mlx_oss.sampling import SamplingConfig, ScriptedTokens
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_chat_converted):
+    return mlx_oss.loader.load(tiny_chat_converted, dtype="float32")
+
+
+@pytest.fixture
+def fast_load(loaded, monkeypatch):
+    """Reuse one loaded model across CLI runs (loading is tested once, in test_real_load)."""
+    monkeypatch.setattr(mlx_oss.loader, "load", lambda path, dtype=None: loaded)
+
+
+def script(monkeypatch, tok, text: str) -> None:
+    """Make the random model 'say' `text` (harmony tokens) in the next CLI run."""
+    tokens = tok.encode(text, allowed_special="all")
+    monkeypatch.setattr(
+        mlx_oss.sampling, "SamplingConfig",
+        lambda **kw: SamplingConfig(**kw, logits_processors=(ScriptedTokens(tokens),)),
+    )  # fmt: skip
+
+
+HARMONY = "<|channel|>analysis<|message|>Think hard.<|end|><|start|>assistant<|channel|>final<|message|>Forty-two.<|return|>"
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    rc = main(["generate", *args])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_answer_on_stdout_reasoning_on_stderr(tiny_chat_converted, loaded, fast_load, monkeypatch, capsys):
+    script(monkeypatch, loaded[1], HARMONY)
+    rc, out, err = run(capsys, "--model", str(tiny_chat_converted), "--show-reasoning", "What is it?")
+    assert (rc, out) == (0, "Forty-two.\n")
+    assert "Think hard." in err
+    script(monkeypatch, loaded[1], HARMONY)
+    rc, out, err = run(capsys, "--model", str(tiny_chat_converted), "What is it?")
+    assert (rc, out) == (0, "Forty-two.\n") and "Think hard." not in err
+    script(monkeypatch, loaded[1], HARMONY)
+    rc, out, err = run(capsys, "--model", str(tiny_chat_converted), "--show-reasoning", "--reasoning-to", "stdout", "q")
+    assert out == "Think hard.\nForty-two.\n"
+
+
+def test_json_output(tiny_chat_converted, loaded, fast_load, monkeypatch, capsys):
+    script(monkeypatch, loaded[1], HARMONY)
+    rc, out, err = run(capsys, "--model", str(tiny_chat_converted), "--json", "--seed", "3", "-r", "high", "q")
+    assert rc == 0
+    data = json.loads(out)
+    assert data["answer"] == "Forty-two." and data["reasoning"] == "Think hard." and data["tool_calls"] == []
+    s = data["stats"]
+    assert s["stop_reason"] == "stop" and s["prompt_tokens"] == s["prefilled_tokens"] > 0
+    assert s["generated_tokens"] == len(loaded[1].encode(HARMONY, allowed_special="all"))
+
+
+def test_prompt_from_stdin(tiny_chat_converted, loaded, fast_load, monkeypatch, capsys):
+    lengths = []
+    for source in ("arg", "stdin"):
+        script(monkeypatch, loaded[1], HARMONY)
+        args = ["--model", str(tiny_chat_converted), "--json", "--instructions", "Be terse."]
+        if source == "stdin":
+            monkeypatch.setattr(sys, "stdin", io.StringIO("the same question"))
+        else:
+            args.append("the same question")
+        rc, out, _ = run(capsys, *args)
+        assert rc == 0
+        lengths.append(json.loads(out)["stats"]["prompt_tokens"])
+    assert lengths[0] == lengths[1]
+
+
+def test_tool_schemas_and_calls(tiny_chat_converted, loaded, fast_load, monkeypatch, capsys, tmp_path):
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps([{"name": "get_time", "description": "Current time.",
+                                  "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}}}]))  # fmt: skip
+    script(monkeypatch, loaded[1], '<|channel|>commentary to=functions.get_time <|constrain|>json<|message|>{"tz": "UTC"}<|call|>')
+    rc, out, err = run(capsys, "--model", str(tiny_chat_converted), "--tools", str(tools), "--json", "time?")
+    data = json.loads(out)
+    assert rc == 0 and data["stats"]["stop_reason"] == "tool_call"
+    assert data["tool_calls"][0]["name"] == "get_time" and data["tool_calls"][0]["arguments"] == {"tz": "UTC"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--temperature", "-1", "x"],
+        ["--top-p", "0", "x"],
+        ["--reasoning-effort", "extreme", "x"],
+        ["--max-tokens", "0", "x"],
+        ["--bogus", "x"],
+    ],
+)
+def test_bad_arguments_exit_2(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["generate", *args])
+    assert e.value.code == 2
+
+
+def test_bad_values_after_parsing_exit_2(tiny_chat_converted, fast_load, monkeypatch, capsys, tmp_path):
+    m = ["--model", str(tiny_chat_converted)]
+    rc, out, err = run(capsys, *m, "--tools", str(tmp_path / "missing.json"), "x")
+    assert rc == 2 and "no such file" in err and out == ""
+    rc, out, err = run(capsys, *m, "--response-format", "{not json", "x")
+    assert rc == 2 and "invalid JSON" in err
+    rc, out, err = run(capsys, *m, "--tools", '[{"description": "no name"}]', "x")
+    assert rc == 2 and "name" in err
+    rc, out, err = run(capsys, *m, "   ")
+    assert rc == 2 and "empty" in err
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Tty())
+    rc, out, err = run(capsys, *m)
+    assert rc == 2 and "no prompt" in err
+
+
+def test_runtime_errors_exit_1_with_one_line(tiny_chat_converted, fast_load, monkeypatch, capsys, tmp_path):
+    rc, out, err = run(capsys, "--model", str(tmp_path / "nowhere"), "x")
+    assert rc == 1 and err.count("\n") == 1 and "no such file" in err
+    rc, out, err = run(capsys, "--model", str(tiny_chat_converted), "--max-context", "30", "x")
+    assert rc == 1 and err.count("\n") == 1 and "context limit is 30" in err
+
+    def broken(context, logits):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(mlx_oss.sampling, "SamplingConfig", lambda **kw: SamplingConfig(**kw, logits_processors=(broken,)))
+    rc, out, err = run(capsys, "--model", str(tiny_chat_converted), "x")
+    assert rc == 1 and err.strip().splitlines()[-1] == "mlx-oss: error: RuntimeError: device lost"
+
+
+def test_real_load_through_console_script(tiny_chat_converted):
+    """The installed entry point end to end (loads the model from disk; random output, length stop)."""
+    p = subprocess.run(
+        [sys.executable, "-m", "mlx_oss.cli", "generate", "--model", str(tiny_chat_converted),
+         "--max-tokens", "4", "--json", "--seed", "1", "--temperature", "0.7", "--top-k", "50", "hello"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    stats = json.loads(p.stdout)["stats"]
+    assert stats["stop_reason"] == "length" and stats["generated_tokens"] == 4
