@@ -1,0 +1,710 @@
+"""`ChatApp`: the Textual chat over an `mlx_oss.Chat` (or anything with the same contract).
+
+Threading: every model call (resolve/load, `send()` iteration, `reset()`, `from_json()`) runs on
+one long-lived daemon thread owned by the app (`EngineThread`), so MLX state stays on a single
+thread, the event loop never blocks, and quitting never waits for a download. The engine thread
+hands events to the UI through an inbox plus a wake-up message; the UI drains and coalesces them,
+so a fast decoder costs a bounded number of redraws. `Chat.cancel()` is thread-safe and is called
+straight from the UI thread when Esc is pressed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import platform
+import queue
+import shutil
+import subprocess
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.message import Message
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.widgets import Footer, Header
+
+from mlx_oss.events import AnswerDelta, Done, ReasoningDelta, Stats, ToolCall, ToolResult
+from tui.export import default_chats_dir, read_conversation, save_conversation, turns
+from tui.screens import InstructionsScreen, LoadingScreen, OpenScreen, SaveScreen, one_line
+from tui.widgets import AssistantMessage, ChatView, PromptInput, ReasoningBlock, StatusInfo, StatusLine, UserMessage
+
+__all__ = ["EFFORTS", "Backend", "ChatApp", "ChatOptions", "ChatSession", "EngineThread", "engine_loader", "model_label"]
+
+EFFORTS = ("low", "medium", "high")
+
+
+class ChatSession(Protocol):
+    """The part of `mlx_oss.Chat` the app uses (docs/ENGINE_API.md)."""
+
+    reasoning_effort: Any
+    instructions: str | None
+
+    def send(self, text: str) -> Iterator[Any]: ...
+    def cancel(self) -> None: ...
+    def reset(self) -> None: ...
+    def to_json(self) -> Any: ...
+    @property
+    def messages(self) -> Iterable[Any]: ...
+
+
+@dataclass
+class Backend:
+    """A loaded model and how to make chats with it; the app never touches MLX directly."""
+
+    name: str
+    new_chat: Callable[[], ChatSession]
+    open_chat: Callable[[Any], ChatSession]
+    context_limit: int | None = None
+    memory_bytes: Callable[[], int] | None = None
+
+
+Loader = Callable[[Callable[[str], None]], Backend]
+"""Runs on the engine thread; reports stages through the callback; raises on failure."""
+
+
+@dataclass
+class ChatOptions:
+    """Chat settings from the command line, passed to every `Chat` the app creates."""
+
+    reasoning_effort: str = "medium"
+    instructions: str | None = None
+    tools: list[Callable[..., Any]] | None = None
+    sampling: Any = None  # mlx_oss.SamplingConfig
+    max_tokens: int | None = None
+    max_context: int | None = None
+
+    def chat_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"reasoning_effort": self.reasoning_effort, "instructions": self.instructions,
+                              "max_tokens": self.max_tokens, "max_context": self.max_context}  # fmt: skip
+        if self.tools:
+            kw["tools"] = list(self.tools)
+        if self.sampling is not None:
+            kw["sampling"] = self.sampling
+        return kw
+
+
+def model_label(name: str) -> str:
+    """`openai/gpt-oss-20b` -> `gpt-oss-20b`; a folder -> its name."""
+    return Path(str(name).rstrip("/")).name or str(name)
+
+
+def engine_loader(model: str, options: ChatOptions) -> Loader:
+    """The real loader: resolve (download / convert once / as is), load, and make `Chat`s."""
+
+    def load(say: Callable[[str], None]) -> Backend:
+        import mlx_oss
+        from mlx_oss.models import resolve_model
+
+        path = resolve_model(model, progress=True, status=say)
+        say(f"Loading weights from {path}")
+        m, tok = mlx_oss.load(path)
+        kwargs = options.chat_kwargs()
+
+        def new_chat() -> ChatSession:
+            return mlx_oss.Chat(m, tok, **kwargs)
+
+        def open_chat(data: Any) -> ChatSession:
+            # Callables cannot be saved in JSON: this session's --tools replace the saved schemas.
+            return mlx_oss.Chat.from_json(data, m, tok, tools=options.tools)
+
+        limit = options.max_context or getattr(getattr(m, "args", None), "max_position_embeddings", None)
+        say("Ready")
+        return Backend(model_label(model), new_chat, open_chat, context_limit=limit, memory_bytes=_mlx_memory)
+
+    return load
+
+
+def _mlx_memory() -> int:
+    import mlx.core as mx
+
+    get = getattr(mx, "get_active_memory", None) or getattr(getattr(mx, "metal", None), "get_active_memory", None)
+    try:
+        return int(get()) if get else 0
+    except Exception:
+        return 0
+
+
+class EngineThread:
+    """One daemon thread running model jobs in order (see the module docstring for why)."""
+
+    def __init__(self, name: str = "mlx-oss-engine") -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._started = False
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        fut: Future = Future()
+        self._jobs.put((fut, fn, args))
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        return fut
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fut, fn, args = job
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as e:  # noqa: BLE001 - handed to the awaiting side
+                fut.set_exception(e)
+
+    def shutdown(self) -> None:
+        self._jobs.put(None)
+
+
+class _Failure:
+    """An exception raised by `send()` (e.g. ContextLengthError), as an inbox item."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _Finished:
+    """The `send()` iteration is over (always the last inbox item of a turn)."""
+
+
+@dataclass
+class _Turn:
+    widget: AssistantMessage
+    text: str
+    cancel_requested: bool = False
+    stats: Stats | None = None
+    answer: str = ""
+
+
+@dataclass
+class _Queued:
+    text: str
+    widget: UserMessage
+
+
+@dataclass
+class _InboxState:
+    items: collections.deque = field(default_factory=collections.deque)
+    wake_pending: bool = False
+
+
+def _effort_str(e: Any) -> str:
+    return str(getattr(e, "value", e) or "medium")
+
+
+class ChatApp(App[int]):
+    """`mlx-oss chat`."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "mlx-oss chat"
+    ENABLE_COMMAND_PALETTE = True
+
+    BINDINGS = [
+        Binding("escape", "stop", "Stop", priority=True),
+        Binding("ctrl+t", "cycle_effort", "Effort", priority=True),
+        Binding("ctrl+r", "toggle_reasoning", "Reasoning", priority=True),
+        Binding("ctrl+n", "new_chat", "New", priority=True),
+        Binding("ctrl+g", "edit_instructions", "Instructions", priority=True),
+        Binding("ctrl+s", "save", "Save", priority=True),
+        Binding("ctrl+o", "open", "Open", priority=True),
+        Binding("ctrl+y", "copy_answer", "Copy", priority=True),
+        Binding("pageup", "scroll_chat(-1)", "Scroll up", show=False, priority=True),
+        Binding("pagedown", "scroll_chat(1)", "Scroll down", show=False, priority=True),
+        Binding("ctrl+home", "scroll_chat_edge(-1)", "Top", show=False, priority=True),
+        Binding("ctrl+end", "scroll_chat_edge(1)", "Bottom", show=False, priority=True),
+        Binding("f1", "show_keys", "Keys", show=False),
+    ]
+
+    busy: reactive[bool] = reactive(False)
+    hide_reasoning: reactive[bool] = reactive(False)
+
+    class Wake(Message):
+        """Engine-thread items are waiting in the inbox."""
+
+    def __init__(self, loader: Loader, *, model: str = "gpt-oss", hide_reasoning: bool = False,
+                 chats_dir: Path | None = None) -> None:  # fmt: skip
+        super().__init__()
+        self.loader = loader
+        self.model = model
+        self.chats_dir = Path(chats_dir) if chats_dir else default_chats_dir()
+        self.backend: Backend | None = None
+        self.session: ChatSession | None = None
+        self.engine = EngineThread()
+        self.turn: _Turn | None = None
+        self.queue: list[_Queued] = []
+        self.last_stats: Stats | None = None
+        self.last_answer = ""
+        self.last_error: str | None = None
+        self._inbox = _InboxState()
+        self._after_turn: list[Callable[[], Any]] = []
+        self._loading: LoadingScreen | None = None
+        self.set_reactive(ChatApp.hide_reasoning, hide_reasoning)
+
+    # ------------------------------------------------------------------ layout and loading
+
+    def compose(self) -> ComposeResult:
+        yield Header(icon="◆")
+        yield ChatView(id="chat")
+        yield PromptInput(id="prompt", soft_wrap=True, show_line_numbers=False, compact=True)
+        yield StatusLine(id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = self.model
+        self.query_one(ChatView).set_class(self.hide_reasoning, "-hide-reasoning")
+        self._prompt_hint()
+        self._refresh_status()
+        self._loading = LoadingScreen(self.model)
+        self.begin_capture_print(self._loading, stdout=True, stderr=True)
+        self.push_screen(self._loading)
+        self._start_loading()
+
+    def on_unmount(self) -> None:
+        if self.session is not None and self.turn is not None:
+            try:
+                self.session.cancel()
+            except Exception:
+                pass
+        self.engine.shutdown()
+
+    @work(exclusive=True, group="load")
+    async def _start_loading(self) -> None:
+        screen = self._loading
+        assert screen is not None
+
+        def say(text: str) -> None:
+            screen.post_message(LoadingScreen.Status(text))
+
+        def job() -> tuple[Backend, ChatSession]:
+            backend = self.loader(say)
+            return backend, backend.new_chat()
+
+        try:
+            backend, session = await asyncio.wrap_future(self.engine.submit(job))
+        except Exception as e:  # noqa: BLE001 - every failure becomes a message with hints
+            self.last_error = one_line(e)
+            screen.show_error(e)
+            return
+        self.backend, self.session = backend, session
+        self.model = backend.name
+        self.sub_title = backend.name
+        self.pop_screen()
+        self._loading = None
+        self._refresh_status()
+        self.query_one(PromptInput).focus()
+
+    def on_loading_screen_retry(self, _message: LoadingScreen.Retry) -> None:
+        self._start_loading()
+
+    # ------------------------------------------------------------------ status
+
+    @property
+    def effort(self) -> str:
+        return _effort_str(getattr(self.session, "reasoning_effort", "medium")) if self.session else "medium"
+
+    def _refresh_status(self) -> None:
+        s = self.last_stats
+        limit = (s.context_limit if s and s.context_limit else None) or getattr(self.session, "max_context", None)
+        limit = limit or (self.backend.context_limit if self.backend else None)
+        mem = s.peak_memory_bytes if s and s.peak_memory_bytes else None
+        if mem is None and self.backend and self.backend.memory_bytes:
+            mem = self.backend.memory_bytes() or None
+        state = ""
+        if self.turn is not None:
+            state = "stopping…" if self.turn.cancel_requested else "generating…"
+        if self.queue:
+            state = (state + " " if state else "") + f"queued {len(self.queue)}"
+        info = StatusInfo(
+            model=self.model, effort=self.effort,
+            context_used=s.context_used if s else 0, context_limit=limit,
+            ttft_s=s.ttft_s if s and s.generated_tokens else None,
+            decode_tps=s.decode_tps if s and s.generated_tokens else None,
+            memory_bytes=mem, state=state,
+        )  # fmt: skip
+        self.query_one(StatusLine).show(info)
+        self.sub_title = f"{self.model} · reasoning effort {self.effort}"
+
+    def _prompt_hint(self) -> None:
+        prompt = self.query_one(PromptInput)
+        if self.busy:
+            prompt.border_title = "Answering… Esc stops · Enter queues your message until the answer ends"
+            prompt.add_class("-busy")
+        else:
+            prompt.border_title = "Message · Enter sends · ctrl+j new line"
+            prompt.remove_class("-busy")
+
+    def watch_busy(self, _busy: bool) -> None:
+        if self.is_mounted:
+            self._prompt_hint()
+
+    def watch_hide_reasoning(self, hide: bool) -> None:
+        if self.is_mounted:
+            self.query_one(ChatView).set_class(hide, "-hide-reasoning")
+
+    # ------------------------------------------------------------------ sending
+
+    @on(PromptInput.Submitted)
+    async def _submitted(self, event: PromptInput.Submitted) -> None:
+        await self.send_message(event.text)
+
+    async def send_message(self, text: str) -> None:
+        """Send now, or queue behind the running answer (shown as queued)."""
+        if self.session is None:
+            self.notify("The model is not loaded yet.", severity="warning")
+            return
+        chat = self.query_one(ChatView)
+        if self.busy or self._after_turn:
+            widget = UserMessage(text, queued=True)
+            await chat.mount(widget)
+            self.queue.append(_Queued(text, widget))
+            self._refresh_status()
+            return
+        widget = UserMessage(text)
+        await chat.mount(widget)
+        await self._start_turn(text)
+
+    async def _start_turn(self, text: str) -> None:
+        assert self.session is not None
+        chat = self.query_one(ChatView)
+        widget = AssistantMessage(self.model)
+        await chat.mount(widget)
+        chat.anchor()
+        self.turn = _Turn(widget, text)
+        self.busy = True
+        self._refresh_status()
+        self.engine.submit(self._run_send, self.session, text)
+
+    def _run_send(self, session: ChatSession, text: str) -> None:
+        """Engine thread: iterate the stream into the inbox; never raises."""
+        try:
+            for ev in session.send(text):
+                self._push(ev)
+        except Exception as e:  # noqa: BLE001 - shown in the chat
+            self._push(_Failure(e))
+        finally:
+            self._push(_Finished())
+
+    def _push(self, item: Any) -> None:
+        box = self._inbox
+        box.items.append(item)
+        if not box.wake_pending:
+            box.wake_pending = True
+            self.post_message(self.Wake())
+
+    @staticmethod
+    def _coalesce(items: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        for it in items:
+            prev = out[-1] if out else None
+            if isinstance(it, ReasoningDelta) and isinstance(prev, ReasoningDelta):
+                out[-1] = ReasoningDelta(prev.text + it.text)
+            elif isinstance(it, AnswerDelta) and isinstance(prev, AnswerDelta) and prev.channel == it.channel:
+                out[-1] = AnswerDelta(prev.text + it.text, it.channel)
+            else:
+                out.append(it)
+        return out
+
+    async def on_chat_app_wake(self, _message: Wake) -> None:
+        self._inbox.wake_pending = False
+        items = []
+        while self._inbox.items:
+            items.append(self._inbox.items.popleft())
+        for item in self._coalesce(items):
+            await self._apply(item)
+
+    async def _apply(self, item: Any) -> None:
+        turn = self.turn
+        if turn is None:
+            return
+        w = turn.widget
+        live = not turn.cancel_requested
+        if isinstance(item, ReasoningDelta):
+            if live:
+                await w.add_reasoning(item.text)
+        elif isinstance(item, AnswerDelta):
+            if live:
+                await w.add_answer(item.text, channel=item.channel)
+        elif isinstance(item, ToolCall):
+            if live:
+                await w.add_tool_call(item.name, item.arguments, item.raw, error=item.error, call_id=item.id)
+        elif isinstance(item, ToolResult):
+            if live:
+                await w.add_tool_result(item.name, item.content, error=item.error, call_id=item.id)
+        elif isinstance(item, Done):
+            turn.stats = item.stats
+            turn.answer = getattr(item.reply, "answer", "") or w.answer_text
+            self.last_stats = item.stats
+            await self._report_stop(w, item.stats)
+        elif isinstance(item, _Failure):
+            await w.add_note(self._failure_text(item.error))
+            self.last_error = one_line(item.error)
+        elif isinstance(item, _Finished):
+            await self._end_turn()
+        self._refresh_status()
+
+    def _failure_text(self, e: BaseException) -> str:
+        if type(e).__name__ == "ContextLengthError":
+            return (f"{one_line(e)}\nThe conversation no longer fits in the context: start a new chat (ctrl+n)"
+                    " or raise --max-context.")  # fmt: skip
+        return f"Generation failed: {one_line(e)}"
+
+    async def _report_stop(self, w: AssistantMessage, s: Stats) -> None:
+        reason = s.stop_reason
+        if reason == "error":
+            self.last_error = s.error or "unknown error"
+            await w.add_note(f"Generation failed: {self.last_error}")
+        elif reason == "cancelled":
+            await w.add_note("Stopped.", kind="notice")
+        elif reason == "context":
+            await w.add_note("Stopped: the context is full. Start a new chat (ctrl+n) or raise --max-context.", kind="notice")
+        elif reason == "length":
+            await w.add_note("Stopped at the --max-tokens limit.", kind="notice")
+
+    async def _end_turn(self) -> None:
+        turn = self.turn
+        assert turn is not None
+        s = turn.stats
+        summary = ""
+        if s is not None and s.generated_tokens:
+            summary = f"{s.generated_tokens} tokens · {s.decode_tps:.1f} tok/s · TTFT {s.ttft_s:.2f} s"
+        await turn.widget.finish(summary)
+        if turn.answer:
+            self.last_answer = turn.answer
+        self.turn = None
+        self.busy = False
+        pending, self._after_turn = self._after_turn, []
+        for action in pending:
+            await action()
+        if self.turn is None and self.queue and not self._after_turn:
+            nxt = self.queue.pop(0)
+            nxt.widget.set_queued(False)
+            await self._start_turn(nxt.text)
+        self._refresh_status()
+
+    # ------------------------------------------------------------------ actions
+
+    def action_stop(self) -> None:
+        """Esc: stop the running answer at once (the engine ends the stream with Done)."""
+        if self.turn is None or self.session is None:
+            return
+        if not self.turn.cancel_requested:
+            self.turn.cancel_requested = True
+            self.session.cancel()
+            self.turn.widget.set_state("stopping…")
+            self._refresh_status()
+
+    def set_effort(self, effort: str) -> None:
+        """Applies from the next turn (the running one keeps its prompt)."""
+        if self.session is None:
+            return
+        self.session.reasoning_effort = effort
+        self._refresh_status()
+        note = " from the next message" if self.busy else ""
+        self.notify(f"Reasoning effort: {effort}{note}", timeout=2)
+
+    def action_cycle_effort(self) -> None:
+        i = EFFORTS.index(self.effort) if self.effort in EFFORTS else 1
+        self.set_effort(EFFORTS[(i + 1) % len(EFFORTS)])
+
+    def action_toggle_reasoning(self) -> None:
+        """Expand / collapse the latest reasoning block."""
+        blocks = list(self.query(ReasoningBlock))
+        if self.hide_reasoning:
+            self.notify("Reasoning is hidden; show it from the command palette (ctrl+p).", timeout=3)
+            return
+        if not blocks:
+            return
+        blocks[-1].collapsed = not blocks[-1].collapsed
+
+    def action_set_hide_reasoning(self, hide: bool) -> None:
+        self.hide_reasoning = hide
+
+    async def action_new_chat(self) -> None:
+        if self.session is None:
+            return
+        if self.turn is not None:
+            self._clear_queue()
+            self._after_turn.append(self._new_chat_now)
+            self.action_stop()
+            return
+        await self._new_chat_now()
+
+    async def _new_chat_now(self) -> None:
+        assert self.session is not None
+        self._clear_queue()
+        await asyncio.wrap_future(self.engine.submit(self.session.reset))
+        await self.query_one(ChatView).remove_children()
+        self.last_stats = None
+        self.last_answer = ""
+        self._refresh_status()
+        self.notify("New chat", timeout=2)
+
+    def _clear_queue(self) -> None:
+        for q in self.queue:
+            q.widget.remove()
+        self.queue.clear()
+
+    def action_edit_instructions(self) -> None:
+        if self.session is None:
+            return
+
+        def apply(text: str | None) -> None:
+            if text is None or self.session is None:
+                return
+            self.session.instructions = text.strip() or None
+            note = " from the next message" if self.busy else ""
+            self.notify(f"Instructions {'updated' if text.strip() else 'cleared'}{note}", timeout=2)
+
+        self.push_screen(InstructionsScreen(self.session.instructions), apply)
+
+    def action_save(self) -> None:
+        if self.session is None:
+            return
+        if self.busy:
+            self.notify("Wait for the answer to end (or press Esc) before saving.", severity="warning")
+            return
+        default = self.chats_dir / f"chat-{datetime.now():%Y%m%d-%H%M%S}"
+        self.push_screen(SaveScreen(default), self.save_to)
+
+    def save_to(self, base: Path | None) -> None:
+        if base is None or self.session is None:
+            return
+        try:
+            md, js = save_conversation(self.session, base, model=self.model)
+        except Exception as e:  # noqa: BLE001
+            self.notify(f"Could not save: {one_line(e)}", severity="error", timeout=6)
+            return
+        self.notify(f"Saved {md.name} and {js.name} in {js.parent}", timeout=4)
+
+    def action_open(self) -> None:
+        if self.session is None:
+            return
+        if self.busy:
+            self.notify("Wait for the answer to end (or press Esc) before opening a conversation.", severity="warning")
+            return
+        self.push_screen(OpenScreen(self.chats_dir), self._open_picked)
+
+    def _open_picked(self, path: Path | None) -> None:
+        if path is not None:
+            self.run_worker(self.open_conversation(path), group="open", exclusive=True)
+
+    async def open_conversation(self, path: Path) -> bool:
+        """Replace the session with a saved one and redraw its messages; errors become a notice."""
+        assert self.backend is not None
+        try:
+            data = read_conversation(path)
+            session = await asyncio.wrap_future(self.engine.submit(self.backend.open_chat, data))
+        except Exception as e:  # noqa: BLE001
+            why = str(e).strip().splitlines()[0] if isinstance(e, ValueError) and str(e).strip() else one_line(e)
+            self.notify(f"Could not open {Path(path).name}: {why}", severity="error", timeout=6)
+            return False
+        self._clear_queue()
+        self.session = session
+        self.last_stats = None
+        await self.rebuild_view()
+        self._refresh_status()
+        self.notify(f"Opened {Path(path).name}", timeout=3)
+        return True
+
+    async def rebuild_view(self) -> None:
+        """Redraw the conversation from the session's harmony messages (after opening a file)."""
+        assert self.session is not None
+        chat = self.query_one(ChatView)
+        await chat.remove_children()
+        current: AssistantMessage | None = None
+        self.last_answer = ""
+        for kind, item in turns(self.session.messages):
+            if kind == "user":
+                current = None
+                await chat.mount(UserMessage(item["text"]))
+                continue
+            if kind == "instructions":
+                continue
+            if current is None:
+                current = AssistantMessage(self.model)
+                await chat.mount(current)
+            if kind == "reasoning":
+                await current.add_reasoning(item["text"], live=False)
+            elif kind == "answer":
+                await current.add_answer(item["text"], channel=item["channel"])
+                if item["channel"] == "final":
+                    self.last_answer = current.answer_text
+            elif kind == "tool_call":
+                await current.add_tool_call(item["name"], None, item["raw"])
+            elif kind == "tool_result":
+                await current.add_tool_result(item["name"], item["text"])
+        for w in chat.query(AssistantMessage):
+            await w.finish()
+        chat.scroll_end(animate=False)
+
+    def action_copy_answer(self) -> None:
+        text = self.last_answer
+        if not text:
+            self.notify("No answer to copy yet.", severity="warning", timeout=2)
+            return
+        self.copy_to_clipboard(text)  # OSC 52 (iTerm2, kitty, WezTerm, tmux...)
+        if platform.system() == "Darwin" and shutil.which("pbcopy"):  # Terminal.app ignores OSC 52
+            try:
+                subprocess.run(["pbcopy"], input=text.encode(), check=False, timeout=2)
+            except (OSError, subprocess.SubprocessError):
+                pass
+        self.notify(f"Copied the last answer ({len(text)} characters)", timeout=2)
+
+    def action_scroll_chat(self, direction: int) -> None:
+        chat = self.query_one(ChatView)
+        if direction < 0:
+            chat.scroll_page_up(animate=False)
+        else:
+            chat.scroll_page_down(animate=False)
+
+    def action_scroll_chat_edge(self, direction: int) -> None:
+        chat = self.query_one(ChatView)
+        if direction < 0:
+            chat.scroll_home(animate=False)
+        else:
+            chat.scroll_end(animate=False)
+
+    def action_show_keys(self) -> None:
+        if self.screen.query("KeyPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Keys of the chat screen are inactive on the loading screen and dialogs (they have their own)."""
+        if action in ("quit", "command_palette", "show_keys"):
+            return True
+        if isinstance(self.screen, (LoadingScreen,)) or self.screen is not self.screen_stack[0]:
+            return False
+        if action == "stop":
+            return self.turn is not None
+        return True
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        if self.session is None:
+            return
+        for e in EFFORTS:
+            yield SystemCommand(f"Reasoning effort: {e}", f"Applies from the next message (now {self.effort})",
+                                lambda e=e: self.set_effort(e))  # fmt: skip
+        yield SystemCommand("New chat", "Start over (ctrl+n)", self.action_new_chat)
+        yield SystemCommand("Edit instructions", "The developer message / system prompt (ctrl+g)", self.action_edit_instructions)
+        yield SystemCommand("Save conversation", "As Markdown and JSON (ctrl+s)", self.action_save)
+        yield SystemCommand("Open conversation", "Reopen a saved JSON conversation (ctrl+o)", self.action_open)
+        yield SystemCommand("Copy last answer", "To the clipboard (ctrl+y)", self.action_copy_answer)
+        yield SystemCommand("Toggle reasoning block", "Expand / collapse the latest reasoning (ctrl+r)", self.action_toggle_reasoning)
+        if self.hide_reasoning:
+            yield SystemCommand("Show reasoning", "Show the reasoning blocks again", lambda: self.action_set_hide_reasoning(False))
+        else:
+            yield SystemCommand("Hide reasoning", "Hide reasoning blocks entirely", lambda: self.action_set_hide_reasoning(True))
+        if self.turn is not None:
+            yield SystemCommand("Stop generation", "Stop the running answer (esc)", self.action_stop)

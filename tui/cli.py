@@ -1,0 +1,119 @@
+"""`mlx-oss chat`: registered by `mlx_oss.cli` when this module exists (see `_optional_commands`)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+from pathlib import Path
+from typing import Any, Callable
+
+from convert.errors import ConvertError
+
+__all__ = ["load_tools_file", "register", "run_chat"]
+
+
+def load_tools_file(path: str | Path) -> list[Callable[..., Any]]:
+    """The public functions defined in a Python file (or its `__all__`), to give the model as tools.
+
+    The model sees each function's signature and docstring; the chat runs them when the model calls
+    them and feeds the result back.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConvertError(f"{p}: no such file (--tools expects a Python file defining functions)")
+    spec = importlib.util.spec_from_file_location(f"mlx_oss_tools_{abs(hash(str(p.resolve())))}", p)
+    if spec is None or spec.loader is None:
+        raise ConvertError(f"{p}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - the user's file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConvertError(f"{p}: failed to import ({type(e).__name__}: {first})") from None
+    names = getattr(module, "__all__", None)
+    if names is not None:
+        fns = [getattr(module, n, None) for n in names]
+        bad = [n for n, f in zip(names, fns) if not callable(f)]
+        if bad:
+            raise ConvertError(f"{p}: __all__ names something that is not a function: {bad[0]}")
+    else:
+        fns = [
+            obj for name, obj in vars(module).items()
+            if inspect.isfunction(obj) and obj.__module__ == module.__name__ and not name.startswith("_")
+        ]  # fmt: skip
+    if not fns:
+        raise ConvertError(f"{p}: defines no public functions to use as tools")
+    return fns
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `chat` subcommand."""
+    from mlx_oss.models import DEFAULT_MODEL
+
+    c = subparsers.add_parser(
+        "chat",
+        help="terminal chat with gpt-oss (streaming answer, live reasoning, tools)",
+        description="Chat with gpt-oss in the terminal. Keys: Enter send, Esc stop, ctrl+t effort, "
+        "ctrl+r reasoning, ctrl+n new, ctrl+g instructions, ctrl+s save, ctrl+o open, ctrl+y copy, "
+        "ctrl+p commands, ctrl+q quit. See docs/TUI.md.",
+    )
+    c.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"Hub id, checkpoint folder or converted folder (default {DEFAULT_MODEL}; "
+                        "Hub models are downloaded and converted once into ~/.cache/mlx-oss)")  # fmt: skip
+    c.add_argument("--reasoning-effort", choices=["low", "medium", "high"], default="medium",
+                   help="initial reasoning effort (ctrl+t switches it in the chat)")  # fmt: skip
+    c.add_argument("--instructions", default=None, metavar="TEXT",
+                   help="developer instructions (the system prompt); @FILE reads them from a file")  # fmt: skip
+    c.add_argument("--tools", default=None, metavar="FILE.py",
+                   help="Python file whose public functions become tools the model can call")  # fmt: skip
+    c.add_argument("--hide-reasoning", action="store_true", help="do not show the reasoning (analysis channel)")
+    c.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0; 0 = greedy)")
+    c.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0 = off)")
+    c.add_argument("--top-k", type=int, default=0, help="top-k sampling (default 0 = off)")
+    c.add_argument("--min-p", type=float, default=0.0, help="min-p sampling (default 0 = off)")
+    c.add_argument("--seed", type=int, default=None, help="random seed for reproducible replies")
+    c.add_argument("--max-tokens", type=int, default=None, help="maximum tokens per reply (default: until done)")
+    c.add_argument("--max-context", type=int, default=None,
+                   help="context limit in tokens (default: the model's, 131072); lower it to bound memory")  # fmt: skip
+    c.add_argument("--chats-dir", default=None, metavar="DIR",
+                   help="where ctrl+s saves conversations (default $MLX_OSS_CHATS or ~/mlx-oss-chats)")  # fmt: skip
+    c.set_defaults(func=run_chat)
+
+
+def _instructions(value: str | None) -> str | None:
+    if value and value.startswith("@"):
+        p = Path(value[1:]).expanduser()
+        try:
+            return p.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConvertError(f"{p}: cannot read the instructions file ({e.strerror or e})") from None
+    return value
+
+
+def run_chat(a: argparse.Namespace) -> int:
+    """Validate the options before the full-screen app starts, then run it."""
+    from mlx_oss.sampling import SamplingConfig
+    from tui.app import ChatApp, ChatOptions, engine_loader, model_label
+
+    sampling = SamplingConfig(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p, seed=a.seed)
+    for flag in ("max_tokens", "max_context"):
+        v = getattr(a, flag)
+        if v is not None and v <= 0:
+            raise ConvertError(f"--{flag.replace('_', '-')} must be positive, got {v}")
+    options = ChatOptions(
+        reasoning_effort=a.reasoning_effort,
+        instructions=_instructions(a.instructions),
+        tools=load_tools_file(a.tools) if a.tools else None,
+        sampling=sampling,
+        max_tokens=a.max_tokens,
+        max_context=a.max_context,
+    )
+    app = ChatApp(
+        engine_loader(a.model, options),
+        model=model_label(a.model),
+        hide_reasoning=a.hide_reasoning,
+        chats_dir=Path(a.chats_dir).expanduser() if a.chats_dir else None,
+    )
+    code = app.run()
+    return int(code or 0)
