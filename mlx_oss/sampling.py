@@ -8,6 +8,7 @@ reply exactly whatever else the process samples in between (another chat, anothe
 
 from __future__ import annotations
 
+import functools
 import secrets
 from dataclasses import dataclass, field
 from typing import Callable
@@ -49,6 +50,30 @@ class SamplingConfig:
                 "min_p": self.min_p, "seed": self.seed}  # fmt: skip
 
 
+@functools.lru_cache(maxsize=1)
+def _mlx_lm_sample_utils():
+    """mlx-lm's `sample_utils` module. The `mlx_lm` package's __init__ imports transformers (1-3 s);
+    `sample_utils.py` itself needs only MLX, so it is loaded from its file unless mlx_lm is already
+    imported (falls back to the normal import if that ever stops working)."""
+    import importlib.util
+    import sys
+
+    name = "mlx_lm.sample_utils"
+    if name in sys.modules:
+        return sys.modules[name]
+    try:
+        pkg = importlib.util.find_spec("mlx_lm")
+        path = next(iter(pkg.submodule_search_locations or ())) + "/sample_utils.py"
+        spec = importlib.util.spec_from_file_location("_mlx_oss_mlx_lm_sample_utils", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    except Exception:
+        import mlx_lm.sample_utils
+
+        return mlx_lm.sample_utils
+
+
 class Sampler:
     """logits [1, vocab] -> token [1] (lazy, so the engine can pipeline the next forward pass)."""
 
@@ -62,7 +87,8 @@ class Sampler:
     def _make_filters(c: SamplingConfig) -> list[Callable[[mx.array], mx.array]]:
         if c.temperature == 0 or (c.top_p >= 1 and c.min_p == 0 and c.top_k == 0):
             return []
-        from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
+        su = _mlx_lm_sample_utils()
+        apply_min_p, apply_top_k, apply_top_p = su.apply_min_p, su.apply_top_k, su.apply_top_p
 
         out: list[Callable[[mx.array], mx.array]] = []
         if c.top_p < 1:
@@ -83,7 +109,9 @@ class Sampler:
         logits = logits.astype(mx.float32)
         if self.config.temperature == 0:
             return mx.argmax(logits, axis=-1)
-        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        logprobs = logits
+        if self._filters:  # they expect normalized log-probabilities; categorical does not
+            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         for f in self._filters:
             logprobs = f(logprobs)
         self._key, sub = mx.random.split(self._key)
