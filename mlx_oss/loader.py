@@ -73,6 +73,21 @@ def _source_weights(src: Any) -> Iterable[tuple[str, mx.array]]:
         yield spec.name, a
 
 
+def _evaluated(weights: Iterable[tuple[str, mx.array]], batch_bytes: int = 1 << 30) -> list[tuple[str, mx.array]]:
+    """Materialise cast weights about 1 GiB at a time, so a bf16 source and its float32 copy never
+    coexist for the whole model (peak ~ final size + 1 GiB)."""
+    out, pending, size = [], [], 0
+    for n, a in weights:
+        out.append((n, a))
+        pending.append(a)
+        size += a.nbytes
+        if size >= batch_bytes:
+            mx.eval(pending)
+            pending, size = [], 0
+    mx.eval(pending)
+    return out
+
+
 def load_model(path: str | Path, dtype: str | mx.Dtype | None = None) -> Model:
     """Build the model for `path` and load its weights in the compute `dtype` (weights evaluated)."""
     path = Path(path).expanduser()
@@ -87,8 +102,7 @@ def load_model(path: str | Path, dtype: str | mx.Dtype | None = None) -> Model:
         args = ModelArgs.from_dict(src.config, str(src.root / "config.json"))
         weights = _source_weights(src)
     model = build_model(args)
-    model.load_weights([(n, _cast(n, a, dt)) for n, a in weights], strict=True)
-    mx.eval(model.parameters())
+    model.load_weights(_evaluated(((n, _cast(n, a, dt)) for n, a in weights)), strict=True)
     model.eval()
     return model
 

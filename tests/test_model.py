@@ -124,3 +124,19 @@ def test_loader_dtypes(tiny_converted):
     assert b.norm.weight.dtype == mx.float32 and b.layers[1].attn.qkv.weight.dtype == mx.bfloat16
     with pytest.raises(ValueError):
         m(mx.array([1, 2, 3]))  # tokens must be [B, T]
+
+
+def test_loaded_bytes_match_mlx_oss_info(tiny_converted):
+    """What `mlx-oss info` promises is what the model holds: experts stay packed, dense in the compute
+    dtype; only the RMSNorm weights are kept in float32 (as the reference keeps them)."""
+    from mlx.utils import tree_flatten
+
+    from mlx_oss.info import describe
+
+    info = describe(tiny_converted)
+    a = ModelArgs.from_path(tiny_converted)
+    norm_params = (2 * a.num_hidden_layers + 1) * a.hidden_size
+    for dt, extra in (("float32", 0), ("bfloat16", 2 * norm_params)):
+        m = load_model(tiny_converted, dt)
+        held = sum(p.nbytes for _, p in tree_flatten(m.parameters()))
+        assert held == info.weight_bytes_at(dt) + extra, dt
