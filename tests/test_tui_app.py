@@ -208,10 +208,13 @@ async def test_new_chat_clears_view_and_resets_session(tmp_path):
         await send(pilot, "long one", wait=False)
         await until(pilot, lambda: chat.held.is_set() and app.query(ReasoningBlock))
         await pilot.press("ctrl+n")
-        await idle(pilot)
+        chat.hold_at = None
+        await send(pilot, "typed after ctrl+n", wait=False)  # belongs to the new chat
         await until(pilot, lambda: chat.resets == 2)
-        await pilot.pause()
-        assert not app.query(AssistantMessage)
+        await idle(pilot)
+        assert [u.text for u in app.query(UserMessage)] == ["typed after ctrl+n"]
+        assert len(app.query(AssistantMessage)) == 1 and chat.prompts[-1]["text"] == "typed after ctrl+n"
+        assert [m.text for m in chat.messages if m.role.value == "user"] == ["typed after ctrl+n"]
 
 
 @aio
@@ -276,7 +279,7 @@ async def test_copy_last_answer(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
         await send(pilot, "hello")
-        await pilot.press("ctrl+y")
+        await pilot.press("ctrl+l")
         assert app.clipboard == ANSWER
 
 
@@ -449,7 +452,7 @@ async def test_loading_failure_shows_what_to_do_and_q_quits(tmp_path):
     app = ChatApp(loader, model="/nope", chats_dir=tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: isinstance(app.screen, LoadingScreen) and app.screen.failed is not None)
-        text = str(app.screen.query_one("#loading-error", Static).render())
+        text = app.screen.error_text
         assert "/nope: no such file or folder" in text and "Check the path" in text and "Traceback" not in text
         await pilot.press("r")
         await until(pilot, lambda: len(attempts) == 2 and app.screen.failed is not None)

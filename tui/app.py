@@ -80,6 +80,7 @@ class ChatOptions:
     sampling: Any = None  # mlx_oss.SamplingConfig
     max_tokens: int | None = None
     max_context: int | None = None
+    dtype: str | None = None  # for mlx_oss.load; None: the device default
 
     def chat_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"reasoning_effort": self.reasoning_effort, "instructions": self.instructions,
@@ -105,7 +106,7 @@ def engine_loader(model: str, options: ChatOptions) -> Loader:
 
         path = resolve_model(model, progress=True, status=say)
         say(f"Loading weights from {path}")
-        m, tok = mlx_oss.load(path)
+        m, tok = mlx_oss.load(path, dtype=options.dtype)
         kwargs = options.chat_kwargs()
 
         def new_chat() -> ChatSession:
@@ -216,7 +217,7 @@ class ChatApp(App[int]):
         Binding("ctrl+g", "edit_instructions", "Instructions", priority=True),
         Binding("ctrl+s", "save", "Save", priority=True),
         Binding("ctrl+o", "open", "Open", priority=True),
-        Binding("ctrl+y", "copy_answer", "Copy", priority=True),
+        Binding("ctrl+l", "copy_answer", "Copy", priority=True),
         Binding("pageup", "scroll_chat(-1)", "Scroll up", show=False, priority=True),
         Binding("pagedown", "scroll_chat(1)", "Scroll down", show=False, priority=True),
         Binding("ctrl+home", "scroll_chat_edge(-1)", "Top", show=False, priority=True),
@@ -345,6 +346,7 @@ class ChatApp(App[int]):
     def watch_busy(self, _busy: bool) -> None:
         if self.is_mounted:
             self._prompt_hint()
+            self.refresh_bindings()  # Esc Stop appears in the footer only while answering
 
     def watch_hide_reasoning(self, hide: bool) -> None:
         if self.is_mounted:
@@ -466,6 +468,8 @@ class ChatApp(App[int]):
             await w.add_note("Stopped.", kind="notice")
         elif reason == "context":
             await w.add_note("Stopped: the context is full. Start a new chat (ctrl+n) or raise --max-context.", kind="notice")
+        elif reason == "tool_call":
+            await w.add_note("Stopped after a tool call that was not run (tool round limit reached).", kind="notice")
         elif reason == "length":
             await w.add_note("Stopped at the --max-tokens limit.", kind="notice")
 
@@ -476,6 +480,8 @@ class ChatApp(App[int]):
         summary = ""
         if s is not None and s.generated_tokens:
             summary = f"{s.generated_tokens} tokens · {s.decode_tps:.1f} tok/s · TTFT {s.ttft_s:.2f} s"
+        if not turn.widget.query("ReasoningBlock, AnswerBlock, ToolBlock, ErrorNote"):
+            await turn.widget.add_note("The model produced no visible reply.", kind="notice")
         await turn.widget.finish(summary)
         if turn.answer:
             self.last_answer = turn.answer
@@ -531,8 +537,8 @@ class ChatApp(App[int]):
     async def action_new_chat(self) -> None:
         if self.session is None:
             return
-        if self.turn is not None:
-            self._clear_queue()
+        self._clear_queue()
+        if self.turn is not None:  # stop first; messages typed meanwhile go to the new chat
             self._after_turn.append(self._new_chat_now)
             self.action_stop()
             return
@@ -540,9 +546,12 @@ class ChatApp(App[int]):
 
     async def _new_chat_now(self) -> None:
         assert self.session is not None
-        self._clear_queue()
         await asyncio.wrap_future(self.engine.submit(self.session.reset))
-        await self.query_one(ChatView).remove_children()
+        chat = self.query_one(ChatView)
+        await chat.remove_children()
+        for q in self.queue:
+            q.widget = UserMessage(q.text, queued=True)
+            await chat.mount(q.widget)
         self.last_stats = None
         self.last_answer = ""
         self._refresh_status()
@@ -700,7 +709,7 @@ class ChatApp(App[int]):
         yield SystemCommand("Edit instructions", "The developer message / system prompt (ctrl+g)", self.action_edit_instructions)
         yield SystemCommand("Save conversation", "As Markdown and JSON (ctrl+s)", self.action_save)
         yield SystemCommand("Open conversation", "Reopen a saved JSON conversation (ctrl+o)", self.action_open)
-        yield SystemCommand("Copy last answer", "To the clipboard (ctrl+y)", self.action_copy_answer)
+        yield SystemCommand("Copy last answer", "To the clipboard (ctrl+l)", self.action_copy_answer)
         yield SystemCommand("Toggle reasoning block", "Expand / collapse the latest reasoning (ctrl+r)", self.action_toggle_reasoning)
         if self.hide_reasoning:
             yield SystemCommand("Show reasoning", "Show the reasoning blocks again", lambda: self.action_set_hide_reasoning(False))

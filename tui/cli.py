@@ -55,20 +55,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "chat",
         help="terminal chat with gpt-oss (streaming answer, live reasoning, tools)",
         description="Chat with gpt-oss in the terminal. Keys: Enter send, Esc stop, ctrl+t effort, "
-        "ctrl+r reasoning, ctrl+n new, ctrl+g instructions, ctrl+s save, ctrl+o open, ctrl+y copy, "
+        "ctrl+r reasoning, ctrl+n new, ctrl+g instructions, ctrl+s save, ctrl+o open, ctrl+l copy, "
         "ctrl+p commands, ctrl+q quit. See docs/TUI.md.",
     )
-    c.add_argument("--model", default=DEFAULT_MODEL,
+    c.add_argument("--model", "-m", default=DEFAULT_MODEL,
                    help=f"Hub id, checkpoint folder or converted folder (default {DEFAULT_MODEL}; "
                         "Hub models are downloaded and converted once into ~/.cache/mlx-oss)")  # fmt: skip
-    c.add_argument("--reasoning-effort", choices=["low", "medium", "high"], default="medium",
+    c.add_argument("--reasoning-effort", "-r", choices=["low", "medium", "high"], default="medium",
                    help="initial reasoning effort (ctrl+t switches it in the chat)")  # fmt: skip
-    c.add_argument("--instructions", default=None, metavar="TEXT",
+    c.add_argument("--instructions", "--system", "-s", default=None, metavar="TEXT",
                    help="developer instructions (the system prompt); @FILE reads them from a file")  # fmt: skip
     c.add_argument("--tools", default=None, metavar="FILE.py",
                    help="Python file whose public functions become tools the model can call")  # fmt: skip
     c.add_argument("--hide-reasoning", action="store_true", help="do not show the reasoning (analysis channel)")
-    c.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0; 0 = greedy)")
+    c.add_argument("--temperature", "--temp", type=float, default=1.0, help="sampling temperature (default 1.0; 0 = greedy)")
     c.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0 = off)")
     c.add_argument("--top-k", type=int, default=0, help="top-k sampling (default 0 = off)")
     c.add_argument("--min-p", type=float, default=0.0, help="min-p sampling (default 0 = off)")
@@ -76,6 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--max-tokens", type=int, default=None, help="maximum tokens per reply (default: until done)")
     c.add_argument("--max-context", type=int, default=None,
                    help="context limit in tokens (default: the model's, 131072); lower it to bound memory")  # fmt: skip
+    c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="compute dtype (default: bf16 on Metal, f32 on CPU)")  # fmt: skip
     c.add_argument("--chats-dir", default=None, metavar="DIR",
                    help="where ctrl+s saves conversations (default $MLX_OSS_CHATS or ~/mlx-oss-chats)")  # fmt: skip
     c.set_defaults(func=run_chat)
@@ -108,6 +110,7 @@ def run_chat(a: argparse.Namespace) -> int:
         sampling=sampling,
         max_tokens=a.max_tokens,
         max_context=a.max_context,
+        dtype=a.dtype,
     )
     app = ChatApp(
         engine_loader(a.model, options),

@@ -9,6 +9,8 @@ import re
 import traceback
 from pathlib import Path
 
+from rich.console import Group
+from rich.table import Table
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -113,6 +115,7 @@ class LoadingScreen(Screen):
         super().__init__(id="loading")
         self.model = model
         self.failed: BaseException | None = None
+        self.error_text = ""  # plain text of the error panel
         self.stages: list[str] = []
         self._captured = ""
 
@@ -153,7 +156,12 @@ class LoadingScreen(Screen):
         lines = Text()
         for i, s in enumerate(self.stages):
             done = i < len(self.stages) - 1
-            lines.append(("✓ " if done else "… ") + s + "\n", style="dim" if done else "bold")
+            if done:
+                lines.append("✓ " + s + "\n", style="dim")
+            elif self.failed is not None:
+                lines.append("✗ " + s + "\n", style="bold red")
+            else:
+                lines.append("… " + s + "\n", style="bold")
         self.query_one("#loading-stages", Static).update(lines)
 
     def _render_progress(self) -> None:
@@ -177,17 +185,23 @@ class LoadingScreen(Screen):
     def show_error(self, e: BaseException) -> None:
         """Replace the progress with what failed and what to do about it."""
         self.failed = e
+        self._render_stages()
         self.query_one("#loading-progress", ProgressBar).display = False
         self.query_one("#loading-line", Static).display = False
-        body = Text()
-        body.append("Could not open the model\n", style="bold red")
-        body.append(one_line(e) + "\n\n")
-        body.append("What to do:\n", style="bold")
+        head = Text()
+        head.append("Could not open the model\n", style="bold red")
+        head.append(one_line(e) + "\n\n")
+        head.append("What to do:", style="bold")
+        hints = Table.grid(padding=(0, 1))
+        hints.add_column(width=3, justify="right")
+        hints.add_column(ratio=1)
         for h in error_hints(e, self.model):
-            body.append(f"  • {h}\n")
+            hints.add_row("•", h)
+        self.error_text = head.plain + "".join(f"\n • {h}" for h in error_hints(e, self.model))
+        parts: list = [head, hints]
         if os.environ.get("MLX_OSS_DEBUG"):
-            body.append("\n" + "".join(traceback.format_exception(e)), style="dim")
-        self.query_one("#loading-error", Static).update(body)
+            parts.append(Text("\n" + "".join(traceback.format_exception(e)), style="dim"))
+        self.query_one("#loading-error", Static).update(Group(*parts))
         self.query_one("#loading-keys", Static).update(Text("r retry   q quit", style="bold"))
 
     def action_quit_app(self) -> None:

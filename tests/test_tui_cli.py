@@ -1,0 +1,96 @@
+"""`mlx-oss chat` wiring (options, --tools files) and the Markdown/JSON export, without a terminal."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime
+
+import pytest
+
+from convert.errors import ConvertError
+from mlx_oss.cli import build_parser, main
+from mlx_oss.harmony import Message
+from tui.cli import load_tools_file
+from tui.export import conversation_markdown, read_conversation, turns
+
+
+def test_chat_subcommand_is_registered_with_its_options():
+    a = build_parser().parse_args(["chat"])
+    assert a.model == "openai/gpt-oss-20b" and a.reasoning_effort == "medium" and not a.hide_reasoning
+    a = build_parser().parse_args(["chat", "-m", "/m", "-r", "high", "--system", "be brief", "--hide-reasoning",
+                                   "--temp", "0", "--top-p", "0.9", "--seed", "3", "--max-context", "4096"])  # fmt: skip
+    assert (a.model, a.reasoning_effort, a.instructions, a.hide_reasoning) == ("/m", "high", "be brief", True)
+    assert (a.temperature, a.top_p, a.seed, a.max_context) == (0.0, 0.9, 3, 4096)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["chat", "--reasoning-effort", "extreme"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--temperature", "-1"], "temperature must be >= 0"),
+        (["--max-context", "0"], "--max-context must be positive"),
+        (["--tools", "/does/not/exist.py"], "no such file"),
+        (["--instructions", "@/does/not/exist.txt"], "cannot read the instructions file"),
+    ],
+)
+def test_bad_options_fail_before_the_app_starts(argv, message, capsys):
+    assert main(["chat", "--model", "/nowhere", *argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_tools_file_public_functions_become_tools(tmp_path):
+    f = tmp_path / "mytools.py"
+    f.write_text(
+        "import json\nfrom os.path import join\n\n"
+        "def get_weather(city: str) -> str:\n    '''Weather in a city.'''\n    return 'sunny'\n\n"
+        "def _helper():\n    pass\n\nclass NotATool:\n    pass\n"
+    )
+    fns = load_tools_file(f)
+    assert [fn.__name__ for fn in fns] == ["get_weather"] and fns[0]("Paris") == "sunny"
+    from mlx_oss.tools import as_tools
+
+    (tool,) = as_tools(fns)
+    assert tool.name == "get_weather" and tool.description.parameters["properties"]["city"]["type"] == "string"
+
+    f.write_text("__all__ = ['a']\ndef a():\n    return 1\ndef b():\n    return 2\n")
+    assert [fn.__name__ for fn in load_tools_file(f)] == ["a"]
+    f.write_text("raise RuntimeError('broken')\n")
+    with pytest.raises(ConvertError, match="failed to import.*broken"):
+        load_tools_file(f)
+    f.write_text("X = 1\n")
+    with pytest.raises(ConvertError, match="no public functions"):
+        load_tools_file(f)
+
+
+def test_markdown_transcript_from_harmony_messages():
+    msgs = [
+        Message.system(reasoning_effort="high"),
+        Message.developer("Be brief."),
+        Message.user("Weather?"),
+        Message.assistant("Need a tool.", channel="analysis"),
+        Message.tool_call("functions.get_weather", {"city": "Paris"}),
+        Message.tool_result("functions.get_weather", "sunny"),
+        Message.assistant("It is sunny.\n\n```sh\necho hi\n```"),
+        Message.user("Thanks"),
+        Message.assistant("You're welcome."),
+    ]
+    kinds = [k for k, _ in turns(msgs)]
+    assert kinds == ["instructions", "user", "reasoning", "tool_call", "tool_result", "answer", "user", "answer"]
+    md = conversation_markdown(msgs, model="gpt-oss-20b", effort="high", saved_at=datetime(2025, 1, 2, 3, 4))
+    assert md.startswith("# Chat with gpt-oss-20b\n\n_Saved 2025-01-02 03:04 · reasoning effort high_")
+    assert "## Instructions\n\nBe brief." in md
+    assert "<details><summary>Reasoning</summary>\n\nNeed a tool.\n\n</details>" in md
+    assert '**Tool call** `get_weather`\n\n```json\n{"city": "Paris"}\n```' in md
+    assert "**Tool result** `get_weather`\n\n```\nsunny\n```" in md
+    assert "It is sunny.\n\n```sh\necho hi\n```" in md
+    assert md.count("## gpt-oss-20b") == 2  # one heading per assistant turn
+
+
+def test_read_conversation_errors_are_one_line(tmp_path):
+    (tmp_path / "x.json").write_text("[1, 2")
+    with pytest.raises(ValueError, match="not a saved conversation"):
+        read_conversation(tmp_path / "x.json")
+    with pytest.raises(ValueError, match="no such file"):
+        read_conversation(tmp_path / "missing.json")
