@@ -17,7 +17,8 @@ import mlx.nn as nn
 from mlx_oss.config import ModelArgs
 
 # Prefill sorts (token, expert) pairs by expert so each expert's rows are contiguous for gather_qmm.
-# Below this many pairs the argsorts cost more than they save (benchmarks/model_moe_sort.py).
+# Below this many pairs the argsorts cost more than they save (benchmarks/model_speed.py moe_sort:
+# CPU, one 20b MoE layer, 4 tokens 268 ms unsorted vs 350 sorted; 16 tokens 1277 vs 1002).
 SORT_MIN_PAIRS = 64
 
 
