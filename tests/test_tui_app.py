@@ -17,7 +17,7 @@ from typing import Callable
 import pytest
 from textual.command import CommandList, CommandPalette
 from textual.widgets import Input, ProgressBar, Static
-from textual.widgets._markdown import MarkdownFence
+from textual.widgets.markdown import MarkdownFence
 
 from convert.errors import ConvertError
 from tui.app import Backend, ChatApp

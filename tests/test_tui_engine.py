@@ -18,8 +18,8 @@ import pytest
 
 import mlx_oss
 from mlx_oss.sampling import SamplingConfig, ScriptedTokens
-from tui.app import Backend, ChatApp, ChatOptions, engine_loader
-from tui.widgets import AnswerBlock, AssistantMessage, ErrorNote, PromptInput, ReasoningBlock, StatusLine, ToolBlock, UserMessage
+from tui.app import Backend, ChatApp, ChatOptions, engine_loader, session_loader
+from tui.widgets import AnswerBlock, AssistantMessage, ErrorNote, PromptInput, ToolBlock, UserMessage
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_tui_app import idle, ready, send, status, until  # noqa: E402
@@ -145,9 +145,11 @@ def get_weather(city: str) -> str:
 
 
 @aio
-async def test_engine_tool_call_block_then_save_and_reopen(model_tok, tmp_path):
-    _, tok = model_tok
-    app = engine_app(model_tok, tmp_path, tools=[get_weather])
+async def test_python_api_chat_with_tools_save_and_reopen(model_tok, tmp_path):
+    """A Chat built in Python with a callable tool (`tui.run(chat)`'s path): call + result blocks;
+    the reopened conversation still runs the callable."""
+    model, tok = model_tok
+    app = ChatApp(session_loader(mlx_oss.Chat(model, tok, tools=[get_weather])), chats_dir=tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
         force(app, harmony_reply(tok, analysis="Need weather.", call=("get_weather", '{"city": "Paris"}'))
@@ -169,6 +171,9 @@ async def test_engine_tool_call_block_then_save_and_reopen(model_tok, tmp_path):
         assert [u.text for u in app.query(UserMessage)] == ["Weather in Paris?"]
         assert app.query_one(ToolBlock).result == "sunny in Paris"
         assert app.query_one(AssistantMessage).answer_text == "It is sunny in Paris."
+        force(app, harmony_reply(tok, call=("get_weather", '{"city": "Rome"}')) + harmony_reply(tok, final="ok"))
+        await send(pilot, "And Rome?")
+        assert app.query(ToolBlock).last().result == "sunny in Rome"
 
 
 @aio

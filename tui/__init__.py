@@ -1,1 +1,35 @@
-"""The Textual chat app behind `mlx-oss chat`."""
+"""The Textual chat app behind `mlx-oss chat`.
+
+From Python, `tui.run()` opens the same chat, either on a model (Hub id or folder) with `Chat`
+options, or on a `mlx_oss.Chat` you built yourself (e.g. with callable tools):
+
+    import mlx_oss, tui
+    model, tok = mlx_oss.load("~/models/gpt-oss-20b")
+    tui.run(mlx_oss.Chat(model, tok, tools=[get_weather]))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def run(model: Any = "openai/gpt-oss-20b", *, hide_reasoning: bool = False, chats_dir: str | None = None,
+        **chat_options: Any) -> int:  # fmt: skip
+    """Run the chat in this terminal; returns the exit code. `model` is a Hub id, a folder, or a
+    `mlx_oss.Chat`; `chat_options` are `tui.app.ChatOptions` fields (reasoning_effort, instructions,
+    tools, sampling, max_tokens, max_context, dtype) and apply when `model` is not a Chat."""
+    from pathlib import Path
+
+    from tui.app import ChatApp, ChatOptions, engine_loader, model_label, session_loader
+
+    if hasattr(model, "send"):
+        if chat_options:
+            raise TypeError("chat options go to the Chat itself when you pass a Chat")
+        loader, label, source = session_loader(model), "gpt-oss", "the given Chat"
+    else:
+        loader, label, source = engine_loader(str(model), ChatOptions(**chat_options)), model_label(str(model)), str(model)
+    app = ChatApp(loader, model=label, source=source, hide_reasoning=hide_reasoning,
+                  chats_dir=Path(chats_dir).expanduser() if chats_dir else None)  # fmt: skip
+    app.run()
+    app.engine.join(timeout=5)
+    return app.return_code or 0

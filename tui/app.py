@@ -36,7 +36,7 @@ from tui.export import default_chats_dir, read_conversation, save_conversation, 
 from tui.screens import InstructionsScreen, LoadingScreen, OpenScreen, SaveScreen, one_line
 from tui.widgets import AssistantMessage, ChatView, PromptInput, ReasoningBlock, StatusInfo, StatusLine, UserMessage
 
-__all__ = ["EFFORTS", "Backend", "ChatApp", "ChatOptions", "ChatSession", "EngineThread", "engine_loader", "model_label"]
+__all__ = ["EFFORTS", "Backend", "ChatApp", "ChatOptions", "ChatSession", "EngineThread", "engine_loader", "model_label", "session_loader"]
 
 EFFORTS = ("low", "medium", "high")
 
@@ -123,6 +123,22 @@ def engine_loader(model: str, options: ChatOptions) -> Loader:
     return load
 
 
+def session_loader(chat: Any, name: str = "gpt-oss") -> Loader:
+    """Open the TUI on an `mlx_oss.Chat` built in Python (its model, settings and callable tools).
+    Reopened conversations get the same callables, since JSON keeps only their schemas."""
+
+    def load(say: Callable[[str], None]) -> Backend:
+        fns = [t.fn for t in getattr(chat, "tools", ()) if getattr(t, "fn", None) is not None]
+
+        def open_chat(data: Any) -> ChatSession:
+            extra = {"tools": fns} if fns else {}
+            return type(chat).from_json(data, getattr(chat, "model", None), getattr(chat, "tokenizer", None), **extra)
+
+        return Backend(name, lambda: chat, open_chat, context_limit=getattr(chat, "max_context", None), memory_bytes=_mlx_memory)
+
+    return load
+
+
 def _mlx_memory() -> int:
     import mlx.core as mx
 
@@ -163,7 +179,14 @@ class EngineThread:
                 fut.set_exception(e)
 
     def shutdown(self) -> None:
+        """Finish the queued jobs, then stop (see `join`)."""
         self._jobs.put(None)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end (after `shutdown`); False if it is still busy."""
+        if self._started:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
 
 class _Failure:
@@ -231,11 +254,12 @@ class ChatApp(App[int]):
     class Wake(Message):
         """Engine-thread items are waiting in the inbox."""
 
-    def __init__(self, loader: Loader, *, model: str = "gpt-oss", hide_reasoning: bool = False,
-                 chats_dir: Path | None = None) -> None:  # fmt: skip
+    def __init__(self, loader: Loader, *, model: str = "gpt-oss", source: str | None = None,
+                 hide_reasoning: bool = False, chats_dir: Path | None = None) -> None:  # fmt: skip
         super().__init__()
         self.loader = loader
         self.model = model
+        self.source = source or model  # what the user typed (--model), for error hints
         self.chats_dir = Path(chats_dir) if chats_dir else default_chats_dir()
         self.backend: Backend | None = None
         self.session: ChatSession | None = None
@@ -264,7 +288,7 @@ class ChatApp(App[int]):
         self.query_one(ChatView).set_class(self.hide_reasoning, "-hide-reasoning")
         self._prompt_hint()
         self._refresh_status()
-        self._loading = LoadingScreen(self.model)
+        self._loading = LoadingScreen(self.model, source=self.source)
         self.begin_capture_print(self._loading, stdout=True, stderr=True)
         self.push_screen(self._loading)
         self._start_loading()
@@ -275,6 +299,9 @@ class ChatApp(App[int]):
                 self.session.cancel()
             except Exception:
                 pass
+        # Free the model and caches on the thread that made them, before the interpreter exits.
+        held, self.session, self.backend = [self.session, self.backend], None, None
+        self.engine.submit(held.clear)
         self.engine.shutdown()
 
     @work(exclusive=True, group="load")

@@ -115,8 +115,10 @@ def run_chat(a: argparse.Namespace) -> int:
     app = ChatApp(
         engine_loader(a.model, options),
         model=model_label(a.model),
+        source=a.model,
         hide_reasoning=a.hide_reasoning,
         chats_dir=Path(a.chats_dir).expanduser() if a.chats_dir else None,
     )
-    code = app.run()
-    return int(code or 0)
+    app.run()
+    app.engine.join(timeout=5)  # let the model be freed on its own thread before exiting
+    return app.return_code or 0

@@ -111,9 +111,10 @@ class LoadingScreen(Screen):
             super().__init__()
             self.text = text
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, source: str | None = None) -> None:
         super().__init__(id="loading")
         self.model = model
+        self.source = source or model
         self.failed: BaseException | None = None
         self.error_text = ""  # plain text of the error panel
         self.stages: list[str] = []
@@ -133,7 +134,7 @@ class LoadingScreen(Screen):
         # The app already captures prints for this screen (from before the loader started).
         self.app.begin_capture_print(self, stdout=True, stderr=True)
         if not self.stages:
-            self.stages.append(f"Resolving {self.model}")
+            self.stages.append(f"Resolving {self.source}")
         self._render_stages()
         self._render_progress()
 
@@ -145,7 +146,7 @@ class LoadingScreen(Screen):
 
     def set_status(self, text: str) -> None:
         """A new stage: earlier stages get a check mark, the progress bar restarts."""
-        self.stages.append(text)
+        self.stages.append(text[:1].upper() + text[1:])
         self._captured = ""
         if self.is_mounted:
             self._render_stages()
@@ -195,9 +196,9 @@ class LoadingScreen(Screen):
         hints = Table.grid(padding=(0, 1))
         hints.add_column(width=3, justify="right")
         hints.add_column(ratio=1)
-        for h in error_hints(e, self.model):
+        for h in error_hints(e, self.source):
             hints.add_row("•", h)
-        self.error_text = head.plain + "".join(f"\n • {h}" for h in error_hints(e, self.model))
+        self.error_text = head.plain + "".join(f"\n • {h}" for h in error_hints(e, self.source))
         parts: list = [head, hints]
         if os.environ.get("MLX_OSS_DEBUG"):
             parts.append(Text("\n" + "".join(traceback.format_exception(e)), style="dim"))
@@ -216,7 +217,7 @@ class LoadingScreen(Screen):
         self.query_one("#loading-line", Static).display = True
         self.query_one("#loading-error", Static).update("")
         self.query_one("#loading-keys", Static).update(Text("q quit", style="dim"))
-        self.set_status(f"Resolving {self.model}")
+        self.set_status(f"Resolving {self.source}")
         self.post_message(self.Retry())
 
 

@@ -11,13 +11,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from rich.markup import escape
 from rich.text import Text
 from textual import events
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Collapsible, Label, Markdown, Static, TextArea
-from textual.widgets._markdown import MarkdownStream
+from textual.widgets.markdown import MarkdownStream
 
 __all__ = [
     "AnswerBlock",
@@ -350,8 +349,3 @@ class StatusLine(Static):
             style = "bold" if part.startswith("effort") else ("bold yellow" if part in ("generating…", "stopping…") or part.startswith("queued") else "")
             t.append(part, style=style)
         self.update(t)
-
-
-def markup_escape(text: str) -> str:
-    """Escape Rich markup in user-provided text that goes into markup strings."""
-    return escape(text)
