@@ -22,7 +22,7 @@ from textual.widgets.markdown import MarkdownFence
 from convert.errors import ConvertError
 from tui.app import Backend, ChatApp
 from tui.screens import InstructionsScreen, LoadingScreen, OpenScreen, SaveScreen
-from tui.widgets import AnswerBlock, AssistantMessage, ChatView, ErrorNote, PromptInput, ReasoningBlock, StatusLine, ToolBlock, UserMessage
+from tui.widgets import AnswerBlock, AssistantMessage, ChatView, ErrorNote, PromptInput, ReasoningBlock, StatusLine, ToolBlock, UserMessage, Welcome
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_tui_fake import ANSWER, REASONING, FakeChat, Script  # noqa: E402
@@ -87,8 +87,9 @@ async def test_send_streams_reasoning_live_then_answer_as_markdown(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
         assert app.focused is app.query_one(PromptInput)
+        assert "Chat with fake-oss" in str(app.query_one(Welcome).render())
         await send(pilot, "hi there", wait=False)
-        assert [u.text for u in app.query(UserMessage)] == ["hi there"]
+        assert [u.text for u in app.query(UserMessage)] == ["hi there"] and not app.query(Welcome)
         # While the analysis channel streams, its block is expanded and grows.
         await until(pilot, lambda: chat.held.is_set() and bool(app.query(ReasoningBlock)) and len(app.query_one(ReasoningBlock).text) == 18)
         block = app.query_one(ReasoningBlock)
@@ -201,7 +202,7 @@ async def test_new_chat_clears_view_and_resets_session(tmp_path):
         await pilot.press("ctrl+n")
         await until(pilot, lambda: chat.resets == 1)
         await pilot.pause()
-        assert not app.query(UserMessage) and not app.query(AssistantMessage)
+        assert not app.query(UserMessage) and not app.query(AssistantMessage) and app.query(Welcome)
         assert "ctx 0/4,096" in status(app) and chat.turns == []
         # New chat while answering: stops first, then resets.
         chat.hold_at = 2
@@ -482,3 +483,23 @@ def test_progress_from_output():
     line, pct = progress_from_output("a\n\rconvert [####----]  12.5%  1.0 GB/8.0 GB\x1b[K\rconvert [#####---]  37.5%  3.0 GB\x1b[K")
     assert pct == 37.5 and line.startswith("convert [#####---]") and "\x1b" not in line
     assert progress_from_output("")[1] is None
+
+
+@aio
+async def test_answer_keeps_streaming_behind_a_dialog(tmp_path):
+    """Dialogs opened while answering (here: instructions) do not stop or break the stream."""
+    chat = FakeChat(hold_at=3)
+    app = fake_app(tmp_path, chat)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await send(pilot, "hello", wait=False)
+        await until(pilot, lambda: chat.held.is_set())
+        await pilot.press("ctrl+g")
+        await until(pilot, lambda: isinstance(app.screen, InstructionsScreen))
+        chat.release.set()
+        await idle(pilot)
+        assert isinstance(app.screen, InstructionsScreen)
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, InstructionsScreen))
+        assert app.query_one(AssistantMessage).answer_text == ANSWER
+        assert "ctx 100/4,096" in status(app) and "generating" not in status(app)

@@ -34,7 +34,7 @@ from textual.widgets import Footer, Header
 from mlx_oss.events import AnswerDelta, Done, ReasoningDelta, Stats, ToolCall, ToolResult
 from tui.export import default_chats_dir, read_conversation, save_conversation, turns
 from tui.screens import InstructionsScreen, LoadingScreen, OpenScreen, SaveScreen, one_line
-from tui.widgets import AssistantMessage, ChatView, PromptInput, ReasoningBlock, StatusInfo, StatusLine, UserMessage
+from tui.widgets import AssistantMessage, ChatView, PromptInput, ReasoningBlock, StatusInfo, StatusLine, UserMessage, Welcome
 
 __all__ = ["EFFORTS", "Backend", "ChatApp", "ChatOptions", "ChatSession", "EngineThread", "engine_loader", "model_label", "session_loader"]
 
@@ -230,6 +230,7 @@ class ChatApp(App[int]):
 
     CSS_PATH = "app.tcss"
     TITLE = "mlx-oss chat"
+    AUTO_FOCUS = "#prompt"
     ENABLE_COMMAND_PALETTE = True
 
     BINDINGS = [
@@ -325,10 +326,11 @@ class ChatApp(App[int]):
         self.backend, self.session = backend, session
         self.model = backend.name
         self.sub_title = backend.name
-        self.pop_screen()
-        self._loading = None
+        await self.query_one(ChatView).mount(Welcome(self.model))
         self._refresh_status()
-        self.query_one(PromptInput).focus()
+        self._loading = None
+        self.pop_screen()
+        self.query_one(PromptInput).focus()  # AUTO_FOCUS too, when the chat screen resumes
 
     def on_loading_screen_retry(self, _message: LoadingScreen.Retry) -> None:
         self._start_loading()
@@ -391,6 +393,7 @@ class ChatApp(App[int]):
             self.notify("The model is not loaded yet.", severity="warning")
             return
         chat = self.query_one(ChatView)
+        await chat.query(Welcome).remove()
         if self.busy or self._after_turn:
             widget = UserMessage(text, queued=True)
             await chat.mount(widget)
@@ -576,6 +579,8 @@ class ChatApp(App[int]):
         await asyncio.wrap_future(self.engine.submit(self.session.reset))
         chat = self.query_one(ChatView)
         await chat.remove_children()
+        if not self.queue:
+            await chat.mount(Welcome(self.model))
         for q in self.queue:
             q.widget = UserMessage(q.text, queued=True)
             await chat.mount(q.widget)

@@ -29,6 +29,7 @@ __all__ = [
     "StatusLine",
     "ToolBlock",
     "UserMessage",
+    "Welcome",
     "format_bytes",
     "status_text",
 ]
@@ -56,6 +57,17 @@ class ChatView(VerticalScroll, can_focus=True):
     @property
     def assistant_messages(self) -> list[AssistantMessage]:
         return list(self.query(AssistantMessage))
+
+
+class Welcome(Static):
+    """Shown in an empty chat: what to do first."""
+
+    def __init__(self, model: str) -> None:
+        t = Text()
+        t.append(f"Chat with {model}\n\n", style="bold")
+        t.append("Enter sends · ctrl+j new line · Esc stops an answer\n"
+                 "ctrl+t reasoning effort · ctrl+g instructions · ctrl+p all commands · F1 keys", style="dim")  # fmt: skip
+        super().__init__(t)
 
 
 class UserMessage(Static):
