@@ -188,12 +188,12 @@ class Chat:
         return self._render(history)[0]
 
     def _render(self, history: Sequence[Message] | None = None) -> tuple[list[int], tuple[int, ...]]:
-        """(prompt tokens, snapshot points: the end of the system/developer messages and of the
-        last message, i.e. before `<|start|>assistant`)."""
+        """(prompt tokens, snapshot points: the end of the system message, of the developer message
+        and of the last message, i.e. before `<|start|>assistant`; see docs/ENGINE.md)."""
         hist = self._history if history is None else list(history)
         head = self._header_messages()
         r = render_with_spans(head + prune_analysis(hist), Role.ASSISTANT, encoding=self.tokenizer)
-        return r.tokens, (r.spans[len(head) - 1].end, r.spans[-1].end)
+        return r.tokens, (r.spans[0].end, r.spans[len(head) - 1].end, r.spans[-1].end)
 
     def pending_tool_calls(self) -> list[ToolCall]:
         """Calls of the current turn that have no result yet (for tools the caller runs itself)."""

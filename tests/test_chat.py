@@ -17,7 +17,7 @@ import pytest
 import mlx_oss
 from mlx_oss import tokenizer as tk
 from mlx_oss.events import AnswerDelta, Done, ReasoningDelta, ToolCall, ToolResult
-from mlx_oss.harmony import FINAL, Role
+from mlx_oss.harmony import FINAL, Role, render_message
 from mlx_oss.sampling import SamplingConfig, ScriptedTokens
 
 
@@ -97,7 +97,7 @@ def test_scripted_turn_events_reply_and_stats(model_tok):
     assert s.generated_tokens == len(reply(tok, analysis="User greets. Reply kindly.", final="Hello there!"))
     assert s.reasoning_tokens == len(tok.encode("User greets. Reply kindly."))
     assert s.answer_tokens == len(tok.encode("Hello there!"))
-    assert s.ttft_s > 0 and s.prefill_tps > 0 and s.decode_tps > 0
+    assert s.ttft_s > 0 and s.prefill_tps > 0 and s.decode_tps > 0 and s.peak_memory_bytes > 0
     assert s.context_used == len(chat.engine.tokens) and s.context_limit == model.args.max_position_embeddings
     hist = chat.history
     assert [m.role for m in hist] == [Role.USER, Role.ASSISTANT, Role.ASSISTANT]
@@ -154,6 +154,20 @@ def test_effort_change_reprefills_from_system_message(model_tok):
     assert stats.reused_tokens == len(prompt)  # and the next turn is incremental again
     with pytest.raises(ValueError, match="low, medium or high"):
         chat.reasoning_effort = "extreme"
+
+
+def test_instruction_change_reprefills_after_system_message(model_tok):
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok, instructions="Be brief.")
+    use(chat, reply(tok, final="b"))
+    chat.ask("one")
+    chat.instructions = "Be verbose."
+    prompt = chat.prompt_tokens(chat.history + [mlx_oss.chat.Message.user("two")])
+    s = use(chat, reply(tok, final="d"))
+    stats = chat.ask("two").stats
+    check_logits(model, s, prompt)
+    system = len(render_message(chat.messages[0], encoding=tok))
+    assert stats.reused_tokens == system and stats.prefilled_tokens == len(prompt) - system
 
 
 def test_cancel_from_another_thread_then_continue(model_tok):
@@ -279,6 +293,16 @@ def test_auto_tool_round_trip_reuses_cache(model_tok):
     assert done.stats.reused_tokens == analysis_end  # round 1 reused nothing
     assert done.stats.prefilled_tokens == len(prompt1) + len(prompt2) - analysis_end
     assert done.stats.prompt_tokens == len(chat.prompt_tokens(chat.history[:4]))
+
+
+def test_tool_rounds_are_capped(model_tok):
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok, tools=[get_weather], max_tool_rounds=2)
+    call = reply(tok, call=("get_weather", '{"city": "Rome"}'))
+    use(chat, call * 3 + reply(tok, final="done"))
+    r = chat.ask("loop")
+    assert r.stats.rounds == 2 and r.stats.stop_reason == "tool_call" and len(r.tool_calls) == 2
+    assert len(chat.pending_tool_calls()) == 1  # the last call is left for the caller (or send())
 
 
 def test_caller_runs_schema_tools(model_tok):
