@@ -93,8 +93,8 @@ class Engine:
         self.model = model
         limit = model.args.max_position_embeddings
         self.max_context = limit if max_context is None else int(max_context)
-        if self.max_context < 2:
-            raise ValueError(f"max_context must be at least 2, got {self.max_context}")
+        if not 2 <= self.max_context <= limit:
+            raise ValueError(f"max_context must be between 2 and the model's {limit} tokens, got {self.max_context}")
         self.max_snapshots = max_snapshots
         self.prefill_chunk = prefill_chunk or model.prefill_chunk
         self.cache = model.make_cache()

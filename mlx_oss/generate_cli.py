@@ -146,11 +146,14 @@ def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     sampling = SamplingConfig(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p, seed=a.seed)
     folder = resolve_model(a.model, progress=not a.json, status=lambda m: print(m, file=err))
     model, tokenizer = load(folder, a.dtype)
-    chat = Chat(
-        model, tokenizer, reasoning_effort=a.reasoning_effort, instructions=a.instructions, tools=tools,
-        auto_tools=False, response_format=response_format, sampling=sampling, max_tokens=a.max_tokens,
-        max_context=a.max_context,
-    )  # fmt: skip
+    try:
+        chat = Chat(
+            model, tokenizer, reasoning_effort=a.reasoning_effort, instructions=a.instructions, tools=tools,
+            auto_tools=False, response_format=response_format, sampling=sampling, max_tokens=a.max_tokens,
+            max_context=a.max_context,
+        )  # fmt: skip
+    except ValueError as e:  # settings the model rejects, e.g. --max-context beyond its limit
+        raise UsageError(str(e).splitlines()[0]) from None
 
     rstream = out if a.reasoning_to == "stdout" else err
     done = None

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 import mlx_oss
-from mlx_oss import tokenizer as tk
 from mlx_oss.events import AnswerDelta, Done, ReasoningDelta, ToolCall, ToolResult
 from mlx_oss.harmony import FINAL, Role, render_message
 from mlx_oss.sampling import SamplingConfig, ScriptedTokens

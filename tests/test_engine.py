@@ -218,3 +218,15 @@ def test_invalid_arguments(model):
         engine.generate([1, 2], scripted([]), max_tokens=0)
     with pytest.raises(ValueError):
         Engine(model, max_context=1)
+    with pytest.raises(ValueError, match="131072"):
+        Engine(model, max_context=200_000)
+
+
+def test_package_import_stays_cheap():
+    """`import mlx_oss` (the CLI's --help) must not import MLX; the exports resolve lazily."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mlx_oss; assert 'mlx.core' not in sys.modules; "
+            "assert mlx_oss.Chat.__name__ == 'Chat' and mlx_oss.ContextLengthError.__name__ == 'ContextLengthError'")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

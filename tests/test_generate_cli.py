@@ -118,6 +118,8 @@ def test_bad_values_after_parsing_exit_2(tiny_chat_converted, fast_load, monkeyp
     assert rc == 2 and "invalid JSON" in err
     rc, out, err = run(capsys, *m, "--tools", '[{"description": "no name"}]', "x")
     assert rc == 2 and "name" in err
+    rc, out, err = run(capsys, *m, "--max-context", "999999", "x")
+    assert rc == 2 and "131072" in err
     rc, out, err = run(capsys, *m, "   ")
     assert rc == 2 and "empty" in err
 
