@@ -191,3 +191,25 @@ async def test_engine_loader_end_to_end_unscripted(tiny_chat_converted, tmp_path
         notes = [n.text for n in app.query(ErrorNote)]
         assert notes and not any("Traceback" in n for n in notes)
         assert app.focused is app.query_one(PromptInput)
+
+
+def test_process_exits_cleanly_after_generating_on_the_engine_thread(tiny_chat_converted):
+    """MLX aborts the process at exit ("terminate called without an active exception") unless each
+    thread that ran it clears its streams; the app's engine thread does so when it shuts down."""
+    import subprocess
+
+    code = f"""
+from tui.app import EngineThread
+import mlx.core as mx, mlx_oss
+eng = EngineThread()
+def work():
+    m, tok = mlx_oss.load({str(tiny_chat_converted)!r}, dtype="float32")
+    for _ in range(20):
+        mx.eval(m(mx.array([[1, 2, 3]]), None))
+eng.submit(work).result()
+eng.shutdown()
+assert eng.join(10)
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-500:]

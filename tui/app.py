@@ -16,6 +16,7 @@ import platform
 import queue
 import shutil
 import subprocess
+import sys
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -149,6 +150,14 @@ def _mlx_memory() -> int:
         return 0
 
 
+def _clear_mlx_streams() -> None:
+    """MLX (0.32+) wants `clear_streams()` at the end of each thread that ran it; without it the
+    process aborts at exit ("terminate called without an active exception")."""
+    mx = sys.modules.get("mlx.core")
+    if mx is not None and hasattr(mx, "clear_streams"):
+        mx.clear_streams()
+
+
 class EngineThread:
     """One daemon thread running model jobs in order (see the module docstring for why)."""
 
@@ -169,6 +178,7 @@ class EngineThread:
         while True:
             job = self._jobs.get()
             if job is None:
+                _clear_mlx_streams()
                 return
             fut, fn, args = job
             if not fut.set_running_or_notify_cancel():
