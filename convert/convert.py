@@ -173,6 +173,8 @@ def convert_checkpoint(
     source = open_source(src)
     if source.layout == "mlx-oss":
         raise ConvertError(f"{source.root}: already an mlx-oss folder; nothing to convert")
+    if dense_bits and source.dense_quant:
+        raise ConvertError(f"--dense-bits: {source.root} is an mlx-lm folder; its own quantization is kept as it is")
     if dst.exists():
         if is_complete(dst) and not force:
             return ConvertResult(dst, source.layout, 0, 0, skipped=True)
@@ -239,6 +241,9 @@ def _write(tmp: Path, source: SourceCheckpoint, shards: list[list[_Out]], meters
             "modules": ["attn.qkv", "attn.out", "embed", "unembed"],
             "relative_error": {n: round(m.relative_error, 6) for n, m in meters.items()},
         }  # fmt: skip
+    elif source.dense_quant:  # mlx-lm folder: its per-module affine quantization, carried as it is
+        per = {m: {"bits": q.bits, "group_size": q.group_size} for m, q in source.dense_quant.items()}
+        quant["dense"] = {"mode": "affine", "modules": [], "per_module": per}
     config = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,

@@ -1,6 +1,7 @@
 """Open a checkpoint folder in any layout and serve its tensors in OUR naming and layout.
 
-`open_source` detects the layout (Hugging Face, OpenAI `original/`, or an mlx-oss folder), reads every
+`open_source` detects the layout (Hugging Face, OpenAI `original/`, mlx-lm / mlx-community, or an
+mlx-oss folder), reads every
 safetensors header, and checks names, dtypes and shapes against the config before anything is
 converted, so bad input fails fast with one line and nothing half-written.
 """
@@ -14,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from convert import mxfp4
+from convert import mlx_lm_layout, mxfp4
 from convert.errors import ConvertError
 from convert.layouts import Dims, Source, Spec, our_specs, source_map, source_specs
 from convert.safetensors_io import TensorInfo, read_header, read_tensor
@@ -36,8 +37,21 @@ def _load_json(path: Path) -> dict:
     return data
 
 
+def _has_mlx_lm_names(path: Path) -> bool:
+    """mlx-lm's sanitized expert names (`experts.gate_proj.*`), from the index or the first shard's header."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        names = (_load_json(index).get("weight_map") or {}).keys()
+    else:
+        files = sorted(path.glob("*.safetensors"))
+        names = read_header(files[0])[0].keys() if files else ()
+    return any(".experts.gate_proj." in n or n.endswith(".experts.down_proj.weight") for n in names)
+
+
 def detect_layout(path: Path) -> tuple[str, Path]:
-    """-> (layout, folder): "hf", "original" or "mlx-oss"; looks inside `original/` of a Hub snapshot."""
+    """-> (layout, folder): "hf", "original", "mlx-lm" or "mlx-oss"; looks inside `original/` of a Hub
+    snapshot. mlx-lm folders have model_type gpt_oss like HF ones, plus mlx-lm's `quantization` block
+    or its split expert names."""
     path = Path(path)
     if not path.exists():
         raise ConvertError(f"{path}: no such file or folder")
@@ -50,6 +64,8 @@ def detect_layout(path: Path) -> tuple[str, Path]:
         if cfg.get("format") == FORMAT_NAME:
             return "mlx-oss", path
         if cfg.get("model_type") == "gpt_oss" and (has_st or (path / "model.safetensors.index.json").is_file()):
+            if isinstance(cfg.get("quantization"), dict) or _has_mlx_lm_names(path):
+                return "mlx-lm", path
             return "hf", path
         if "num_experts" in cfg and "experts_per_token" in cfg and has_st:
             return "original", path
@@ -71,9 +87,13 @@ class SourceCheckpoint:
     config: dict
     files: dict[str, tuple[Path, TensorInfo]]  # source name -> (file, header entry)
     sources: dict[str, Source]  # our name -> how to build it
+    planned: list[Spec] | None = None  # mlx-lm: our tensors (their dtypes and quantization decide them)
+    dense_quant: dict[str, mlx_lm_layout.Quant] | None = None  # mlx-lm: our module -> affine quantization
 
     def specs(self) -> list[Spec]:
         """Our tensors (name, dtype, shape), in the order they are written."""
+        if self.planned is not None:
+            return list(self.planned)
         if self.layout == "mlx-oss":
             return [Spec(n, i.dtype, i.shape) for n, (_, i) in self.files.items()]
         return list(our_specs(self.dims))
@@ -88,6 +108,11 @@ class SourceCheckpoint:
         if src.kind == "concat":
             for n in src.names:
                 yield self._read(n)
+            return
+        if src.kind == "halves":  # mlx-lm gate_proj + up_proj -> our gate_up, one expert at a time
+            parts = [self.files[n] for n in src.names]
+            for e in range(parts[0][1].shape[0]):
+                yield np.concatenate([read_tensor(p, i, slice(e, e + 1)) for p, i in parts], axis=1)
             return
         path, info = self.files[src.names[0]]
         rows = info.shape[0] if info.shape else 1
@@ -120,7 +145,7 @@ class SourceCheckpoint:
 
 def _dims_for(layout: str, cfg: dict, cfg_path: Path) -> Dims:
     try:
-        if layout == "hf":
+        if layout in ("hf", "mlx-lm"):
             return Dims.from_hf(cfg, str(cfg_path))
         if layout == "original":
             return Dims.from_original(cfg, str(cfg_path))
@@ -133,7 +158,7 @@ def _dims_for(layout: str, cfg: dict, cfg_path: Path) -> Dims:
 
 def _shard_files(root: Path, layout: str) -> list[Path]:
     index = root / "model.safetensors.index.json"
-    if layout in ("hf", "mlx-oss") and index.is_file():
+    if layout in ("hf", "mlx-oss", "mlx-lm") and index.is_file():
         wm = _load_json(index).get("weight_map")
         if not isinstance(wm, dict):
             raise ConvertError(f"{index}: field weight_map missing")
@@ -175,6 +200,8 @@ def open_source(path: str | Path) -> SourceCheckpoint:
             files[name] = (f, info)
     if layout == "mlx-oss":
         return SourceCheckpoint(root, layout, dims, cfg, files, {n: Source((n,)) for n in files})
+    if layout == "mlx-lm":
+        return _open_mlx_lm(root, cfg, cfg_path, dims, files)
     expected = source_specs(layout, dims)
     for name, spec in expected.items():
         if name not in files:
@@ -192,3 +219,28 @@ def open_source(path: str | Path) -> SourceCheckpoint:
         if name not in expected:
             raise ConvertError(f"{f}: unexpected tensor {name} (not part of a {layout} gpt-oss checkpoint with this config)")
     return SourceCheckpoint(root, layout, dims, cfg, files, source_map(layout, dims))
+
+
+def _open_mlx_lm(root: Path, cfg: dict, cfg_path: Path, dims: Dims, files: dict) -> SourceCheckpoint:
+    """Validate an mlx-lm folder against its own quantization block; tensors map to ours unchanged."""
+    p = mlx_lm_layout.plan(cfg, cfg_path, dims, files)
+    module_of = {n: t for t in p.quant for n in (t + ".weight", t + ".scales", t + ".biases")}
+    for name, spec in p.expected.items():
+        if name not in files:
+            raise ConvertError(f"{root}: tensor {name} missing (expected {spec.dtype} {list(spec.shape)})")
+        f, info = files[name]
+        mod = module_of.get(name)
+        how = f" for {p.quant[mod] or 'unquantized'} ({cfg_path.name} quantization of {mod})" if mod else ""
+        if info.dtype != spec.dtype:
+            raise ConvertError(f"{f}: tensor {name} has dtype {info.dtype}, expected {spec.dtype}{how}")
+        if info.shape != spec.shape:
+            src = how or f" from {cfg_path.name} ({_expected_field(name, 'hf')})"
+            raise ConvertError(f"{f}: tensor {name} has shape {list(info.shape)}, expected {list(spec.shape)}{src}")
+    for name, (f, _) in files.items():
+        if name not in p.expected:
+            t = name.rsplit(".", 1)[0]
+            if name.endswith((".scales", ".biases")) and t in p.quant:
+                raise ConvertError(f"{f}: tensor {name} present but {cfg_path.name} quantization says {t} is "
+                                   f"{p.quant[t] or 'unquantized'}")
+            raise ConvertError(f"{f}: unexpected tensor {name} (not part of an mlx-lm gpt-oss folder with this config)")
+    return SourceCheckpoint(root, "mlx-lm", dims, cfg, files, p.sources, p.specs, p.dense)

@@ -19,15 +19,29 @@ FULL = "full_attention"
 
 @dataclass(frozen=True)
 class DenseQuant:
-    """Affine quantization of the big dense matrices (`mlx-oss convert --dense-bits`)."""
+    """Affine quantization of the big dense matrices (`mlx-oss convert --dense-bits`).
+
+    `per_module` holds exact module paths with their own (bits, group_size): an mlx-lm folder can
+    quantize each module differently (e.g. 8-bit attention and router, float embedding).
+    """
 
     bits: int = 8
     group_size: int = 64
     modules: tuple[str, ...] = ("attn.qkv", "attn.out", "embed", "unembed")
+    per_module: tuple[tuple[str, int, int], ...] = ()
 
     def applies_to(self, path: str) -> bool:
         """`path` is an MLX module path such as `layers.3.attn.qkv` or `embed`."""
-        return any(path == m or path.endswith("." + m) for m in self.modules)
+        return self.params_for(path) is not None
+
+    def params_for(self, path: str) -> dict | None:
+        """{"bits", "group_size"} for module `path`, or None if it is not quantized."""
+        for p, bits, group in self.per_module:
+            if p == path:
+                return {"bits": bits, "group_size": group}
+        if any(path == m or path.endswith("." + m) for m in self.modules):
+            return {"bits": self.bits, "group_size": self.group_size}
+        return None
 
 
 @dataclass(frozen=True)
@@ -103,10 +117,12 @@ class ModelArgs:
                 raise ValueError(f"{where}: only mxfp4 experts are supported")
             dq = None
             if dense:
+                per = dense.get("per_module") or {}
                 dq = DenseQuant(
-                    bits=int(dense["bits"]),
+                    bits=int(dense.get("bits", 8)),
                     group_size=int(dense.get("group_size", 64)),
                     modules=tuple(dense.get("modules", DenseQuant.modules)),
+                    per_module=tuple((p, int(v["bits"]), int(v.get("group_size", 64))) for p, v in per.items()),
                 )
             return cls.from_dims(dims, dq)
         if cfg.get("model_type") == "gpt_oss":

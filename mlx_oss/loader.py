@@ -1,4 +1,6 @@
-"""`load(path, dtype=None) -> (model, tokenizer)` for converted folders and original checkpoints.
+"""`load(path, dtype=None) -> (model, tokenizer)` for converted folders, original checkpoints and
+mlx-lm / mlx-community folders (read in place through the same reader; their affine-quantized dense
+modules stay quantized, per module, see docs/INTEROP.md).
 
 A converted (mlx-oss) folder is read with `mx.load`, tensors already in our names and layout. An
 OpenAI `original/` or Hugging Face checkpoint (or a Hub snapshot holding both) is converted in memory
@@ -12,14 +14,15 @@ them in float32); MXFP4 words/scales and affine-quantized words stay as stored.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
 import mlx.core as mx
 import numpy as np
 
-from mlx_oss import device
-from mlx_oss.config import ModelArgs
+from mlx_oss import device, speed
+from mlx_oss.config import DenseQuant, ModelArgs
 from mlx_oss.model import Model, build_model
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
@@ -100,9 +103,13 @@ def load_model(path: str | Path, dtype: str | mx.Dtype | None = None) -> Model:
 
         src = open_source(path)
         args = ModelArgs.from_dict(src.config, str(src.root / "config.json"))
+        if src.dense_quant:
+            per = tuple((m, q.bits, q.group_size) for m, q in src.dense_quant.items())
+            args = replace(args, dense_quant=DenseQuant(modules=(), per_module=per))
         weights = _source_weights(src)
     model = build_model(args)
-    model.load_weights(_evaluated(((n, _cast(n, a, dt)) for n, a in weights)), strict=True)
+    speed.prepare(model)  # backend-specific layouts (CPU: transposed lm_head), docs/BENCH.md
+    model.load_weights(_evaluated(((n, _cast(n, a, dt)) for n, a in speed.adapt_weights(model, weights, dt))), strict=True)
     model.eval()
     return model
 

@@ -153,6 +153,6 @@ def build_model(args: ModelArgs) -> Model:
     if dq is not None:
         nn.quantize(
             model, group_size=dq.group_size, bits=dq.bits,
-            class_predicate=lambda path, m: isinstance(m, (nn.Linear, nn.Embedding)) and dq.applies_to(path),
+            class_predicate=lambda path, m: isinstance(m, (nn.Linear, nn.Embedding)) and (dq.params_for(path) or False),
         )  # fmt: skip
     return model

@@ -37,7 +37,7 @@ def resolve_model(name: str, *, progress: bool = True, status: Callable[[str], N
     else:
         src = Path(name).expanduser()
         layout, folder = detect_layout(src)
-        if layout == "mlx-oss":
+        if layout in ("mlx-oss", "mlx-lm"):  # mlx-lm folders load in place (no second copy on disk)
             return folder
         key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]
         dst = cache_home() / f"local-{folder.resolve().name}-{key}"

@@ -1,0 +1,254 @@
+"""`mlx-oss convert --to mlx-lm SRC DST`: any gpt-oss checkpoint -> a folder `mlx_lm.load` opens.
+
+The folder is what mlx-lm itself writes for gpt-oss (its `sanitize` names, MXFP4 experts as uint32
+words + uint8 scales, dense modules float or affine-quantized as in SRC, a `quantization` block with one
+entry per quantized dense module) plus the tokenizer files the Hub's gpt-oss repositories ship, so
+mlx-lm, LM Studio and other MLX tools run it. Tensors are streamed (one expert at a time) and only
+sliced (our qkv -> q/k/v rows, our gate_up halves -> gate_proj / up_proj); nothing is requantized.
+Like the converter, it writes into a hidden sibling folder renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from convert.errors import ConvertError
+from convert.layouts import Spec
+from convert.mlx_lm_layout import Quant, modules, quantization_block
+from convert.progress import Progress
+from convert.reader import SourceCheckpoint, open_source
+from convert.safetensors_io import StreamingWriter, nbytes_of
+
+MAX_SHARD_BYTES = 5 * 1024**3  # mlx-lm's own MAX_FILE_SIZE_GB
+# What a Hub gpt-oss repository ships besides weights; copied from SRC when present, else written.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "chat_template.jinja")
+WRITTEN_FILES = TOKENIZER_FILES[:4]
+
+# Renders harmony for system/developer/user/assistant messages exactly as mlx_oss.harmony does
+# (tests/test_mlx_lm_interop.py checks the tokens). Variables: reasoning_effort (default "medium"),
+# current_date (else strftime_now when the host provides it). An assistant message's `thinking`
+# (or `reasoning_content`) is shown only after the last user message, as the Hub template does.
+CHAT_TEMPLATE = (
+    '{%- set effort = reasoning_effort if reasoning_effort is defined and reasoning_effort else "medium" -%}'
+    '{%- set sys = "You are ChatGPT, a large language model trained by OpenAI.\\nKnowledge cutoff: 2024-06" -%}'
+    '{%- if current_date is defined and current_date -%}{%- set sys = sys + "\\nCurrent date: " + current_date -%}'
+    '{%- elif strftime_now is defined -%}{%- set sys = sys + "\\nCurrent date: " + strftime_now("%Y-%m-%d") -%}{%- endif -%}'
+    '{{- "<|start|>system<|message|>" + sys + "\\n\\nReasoning: " + effort + "\\n\\n# Valid channels: analysis, '
+    'commentary, final. Channel must be included for every message.<|end|>" -}}'
+    "{%- set ns = namespace(last_user=-1) -%}"
+    '{%- for m in messages -%}{%- if m.role == "user" -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}{%- endfor -%}'
+    "{%- for m in messages -%}"
+    '{%- if m.role == "system" or m.role == "developer" -%}'
+    '{{- "<|start|>developer<|message|># Instructions\\n\\n" + m.content + "<|end|>" -}}'
+    '{%- elif m.role == "user" -%}'
+    '{{- "<|start|>user<|message|>" + m.content + "<|end|>" -}}'
+    '{%- elif m.role == "assistant" -%}'
+    '{%- set thinking = m.thinking if m.thinking is defined and m.thinking else '
+    '(m.reasoning_content if m.reasoning_content is defined and m.reasoning_content else "") -%}'
+    "{%- if thinking and loop.index0 > ns.last_user -%}"
+    '{{- "<|start|>assistant<|channel|>analysis<|message|>" + thinking + "<|end|>" -}}'
+    "{%- endif -%}"
+    "{%- if m.content -%}"
+    '{{- "<|start|>assistant<|channel|>final<|message|>" + m.content + '
+    '("<|return|>" if loop.last and not add_generation_prompt else "<|end|>") -}}'
+    "{%- endif -%}"
+    "{%- else -%}"
+    '{{- raise_exception("role " + m.role + " is not supported by this chat template (system, developer, user, assistant)") -}}'
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    '{%- if add_generation_prompt -%}{{- "<|start|>assistant" -}}{%- endif -%}'
+)
+GENERATION_CONFIG = {"bos_token_id": 199998, "do_sample": True, "eos_token_id": [200002, 199999, 200012], "pad_token_id": 199999}
+SPECIAL_TOKENS = {"bos_token": "<|startoftext|>", "eos_token": "<|return|>", "pad_token": "<|endoftext|>"}
+
+
+@dataclass
+class _Out:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    chunks: Callable[[], Iterator[np.ndarray]]
+
+
+@dataclass
+class ExportResult:
+    dst: Path
+    layout: str  # the source layout
+    bytes_written: int
+    files: int
+    dense: dict[str, Quant]  # our module -> affine quantization carried over
+
+
+def _dense_quant(specs: dict[str, Spec], d) -> dict[str, Quant]:
+    """Our quantized dense modules, read off their tensors (as mlx-lm's infer_quant_config does)."""
+    out = {}
+    for m in modules(d):
+        s, w = specs.get(m.ours + ".scales"), specs.get(m.ours + ".weight")
+        if m.kind in ("linear", "embedding") and s is not None and w is not None and w.dtype == "U32":
+            out[m.ours] = Quant("affine", w.shape[-1] * 32 // m.k, m.k // s.shape[-1])
+    return out
+
+
+def _plan(src: SourceCheckpoint) -> list[_Out]:
+    """Our tensors -> mlx-lm tensors: copies, or row slices of our fused qkv / gate_up."""
+    specs = {s.name: s for s in src.specs()}
+    outs: list[_Out] = []
+    for m in modules(src.dims):
+        if m.kind == "tensor":
+            s = specs[m.ours]
+            outs.append(_Out(m.theirs[0], s.dtype, s.shape, lambda n=m.ours: src.chunks(n)))
+            continue
+        for key in ("weight", "scales", "biases", "bias"):
+            s = specs.get(f"{m.ours}.{key}")
+            if s is None:
+                continue
+            off = 0
+            for t, r in zip(m.theirs, m.rows):
+                shape = list(s.shape)
+                shape[m.axis] = r
+                if len(m.theirs) == 1:
+                    fn = lambda n=s.name: src.chunks(n)  # noqa: E731
+                elif m.axis == 0:  # q/k/v: rows of one small matrix
+                    fn = lambda n=s.name, a=off, b=off + r: iter([src.tensor(n)[a:b]])  # noqa: E731
+                else:  # gate/up halves, one expert at a time
+                    fn = lambda n=s.name, a=off, b=off + r: (c[:, a:b] for c in src.chunks(n))  # noqa: E731
+                outs.append(_Out(f"{t}.{key}", s.dtype, tuple(shape), fn))
+                off += r
+    return outs
+
+
+def _shards(outs: list[_Out], max_bytes: int) -> list[list[_Out]]:
+    shards: list[list[_Out]] = [[]]
+    size = 0
+    for o in outs:
+        nb = nbytes_of(o.dtype, o.shape)
+        if shards[-1] and size + nb > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(o)
+        size += nb
+    return shards
+
+
+def _config(src: SourceCheckpoint, dense: dict[str, Quant]) -> dict:
+    cfg = src.dims.hf_config()
+    cfg.pop("quantization_config")  # Hugging Face's mxfp4 blocks; mlx-lm's block replaces it
+    block = quantization_block(dense, src.dims)
+    cfg["quantization"] = block
+    cfg["quantization_config"] = dict(block)  # mlx-lm writes both (for tools that read the HF key)
+    return dict(sorted(cfg.items()))
+
+
+def write_tokenizer_files(dst: Path, copy_from: list[Path]) -> list[str]:
+    """Tokenizer files as mlx-lm / transformers expect them; copied from the first folder of
+    `copy_from` that has each one (the Hub's own files win), otherwise written. -> names written."""
+    from mlx_oss.tokenizer import load_tokenizer, write_tokenizer_json
+
+    written = []
+    for name in TOKENIZER_FILES:
+        found = next((d / name for d in copy_from if (d / name).is_file()), None)
+        if found is not None:
+            shutil.copyfile(found, dst / name)
+        elif name == "tokenizer.json":
+            write_tokenizer_json(dst / name, load_tokenizer(None))
+        elif name == "tokenizer_config.json":
+            cfg = {
+                **SPECIAL_TOKENS, "chat_template": CHAT_TEMPLATE, "clean_up_tokenization_spaces": False,
+                "model_input_names": ["input_ids", "attention_mask"], "model_max_length": 1000000000000000019884624838656,
+                "tokenizer_class": "PreTrainedTokenizerFast",
+            }  # fmt: skip
+            (dst / name).write_text(json.dumps(cfg, indent=2) + "\n")
+        elif name == "special_tokens_map.json":
+            (dst / name).write_text(json.dumps(SPECIAL_TOKENS, indent=2) + "\n")
+        elif name == "generation_config.json":
+            (dst / name).write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
+        else:
+            continue
+        written.append(name)
+    return written
+
+
+def export_mlx_lm(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    force: bool = False,
+    tokenizer_dir: str | Path | None = None,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+    progress: bool = True,
+) -> ExportResult:
+    """Write `src` (HF, original, or mlx-oss folder) as an mlx-lm folder `dst`. Raises ConvertError.
+
+    Tokenizer files come from `tokenizer_dir` if given, else from SRC (a Hub snapshot has them), else
+    they are written from the bundled o200k_harmony with a harmony chat template.
+    """
+    dst = Path(dst).expanduser().absolute()
+    source = open_source(src)
+    if source.layout == "mlx-lm":
+        raise ConvertError(f"{source.root}: already an mlx-lm folder; nothing to export")
+    if dst.exists() and not force and (not dst.is_dir() or any(dst.iterdir())):
+        raise ConvertError(f"{dst}: exists and is not empty; remove it or pass --force")
+    dense = _dense_quant({s.name: s for s in source.specs()}, source.dims)
+    outs = _plan(source)
+    shards = _shards(outs, max_shard_bytes)
+    need = sum(nbytes_of(o.dtype, o.shape) for o in outs)
+    copy_from = [Path(tokenizer_dir)] if tokenizer_dir else [source.root] + ([source.root.parent] if source.layout == "original" else [])
+    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(dst.parent).free < need * 1.02 + (1 << 20):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        written = _write(tmp, shards, progress)
+        (tmp / "config.json").write_text(json.dumps(_config(source, dense), indent=4) + "\n")
+        write_tokenizer_files(tmp, copy_from)
+        if dst.exists():
+            old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+            os.replace(dst, old)
+            os.replace(tmp, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dst)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno == errno.ENOSPC:
+            raise ConvertError(f"{dst}: no space left on device (the export needs about {need / 1e9:.2f} GB)") from None
+        raise ConvertError(f"{dst}: write failed ({e.strerror or e})") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(dst, source.layout, written, len(shards), dense)
+
+
+def _write(tmp: Path, shards: list[list[_Out]], progress: bool) -> int:
+    bar = Progress(sum(nbytes_of(o.dtype, o.shape) for s in shards for o in s), "exporting", enabled=progress)
+    weight_map: dict[str, str] = {}
+    written = 0
+    for k, shard in enumerate(shards):
+        fname = "model.safetensors" if len(shards) == 1 else f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        w = StreamingWriter(tmp / fname, [(o.name, o.dtype, o.shape) for o in shard], {"format": "mlx"})
+        try:
+            for o in shard:
+                for chunk in o.chunks():
+                    w.write(o.name, chunk)
+                bar.update(nbytes_of(o.dtype, o.shape))
+                weight_map[o.name] = fname
+            w.close()
+        except BaseException:
+            w.abort()
+            raise
+        written += w.total_bytes
+    bar.close()
+    index = {"metadata": {"total_size": written}, "weight_map": dict(sorted(weight_map.items()))}
+    (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=4) + "\n")
+    return written
