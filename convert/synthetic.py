@@ -56,6 +56,8 @@ def preset(name: str, **overrides) -> SyntheticSpec:
     """A named size; `overrides` replace Dims fields (e.g. num_hidden_layers=2)."""
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    if "num_hidden_layers" in overrides and "layer_types" not in overrides:
+        overrides["layer_types"] = ()  # re-derived for the new depth (sliding on even layers)
     return SyntheticSpec(replace(PRESETS[name], **overrides))
 
 

@@ -59,7 +59,7 @@ class ModelInfo:
         return self.kv_bytes_per_token(dtype) * context + sliding
 
 
-def _classify(spec: Spec, by_name: dict[str, Spec]) -> tuple[str, int]:
+def _classify(spec: Spec, by_name: dict[str, Spec], dense: dict[str, Spec]) -> tuple[str, int]:
     """-> (weight format, parameter count) of one stored tensor."""
     n = 1
     for s in spec.shape:
@@ -68,9 +68,9 @@ def _classify(spec: Spec, by_name: dict[str, Spec]) -> tuple[str, int]:
         return "mxfp4 experts", n * 8
     if spec.name.endswith((".gate_up.scales", ".down.scales")) and spec.dtype == "U8":
         return "mxfp4 experts", 0
-    if spec.dtype == "U32":  # affine-quantized dense weight: K = groups * 64 values per row
-        scales = by_name[spec.name[: -len(".weight")] + ".scales"]
-        return "affine dense", spec.shape[0] * scales.shape[-1] * 64
+    if spec.dtype == "U32":  # affine-quantized dense weight: as many values as its unquantized shape
+        full = dense[spec.name].shape
+        return "affine dense", full[0] * full[1]
     if spec.name.endswith((".scales", ".biases")) and spec.name.rsplit(".", 1)[0] + ".weight" in by_name:
         return "affine dense", 0
     return "bf16 dense" if spec.dtype == "BF16" else f"{spec.dtype.lower()} dense", n
@@ -96,8 +96,9 @@ def describe(path: str | Path) -> ModelInfo:
             return describe(cfg_path)
     info = ModelInfo(dims, layout)
     by_name = {s.name: s for s in specs}
+    dense = {s.name: s for s in our_specs(dims)}  # unquantized shapes, whatever the group size/bits
     for s in specs:
-        fmt, n = _classify(s, by_name)
+        fmt, n = _classify(s, by_name, dense)
         info.params[fmt] = info.params.get(fmt, 0) + n
         info.bytes[fmt] = info.bytes.get(fmt, 0) + nbytes_of(s.dtype, s.shape)
     return info

@@ -120,3 +120,8 @@ def test_real_size_presets_have_real_dimensions():
         assert (d.vocab_size, d.num_experts, d.num_hidden_layers, d.sliding_window) == (201088, experts, layers, 128)
     total = sum(int(np.prod(s.shape)) * (2 if s.dtype == "BF16" else 1) for s in source_specs("hf", PRESETS["20b-slice"]).values())
     assert 3.5e9 < total < 4.5e9  # the ~4 GB slice the benchmarks convert
+
+
+def test_overriding_depth_rederives_layer_types():
+    d = preset("20b-slice", num_hidden_layers=2).dims
+    assert d.layer_types == ("sliding_attention", "full_attention")
