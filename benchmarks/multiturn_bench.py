@@ -112,9 +112,10 @@ def run_mlx_lm(path: str, dtype: str, enc, turns) -> list[dict]:
     def forced(script):
         it = iter(script)
 
-        def proc(tokens, logits):
+        def proc(tokens, logits):  # the token depends on the logits, so MLX must run the forward pass
             t = next(it, tk.RETURN)
-            return mx.where(mx.arange(logits.shape[-1]) == t, 0.0, -mx.inf).astype(logits.dtype)[None]
+            zero = mx.minimum(mx.abs(mx.max(logits, axis=-1, keepdims=True)), 0.0)
+            return mx.where(mx.arange(logits.shape[-1]) == t, zero, -mx.inf).astype(logits.dtype)
 
         return proc
 
