@@ -1,0 +1,322 @@
+"""Roofline arithmetic and the outputs of `mlx-oss bench`: table, JSON, CSV, PNG plot.
+
+Roofline: a decode step reads every dense weight once (in the format it is held: float32 or
+bfloat16 or affine-quantized), the MXFP4 experts of the k routed experts only (k/E of them), one
+embedding row, and the KV cache at that depth (full-attention layers: every token; sliding layers:
+at most the window). tokens/s can not exceed bandwidth / those bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Weight bytes a decode step reads, split by how much of each it reads."""
+
+    dense: int  # read whole every token (attention, router, norms, lm_head)
+    experts: int  # all experts' bytes; a token reads active_fraction of them
+    embedding: int  # the table; a token reads one row
+    vocab: int
+    active_fraction: float
+
+    def per_token(self, kv_bytes: int = 0) -> float:
+        return self.dense + self.experts * self.active_fraction + self.embedding / self.vocab + kv_bytes
+
+
+def _is_embedding(name: str) -> bool:
+    return (name.startswith("embed.") or ".embed_tokens." in name or name.startswith("embed_tokens.")) and "unembed" not in name
+
+
+def _is_expert(name: str) -> bool:
+    return ".mlp.gate_up." in name or ".mlp.down." in name or ".mlp.experts." in name
+
+
+def traffic(named_bytes: Iterable[tuple[str, int]], experts_per_token: int, num_experts: int, vocab: int) -> Traffic:
+    """Classify a loaded model's parameters (ours or mlx-lm's names) by how a decode step reads them."""
+    dense = experts = emb = 0
+    for name, n in named_bytes:
+        if _is_embedding(name):
+            emb += n
+        elif _is_expert(name):
+            experts += n
+        else:
+            dense += n
+    return Traffic(dense, experts, emb, vocab, experts_per_token / num_experts)
+
+
+def roofline_tps(bandwidth_gbs: float, bytes_per_token: float) -> float:
+    """The tokens/s a decode step could reach if it only moved bytes at `bandwidth_gbs`."""
+    return bandwidth_gbs * 1e9 / bytes_per_token
+
+
+# --------------------------------------------------------------------------------- formatting
+
+
+def _fmt_stat(s: dict | None, digits: int = 2) -> str:
+    if not s:
+        return "-"
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def _ratio(a: float | None, b: float | None, higher_is_better: bool = True) -> str:
+    if not a or not b or math.isnan(a) or math.isnan(b):
+        return "-"
+    r = a / b if higher_is_better else b / a
+    return f"{r:.2f}x"
+
+
+def rows(result: dict) -> list[dict]:
+    """Flat rows (test, metric, unit, engine, mean, std): the CSV, and the table's source."""
+    out = []
+    for eng, r in result["engines"].items():
+        for p in r.get("prefill", []):
+            out.append(dict(engine=eng, test=f"pp{p['tokens']}", metric="prefill", unit="tok/s", **_ms(p["tps"])))
+            out.append(dict(engine=eng, test=f"pp{p['tokens']}", metric="ttft", unit="s", **_ms(p["ttft_s"])))
+        for d in r.get("decode", []):
+            out.append(dict(engine=eng, test=f"tg{d['tokens']}@d{d['depth']}", metric="decode", unit="tok/s", **_ms(d["tps"])))
+            if d.get("roofline_share") is not None:
+                out.append(dict(engine=eng, test=f"tg{d['tokens']}@d{d['depth']}", metric="roofline_share", unit="%",
+                                mean=100 * d["roofline_share"], std=100 * d["roofline_share"] * _cv(d["tps"])))  # fmt: skip
+        if r.get("peak_memory_bytes"):
+            out.append(dict(engine=eng, test="all", metric="peak_memory", unit="GiB", mean=r["peak_memory_bytes"] / 2**30, std=0.0))
+        if r.get("graph_nodes"):
+            out.append(dict(engine=eng, test="decode step", metric="graph_nodes", unit="ops", mean=float(r["graph_nodes"]["total"]), std=0.0))
+        for t in r.get("multiturn", []):
+            out.append(dict(engine=eng, test=f"turn{t['turn']}", metric="ttft", unit="s", mean=t["ttft_s"], std=0.0))
+    return out
+
+
+def _ms(s: dict) -> dict:
+    return {"mean": s["mean"], "std": s["std"]}
+
+
+def _cv(s: dict) -> float:
+    return s["std"] / s["mean"] if s.get("mean") else 0.0
+
+
+def to_csv(result: dict) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["engine", "test", "metric", "unit", "mean", "std"], lineterminator="\n")
+    w.writeheader()
+    for r in rows(result):
+        w.writerow({**r, "mean": f"{r['mean']:.6g}", "std": f"{r['std']:.6g}"})
+    return buf.getvalue()
+
+
+def to_json(result: dict) -> str:
+    return json.dumps(result, indent=2, default=str)
+
+
+def _gib(n: float | None) -> str:
+    return "-" if not n else f"{n / 2**30:.2f} GiB"
+
+
+def format_table(result: dict) -> str:
+    """The readable report: machine, model, then ours vs mlx-lm side by side with ratios."""
+    m, mo = result["machine"], result["model"]
+    engines = list(result["engines"])
+    lines = []
+    bw = m.get("bandwidth_gbs")
+    lines.append(f"machine   {m.get('chip')}  ({m.get('backend')} backend" + (f", {m['gpu_cores']} GPU cores" if m.get("gpu_cores") else "")
+                 + (f", {m['cpu_cores']} CPU cores" if m.get("cpu_cores") else "") + f"), {_gib(m.get('memory_bytes'))} memory")  # fmt: skip
+    lines.append(f"          {m.get('os')}, MLX {m.get('mlx')}" + (f", BLAS {m['blas']}" if m.get("blas") else ""))
+    if bw:
+        lines.append(f"bandwidth {bw:.1f} GB/s ({m.get('bandwidth_source')})")
+    lines.append(f"model     {mo['path']}  ({mo['layers']} layers, {mo['dtype']})")
+    for eng in engines:
+        t = result["engines"][eng].get("traffic")
+        if t:
+            lines.append(f"          {eng}: {t['dense'] / 2**30:.2f} GiB dense + {t['experts'] / 2**30:.2f} GiB experts "
+                         f"(x{t['active_fraction']:.3f} per token) + embedding; {t['bytes_per_token_d0'] / 2**30:.3f} GiB read per decode token")  # fmt: skip
+    lines.append("")
+    head = ["test", *engines] + (["ratio"] if len(engines) == 2 else [])
+    table = []
+
+    def add(label: str, vals: list[str], ratio: str = "") -> None:
+        table.append([label, *vals] + ([ratio] if len(engines) == 2 else []))
+
+    def get(eng: str, kind: str, key: str, val):
+        for x in result["engines"][eng].get(kind, []):
+            if x[key] == val:
+                return x
+        return None
+
+    first = result["engines"][engines[0]]
+    for p in [x["tokens"] for x in first.get("prefill", [])]:
+        xs = [get(e, "prefill", "tokens", p) for e in engines]
+        add(f"pp{p} (tok/s)", [_fmt_stat(x and x["tps"]) for x in xs], _ratio(*(x and x["tps"]["mean"] for x in xs)) if len(xs) == 2 else "")
+        add(f"  TTFT pp{p} (s)", [_fmt_stat(x and x["ttft_s"]) for x in xs],
+            _ratio(*(x and x["ttft_s"]["mean"] for x in xs), higher_is_better=False) if len(xs) == 2 else "")  # fmt: skip
+    for d in [x["depth"] for x in first.get("decode", [])]:
+        xs = [get(e, "decode", "depth", d) for e in engines]
+        g = xs[0]["tokens"]
+        add(f"tg{g} @ d{d} (tok/s)", [_fmt_stat(x and x["tps"]) for x in xs], _ratio(*(x and x["tps"]["mean"] for x in xs)) if len(xs) == 2 else "")
+        if any(x and x.get("roofline_share") is not None for x in xs):
+            add(f"  roofline share", [f"{100 * x['roofline_share']:.1f}% of {x['roofline_tps']:.2f}" if x and x.get("roofline_share") is not None else "-" for x in xs])
+    mem = [result["engines"][e].get("peak_memory_bytes") for e in engines]
+    add("peak memory", [_gib(x) for x in mem], _ratio(*mem, higher_is_better=False) if len(mem) == 2 else "")
+    nodes = [(result["engines"][e].get("graph_nodes") or {}).get("total") for e in engines]
+    if any(nodes):
+        add("graph nodes / decode step", [str(x) if x else "-" for x in nodes], _ratio(*nodes, higher_is_better=False) if len(nodes) == 2 else "")
+    widths = [max(len(str(r[i])) for r in [head, *table]) for i in range(len(head))]
+    fmt = lambda r: "| " + " | ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))) + " |"  # noqa: E731
+    lines.append(fmt(head))
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines += [fmt(r) for r in table]
+    mt = {e: result["engines"][e].get("multiturn") for e in engines if result["engines"][e].get("multiturn")}
+    if mt:
+        lines.append("")
+        lines.append("multi-turn (TTFT per turn, seconds; prefilled / prompt tokens)")
+        n = max(len(v) for v in mt.values())
+        lines.append("| turn | " + " | ".join(f"{e} TTFT | {e} prefilled" for e in mt) + " |")
+        lines.append("|---:|" + "---:|---:|" * len(mt))
+        for i in range(n):
+            cells = []
+            for e, v in mt.items():
+                t = v[i] if i < len(v) else None
+                cells += [f"{t['ttft_s']:.2f}", f"{t['prefilled']} / {t['prompt']}"] if t else ["-", "-"]
+            lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+        for e, v in mt.items():
+            if len(v) >= 2:
+                lines.append(f"{e}: TTFT turn {len(v)} / turn 2 = {v[-1]['ttft_s'] / v[1]['ttft_s']:.2f}x")
+    eff = {e: result["engines"][e].get("efforts") for e in engines if result["engines"][e].get("efforts")}
+    for e, v in eff.items():
+        lines.append("")
+        lines.append(f"{e} reasoning effort (greedy, at most {result['settings'].get('effort_tokens')} tokens)")
+        lines.append("| effort | prompt | generated | reasoning | answer | stop |")
+        lines.append("|---|---:|---:|---:|---:|---|")
+        for r in v:
+            lines.append(f"| {r['effort']} | {r['prompt']} | {r['generated']} | {r['reasoning']} | {r['answer']} | {r['stop']} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------- plot
+
+COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
+
+
+def plot_series(result: dict) -> dict[str, list[tuple[float, float]]]:
+    """{engine: [(context depth, decode tokens/s), ...]} — what the plot draws."""
+    return {e: [(float(d["depth"]), d["tps"]["mean"]) for d in r.get("decode", [])] for e, r in result["engines"].items()}
+
+
+def write_plot(result: dict, path: str) -> str:
+    """Decode tokens/s against context depth, one line per engine. matplotlib when installed
+    (`pip install mlx-oss[plot]`), else a dependency-free PNG (lines, points, digit labels; the
+    title/axes/legend go into the PNG's text chunks). -> which writer was used."""
+    series = plot_series(result)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        write_png(path, series, _plot_title(result))
+        return "builtin"
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for e, pts in series.items():
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=e)
+    ax.set_xlabel("context depth (tokens already in the cache)")
+    ax.set_ylabel("decode tokens/s")
+    ax.set_title(_plot_title(result), fontsize=9)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return "matplotlib"
+
+
+def _plot_title(result: dict) -> str:
+    m = result["machine"]
+    return f"{result['model']['path']} on {m.get('chip')} ({m.get('backend')}), MLX {m.get('mlx')}"
+
+
+# 3x5 digit glyphs, rows top to bottom, 3 bits each
+_DIGITS = {
+    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111", "3": "111001111001111",
+    "4": "101101111001001", "5": "111100111001111", "6": "111100111101111", "7": "111001001001001",
+    "8": "111101111101111", "9": "111101111001111", ".": "000000000000010", "k": "100101110101101",
+}  # fmt: skip
+
+
+def _png_bytes(img: list[bytearray], width: int, height: int, text: dict[str, str]) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + bytes(row) for row in img)
+    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    for k, v in text.items():
+        out += chunk(b"tEXt", k.encode("latin-1") + b"\x00" + v.encode("latin-1", "replace"))
+    return out + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+
+
+def write_png(path: str, series: dict[str, list[tuple[float, float]]], title: str, width: int = 640, height: int = 400) -> None:
+    """A line chart as a PNG with no dependencies: white background, axes, one colored line with
+    square markers per series, digit tick labels; legend and axis names in the PNG text chunks."""
+    img = [bytearray(b"\xff" * (3 * width)) for _ in range(height)]
+    L, R, T, B = 60, 20, 20, 40
+
+    def px(x: int, y: int, c: tuple[int, int, int]) -> None:
+        if 0 <= x < width and 0 <= y < height:
+            img[y][3 * x : 3 * x + 3] = bytes(c)
+
+    def line(x0: int, y0: int, x1: int, y1: int, c: tuple[int, int, int]) -> None:
+        n = max(abs(x1 - x0), abs(y1 - y0), 1)
+        for i in range(n + 1):
+            for dx in (0, 1):
+                px(round(x0 + (x1 - x0) * i / n) + dx, round(y0 + (y1 - y0) * i / n), c)
+
+    def text(s: str, x: int, y: int, scale: int = 2) -> None:
+        for ch in s:
+            g = _DIGITS.get(ch)
+            if g:
+                for i, bit in enumerate(g):
+                    if bit == "1":
+                        for a in range(scale):
+                            for b in range(scale):
+                                px(x + (i % 3) * scale + a, y + (i // 3) * scale + b, (0, 0, 0))
+            x += 4 * scale
+
+    pts = [p for s in series.values() for p in s]
+    xmax = max([p[0] for p in pts] + [1.0])
+    ymax = max([p[1] for p in pts] + [1e-9]) * 1.1
+    X = lambda v: L + int((width - L - R) * v / xmax)  # noqa: E731
+    Y = lambda v: height - B - int((height - T - B) * v / ymax)  # noqa: E731
+    black = (0, 0, 0)
+    line(L, T, L, height - B, black)
+    line(L, height - B, width - R, height - B, black)
+    for i in range(5):
+        v = ymax * i / 4
+        line(L - 4, Y(v), L, Y(v), black)
+        text(f"{v:.3g}" if v < 1000 else f"{v / 1000:.3g}k", 4, Y(v) - 5)
+        xv = xmax * i / 4
+        line(X(xv), height - B, X(xv), height - B + 4, black)
+        text(f"{xv:.3g}" if xv < 1000 else f"{xv / 1000:.3g}k", X(xv) - 10, height - B + 8)
+    legend = []
+    for k, (name, s) in enumerate(series.items()):
+        c = COLORS[k % len(COLORS)]
+        legend.append(f"{name}: rgb{c}")
+        s = sorted(s)
+        for (x0, y0), (x1, y1) in zip(s, s[1:]):
+            line(X(x0), Y(y0), X(x1), Y(y1), c)
+        for x, y in s:
+            for a in range(-3, 4):
+                for b in range(-3, 4):
+                    px(X(x) + a, Y(y) + b, c)
+        for a in range(12):  # legend swatch, top right
+            for b in range(8):
+                px(width - R - 40 + a, T + 4 + 14 * k + b, c)
+    meta = {"Title": title, "Description": "decode tokens/s (y) against context depth in tokens (x); " + "; ".join(legend)}
+    with open(path, "wb") as f:
+        f.write(_png_bytes(img, width, height, meta))

@@ -1,0 +1,235 @@
+"""The two engines `mlx-oss bench` measures, behind one interface, and the measurements themselves.
+
+Both engines get the same token ids, the same greedy decode loop (pipelined as in mlx-lm's
+`generate_step`: the step for token i is queued before token i is read) and the same timers, so a
+ratio compares models, not harnesses. Prefill runs each engine's own way: ours `Model.prefill`
+(chunked, lm_head on the last position only), mlx-lm's as its `generate_step` does it (2048-token
+chunks evaluating only the caches, then the last token through the model).
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Protocol
+
+import mlx.core as mx
+import numpy as np
+
+Progress = Callable[[str], None]
+
+ORDINARY_TOKENS = 199998  # o200k_harmony: ids below this are ordinary text tokens
+
+
+class Engine(Protocol):
+    name: str
+    model: object
+
+    def make_cache(self) -> list: ...
+    def prefill(self, tokens: list[int], cache: list) -> mx.array: ...
+    def step(self, y: mx.array, cache: list) -> mx.array: ...
+    def named_bytes(self) -> list[tuple[str, int]]: ...
+
+
+def random_tokens(n: int, vocab: int, seed: int = 0) -> list[int]:
+    """The benchmark's prompt: n ordinary token ids, identical for every engine given the seed."""
+    hi = min(vocab, ORDINARY_TOKENS)
+    return np.random.default_rng(seed).integers(0, hi, size=n).tolist()
+
+
+def _named_bytes(model) -> list[tuple[str, int]]:
+    from mlx.utils import tree_flatten
+
+    return [(n, int(p.nbytes)) for n, p in tree_flatten(model.parameters())]
+
+
+class OursEngine:
+    """mlx-oss: `mlx_oss.load` (backend speedups included, mlx_oss/speed.py)."""
+
+    name = "mlx-oss"
+
+    def __init__(self, path: str | Path, dtype: str | None = None) -> None:
+        import mlx_oss
+
+        self.path = Path(path)
+        self.model, self.tokenizer = mlx_oss.load(path, dtype)
+
+    def make_cache(self) -> list:
+        return self.model.make_cache()
+
+    def prefill(self, tokens: list[int], cache: list) -> mx.array:
+        return self.model.prefill(mx.array([tokens], dtype=mx.int32), cache).reshape(1, -1)
+
+    def step(self, y: mx.array, cache: list) -> mx.array:
+        return self.model(y.reshape(1, 1), cache, last_only=True).reshape(1, -1)
+
+    def named_bytes(self) -> list[tuple[str, int]]:
+        return _named_bytes(self.model)
+
+
+class MlxLmEngine:
+    """mlx-lm's own `gpt_oss` model on the same checkpoint (Hugging Face layout), dense weights cast
+    to `dtype` (float32: its best setting on the CPU backend, ~5x its bfloat16 speed there)."""
+
+    name = "mlx-lm"
+    prefill_step = 2048  # mlx-lm's generate_step default
+
+    def __init__(self, hf_path: str | Path, dtype: str = "float32") -> None:
+        from mlx_lm.utils import load_model
+
+        self.path = Path(hf_path)
+        self.model, _ = load_model(self.path)
+        self.model.set_dtype(getattr(mx, dtype))
+        mx.eval(self.model.parameters())
+
+    def make_cache(self) -> list:
+        return self.model.make_cache()
+
+    def prefill(self, tokens: list[int], cache: list) -> mx.array:
+        y = mx.array(tokens, dtype=mx.int32)
+        while y.size > 1:
+            n = min(self.prefill_step, y.size - 1)
+            self.model(y[:n][None], cache=cache)
+            mx.eval([c.state for c in cache])
+            y = y[n:]
+        return self.model(y[None], cache=cache)[:, -1, :]
+
+    def step(self, y: mx.array, cache: list) -> mx.array:
+        return self.model(y.reshape(1, 1), cache=cache)[:, -1, :]
+
+    def named_bytes(self) -> list[tuple[str, int]]:
+        return _named_bytes(self.model)
+
+
+def mlx_lm_source(converted: Path) -> Path | None:
+    """The Hugging Face checkpoint a converted folder came from (mlx-lm reads that layout)."""
+    import json
+
+    try:
+        src = json.loads((Path(converted) / "config.json").read_text()).get("source") or {}
+    except (OSError, ValueError):
+        return None
+    p = Path(src["path"]) if src.get("layout") == "hf" and src.get("path") else None
+    return p if p is not None and (p / "config.json").is_file() else None
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def mean_std(xs: Iterable[float]) -> tuple[float, float]:
+    xs = list(xs)
+    if not xs:
+        return float("nan"), float("nan")
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def _greedy(logits: mx.array) -> mx.array:
+    return mx.argmax(logits, axis=-1).astype(mx.int32)
+
+
+def time_prefill(engine: Engine, tokens: list[int]) -> tuple[float, float]:
+    """-> (prefill seconds, time to first token seconds) on a fresh cache."""
+    cache = engine.make_cache()
+    t0 = time.perf_counter()
+    logits = engine.prefill(tokens, cache)
+    mx.eval(logits)
+    t1 = time.perf_counter()
+    int(_greedy(logits).item())
+    return t1 - t0, time.perf_counter() - t0
+
+
+def time_decode(engine: Engine, context: list[int], n: int) -> float:
+    """Decode `n` greedy tokens after `context` (prefilled untimed) -> seconds for the n steps."""
+    cache = engine.make_cache()
+    y = _greedy(engine.prefill(context, cache))
+    mx.eval(y)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        logits = engine.step(y, cache)
+        nxt = _greedy(logits)
+        mx.async_eval(nxt)
+        int(y.item())
+        y = nxt
+    int(y.item())
+    return time.perf_counter() - t0
+
+
+@dataclass
+class Stat:
+    mean: float
+    std: float
+    runs: list[float] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, runs: list[float]) -> "Stat":
+        m, s = mean_std(runs)
+        return cls(m, s, list(runs))
+
+
+def measure_engine(
+    engine: Engine,
+    prompts: list[int],
+    depths: list[int],
+    gen: int,
+    reps: int,
+    vocab: int,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> dict:
+    """Prefill tokens/s and TTFT at each prompt size, decode tokens/s at each depth; `reps` runs
+    each after one warm-up. -> {"prefill": [...], "decode": [...]}."""
+    say = progress or (lambda _m: None)
+    base = random_tokens(max(prompts + depths + [1]) + 1, vocab, seed)
+    # warm-up: compile, first touch of every weight, allocator pools
+    time_prefill(engine, base[:16])
+    time_decode(engine, base[:4], 2)
+    out: dict = {"prefill": [], "decode": []}
+    for p in prompts:
+        tps, ttft = [], []
+        for r in range(reps):
+            s, t = time_prefill(engine, base[:p])
+            tps.append(p / s)
+            ttft.append(t)
+            say(f"{engine.name}: prefill {p} tokens, run {r + 1}/{reps}: {p / s:.2f} tok/s, TTFT {t:.2f} s")
+        out["prefill"].append({"tokens": p, "tps": Stat.of(tps).__dict__, "ttft_s": Stat.of(ttft).__dict__})
+    for d in depths:
+        tps = []
+        for r in range(reps):
+            s = time_decode(engine, base[: max(d, 1)], gen)
+            tps.append(gen / s)
+            say(f"{engine.name}: decode {gen} tokens at depth {d}, run {r + 1}/{reps}: {gen / s:.2f} tok/s")
+        out["decode"].append({"depth": d, "tokens": gen, "tps": Stat.of(tps).__dict__})
+    return out
+
+
+def count_graph_nodes(engine: Engine, depth: int = 8, vocab: int = 201088) -> dict:
+    """MLX operations (graph nodes) one decode step dispatches, at a cache of `depth` tokens: what a
+    Metal command buffer gets, the cost per token that does not shrink with faster kernels.
+    -> {"total": n, "by_op": {primitive: count}}."""
+    import os
+    import re
+    import tempfile
+
+    cache = engine.make_cache()
+    mx.eval(engine.prefill(random_tokens(depth, vocab), cache))
+    mx.eval([c.state for c in cache])
+    logits = engine.step(mx.array([[1]], dtype=mx.int32), cache)
+    with tempfile.TemporaryDirectory() as tmp:
+        f = os.path.join(tmp, "step.dot")
+        mx.export_to_dot(f, logits)
+        text = open(f).read()
+    mx.eval(logits)
+    ops = re.findall(r'\[label ="([^"]+)", shape=rectangle\]', text)
+    by: dict[str, int] = {}
+    for o in ops:
+        by[o] = by.get(o, 0) + 1
+    return {"total": len(ops), "by_op": dict(sorted(by.items(), key=lambda kv: -kv[1]))}
+
+
+def release() -> None:
+    """After the caller dropped its engine: free the weights before the next one loads."""
+    gc.collect()
+    mx.clear_cache()

@@ -1,0 +1,291 @@
+"""`mlx-oss bench`: machine/bandwidth tables with faked devices, roofline arithmetic, outputs, the
+compare path on the tiny model, graph-node counting, and the CPU speedups it relies on (exact)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import struct
+import zlib
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_oss import bench_report as rep
+from mlx_oss import device
+
+# ------------------------------------------------------------------------------ device fakes
+
+CHIPS = {
+    # name, GPU cores -> published GB/s
+    ("Apple M1", 8): 68.25, ("Apple M1 Pro", 16): 200, ("Apple M1 Max", 32): 400, ("Apple M1 Ultra", 64): 800,
+    ("Apple M2", 10): 100, ("Apple M2 Pro", 19): 200, ("Apple M2 Max", 38): 400, ("Apple M2 Ultra", 76): 800,
+    ("Apple M3", 10): 100, ("Apple M3 Pro", 18): 150, ("Apple M3 Max", 30): 300, ("Apple M3 Max", 40): 400,
+    ("Apple M3 Ultra", 80): 819, ("Apple M4", 10): 120, ("Apple M4 Pro", 20): 273, ("Apple M4 Max", 32): 410,
+    ("Apple M4 Max", 40): 546, ("Apple M5", 10): 153, ("Apple M5 Pro", 20): 307, ("Apple M5 Max", 40): 614,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("chip,cores", list(CHIPS))
+def test_machine_info_on_faked_macs(chip, cores):
+    profiler = f"Graphics/Displays:\n  {chip}:\n    Chipset Model: {chip}\n    Total Number of Cores: {cores}\n"
+    info = {"device_name": chip, "memory_size": 64 * 2**30}
+    m = device.machine_info(metal=True, info=info, gpu_cores=lambda: profiler)
+    assert m["chip"] == chip and m["backend"] == "metal" and m["gpu_cores"] == cores
+    assert m["memory_bytes"] == 64 * 2**30 and m["mlx"] == mx.__version__
+    assert m["bandwidth_gbs"] == CHIPS[(chip, cores)] and m["bandwidth_source"] == "published"
+
+
+def test_chip_table_edges():
+    assert device.apple_chip("Apple M3 Max") == "M3 Max" and device.apple_chip("Apple M4") == "M4"
+    assert device.apple_chip("AMD EPYC 7B13") is None and device.apple_chip("") is None
+    assert device.chip_bandwidth_gbs("Apple M5 Ultra") is None  # not announced: measured instead
+    assert device.chip_bandwidth_gbs("Apple M3 Max") == 400  # cores unknown: the full chip
+    assert device.chip_bandwidth_gbs("Apple M4 Max", 30) == 410  # below the table: the binned chip
+    for base in ("M1", "M2", "M3", "M4", "M5"):
+        for tier in ("", " Pro", " Max", " Ultra"):
+            assert base + tier in device.BANDWIDTH_GBS
+
+
+def test_machine_info_on_linux_and_blas_detection():
+    cpuinfo = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nprocessor\t: 1\nmodel name\t: AMD EPYC 7B13\n"
+    m = device.machine_info(metal=False, info={}, sysctl=lambda: "", cpuinfo=cpuinfo, meminfo="MemTotal: 1024 kB\n")
+    assert m["chip"] == "AMD EPYC 7B13" and m["cpu_cores"] == 2 and m["memory_bytes"] == 1024 * 1024
+    assert m["backend"] == "cpu" and m["bandwidth_gbs"] is None and m["blas"] in ("reference", "openblas", "mkl", "blis")
+    numpy_only = "7f00 r-xp /venv/numpy.libs/libscipy_openblas64_-ff651d7f.so\n"
+    assert device.fast_blas(numpy_only) is None  # numpy's copy never serves MLX
+    assert device.fast_blas(numpy_only + "7f01 r-xp /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0\n") == "openblas"
+    assert device.fast_blas("7f r-xp /opt/intel/lib/libmkl_rt.so.2\n") == "mkl"
+    assert device.find_openblas(lambda p: p.endswith("aarch64-linux-gnu/libopenblas.so.0")).startswith("/usr/lib/aarch64")
+    assert device.find_openblas(lambda p: False) is None
+    assert device.gpu_core_count(lambda: "no cores here") is None
+
+
+def test_measured_bandwidth_is_plausible():
+    gbs = device.measure_bandwidth_gbs(nbytes=1 << 24, repeats=1)
+    assert 0.1 < gbs < 10_000
+
+
+# ------------------------------------------------------------------------------ roofline
+
+
+def test_traffic_classifies_both_engines_names():
+    ours = [("embed.weight", 1000), ("unembed.weight", 1000), ("layers.0.attn.qkv.weight", 300),
+            ("layers.0.mlp.gate_up.weight", 800), ("layers.0.mlp.gate_up.scales", 100), ("layers.0.mlp.down.bias", 100),
+            ("layers.0.mlp.router.weight", 40), ("norm.weight", 4)]  # fmt: skip
+    t = rep.traffic(ours, experts_per_token=4, num_experts=32, vocab=10)
+    assert (t.dense, t.experts, t.embedding) == (1000 + 300 + 40 + 4, 1000, 1000)
+    assert t.per_token() == pytest.approx(1344 + 1000 * 4 / 32 + 1000 / 10)
+    assert t.per_token(kv_bytes=56) == pytest.approx(t.per_token() + 56)
+    peer = [("model.embed_tokens.weight", 1000), ("lm_head.weight", 1000), ("model.layers.0.mlp.experts.gate_proj.weight", 500),
+            ("model.layers.0.mlp.experts.up_proj.scales", 500), ("model.layers.0.self_attn.q_proj.weight", 300)]  # fmt: skip
+    p = rep.traffic(peer, 4, 32, 10)
+    assert (p.dense, p.experts, p.embedding) == (1300, 1000, 1000)
+    assert rep.roofline_tps(100.0, 1e9) == pytest.approx(100.0)
+
+
+def test_roofline_bytes_of_the_loaded_model_match_mlx_oss_info(tiny_converted):
+    """The roofline's bytes are the model's actual formats: what `mlx-oss info` says it holds."""
+    from mlx_oss.bench_runners import OursEngine
+    from mlx_oss.info import describe
+
+    eng = OursEngine(tiny_converted, "float32")
+    info, a = describe(tiny_converted), eng.model.args
+    t = rep.traffic(eng.named_bytes(), a.experts_per_token, a.num_experts, a.vocab_size)
+    assert t.dense + t.experts + t.embedding == info.weight_bytes_at("float32")
+    assert t.experts == info.bytes["mxfp4 experts"] + _expert_bias_bytes(a)
+    assert t.embedding == a.vocab_size * a.hidden_size * 4
+
+
+def _expert_bias_bytes(a) -> int:
+    return a.num_hidden_layers * a.num_experts * (2 * a.intermediate_size + a.hidden_size) * 4
+
+
+# ------------------------------------------------------------------------------ outputs
+
+
+def _result(two: bool = True) -> dict:
+    def eng(scale: float) -> dict:
+        return {
+            "prefill": [{"tokens": 512, "tps": {"mean": 10 * scale, "std": 1.0, "runs": []}, "ttft_s": {"mean": 50 / scale, "std": 0.5, "runs": []}}],
+            "decode": [{"depth": d, "tokens": 32, "tps": {"mean": scale * 4 / (1 + d / 4096), "std": 0.1, "runs": []},
+                        "roofline_tps": 8.0, "roofline_share": scale * 0.5} for d in (0, 4096, 32768)],  # fmt: skip
+            "peak_memory_bytes": int(6e9 * scale),
+            "graph_nodes": {"total": int(600 * scale), "by_op": {}},
+            "multiturn": [{"turn": i + 1, "prompt": 60 + 20 * i, "reused": 0, "prefilled": 20, "ttft_s": 1.0 + 0.01 * i} for i in range(10)],
+            "traffic": {"dense": 2**30, "experts": 2**30, "embedding": 2**29, "vocab": 10, "active_fraction": 0.125, "bytes_per_token_d0": 2**30},
+        }
+
+    engines = {"mlx-oss": eng(2.0)}
+    if two:
+        engines["mlx-lm"] = eng(1.0)
+    return {
+        "machine": {"chip": "Apple M3 Max", "backend": "metal", "gpu_cores": 40, "memory_bytes": 2**37, "os": "macOS-15", "mlx": "0.32.4",
+                    "bandwidth_gbs": 400.0, "bandwidth_source": "published"},  # fmt: skip
+        "model": {"path": "/m", "layers": 4, "dtype": "bfloat16", "vocab": 10},
+        "settings": {"effort_tokens": 0},
+        "engines": engines,
+    }
+
+
+def test_table_json_csv():
+    r = _result()
+    table = rep.format_table(r)
+    assert "Apple M3 Max" in table and "40 GPU cores" in table and "400.0 GB/s" in table
+    line = next(x for x in table.splitlines() if x.startswith("| pp512"))
+    assert "20.00 ± 1.00" in line and "10.00 ± 1.00" in line and line.rstrip(" |").endswith("2.00x")
+    assert "tg32 @ d32768" in table and "100.0% of 8.00" in table
+    assert next(x for x in table.splitlines() if x.startswith("| peak memory")).rstrip(" |").endswith("0.50x")
+    assert "graph nodes / decode step" in table and "TTFT turn 10 / turn 2 = 1.08x" in table
+    assert json.loads(rep.to_json(r))["engines"]["mlx-lm"]["peak_memory_bytes"] == int(6e9)
+    rows = list(csv.DictReader(io.StringIO(rep.to_csv(r))))
+    assert {"engine", "test", "metric", "unit", "mean", "std"} == set(rows[0])
+    pp = [x for x in rows if x["test"] == "pp512" and x["metric"] == "prefill"]
+    assert sorted(float(x["mean"]) for x in pp) == [10.0, 20.0]
+    assert any(x["metric"] == "roofline_share" and float(x["mean"]) == 100.0 for x in rows)
+    assert len([x for x in rows if x["metric"] == "ttft" and x["test"].startswith("turn")]) == 20
+    single = rep.format_table(_result(two=False))
+    assert "ratio" not in single and "mlx-lm" not in single
+
+
+def _png_pixels(data: bytes) -> tuple[int, int, bytes]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat = 8, b""
+    w = h = 0
+    text = {}
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + n]
+        assert struct.unpack(">I", data[pos + 8 + n : pos + 12 + n])[0] == zlib.crc32(kind + body) & 0xFFFFFFFF
+        if kind == b"IHDR":
+            w, h = struct.unpack(">II", body[:8])
+        elif kind == b"IDAT":
+            idat += body
+        elif kind == b"tEXt":
+            k, v = body.split(b"\x00", 1)
+            text[k.decode()] = v.decode("latin-1")
+        pos += 12 + n
+    raw = zlib.decompress(idat)
+    assert len(raw) == h * (1 + 3 * w) and "context depth" in text["Description"]
+    return w, h, raw
+
+
+def test_builtin_png_plot(tmp_path):
+    r = _result()
+    f = tmp_path / "p.png"
+    rep.write_png(str(f), rep.plot_series(r), "title")
+    w, h, raw = _png_pixels(f.read_bytes())
+    assert (w, h) == (640, 400)
+    for color in rep.COLORS[:2]:  # both engines drawn
+        assert bytes(color) in raw
+    assert rep.plot_series(r)["mlx-oss"][0] == (0.0, 8.0)
+    out = tmp_path / "q.png"
+    assert rep.write_plot(r, str(out)) in ("builtin", "matplotlib") and out.stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------------ CPU speedups (exact)
+
+
+def test_dequantize_mxfp4_is_bit_identical_to_mlx():
+    from mlx_oss.moe import dequantize_mxfp4
+
+    rng = np.random.default_rng(0)
+    w = mx.array(rng.integers(0, 2**32, size=(64, 16), dtype=np.uint32))  # every nibble value occurs
+    s = mx.array(rng.integers(0, 255, size=(64, 4), dtype=np.uint8))  # every finite e8m0 scale
+    ref = mx.dequantize(w, s, group_size=32, bits=4, mode="mxfp4").astype(mx.float32)
+    assert mx.array_equal(dequantize_mxfp4(w, s), ref).item()
+
+
+def test_speedups_exact_and_backend_specific(tiny_converted):
+    from mlx_oss import speed
+    from mlx_oss.loader import load_model
+    from mlx_oss.model import build_model
+    from mlx_oss.config import ModelArgs
+
+    m = load_model(tiny_converted, "float32")
+    assert isinstance(m.unembed, speed.TransposedUnembed)  # CPU backend here
+    a = m.args
+    assert m.unembed.weight.shape == (a.hidden_size, a.vocab_size)
+    toks = mx.array(np.random.default_rng(1).integers(0, a.vocab_size, (2, 70)), dtype=mx.int32)
+    ref = m(toks)
+    for layer in m.layers:
+        layer.mlp.dense_min_pairs = 8  # force the dense-prefill path
+    dense = m(toks)
+    assert (mx.abs(dense - ref).max() / mx.abs(ref).max()).item() <= 1e-5
+    m.load_weights([("unembed.weight", mx.contiguous(m.unembed.weight.T))], strict=False)  # the usual layout
+    assert (mx.abs(m(toks) - ref).max() / mx.abs(ref).max()).item() <= 1e-5
+    on_metal = build_model(ModelArgs.from_path(tiny_converted))
+    assert speed.prepare(on_metal, metal=True) == {} and not isinstance(on_metal.unembed, speed.TransposedUnembed)
+    cpu_ref_blas = build_model(ModelArgs.from_path(tiny_converted))
+    assert speed.prepare(cpu_ref_blas, metal=False, blas=None) == {"lm_head": "transposed"}
+    assert all(layer.mlp.dense_min_pairs is None for layer in cpu_ref_blas.layers)
+    cpu_openblas = build_model(ModelArgs.from_path(tiny_converted))
+    assert speed.prepare(cpu_openblas, metal=False, blas="openblas")["dense_prefill"] == "openblas"
+    assert all(layer.mlp.dense_min_pairs for layer in cpu_openblas.layers)
+
+
+def test_blas_reexec_guard(monkeypatch):
+    from mlx_oss import bench
+
+    monkeypatch.setattr(device, "metal_available", lambda probe=None: False)
+    monkeypatch.setattr(device, "fast_blas", lambda maps=None: None)
+    monkeypatch.setattr(device, "find_openblas", lambda exists=None: None)
+    monkeypatch.delenv(bench.REEXEC_ENV, raising=False)
+    bench._maybe_reexec_with_openblas("auto")  # nothing to do
+    bench._maybe_reexec_with_openblas("reference")
+    with pytest.raises(RuntimeError, match="libopenblas0-pthread"):
+        bench._maybe_reexec_with_openblas("openblas")
+    calls = []
+    monkeypatch.setattr(device, "find_openblas", lambda exists=None: "/lib/libopenblas.so.0")
+    monkeypatch.setattr(bench.os, "execve", lambda exe, argv, env: calls.append((argv, env)))
+    bench._maybe_reexec_with_openblas("openblas", ["bench", "--model", "x"])
+    (argv, env), = calls
+    assert argv[-3:] == ["bench", "--model", "x"] and env["LD_PRELOAD"].startswith("/lib/libopenblas.so.0")
+    assert env[bench.REEXEC_ENV] == "1"
+
+
+# ------------------------------------------------------------------------------ the command
+
+
+def test_graph_nodes_counted(tiny_converted):
+    from mlx_oss.bench_runners import OursEngine, count_graph_nodes
+
+    eng = OursEngine(tiny_converted, "float32")
+    g = count_graph_nodes(eng, depth=4, vocab=eng.model.args.vocab_size)
+    assert g["total"] > 50 and sum(g["by_op"].values()) == g["total"]
+    assert "GatherQMM" in g["by_op"] or any("Gather" in k for k in g["by_op"])
+
+
+def test_bench_command_with_compare(tiny_chat_converted, tmp_path, capsys):
+    """End to end on the tiny model: both engines, the multi-turn scenario, every output."""
+    from mlx_oss.cli import main
+
+    png, csv_path = tmp_path / "b.png", tmp_path / "b.csv"
+    argv = ["bench", "--model", str(tiny_chat_converted), "-p", "8,16", "-g", "3", "-d", "0,8", "-r", "2",
+            "--compare", "mlx-lm", "--turns", "3", "--turn-tokens", "4,2,2", "--effort-tokens", "3",
+            "--bandwidth", "100", "--blas", "auto", "--json", "--quiet", "--plot", str(png), "--csv", str(csv_path)]  # fmt: skip
+    assert main(argv) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r["engines"]) == {"mlx-oss", "mlx-lm"} and r["machine"]["bandwidth_gbs"] == 100
+    for name, e in r["engines"].items():
+        assert [p["tokens"] for p in e["prefill"]] == [8, 16] and len(e["prefill"][0]["tps"]["runs"]) == 2
+        assert [d["depth"] for d in e["decode"]] == [0, 8] and all(d["tps"]["mean"] > 0 for d in e["decode"])
+        assert all(0 < d["roofline_share"] for d in e["decode"]) and e["peak_memory_bytes"] > 0
+        assert e["graph_nodes"]["total"] > 0 and len(e["multiturn"]) == 3
+    ours, peer = r["engines"]["mlx-oss"], r["engines"]["mlx-lm"]
+    # the same prompts: identical token counts per turn; ours reuses the cache, mlx-lm re-prefills
+    assert [t["prompt"] for t in ours["multiturn"]] == [t["prompt"] for t in peer["multiturn"]]
+    assert ours["multiturn"][2]["prefilled"] < ours["multiturn"][2]["prompt"]
+    assert [e["effort"] for e in ours["efforts"]] == ["low", "medium", "high"]
+    assert ours["graph_nodes"]["total"] < peer["graph_nodes"]["total"]
+    assert png.read_bytes()[:4] == b"\x89PNG" and "mlx-lm" in csv_path.read_text()
+
+
+def test_bench_rejects_bad_arguments(tiny_converted):
+    from mlx_oss.cli import main
+
+    assert main(["bench", "--model", str(tiny_converted), "-r", "0", "--quiet"]) == 1
+    with pytest.raises(SystemExit):
+        main(["bench", "-p", "a,b"])
