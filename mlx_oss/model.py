@@ -47,9 +47,12 @@ class TransformerBlock(nn.Module):
         self.mlp_norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.mlp = MoE(args)
 
-    def __call__(self, x: mx.array, masks: tuple, cache=None, offset: int = 0) -> mx.array:
-        """x [B, T, H]; masks = (full-layer mask, sliding-layer mask) -> [B, T, H]."""
+    def __call__(self, x: mx.array, masks: tuple, cache=None, offset: int = 0, last_only: bool = False) -> mx.array:
+        """x [B, T, H]; masks = (full-layer mask, sliding-layer mask) -> [B, T, H] ([B, 1, H] with
+        `last_only`: attention still sees and caches all T positions, the MoE runs on the last one)."""
         x = x + self.attn(self.attn_norm(x), masks[self.sliding], cache, offset)
+        if last_only:
+            x = x[:, -1:]
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -76,15 +79,20 @@ class Model(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def hidden(self, tokens: mx.array, cache: list | None = None) -> mx.array:
-        """tokens [B, T] -> final hidden states [B, T, H], before the last norm. One pass, no chunking."""
+    def hidden(self, tokens: mx.array, cache: list | None = None, last_only: bool = False) -> mx.array:
+        """tokens [B, T] -> final hidden states [B, T, H], before the last norm. One pass, no chunking.
+
+        `last_only` -> [B, 1, H]: the last layer's MoE runs on the last position only (what a prefill
+        needs; 20b slice, 128 tokens: one MoE layer 8.6 s of a 4-layer prefill's ~47 s, docs/BENCH.md).
+        """
         T = tokens.shape[1]
         offset = cache[0].offset if cache else 0
         retained = cache[self._first_sliding].retained(T) if cache and self._first_sliding is not None else 0
         masks = (full_mask(T), sliding_mask(T, retained, self.args.sliding_window))
         x = self.embed(tokens)  # [B, T, H]
-        for layer, c in zip(self.layers, cache or [None] * len(self.layers)):
-            x = layer(x, masks, c, offset)
+        n = len(self.layers)
+        for i, (layer, c) in enumerate(zip(self.layers, cache or [None] * n)):
+            x = layer(x, masks, c, offset, last_only and i == n - 1)
         return x
 
     def logits(self, h: mx.array) -> mx.array:
@@ -109,15 +117,14 @@ class Model(nn.Module):
         chunk = chunk_size or self.prefill_chunk
         T = tokens.shape[1]
         if T <= chunk:
-            h = self.hidden(tokens, cache)
-            return self.logits(h[:, -1:] if last_only else h)
+            return self.logits(self.hidden(tokens, cache, last_only))
         if cache is None:
             cache = self.make_cache()
         self._reserve(cache, tokens.shape[0], cache[0].offset + T)
         outs = []
         for s in range(0, T, chunk):
             e = min(T, s + chunk)
-            h = self.hidden(tokens[:, s:e], cache)
+            h = self.hidden(tokens[:, s:e], cache, last_only and e == T)
             if not last_only:
                 outs.append(self.logits(h))
                 mx.eval(outs[-1], [c.state for c in cache])
