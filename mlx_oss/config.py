@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from convert.layouts import Dims
 
 SLIDING = "sliding_attention"
 FULL = "full_attention"
@@ -45,39 +47,20 @@ class DenseQuant:
 
 
 @dataclass(frozen=True)
-class ModelArgs:
-    """Everything the MLX model needs to build itself (defaults: gpt-oss-20b)."""
+class ModelArgs(Dims):
+    """Everything the MLX model needs to build itself (defaults: gpt-oss-20b).
 
-    num_hidden_layers: int = 24
-    num_experts: int = 32
-    experts_per_token: int = 4
-    vocab_size: int = 201088
-    hidden_size: int = 2880
-    intermediate_size: int = 2880
-    swiglu_limit: float = 7.0
-    head_dim: int = 64
-    num_attention_heads: int = 64
-    num_key_value_heads: int = 8
-    sliding_window: int = 128
-    initial_context_length: int = 4096
-    rope_theta: float = 150000.0
-    rope_scaling_factor: float = 32.0
-    rope_ntk_alpha: float = 1.0
-    rope_ntk_beta: float = 32.0
-    rms_norm_eps: float = 1e-5
-    max_position_embeddings: int = 131072
-    layer_types: tuple[str, ...] = field(default=())
+    The hyper-parameters are `convert.layouts.Dims` (one definition for converter, info and model);
+    this adds what only the model needs.
+    """
+
     swiglu_alpha: float = 1.702  # hard-coded in the reference's swiglu()
     expert_group_size: int = 32  # MXFP4: one e8m0 scale per 32 values
     dense_quant: DenseQuant | None = None
 
     def __post_init__(self) -> None:
-        if not self.layer_types:
-            # The reference slides on even layers (`layer_idx % 2 == 0`).
-            types = tuple(SLIDING if i % 2 == 0 else FULL for i in range(self.num_hidden_layers))
-            object.__setattr__(self, "layer_types", types)
-        else:
-            object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        super().__post_init__()  # layer_types: the reference slides on even layers
+        object.__setattr__(self, "layer_types", tuple(self.layer_types))
         if len(self.layer_types) != self.num_hidden_layers:
             raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.num_hidden_layers} layers")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -101,15 +84,12 @@ class ModelArgs:
     @classmethod
     def from_dims(cls, dims: Any, dense_quant: DenseQuant | None = None) -> "ModelArgs":
         """From `convert.layouts.Dims` (or anything with the same attributes)."""
-        names = {f for f in cls.__dataclass_fields__} - {"swiglu_alpha", "expert_group_size", "dense_quant"}
-        vals = {k: getattr(dims, k) for k in names if hasattr(dims, k)}
+        vals = {f.name: getattr(dims, f.name) for f in fields(Dims) if hasattr(dims, f.name)}
         return cls(**vals, dense_quant=dense_quant)
 
     @classmethod
     def from_dict(cls, cfg: dict, where: str = "config.json") -> "ModelArgs":
         """Any of the three config.json flavours: ours, OpenAI's original, Hugging Face."""
-        from convert.layouts import Dims
-
         if cfg.get("format") == "mlx-oss":
             dims = Dims.from_ours(cfg, where)
             dense = ((cfg.get("quantization") or {}).get("dense")) or None
