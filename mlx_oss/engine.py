@@ -177,24 +177,25 @@ class Engine:
 
     # ------------------------------------------------------------------ forward
 
-    def _prefill(self, tokens: list[int], should_stop: Stop) -> mx.array | None:
-        """Feed `tokens` chunk by chunk (cancellable between chunks); -> last logits, None if stopped."""
-        total = len(self._tokens) + len(tokens)
+    def _prefill(self, tokens: list[int], should_stop: Stop, total: int, want_logits: bool) -> mx.array | bool:
+        """Feed `tokens` chunk by chunk (cancellable between chunks). -> the last position's logits
+        (evaluated) if `want_logits`, else True; False if stopped. `total`: the prompt's length, so
+        full-layer caches grow once."""
         logits = None
         for s in range(0, len(tokens), self.prefill_chunk):
             if should_stop():
-                return None
+                return False
             piece = tokens[s : s + self.prefill_chunk]
             logits = self.model(mx.array([piece], dtype=mx.int32), self.cache, last_only=True)
-            if s + self.prefill_chunk < len(tokens):
-                mx.eval([c.state for c in self.cache])  # MLX skips this chunk's lm_head
-            else:
+            if want_logits and s + self.prefill_chunk >= len(tokens):
                 mx.eval(logits)
+            else:
+                mx.eval([c.state for c in self.cache])  # MLX then skips the last layer's MoE and the lm_head
             self._tokens.extend(piece)
-            for c in self.cache:  # grow full-layer caches once for the whole prompt
+            for c in self.cache:
                 if isinstance(c, KVCache) and c.keys is not None:
                     c.reserve(total)
-        return logits
+        return logits if want_logits else True
 
     def prefill(
         self, prompt: list[int], should_stop: Stop | None = None, boundaries: Iterable[int] = ()
@@ -211,14 +212,14 @@ class Engine:
         stop = should_stop or (lambda: False)
         keep = self._rewind(prompt)
         cuts = sorted({b for b in boundaries if keep < b < len(prompt)}) + [len(prompt)]
-        start, logits = keep, None
+        start, out = keep, None
         for end in cuts:
-            logits = self._prefill(prompt[start:end], stop)
-            if logits is None:
+            out = self._prefill(prompt[start:end], stop, len(prompt), want_logits=end == len(prompt))
+            if out is False:
                 return None, keep
             self.snapshot("prompt")
             start = end
-        return logits.reshape(1, -1), keep
+        return out.reshape(1, -1), keep
 
     # ------------------------------------------------------------------ generation
 
