@@ -8,10 +8,8 @@ a failed or interrupted run never leaves a DST that looks valid.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +19,9 @@ import numpy as np
 
 from convert import dense_quant
 from convert.errors import ConvertError
-from convert.progress import Progress
 from convert.reader import FORMAT_NAME, FORMAT_VERSION, SourceCheckpoint, open_source
-from convert.safetensors_io import StreamingWriter, nbytes_of
+from convert.safetensors_io import nbytes_of
+from convert.staging import OutTensor, plan_shards, staged_folder, write_shards
 
 MAX_SHARD_BYTES = 2 * 1024**3
 MANIFEST = "manifest.json"
@@ -37,17 +35,6 @@ def bundled_vocab() -> Path:
 
 
 @dataclass
-class _Out:
-    """One output tensor and the function producing its bytes in order."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    chunks: Callable[[], Iterator[np.ndarray]]
-    source_bytes: int = 0  # bytes of input it consumes (for progress)
-
-
-@dataclass
 class ConvertResult:
     dst: Path
     layout: str
@@ -57,19 +44,19 @@ class ConvertResult:
     skipped: bool = False
 
 
-def _plan(src: SourceCheckpoint, dense_bits: int | None) -> tuple[list[_Out], dict[str, dense_quant.ErrorMeter]]:
-    outs: list[_Out] = []
+def _plan(src: SourceCheckpoint, dense_bits: int | None) -> tuple[list[OutTensor], dict[str, dense_quant.ErrorMeter]]:
+    outs: list[OutTensor] = []
     meters: dict[str, dense_quant.ErrorMeter] = {}
     for spec in src.specs():
         nb = nbytes_of(spec.dtype, spec.shape)
         if dense_bits and dense_quant.is_quantizable(spec.name):
             outs += _quantized_outs(src, spec.name, spec.shape, dense_bits, meters)
             continue
-        outs.append(_Out(spec.name, spec.dtype, spec.shape, lambda n=spec.name: src.chunks(n), nb))
+        outs.append(OutTensor(spec.name, spec.dtype, spec.shape, lambda n=spec.name: src.chunks(n), nb))
     return outs, meters
 
 
-def _quantized_outs(src: SourceCheckpoint, name: str, shape: tuple[int, ...], bits: int, meters: dict) -> list[_Out]:
+def _quantized_outs(src: SourceCheckpoint, name: str, shape: tuple[int, ...], bits: int, meters: dict) -> list[OutTensor]:
     """X.weight -> X.weight/X.scales/X.biases; scales and biases (1/16 of the weight) wait in memory."""
     specs = dense_quant.quantized_specs(name, shape, bits)
     meter = meters[name] = dense_quant.ErrorMeter(shape[1])
@@ -91,23 +78,10 @@ def _quantized_outs(src: SourceCheckpoint, name: str, shape: tuple[int, ...], bi
         return it
 
     return [
-        _Out(*specs[0], weight, nbytes_of("BF16", shape)),
-        _Out(*specs[1], drain("scales")),
-        _Out(*specs[2], drain("biases")),
+        OutTensor(*specs[0], weight, nbytes_of("BF16", shape)),
+        OutTensor(*specs[1], drain("scales")),
+        OutTensor(*specs[2], drain("biases")),
     ]
-
-
-def _shards(outs: list[_Out], max_bytes: int) -> list[list[_Out]]:
-    shards: list[list[_Out]] = [[]]
-    size = 0
-    for o in outs:
-        nb = nbytes_of(o.dtype, o.shape)
-        if shards[-1] and size + nb > max_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(o)
-        size += nb
-    return shards
 
 
 def _sha256_file(path: Path) -> str:
@@ -149,14 +123,6 @@ def verify_folder(dst: str | Path) -> list[str]:
     return problems
 
 
-def _os_error(e: OSError, dst: Path, need: int) -> ConvertError:
-    if e.errno == errno.ENOSPC:
-        return ConvertError(f"{dst}: no space left on device (the converted model needs about {need / 1e9:.2f} GB)")
-    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return ConvertError(f"{dst.parent}: not writable ({e.strerror or e}); choose another DST")
-    return ConvertError(f"{dst}: write failed ({e.strerror or e})")
-
-
 def convert_checkpoint(
     src: str | Path,
     dst: str | Path,
@@ -181,57 +147,16 @@ def convert_checkpoint(
         if not force and (not dst.is_dir() or any(dst.iterdir())):
             raise ConvertError(f"{dst}: exists and is not a complete mlx-oss folder; remove it or pass --force")
     outs, meters = _plan(source, dense_bits)
-    shards = _shards(outs, max_shard_bytes)
-    need = sum(nbytes_of(o.dtype, o.shape) for o in outs)
-    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
-    try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(dst.parent).free
-        if free < need * 1.02 + (1 << 20):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+    shards = plan_shards(outs, max_shard_bytes)
+    with staged_folder(dst, sum(o.nbytes for o in outs)) as tmp:
         written = _write(tmp, source, shards, meters, dense_bits, progress)
-        if dst.exists():
-            old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-            os.replace(dst, old)
-            os.replace(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dst)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _os_error(e, dst, need) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     errors = {n: m.relative_error for n, m in meters.items()}
     return ConvertResult(dst, source.layout, written, len(shards), errors)
 
 
-def _write(tmp: Path, source: SourceCheckpoint, shards: list[list[_Out]], meters, dense_bits, progress: bool) -> int:
-    bar = Progress(sum(o.source_bytes for s in shards for o in s), "converting", enabled=progress)
-    files: dict[str, dict] = {}
-    weight_map: dict[str, str] = {}
-    written = 0
-    for k, shard in enumerate(shards):
-        fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-        w = StreamingWriter(tmp / fname, [(o.name, o.dtype, o.shape) for o in shard], {"format": "mlx"})
-        try:
-            for o in shard:
-                for chunk in o.chunks():
-                    w.write(o.name, chunk)
-                bar.update(o.source_bytes)
-                weight_map[o.name] = fname
-            sha = w.close()
-        except BaseException:
-            w.abort()
-            raise
-        files[fname] = {"sha256": sha, "bytes": w.total_bytes}
-        written += w.total_bytes
-    bar.close()
-
+def _write(tmp: Path, source: SourceCheckpoint, shards: list[list[OutTensor]], meters, dense_bits, progress: bool) -> int:
+    files, weight_map = write_shards(tmp, shards, "converting", progress)
+    written = sum(f["bytes"] for f in files.values())
     (tmp / "tokenizer").mkdir()
     shutil.copyfile(bundled_vocab(), tmp / "tokenizer" / TOKENIZER_FILE)
     quant: dict = {"experts": {"mode": "mxfp4", "bits": 4, "group_size": 32}, "dense": None}

@@ -10,22 +10,17 @@ Like the converter, it writes into a hidden sibling folder renamed into place on
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
-import numpy as np
 
 from convert.errors import ConvertError
 from convert.layouts import Spec
 from convert.mlx_lm_layout import Quant, modules, quantization_block
-from convert.progress import Progress
 from convert.reader import SourceCheckpoint, open_source
-from convert.safetensors_io import StreamingWriter, nbytes_of
+from convert.staging import OutTensor, plan_shards, staged_folder, write_shards
 
 MAX_SHARD_BYTES = 5 * 1024**3  # mlx-lm's own MAX_FILE_SIZE_GB
 # What a Hub gpt-oss repository ships besides weights; copied from SRC when present, else written.
@@ -71,14 +66,6 @@ SPECIAL_TOKENS = {"bos_token": "<|startoftext|>", "eos_token": "<|return|>", "pa
 
 
 @dataclass
-class _Out:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    chunks: Callable[[], Iterator[np.ndarray]]
-
-
-@dataclass
 class ExportResult:
     dst: Path
     layout: str  # the source layout
@@ -97,14 +84,14 @@ def _dense_quant(specs: dict[str, Spec], d) -> dict[str, Quant]:
     return out
 
 
-def _plan(src: SourceCheckpoint) -> list[_Out]:
+def _plan(src: SourceCheckpoint) -> list[OutTensor]:
     """Our tensors -> mlx-lm tensors: copies, or row slices of our fused qkv / gate_up."""
     specs = {s.name: s for s in src.specs()}
-    outs: list[_Out] = []
+    outs: list[OutTensor] = []
     for m in modules(src.dims):
         if m.kind == "tensor":
             s = specs[m.ours]
-            outs.append(_Out(m.theirs[0], s.dtype, s.shape, lambda n=m.ours: src.chunks(n)))
+            outs.append(OutTensor(m.theirs[0], s.dtype, s.shape, lambda n=m.ours: src.chunks(n)))
             continue
         for key in ("weight", "scales", "biases", "bias"):
             s = specs.get(f"{m.ours}.{key}")
@@ -120,22 +107,9 @@ def _plan(src: SourceCheckpoint) -> list[_Out]:
                     fn = lambda n=s.name, a=off, b=off + r: iter([src.tensor(n)[a:b]])  # noqa: E731
                 else:  # gate/up halves, one expert at a time
                     fn = lambda n=s.name, a=off, b=off + r: (c[:, a:b] for c in src.chunks(n))  # noqa: E731
-                outs.append(_Out(f"{t}.{key}", s.dtype, tuple(shape), fn))
+                outs.append(OutTensor(f"{t}.{key}", s.dtype, tuple(shape), fn))
                 off += r
     return outs
-
-
-def _shards(outs: list[_Out], max_bytes: int) -> list[list[_Out]]:
-    shards: list[list[_Out]] = [[]]
-    size = 0
-    for o in outs:
-        nb = nbytes_of(o.dtype, o.shape)
-        if shards[-1] and size + nb > max_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(o)
-        size += nb
-    return shards
 
 
 def _config(src: SourceCheckpoint, dense: dict[str, Quant]) -> dict:
@@ -198,57 +172,15 @@ def export_mlx_lm(
         raise ConvertError(f"{dst}: exists and is not empty; remove it or pass --force")
     dense = _dense_quant({s.name: s for s in source.specs()}, source.dims)
     outs = _plan(source)
-    shards = _shards(outs, max_shard_bytes)
-    need = sum(nbytes_of(o.dtype, o.shape) for o in outs)
+    shards = plan_shards(outs, max_shard_bytes)
     copy_from = [Path(tokenizer_dir)] if tokenizer_dir else [source.root] + ([source.root.parent] if source.layout == "original" else [])
-    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
-    try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if shutil.disk_usage(dst.parent).free < need * 1.02 + (1 << 20):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        written = _write(tmp, shards, progress)
+    with staged_folder(dst, sum(o.nbytes for o in outs)) as tmp:
+        files, weight_map = write_shards(tmp, shards, "exporting", progress, single_name="model.safetensors")
+        written = sum(f["bytes"] for f in files.values())
+        index = {"metadata": {"total_size": written}, "weight_map": dict(sorted(weight_map.items()))}
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=4) + "\n")
         (tmp / "config.json").write_text(json.dumps(_config(source, dense), indent=4) + "\n")
         write_tokenizer_files(tmp, copy_from)
-        if dst.exists():
-            old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-            os.replace(dst, old)
-            os.replace(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dst)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if e.errno == errno.ENOSPC:
-            raise ConvertError(f"{dst}: no space left on device (the export needs about {need / 1e9:.2f} GB)") from None
-        raise ConvertError(f"{dst}: write failed ({e.strerror or e})") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ExportResult(dst, source.layout, written, len(shards), dense)
 
 
-def _write(tmp: Path, shards: list[list[_Out]], progress: bool) -> int:
-    bar = Progress(sum(nbytes_of(o.dtype, o.shape) for s in shards for o in s), "exporting", enabled=progress)
-    weight_map: dict[str, str] = {}
-    written = 0
-    for k, shard in enumerate(shards):
-        fname = "model.safetensors" if len(shards) == 1 else f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-        w = StreamingWriter(tmp / fname, [(o.name, o.dtype, o.shape) for o in shard], {"format": "mlx"})
-        try:
-            for o in shard:
-                for chunk in o.chunks():
-                    w.write(o.name, chunk)
-                bar.update(nbytes_of(o.dtype, o.shape))
-                weight_map[o.name] = fname
-            w.close()
-        except BaseException:
-            w.abort()
-            raise
-        written += w.total_bytes
-    bar.close()
-    index = {"metadata": {"total_size": written}, "weight_map": dict(sorted(weight_map.items()))}
-    (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=4) + "\n")
-    return written
