@@ -33,21 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mlx_oss import tokenizer as tk  # noqa: E402
+from mlx_oss.bench_multiturn import text_of as bench_text_of  # noqa: E402
 from mlx_oss.harmony import Message, SystemContent, prune_analysis, render_conversation_for_completion  # noqa: E402
 
-WORDS = ("light scatter blue red wave sky sun air molecule color angle evening photon energy short long "
-         "atmosphere dust cloud ocean reflect spectrum violet orange yellow green path density").split()  # fmt: skip
-
-
 def text_of(enc, n: int, seed: int) -> str:
-    """Plain text that encodes to exactly n tokens (deterministic per seed)."""
-    words, i = [], seed
-    while len(enc.encode_ordinary(" ".join(words))) < n - 1:
-        words.append(WORDS[(i * 7 + 3) % len(WORDS)])
-        i += 1
-    text = " ".join(words)
-    while len(enc.encode_ordinary(text)) < n:
-        text += " a"
+    """Plain text that encodes to exactly n tokens (the bench module's generator, checked here)."""
+    text = bench_text_of(enc, n, seed)
     assert len(enc.encode_ordinary(text)) == n, (n, text)
     return text
 
