@@ -140,12 +140,13 @@ def run_bench(a: argparse.Namespace, say) -> dict:
 
     mx.reset_peak_memory()
     say(f"loading {path} ({dtype})")
+    blas_threads = device.openblas_threads()  # OpenBLAS's own default, for mlx-lm's run
     t0 = time.perf_counter()
     ours = run.OursEngine(path, dtype)
-    r = {"load_s": time.perf_counter() - t0}
+    r = {"load_s": time.perf_counter() - t0, "blas_threads": device.openblas_threads()}
     r.update(run.measure_engine(ours, a.prompt, a.depth, a.gen, a.reps, args.vocab_size, a.seed, say))
     if not a.no_graph:
-        r["graph_nodes"] = run.count_graph_nodes(ours, vocab=args.vocab_size)
+        r["graph_nodes"] = run.count_graph_nodes(run.MetalTwin(args), vocab=512)  # the Metal layout
     peak = mx.get_peak_memory()
     turns = None
     if a.turns:
@@ -172,8 +173,9 @@ def run_bench(a: argparse.Namespace, say) -> dict:
         mx.reset_peak_memory()
         say(f"loading mlx-lm's gpt_oss from {src} ({cdtype})")
         t0 = time.perf_counter()
+        device.openblas_threads(blas_threads)  # mlx-lm runs one stream: it gets OpenBLAS's threads
         peer = run.MlxLmEngine(src, cdtype)
-        r = {"load_s": time.perf_counter() - t0, "dtype": cdtype}
+        r = {"load_s": time.perf_counter() - t0, "dtype": cdtype, "blas_threads": device.openblas_threads()}
         r.update(run.measure_engine(peer, a.prompt, a.depth, a.gen, a.reps, args.vocab_size, a.seed, say))
         if not a.no_graph:
             r["graph_nodes"] = run.count_graph_nodes(peer, vocab=args.vocab_size)

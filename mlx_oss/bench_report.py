@@ -128,7 +128,9 @@ def format_table(result: dict) -> str:
     bw = m.get("bandwidth_gbs")
     lines.append(f"machine   {m.get('chip')}  ({m.get('backend')} backend" + (f", {m['gpu_cores']} GPU cores" if m.get("gpu_cores") else "")
                  + (f", {m['cpu_cores']} CPU cores" if m.get("cpu_cores") else "") + f"), {_gib(m.get('memory_bytes'))} memory")  # fmt: skip
-    lines.append(f"          {m.get('os')}, MLX {m.get('mlx')}" + (f", BLAS {m['blas']}" if m.get("blas") else ""))
+    threads = [f"{e} {result['engines'][e]['blas_threads']}" for e in engines if result["engines"][e].get("blas_threads")]
+    lines.append(f"          {m.get('os')}, MLX {m.get('mlx')}" + (f", BLAS {m['blas']}" if m.get("blas") else "")
+                 + (f" (threads: {', '.join(threads)})" if threads else ""))  # fmt: skip
     if bw:
         lines.append(f"bandwidth {bw:.1f} GB/s ({m.get('bandwidth_source')})")
     lines.append(f"model     {mo['path']}  ({mo['layers']} layers, {mo['dtype']})")

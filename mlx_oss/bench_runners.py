@@ -70,6 +70,28 @@ class OursEngine:
         return _named_bytes(self.model)
 
 
+class MetalTwin(OursEngine):
+    """Our model laid out as on Metal (`speed.prepare(metal=True)`: no CPU stream splitting), at small
+    sizes with the same layers, routing and dense format: what one decode step dispatches on an Apple
+    GPU. The count of operations does not depend on the sizes, only the work in each."""
+
+    def __init__(self, args) -> None:
+        from dataclasses import replace
+
+        from mlx_oss import speed
+        from mlx_oss.model import build_model
+
+        q_per_kv = args.num_attention_heads // args.num_key_value_heads
+        small = replace(
+            args, hidden_size=128, intermediate_size=128, head_dim=16, num_attention_heads=2 * q_per_kv,
+            num_key_value_heads=2, vocab_size=512,
+        )  # fmt: skip
+        self.path = None
+        self.model = build_model(small)
+        speed.prepare(self.model, metal=True)
+        mx.eval(self.model.parameters())
+
+
 class MlxLmEngine:
     """mlx-lm's own `gpt_oss` model on the same checkpoint (Hugging Face layout), dense weights cast
     to `dtype` (float32: its best setting on the CPU backend, ~5x its bfloat16 speed there)."""

@@ -196,6 +196,23 @@ def find_openblas(exists: Callable[[str], bool] | None = None) -> str | None:
     return next((p for p in OPENBLAS_CANDIDATES if exists(p)), None)
 
 
+def openblas_threads(n: int | None = None, lib=None) -> int | None:
+    """Threads of the OpenBLAS serving this process (set to `n` if given; -> the count before),
+    None if there is none. OpenBLAS's own threads and our per-core MLX streams would fight over the
+    same cores, so a model split over streams runs OpenBLAS single-threaded (mlx_oss/speed.py)."""
+    if lib is None:
+        import ctypes
+
+        lib = ctypes.CDLL(None)  # the global namespace: an LD_PRELOADed OpenBLAS lands there
+    get = getattr(lib, "openblas_get_num_threads", None)
+    if get is None:
+        return None
+    before = int(get())
+    if n is not None and n != before:
+        lib.openblas_set_num_threads(int(n))
+    return before
+
+
 def _read(path: str) -> str:
     try:
         with open(path) as f:

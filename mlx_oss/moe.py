@@ -16,6 +16,7 @@ import mlx.nn as nn
 import numpy as np
 
 from mlx_oss.config import ModelArgs
+from mlx_oss.streams import split_points
 
 # Prefill sorts (token, expert) pairs by expert so each expert's rows are contiguous for gather_qmm.
 # Below this many pairs the argsorts cost more than they save (benchmarks/model_speed.py moe_sort:
@@ -98,6 +99,7 @@ class MoE(nn.Module):
         self._alpha = float(args.swiglu_alpha)
         self._limit = float(args.swiglu_limit)
         self.dense_min_pairs: int | None = None  # None: always gather_qmm (see DENSE_MIN_PAIRS)
+        self.streams = None  # CPU backend: `speed.CPUStreams`, the experts' work shared among them
 
     def route(self, x: mx.array) -> tuple[mx.array, mx.array]:
         """x [N, H] -> (expert indices [N, k] uint32, weights [N, k] float32)."""
@@ -122,13 +124,11 @@ class MoE(nn.Module):
             inv = mx.argsort(order)
             xs = mx.expand_dims(xf[order // k], 1)  # [N k, 1, H], grouped by expert
             e = flat[order]  # [N k] sorted expert ids
-            h = self.gate_up(xs, e, sorted_indices=True)  # [N k, 1, 2I]
-            y = self.down(swiglu(h, alpha, limit), e, sorted_indices=True)  # [N k, 1, H]
+            y = self._shared(self._experts, xs, e, axis=0, sorted_indices=True)  # [N k, 1, H]
             y = y[inv].reshape(N, k, H)  # back to token order
         else:
             xs = xf.reshape(N, 1, 1, H)  # [N, 1, 1, H] broadcast over the k experts
-            h = self.gate_up(xs, idx)  # [N, k, 1, 2I]
-            y = self.down(swiglu(h, alpha, limit), idx).reshape(N, k, H)  # [N, k, H]
+            y = self._shared(self._experts, xs, idx, axis=1).reshape(N, k, H)  # [N, k, 1, H] -> [N, k, H]
         out = mx.expand_dims(w.astype(x.dtype), 1) @ y  # [N, 1, k] @ [N, k, H] -> [N, 1, H]
         return out.reshape(B, T, H)
 
@@ -143,11 +143,33 @@ class MoE(nn.Module):
         counts = np.bincount(np.array(flat), minlength=self.gate_up.weight.shape[0])
         xs = xf[order // k]  # [N k, H] grouped by expert
         g, d, outs, s = self.gate_up, self.down, [], 0
-        for e in np.flatnonzero(counts):
+        streams = self.streams.get() if self.streams is not None else (mx.default_stream(mx.default_device()),)
+        for i, e in enumerate(np.flatnonzero(counts)):
             rows = xs[s : s + int(counts[e])]
             s += int(counts[e])
-            wg = dequantize_mxfp4(g.weight[e], g.scales[e], g.group_size).astype(xf.dtype)
-            h = swiglu(rows @ wg.T + g.bias[e], self._alpha, self._limit)
-            wd = dequantize_mxfp4(d.weight[e], d.scales[e], d.group_size).astype(xf.dtype)
-            outs.append(h @ wd.T + d.bias[e])
+            with mx.stream(streams[i % len(streams)]):  # experts take turns on the CPU streams
+                wg = dequantize_mxfp4(g.weight[e], g.scales[e], g.group_size).astype(xf.dtype)
+                h = swiglu(rows @ wg.T + g.bias[e], self._alpha, self._limit)
+                wd = dequantize_mxfp4(d.weight[e], d.scales[e], d.group_size).astype(xf.dtype)
+                outs.append(h @ wd.T + d.bias[e])
         return mx.concatenate(outs)[mx.argsort(order)].reshape(N, k, -1)
+
+    def _experts(self, xs: mx.array, idx: mx.array, sorted_indices: bool = False) -> mx.array:
+        """gate_up -> clamped SwiGLU -> down for rows `xs` and their experts `idx` (bias included)."""
+        h = self.gate_up(xs, idx, sorted_indices)  # [..., 1, 2I]
+        return self.down(swiglu(h, self._alpha, self._limit), idx, sorted_indices)  # [..., 1, H]
+
+    def _shared(self, fn, xs: mx.array, idx: mx.array, axis: int, **kw) -> mx.array:
+        """fn(xs, idx) with idx cut along `axis` into one share per CPU stream (decode: a token's k
+        experts; prefill: the sorted rows, xs cut alike), results joined along `axis`."""
+        streams = self.streams.get() if self.streams is not None else ()
+        n = min(len(streams), idx.shape[axis])
+        if n < 2:
+            return fn(xs, idx, **kw)
+        cuts = split_points(idx.shape[axis], n)
+        parts = []
+        for s, a, b in zip(streams, cuts, cuts[1:]):
+            sl = (slice(None),) * axis + (slice(a, b),)
+            with mx.stream(s):
+                parts.append(fn(xs[sl] if axis == 0 else xs, idx[sl], **kw))
+        return mx.concatenate(parts, axis=axis)

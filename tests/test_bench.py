@@ -10,6 +10,7 @@ import struct
 import zlib
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 
@@ -61,6 +62,41 @@ def test_machine_info_on_linux_and_blas_detection():
     assert device.find_openblas(lambda p: p.endswith("aarch64-linux-gnu/libopenblas.so.0")).startswith("/usr/lib/aarch64")
     assert device.find_openblas(lambda p: False) is None
     assert device.gpu_core_count(lambda: "no cores here") is None
+
+
+def test_openblas_threads_and_prepare_single_threads_it(tiny_converted):
+    """With OpenBLAS serving MLX and the model split over streams, OpenBLAS runs one thread
+    (its threads and our streams would fight over the cores); without OpenBLAS nothing is touched."""
+    from mlx_oss import speed
+    from mlx_oss.config import ModelArgs
+    from mlx_oss.model import build_model
+
+    class FakeOpenBLAS:
+        n = 2
+
+        def openblas_get_num_threads(self):
+            return self.n
+
+        def openblas_set_num_threads(self, n):
+            self.n = n
+
+    lib = FakeOpenBLAS()
+    assert device.openblas_threads(1, lib=lib) == 2 and lib.n == 1
+    assert device.openblas_threads(lib=lib) == 1
+    assert device.openblas_threads(1, lib=object()) is None
+    if device.fast_blas() is None:
+        assert device.openblas_threads() is None  # numpy's suffixed copy is not found
+    calls = []
+    orig = device.openblas_threads
+    try:
+        device.openblas_threads = lambda n=None, lib=None: calls.append(n) or 2
+        applied = speed.prepare(build_model(ModelArgs.from_path(tiny_converted)), metal=False, blas="openblas", streams=2)
+        assert applied["blas_threads"] == 1 and calls == [1]
+        calls.clear()
+        applied = speed.prepare(build_model(ModelArgs.from_path(tiny_converted)), metal=False, blas="openblas", streams=1)
+        assert "blas_threads" not in applied and calls == []
+    finally:
+        device.openblas_threads = orig
 
 
 def test_measured_bandwidth_is_plausible():
@@ -198,32 +234,137 @@ def test_dequantize_mxfp4_is_bit_identical_to_mlx():
     assert mx.array_equal(dequantize_mxfp4(w, s), ref).item()
 
 
-def test_speedups_exact_and_backend_specific(tiny_converted):
+def _plain_model(path):
+    """The converted tiny model in the plain (Metal) layout: no CPU stream splitting."""
+    from mlx_oss import speed
+    from mlx_oss.config import ModelArgs
+    from mlx_oss.loader import _converted_weights
+    from mlx_oss.model import build_model
+
+    m = build_model(ModelArgs.from_path(path))
+    assert speed.prepare(m, metal=True) == {}
+    m.load_weights([(n, a.astype(mx.float32) if mx.issubdtype(a.dtype, mx.floating) else a) for n, a in _converted_weights(path)])
+    return m
+
+
+def _rel(a, b) -> float:
+    return (mx.abs(a - b).max() / mx.abs(b).max()).item()
+
+
+def test_cpu_speedups_match_the_plain_layout(tiny_converted):
+    """The CPU layout (column-blocked linears and experts shared over streams) computes the same
+    logits as the plain one, for decode and for sorted and dense prefill, with 1..3 streams."""
     from mlx_oss import speed
     from mlx_oss.loader import load_model
-    from mlx_oss.model import build_model
-    from mlx_oss.config import ModelArgs
 
-    m = load_model(tiny_converted, "float32")
-    assert isinstance(m.unembed, speed.TransposedUnembed)  # CPU backend here
-    a = m.args
-    assert m.unembed.weight.shape == (a.hidden_size, a.vocab_size)
+    plain = _plain_model(tiny_converted)
+    a = plain.args
     toks = mx.array(np.random.default_rng(1).integers(0, a.vocab_size, (2, 70)), dtype=mx.int32)
-    ref = m(toks)
+    ref = plain(toks)
+    ref_cache = plain.make_cache()
+    ref_steps = [plain(toks[:, :9], ref_cache)] + [plain(toks[:, i : i + 1], ref_cache) for i in range(9, 12)]
+    for n in (1, 2, 3):
+        import os
+
+        os.environ["MLX_OSS_CPU_STREAMS"] = str(n)
+        try:
+            m = load_model(tiny_converted, "float32")
+        finally:
+            del os.environ["MLX_OSS_CPU_STREAMS"]
+        assert isinstance(m.unembed, speed.SplitLinear) and m.unembed.streams.n == n
+        assert m.unembed.weight.ndim == 3 and m.unembed.weight.shape[0] % n == 0
+        assert m.layers[0].mlp.streams is m.unembed.streams
+        assert _rel(m(toks), ref) <= 1e-5  # 140 (token, expert) pairs: the sorted path, rows shared
+        cache = m.make_cache()
+        steps = [m(toks[:, :9], cache)] + [m(toks[:, i : i + 1], cache) for i in range(9, 12)]
+        assert all(_rel(s, r) <= 1e-5 for s, r in zip(steps, ref_steps))  # decode: experts shared
     for layer in m.layers:
         layer.mlp.dense_min_pairs = 8  # force the dense-prefill path
-    dense = m(toks)
-    assert (mx.abs(dense - ref).max() / mx.abs(ref).max()).item() <= 1e-5
-    m.load_weights([("unembed.weight", mx.contiguous(m.unembed.weight.T))], strict=False)  # the usual layout
-    assert (mx.abs(m(toks) - ref).max() / mx.abs(ref).max()).item() <= 1e-5
-    on_metal = build_model(ModelArgs.from_path(tiny_converted))
-    assert speed.prepare(on_metal, metal=True) == {} and not isinstance(on_metal.unembed, speed.TransposedUnembed)
-    cpu_ref_blas = build_model(ModelArgs.from_path(tiny_converted))
-    assert speed.prepare(cpu_ref_blas, metal=False, blas=None) == {"lm_head": "transposed"}
+    assert _rel(m(toks), ref) <= 1e-5
+    m.load_weights([("unembed.weight", plain.unembed.weight)], strict=False)  # the usual layout, set later
+    assert _rel(m(toks), ref) <= 1e-5
+
+
+def test_split_linear_padding_and_bias():
+    """Output sizes that do not divide into the blocks: zero padding never reaches the output."""
+    from mlx_oss.speed import SplitLinear
+    from mlx_oss.streams import CPUStreams
+
+    rng = np.random.default_rng(0)
+    for out_dims, streams, block in ((1030, 2, 256), (5120, 3, 1024), (7, 2, 4)):
+        w = mx.array(rng.standard_normal((out_dims, 48)), dtype=mx.float32)
+        b = mx.array(rng.standard_normal(out_dims), dtype=mx.float32)
+        lin = SplitLinear(48, out_dims, True, CPUStreams(streams), block=block)
+        lin.weight = SplitLinear.blocked(w, lin.weight.shape[0], mx.float32, block_bytes=1000)  # several pieces
+        lin.bias = b
+        assert lin.weight.shape[0] % streams == 0 and lin.weight.shape[0] * lin.weight.shape[2] >= out_dims
+        x = mx.array(rng.standard_normal((3, 5, 48)), dtype=mx.float32)
+        y = lin(x)
+        assert y.shape == (3, 5, out_dims)
+        assert _rel(y, x @ w.T + b) <= 1e-6
+
+
+def test_cpu_streams_are_per_thread(tiny_converted):
+    """MLX streams cannot cross threads: a worker thread gets its own (the TUI decodes on one)."""
+    import threading
+
+    from mlx_oss.loader import load_model
+
+    m = load_model(tiny_converted, "float32")
+    toks = mx.array([[5, 6, 7, 8]], dtype=mx.int32)
+    ref = m(toks)
+    mx.eval(ref)
+    main_streams = m.unembed.streams.get()
+    out: dict = {}
+
+    def work():
+        try:
+            out["streams"] = m.unembed.streams.get()
+            y = m(toks)
+            mx.eval(y)
+            out["y"] = np.array(y)
+        except Exception as e:  # noqa: BLE001 - reported below
+            out["error"] = e
+        finally:
+            mx.clear_streams()
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert "error" not in out, out.get("error")
+    assert out["streams"] != main_streams
+    assert np.allclose(out["y"], np.array(ref), rtol=1e-6, atol=1e-6)
+
+
+def test_prepare_is_backend_specific(tiny_converted):
+    from mlx_oss import speed
+    from mlx_oss.config import ModelArgs
+    from mlx_oss.model import build_model
+
+    def fresh():
+        return build_model(ModelArgs.from_path(tiny_converted))
+
+    on_metal = fresh()
+    assert speed.prepare(on_metal, metal=True) == {}
+    assert type(on_metal.unembed) is nn.Linear and all(layer.mlp.streams is None for layer in on_metal.layers)
+    cpu_ref_blas = fresh()
+    assert speed.prepare(cpu_ref_blas, metal=False, blas=None, streams=2) == {"cpu_streams": 2}
     assert all(layer.mlp.dense_min_pairs is None for layer in cpu_ref_blas.layers)
-    cpu_openblas = build_model(ModelArgs.from_path(tiny_converted))
-    assert speed.prepare(cpu_openblas, metal=False, blas="openblas")["dense_prefill"] == "openblas"
+    small = [layer.mlp.router for layer in cpu_ref_blas.layers]
+    assert all(type(r) is nn.Linear for r in small)  # 32 outputs: not worth splitting
+    cpu_openblas = fresh()
+    assert speed.prepare(cpu_openblas, metal=False, blas="openblas", streams=2)["dense_prefill"] == "openblas"
     assert all(layer.mlp.dense_min_pairs for layer in cpu_openblas.layers)
+
+
+def test_graph_nodes_of_the_metal_layout_do_not_depend_on_sizes(tiny_converted):
+    from mlx_oss.bench_runners import MetalTwin, OursEngine, count_graph_nodes
+    from mlx_oss.config import ModelArgs
+
+    real = OursEngine.__new__(OursEngine)
+    real.model = _plain_model(tiny_converted)
+    args = ModelArgs.from_path(tiny_converted)
+    assert count_graph_nodes(MetalTwin(args), depth=4, vocab=512) == count_graph_nodes(real, depth=4, vocab=args.vocab_size)
 
 
 def test_blas_reexec_guard(monkeypatch):
