@@ -64,7 +64,7 @@ def test_machine_info_on_linux_and_blas_detection():
     assert device.gpu_core_count(lambda: "no cores here") is None
 
 
-def test_openblas_threads_and_prepare_single_threads_it(tiny_converted):
+def test_openblas_threads_and_prepare_single_threads_it(tiny_converted, monkeypatch):
     """With OpenBLAS serving MLX and the model split over streams, OpenBLAS runs one thread
     (its threads and our streams would fight over the cores); without OpenBLAS nothing is touched."""
     from mlx_oss import speed
@@ -87,16 +87,14 @@ def test_openblas_threads_and_prepare_single_threads_it(tiny_converted):
     if device.fast_blas() is None:
         assert device.openblas_threads() is None  # numpy's suffixed copy is not found
     calls = []
-    orig = device.openblas_threads
-    try:
-        device.openblas_threads = lambda n=None, lib=None: calls.append(n) or 2
-        applied = speed.prepare(build_model(ModelArgs.from_path(tiny_converted)), metal=False, blas="openblas", streams=2)
-        assert applied["blas_threads"] == 1 and calls == [1]
-        calls.clear()
-        applied = speed.prepare(build_model(ModelArgs.from_path(tiny_converted)), metal=False, blas="openblas", streams=1)
-        assert "blas_threads" not in applied and calls == []
-    finally:
-        device.openblas_threads = orig
+    monkeypatch.setattr(device, "openblas_threads", lambda n=None, lib=None: calls.append(n) or 2)
+    applied = speed.prepare(build_model(ModelArgs.from_path(tiny_converted)), metal=False, blas="openblas", streams=2)
+    assert applied["blas_threads"] == 1 and calls == [1]
+    calls.clear()
+    applied = speed.prepare(build_model(ModelArgs.from_path(tiny_converted)), metal=False, blas="openblas", streams=1)
+    assert "blas_threads" not in applied and calls == []
+    applied = speed.prepare(build_model(ModelArgs.from_path(tiny_converted)), metal=False, blas=None, streams=2)
+    assert "blas_threads" not in applied and calls == []  # the reference BLAS has no threads to set
 
 
 def test_measured_bandwidth_is_plausible():
@@ -251,7 +249,7 @@ def _rel(a, b) -> float:
     return (mx.abs(a - b).max() / mx.abs(b).max()).item()
 
 
-def test_cpu_speedups_match_the_plain_layout(tiny_converted):
+def test_cpu_speedups_match_the_plain_layout(tiny_converted, monkeypatch):
     """The CPU layout (column-blocked linears and experts shared over streams) computes the same
     logits as the plain one, for decode and for sorted and dense prefill, with 1..3 streams."""
     from mlx_oss import speed
@@ -264,13 +262,8 @@ def test_cpu_speedups_match_the_plain_layout(tiny_converted):
     ref_cache = plain.make_cache()
     ref_steps = [plain(toks[:, :9], ref_cache)] + [plain(toks[:, i : i + 1], ref_cache) for i in range(9, 12)]
     for n in (1, 2, 3):
-        import os
-
-        os.environ["MLX_OSS_CPU_STREAMS"] = str(n)
-        try:
-            m = load_model(tiny_converted, "float32")
-        finally:
-            del os.environ["MLX_OSS_CPU_STREAMS"]
+        monkeypatch.setenv("MLX_OSS_CPU_STREAMS", str(n))
+        m = load_model(tiny_converted, "float32")
         assert isinstance(m.unembed, speed.SplitLinear) and m.unembed.streams.n == n
         assert m.unembed.weight.ndim == 3 and m.unembed.weight.shape[0] % n == 0
         assert m.layers[0].mlp.streams is m.unembed.streams
