@@ -146,7 +146,8 @@ def run_bench(a: argparse.Namespace, say) -> dict:
     r = {"load_s": time.perf_counter() - t0, "blas_threads": device.openblas_threads()}
     r.update(run.measure_engine(ours, a.prompt, a.depth, a.gen, a.reps, args.vocab_size, a.seed, say))
     if not a.no_graph:
-        r["graph_nodes"] = run.count_graph_nodes(run.MetalTwin(args), vocab=512)  # the Metal layout
+        twin = run.MetalTwin(args)  # the Metal layout
+        r["graph_nodes"] = run.count_graph_nodes(twin, vocab=twin.model.args.vocab_size)
     peak = mx.get_peak_memory()
     turns = None
     if a.turns:

@@ -16,7 +16,7 @@ import mlx.nn as nn
 import numpy as np
 
 from mlx_oss.config import ModelArgs
-from mlx_oss.streams import split_points
+from mlx_oss.streams import per_stream
 
 # Prefill sorts (token, expert) pairs by expert so each expert's rows are contiguous for gather_qmm.
 # Below this many pairs the argsorts cost more than they save (benchmarks/model_speed.py moe_sort:
@@ -124,11 +124,11 @@ class MoE(nn.Module):
             inv = mx.argsort(order)
             xs = mx.expand_dims(xf[order // k], 1)  # [N k, 1, H], grouped by expert
             e = flat[order]  # [N k] sorted expert ids
-            y = self._shared(self._experts, xs, e, axis=0, sorted_indices=True)  # [N k, 1, H]
+            y = self._shared(xs, e, axis=0, sorted_indices=True)  # [N k, 1, H]
             y = y[inv].reshape(N, k, H)  # back to token order
         else:
             xs = xf.reshape(N, 1, 1, H)  # [N, 1, 1, H] broadcast over the k experts
-            y = self._shared(self._experts, xs, idx, axis=1).reshape(N, k, H)  # [N, k, 1, H] -> [N, k, H]
+            y = self._shared(xs, idx, axis=1).reshape(N, k, H)  # [N, k, 1, H] -> [N, k, H]
         out = mx.expand_dims(w.astype(x.dtype), 1) @ y  # [N, 1, k] @ [N, k, H] -> [N, 1, H]
         return out.reshape(B, T, H)
 
@@ -159,17 +159,16 @@ class MoE(nn.Module):
         h = self.gate_up(xs, idx, sorted_indices)  # [..., 1, 2I]
         return self.down(swiglu(h, self._alpha, self._limit), idx, sorted_indices)  # [..., 1, H]
 
-    def _shared(self, fn, xs: mx.array, idx: mx.array, axis: int, **kw) -> mx.array:
-        """fn(xs, idx) with idx cut along `axis` into one share per CPU stream (decode: a token's k
-        experts; prefill: the sorted rows, xs cut alike), results joined along `axis`."""
+    def _shared(self, xs: mx.array, idx: mx.array, axis: int, sorted_indices: bool = False) -> mx.array:
+        """`_experts(xs, idx)` with idx cut along `axis` into one share per CPU stream (decode: a
+        token's k experts; prefill: the sorted rows, xs cut alike), results joined along `axis`."""
         streams = self.streams.get() if self.streams is not None else ()
         n = min(len(streams), idx.shape[axis])
         if n < 2:
-            return fn(xs, idx, **kw)
-        cuts = split_points(idx.shape[axis], n)
-        parts = []
-        for s, a, b in zip(streams, cuts, cuts[1:]):
+            return self._experts(xs, idx, sorted_indices)
+
+        def part(a: int, b: int) -> mx.array:
             sl = (slice(None),) * axis + (slice(a, b),)
-            with mx.stream(s):
-                parts.append(fn(xs[sl] if axis == 0 else xs, idx[sl], **kw))
-        return mx.concatenate(parts, axis=axis)
+            return self._experts(xs[sl] if axis == 0 else xs, idx[sl], sorted_indices)
+
+        return mx.concatenate(per_stream(streams[:n], idx.shape[axis], part), axis=axis)

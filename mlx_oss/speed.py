@@ -29,7 +29,7 @@ import mlx.nn as nn
 
 from mlx_oss import device
 from mlx_oss.moe import DENSE_MIN_PAIRS, MoE
-from mlx_oss.streams import CPUStreams, cpu_cores, split_points
+from mlx_oss.streams import CPUStreams, cpu_cores, per_stream
 
 MAX_STREAMS = 8  # measured with 2 (this machine); more cores share the same memory bandwidth
 BLOCK_COLUMNS = 1024  # lm_head, one token, reference BLAS: 256 cols 282 ms, 1024 257 ms, 4096 392 ms
@@ -58,11 +58,7 @@ class SplitLinear(nn.Module):
             y = x @ w.T
         else:
             lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])  # [N, in]
-            cuts = split_points(w.shape[0], self.streams.n)
-            parts = []
-            for s, a, b in zip(self.streams.get(), cuts, cuts[1:]):
-                with mx.stream(s):
-                    parts.append(x2 @ w[a:b])  # [b - a, N, n]
+            parts = per_stream(self.streams.get(), w.shape[0], lambda a, b: x2 @ w[a:b])  # [b - a, N, n] each
             y = mx.concatenate(parts).transpose(1, 0, 2).reshape(x2.shape[0], -1)  # [N, blocks n]
             y = y[:, : self.out_dims].reshape(*lead, self.out_dims)
         return y + self.bias if "bias" in self else y

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Callable
 
 import mlx.core as mx
 
@@ -21,6 +22,17 @@ def cpu_cores() -> int:
 def split_points(n: int, parts: int) -> list[int]:
     """Boundaries of `parts` near-equal consecutive shares of range(n)."""
     return [i * n // parts for i in range(parts + 1)]
+
+
+def per_stream(streams: tuple[mx.Stream, ...], size: int, part: Callable[[int, int], mx.array]) -> list[mx.array]:
+    """part(a, b) for each of len(streams) consecutive near-equal shares [a, b) of range(size), each
+    built on its own stream."""
+    cuts = split_points(size, len(streams))
+    out = []
+    for s, a, b in zip(streams, cuts, cuts[1:]):
+        with mx.stream(s):
+            out.append(part(a, b))
+    return out
 
 
 class CPUStreams:
