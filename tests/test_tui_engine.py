@@ -7,8 +7,6 @@ new chat / save / reopen work on the engine's own JSON.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
 import sys
 import time
@@ -22,34 +20,13 @@ from tui.app import Backend, ChatApp, ChatOptions, engine_loader, session_loader
 from tui.widgets import AnswerBlock, AssistantMessage, ErrorNote, PromptInput, ToolBlock, UserMessage
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_tui_app import idle, ready, send, status, until  # noqa: E402
-
-SIZE = (100, 34)
-
-
-def aio(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(fn(*args, **kwargs))
-
-    return wrapper
+from test_chat import reply as harmony_reply  # noqa: E402
+from test_tui_app import SIZE, aio, idle, ready, send, status, until  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def model_tok(tiny_chat_converted):
     return mlx_oss.load(tiny_chat_converted, dtype="float32")
-
-
-def harmony_reply(tok, *, analysis=None, final=None, call=None) -> list[int]:
-    """An assistant reply after the prompt's `<|start|>assistant`, as gpt-oss writes it."""
-    parts = []
-    if analysis is not None:
-        parts.append(f"<|channel|>analysis<|message|>{analysis}<|end|>")
-    if call is not None:
-        parts.append(f"<|channel|>commentary to=functions.{call[0]} <|constrain|>json<|message|>{call[1]}<|call|>")
-    if final is not None:
-        parts.append(f"<|channel|>final<|message|>{final}<|return|>")
-    return tok.encode("<|start|>assistant".join(parts), allowed_special="all")
 
 
 class Forced(ScriptedTokens):
