@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 OURS = """
 import sys
-from convert.convert import convert_checkpoint
+from mlx_oss.convert.convert import convert_checkpoint
 convert_checkpoint(sys.argv[1], sys.argv[2], progress=False)
 """
 
@@ -61,7 +61,7 @@ def main() -> int:
     a = ap.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    from convert.synthetic import preset, write_checkpoint
+    from mlx_oss.convert.synthetic import preset, write_checkpoint
 
     src = Path(a.data) / a.preset
     if not (src / "model.safetensors.index.json").is_file():

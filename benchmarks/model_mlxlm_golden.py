@@ -23,9 +23,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from convert.synthetic import preset, write_hub_snapshot  # noqa: E402
+from mlx_oss.convert.synthetic import preset, write_hub_snapshot  # noqa: E402
 from mlx_oss.loader import load_model  # noqa: E402
-from mlx_oss.rope import yarn_inv_freq  # noqa: E402
+from mlx_oss.nn.rope import yarn_inv_freq  # noqa: E402
 
 
 def kl(ref: np.ndarray, ours: np.ndarray) -> np.ndarray:

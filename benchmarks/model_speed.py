@@ -21,9 +21,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mlx_oss import moe as moe_mod  # noqa: E402
+from mlx_oss.nn import moe as moe_mod  # noqa: E402
 from mlx_oss.config import ModelArgs  # noqa: E402
-from mlx_oss.model import Model  # noqa: E402
+from mlx_oss.nn.model import Model  # noqa: E402
 
 H, I, E, K = 2880, 2880, 32, 4
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Time to first token over a 10-turn chat: mlx-oss's cross-turn cache reuse vs mlx-lm's prompt cache.
 
-    python -m convert.synthetic /tmp/bench/20b-slice --preset 20b-slice --layout hf    # once
+    python -m mlx_oss.convert.synthetic /tmp/bench/20b-slice --preset 20b-slice --layout hf    # once
     mlx-oss convert /tmp/bench/20b-slice /tmp/bench/20b-slice-mlx                      # once
     python benchmarks/multiturn_bench.py --ours /tmp/bench/20b-slice-mlx --peer /tmp/bench/20b-slice
 
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mlx_oss import tokenizer as tk  # noqa: E402
-from mlx_oss.bench_multiturn import text_of as bench_text_of  # noqa: E402
+from mlx_oss.bench.multiturn import text_of as bench_text_of  # noqa: E402
 from mlx_oss.harmony import Message, SystemContent, prune_analysis, render_conversation_for_completion  # noqa: E402
 
 def text_of(enc, n: int, seed: int) -> str:
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     if a.dtype is None:
-        from mlx_oss.device import default_dtype
+        from mlx_oss.backend.device import default_dtype
 
         a.dtype = default_dtype()
     enc = tk.load_tokenizer()

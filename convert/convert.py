@@ -17,11 +17,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from convert import dense_quant
-from convert.errors import ConvertError
-from convert.reader import FORMAT_NAME, FORMAT_VERSION, SourceCheckpoint, open_source
-from convert.safetensors_io import nbytes_of
-from convert.staging import OutTensor, plan_shards, staged_folder, write_shards
+from mlx_oss.convert import dense_quant
+from mlx_oss.errors import ConvertError
+from mlx_oss.convert.reader import FORMAT_NAME, FORMAT_VERSION, SourceCheckpoint, open_source
+from mlx_oss.convert.safetensors_io import nbytes_of
+from mlx_oss.convert.staging import OutTensor, plan_shards, staged_folder, write_shards
 
 MAX_SHARD_BYTES = 2 * 1024**3
 MANIFEST = "manifest.json"

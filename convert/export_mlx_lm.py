@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from convert.errors import ConvertError
-from convert.layouts import Spec
-from convert.mlx_lm_layout import Quant, modules, quantization_block
-from convert.reader import SourceCheckpoint, open_source
-from convert.staging import OutTensor, plan_shards, staged_folder, write_shards
+from mlx_oss.errors import ConvertError
+from mlx_oss.convert.layouts import Spec
+from mlx_oss.convert.mlx_lm_layout import Quant, modules, quantization_block
+from mlx_oss.convert.reader import SourceCheckpoint, open_source
+from mlx_oss.convert.staging import OutTensor, plan_shards, staged_folder, write_shards
 
 MAX_SHARD_BYTES = 5 * 1024**3  # mlx-lm's own MAX_FILE_SIZE_GB
 # What a Hub gpt-oss repository ships besides weights; copied from SRC when present, else written.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from convert.errors import ConvertError
+from mlx_oss.errors import ConvertError
 
 HF_PATTERNS = ["config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json"]
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")

@@ -19,8 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from convert.errors import ConvertError
-from convert.layouts import Dims, Source, Spec
+from mlx_oss.errors import ConvertError
+from mlx_oss.config import Dims
+from mlx_oss.convert.layouts import Source, Spec
 
 # mlx-lm's `quantize_model.defaults_for_mode`: (group_size, bits) when an entry leaves them out.
 MODE_DEFAULTS = {"affine": (64, 4), "mxfp4": (32, 4), "nvfp4": (16, 4), "mxfp8": (32, 8)}

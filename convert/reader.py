@@ -15,10 +15,11 @@ from typing import Iterator
 
 import numpy as np
 
-from convert import mlx_lm_layout, mxfp4
-from convert.errors import ConvertError
-from convert.layouts import Dims, Source, Spec, our_specs, source_map, source_specs
-from convert.safetensors_io import TensorInfo, read_header, read_tensor
+from mlx_oss.convert import mlx_lm_layout, mxfp4
+from mlx_oss.errors import ConvertError
+from mlx_oss.config import Dims
+from mlx_oss.convert.layouts import Source, Spec, our_specs, source_map, source_specs
+from mlx_oss.convert.safetensors_io import TensorInfo, read_header, read_tensor
 
 FORMAT_NAME = "mlx-oss"
 FORMAT_VERSION = 1
@@ -143,7 +144,7 @@ class SourceCheckpoint:
         return read_tensor(path, info)
 
 
-def _dims_for(layout: str, cfg: dict, cfg_path: Path) -> Dims:
+def dims_for(layout: str, cfg: dict, cfg_path: Path) -> Dims:
     try:
         if layout in ("hf", "mlx-lm"):
             return Dims.from_hf(cfg, str(cfg_path))
@@ -190,7 +191,7 @@ def open_source(path: str | Path) -> SourceCheckpoint:
     cfg = _load_json(cfg_path)
     if layout == "mlx-oss" and cfg.get("format_version") != FORMAT_VERSION:
         raise ConvertError(f"{cfg_path}: field format_version is {cfg.get('format_version')!r}, expected {FORMAT_VERSION}")
-    dims = _dims_for(layout, cfg, cfg_path)
+    dims = dims_for(layout, cfg, cfg_path)
     files: dict[str, tuple[Path, TensorInfo]] = {}
     for f in _shard_files(root, layout):
         infos, _ = read_header(f)

@@ -19,7 +19,7 @@ from typing import BinaryIO, Iterable
 
 import numpy as np
 
-from convert.errors import ConvertError
+from mlx_oss.errors import ConvertError
 
 # safetensors dtype tag -> numpy dtype used to hold the raw bytes
 NP_DTYPES: dict[str, np.dtype] = {

@@ -18,9 +18,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from convert.errors import ConvertError
-from convert.progress import Progress
-from convert.safetensors_io import StreamingWriter, nbytes_of
+from mlx_oss.errors import ConvertError
+from mlx_oss.convert.progress import Progress
+from mlx_oss.convert.safetensors_io import StreamingWriter, nbytes_of
 
 
 @dataclass

@@ -17,9 +17,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from convert import mxfp4
-from convert.layouts import Dims
-from convert.safetensors_io import StreamingWriter
+from mlx_oss.convert import mxfp4
+from mlx_oss.config import Dims
+from mlx_oss.convert.safetensors_io import StreamingWriter
 
 ROW_CHUNK = 8192  # rows per random draw for big dense matrices (fixed: part of the seed scheme)
 
@@ -261,10 +261,10 @@ def write_hub_snapshot(dst: str | Path, spec: SyntheticSpec | str, seed: int = 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m convert.synthetic DST --preset tiny --layout hf|original|both` (for benchmarks)."""
+    """`python -m mlx_oss.convert.synthetic DST --preset tiny --layout hf|original|both` (for benchmarks)."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m convert.synthetic", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m mlx_oss.convert.synthetic", description=main.__doc__)
     ap.add_argument("dst")
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     ap.add_argument("--layout", default="hf", choices=["hf", "original", "both"])

@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Iterator
 import mlx.core as mx
 
 from mlx_oss import tokenizer as tk
-from mlx_oss.cache import CacheState, KVCache, RotatingKVCache
+from mlx_oss.nn.cache import CacheState, KVCache, RotatingKVCache
 from mlx_oss.harmony import common_prefix_length
 from mlx_oss.sampling import Sampler
 

@@ -10,10 +10,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convert.errors import ConvertError
-from convert.layouts import Dims, Spec, our_specs
-from convert.reader import _dims_for, detect_layout, open_source
-from convert.safetensors_io import nbytes_of
+from mlx_oss.errors import ConvertError
+from mlx_oss.config import Dims
+from mlx_oss.convert.layouts import Spec, our_specs
+from mlx_oss.convert.reader import dims_for, detect_layout, open_source
+from mlx_oss.convert.safetensors_io import nbytes_of
 
 DTYPE_BYTES = {"bfloat16": 2, "float32": 4}
 
@@ -83,7 +84,7 @@ def describe(path: str | Path) -> ModelInfo:
     if path.is_file() and path.name.endswith(".json"):
         cfg = json.loads(path.read_text())
         layout = "mlx-oss" if cfg.get("format") == "mlx-oss" else "hf" if cfg.get("model_type") == "gpt_oss" else "original"
-        dims = _dims_for(layout, cfg, path)
+        dims = dims_for(layout, cfg, path)
         specs = list(our_specs(dims))
     else:
         try:

@@ -4,7 +4,7 @@ modules stay quantized, per module, see docs/INTEROP.md).
 
 A converted (mlx-oss) folder is read with `mx.load`, tensors already in our names and layout. An
 OpenAI `original/` or Hugging Face checkpoint (or a Hub snapshot holding both) is converted in memory
-through `convert.reader`, the converter's own reader, so both paths produce the same bytes and hence
+through `mlx_oss.convert.reader`, the converter's own reader, so both paths produce the same bytes and hence
 bit-identical logits.
 
 Dtypes: dense floats are cast to the compute dtype; RMSNorm weights stay float32 (the reference keeps
@@ -21,9 +21,9 @@ from typing import Any, Iterable
 import mlx.core as mx
 import numpy as np
 
-from mlx_oss import device, speed
+from mlx_oss.backend import cpu, device
 from mlx_oss.config import DenseQuant, ModelArgs
-from mlx_oss.model import Model, build_model
+from mlx_oss.nn.model import Model, build_model
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
@@ -68,7 +68,7 @@ def _converted_weights(path: Path) -> Iterable[tuple[str, mx.array]]:
 
 
 def _source_weights(src: Any) -> Iterable[tuple[str, mx.array]]:
-    """Tensors of a `convert.reader.SourceCheckpoint`, bf16 carried as uint16 bits."""
+    """Tensors of a `mlx_oss.convert.reader.SourceCheckpoint`, bf16 carried as uint16 bits."""
     for spec, arr in src.tensors():
         a = mx.array(np.ascontiguousarray(arr))
         if spec.dtype == "BF16":
@@ -99,7 +99,7 @@ def load_model(path: str | Path, dtype: str | mx.Dtype | None = None) -> Model:
         args = ModelArgs.from_path(path)
         weights = _converted_weights(path)
     else:
-        from convert.reader import open_source
+        from mlx_oss.convert.reader import open_source
 
         src = open_source(path)
         args = ModelArgs.from_dict(src.config, str(src.root / "config.json"))
@@ -108,8 +108,8 @@ def load_model(path: str | Path, dtype: str | mx.Dtype | None = None) -> Model:
             args = replace(args, dense_quant=DenseQuant(modules=(), per_module=per))
         weights = _source_weights(src)
     model = build_model(args)
-    speed.prepare(model)  # backend-specific layouts (CPU: transposed lm_head), docs/BENCH.md
-    model.load_weights(_evaluated(((n, _cast(n, a, dt)) for n, a in speed.adapt_weights(model, weights, dt))), strict=True)
+    cpu.prepare(model)  # backend-specific layouts (CPU: transposed lm_head), docs/BENCH.md
+    model.load_weights(_evaluated(((n, _cast(n, a, dt)) for n, a in cpu.adapt_weights(model, weights, dt))), strict=True)
     model.eval()
     return model
 

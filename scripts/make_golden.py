@@ -31,8 +31,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from convert.safetensors_io import read_header, read_tensor  # noqa: E402
-from convert.synthetic import preset, write_checkpoint  # noqa: E402
+from mlx_oss.convert.safetensors_io import read_header, read_tensor  # noqa: E402
+from mlx_oss.convert.synthetic import preset, write_checkpoint  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
 PRESET = "tiny"

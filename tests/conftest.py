@@ -10,8 +10,8 @@ import pytest
 # openai-harmony (a test-only oracle) reads o200k_base from here instead of the network.
 os.environ.setdefault("TIKTOKEN_ENCODINGS_BASE", str(Path(__file__).resolve().parents[1] / "mlx_oss" / "data"))
 
-from convert.convert import convert_checkpoint  # noqa: E402
-from convert.synthetic import preset, write_hub_snapshot  # noqa: E402
+from mlx_oss.convert.convert import convert_checkpoint  # noqa: E402
+from mlx_oss.convert.synthetic import preset, write_hub_snapshot  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +40,7 @@ def tiny_converted(tiny_hf: Path, tmp_path_factory) -> Path:
 def tiny_chat_converted(tmp_path_factory) -> Path:
     """Tiny layers with the full 201088-token vocabulary, for tests that go through the tokenizer."""
     root = tmp_path_factory.mktemp("chat")
-    from convert.synthetic import write_checkpoint
+    from mlx_oss.convert.synthetic import write_checkpoint
 
     src = write_checkpoint(root / "src", preset("tiny-chat"), "hf", seed=0)
     return convert_checkpoint(src, root / "converted", progress=False).dst

@@ -14,8 +14,8 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from mlx_oss import bench_report as rep
-from mlx_oss import device
+from mlx_oss.bench import report as rep
+from mlx_oss.backend import device
 
 # ------------------------------------------------------------------------------ device fakes
 
@@ -67,9 +67,9 @@ def test_machine_info_on_linux_and_blas_detection():
 def test_openblas_threads_and_prepare_single_threads_it(tiny_converted, monkeypatch):
     """With OpenBLAS serving MLX and the model split over streams, OpenBLAS runs one thread
     (its threads and our streams would fight over the cores); without OpenBLAS nothing is touched."""
-    from mlx_oss import speed
+    from mlx_oss.backend import cpu
     from mlx_oss.config import ModelArgs
-    from mlx_oss.model import build_model
+    from mlx_oss.nn.model import build_model
 
     class FakeOpenBLAS:
         n = 2
@@ -88,12 +88,12 @@ def test_openblas_threads_and_prepare_single_threads_it(tiny_converted, monkeypa
         assert device.openblas_threads() is None  # numpy's suffixed copy is not found
     calls = []
     monkeypatch.setattr(device, "openblas_threads", lambda n=None, lib=None: calls.append(n) or 2)
-    applied = speed.prepare(build_model(ModelArgs.from_path(tiny_converted)), metal=False, blas="openblas", streams=2)
+    applied = cpu.prepare(build_model(ModelArgs.from_path(tiny_converted)), metal=False, blas="openblas", streams=2)
     assert applied["blas_threads"] == 1 and calls == [1]
     calls.clear()
-    applied = speed.prepare(build_model(ModelArgs.from_path(tiny_converted)), metal=False, blas="openblas", streams=1)
+    applied = cpu.prepare(build_model(ModelArgs.from_path(tiny_converted)), metal=False, blas="openblas", streams=1)
     assert "blas_threads" not in applied and calls == []
-    applied = speed.prepare(build_model(ModelArgs.from_path(tiny_converted)), metal=False, blas=None, streams=2)
+    applied = cpu.prepare(build_model(ModelArgs.from_path(tiny_converted)), metal=False, blas=None, streams=2)
     assert "blas_threads" not in applied and calls == []  # the reference BLAS has no threads to set
 
 
@@ -122,7 +122,7 @@ def test_traffic_classifies_both_engines_names():
 
 def test_roofline_bytes_of_the_loaded_model_match_mlx_oss_info(tiny_converted):
     """The roofline's bytes are the model's actual formats: what `mlx-oss info` says it holds."""
-    from mlx_oss.bench_runners import OursEngine
+    from mlx_oss.bench.runners import OursEngine
     from mlx_oss.info import describe
 
     eng = OursEngine(tiny_converted, "float32")
@@ -223,7 +223,7 @@ def test_builtin_png_plot(tmp_path):
 
 
 def test_dequantize_mxfp4_is_bit_identical_to_mlx():
-    from mlx_oss.moe import dequantize_mxfp4
+    from mlx_oss.nn.moe import dequantize_mxfp4
 
     rng = np.random.default_rng(0)
     w = mx.array(rng.integers(0, 2**32, size=(64, 16), dtype=np.uint32))  # every nibble value occurs
@@ -234,13 +234,13 @@ def test_dequantize_mxfp4_is_bit_identical_to_mlx():
 
 def _plain_model(path):
     """The converted tiny model in the plain (Metal) layout: no CPU stream splitting."""
-    from mlx_oss import speed
+    from mlx_oss.backend import cpu
     from mlx_oss.config import ModelArgs
     from mlx_oss.loader import _converted_weights
-    from mlx_oss.model import build_model
+    from mlx_oss.nn.model import build_model
 
     m = build_model(ModelArgs.from_path(path))
-    assert speed.prepare(m, metal=True) == {}
+    assert cpu.prepare(m, metal=True) == {}
     m.load_weights([(n, a.astype(mx.float32) if mx.issubdtype(a.dtype, mx.floating) else a) for n, a in _converted_weights(path)])
     return m
 
@@ -252,7 +252,7 @@ def _rel(a, b) -> float:
 def test_cpu_speedups_match_the_plain_layout(tiny_converted, monkeypatch):
     """The CPU layout (column-blocked linears and experts shared over streams) computes the same
     logits as the plain one, for decode and for sorted and dense prefill, with 1..3 streams."""
-    from mlx_oss import speed
+    from mlx_oss.backend import cpu
     from mlx_oss.loader import load_model
 
     plain = _plain_model(tiny_converted)
@@ -264,7 +264,7 @@ def test_cpu_speedups_match_the_plain_layout(tiny_converted, monkeypatch):
     for n in (1, 2, 3):
         monkeypatch.setenv("MLX_OSS_CPU_STREAMS", str(n))
         m = load_model(tiny_converted, "float32")
-        assert isinstance(m.unembed, speed.SplitLinear) and m.unembed.streams.n == n
+        assert isinstance(m.unembed, cpu.SplitLinear) and m.unembed.streams.n == n
         assert m.unembed.weight.ndim == 3 and m.unembed.weight.shape[0] % n == 0
         assert m.layers[0].mlp.streams is m.unembed.streams
         assert _rel(m(toks), ref) <= 1e-5  # 140 (token, expert) pairs: the sorted path, rows shared
@@ -280,8 +280,8 @@ def test_cpu_speedups_match_the_plain_layout(tiny_converted, monkeypatch):
 
 def test_split_linear_padding_and_bias():
     """Output sizes that do not divide into the blocks: zero padding never reaches the output."""
-    from mlx_oss.speed import SplitLinear
-    from mlx_oss.streams import CPUStreams
+    from mlx_oss.backend.cpu import SplitLinear
+    from mlx_oss.backend.streams import CPUStreams
 
     rng = np.random.default_rng(0)
     for out_dims, streams, block in ((1030, 2, 256), (5120, 3, 1024), (7, 2, 4)):
@@ -330,28 +330,28 @@ def test_cpu_streams_are_per_thread(tiny_converted):
 
 
 def test_prepare_is_backend_specific(tiny_converted):
-    from mlx_oss import speed
+    from mlx_oss.backend import cpu
     from mlx_oss.config import ModelArgs
-    from mlx_oss.model import build_model
+    from mlx_oss.nn.model import build_model
 
     def fresh():
         return build_model(ModelArgs.from_path(tiny_converted))
 
     on_metal = fresh()
-    assert speed.prepare(on_metal, metal=True) == {}
+    assert cpu.prepare(on_metal, metal=True) == {}
     assert type(on_metal.unembed) is nn.Linear and all(layer.mlp.streams is None for layer in on_metal.layers)
     cpu_ref_blas = fresh()
-    assert speed.prepare(cpu_ref_blas, metal=False, blas=None, streams=2) == {"cpu_streams": 2}
+    assert cpu.prepare(cpu_ref_blas, metal=False, blas=None, streams=2) == {"cpu_streams": 2}
     assert all(layer.mlp.dense_min_pairs is None for layer in cpu_ref_blas.layers)
     small = [layer.mlp.router for layer in cpu_ref_blas.layers]
     assert all(type(r) is nn.Linear for r in small)  # 32 outputs: not worth splitting
     cpu_openblas = fresh()
-    assert speed.prepare(cpu_openblas, metal=False, blas="openblas", streams=2)["dense_prefill"] == "openblas"
+    assert cpu.prepare(cpu_openblas, metal=False, blas="openblas", streams=2)["dense_prefill"] == "openblas"
     assert all(layer.mlp.dense_min_pairs for layer in cpu_openblas.layers)
 
 
 def test_graph_nodes_of_the_metal_layout_do_not_depend_on_sizes(tiny_converted):
-    from mlx_oss.bench_runners import MetalTwin, OursEngine, count_graph_nodes
+    from mlx_oss.bench.runners import MetalTwin, OursEngine, count_graph_nodes
     from mlx_oss.config import ModelArgs
 
     real = OursEngine.__new__(OursEngine)
@@ -361,7 +361,7 @@ def test_graph_nodes_of_the_metal_layout_do_not_depend_on_sizes(tiny_converted):
 
 
 def test_blas_reexec_guard(monkeypatch):
-    from mlx_oss import bench
+    from mlx_oss.bench import command as bench
 
     monkeypatch.setattr(device, "metal_available", lambda probe=None: False)
     monkeypatch.setattr(device, "fast_blas", lambda maps=None: None)
@@ -384,7 +384,7 @@ def test_blas_reexec_guard(monkeypatch):
 
 
 def test_graph_nodes_counted(tiny_converted):
-    from mlx_oss.bench_runners import OursEngine, count_graph_nodes
+    from mlx_oss.bench.runners import OursEngine, count_graph_nodes
 
     eng = OursEngine(tiny_converted, "float32")
     g = count_graph_nodes(eng, depth=4, vocab=eng.model.args.vocab_size)
@@ -394,7 +394,7 @@ def test_graph_nodes_counted(tiny_converted):
 
 def test_bench_command_with_compare(tiny_chat_converted, tmp_path, capsys):
     """End to end on the tiny model: both engines, the multi-turn scenario, every output."""
-    from mlx_oss.cli import main
+    from mlx_oss.cli.main import main
 
     png, csv_path = tmp_path / "b.png", tmp_path / "b.csv"
     argv = ["bench", "--model", str(tiny_chat_converted), "-p", "8,16", "-g", "3", "-d", "0,8", "-r", "2",
@@ -418,7 +418,7 @@ def test_bench_command_with_compare(tiny_chat_converted, tmp_path, capsys):
 
 
 def test_bench_rejects_bad_arguments(tiny_converted):
-    from mlx_oss.cli import main
+    from mlx_oss.cli.main import main
 
     assert main(["bench", "--model", str(tiny_converted), "-r", "0", "--quiet"]) == 1
     with pytest.raises(SystemExit):

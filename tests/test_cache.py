@@ -9,8 +9,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-import mlx_oss.model as model_mod
-from mlx_oss.cache import KVCache, RotatingKVCache, trim_cache
+import mlx_oss.nn.model as model_mod
+from mlx_oss.nn.cache import KVCache, RotatingKVCache, trim_cache
 from mlx_oss.loader import load_model
 
 TOL = 1e-5

@@ -5,10 +5,10 @@ import sys
 
 import pytest
 
-from convert.synthetic import PRESETS
-from mlx_oss.cli import main
+from mlx_oss.convert.synthetic import PRESETS
+from mlx_oss.cli.main import main
 from mlx_oss.info import describe
-from mlx_oss.models import resolve_model
+from mlx_oss.store import resolve_model
 
 
 def _real_config(tmp_path, name: str, layout: str = "hf"):
@@ -47,7 +47,7 @@ def test_info_same_for_checkpoint_and_converted_folder(tiny_original, tiny_conve
 
 
 def test_info_counts_quantized_dense(tiny_hf, tmp_path):
-    from convert.convert import convert_checkpoint
+    from mlx_oss.convert.convert import convert_checkpoint
 
     q = convert_checkpoint(tiny_hf, tmp_path / "q8", dense_bits=8, progress=False).dst
     base, quant = describe(tiny_hf), describe(q)

@@ -11,12 +11,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from convert import mxfp4
-from convert.convert import convert_checkpoint, is_complete, verify_folder
-from convert.errors import ConvertError
-from convert.safetensors_io import StreamingWriter, read_header, read_tensor, write_file
-from convert.synthetic import preset, write_checkpoint
-from mlx_oss.cli import main
+from mlx_oss.convert import mxfp4
+from mlx_oss.convert.convert import convert_checkpoint, is_complete, verify_folder
+from mlx_oss.errors import ConvertError
+from mlx_oss.convert.safetensors_io import StreamingWriter, read_header, read_tensor, write_file
+from mlx_oss.convert.synthetic import preset, write_checkpoint
+from mlx_oss.cli.main import main
 from mlx_oss.tokenizer import bundled_vocab_path
 
 
@@ -222,7 +222,7 @@ def test_bad_input_is_one_line_and_leaves_no_dst(tiny_hub, tmp_path, capsys, how
 
 
 def test_full_disk_before_writing(tiny_hf, tmp_path, capsys, monkeypatch):
-    import convert.convert as cc
+    import mlx_oss.convert.convert as cc
 
     monkeypatch.setattr(cc.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 10, 10))
     assert main(["convert", str(tiny_hf), str(tmp_path / "dst"), "--no-progress"]) == 1

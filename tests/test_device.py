@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mlx_oss import device
+from mlx_oss.backend import device
 
 MAC = {"device_name": "Apple M3 Max", "max_recommended_working_set_size": 100 * 2**30, "memory_size": 128 * 2**30}
 

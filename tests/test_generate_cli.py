@@ -11,7 +11,7 @@ import pytest
 
 import mlx_oss.loader
 import mlx_oss.sampling
-from mlx_oss.cli import main
+from mlx_oss.cli.main import main
 from mlx_oss.sampling import SamplingConfig, ScriptedTokens
 
 
@@ -149,7 +149,7 @@ def test_runtime_errors_exit_1_with_one_line(tiny_chat_converted, fast_load, mon
 def test_real_load_through_console_script(tiny_chat_converted):
     """The installed entry point end to end (loads the model from disk; random output, length stop)."""
     p = subprocess.run(
-        [sys.executable, "-m", "mlx_oss.cli", "generate", "--model", str(tiny_chat_converted),
+        [sys.executable, "-m", "mlx_oss.cli.main", "generate", "--model", str(tiny_chat_converted),
          "--max-tokens", "4", "--json", "--seed", "1", "--temperature", "0.7", "--top-k", "50", "hello"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip

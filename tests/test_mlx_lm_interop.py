@@ -17,10 +17,10 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from convert.convert import convert_checkpoint
-from convert.errors import ConvertError
-from convert.export_mlx_lm import export_mlx_lm
-from convert.reader import open_source
+from mlx_oss.convert.convert import convert_checkpoint
+from mlx_oss.errors import ConvertError
+from mlx_oss.convert.export_mlx_lm import export_mlx_lm
+from mlx_oss.convert.reader import open_source
 from mlx_oss.loader import load_model
 
 TOKENS = mx.array([[1, 5, 100, 7, 300, 2, 9, 11, 4, 3, 17, 260, 8, 1, 99, 42]])
@@ -56,7 +56,7 @@ def lm_q8(tiny_hf, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def exported(tiny_hf, tmp_path_factory) -> Path:
     """`mlx-oss convert --to mlx-lm` of the Hub-layout checkpoint (writes the tokenizer files once)."""
-    from mlx_oss.cli import main
+    from mlx_oss.cli.main import main
 
     dst = tmp_path_factory.mktemp("export") / "tiny-mlx-lm"
     assert main(["convert", "--to", "mlx-lm", str(tiny_hf), str(dst), "--no-progress"]) == 0
@@ -116,8 +116,8 @@ def test_convert_mlx_lm_folder_to_ours_keeps_per_module_quantization(lm_q8, tmp_
 
 def test_cli_paths_accept_mlx_lm_folder_in_place(lm_q8, tiny_hf, capsys):
     from mlx_oss import load
-    from mlx_oss.cli import main
-    from mlx_oss.models import resolve_model
+    from mlx_oss.cli.main import main
+    from mlx_oss.store import resolve_model
 
     assert resolve_model(str(lm_q8)) == lm_q8  # chat/generate/bench: no second copy
     model, tok = load(lm_q8, "float32")
@@ -237,7 +237,7 @@ def test_bad_quantization_config_is_one_clear_line(lm_q8, tmp_path, edit, messag
 
 
 def test_bad_config_through_cli_is_one_line(lm_q8, tmp_path, capsys):
-    from mlx_oss.cli import main
+    from mlx_oss.cli.main import main
 
     bad = _edit(lm_q8, tmp_path / "bad", lambda q: q[Q].update(mode="mxfp8"))
     assert main(["convert", str(bad), str(tmp_path / "out"), "--no-progress"]) == 1

@@ -9,12 +9,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from convert.synthetic import preset
-from mlx_oss.attention import sliding_mask
+from mlx_oss.convert.synthetic import preset
+from mlx_oss.nn.attention import sliding_mask
 from mlx_oss.config import FULL, SLIDING, ModelArgs
 from mlx_oss.loader import load_model, resolve_dtype
-from mlx_oss.moe import MoE
-from mlx_oss.rope import YarnRoPE, yarn_inv_freq
+from mlx_oss.nn.moe import MoE
+from mlx_oss.nn.rope import YarnRoPE, yarn_inv_freq
 
 
 def test_yarn_matches_reference_formula_with_fractional_range():

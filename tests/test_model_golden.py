@@ -12,7 +12,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from convert.synthetic import preset
+from mlx_oss.convert.synthetic import preset
 from mlx_oss.loader import load, load_model
 
 FIX = Path(__file__).parent / "fixtures"
@@ -92,7 +92,7 @@ def test_layouts_give_bit_identical_logits(f32, tiny_hf, tiny_converted):
 
 
 def test_dense_quantized_folder_loads(tiny_hf, tmp_path):
-    from convert.convert import convert_checkpoint
+    from mlx_oss.convert.convert import convert_checkpoint
 
     dst = convert_checkpoint(tiny_hf, tmp_path / "q8", dense_bits=8, progress=False).dst
     model, tok = load(dst, "float32")

@@ -4,7 +4,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from convert import mxfp4
+from mlx_oss.convert import mxfp4
 
 
 def _f32(a: mx.array) -> np.ndarray:

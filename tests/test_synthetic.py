@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from convert import mxfp4
-from convert.layouts import ORIGINAL_CONFIG_FIELDS, source_specs
-from convert.safetensors_io import read_header, read_tensor
-from convert.synthetic import PRESETS, bf16_bits_to_f32, preset, write_checkpoint
+from mlx_oss.convert import mxfp4
+from mlx_oss.config import ORIGINAL_CONFIG_FIELDS
+from mlx_oss.convert.layouts import source_specs
+from mlx_oss.convert.safetensors_io import read_header, read_tensor
+from mlx_oss.convert.synthetic import PRESETS, bf16_bits_to_f32, preset, write_checkpoint
 
 
 def _digest(folder: Path) -> dict[str, str]:

@@ -19,10 +19,10 @@ from textual.command import CommandList, CommandPalette
 from textual.widgets import Input, ProgressBar, Static
 from textual.widgets.markdown import MarkdownFence
 
-from convert.errors import ConvertError
-from tui.app import Backend, ChatApp
-from tui.screens import InstructionsScreen, LoadingScreen, OpenScreen, SaveScreen
-from tui.widgets import AnswerBlock, AssistantMessage, ChatView, ErrorNote, PromptInput, ReasoningBlock, StatusLine, ToolBlock, UserMessage, Welcome
+from mlx_oss.errors import ConvertError
+from mlx_oss.tui.app import Backend, ChatApp
+from mlx_oss.tui.screens import InstructionsScreen, LoadingScreen, OpenScreen, SaveScreen
+from mlx_oss.tui.widgets import AnswerBlock, AssistantMessage, ChatView, ErrorNote, PromptInput, ReasoningBlock, StatusLine, ToolBlock, UserMessage, Welcome
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_tui_fake import ANSWER, REASONING, FakeChat, Script  # noqa: E402
@@ -472,13 +472,13 @@ async def test_loading_failure_shows_what_to_do_and_q_quits(tmp_path):
     ],
 )
 def test_error_hints(error, hint):
-    from tui.screens import error_hints
+    from mlx_oss.tui.screens import error_hints
 
     assert any(hint in h for h in error_hints(error, "openai/gpt-oss-20b"))
 
 
 def test_progress_from_output():
-    from tui.screens import progress_from_output
+    from mlx_oss.tui.screens import progress_from_output
 
     line, pct = progress_from_output("a\n\rconvert [####----]  12.5%  1.0 GB/8.0 GB\x1b[K\rconvert [#####---]  37.5%  3.0 GB\x1b[K")
     assert pct == 37.5 and line.startswith("convert [#####---]") and "\x1b" not in line

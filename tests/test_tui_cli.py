@@ -6,11 +6,11 @@ from datetime import datetime
 
 import pytest
 
-from convert.errors import ConvertError
-from mlx_oss.cli import build_parser, main
+from mlx_oss.errors import ConvertError
+from mlx_oss.cli.main import build_parser, main
 from mlx_oss.harmony import Message
-from tui.cli import load_tools_file
-from tui.export import conversation_markdown, read_conversation, turns
+from mlx_oss.tui.cli import load_tools_file
+from mlx_oss.tui.export import conversation_markdown, read_conversation, turns
 
 
 def test_chat_subcommand_is_registered_with_its_options():

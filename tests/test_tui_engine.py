@@ -16,8 +16,8 @@ import pytest
 
 import mlx_oss
 from mlx_oss.sampling import SamplingConfig, ScriptedTokens
-from tui.app import Backend, ChatApp, ChatOptions, engine_loader, session_loader
-from tui.widgets import AnswerBlock, AssistantMessage, ErrorNote, PromptInput, ToolBlock, UserMessage
+from mlx_oss.tui.app import Backend, ChatApp, ChatOptions, engine_loader, session_loader
+from mlx_oss.tui.widgets import AnswerBlock, AssistantMessage, ErrorNote, PromptInput, ToolBlock, UserMessage
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_chat import reply as harmony_reply  # noqa: E402
@@ -123,7 +123,7 @@ def get_weather(city: str) -> str:
 
 @aio
 async def test_python_api_chat_with_tools_save_and_reopen(model_tok, tmp_path):
-    """A Chat built in Python with a callable tool (`tui.run(chat)`'s path): call + result blocks;
+    """A Chat built in Python with a callable tool (`mlx_oss.tui.run(chat)`'s path): call + result blocks;
     the reopened conversation still runs the callable."""
     model, tok = model_tok
     app = ChatApp(session_loader(mlx_oss.Chat(model, tok, tools=[get_weather])), chats_dir=tmp_path)
@@ -176,7 +176,7 @@ def test_process_exits_cleanly_after_generating_on_the_engine_thread(tiny_chat_c
     import subprocess
 
     code = f"""
-from tui.app import EngineThread
+from mlx_oss.tui.app import EngineThread
 import mlx.core as mx, mlx_oss
 eng = EngineThread()
 def work():

@@ -10,10 +10,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from convert.errors import ConvertError
-from tui.app import ChatApp
-from tui.screens import LoadingScreen
-from tui.widgets import PromptInput
+from mlx_oss.errors import ConvertError
+from mlx_oss.tui.app import ChatApp
+from mlx_oss.tui.screens import LoadingScreen
+from mlx_oss.tui.widgets import PromptInput
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_tui_app import fake_app, ready, send, until  # noqa: E402

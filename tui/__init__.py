@@ -1,9 +1,10 @@
 """The Textual chat app behind `mlx-oss chat`.
 
-From Python, `tui.run()` opens the same chat, either on a model (Hub id or folder) with `Chat`
+From Python, `mlx_oss.tui.run()` opens the same chat, either on a model (Hub id or folder) with `Chat`
 options, or on a `mlx_oss.Chat` you built yourself (e.g. with callable tools):
 
-    import mlx_oss, tui
+    import mlx_oss
+    from mlx_oss import tui
     model, tok = mlx_oss.load("~/models/gpt-oss-20b")
     tui.run(mlx_oss.Chat(model, tok, tools=[get_weather]))
 """
@@ -16,11 +17,11 @@ from typing import Any
 def run(model: Any = "openai/gpt-oss-20b", *, hide_reasoning: bool = False, chats_dir: str | None = None,
         **chat_options: Any) -> int:  # fmt: skip
     """Run the chat in this terminal; returns the exit code. `model` is a Hub id, a folder, or a
-    `mlx_oss.Chat`; `chat_options` are `tui.app.ChatOptions` fields (reasoning_effort, instructions,
+    `mlx_oss.Chat`; `chat_options` are `mlx_oss.tui.app.ChatOptions` fields (reasoning_effort, instructions,
     tools, sampling, max_tokens, max_context, dtype) and apply when `model` is not a Chat."""
     from pathlib import Path
 
-    from tui.app import ChatApp, ChatOptions, engine_loader, model_label, session_loader
+    from mlx_oss.tui.app import ChatApp, ChatOptions, engine_loader, model_label, session_loader
 
     if hasattr(model, "send"):
         if chat_options:

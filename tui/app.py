@@ -33,9 +33,9 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header
 
 from mlx_oss.events import AnswerDelta, Done, ReasoningDelta, Stats, ToolCall, ToolResult
-from tui.export import default_chats_dir, read_conversation, save_conversation, turns
-from tui.screens import InstructionsScreen, LoadingScreen, OpenScreen, SaveScreen, one_line
-from tui.widgets import AssistantMessage, ChatView, PromptInput, ReasoningBlock, StatusInfo, StatusLine, UserMessage, Welcome
+from mlx_oss.tui.export import default_chats_dir, read_conversation, save_conversation, turns
+from mlx_oss.tui.screens import InstructionsScreen, LoadingScreen, OpenScreen, SaveScreen, one_line
+from mlx_oss.tui.widgets import AssistantMessage, ChatView, PromptInput, ReasoningBlock, StatusInfo, StatusLine, UserMessage, Welcome
 
 __all__ = ["EFFORTS", "Backend", "ChatApp", "ChatOptions", "ChatSession", "EngineThread", "engine_loader", "model_label", "session_loader"]
 
@@ -103,7 +103,7 @@ def engine_loader(model: str, options: ChatOptions) -> Loader:
 
     def load(say: Callable[[str], None]) -> Backend:
         import mlx_oss
-        from mlx_oss.models import resolve_model
+        from mlx_oss.store import resolve_model
 
         path = resolve_model(model, progress=True, status=say)
         say(f"Loading weights from {path}")

@@ -1,4 +1,4 @@
-"""`mlx-oss chat`: registered by `mlx_oss.cli` when this module exists (see `_optional_commands`)."""
+"""`mlx-oss chat`: registered by `mlx_oss.cli.main` when this module exists (see `_optional_commands`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import inspect
 from pathlib import Path
 from typing import Any, Callable
 
-from convert.errors import ConvertError
+from mlx_oss.errors import ConvertError
 
 __all__ = ["load_tools_file", "register", "run_chat"]
 
@@ -49,7 +49,7 @@ def load_tools_file(path: str | Path) -> list[Callable[..., Any]]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `chat` subcommand."""
-    from mlx_oss.models import DEFAULT_MODEL
+    from mlx_oss.store import DEFAULT_MODEL
 
     c = subparsers.add_parser(
         "chat",
@@ -96,7 +96,7 @@ def _instructions(value: str | None) -> str | None:
 def run_chat(a: argparse.Namespace) -> int:
     """Validate the options before the full-screen app starts, then run it."""
     from mlx_oss.sampling import SamplingConfig
-    from tui.app import ChatApp, ChatOptions, engine_loader, model_label
+    from mlx_oss.tui.app import ChatApp, ChatOptions, engine_loader, model_label
 
     sampling = SamplingConfig(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p, seed=a.seed)
     for flag in ("max_tokens", "max_context"):

@@ -5,7 +5,7 @@ openai-harmony token for token (tests use it as an oracle; it is never imported 
 See docs/HARMONY.md for the design and the prefix-reuse contract.
 """
 
-from mlx_oss.harmony.model import (
+from mlx_oss.harmony.messages import (
     ANALYSIS,
     COMMENTARY,
     CONSTRAIN_JSON,

@@ -18,7 +18,7 @@ from typing import Iterable
 import tiktoken
 
 from mlx_oss import tokenizer as tk
-from mlx_oss.harmony.model import Message, Role
+from mlx_oss.harmony.messages import Message, Role
 
 __all__ = ["ParserState", "StreamEvent", "StreamParser", "parse_completion"]
 

@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 import tiktoken
 
 from mlx_oss import tokenizer as tk
-from mlx_oss.harmony.model import (
+from mlx_oss.harmony.messages import (
     ANALYSIS,
     FINAL,
     Conversation,

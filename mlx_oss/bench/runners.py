@@ -47,7 +47,7 @@ def _named_bytes(model) -> list[tuple[str, int]]:
 
 
 class OursEngine:
-    """mlx-oss: `mlx_oss.load` (backend speedups included, mlx_oss/speed.py)."""
+    """mlx-oss: `mlx_oss.load` (backend speedups included, mlx_oss/backend/cpu.py)."""
 
     name = "mlx-oss"
 
@@ -71,15 +71,15 @@ class OursEngine:
 
 
 class MetalTwin(OursEngine):
-    """Our model laid out as on Metal (`speed.prepare(metal=True)`: no CPU stream splitting), at small
+    """Our model laid out as on Metal (`cpu.prepare(metal=True)`: no CPU stream splitting), at small
     sizes with the same layers, routing and dense format: what one decode step dispatches on an Apple
     GPU. The count of operations does not depend on the sizes, only the work in each."""
 
     def __init__(self, args) -> None:
         from dataclasses import replace
 
-        from mlx_oss import speed
-        from mlx_oss.model import build_model
+        from mlx_oss.backend import cpu
+        from mlx_oss.nn.model import build_model
 
         q_per_kv = args.num_attention_heads // args.num_key_value_heads
         small = replace(
@@ -88,7 +88,7 @@ class MetalTwin(OursEngine):
         )  # fmt: skip
         self.path = None
         self.model = build_model(small)
-        speed.prepare(self.model, metal=True)
+        cpu.prepare(self.model, metal=True)
         mx.eval(self.model.parameters())
 
 

@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from convert.convert import convert_checkpoint, is_complete
-from convert.errors import ConvertError
-from convert.hub import download, is_repo_id
-from convert.reader import detect_layout
+from mlx_oss.convert.convert import convert_checkpoint, is_complete
+from mlx_oss.errors import ConvertError
+from mlx_oss.convert.hub import download, is_repo_id
+from mlx_oss.convert.reader import detect_layout
 
 DEFAULT_MODEL = "openai/gpt-oss-20b"
 

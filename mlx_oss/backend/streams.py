@@ -1,5 +1,5 @@
 """Per-thread CPU streams: one MLX CPU stream runs on one core, so independent shares of a step's
-work go to one stream each (mlx_oss/speed.py). MLX streams cannot be used outside the thread that
+work go to one stream each (mlx_oss/backend/cpu.py). MLX streams cannot be used outside the thread that
 made them, hence one set per thread, made on first use."""
 
 from __future__ import annotations

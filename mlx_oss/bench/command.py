@@ -17,9 +17,9 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from mlx_oss import bench_report as rep
-from mlx_oss import bench_runners as run
-from mlx_oss import device
+from mlx_oss.bench import report as rep
+from mlx_oss.bench import runners as run
+from mlx_oss.backend import device
 
 REEXEC_ENV = "MLX_OSS_BENCH_REEXEC"
 
@@ -74,7 +74,7 @@ def _maybe_reexec_with_openblas(blas: str, argv: list[str] | None = None) -> Non
     env["LD_PRELOAD"] = ":".join(x for x in (lib, env.get("LD_PRELOAD")) if x)
     env[REEXEC_ENV] = "1"
     args = sys.argv[1:] if argv is None else argv
-    os.execve(sys.executable, [sys.executable, "-m", "mlx_oss.cli", *args], env)
+    os.execve(sys.executable, [sys.executable, "-m", "mlx_oss.cli.main", *args], env)
 
 
 def _progress(quiet: bool):
@@ -89,12 +89,12 @@ def _progress(quiet: bool):
 
 def _compare_source(model_arg: str, converted: Path, explicit: str | None) -> Path:
     if explicit:
-        from convert.hub import download, is_repo_id
+        from mlx_oss.convert.hub import download, is_repo_id
 
         return Path(download(explicit)) if is_repo_id(explicit) else Path(explicit).expanduser()
     src = run.mlx_lm_source(converted)
     if src is None:
-        from convert.hub import download, is_repo_id
+        from mlx_oss.convert.hub import download, is_repo_id
 
         if is_repo_id(model_arg):
             return Path(download(model_arg))
@@ -106,7 +106,7 @@ def run_bench(a: argparse.Namespace, say) -> dict:
     """Everything the command measures, as one JSON-able dict."""
     from mlx_oss.config import ModelArgs
     from mlx_oss.info import describe
-    from mlx_oss.models import resolve_model
+    from mlx_oss.store import resolve_model
 
     path = resolve_model(a.model, status=say)
     args = ModelArgs.from_path(path)
@@ -151,7 +151,7 @@ def run_bench(a: argparse.Namespace, say) -> dict:
     peak = mx.get_peak_memory()
     turns = None
     if a.turns:
-        from mlx_oss import bench_multiturn as mt
+        from mlx_oss.bench import multiturn as mt
 
         u, an, f = (a.turn_tokens + [16, 16, 16])[:3]
         script = mt.script(ours.tokenizer, a.turns, u, an, f)
@@ -159,7 +159,7 @@ def run_bench(a: argparse.Namespace, say) -> dict:
         peak = max([peak] + [t["peak"] for t in turns])
         r["multiturn"] = mt.strip_tokens(turns)
     if a.effort_tokens:
-        from mlx_oss import bench_multiturn as mt
+        from mlx_oss.bench import multiturn as mt
 
         r["efforts"] = mt.run_efforts(ours.model, ours.tokenizer, "Why is the sky blue?", a.effort_tokens, say)
         peak = max(peak, mx.get_peak_memory())
@@ -181,7 +181,7 @@ def run_bench(a: argparse.Namespace, say) -> dict:
         if not a.no_graph:
             r["graph_nodes"] = run.count_graph_nodes(peer, vocab=args.vocab_size)
         if turns:
-            from mlx_oss import bench_multiturn as mt
+            from mlx_oss.bench import multiturn as mt
 
             r["multiturn"] = mt.run_mlx_lm(peer.model, turns, say)
         finish(peer, r, mx.get_peak_memory())

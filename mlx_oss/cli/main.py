@@ -12,12 +12,12 @@ import os
 import sys
 from typing import Callable
 
-from convert.errors import ConvertError
+from mlx_oss.errors import ConvertError
 
 
 def _cmd_convert(a: argparse.Namespace) -> int:
-    from convert.convert import convert_checkpoint, is_complete, verify_folder
-    from convert.hub import download, is_repo_id
+    from mlx_oss.convert.convert import convert_checkpoint, is_complete, verify_folder
+    from mlx_oss.convert.hub import download, is_repo_id
 
     src = download(a.src) if is_repo_id(a.src) else a.src
     if a.to == "mlx-lm":
@@ -41,7 +41,7 @@ def _cmd_convert(a: argparse.Namespace) -> int:
 
 
 def _export_mlx_lm(a: argparse.Namespace, src) -> int:
-    from convert.export_mlx_lm import export_mlx_lm
+    from mlx_oss.convert.export_mlx_lm import export_mlx_lm
 
     if a.dense_bits or a.verify:
         raise ConvertError("--dense-bits/--verify apply to --to mlx-oss; to export a dense-quantized model, convert with --dense-bits first")
@@ -98,7 +98,7 @@ def _optional_commands() -> list[tuple[str, Callable]]:
     import importlib.util
 
     found = []
-    for name, mod in (("generate", "mlx_oss.generate_cli"), ("chat", "tui.cli"), ("bench", "mlx_oss.bench")):
+    for name, mod in (("generate", "mlx_oss.cli.generate"), ("chat", "mlx_oss.tui.cli"), ("bench", "mlx_oss.bench.command")):
         if importlib.util.find_spec(mod) is not None:
             found.append((name, importlib.import_module(mod).register))
     return found

@@ -43,7 +43,7 @@ def _float_in(lo: float, hi: float, lo_open: bool = False):
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `generate` subcommand to the `mlx-oss` parser."""
-    from mlx_oss.models import DEFAULT_MODEL
+    from mlx_oss.store import DEFAULT_MODEL
 
     g = subparsers.add_parser(
         "generate",
@@ -140,7 +140,7 @@ def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     from mlx_oss.chat import Chat
     from mlx_oss.events import AnswerDelta, Done, ReasoningDelta, ToolCall
     from mlx_oss.loader import load
-    from mlx_oss.models import resolve_model
+    from mlx_oss.store import resolve_model
     from mlx_oss.sampling import SamplingConfig
 
     sampling = SamplingConfig(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p, seed=a.seed)

@@ -15,11 +15,11 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_oss.attention import Attention, full_mask, sliding_mask
-from mlx_oss.cache import KVCache, RotatingKVCache, make_cache
+from mlx_oss.nn.attention import Attention, full_mask, sliding_mask
+from mlx_oss.nn.cache import KVCache, RotatingKVCache, make_cache
 from mlx_oss.config import ModelArgs
-from mlx_oss.moe import MoE
-from mlx_oss.rope import YarnRoPE
+from mlx_oss.nn.moe import MoE
+from mlx_oss.nn.rope import YarnRoPE
 
 DEFAULT_PREFILL_CHUNK = 2048
 

@@ -199,7 +199,7 @@ def find_openblas(exists: Callable[[str], bool] | None = None) -> str | None:
 def openblas_threads(n: int | None = None, lib=None) -> int | None:
     """Threads of the OpenBLAS serving this process (set to `n` if given; -> the count before),
     None if there is none. OpenBLAS's own threads and our per-core MLX streams would fight over the
-    same cores, so a model split over streams runs OpenBLAS single-threaded (mlx_oss/speed.py)."""
+    same cores, so a model split over streams runs OpenBLAS single-threaded (mlx_oss/backend/cpu.py)."""
     if lib is None:
         import ctypes
 

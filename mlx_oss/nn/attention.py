@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlx_oss.config import ModelArgs
-from mlx_oss.rope import YarnRoPE
+from mlx_oss.nn.rope import YarnRoPE
 
 Mask = None | str | mx.array
 

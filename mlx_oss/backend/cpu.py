@@ -27,9 +27,9 @@ from typing import Iterable, Iterator
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_oss import device
-from mlx_oss.moe import DENSE_MIN_PAIRS, MoE
-from mlx_oss.streams import CPUStreams, cpu_cores, per_stream
+from mlx_oss.backend import device
+from mlx_oss.nn.moe import DENSE_MIN_PAIRS, MoE
+from mlx_oss.backend.streams import CPUStreams, cpu_cores, per_stream
 
 MAX_STREAMS = 8  # measured with 2 (this machine); more cores share the same memory bandwidth
 BLOCK_COLUMNS = 1024  # lm_head, one token, reference BLAS: 256 cols 282 ms, 1024 257 ms, 4096 392 ms

@@ -16,7 +16,7 @@ import mlx.nn as nn
 import numpy as np
 
 from mlx_oss.config import ModelArgs
-from mlx_oss.streams import per_stream
+from mlx_oss.backend.streams import per_stream
 
 # Prefill sorts (token, expert) pairs by expert so each expert's rows are contiguous for gather_qmm.
 # Below this many pairs the argsorts cost more than they save (benchmarks/model_speed.py moe_sort:
@@ -24,7 +24,7 @@ from mlx_oss.streams import per_stream
 SORT_MIN_PAIRS = 64
 
 
-# Dense prefill (CPU backend with an optimized BLAS, set by `mlx_oss.speed`): from this many
+# Dense prefill (CPU backend with an optimized BLAS, set by `mlx_oss.backend.cpu`): from this many
 # (token, expert) pairs a layer dequantizes each used expert once and runs its rows as one BLAS GEMM.
 # One 20b gate_up expert, 64 rows, OpenBLAS: gather_qmm ~4800 ms vs dequantize 119 ms + GEMM 70 ms
 # (benchmarks in docs/BENCH.md); with the reference BLAS the GEMM alone is slower than gather_qmm.
@@ -99,7 +99,7 @@ class MoE(nn.Module):
         self._alpha = float(args.swiglu_alpha)
         self._limit = float(args.swiglu_limit)
         self.dense_min_pairs: int | None = None  # None: always gather_qmm (see DENSE_MIN_PAIRS)
-        self.streams = None  # CPU backend: `speed.CPUStreams`, the experts' work shared among them
+        self.streams = None  # CPU backend: `backend.streams.CPUStreams`, the experts' work shared among them
 
     def route(self, x: mx.array) -> tuple[mx.array, mx.array]:
         """x [N, H] -> (expert indices [N, k] uint32, weights [N, k] float32)."""

@@ -1,0 +1,13 @@
+"""The one exception type for problems the user can fix (bad file, field, flag or parameter).
+
+The CLI prints str() as a single line (`mlx-oss: error: ...`) and exits 1, never a traceback; each
+part of the program raises a named kind of it so callers can still tell them apart.
+"""
+
+
+class UserError(Exception):
+    """A problem the user can fix; str() is a single line naming the file/field/parameter."""
+
+
+class ConvertError(UserError):
+    """Bad checkpoint input or a failed write in the converter (and the reader the loader shares)."""
