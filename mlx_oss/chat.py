@@ -13,7 +13,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import mlx.core as mx
 
@@ -178,6 +178,19 @@ class Chat:
         """User, assistant and tool messages so far (a copy)."""
         return list(self._history)
 
+    @history.setter
+    def history(self, messages: Sequence[Message]) -> None:
+        """Replace the conversation (edit a message, regenerate an answer, delete a message); the
+        next prompt reuses the cache up to where it differs from the old one."""
+        msgs = list(messages)
+        for i, m in enumerate(msgs):
+            if not isinstance(m, Message):
+                raise TypeError(f"history[{i}] is a {type(m).__name__}, not a harmony Message")
+            if m.role in (Role.SYSTEM, Role.DEVELOPER):
+                raise ValueError(f"history[{i}] is a {m.role.value} message; the settings make those")
+        self._close_active()
+        self._history = msgs
+
     @property
     def messages(self) -> Conversation:
         """The whole conversation: system and developer messages for the current settings, then the history."""
@@ -233,6 +246,22 @@ class Chat:
         (the system and developer messages)."""
         self._close_active()
         self._history = []
+
+    def warm(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Prefill the conversation so far into the cache, exactly as the next user turn's prompt
+        begins, so that turn prefills only its new message: what a reopened chat does in the
+        background. `progress(cached, total)` after each chunk; `cancel()` stops it.
+        -> the tokens now cached. Raises ContextLengthError if the conversation does not fit."""
+        self._close_active()
+        hist = prune_analysis(self._history + [Message.user("")])[:-1]  # the next turn drops this reasoning
+        tokens, boundaries = self._render(hist)
+        end = boundaries[-1]  # the last message's end: after it the next prompt differs
+        self._cancel.clear()
+        try:
+            self.engine.prefill(tokens[:end], self._cancel.is_set, boundaries[:-1], progress=progress)
+        finally:
+            self.engine.settle()
+        return len(self.engine.tokens)
 
     # ------------------------------------------------------------------ generation
 

@@ -31,6 +31,7 @@ from mlx_oss.sampling import Sampler
 __all__ = ["ContextLengthError", "Engine", "Generation", "Snapshot"]
 
 Stop = Callable[[], bool]
+Progress = Callable[[int, int], None]
 
 
 class ContextLengthError(ValueError):
@@ -177,10 +178,12 @@ class Engine:
 
     # ------------------------------------------------------------------ forward
 
-    def _prefill(self, tokens: list[int], should_stop: Stop, total: int, want_logits: bool) -> mx.array | bool:
+    def _prefill(
+        self, tokens: list[int], should_stop: Stop, total: int, want_logits: bool, progress: Progress | None = None
+    ) -> mx.array | bool:
         """Feed `tokens` chunk by chunk (cancellable between chunks). -> the last position's logits
         (evaluated) if `want_logits`, else True; False if stopped. `total`: the prompt's length, so
-        full-layer caches grow once."""
+        full-layer caches grow once; `progress(cached, total)` after each chunk."""
         logits = None
         for s in range(0, len(tokens), self.prefill_chunk):
             if should_stop():
@@ -195,11 +198,14 @@ class Engine:
             for c in self.cache:
                 if isinstance(c, KVCache) and c.keys is not None:
                     c.reserve(total)
+            if progress is not None:
+                progress(len(self._tokens), total)
         return logits if want_logits else True
 
     def prefill(
-        self, prompt: list[int], should_stop: Stop | None = None, boundaries: Iterable[int] = ()
-    ) -> tuple[mx.array | None, int]:
+        self, prompt: list[int], should_stop: Stop | None = None, boundaries: Iterable[int] = (),
+        progress: Progress | None = None,
+    ) -> tuple[mx.array | None, int]:  # fmt: skip
         """Make the caches hold `prompt`, reusing what they can; -> (logits [1, vocab] of its last
         position or None if stopped, reused tokens).
 
@@ -207,6 +213,7 @@ class Engine:
         (the Chat passes the end of the system/developer messages and of the last message, so that
         a new conversation with the same settings, or a turn that ended without an assistant
         message, e.g. cancelled, does not force a full re-prefill). Each costs one more forward call.
+        `progress(cached, total)` is called after each chunk (a reopened chat's progress bar).
         """
         self.check_prompt(prompt)
         stop = should_stop or (lambda: False)
@@ -214,7 +221,7 @@ class Engine:
         cuts = sorted({b for b in boundaries if keep < b < len(prompt)}) + [len(prompt)]
         start, out = keep, None
         for end in cuts:
-            out = self._prefill(prompt[start:end], stop, len(prompt), want_logits=end == len(prompt))
+            out = self._prefill(prompt[start:end], stop, len(prompt), want_logits=end == len(prompt), progress=progress)
             if out is False:
                 return None, keep
             self.snapshot("prompt")
