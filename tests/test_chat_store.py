@@ -16,11 +16,8 @@ from pathlib import Path
 import pytest
 
 from mlx_oss.harmony import Message
-from tui import datadir, storage
-from tui.storage import SCHEMA_VERSION, ChatStore, ChatStoreError, auto_title
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from mlx_oss.tui import datadir, storage
+from mlx_oss.tui.storage import SCHEMA_VERSION, ChatStore, ChatStoreError, auto_title
 
 def conversation(question: str, answer: str, reasoning: str = "Let me think.") -> list[dict]:
     return [Message.user(question).to_dict(), Message.assistant(reasoning, channel="analysis").to_dict(),
@@ -275,7 +272,7 @@ def test_locked_file_is_never_moved(tmp_path):
 WRITER = textwrap.dedent(
     """
     import sys, time
-    from tui.storage import ChatStore
+    from mlx_oss.tui.storage import ChatStore
     path, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     s = ChatStore(path)
     shared = int(sys.argv[4]) if len(sys.argv) > 4 else None
@@ -292,8 +289,7 @@ WRITER = textwrap.dedent(
 def _writer(tmp_path: Path, *args: str) -> subprocess.Popen:
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
 
 
 def test_two_processes_on_one_database(tmp_path):
@@ -346,7 +342,6 @@ def test_schema_statements_split_triggers_whole():
 
 def test_store_does_not_import_mlx(tmp_path):
     """`mlx-oss chat --list` must be instant: the store and data folder never load MLX."""
-    code = f"import sys; from tui.storage import ChatStore; ChatStore({str(tmp_path / 'db')!r}).list(); print('mlx' in sys.modules)"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    code = f"import sys; from mlx_oss.tui.storage import ChatStore; ChatStore({str(tmp_path / 'db')!r}).list(); print('mlx' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr[-300:]

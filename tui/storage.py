@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from convert.errors import ConvertError
+from mlx_oss.errors import UserError
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "ChatInfo", "ChatStore", "ChatStoreError", "auto_title", "message_text"]
 
@@ -35,7 +35,7 @@ TITLE_CHARS = 60
 JSON_VERSION = 1  # the `version` of Chat.to_json() this module writes back
 
 
-class ChatStoreError(ConvertError):
+class ChatStoreError(UserError):
     """The chat database cannot be used as it is; str() is one line naming the file and what to do."""
 
 
