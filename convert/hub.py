@@ -17,8 +17,12 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def is_repo_id(name: str) -> bool:
-    """`org/name` that is not an existing local path."""
-    return bool(_REPO_ID.fullmatch(name)) and not Path(name).expanduser().exists()
+    """`org/name` that is not a local path: it does not exist, and neither does its `org` part as a
+    local folder (`models/gpt-oss-20b` next to a `models/` folder is a mistyped path, not a Hub id)."""
+    if not _REPO_ID.fullmatch(name):
+        return False
+    p = Path(name).expanduser()
+    return not p.exists() and not p.parent.is_dir()
 
 
 def download(repo_id: str, revision: str | None = None) -> Path:
@@ -33,4 +37,4 @@ def download(repo_id: str, revision: str | None = None) -> Path:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HF_PATTERNS))
     except Exception as e:  # network, auth, not-found: all become one line for the user
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConvertError(f"{repo_id}: download from the Hugging Face Hub failed ({msg})") from None
+        raise ConvertError(f"{repo_id}: no such local folder, and the download from the Hugging Face Hub failed ({msg})") from None

@@ -37,10 +37,16 @@ from mlx_oss.harmony import (
 from mlx_oss.sampling import Sampler, SamplingConfig
 from mlx_oss.tools import Tool, as_tools, parse_arguments, run_tool
 
-__all__ = ["Chat", "ContextLengthError"]
+__all__ = ["Chat", "ContextLengthError", "vocabulary_problem"]
 
 _FUNCTIONS = "functions."
 JSON_VERSION = 1
+
+
+def _calls(calls: Sequence[ToolCall]) -> str:
+    """`the call to functions.a` / `the calls to functions.a, functions.b` (for stop notes)."""
+    names = ", ".join(dict.fromkeys(c.recipient or c.name for c in calls)) or "none"
+    return f"the call{'s' if len(calls) > 1 else ''} to {names}"
 
 
 def _effort(value: str | ReasoningEffort) -> ReasoningEffort:
@@ -48,6 +54,19 @@ def _effort(value: str | ReasoningEffort) -> ReasoningEffort:
         return ReasoningEffort(value.lower() if isinstance(value, str) else value)
     except ValueError:
         raise ValueError(f"reasoning_effort must be low, medium or high, not {value!r}") from None
+
+
+def vocabulary_problem(model, tokenizer) -> str | None:
+    """Why `model` cannot chat with `tokenizer` (None if it can): every id harmony renders must have
+    an embedding row, else the first prompt would index past the table (see `check_token_ids`)."""
+    rows, needed = model.args.vocab_size, tokenizer.n_vocab
+    if rows >= needed:
+        return None
+    where = getattr(model, "source", None)
+    return (
+        f"{where or 'the model'}: vocabulary of {rows} tokens, but the o200k_harmony tokenizer needs {needed} "
+        f"(ids up to {needed - 1}); this model cannot chat (synthetic models: use the 'tiny-chat' preset)"
+    )
 
 
 def _response_format(schema: dict[str, Any] | ResponseFormat | None) -> ResponseFormat | None:
@@ -100,6 +119,9 @@ class Chat:
         max_tool_rounds: int = 8,
         date: str | None = None,
     ) -> None:
+        problem = vocabulary_problem(model, tokenizer)
+        if problem:
+            raise ValueError(problem)
         self.model = model
         self.tokenizer = tokenizer
         self.reasoning_effort = reasoning_effort
@@ -311,7 +333,7 @@ class Chat:
         mx.reset_peak_memory()
         turn = _Turn()
         sampler = Sampler(self.sampling)
-        stop_reason, error = "stop", None
+        stop_reason, error, detail = "stop", None, None
         try:
             while True:
                 remaining = None if self._max_tokens is None else self._max_tokens - turn.generated
@@ -319,9 +341,14 @@ class Chat:
                     stop_reason = "length"
                     break
                 stop_reason = yield from self._round(prompt, boundaries, sampler, remaining, turn, t0)
-                if stop_reason != "tool_call" or turn.rounds >= self.max_tool_rounds:
+                if stop_reason != "tool_call":
                     break
-                if not (yield from self._run_tools(turn)):
+                pending = self.pending_tool_calls()
+                if turn.rounds >= self.max_tool_rounds:
+                    detail = f"tool round limit ({self.max_tool_rounds}) reached; {_calls(pending)} not run"
+                    break
+                detail = yield from self._run_tools(turn, pending)
+                if detail is not None:
                     break
                 prompt, boundaries = self._render()
                 if len(prompt) >= self.engine.max_context:
@@ -331,7 +358,7 @@ class Chat:
             self.engine.reset()
             first = (str(e).strip().splitlines() or [""])[0]
             stop_reason, error = "error", f"{type(e).__name__}: {first}" if first else type(e).__name__
-        stats = self._stats(turn, stop_reason, error)
+        stats = self._stats(turn, stop_reason, error, detail if stop_reason == "tool_call" else None)
         answer = "".join(turn.answer)
         parsed = None
         if self._response_format is not None and answer.strip():
@@ -406,31 +433,33 @@ class Chat:
             if m.text and m.recipient is None and m.role is Role.ASSISTANT:
                 self._history.append(m)
 
-    def _run_tools(self, turn: _Turn):
+    def _run_tools(self, turn: _Turn, pending: list[ToolCall]):
         """With auto_tools, answer the pending calls of callable tools (errors and unknown tools get an
-        error text the model can react to); yields ToolResult events. -> True if no call is left
-        for the caller (generation continues), False if some tool is the caller's to run."""
-        pending = self.pending_tool_calls()
-        if not self.auto_tools or not pending:
-            return False
+        error text the model can react to); yields ToolResult events. -> None if generation continues,
+        else why it stops here (the `Stats.stop_detail` of a "tool_call" stop)."""
+        if not pending:
+            return "the model ended its turn with <|call|> but wrote no complete tool call"
+        if not self.auto_tools:
+            return f"{_calls(pending)} not run (auto_tools is off: answer with add_tool_result)"
         by_name = {t.name: t for t in self._tools}
-        left = False
+        left = []
         for call in pending:
             tool = by_name.get(call.name) if call.recipient.startswith(_FUNCTIONS) else None
             if tool is not None and tool.fn is None:
-                left = True  # a schema-only tool: the caller answers it with add_tool_result
+                left.append(call)  # a schema-only tool: the caller answers it with add_tool_result
                 continue
             if tool is None:
-                content, failed = f"Error: unknown tool {call.recipient!r}", True
+                have = ", ".join(t.name for t in self._tools) or "none configured"
+                content, failed = f"Error: unknown tool {call.recipient!r} (tools: {have})", True
             elif call.error is not None:
                 content, failed = f"Error: {call.error}", True
             else:
                 content, failed = run_tool(tool, call.arguments)
             self._history.append(Message.tool_result(call.recipient, content))
             yield ToolResult(call.name, content, call.id, failed)
-        return not left
+        return f"waiting for the result of {_calls(left)} (schema-only: answer with add_tool_result)" if left else None
 
-    def _stats(self, turn: _Turn, stop_reason: str, error: str | None) -> Stats:
+    def _stats(self, turn: _Turn, stop_reason: str, error: str | None, detail: str | None = None) -> Stats:
         return Stats(
             prompt_tokens=turn.prompt_tokens,
             reused_tokens=turn.reused,
@@ -449,6 +478,7 @@ class Chat:
             prefill_s=turn.prefill_s,
             decode_s=turn.decode_s,
             rounds=turn.rounds,
+            stop_detail=detail,
         )
 
     # ------------------------------------------------------------------ save / reopen

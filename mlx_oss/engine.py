@@ -28,7 +28,7 @@ from mlx_oss.nn.cache import CacheState, KVCache, RotatingKVCache
 from mlx_oss.harmony import common_prefix_length
 from mlx_oss.sampling import Sampler
 
-__all__ = ["ContextLengthError", "Engine", "Generation", "Snapshot"]
+__all__ = ["ContextLengthError", "Engine", "Generation", "Snapshot", "check_token_ids"]
 
 Stop = Callable[[], bool]
 Progress = Callable[[int, int], None]
@@ -36,6 +36,17 @@ Progress = Callable[[int, int], None]
 
 class ContextLengthError(ValueError):
     """The prompt does not fit the context limit (raised before any compute)."""
+
+
+def check_token_ids(tokens: list[int], vocab_size: int) -> None:
+    """Refuse ids the embedding has no row for: MLX does not bounds-check a gather, so an id past the
+    vocabulary reads arbitrary memory (a segfault on the CPU backend) instead of raising."""
+    lo, hi = min(tokens), max(tokens)
+    if lo < 0 or hi >= vocab_size:
+        bad = hi if hi >= vocab_size else lo
+        raise ValueError(
+            f"token id {bad} (position {tokens.index(bad)}) is outside the model's vocabulary of {vocab_size} ids"
+        )
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,7 @@ class Engine:
         """Raise ContextLengthError unless `prompt` leaves room for at least one generated token."""
         if not prompt:
             raise ValueError("empty prompt")
+        check_token_ids(prompt, self.model.args.vocab_size)
         if len(prompt) >= self.max_context:
             raise ContextLengthError(
                 f"prompt is {len(prompt)} tokens but the context limit is {self.max_context} "

@@ -11,3 +11,7 @@ class UserError(Exception):
 
 class ConvertError(UserError):
     """Bad checkpoint input or a failed write in the converter (and the reader the loader shares)."""
+
+
+class UsageError(UserError):
+    """A bad argument found after parsing (`mlx-oss` exits 2 for it, like argparse's own errors)."""

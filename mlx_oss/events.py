@@ -71,7 +71,8 @@ class Stats:
 
     `prompt_tokens` is the length of the last prompt; `reused_tokens`/`prefilled_tokens` add up over
     rounds (reused + prefilled == prompt tokens for a single round). `ttft_s` is from the start of
-    the stream to the first sampled token. `stop_reason` is one of `STOP_REASONS`.
+    the stream to the first sampled token. `stop_reason` is one of `STOP_REASONS`; `stop_detail` says why
+a "tool_call" stop happened (round limit, a schema-only tool to answer, auto_tools off).
     """
 
     prompt_tokens: int = 0
@@ -91,6 +92,7 @@ class Stats:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     rounds: int = 0
+    stop_detail: str | None = None  # for "tool_call": which calls were left unrun and why
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -6,14 +6,13 @@ can check whether gpt-oss-120b fits their Mac before downloading 65 GB.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlx_oss.errors import ConvertError
 from mlx_oss.config import Dims
 from mlx_oss.convert.layouts import Spec, our_specs
-from mlx_oss.convert.reader import dims_for, detect_layout, open_source
+from mlx_oss.convert.reader import _load_json, detect_layout, dims_for, open_source
 from mlx_oss.convert.safetensors_io import nbytes_of
 
 DTYPE_BYTES = {"bfloat16": 2, "float32": 4}
@@ -82,7 +81,7 @@ def describe(path: str | Path) -> ModelInfo:
     path = Path(path).expanduser()
     specs: list[Spec]
     if path.is_file() and path.name.endswith(".json"):
-        cfg = json.loads(path.read_text())
+        cfg = _load_json(path)  # a bad file is named in one line
         layout = "mlx-oss" if cfg.get("format") == "mlx-oss" else "hf" if cfg.get("model_type") == "gpt_oss" else "original"
         dims = dims_for(layout, cfg, path)
         specs = list(our_specs(dims))

@@ -111,6 +111,7 @@ def load_model(path: str | Path, dtype: str | mx.Dtype | None = None) -> Model:
     cpu.prepare(model)  # backend-specific layouts (CPU: transposed lm_head), docs/BENCH.md
     model.load_weights(_evaluated(((n, _cast(n, a, dt)) for n, a in cpu.adapt_weights(model, weights, dt))), strict=True)
     model.eval()
+    model.source = path  # the folder it came from, for error messages (e.g. Chat's vocabulary check)
     return model
 
 

@@ -32,7 +32,7 @@ def resolve_model(name: str, *, progress: bool = True, status: Callable[[str], N
         dst = cache_home() / name.replace("/", "--")
         if is_complete(dst):
             return dst
-        say(f"downloading {name} from the Hugging Face Hub")
+        say(f"{name} is not a local folder: downloading it from the Hugging Face Hub")
         src = download(name)
     else:
         src = Path(name).expanduser()

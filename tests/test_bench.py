@@ -170,7 +170,7 @@ def test_table_json_csv():
     assert "Apple M3 Max" in table and "40 GPU cores" in table and "400.0 GB/s" in table
     line = next(x for x in table.splitlines() if x.startswith("| pp512"))
     assert "20.00 ± 1.00" in line and "10.00 ± 1.00" in line and line.rstrip(" |").endswith("2.00x")
-    assert "tg32 @ d32768" in table and "100.0% of 8.00" in table
+    assert "tg32 @ d32768" in table and "100.0% of 8.00 tok/s" in table
     assert next(x for x in table.splitlines() if x.startswith("| peak memory")).rstrip(" |").endswith("0.50x")
     assert "graph nodes / decode step" in table and "TTFT turn 10 / turn 2 = 1.08x" in table
     assert json.loads(rep.to_json(r))["engines"]["mlx-lm"]["peak_memory_bytes"] == int(6e9)

@@ -302,6 +302,27 @@ def test_tool_rounds_are_capped(model_tok):
     r = chat.ask("loop")
     assert r.stats.rounds == 2 and r.stats.stop_reason == "tool_call" and len(r.tool_calls) == 2
     assert len(chat.pending_tool_calls()) == 1  # the last call is left for the caller (or send())
+    assert r.stats.stop_detail == "tool round limit (2) reached; the call to functions.get_weather not run"
+
+
+@pytest.mark.parametrize(
+    ("tools", "auto", "detail"),
+    [
+        ([], True, "tool round limit (2) reached"),  # no tools configured: each call answered "unknown tool"
+        (["schema"], True, "waiting for the result of the call to functions.lookup (schema-only"),
+        ([get_weather], False, "the call to functions.lookup not run (auto_tools is off"),
+    ],
+)
+def test_a_tool_call_stop_says_why(model_tok, tools, auto, detail):
+    """The stop notes (TUI, generate) come from `stop_detail`: never a round limit that did not happen."""
+    model, tok = model_tok
+    schema = {"name": "lookup", "description": "Look up.", "parameters": {"type": "object", "properties": {}}}
+    chat = mlx_oss.Chat(model, tok, tools=[schema if t == "schema" else t for t in tools], auto_tools=auto, max_tool_rounds=2)
+    use(chat, reply(tok, call=("lookup", "{}")) * 3)
+    r = chat.ask("go")
+    assert r.stats.stop_reason == "tool_call" and r.stats.stop_detail.startswith(detail)
+    if not tools:
+        assert "unknown tool 'functions.lookup' (tools: none configured)" in chat.history[2].text
 
 
 def test_caller_runs_schema_tools(model_tok):

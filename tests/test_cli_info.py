@@ -1,6 +1,8 @@
 """`mlx-oss info`, Hub ids and the convert-once model cache."""
 
 import json
+import shutil
+import subprocess
 import sys
 
 import pytest
@@ -90,10 +92,26 @@ def test_hub_errors_and_missing_extra_are_one_line(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(huggingface_hub, "snapshot_download", boom)
     assert main(["convert", "openai/gpt-oss-20b", "dst"]) == 1
     err = capsys.readouterr().err
-    assert err == "mlx-oss: error: openai/gpt-oss-20b: download from the Hugging Face Hub failed (Cannot reach huggingface.co)\n"
+    assert err == ("mlx-oss: error: openai/gpt-oss-20b: no such local folder, and the download from the Hugging Face Hub "
+                   "failed (Cannot reach huggingface.co)\n")
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     assert main(["convert", "openai/gpt-oss-20b", "dst"]) == 1
     assert "pip install 'mlx-oss[hub]'" in capsys.readouterr().err
+
+
+def test_a_mistyped_relative_path_is_not_sent_to_the_hub(tmp_path, monkeypatch, capsys):
+    """`-m models/gpt-oss-20b` next to a `models/` folder is a path that does not exist, not a Hub id."""
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: calls.append(a))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    for argv in (["generate", "-m", "models/gpt-oss-20b", "x"], ["info", "models/gpt-oss-20b"],
+                 ["convert", "models/gpt-oss-20b", "out"]):  # fmt: skip
+        assert main(argv) == 1
+        assert capsys.readouterr().err == "mlx-oss: error: models/gpt-oss-20b: no such file or folder\n"
+    assert calls == []
 
 
 def test_resolve_model_converts_once_into_cache(tiny_hub, tmp_path, monkeypatch):
@@ -110,3 +128,23 @@ def test_resolve_model_converts_once_into_cache(tiny_hub, tmp_path, monkeypatch)
     assert resolve_model(str(first)) == first  # a converted folder is used as it is
     local = resolve_model(str(tiny_hub / "original"), progress=False)
     assert local.parent == tmp_path / "home" and (local / "manifest.json").is_file()
+
+
+def test_info_names_a_bad_config_json(tiny_converted, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_converted, bad)
+    (bad / "config.json").write_text("{bad")
+    for target in (bad, bad / "config.json"):
+        assert main(["info", str(target)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"mlx-oss: error: {bad / 'config.json'}: not valid JSON") and err.count("\n") == 1
+
+
+def test_a_closed_pipe_ends_quietly_like_other_unix_tools(tiny_converted):
+    """`mlx-oss info X | head -1`: no BrokenPipeError traceback, the SIGPIPE status (141)."""
+    p = subprocess.Popen([sys.executable, "-m", "mlx_oss.cli.main", "info", str(tiny_converted), "--context", ",".join(["4096"] * 2000)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    p.stdout.readline()
+    p.stdout.close()  # the reader goes away while info still writes
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and err == ""

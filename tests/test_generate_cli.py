@@ -156,3 +156,35 @@ def test_real_load_through_console_script(tiny_chat_converted):
     assert p.returncode == 0, p.stderr
     stats = json.loads(p.stdout)["stats"]
     assert stats["stop_reason"] == "length" and stats["generated_tokens"] == 4
+
+
+def test_instructions_at_file_reads_it_in_generate_as_in_chat(tiny_chat_converted, loaded, fast_load, monkeypatch, capsys, tmp_path):
+    """-s @FILE is the file's text (missing file: an argument error), -s @@x the literal @x; same parser as chat."""
+    from mlx_oss.cli.main import build_parser
+
+    f = tmp_path / "sys.txt"
+    f.write_text("Answer in French.")
+    m = ["--model", str(tiny_chat_converted)]
+    assert build_parser().parse_args(["generate", "-s", f"@{f}", "x"]).instructions == "Answer in French."
+    assert build_parser().parse_args(["chat", "-s", f"@{f}"]).instructions == "Answer in French."
+    assert build_parser().parse_args(["generate", "-s", "@@handle", "x"]).instructions == "@handle"
+    lengths = {}
+    for how in ("literal", "file"):
+        script(monkeypatch, loaded[1], HARMONY)
+        rc, out, _ = run(capsys, *m, "--json", "-s", "Answer in French." if how == "literal" else f"@{f}", "q")
+        lengths[how] = json.loads(out)["stats"]["prompt_tokens"]
+    assert lengths["file"] == lengths["literal"]
+    for cmd in (["generate", *m, "-s", f"@{tmp_path / 'missing.txt'}", "x"], ["chat", "-s", f"@{tmp_path / 'missing.txt'}"]):
+        with pytest.raises(SystemExit) as e:
+            main(cmd)
+        assert e.value.code == 2 and "cannot read the instructions file" in capsys.readouterr().err
+    assert "@FILE" in build_parser()._subparsers._group_actions[0].choices["generate"].format_help()
+
+
+def test_json_mode_prints_an_error_object_on_stdout(tiny_chat_converted, fast_load, capsys):
+    rc, out, err = run(capsys, "--model", str(tiny_chat_converted), "--json", "--max-context", "30", "x")
+    assert rc == 1 and "context limit is 30" in err
+    e = json.loads(out)["error"]
+    assert e["type"] == "context_length_exceeded" and "context limit is 30" in e["message"]
+    rc, out, err = run(capsys, "--model", str(tiny_chat_converted), "--json", "--max-context", "999999", "x")
+    assert rc == 2 and json.loads(out)["error"]["type"] == "invalid_argument"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import datetime
 
 import pytest
@@ -27,16 +29,29 @@ def test_chat_subcommand_is_registered_with_its_options():
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--temperature", "-1"], "temperature must be >= 0"),
-        (["--max-context", "0"], "--max-context must be positive"),
+        (["--temperature", "-1"], "--temperature/--temp: must be in [0, 100], got -1"),
+        (["--max-context", "0"], "--max-context: must be at least 2, got 0"),
+        (["--max-tokens", "-1"], "--max-tokens: must be at least 1, got -1"),
         (["--tools", "/does/not/exist.py"], "no such file"),
         (["--instructions", "@/does/not/exist.txt"], "cannot read the instructions file"),
     ],
 )
-def test_bad_options_fail_before_the_app_starts(argv, message, capsys):
-    assert main(["chat", "--model", "/nowhere", *argv]) == 1
+def test_bad_options_fail_before_the_app_starts_with_generates_exit_code(argv, message, capsys):
+    """Argument errors exit 2 with argparse's `usage` + one error line, in chat as in generate."""
+    try:
+        rc = main(["chat", "--model", "/nowhere", *argv])
+    except SystemExit as e:  # argparse's own type errors
+        rc = e.code
     err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert rc == 2 and message in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+def test_chat_without_a_terminal_exits_at_once_with_one_line(tmp_path):
+    """Textual spins at 100% CPU on a missing terminal; chat must refuse before loading anything."""
+    r = subprocess.run([sys.executable, "-m", "mlx_oss.cli.main", "chat", "--model", str(tmp_path / "none")],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "needs a terminal" in r.stderr and "mlx-oss generate" in r.stderr
 
 
 def test_tools_file_public_functions_become_tools(tmp_path):

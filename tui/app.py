@@ -509,7 +509,8 @@ class ChatApp(App[int]):
         elif reason == "context":
             await w.add_note("Stopped: the context is full. Start a new chat (ctrl+n) or raise --max-context.", kind="notice")
         elif reason == "tool_call":
-            await w.add_note("Stopped after a tool call that was not run (tool round limit reached).", kind="notice")
+            detail = getattr(s, "stop_detail", None) or "a tool call was not run"
+            await w.add_note(f"Stopped: {detail}.", kind="notice")
         elif reason == "length":
             await w.add_note("Stopped at the --max-tokens limit.", kind="notice")
 

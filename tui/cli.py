@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import inspect
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from mlx_oss.errors import ConvertError
+from mlx_oss.errors import ConvertError, UserError
 
 __all__ = ["load_tools_file", "register", "run_chat"]
 
@@ -49,6 +50,7 @@ def load_tools_file(path: str | Path) -> list[Callable[..., Any]]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `chat` subcommand."""
+    from mlx_oss.cli.generate import INSTRUCTIONS_HELP, context_int, float_in, instructions_arg, non_negative_int, positive_int
     from mlx_oss.store import DEFAULT_MODEL
 
     c = subparsers.add_parser(
@@ -63,18 +65,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "Hub models are downloaded and converted once into ~/.cache/mlx-oss)")  # fmt: skip
     c.add_argument("--reasoning-effort", "-r", choices=["low", "medium", "high"], default="medium",
                    help="initial reasoning effort (ctrl+t switches it in the chat)")  # fmt: skip
-    c.add_argument("--instructions", "--system", "-s", default=None, metavar="TEXT",
-                   help="developer instructions (the system prompt); @FILE reads them from a file")  # fmt: skip
+    c.add_argument("--instructions", "--system", "-s", default=None, metavar="TEXT", type=instructions_arg,
+                   help=INSTRUCTIONS_HELP)
     c.add_argument("--tools", default=None, metavar="FILE.py",
                    help="Python file whose public functions become tools the model can call")  # fmt: skip
     c.add_argument("--hide-reasoning", action="store_true", help="do not show the reasoning (analysis channel)")
-    c.add_argument("--temperature", "--temp", type=float, default=1.0, help="sampling temperature (default 1.0; 0 = greedy)")
-    c.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0 = off)")
-    c.add_argument("--top-k", type=int, default=0, help="top-k sampling (default 0 = off)")
-    c.add_argument("--min-p", type=float, default=0.0, help="min-p sampling (default 0 = off)")
+    c.add_argument("--temperature", "--temp", type=float_in(0, 100), default=1.0, help="sampling temperature (default 1.0; 0 = greedy)")
+    c.add_argument("--top-p", type=float_in(0, 1, lo_open=True), default=1.0, help="nucleus sampling (default 1.0 = off)")
+    c.add_argument("--top-k", type=non_negative_int, default=0, help="top-k sampling (default 0 = off)")
+    c.add_argument("--min-p", type=float_in(0, 1), default=0.0, help="min-p sampling (default 0 = off)")
     c.add_argument("--seed", type=int, default=None, help="random seed for reproducible replies")
-    c.add_argument("--max-tokens", type=int, default=None, help="maximum tokens per reply (default: until done)")
-    c.add_argument("--max-context", type=int, default=None,
+    c.add_argument("--max-tokens", type=positive_int, default=None, help="maximum tokens per reply (default: until done)")
+    c.add_argument("--max-context", type=context_int, default=None,
                    help="context limit in tokens (default: the model's, 131072); lower it to bound memory")  # fmt: skip
     c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="compute dtype (default: bf16 on Metal, f32 on CPU)")  # fmt: skip
@@ -83,30 +85,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.set_defaults(func=run_chat)
 
 
-def _instructions(value: str | None) -> str | None:
-    if value and value.startswith("@"):
-        p = Path(value[1:]).expanduser()
-        try:
-            return p.read_text(encoding="utf-8")
-        except OSError as e:
-            raise ConvertError(f"{p}: cannot read the instructions file ({e.strerror or e})") from None
-    return value
-
-
 def run_chat(a: argparse.Namespace) -> int:
     """Validate the options before the full-screen app starts, then run it."""
+    from mlx_oss.errors import UsageError
     from mlx_oss.sampling import SamplingConfig
     from mlx_oss.tui.app import ChatApp, ChatOptions, engine_loader, model_label
 
     sampling = SamplingConfig(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p, seed=a.seed)
-    for flag in ("max_tokens", "max_context"):
-        v = getattr(a, flag)
-        if v is not None and v <= 0:
-            raise ConvertError(f"--{flag.replace('_', '-')} must be positive, got {v}")
+    try:
+        tools = load_tools_file(a.tools) if a.tools else None
+    except ConvertError as e:  # like generate's --tools: a bad argument
+        raise UsageError(f"--tools: {e}") from None
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):  # Textual would spin on a missing terminal
+        raise UserError("mlx-oss chat needs a terminal (stdin and stdout are not one); "
+                           "for a prompt from a script or a pipe use `mlx-oss generate`")  # fmt: skip
     options = ChatOptions(
         reasoning_effort=a.reasoning_effort,
-        instructions=_instructions(a.instructions),
-        tools=load_tools_file(a.tools) if a.tools else None,
+        instructions=a.instructions,
+        tools=tools,
         sampling=sampling,
         max_tokens=a.max_tokens,
         max_context=a.max_context,

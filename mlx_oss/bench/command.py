@@ -33,21 +33,23 @@ def _int_list(s: str) -> list[int]:
 
 def register(sub) -> None:
     """Add the `bench` subcommand to the mlx-oss CLI."""
+    from mlx_oss.store import DEFAULT_MODEL
+
     b = sub.add_parser("bench", help="prefill/decode speed, TTFT, memory, multi-turn, roofline; --compare mlx-lm")
-    b.add_argument("--model", "-m", default="openai/gpt-oss-20b", help="Hub id, checkpoint or converted folder")
+    b.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"Hub id, checkpoint or converted folder (default {DEFAULT_MODEL})")
     b.add_argument("-p", "--prompt", type=_int_list, default=[512], help="prefill sizes, e.g. 512,2048 (default 512)")
     b.add_argument("-g", "--gen", type=int, default=128, help="decode tokens per run (default 128)")
-    b.add_argument("-d", "--depth", type=_int_list, default=[0], help="context depths for decode, e.g. 0,4096,32768")
+    b.add_argument("-d", "--depth", type=_int_list, default=[0], help="context depths for decode, e.g. 0,4096,32768 (default 0)")
     b.add_argument("-r", "--reps", type=int, default=3, help="repetitions after one warm-up (default 3)")
     b.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="default: the device's")
-    b.add_argument("--seed", type=int, default=0, help="seed of the random prompt tokens (same for every engine)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the random prompt tokens, the same for every engine (default 0)")
     b.add_argument("--compare", choices=["mlx-lm"], default=None, help="also run mlx-lm's gpt_oss model, same tokens")
     b.add_argument("--compare-model", default=None, help="checkpoint for mlx-lm (HF layout); default: the source of --model")
     b.add_argument("--compare-dtype", default=None, help="mlx-lm's dtype (default: float32 on the CPU backend, else bfloat16)")
-    b.add_argument("--turns", type=int, default=10, help="multi-turn scenario: chat turns (0: skip)")
+    b.add_argument("--turns", type=int, default=10, help="multi-turn scenario: chat turns (default 10; 0: skip)")
     b.add_argument("--turn-tokens", type=_int_list, default=[32, 16, 16], metavar="USER,REASONING,ANSWER",
                    help="tokens per turn: user message, reasoning, answer (default 32,16,16)")  # fmt: skip
-    b.add_argument("--effort-tokens", type=int, default=0, help="per-reasoning-effort run: max tokens per effort (0: skip)")
+    b.add_argument("--effort-tokens", type=int, default=0, help="per-reasoning-effort run: max tokens per effort (default 0: skip)")
     b.add_argument("--no-graph", action="store_true", help="skip counting graph nodes per decode step")
     b.add_argument("--bandwidth", type=float, default=None, metavar="GB/S", help="memory bandwidth for the roofline (default: table on Apple, else measured)")
     b.add_argument("--blas", choices=["auto", "openblas", "reference"], default=os.environ.get("MLX_OSS_BLAS", "auto"),
@@ -150,7 +152,14 @@ def run_bench(a: argparse.Namespace, say) -> dict:
         r["graph_nodes"] = run.count_graph_nodes(twin, vocab=twin.model.args.vocab_size)
     peak = mx.get_peak_memory()
     turns = None
-    if a.turns:
+    from mlx_oss.chat import vocabulary_problem
+
+    cannot_chat = vocabulary_problem(ours.model, ours.tokenizer)
+    chat_parts = [flag for flag, on in (("--turns", a.turns), ("--effort-tokens", a.effort_tokens)) if on]
+    if cannot_chat and chat_parts:  # the speed runs use ids below the vocabulary; chats need harmony's
+        result["skipped"] = {"parts": chat_parts, "reason": cannot_chat}
+        say(f"skipping the chat parts ({', '.join(chat_parts)}): {cannot_chat}")
+    if a.turns and not cannot_chat:
         from mlx_oss.bench import multiturn as mt
 
         u, an, f = (a.turn_tokens + [16, 16, 16])[:3]
@@ -158,7 +167,7 @@ def run_bench(a: argparse.Namespace, say) -> dict:
         turns = mt.run_ours(ours.model, ours.tokenizer, script, say)
         peak = max([peak] + [t["peak"] for t in turns])
         r["multiturn"] = mt.strip_tokens(turns)
-    if a.effort_tokens:
+    if a.effort_tokens and not cannot_chat:
         from mlx_oss.bench import multiturn as mt
 
         r["efforts"] = mt.run_efforts(ours.model, ours.tokenizer, "Why is the sky blue?", a.effort_tokens, say)

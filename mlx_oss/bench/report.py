@@ -163,7 +163,7 @@ def format_table(result: dict) -> str:
         g = xs[0]["tokens"]
         add(f"tg{g} @ d{d} (tok/s)", [_fmt_stat(x and x["tps"]) for x in xs], _ratio(*(x and x["tps"]["mean"] for x in xs)) if len(xs) == 2 else "")
         if any(x and x.get("roofline_share") is not None for x in xs):
-            add(f"  roofline share", [f"{100 * x['roofline_share']:.1f}% of {x['roofline_tps']:.2f}" if x and x.get("roofline_share") is not None else "-" for x in xs])
+            add("  roofline share", [f"{100 * x['roofline_share']:.1f}% of {x['roofline_tps']:.2f} tok/s" if x and x.get("roofline_share") is not None else "-" for x in xs])
     mem = [result["engines"][e].get("peak_memory_bytes") for e in engines]
     add("peak memory", [_gib(x) for x in mem], _ratio(*mem, higher_is_better=False) if len(mem) == 2 else "")
     nodes = [(result["engines"][e].get("graph_nodes") or {}).get("total") for e in engines]
@@ -198,6 +198,9 @@ def format_table(result: dict) -> str:
         lines.append("|---|---:|---:|---:|---:|---|")
         for r in v:
             lines.append(f"| {r['effort']} | {r['prompt']} | {r['generated']} | {r['reasoning']} | {r['answer']} | {r['stop']} |")
+    skipped = result.get("skipped")
+    if skipped:
+        lines += ["", f"skipped {' and '.join(skipped['parts'])}: {skipped['reason']}"]
     return "\n".join(lines)
 
 

@@ -13,22 +13,50 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-
-class UsageError(Exception):
-    """A bad argument found after parsing (exit code 2)."""
+from mlx_oss.errors import UsageError
 
 
-def _positive_int(s: str) -> int:
+
+
+INSTRUCTIONS_HELP = "developer instructions (the usual 'system prompt'); @FILE reads them from FILE, @@ starts a literal @"
+
+
+def instructions_arg(value: str) -> str:
+    """`-s/--instructions` for generate and chat: TEXT, @FILE (read as UTF-8; a missing or unreadable file is
+    an argument error), or @@TEXT for text that starts with @."""
+    if value.startswith("@@"):
+        return value[1:]
+    if not value.startswith("@"):
+        return value
+    p = Path(value[1:]).expanduser()
     try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
+        return p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or str(e)
+        raise argparse.ArgumentTypeError(f"cannot read the instructions file {str(p)!r} ({why})") from None
 
 
-def _float_in(lo: float, hi: float, lo_open: bool = False):
+def int_at_least(lo: int):
+    """An argparse type: an integer >= `lo` (else argparse's usage error, exit 2)."""
+
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {v}")
+        return v
+
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+context_int = int_at_least(2)
+
+
+def float_in(lo: float, hi: float, lo_open: bool = False):
     def parse(s: str) -> float:
         try:
             v = float(s)
@@ -54,15 +82,15 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--model", "-m", default=DEFAULT_MODEL,
                    help=f"Hub id, checkpoint folder or converted folder (default {DEFAULT_MODEL}; converted once)")
     g.add_argument("--reasoning-effort", "-r", choices=["low", "medium", "high"], default="medium")
-    g.add_argument("--instructions", "--system", "-s", dest="instructions", metavar="TEXT",
-                   help="developer instructions (the usual 'system prompt')")
-    g.add_argument("--temperature", "--temp", type=_float_in(0, 100), default=1.0, help="default 1.0 (OpenAI's recommendation); 0 = greedy")
-    g.add_argument("--top-p", type=_float_in(0, 1, lo_open=True), default=1.0)
-    g.add_argument("--top-k", type=int, default=0, help="0 = off")
-    g.add_argument("--min-p", type=_float_in(0, 1), default=0.0)
+    g.add_argument("--instructions", "--system", "-s", dest="instructions", metavar="TEXT", type=instructions_arg,
+                   help=INSTRUCTIONS_HELP)
+    g.add_argument("--temperature", "--temp", type=float_in(0, 100), default=1.0, help="default 1.0 (OpenAI's recommendation); 0 = greedy")
+    g.add_argument("--top-p", type=float_in(0, 1, lo_open=True), default=1.0)
+    g.add_argument("--top-k", type=non_negative_int, default=0, help="0 = off")
+    g.add_argument("--min-p", type=float_in(0, 1), default=0.0)
     g.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
-    g.add_argument("--max-tokens", type=_positive_int, default=None, help="default: until the model stops or the context is full")
-    g.add_argument("--max-context", type=_positive_int, default=None, help="context limit in tokens (default: the model's)")
+    g.add_argument("--max-tokens", type=positive_int, default=None, help="default: until the model stops or the context is full")
+    g.add_argument("--max-context", type=context_int, default=None, help="context limit in tokens (default: the model's)")
     g.add_argument("--show-reasoning", action="store_true", help="stream the chain of thought (to stderr unless --reasoning-to stdout)")
     g.add_argument("--reasoning-to", choices=["stderr", "stdout"], default="stderr")
     g.add_argument("--tools", metavar="FILE", help="JSON file: a list of function tool schemas the model may call")
@@ -100,6 +128,13 @@ def _prompt(a: argparse.Namespace, stdin: TextIO) -> str:
     return text
 
 
+def _tool_stop_note(calls) -> str:
+    if not calls:
+        return "stopped: the model ended with <|call|> but wrote no complete tool call"
+    names = ", ".join(dict.fromkeys(c.recipient or c.name for c in calls))
+    return f"stopped at a tool call to {names}: generate does not run tools; --json has the arguments"
+
+
 def _stats_line(s) -> str:
     return (
         f"[{s.stop_reason}] prompt {s.prompt_tokens} tok ({s.reused_tokens} cached, {s.prefilled_tokens} prefilled "
@@ -114,8 +149,20 @@ def run(a: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | No
     try:
         return _run(a, out, err, stdin or sys.stdin)
     except UsageError as e:
+        if a.json:
+            _print_json_error(out, "invalid_argument", str(e))
         print(f"mlx-oss generate: error: {e}", file=err)
         return 2
+    except Exception as e:  # the CLI prints the one-line message and exits 1; --json readers get it too
+        if a.json and not isinstance(e, BrokenPipeError):
+            kind = "context_length_exceeded" if type(e).__name__ == "ContextLengthError" else "error"
+            _print_json_error(out, kind, (str(e).strip().splitlines() or [type(e).__name__])[0])
+        raise
+
+
+def _print_json_error(out: TextIO, kind: str, message: str) -> None:
+    """--json always prints one object on stdout: the reply, or {"error": {"type", "message"}}."""
+    print(json.dumps({"error": {"type": kind, "message": message}}, ensure_ascii=False), file=out)
 
 
 def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
@@ -126,10 +173,6 @@ def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     response_format = _read_json(a.response_format, "--response-format") if a.response_format else None
     if response_format is not None and not isinstance(response_format, dict):
         raise UsageError("--response-format: expected a JSON schema object")
-    if a.top_k < 0:
-        raise UsageError(f"--top-k must be >= 0, got {a.top_k}")
-    if a.max_context is not None and a.max_context < 2:
-        raise UsageError("--max-context must be at least 2")
     from mlx_oss.tools import as_tools
 
     try:
@@ -137,7 +180,8 @@ def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     except (ValueError, TypeError) as e:
         raise UsageError(f"--tools: {e}") from None
 
-    from mlx_oss.chat import Chat
+    from mlx_oss.errors import ConvertError
+    from mlx_oss.chat import Chat, vocabulary_problem
     from mlx_oss.events import AnswerDelta, Done, ReasoningDelta, ToolCall
     from mlx_oss.loader import load
     from mlx_oss.store import resolve_model
@@ -146,6 +190,9 @@ def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     sampling = SamplingConfig(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p, seed=a.seed)
     folder = resolve_model(a.model, progress=not a.json, status=lambda m: print(m, file=err))
     model, tokenizer = load(folder, a.dtype)
+    problem = vocabulary_problem(model, tokenizer)
+    if problem:
+        raise ConvertError(problem)
     try:
         chat = Chat(
             model, tokenizer, reasoning_effort=a.reasoning_effort, instructions=a.instructions, tools=tools,
@@ -185,7 +232,8 @@ def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     elif done.reply.answer and not done.reply.answer.endswith("\n"):
         out.write("\n")
     notes = {"length": "stopped at --max-tokens", "context": "stopped: the context is full",
-             "cancelled": "cancelled", "tool_call": "stopped at a tool call (see --json)"}  # fmt: skip
+             "cancelled": "cancelled",
+             "tool_call": _tool_stop_note(done.reply.tool_calls)}  # fmt: skip
     if not a.json and s.stop_reason in notes:
         print(f"({notes[s.stop_reason]})", file=err)
     if a.stats:

@@ -1,6 +1,8 @@
 """The `mlx-oss` command: one entry point, a subcommand per job.
 
-Exit codes: 0 success, 1 model/runtime error (one line on stderr), 2 bad arguments.
+Exit codes (every subcommand): 0 success; 1 a model, file or runtime error (one line on stderr); 2 bad
+arguments (argparse's usage errors, and `UsageError` for arguments found bad after parsing); 141 when the
+reader of stdout went away (`| head`), silently, as for any tool killed by SIGPIPE.
 Set MLX_OSS_DEBUG=1 to see the traceback behind an error.
 """
 
@@ -12,7 +14,7 @@ import os
 import sys
 from typing import Callable
 
-from mlx_oss.errors import ConvertError
+from mlx_oss.errors import UsageError, UserError
 
 
 def _cmd_convert(a: argparse.Namespace) -> int:
@@ -109,7 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     try:
         return a.func(a)
-    except ConvertError as e:
+    except BrokenPipeError:  # `mlx-oss info X | head -2`: the reader left; exit quietly like other tools
+        _silence_stdout()
+        return 128 + 13  # what a shell reports for a process ended by SIGPIPE
+    except UsageError as e:  # an argument found bad after parsing: argparse's convention
+        print(f"mlx-oss {a.command}: error: {e}", file=sys.stderr)
+        return 2
+    except UserError as e:  # ConvertError and every other kind: one line
         print(f"mlx-oss: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -121,6 +129,15 @@ def main(argv: list[str] | None = None) -> int:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         print(f"mlx-oss: error: {type(e).__name__}: {first}", file=sys.stderr)
         return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":
