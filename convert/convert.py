@@ -8,7 +8,6 @@ a failed or interrupted run never leaves a DST that looks valid.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -18,13 +17,13 @@ from typing import Callable, Iterator
 import numpy as np
 
 from mlx_oss.convert import dense_quant
-from mlx_oss.errors import ConvertError
+from mlx_oss.convert.manifest import MANIFEST, read_manifest, sha256_file
 from mlx_oss.convert.reader import FORMAT_NAME, FORMAT_VERSION, SourceCheckpoint, open_source
 from mlx_oss.convert.safetensors_io import nbytes_of
 from mlx_oss.convert.staging import OutTensor, plan_shards, staged_folder, write_shards
+from mlx_oss.errors import ConvertError
 
 MAX_SHARD_BYTES = 2 * 1024**3
-MANIFEST = "manifest.json"
 TOKENIZER_FILE = "o200k_base.tiktoken"
 
 
@@ -84,43 +83,16 @@ def _quantized_outs(src: SourceCheckpoint, name: str, shape: tuple[int, ...], bi
     ]
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def is_complete(dst: Path) -> bool:
     """A finished mlx-oss folder: our config plus a manifest whose files are all present at full size."""
     try:
         cfg = json.loads((dst / "config.json").read_text())
-        man = json.loads((dst / MANIFEST).read_text())
+        man = read_manifest(dst)
         return cfg.get("format") == FORMAT_NAME and all(
-            (dst / rel).is_file() and (dst / rel).stat().st_size == meta["bytes"] for rel, meta in man["files"].items()
+            (dst / rel).is_file() and (dst / rel).stat().st_size == meta["bytes"] for rel, meta in man.items()
         )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, ConvertError, AttributeError):
         return False
-
-
-def verify_folder(dst: str | Path) -> list[str]:
-    """Re-read every file in the manifest; returns the problems found (empty = intact)."""
-    dst = Path(dst)
-    try:
-        man = json.loads((dst / MANIFEST).read_text())["files"]
-    except (OSError, ValueError, KeyError) as e:
-        return [f"{dst / MANIFEST}: unreadable manifest ({e})"]
-    problems = []
-    for rel, meta in man.items():
-        p = dst / rel
-        if not p.is_file():
-            problems.append(f"{p}: missing")
-        elif p.stat().st_size != meta["bytes"]:
-            problems.append(f"{p}: {p.stat().st_size} bytes, manifest says {meta['bytes']}")
-        elif _sha256_file(p) != meta["sha256"]:
-            problems.append(f"{p}: sha256 differs from the manifest")
-    return problems
 
 
 def convert_checkpoint(
@@ -183,6 +155,6 @@ def _write(tmp: Path, source: SourceCheckpoint, shards: list[list[OutTensor]], m
     (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     for rel in ("config.json", "model.safetensors.index.json", f"tokenizer/{TOKENIZER_FILE}"):
         p = tmp / rel
-        files[rel] = {"sha256": _sha256_file(p), "bytes": p.stat().st_size}
+        files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     (tmp / MANIFEST).write_text(json.dumps({"format_version": FORMAT_VERSION, "files": files}, indent=2) + "\n")
     return written

@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlx_oss.errors import ConvertError
 from mlx_oss.config import Dims
 from mlx_oss.convert.layouts import Spec, our_specs
+from mlx_oss.convert.manifest import check_folder
 from mlx_oss.convert.reader import _load_json, detect_layout, dims_for, open_source
 from mlx_oss.convert.safetensors_io import nbytes_of
+from mlx_oss.errors import ConvertError
 
 DTYPE_BYTES = {"bfloat16": 2, "float32": 4}
 
@@ -24,6 +25,7 @@ class ModelInfo:
     layout: str
     params: dict[str, int] = field(default_factory=dict)  # weight format -> parameter count
     bytes: dict[str, int] = field(default_factory=dict)  # weight format -> bytes on disk / in memory
+    integrity: str | None = None  # what was checked against manifest.json (mlx-oss folders)
 
     @property
     def total_params(self) -> int:
@@ -77,9 +79,11 @@ def _classify(spec: Spec, by_name: dict[str, Spec], dense: dict[str, Spec]) -> t
 
 
 def describe(path: str | Path) -> ModelInfo:
-    """Inspect a folder (any layout) or a config.json; tensors are read from headers only."""
+    """Inspect a folder (any layout) or a config.json; tensors are read from headers only. An mlx-oss
+    folder is also held to its manifest (sizes, headers): a damaged one raises ConvertError."""
     path = Path(path).expanduser()
     specs: list[Spec]
+    integrity = None
     if path.is_file() and path.name.endswith(".json"):
         cfg = _load_json(path)  # a bad file is named in one line
         layout = "mlx-oss" if cfg.get("format") == "mlx-oss" else "hf" if cfg.get("model_type") == "gpt_oss" else "original"
@@ -87,14 +91,17 @@ def describe(path: str | Path) -> ModelInfo:
         specs = list(our_specs(dims))
     else:
         try:
-            src = open_source(path)
-            dims, layout, specs = src.dims, src.layout, src.specs()
+            layout, root = detect_layout(path)
         except ConvertError:
-            cfg_path = path / "config.json"
-            if not cfg_path.is_file():
-                raise
-            return describe(cfg_path)
-    info = ModelInfo(dims, layout)
+            if (path / "config.json").is_file() and not any(path.glob("*.safetensors")):
+                return describe(path / "config.json")  # a config on its own: sizes before downloading
+            raise
+        if layout == "mlx-oss":
+            check_folder(root)  # before the headers: the error then names the manifest's view and the fix
+            integrity = "sizes and headers match manifest.json"
+        src = open_source(path)  # every shard's header read and checked against the config
+        dims, layout, specs = src.dims, src.layout, src.specs()
+    info = ModelInfo(dims, layout, integrity=integrity)
     by_name = {s.name: s for s in specs}
     dense = {s.name: s for s in our_specs(dims)}  # unquantized shapes, whatever the group size/bits
     for s in specs:
@@ -141,12 +148,15 @@ def format_info(info: ModelInfo, contexts: list[int]) -> str:
         b = info.weight_bytes + info.kv_bytes(c, "bfloat16")
         f = info.weight_bytes_at("float32") + info.kv_bytes(c, "float32")
         lines.append(f"                  {c:>7}  {_gib(b):>14}  {_gib(f):>14}")
+    if info.integrity:
+        lines.append(f"integrity         {info.integrity}")
     return "\n".join(lines)
 
 
 def info_json(info: ModelInfo, contexts: list[int]) -> dict:
     return {
         "layout": info.layout,
+        "integrity": info.integrity,
         "dims": info.dims.ours(),
         "parameters": info.params,
         "bytes": info.bytes,

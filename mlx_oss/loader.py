@@ -22,6 +22,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_oss.backend import cpu, device
+from mlx_oss.errors import ConvertError
 from mlx_oss.config import DenseQuant, ModelArgs
 from mlx_oss.nn.model import Model, build_model
 
@@ -57,14 +58,30 @@ def _is_converted(path: Path) -> bool:
         return False
 
 
+def check_converted(path: Path, verify: bool = False) -> None:
+    """An mlx-oss folder against its manifest (sizes and headers; sha256 too with `verify`), so a damaged
+    folder fails with one line naming the file, not a raw MLX message or silently wrong weights."""
+    from mlx_oss.convert.manifest import check_folder, verify_folder
+
+    check_folder(path)
+    if verify:
+        found = verify_folder(path)
+        if found:
+            raise ConvertError(f"{found[0]}" + (f" (+{len(found) - 1} more)" if len(found) > 1 else "")
+                               + "; convert the checkpoint again (--force)")  # fmt: skip
+
+
 def _converted_weights(path: Path) -> Iterable[tuple[str, mx.array]]:
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        files = dict.fromkeys(json.loads(index.read_text())["weight_map"].values())
-    else:
-        files = sorted(p.name for p in path.glob("*.safetensors"))
-    for f in files:
-        yield from mx.load(str(path / f)).items()
+    from mlx_oss.convert.manifest import repair_hint
+    from mlx_oss.convert.reader import _shard_files
+
+    for f in _shard_files(path, "mlx-oss"):
+        try:
+            tensors = mx.load(str(f))
+        except (RuntimeError, ValueError) as e:  # what the header check cannot see
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConvertError(f"{f}: MLX cannot read it ({first}); {repair_hint(path)}") from None
+        yield from tensors.items()
 
 
 def _source_weights(src: Any) -> Iterable[tuple[str, mx.array]]:
@@ -91,11 +108,13 @@ def _evaluated(weights: Iterable[tuple[str, mx.array]], batch_bytes: int = 1 << 
     return out
 
 
-def load_model(path: str | Path, dtype: str | mx.Dtype | None = None) -> Model:
-    """Build the model for `path` and load its weights in the compute `dtype` (weights evaluated)."""
+def load_model(path: str | Path, dtype: str | mx.Dtype | None = None, verify: bool = False) -> Model:
+    """Build the model for `path` and load its weights in the compute `dtype` (weights evaluated).
+    An mlx-oss folder is checked against its manifest first; `verify` adds the sha256 of every file."""
     path = Path(path).expanduser()
     dt = resolve_dtype(dtype)
     if _is_converted(path):
+        check_converted(path, verify)
         args = ModelArgs.from_path(path)
         weights = _converted_weights(path)
     else:
@@ -115,12 +134,14 @@ def load_model(path: str | Path, dtype: str | mx.Dtype | None = None) -> Model:
     return model
 
 
-def load(path: str | Path, dtype: str | mx.Dtype | None = None):
-    """-> (model, tokenizer). The tokenizer is o200k_harmony from the folder, else the bundled copy."""
+def load(path: str | Path, dtype: str | mx.Dtype | None = None, verify: bool = False):
+    """-> (model, tokenizer). The tokenizer is o200k_harmony from the folder, else the bundled copy.
+    `verify=True` hashes every file of an mlx-oss folder against its manifest (a damaged folder raises
+    ConvertError naming the file); without it only sizes and headers are checked."""
     from mlx_oss.tokenizer import load_tokenizer
 
     path = Path(path).expanduser()
-    model = load_model(path, dtype)
+    model = load_model(path, dtype, verify)
     try:
         tok = load_tokenizer(path)
     except ValueError:

@@ -11,12 +11,13 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from mlx_oss.cli.main import main
 from mlx_oss.convert import mxfp4
-from mlx_oss.convert.convert import convert_checkpoint, is_complete, verify_folder
-from mlx_oss.errors import ConvertError
+from mlx_oss.convert.convert import convert_checkpoint, is_complete
+from mlx_oss.convert.manifest import verify_folder
 from mlx_oss.convert.safetensors_io import StreamingWriter, read_header, read_tensor, write_file
 from mlx_oss.convert.synthetic import preset, write_checkpoint
-from mlx_oss.cli.main import main
+from mlx_oss.errors import ConvertError
 from mlx_oss.tokenizer import bundled_vocab_path
 
 

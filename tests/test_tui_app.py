@@ -477,6 +477,25 @@ def test_error_hints(error, hint):
     assert any(hint in h for h in error_hints(error, "openai/gpt-oss-20b"))
 
 
+@pytest.mark.parametrize(
+    ("error", "fits", "never"),
+    [
+        (ConvertError("/m/x.safetensors: 10 bytes, manifest.json says 20 (truncated or replaced); run `mlx-oss info "
+                      "--verify /m` for a full check, or convert the checkpoint again (--force)"), "mlx-oss info --verify /m", "internet"),
+        (ConvertError("/m/manifest.json: missing (every mlx-oss folder lists its files there)"), "--force", "internet"),
+        (ValueError("/m: vocabulary of 512 tokens, but the o200k_harmony tokenizer needs 201088 (ids up to 201087); "
+                    "this model cannot chat"), "tiny-chat", "internet"),
+        (ConvertError("models/x: no such local folder, and the download from the Hugging Face Hub failed (404)"), "Check the path", "DEBUG"),
+    ],
+)
+def test_error_hints_fit_the_cause_of_a_local_folder(error, fits, never):
+    from tui.screens import error_hints
+
+    model = "models/x" if "models/x" in str(error) else "/m"
+    hints = error_hints(error, model)
+    assert any(fits in h for h in hints) and not any(never in h for h in hints), hints
+
+
 def test_progress_from_output():
     from mlx_oss.tui.screens import progress_from_output
 

@@ -61,18 +61,29 @@ def progress_from_output(buffer: str) -> tuple[str, float | None]:
 
 
 def error_hints(e: BaseException, model: str) -> list[str]:
-    """What the user can do about a failure to find, download, convert or load `model`."""
+    """What the user can do about a failure to find, download, convert or load `model`: hints that fit
+    the cause (a damaged local folder never gets "check your internet connection")."""
+    from mlx_oss.convert.hub import is_repo_id
+
     msg = str(e)
     low = msg.lower()
     hints: list[str] = []
     if "huggingface_hub" in low or "mlx-oss[hub]" in low:
         hints.append("Install the Hub extra: pip install 'mlx-oss[hub]'")
-    if "download" in low or "hugging face hub" in low:
+    if is_repo_id(model) and ("download" in low or "hugging face hub" in low):
         hints += [
             "Check your internet connection; interrupted downloads resume when you start again.",
             f"Check the model id ({model}); for gated or private models run: huggingface-cli login",
         ]
-    if "no such file" in low or "not a gpt-oss checkpoint" in low or "expected a checkpoint folder" in low:
+    if "manifest.json" in low or "--verify" in low or "safetensors" in low:
+        hints += [
+            f"The model folder is damaged or incomplete: `mlx-oss info --verify {model}` checks every file.",
+            f"To repair it, convert the checkpoint again: mlx-oss convert SOURCE {model} --force",
+        ]
+    if "cannot chat" in low:
+        hints.append("This model's vocabulary is smaller than the harmony tokenizer's (a test preset?); "
+                     "chat needs the full one, e.g. `python -m convert.synthetic DIR --preset tiny-chat`.")  # fmt: skip
+    if "no such file" in low or "no such local folder" in low or "not a gpt-oss checkpoint" in low or "expected a checkpoint folder" in low:
         hints += [
             f"Check the path: {model}",
             "--model takes a Hub id (openai/gpt-oss-20b), a checkpoint folder (Hugging Face or OpenAI "
@@ -86,7 +97,7 @@ def error_hints(e: BaseException, model: str) -> list[str]:
         hints.append("Not enough memory: close other apps, or try the smaller openai/gpt-oss-20b.")
     if isinstance(e, PermissionError) or "permission denied" in low or "read-only" in low:
         hints.append("Check that you can write to the cache folder (MLX_OSS_HOME, default ~/.cache/mlx-oss).")
-    if not hints or type(e).__name__ not in ("ConvertError",):
+    if not hints or type(e).__name__ not in ("ConvertError", "ValueError"):
         hints.append("Run again with MLX_OSS_DEBUG=1 to see the full traceback, and `mlx-oss info "
                      f"{model}` to check the model files.")  # fmt: skip
     return list(dict.fromkeys(hints))
