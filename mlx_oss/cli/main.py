@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Callable
 
-from mlx_oss.errors import UsageError, UserError
+from mlx_oss.errors import ConvertError, UsageError, UserError
 
 
 def _cmd_convert(a: argparse.Namespace) -> int:
@@ -79,7 +79,7 @@ def _verify(path: str, layout: str) -> str:
     if found:
         more = f" (+{len(found) - 1} more)" if len(found) > 1 else ""
         raise ConvertError(f"verify failed: {found[0]}{more}; convert the checkpoint again (--force)")
-    return f"verified: the sha256 of every file matches manifest.json"
+    return "verified: the sha256 of every file matches manifest.json"
 
 
 def _int_list(s: str) -> list[int]:
