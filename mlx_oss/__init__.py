@@ -11,6 +11,8 @@ _EXPORTS = {
     "SamplingConfig": "mlx_oss.sampling",
     "ReasoningDelta": "mlx_oss.events",
     "AnswerDelta": "mlx_oss.events",
+    "UnparsedDelta": "mlx_oss.events",
+    "Progress": "mlx_oss.events",
     "ToolCall": "mlx_oss.events",
     "ToolResult": "mlx_oss.events",
     "Done": "mlx_oss.events",

@@ -18,11 +18,12 @@ from typing import Any, Callable, Iterator, Sequence
 import mlx.core as mx
 
 from mlx_oss.engine import ContextLengthError, Engine
-from mlx_oss.events import AnswerDelta, Done, Event, ReasoningDelta, Reply, Stats, ToolCall, ToolResult
+from mlx_oss.events import AnswerDelta, Done, Event, Progress, ReasoningDelta, Reply, Stats, ToolCall, ToolResult, UnparsedDelta
 from mlx_oss.harmony import (
     ANALYSIS,
     COMMENTARY,
     FINAL,
+    UNPARSED,
     Conversation,
     Message,
     ParserState,
@@ -86,6 +87,8 @@ class _Turn:
 
     answer: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
+    unparsed: list[str] = field(default_factory=list)
+    unparsed_tokens: int = 0
     calls: list[ToolCall] = field(default_factory=list)
     reasoning_tokens: int = 0
     answer_tokens: int = 0
@@ -102,6 +105,8 @@ class _Turn:
 
 class Chat:
     """A gpt-oss conversation: harmony history, KV cache (via `Engine`) and settings."""
+
+    progress_interval_s = 0.25  # how often send() yields a Progress event while tokens flow
 
     def __init__(
         self,
@@ -227,6 +232,7 @@ class Chat:
         and of the last message, i.e. before `<|start|>assistant`; see docs/ENGINE.md)."""
         hist = self._history if history is None else list(history)
         head = self._header_messages()
+        hist = [m for m in hist if m.channel != UNPARSED]  # shown and saved, but not harmony the model wrote
         r = render_with_spans(head + prune_analysis(hist), Role.ASSISTANT, encoding=self.tokenizer)
         return r.tokens, (r.spans[0].end, r.spans[len(head) - 1].end, r.spans[-1].end)
 
@@ -363,7 +369,8 @@ class Chat:
         parsed = None
         if self._response_format is not None and answer.strip():
             parsed, _ = parse_arguments(answer)
-        reply = Reply(answer, "\n\n".join(r for r in turn.reasoning if r), tuple(turn.calls), stats, parsed)
+        reasoning = "\n\n".join(r for r in turn.reasoning if r)
+        reply = Reply(answer, reasoning, tuple(turn.calls), stats, parsed, "".join(turn.unparsed))
         self._active = None
         yield Done(stats, reply)
 
@@ -377,37 +384,61 @@ class Chat:
         parser = StreamParser(Role.ASSISTANT, encoding=self.tokenizer)
         turn.rounds += 1
         in_reasoning = False  # consecutive analysis deltas of one message join into one string
+        loose: list[str] = []  # unparsed text outside any message, kept as one UNPARSED message
+        header_run = 0  # tokens of the header being read (all unparsed if it is abandoned)
+        shown = time.perf_counter()  # the first Progress after one interval (quick replies need none)
         try:
             for tok in gen:
+                now = time.perf_counter()
                 if turn.ttft_s is None:
-                    turn.ttft_s = time.perf_counter() - t0
+                    turn.ttft_s = now - t0
+                was_header = parser.state is ParserState.HEADER
                 ev = parser.process(tok)
+                run, header_run = header_run, header_run + 1 if was_header and ev.state is ParserState.HEADER else 0
+                placed = ev.channel in (ANALYSIS, FINAL, COMMENTARY) or ev.recipient is not None
                 if ev.state is ParserState.CONTENT and not ev.header_done:
                     if ev.channel == ANALYSIS and ev.recipient is None:
                         turn.reasoning_tokens += 1
                     elif ev.channel == FINAL:
                         turn.answer_tokens += 1
-                if ev.delta and ev.recipient is None:
+                    elif not placed:
+                        turn.unparsed_tokens += 1
+                if ev.unparsed:  # outside any message, or an abandoned "header"
+                    turn.unparsed_tokens += 1 + (run if was_header else 0)
+                    loose.append(ev.unparsed)
+                    yield from self._unparsed(turn, ev.unparsed)
+                text = ev.delta or self._unstreamed_text(ev)
+                if text and ev.recipient is None:
                     if ev.channel == ANALYSIS:
                         if not in_reasoning:
                             turn.reasoning.append("")
                             in_reasoning = True
-                        turn.reasoning[-1] += ev.delta
-                        yield ReasoningDelta(ev.delta)
+                        turn.reasoning[-1] += text
+                        yield ReasoningDelta(text)
                     elif ev.channel == FINAL:
-                        turn.answer.append(ev.delta)
-                        yield AnswerDelta(ev.delta)
+                        turn.answer.append(text)
+                        yield AnswerDelta(text)
                     elif ev.channel == COMMENTARY:
-                        yield AnswerDelta(ev.delta, channel=COMMENTARY)
+                        yield AnswerDelta(text, channel=COMMENTARY)
+                    else:
+                        yield from self._unparsed(turn, text)
                 if ev.message is not None:
                     in_reasoning = False
+                    self._flush_loose(loose)
                     call = self._append(ev.message)
                     if call is not None:
                         turn.calls.append(call)
                         yield call
+                if now - shown >= self.progress_interval_s:
+                    shown = now
+                    yield self._progress(turn, gen)
         finally:
             # Runs on normal end, cancel, errors and a closed stream alike: keep the history consistent.
-            self._append_unfinished(parser)
+            self._flush_loose(loose)
+            tail = self._append_unfinished(parser)
+            if tail:
+                turn.unparsed_tokens += header_run
+                turn.unparsed.append(tail)
             turn.generated += len(gen.generated)
             turn.prompt_tokens = gen.prompt_tokens
             turn.reused += gen.reused_tokens
@@ -415,23 +446,58 @@ class Chat:
             turn.prefill_s += gen.prefill_s
             turn.decode_s += gen.decode_s
             turn.decode_steps += max(0, len(gen.generated) - 1)
+        if tail:
+            yield UnparsedDelta(tail)
         return gen.stop_reason or "cancelled"
 
+    def _progress(self, turn: _Turn, gen) -> Progress:
+        steps = turn.decode_steps + max(0, len(gen.generated) - 1)
+        secs = turn.decode_s + gen.decode_s
+        return Progress(turn.generated + len(gen.generated), len(self.engine.tokens), self.engine.max_context,
+                        turn.ttft_s, steps / secs if secs > 0 else 0.0)  # fmt: skip
+
+    @staticmethod
+    def _unparsed(turn: _Turn, text: str) -> Iterator[Event]:
+        turn.unparsed.append(text)
+        yield UnparsedDelta(text)
+
+    @staticmethod
+    def _unstreamed_text(ev) -> str:
+        """The text of a message that ended before `<|message|>` (its words were read as a header, so
+        no delta carried them): shown once, where its channel puts it."""
+        m = ev.message
+        if m is not None and ev.error and "before <|message|>" in ev.error and m.recipient is None:
+            return m.text
+        return ""
+
+    def _flush_loose(self, loose: list[str]) -> None:
+        if loose:
+            self._history.append(Message(Role.ASSISTANT, "".join(loose), channel=UNPARSED))
+            loose.clear()
+
     def _append(self, m: Message) -> ToolCall | None:
-        """Add a completed message to the history; -> its ToolCall if it is one."""
+        """Add a completed message to the history; -> its ToolCall if it is one. An assistant message on
+        no known channel is kept as UNPARSED (it was shown as unparsed text)."""
+        if m.role is Role.ASSISTANT and m.recipient is None and m.channel not in (ANALYSIS, FINAL, COMMENTARY):
+            m = replace(m, channel=UNPARSED)
         self._history.append(m)
         if m.role is Role.ASSISTANT and m.recipient is not None:
             return self._tool_call(len(self._history) - 1, m)
         return None
 
-    def _append_unfinished(self, parser: StreamParser) -> None:
+    def _append_unfinished(self, parser: StreamParser) -> str:
         """A message cut off (cancel, max_tokens, context) is kept as incomplete if it has text,
-        except a tool call: half a call cannot be answered, so it is dropped."""
-        before = len(parser.messages)
+        except a tool call: half a call cannot be answered, so it is dropped. -> unparsed text the end
+        of the stream released (a cut-off "header" that was not one), kept as an UNPARSED message."""
+        before, seen = len(parser.messages), len(parser.unparsed_text)
         msgs = parser.finish()
         for m in msgs[before:]:
             if m.text and m.recipient is None and m.role is Role.ASSISTANT:
-                self._history.append(m)
+                self._append(m)
+        tail = parser.unparsed_text[seen:]
+        if tail:
+            self._history.append(Message(Role.ASSISTANT, tail, channel=UNPARSED, incomplete=True))
+        return tail
 
     def _run_tools(self, turn: _Turn, pending: list[ToolCall]):
         """With auto_tools, answer the pending calls of callable tools (errors and unknown tools get an
@@ -478,6 +544,7 @@ class Chat:
             prefill_s=turn.prefill_s,
             decode_s=turn.decode_s,
             rounds=turn.rounds,
+            unparsed_tokens=turn.unparsed_tokens,
             stop_detail=detail,
         )
 

@@ -13,6 +13,8 @@ __all__ = [
     "STOP_REASONS",
     "ReasoningDelta",
     "AnswerDelta",
+    "UnparsedDelta",
+    "Progress",
     "ToolCall",
     "ToolResult",
     "Stats",
@@ -38,6 +40,26 @@ class AnswerDelta:
 
     text: str
     channel: str = "final"
+
+
+@dataclass(frozen=True)
+class UnparsedDelta:
+    """Output that is not in harmony format (a model not writing harmony, e.g. random weights): shown
+    as it is, never taken as the answer or the reasoning. It adds up to `Reply.unparsed`."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How the running turn stands, about every `Chat.progress_interval_s` while tokens flow (also
+    when they produce no text yet), so a UI can show live figures."""
+
+    generated_tokens: int
+    context_used: int
+    context_limit: int
+    ttft_s: float | None
+    decode_tps: float
 
 
 @dataclass(frozen=True)
@@ -92,6 +114,7 @@ a "tool_call" stop happened (round limit, a schema-only tool to answer, auto_too
     prefill_s: float = 0.0
     decode_s: float = 0.0
     rounds: int = 0
+    unparsed_tokens: int = 0  # generated tokens that were not harmony (see UnparsedDelta)
     stop_detail: str | None = None  # for "tool_call": which calls were left unrun and why
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,13 +124,15 @@ a "tool_call" stop happened (round limit, a schema-only tool to answer, auto_too
 @dataclass(frozen=True)
 class Reply:
     """The outcome of a turn: the final answer, the chain of thought, tool calls made, statistics.
-    `parsed` is the answer parsed as JSON when the chat has a `response_format` (else None)."""
+    `parsed` is the answer parsed as JSON when the chat has a `response_format` (else None); `unparsed`
+    is output that was not harmony (see `UnparsedDelta`)."""
 
     answer: str = ""
     reasoning: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     stats: Stats = field(default_factory=Stats)
     parsed: Any = None
+    unparsed: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,6 +140,7 @@ class Reply:
             "reasoning": self.reasoning,
             "tool_calls": [asdict(c) for c in self.tool_calls],
             "parsed": self.parsed,
+            "unparsed": self.unparsed,
             "stats": self.stats.to_dict(),
         }
 
@@ -127,4 +153,4 @@ class Done:
     reply: Reply
 
 
-Event = Union[ReasoningDelta, AnswerDelta, ToolCall, ToolResult, Done]
+Event = Union[ReasoningDelta, AnswerDelta, UnparsedDelta, Progress, ToolCall, ToolResult, Done]

@@ -32,7 +32,7 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
-from mlx_oss.events import AnswerDelta, Done, ReasoningDelta, Stats, ToolCall, ToolResult
+from mlx_oss.events import AnswerDelta, Done, Progress, ReasoningDelta, Stats, ToolCall, ToolResult, UnparsedDelta
 from mlx_oss.tui.export import default_chats_dir, read_conversation, save_conversation, turns
 from mlx_oss.tui.screens import InstructionsScreen, LoadingScreen, OpenScreen, SaveScreen, one_line
 from mlx_oss.tui.widgets import AssistantMessage, ChatView, PromptInput, ReasoningBlock, StatusInfo, StatusLine, UserMessage, Welcome
@@ -122,6 +122,12 @@ def engine_loader(model: str, options: ChatOptions) -> Loader:
         return Backend(model_label(model), new_chat, open_chat, context_limit=limit, memory_bytes=_mlx_memory)
 
     return load
+
+
+def _prompt_size(session: Any) -> int | None:
+    """Tokens the conversation takes (what the status line's ctx shows for a chat just reopened)."""
+    tokens = getattr(session, "prompt_tokens", None)
+    return len(tokens()) if callable(tokens) else None
 
 
 def session_loader(chat: Any, name: str = "gpt-oss") -> Loader:
@@ -278,6 +284,8 @@ class ChatApp(App[int]):
         self.turn: _Turn | None = None
         self.queue: list[_Queued] = []
         self.last_stats: Stats | None = None
+        self.live: Progress | None = None  # the running turn's figures, until its Done
+        self.context_used: int | None = None  # a reopened chat's prompt size, until its first turn
         self.last_answer = ""
         self.last_error: str | None = None
         self._inbox = _InboxState()
@@ -363,12 +371,17 @@ class ChatApp(App[int]):
             state = "stopping…" if self.turn.cancel_requested else "generating…"
         if self.queue:
             state = (state + " " if state else "") + f"queued {len(self.queue)}"
+        p = self.live if self.turn is not None else None
+        if p is not None:  # tokens are flowing: live figures, whether or not they make visible text
+            used, ttft, tps = p.context_used, p.ttft_s, p.decode_tps or None
+            state += f" {p.generated_tokens} tokens"
+        else:
+            used = s.context_used if s else (self.context_used or 0)
+            ttft = s.ttft_s if s and s.generated_tokens else None
+            tps = s.decode_tps if s and s.generated_tokens else None
         info = StatusInfo(
-            model=self.model, effort=self.effort,
-            context_used=s.context_used if s else 0, context_limit=limit,
-            ttft_s=s.ttft_s if s and s.generated_tokens else None,
-            decode_tps=s.decode_tps if s and s.generated_tokens else None,
-            memory_bytes=mem, state=state,
+            model=self.model, effort=self.effort, context_used=used, context_limit=limit,
+            ttft_s=ttft, decode_tps=tps, memory_bytes=mem, state=state,
         )  # fmt: skip
         self.query_one(StatusLine).show(info)
         self.sub_title = f"{self.model} · reasoning effort {self.effort}"
@@ -421,6 +434,7 @@ class ChatApp(App[int]):
         await chat.mount(widget)
         chat.anchor()
         self.turn = _Turn(widget, text)
+        self.live = None
         self.busy = True
         self._refresh_status()
         self.engine.submit(self._run_send, self.session, text)
@@ -451,6 +465,10 @@ class ChatApp(App[int]):
                 out[-1] = ReasoningDelta(prev.text + it.text)
             elif isinstance(it, AnswerDelta) and isinstance(prev, AnswerDelta) and prev.channel == it.channel:
                 out[-1] = AnswerDelta(prev.text + it.text, it.channel)
+            elif isinstance(it, UnparsedDelta) and isinstance(prev, UnparsedDelta):
+                out[-1] = UnparsedDelta(prev.text + it.text)
+            elif isinstance(it, Progress) and isinstance(prev, Progress):
+                out[-1] = it
             else:
                 out.append(it)
         return out
@@ -475,6 +493,11 @@ class ChatApp(App[int]):
         elif isinstance(item, AnswerDelta):
             if live:
                 await w.add_answer(item.text, channel=item.channel)
+        elif isinstance(item, UnparsedDelta):
+            if live:
+                await w.add_unparsed(item.text)
+        elif isinstance(item, Progress):
+            self.live = item
         elif isinstance(item, ToolCall):
             if live:
                 await w.add_tool_call(item.name, item.arguments, item.raw, error=item.error, call_id=item.id)
@@ -485,6 +508,7 @@ class ChatApp(App[int]):
             turn.stats = item.stats
             turn.answer = getattr(item.reply, "answer", "") or w.answer_text
             self.last_stats = item.stats
+            self.live = None
             await self._report_stop(w, item.stats)
         elif isinstance(item, _Failure):
             await w.add_note(self._failure_text(item.error))
@@ -521,7 +545,7 @@ class ChatApp(App[int]):
         summary = ""
         if s is not None and s.generated_tokens:
             summary = f"{s.generated_tokens} tokens · {s.decode_tps:.1f} tok/s · TTFT {s.ttft_s:.2f} s"
-        if not turn.widget.query("ReasoningBlock, AnswerBlock, ToolBlock, ErrorNote"):
+        if not turn.widget.query("ReasoningBlock, AnswerBlock, UnparsedBlock, ToolBlock, ErrorNote"):
             await turn.widget.add_note("The model produced no visible reply.", kind="notice")
         await turn.widget.finish(summary)
         if turn.answer:
@@ -596,6 +620,7 @@ class ChatApp(App[int]):
             q.widget = UserMessage(q.text, queued=True)
             await chat.mount(q.widget)
         self.last_stats = None
+        self.context_used = None
         self.last_answer = ""
         self._refresh_status()
         self.notify("New chat", timeout=2)
@@ -655,6 +680,7 @@ class ChatApp(App[int]):
         try:
             data = read_conversation(path)
             session = await asyncio.wrap_future(self.engine.submit(self.backend.open_chat, data))
+            used = await asyncio.wrap_future(self.engine.submit(_prompt_size, session))
         except Exception as e:  # noqa: BLE001
             why = str(e).strip().splitlines()[0] if isinstance(e, ValueError) and str(e).strip() else one_line(e)
             self.notify(f"Could not open {Path(path).name}: {why}", severity="error", timeout=6)
@@ -662,6 +688,7 @@ class ChatApp(App[int]):
         self._clear_queue()
         self.session = session
         self.last_stats = None
+        self.context_used = used
         await self.rebuild_view()
         self._refresh_status()
         self.notify(f"Opened {Path(path).name}", timeout=3)
@@ -694,6 +721,8 @@ class ChatApp(App[int]):
                 await current.add_tool_call(item["name"], None, item["raw"])
             elif kind == "tool_result":
                 await current.add_tool_result(item["name"], item["text"])
+            elif kind == "unparsed":
+                await current.add_unparsed(item["text"])
         for w in chat.query(AssistantMessage):
             await w.finish()
         chat.scroll_end(animate=False)
@@ -701,7 +730,9 @@ class ChatApp(App[int]):
     def action_copy_answer(self) -> None:
         text = self.last_answer
         if not text:
-            self.notify("No answer to copy yet.", severity="warning", timeout=2)
+            unparsed = bool(self.query("UnparsedBlock"))
+            self.notify("No answer to copy: the model's output was not in harmony format (shown as unparsed text)."
+                        if unparsed else "No answer to copy yet.", severity="warning", timeout=3)  # fmt: skip
             return
         self.copy_to_clipboard(text)  # OSC 52 (iTerm2, kitty, WezTerm, tmux...)
         if platform.system() == "Darwin" and shutil.which("pbcopy"):  # Terminal.app ignores OSC 52

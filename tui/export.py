@@ -12,6 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
+from mlx_oss.harmony import UNPARSED
+
 __all__ = ["conversation_markdown", "default_chats_dir", "read_conversation", "save_conversation", "turns"]
 
 
@@ -44,7 +46,8 @@ def _instructions(m: Any) -> str | None:
 def turns(messages: Iterable[Any]) -> list[tuple[str, dict[str, Any]]]:
     """Harmony messages -> display items, in order: ("instructions", {text}), ("user", {text}),
     ("reasoning", {text}), ("answer", {text, channel}), ("tool_call", {name, raw}),
-    ("tool_result", {name, text}). System messages are settings, not items."""
+    ("tool_result", {name, text}), ("unparsed", {text}): output that was not harmony (see
+    `mlx_oss.harmony.UNPARSED`). System messages are settings, not items."""
     out: list[tuple[str, dict[str, Any]]] = []
     for m in messages:
         role = _role(m)
@@ -62,6 +65,8 @@ def turns(messages: Iterable[Any]) -> list[tuple[str, dict[str, Any]]]:
                 out.append(("tool_call", {"name": name, "raw": _text(m)}))
             elif channel == "analysis":
                 out.append(("reasoning", {"text": _text(m)}))
+            elif channel == UNPARSED:
+                out.append(("unparsed", {"text": _text(m)}))
             else:
                 out.append(("answer", {"text": _text(m), "channel": channel}))
         elif role == "tool":
@@ -85,7 +90,7 @@ def conversation_markdown(messages: Iterable[Any], *, model: str = "gpt-oss", ef
     lines = [f"# Chat with {model}", "", f"_Saved {when}" + (f" · reasoning effort {effort}_" if effort else "_"), ""]
     in_turn = False  # one "## model" heading per assistant turn, above its first block
     for kind, item in turns(messages):
-        if kind in ("reasoning", "answer", "tool_call", "tool_result") and not in_turn:
+        if kind in ("reasoning", "answer", "tool_call", "tool_result", "unparsed") and not in_turn:
             lines += [f"## {model}", ""]
             in_turn = True
         if kind == "instructions":
@@ -101,6 +106,8 @@ def conversation_markdown(messages: Iterable[Any], *, model: str = "gpt-oss", ef
             lines += [f"**Tool call** `{item['name']}`", "", _fence(item["raw"], "json"), ""]
         elif kind == "tool_result":
             lines += [f"**Tool result** `{item['name']}`", "", _fence(item["text"]), ""]
+        elif kind == "unparsed":
+            lines += ["_Output not in harmony format (shown as is, not an answer):_", "", _fence(item["text"]), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -174,6 +174,23 @@ class AnswerBlock(Markdown):
             await stream.stop()
 
 
+class UnparsedBlock(Static):
+    """Output the harmony parser could not place (a model not writing harmony): shown as plain text
+    under a note, so it is seen, but never mistaken for the answer (ctrl+l does not copy it)."""
+
+    NOTE = "not in harmony format: shown as is, not taken as the answer"
+
+    def __init__(self, text: str = "") -> None:
+        super().__init__(classes="unparsed")
+        self.text = text
+        self.border_title = self.NOTE
+        self.update(Text(text))
+
+    def append(self, text: str) -> None:
+        self.text += text
+        self.update(Text(self.text))
+
+
 class ErrorNote(Static):
     """An error or a notice inside the conversation (never a traceback)."""
 
@@ -249,6 +266,15 @@ class AssistantMessage(Vertical):
             await self.mount(self._last)
             self.set_state("answering…")
         await self._last.append_text(text)
+
+    async def add_unparsed(self, text: str) -> None:
+        if not isinstance(self._last, UnparsedBlock):
+            self._end_reasoning()
+            await self._end_answer()
+            self._last = UnparsedBlock()
+            await self.mount(self._last)
+            self.set_state("writing (not harmony)…")
+        self._last.append(text)
 
     async def add_tool_call(self, name: str, arguments: Any, raw: str, *, error: str | None = None, call_id: str = "") -> ToolBlock:
         self._end_reasoning()

@@ -128,6 +128,45 @@ def _prompt(a: argparse.Namespace, stdin: TextIO) -> str:
     return text
 
 
+class Silence:
+    """Progress on stderr while generate has shown nothing for `after_s` (a model that reasons for long
+    with the reasoning hidden, or a random one that never stops): on a terminal one line redrawn in place
+    and erased before real output, elsewhere a plain line every `every_s`."""
+
+    def __init__(self, err: TextIO, hint: str = "", after_s: float = 3.0, every_s: float = 10.0) -> None:
+        import time
+
+        self.err, self.hint, self.after_s, self.every_s = err, hint, after_s, every_s
+        self.clock = time.monotonic
+        self.last_output = self.clock()
+        self.last_line = None
+        self.drawn = False
+        self.tty = bool(getattr(err, "isatty", lambda: False)())
+
+    def tick(self, tokens: int) -> None:
+        now = self.clock()
+        if now - self.last_output < self.after_s:
+            return
+        line = f"… {tokens} tokens generated, nothing to show yet{self.hint}"
+        if self.tty:
+            self.err.write("\r\033[K" + line)
+            self.drawn = True
+        elif self.last_line is None or now - self.last_line >= self.every_s:
+            self.err.write(line + "\n")
+        else:
+            return
+        self.last_line = now
+        self.err.flush()
+
+    def clear(self) -> None:
+        """Real output follows: erase the progress line (terminal) and restart the quiet timer."""
+        if self.drawn:
+            self.err.write("\r\033[K")
+            self.err.flush()
+            self.drawn = False
+        self.last_output = self.clock()
+
+
 def _tool_stop_note(calls) -> str:
     if not calls:
         return "stopped: the model ended with <|call|> but wrote no complete tool call"
@@ -182,7 +221,7 @@ def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
 
     from mlx_oss.errors import ConvertError
     from mlx_oss.chat import Chat, vocabulary_problem
-    from mlx_oss.events import AnswerDelta, Done, ReasoningDelta, ToolCall
+    from mlx_oss.events import AnswerDelta, Done, Progress, ReasoningDelta, ToolCall, UnparsedDelta
     from mlx_oss.loader import load
     from mlx_oss.store import resolve_model
     from mlx_oss.sampling import SamplingConfig
@@ -204,27 +243,46 @@ def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
 
     rstream = out if a.reasoning_to == "stdout" else err
     done = None
-    in_reasoning = False
+    in_reasoning = in_unparsed = False
+    quiet = Silence(err, hint="" if a.show_reasoning else " (the reasoning is hidden: --show-reasoning shows it)")
     for ev in chat.send(prompt):
         if a.json:
             if isinstance(ev, Done):
                 done = ev
             continue
+        if isinstance(ev, Progress):
+            quiet.tick(ev.generated_tokens)
+            continue
+        if isinstance(ev, UnparsedDelta):  # not harmony: shown (stderr), never taken as the answer
+            quiet.clear()
+            err.write(ev.text)
+            err.flush()
+            in_unparsed = True
+            continue
+        if in_unparsed:
+            err.write("\n")
+            in_unparsed = False
         if isinstance(ev, ReasoningDelta) or (isinstance(ev, AnswerDelta) and ev.channel != "final"):
             if a.show_reasoning:
+                quiet.clear()
                 rstream.write(ev.text)
                 rstream.flush()
                 in_reasoning = True
         elif isinstance(ev, AnswerDelta):
+            quiet.clear()
             if in_reasoning:
                 rstream.write("\n")
                 in_reasoning = False
             out.write(ev.text)
             out.flush()
         elif isinstance(ev, ToolCall):
+            quiet.clear()
             print(f"tool call: {ev.recipient} {ev.raw}", file=err)
         elif isinstance(ev, Done):
             done = ev
+    quiet.clear()
+    if in_unparsed:
+        err.write("\n")
     assert done is not None
     s = done.stats
     if a.json:
@@ -234,6 +292,9 @@ def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     notes = {"length": "stopped at --max-tokens", "context": "stopped: the context is full",
              "cancelled": "cancelled",
              "tool_call": _tool_stop_note(done.reply.tool_calls)}  # fmt: skip
+    if not a.json and s.unparsed_tokens:
+        print(f"({s.unparsed_tokens} of {s.generated_tokens} generated tokens were not in harmony format: shown above "
+              "as unparsed text, not taken as the answer)", file=err)  # fmt: skip
     if not a.json and s.stop_reason in notes:
         print(f"({notes[s.stop_reason]})", file=err)
     if a.stats:

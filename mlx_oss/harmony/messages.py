@@ -18,6 +18,7 @@ __all__ = [
     "ANALYSIS",
     "COMMENTARY",
     "FINAL",
+    "UNPARSED",
     "CONSTRAIN_JSON",
     "DEFAULT_MODEL_IDENTITY",
     "DEFAULT_KNOWLEDGE_CUTOFF",
@@ -36,6 +37,10 @@ __all__ = [
 ANALYSIS = "analysis"
 COMMENTARY = "commentary"
 FINAL = "final"
+# Not a harmony channel: model output the parser could not place (a model not writing harmony, e.g.
+# random weights). Chat keeps it in the history under this channel so that the screen, the saved chat
+# and the reply agree; it is never rendered into a prompt.
+UNPARSED = "unparsed"
 CONSTRAIN_JSON = "<|constrain|>json"
 DEFAULT_MODEL_IDENTITY = "You are ChatGPT, a large language model trained by OpenAI."
 DEFAULT_KNOWLEDGE_CUTOFF = "2024-06"

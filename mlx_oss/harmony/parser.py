@@ -5,6 +5,10 @@ including what models actually emit: the recipient before or after the channel, 
 glued to the previous word, tool calls on the analysis channel. Unlike openai-harmony it never
 raises: malformed input is recorded in `errors` and parsing carries on, and `finish()` returns a
 cut-off message marked `incomplete` instead of failing.
+
+Text that belongs to no message is never dropped silently: tokens outside a message, a "header" longer
+than `MAX_HEADER_TOKENS` (a model not writing harmony, e.g. random weights) and a cut-off header that
+cannot be one are reported as `StreamEvent.unparsed` and collected in `unparsed_text`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ _CONSTRAIN_TEXT = "<|constrain|>"
 _WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 _ASCII_WS = re.compile(r"[ \t\n\x0c\r]+")
 _ROLES = {r.value: r for r in Role}
+MAX_HEADER_TOKENS = 64  # real headers ("<|channel|>commentary to=functions.x <|constrain|>json") are ~10
 
 
 class ParserState(Enum):
@@ -53,7 +58,8 @@ class StreamEvent:
     token completed); they are None until its header is complete (`header_done` marks the
     `<|message|>` token). `delta` is the text this token added. `message` is set when the token
     completed a message. `stop` is True for `<|return|>` and `<|call|>`: sampling should stop.
-    `error` says why a token was skipped or a message recovered, for malformed streams.
+    `error` says why a token was skipped or a message recovered, for malformed streams. `unparsed` is
+    text this token released that belongs to no message (not harmony: shown as is, never an answer).
     """
 
     token: int
@@ -67,6 +73,7 @@ class StreamEvent:
     message: Message | None = None
     stop: bool = False
     error: str | None = None
+    unparsed: str = ""
 
 
 def _split_ascii(s: str) -> list[str]:
@@ -150,6 +157,8 @@ class StreamParser:
         self._tokens: list[int] = []
         self._errors: list[str] = []
         self._last_delta: str | None = None
+        self._unparsed: list[str] = []
+        self._raw = codecs.getincrementaldecoder("utf-8")(errors="replace")  # for unparsed tokens
 
     # Read-only views ----------------------------------------------------------------------
 
@@ -170,6 +179,11 @@ class StreamParser:
     def errors(self) -> list[str]:
         """Descriptions of malformed input met so far (empty for a well-formed stream)."""
         return list(self._errors)
+
+    @property
+    def unparsed_text(self) -> str:
+        """All text so far that belongs to no message (see `StreamEvent.unparsed`)."""
+        return "".join(self._unparsed)
 
     @property
     def current_role(self) -> Role | None:
@@ -220,10 +234,18 @@ class StreamParser:
             self._append_text(self._decoder.decode(b"", final=True))
             self._complete(incomplete=True)
         elif self._state is ParserState.HEADER and self._header_tokens:
-            header, _, errs = _parse_header(self._header_text(), self._role_hint, True)
-            self._errors += errs + ["stream ended inside a message header"]
-            self._header = header
-            self._complete(incomplete=True)
+            text = self._header_text()
+            header, rest, errs = _parse_header(text, self._role_hint, True)
+            if rest is not None or (header.role is Role.ASSISTANT and header.channel is None):
+                self._errors.append("stream ended in text that is not a message header; kept as unparsed text")
+                self._unparsed.append(text)  # a model not writing harmony: its words, not a cut header
+            else:
+                self._errors += errs + ["stream ended inside a message header"]
+                self._header = header
+                self._complete(incomplete=True)
+        tail = self._raw.decode(b"", final=True)
+        if tail:
+            self._unparsed.append(tail)
         self._reset_message(ParserState.EXPECT_START)
         self._role_hint = None
         return self.messages
@@ -239,11 +261,14 @@ class StreamParser:
         message: Message | None = None,
         stop: bool = False,
         error: str | None = None,
+        unparsed: str = "",
     ) -> StreamEvent:
         # Header fields come from the message this token completed, else the one being read.
         src: Message | _Header | None = message if message is not None else self._header
         if error:
             self._errors.append(error)
+        if unparsed:
+            self._unparsed.append(unparsed)
         return StreamEvent(
             token,
             self._state,
@@ -256,13 +281,19 @@ class StreamParser:
             message=message,
             stop=stop,
             error=error,
+            unparsed=unparsed,
         )
 
     def _on_expect_start(self, token: int) -> StreamEvent:
         if token == tk.START:
+            tail = self._raw.decode(b"", final=True)
+            self._raw.reset()
             self._reset_message(ParserState.HEADER)
-            return self._event(token)
-        return self._event(token, error=f"token {token} outside a message (expected <|start|>); skipped")
+            return self._event(token, unparsed=tail)
+        data = self._token_bytes(token)
+        text = self._raw.decode(data) if data is not None else self._raw.decode(b"", final=True) + "\ufffd"
+        return self._event(token, error=f"token {token} outside a message (expected <|start|>); kept as unparsed text",
+                           unparsed=text)  # fmt: skip
 
     def _on_header(self, token: int) -> StreamEvent:
         if token == tk.MESSAGE:
@@ -282,6 +313,12 @@ class StreamParser:
             self._role_hint = None
             return self._event(token, error=f"<|start|> inside a header; dropped header {dropped!r}")
         self._header_tokens.append(token)
+        if len(self._header_tokens) > MAX_HEADER_TOKENS:  # not a header: the model is not writing harmony
+            text = self._header_text()
+            self._reset_message(ParserState.EXPECT_START)
+            self._role_hint = None
+            return self._event(token, error=f"message header longer than {MAX_HEADER_TOKENS} tokens; kept as unparsed text",
+                               unparsed=text)  # fmt: skip
         return self._event(token)
 
     def _end_without_message_token(self, token: int) -> StreamEvent:
