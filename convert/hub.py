@@ -8,6 +8,7 @@ Hugging Face layout at the repo root (not `original/` nor `metal/`, which would 
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 from mlx_oss.errors import ConvertError
@@ -25,16 +26,36 @@ def is_repo_id(name: str) -> bool:
     return not p.exists() and not p.parent.is_dir()
 
 
-def download(repo_id: str, revision: str | None = None) -> Path:
-    """Download (or resume) `repo_id` into the Hugging Face cache and return the snapshot folder."""
+def download(repo_id: str, revision: str | None = None, bars: bool | None = None) -> Path:
+    """Download (or resume) `repo_id` into the Hugging Face cache and return the snapshot folder.
+    `bars`: huggingface_hub's progress bars; None = only when stderr is a terminal (its tqdm bars
+    redraw with `\r`, which a log file or pipe should not get)."""
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise ConvertError(
             f"{repo_id}: downloading from the Hub needs huggingface_hub; run: pip install 'mlx-oss[hub]'"
         ) from None
+    if bars is None:
+        bars = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    quiet = not bars and _set_bars(False)
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HF_PATTERNS))
     except Exception as e:  # network, auth, not-found: all become one line for the user
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConvertError(f"{repo_id}: no such local folder, and the download from the Hugging Face Hub failed ({msg})") from None
+    finally:
+        if quiet:
+            _set_bars(True)
+
+
+def _set_bars(on: bool) -> bool:
+    """Turn huggingface_hub's progress bars on/off; -> True if it changed them."""
+    try:
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    except ImportError:
+        return False
+    if are_progress_bars_disabled() == (not on):
+        return False
+    (enable_progress_bars if on else disable_progress_bars)()
+    return True

@@ -25,15 +25,18 @@ def cache_home() -> Path:
     return Path(os.environ.get("MLX_OSS_HOME") or Path.home() / ".cache" / "mlx-oss")
 
 
-def resolve_model(name: str, *, progress: bool = True, status: Callable[[str], None] | None = None) -> Path:
-    """A converted folder for `name` (Hub id, checkpoint folder or converted folder)."""
+def resolve_model(
+    name: str, *, progress: bool = True, status: Callable[[str], None] | None = None, download_bars: bool | None = None
+) -> Path:
+    """A converted folder for `name` (Hub id, checkpoint folder or converted folder). `download_bars`:
+    see `convert.hub.download` (the TUI captures them for its loading screen)."""
     say = status or (lambda _msg: None)
     if is_repo_id(name):
         dst = cache_home() / name.replace("/", "--")
         if is_complete(dst):
             return dst
         say(f"{name} is not a local folder: downloading it from the Hugging Face Hub")
-        src = download(name)
+        src = download(name, bars=download_bars)
     else:
         src = Path(name).expanduser()
         layout, folder = detect_layout(src)

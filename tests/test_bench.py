@@ -215,6 +215,15 @@ def test_builtin_png_plot(tmp_path):
     for color in rep.COLORS[:2]:  # both engines drawn
         assert bytes(color) in raw
     assert rep.plot_series(r)["mlx-oss"][0] == (0.0, 8.0)
+    rows = [raw[y * (1 + 3 * w) + 1 : (y + 1) * (1 + 3 * w)] for y in range(h)]
+
+    def inked(y0: int, y1: int, x0: int, x1: int, color=(0, 0, 0)) -> int:
+        return sum(rows[y][3 * x : 3 * x + 3] == bytes(color) for y in range(y0, y1) for x in range(x0, x1))
+
+    assert inked(4, 9, 4, 40) > 10  # the title ("title")
+    assert inked(16, 26, 4, 124) > 40  # y axis name ("decode tokens/s")
+    assert inked(h - 18, h - 8, 150, 490) > 80  # x axis name
+    assert inked(36, 46, 500, 600, rep.COLORS[0]) > 20  # legend: "mlx-oss" in its line's color
     out = tmp_path / "q.png"
     assert rep.write_plot(r, str(out)) in ("builtin", "matplotlib") and out.stat().st_size > 1000
 

@@ -148,3 +148,27 @@ def test_a_closed_pipe_ends_quietly_like_other_unix_tools(tiny_converted):
     p.stdout.close()  # the reader goes away while info still writes
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 141 and err == ""
+
+
+def test_hub_progress_bars_only_on_a_terminal(tmp_path, monkeypatch, capsys):
+    """huggingface_hub's tqdm bars redraw with \\r: not into a log file or a pipe (stderr is captured here)."""
+    import huggingface_hub
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    seen = []
+
+    def fake(*a, **k):
+        seen.append(are_progress_bars_disabled())
+        raise ConnectionError("offline")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    assert not are_progress_bars_disabled()
+    assert main(["convert", "openai/gpt-oss-20b", "dst"]) == 1
+    assert seen == [True] and not are_progress_bars_disabled()  # off for the download, restored after
+    from mlx_oss.convert.hub import download
+
+    with pytest.raises(Exception):
+        download("openai/gpt-oss-20b", bars=True)  # the TUI captures them for its loading screen
+    assert seen == [True, False]
+    capsys.readouterr()

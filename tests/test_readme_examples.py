@@ -92,3 +92,28 @@ def test_python_api_examples_run(tiny_chat_converted, monkeypatch):
     assert "{'name': 'Paris', 'country': 'France'}" in printed
     assert "context limit" in printed
     assert namespace["chat"].history  # the reopened chat holds the saved conversation
+
+
+def test_synthetic_walkthrough_runs_as_written_and_always_limits_tokens(tmp_path):
+    """The README's shell walkthrough on a synthetic model: every generate/chat/bench passes a token
+    limit (random weights never stop), and each command but the TUI runs to completion."""
+    import shlex
+    import subprocess
+    import sys
+
+    text = README.read_text(encoding="utf-8")
+    m = re.search(r"Trying the whole product on a synthetic model.*?```sh\n(.*?)```", text, re.S)
+    assert m, "README.md has no synthetic-model walkthrough"
+    lines = [ln for ln in m.group(1).splitlines() if ln.strip()]
+    for ln in lines:
+        if re.match(r"mlx-oss (generate|chat)\b", ln):
+            assert "--max-tokens" in ln, ln
+        if ln.startswith("mlx-oss bench"):
+            assert " -g " in ln and "--turn-tokens" in ln, ln
+    for ln in lines:
+        if ln.startswith("mlx-oss chat"):
+            continue  # needs a terminal (tests/test_tui_cli.py runs it in a pty-less check)
+        argv = shlex.split(ln.replace("/tmp/", f"{tmp_path}/"))
+        argv = [sys.executable, "-m", "mlx_oss.cli.main", *argv[1:]] if argv[0] == "mlx-oss" else [sys.executable, *argv[1:]]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, (ln, r.stderr[-2000:])

@@ -105,7 +105,7 @@ def engine_loader(model: str, options: ChatOptions) -> Loader:
         import mlx_oss
         from mlx_oss.store import resolve_model
 
-        path = resolve_model(model, progress=True, status=say)
+        path = resolve_model(model, progress=True, status=say, download_bars=True)
         say(f"Loading weights from {path}")
         m, tok = mlx_oss.load(path, dtype=options.dtype)
         kwargs = options.chat_kwargs()

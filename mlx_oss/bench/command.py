@@ -208,7 +208,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     result = run_bench(a, say)
     if a.plot:
         how = rep.write_plot(result, a.plot)
-        say(f"plot written to {a.plot} ({how})")
+        say(f"plot written to {a.plot} ({how}" + (": a minimal chart; pip install 'mlx-oss[plot]' for matplotlib's)" if how == "builtin" else ")"))
     if a.csv:
         text = rep.to_csv(result)
         if a.csv == "-":

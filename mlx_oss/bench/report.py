@@ -216,8 +216,8 @@ def plot_series(result: dict) -> dict[str, list[tuple[float, float]]]:
 
 def write_plot(result: dict, path: str) -> str:
     """Decode tokens/s against context depth, one line per engine. matplotlib when installed
-    (`pip install mlx-oss[plot]`), else a dependency-free PNG (lines, points, digit labels; the
-    title/axes/legend go into the PNG's text chunks). -> which writer was used."""
+    (`pip install mlx-oss[plot]`), else a dependency-free PNG with the same title, axis names and legend
+    in a small pixel font. -> which writer was used."""
     series = plot_series(result)
     try:
         import matplotlib
@@ -247,11 +247,20 @@ def _plot_title(result: dict) -> str:
     return f"{result['model']['path']} on {m.get('chip')} ({m.get('backend')}), MLX {m.get('mlx')}"
 
 
-# 3x5 digit glyphs, rows top to bottom, 3 bits each
-_DIGITS = {
+# 3x5 glyphs, rows top to bottom, 3 bits each: digits, letters (lower case drawn as upper case), punctuation
+_GLYPHS = {
     "0": "111101101101111", "1": "010110010010111", "2": "111001111100111", "3": "111001111001111",
     "4": "101101111001001", "5": "111100111001111", "6": "111100111101111", "7": "111001001001001",
     "8": "111101111101111", "9": "111101111001111", ".": "000000000000010", "k": "100101110101101",
+    "A": "010101111101101", "B": "110101110101110", "C": "011100100100011", "D": "110101101101110",
+    "E": "111100110100111", "F": "111100110100100", "G": "011100101101011", "H": "101101111101101",
+    "I": "111010010010111", "J": "001001001101010", "K": "101101110101101", "L": "100100100100111",
+    "M": "101111111101101", "N": "110101101101101", "O": "010101101101010", "P": "110101110100100",
+    "Q": "010101101110011", "R": "110101110101101", "S": "011100010001110", "T": "111010010010010",
+    "U": "101101101101111", "V": "101101101101010", "W": "101101111111101", "X": "101101010101101",
+    "Y": "101101010010010", "Z": "111001010100111", "/": "001001010100100", "-": "000000111000000",
+    ":": "000010000010000", "(": "010100100100010", ")": "010001001001010", ",": "000000000010100",
+    "%": "101001010100101", "+": "000010111010000", "_": "000000000000111", "=": "000111000111000",
 }  # fmt: skip
 
 
@@ -267,10 +276,11 @@ def _png_bytes(img: list[bytearray], width: int, height: int, text: dict[str, st
 
 
 def write_png(path: str, series: dict[str, list[tuple[float, float]]], title: str, width: int = 640, height: int = 400) -> None:
-    """A line chart as a PNG with no dependencies: white background, axes, one colored line with
-    square markers per series, digit tick labels; legend and axis names in the PNG text chunks."""
+    """A line chart as a PNG with no dependencies: white background, a title, axes with tick values and
+    names, one colored line with square markers per series and a legend (3x5 pixel font; the same
+    texts also go into the PNG's text chunks). matplotlib (`mlx-oss[plot]`) draws a finer one."""
     img = [bytearray(b"\xff" * (3 * width)) for _ in range(height)]
-    L, R, T, B = 60, 20, 20, 40
+    L, R, T, B = 60, 20, 34, 54
 
     def px(x: int, y: int, c: tuple[int, int, int]) -> None:
         if 0 <= x < width and 0 <= y < height:
@@ -282,16 +292,20 @@ def write_png(path: str, series: dict[str, list[tuple[float, float]]], title: st
             for dx in (0, 1):
                 px(round(x0 + (x1 - x0) * i / n) + dx, round(y0 + (y1 - y0) * i / n), c)
 
-    def text(s: str, x: int, y: int, scale: int = 2) -> None:
+    def text(s: str, x: int, y: int, scale: int = 2, c: tuple[int, int, int] = (0, 0, 0)) -> None:
         for ch in s:
-            g = _DIGITS.get(ch)
+            g = _GLYPHS.get(ch) or _GLYPHS.get(ch.upper())
             if g:
                 for i, bit in enumerate(g):
                     if bit == "1":
                         for a in range(scale):
                             for b in range(scale):
-                                px(x + (i % 3) * scale + a, y + (i // 3) * scale + b, (0, 0, 0))
+                                px(x + (i % 3) * scale + a, y + (i // 3) * scale + b, c)
             x += 4 * scale
+
+    def fit(s: str, scale: int, room: int) -> str:
+        n = room // (4 * scale)
+        return s if len(s) <= n else "..." + s[-(n - 3) :]
 
     pts = [p for s in series.values() for p in s]
     xmax = max([p[0] for p in pts] + [1.0])
@@ -308,6 +322,10 @@ def write_png(path: str, series: dict[str, list[tuple[float, float]]], title: st
         xv = xmax * i / 4
         line(X(xv), height - B, X(xv), height - B + 4, black)
         text(f"{xv:.3g}" if xv < 1000 else f"{xv / 1000:.3g}k", X(xv) - 10, height - B + 8)
+    text(fit(title, 1, width - 8), 4, 4, scale=1)
+    text("decode tokens/s", 4, 16)
+    xlabel = "context depth (tokens in the cache)"
+    text(xlabel, (width - 8 * len(xlabel)) // 2, height - 18)
     legend = []
     for k, (name, s) in enumerate(series.items()):
         c = COLORS[k % len(COLORS)]
@@ -319,9 +337,10 @@ def write_png(path: str, series: dict[str, list[tuple[float, float]]], title: st
             for a in range(-3, 4):
                 for b in range(-3, 4):
                     px(X(x) + a, Y(y) + b, c)
-        for a in range(12):  # legend swatch, top right
+        for a in range(12):  # legend swatch and name, top right
             for b in range(8):
-                px(width - R - 40 + a, T + 4 + 14 * k + b, c)
+                px(width - R - 12 + a, T + 4 + 14 * k + b, c)
+        text(name, width - R - 16 - 8 * len(name), T + 3 + 14 * k, c=c)
     meta = {"Title": title, "Description": "decode tokens/s (y) against context depth in tokens (x); " + "; ".join(legend)}
     with open(path, "wb") as f:
         f.write(_png_bytes(img, width, height, meta))
