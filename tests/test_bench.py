@@ -426,6 +426,16 @@ def test_bench_command_with_compare(tiny_chat_converted, tmp_path, capsys):
     assert png.read_bytes()[:4] == b"\x89PNG" and "mlx-lm" in csv_path.read_text()
 
 
+def test_bench_help_states_every_default():
+    from mlx_oss.cli.main import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices["bench"]
+    text = " ".join(sub.format_help().split())
+    for flag, default in (("--model", "(default openai/gpt-oss-20b)"), ("--turns", "(default 10; 0: skip)"),
+                          ("--effort-tokens", "(default 0: skip)"), ("--depth", "(default 0)"), ("--seed", "(default 0)")):  # fmt: skip
+        assert default in text, flag
+
+
 def test_bench_rejects_bad_arguments(tiny_converted):
     from mlx_oss.cli.main import main
 

@@ -20,6 +20,7 @@ from textual.widgets import Input, ProgressBar, Static
 from textual.widgets.markdown import MarkdownFence
 
 from mlx_oss.errors import ConvertError
+from mlx_oss.events import Stats
 from mlx_oss.tui.app import Backend, ChatApp
 from mlx_oss.tui.screens import InstructionsScreen, LoadingScreen, OpenScreen, SaveScreen
 from mlx_oss.tui.widgets import AnswerBlock, AssistantMessage, ChatView, ErrorNote, PromptInput, ReasoningBlock, StatusLine, ToolBlock, UserMessage, Welcome
@@ -494,6 +495,20 @@ def test_error_hints_fit_the_cause_of_a_local_folder(error, fits, never):
     model = "models/x" if "models/x" in str(error) else "/m"
     hints = error_hints(error, model)
     assert any(fits in h for h in hints) and not any(never in h for h in hints), hints
+
+
+@aio
+async def test_a_tool_call_stop_note_says_what_happened(tmp_path):
+    """Never "tool round limit reached" for a stop that was something else: the note is Stats.stop_detail."""
+    app = fake_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        w = AssistantMessage("fake-oss")
+        await app.query_one(ChatView).mount(w)
+        await app._report_stop(w, Stats(stop_reason="tool_call", stop_detail="waiting for the result of the call to functions.lookup"))
+        await pilot.pause()
+        notes = [n.text for n in w.query(ErrorNote)]
+        assert notes == ["Stopped: waiting for the result of the call to functions.lookup."]
 
 
 def test_progress_from_output():
