@@ -21,7 +21,8 @@ from textual.widgets.markdown import MarkdownFence
 
 from mlx_oss.errors import ConvertError
 from mlx_oss.events import Stats
-from mlx_oss.tui.app import Backend, ChatApp
+from mlx_oss.tui.app import ChatApp
+from mlx_oss.tui.session import Backend
 from mlx_oss.tui.screens import InstructionsScreen, LoadingScreen, OpenScreen, SaveScreen
 from mlx_oss.tui.widgets import AnswerBlock, AssistantMessage, ChatView, ErrorNote, PromptInput, ReasoningBlock, StatusLine, ToolBlock, UserMessage, Welcome
 

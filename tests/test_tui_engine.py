@@ -16,7 +16,8 @@ import pytest
 
 import mlx_oss
 from mlx_oss.sampling import SamplingConfig, ScriptedTokens
-from mlx_oss.tui.app import Backend, ChatApp, ChatOptions, engine_loader, session_loader
+from mlx_oss.tui.app import ChatApp
+from mlx_oss.tui.session import Backend, ChatOptions, model_loader, session_loader
 from mlx_oss.tui.widgets import AnswerBlock, AssistantMessage, ErrorNote, PromptInput, ToolBlock, UserMessage
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -154,11 +155,11 @@ async def test_python_api_chat_with_tools_save_and_reopen(model_tok, tmp_path):
 
 
 @aio
-async def test_engine_loader_end_to_end_unscripted(tiny_chat_converted, tmp_path):
+async def test_model_loader_end_to_end_unscripted(tiny_chat_converted, tmp_path):
     """The real loader (resolve + load + Chat); the random model's output is not harmony, which the
     chat must survive and say."""
     options = ChatOptions(reasoning_effort="low", max_tokens=6, sampling=SamplingConfig(seed=0), dtype="float32")
-    app = ChatApp(engine_loader(str(tiny_chat_converted), options), model="converted", chats_dir=tmp_path)
+    app = ChatApp(model_loader(str(tiny_chat_converted), options), model="converted", chats_dir=tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
         assert app.session.reasoning_effort == "low" and "effort low" in status(app)
@@ -170,22 +171,22 @@ async def test_engine_loader_end_to_end_unscripted(tiny_chat_converted, tmp_path
         assert app.focused is app.query_one(PromptInput)
 
 
-def test_process_exits_cleanly_after_generating_on_the_engine_thread(tiny_chat_converted):
+def test_process_exits_cleanly_after_generating_on_the_model_thread(tiny_chat_converted):
     """MLX aborts the process at exit ("terminate called without an active exception") unless each
-    thread that ran it clears its streams; the app's engine thread does so when it shuts down."""
+    thread that ran it clears its streams; the app's model thread does so when it shuts down."""
     import subprocess
 
     code = f"""
-from mlx_oss.tui.app import EngineThread
+from mlx_oss.tui.session import ModelThread
 import mlx.core as mx, mlx_oss
-eng = EngineThread()
+thread = ModelThread()
 def work():
     m, tok = mlx_oss.load({str(tiny_chat_converted)!r}, dtype="float32")
     for _ in range(20):
         mx.eval(m(mx.array([[1, 2, 3]]), None))
-eng.submit(work).result()
-eng.shutdown()
-assert eng.join(10)
+thread.submit(work).result()
+thread.shutdown()
+assert thread.join(10)
 print("ok")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -17,20 +17,21 @@ from typing import Any
 def run(model: Any = "openai/gpt-oss-20b", *, hide_reasoning: bool = False, chats_dir: str | None = None,
         **chat_options: Any) -> int:  # fmt: skip
     """Run the chat in this terminal; returns the exit code. `model` is a Hub id, a folder, or a
-    `mlx_oss.Chat`; `chat_options` are `mlx_oss.tui.app.ChatOptions` fields (reasoning_effort, instructions,
+    `mlx_oss.Chat`; `chat_options` are `mlx_oss.tui.session.ChatOptions` fields (reasoning_effort, instructions,
     tools, sampling, max_tokens, max_context, dtype) and apply when `model` is not a Chat."""
     from pathlib import Path
 
-    from mlx_oss.tui.app import ChatApp, ChatOptions, engine_loader, model_label, session_loader
+    from mlx_oss.tui.app import ChatApp
+    from mlx_oss.tui.session import ChatOptions, model_label, model_loader, session_loader
 
     if hasattr(model, "send"):
         if chat_options:
             raise TypeError("chat options go to the Chat itself when you pass a Chat")
         loader, label, source = session_loader(model), "gpt-oss", "the given Chat"
     else:
-        loader, label, source = engine_loader(str(model), ChatOptions(**chat_options)), model_label(str(model)), str(model)
+        loader, label, source = model_loader(str(model), ChatOptions(**chat_options)), model_label(str(model)), str(model)
     app = ChatApp(loader, model=label, source=source, hide_reasoning=hide_reasoning,
                   chats_dir=Path(chats_dir).expanduser() if chats_dir else None)  # fmt: skip
     app.run()
-    app.engine.join(timeout=5)
+    app.model_thread.join(timeout=5)
     return app.return_code or 0

@@ -1,11 +1,9 @@
 """`ChatApp`: the Textual chat over an `mlx_oss.Chat` (or anything with the same contract).
 
-Threading: every model call (resolve/load, `send()` iteration, `reset()`, `from_json()`) runs on
-one long-lived daemon thread owned by the app (`EngineThread`), so MLX state stays on a single
-thread, the event loop never blocks, and quitting never waits for a download. The engine thread
-hands events to the UI through an inbox plus a wake-up message; the UI drains and coalesces them,
-so a fast decoder costs a bounded number of redraws. `Chat.cancel()` is thread-safe and is called
-straight from the UI thread when Esc is pressed.
+UI only: loading, chats and the model thread are `session.py`'s. Every model call runs on the app's
+`ModelThread`, which hands events to the UI through an inbox plus a wake-up message; the UI drains and
+coalesces them, so a fast decoder costs a bounded number of redraws. `Chat.cancel()` is thread-safe and
+is called straight from the UI thread when Esc is pressed.
 """
 
 from __future__ import annotations
@@ -13,16 +11,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import platform
-import queue
 import shutil
 import subprocess
-import sys
-import threading
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -34,190 +28,17 @@ from textual.widgets import Footer, Header
 
 from mlx_oss.events import AnswerDelta, Done, Progress, ReasoningDelta, Stats, ToolCall, ToolResult, UnparsedDelta
 from mlx_oss.tui.export import default_chats_dir, read_conversation, save_conversation, turns
+from mlx_oss.tui.session import EFFORTS, Backend, ChatSession, Failure, Finished, Loader, ModelThread, effort_name, prompt_size, run_send
 from mlx_oss.tui.screens import InstructionsScreen, LoadingScreen, OpenScreen, SaveScreen, one_line
 from mlx_oss.tui.widgets import AssistantMessage, ChatView, PromptInput, ReasoningBlock, StatusInfo, StatusLine, UserMessage, Welcome
 
-__all__ = ["EFFORTS", "Backend", "ChatApp", "ChatOptions", "ChatSession", "EngineThread", "engine_loader", "model_label", "session_loader"]
-
-EFFORTS = ("low", "medium", "high")
-
-
-class ChatSession(Protocol):
-    """The part of `mlx_oss.Chat` the app uses (docs/ENGINE_API.md)."""
-
-    reasoning_effort: Any
-    instructions: str | None
-
-    def send(self, text: str) -> Iterator[Any]: ...
-    def cancel(self) -> None: ...
-    def reset(self) -> None: ...
-    def to_json(self) -> Any: ...
-    @property
-    def messages(self) -> Iterable[Any]: ...
+__all__ = ["ChatApp"]
 
 
 @dataclass
-class Backend:
-    """A loaded model and how to make chats with it; the app never touches MLX directly."""
+class _LiveReply:
+    """The assistant message being streamed into, and what the UI learns about it."""
 
-    name: str
-    new_chat: Callable[[], ChatSession]
-    open_chat: Callable[[Any], ChatSession]
-    context_limit: int | None = None
-    memory_bytes: Callable[[], int] | None = None
-
-
-Loader = Callable[[Callable[[str], None]], Backend]
-"""Runs on the engine thread; reports stages through the callback; raises on failure."""
-
-
-@dataclass
-class ChatOptions:
-    """Chat settings from the command line, passed to every `Chat` the app creates."""
-
-    reasoning_effort: str = "medium"
-    instructions: str | None = None
-    tools: list[Callable[..., Any]] | None = None
-    sampling: Any = None  # mlx_oss.SamplingConfig
-    max_tokens: int | None = None
-    max_context: int | None = None
-    dtype: str | None = None  # for mlx_oss.load; None: the device default
-
-    def chat_kwargs(self) -> dict[str, Any]:
-        kw: dict[str, Any] = {"reasoning_effort": self.reasoning_effort, "instructions": self.instructions,
-                              "max_tokens": self.max_tokens, "max_context": self.max_context}  # fmt: skip
-        if self.tools:
-            kw["tools"] = list(self.tools)
-        if self.sampling is not None:
-            kw["sampling"] = self.sampling
-        return kw
-
-
-def model_label(name: str) -> str:
-    """`openai/gpt-oss-20b` -> `gpt-oss-20b`; a folder -> its name."""
-    return Path(str(name).rstrip("/")).name or str(name)
-
-
-def engine_loader(model: str, options: ChatOptions) -> Loader:
-    """The real loader: resolve (download / convert once / as is), load, and make `Chat`s."""
-
-    def load(say: Callable[[str], None]) -> Backend:
-        import mlx_oss
-        from mlx_oss.store import resolve_model
-
-        path = resolve_model(model, progress=True, status=say, download_bars=True)
-        say(f"Loading weights from {path}")
-        m, tok = mlx_oss.load(path, dtype=options.dtype)
-        kwargs = options.chat_kwargs()
-
-        def new_chat() -> ChatSession:
-            return mlx_oss.Chat(m, tok, **kwargs)
-
-        def open_chat(data: Any) -> ChatSession:
-            # Callables cannot be saved in JSON: this session's --tools replace the saved schemas.
-            return mlx_oss.Chat.from_json(data, m, tok, tools=options.tools)
-
-        limit = options.max_context or getattr(getattr(m, "args", None), "max_position_embeddings", None)
-        say("Ready")
-        return Backend(model_label(model), new_chat, open_chat, context_limit=limit, memory_bytes=_mlx_memory)
-
-    return load
-
-
-def _prompt_size(session: Any) -> int | None:
-    """Tokens the conversation takes (what the status line's ctx shows for a chat just reopened)."""
-    tokens = getattr(session, "prompt_tokens", None)
-    return len(tokens()) if callable(tokens) else None
-
-
-def session_loader(chat: Any, name: str = "gpt-oss") -> Loader:
-    """Open the TUI on an `mlx_oss.Chat` built in Python (its model, settings and callable tools).
-    Reopened conversations get the same callables, since JSON keeps only their schemas."""
-
-    def load(say: Callable[[str], None]) -> Backend:
-        fns = [t.fn for t in getattr(chat, "tools", ()) if getattr(t, "fn", None) is not None]
-
-        def open_chat(data: Any) -> ChatSession:
-            extra = {"tools": fns} if fns else {}
-            return type(chat).from_json(data, getattr(chat, "model", None), getattr(chat, "tokenizer", None), **extra)
-
-        return Backend(name, lambda: chat, open_chat, context_limit=getattr(chat, "max_context", None), memory_bytes=_mlx_memory)
-
-    return load
-
-
-def _mlx_memory() -> int:
-    import mlx.core as mx
-
-    get = getattr(mx, "get_active_memory", None) or getattr(getattr(mx, "metal", None), "get_active_memory", None)
-    try:
-        return int(get()) if get else 0
-    except Exception:
-        return 0
-
-
-def _clear_mlx_streams() -> None:
-    """MLX (0.32+) wants `clear_streams()` at the end of each thread that ran it; without it the
-    process aborts at exit ("terminate called without an active exception")."""
-    mx = sys.modules.get("mlx.core")
-    if mx is not None and hasattr(mx, "clear_streams"):
-        mx.clear_streams()
-
-
-class EngineThread:
-    """One daemon thread running model jobs in order (see the module docstring for why)."""
-
-    def __init__(self, name: str = "mlx-oss-engine") -> None:
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._started = False
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        fut: Future = Future()
-        self._jobs.put((fut, fn, args))
-        if not self._started:
-            self._started = True
-            self._thread.start()
-        return fut
-
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                _clear_mlx_streams()
-                return
-            fut, fn, args = job
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                fut.set_result(fn(*args))
-            except BaseException as e:  # noqa: BLE001 - handed to the awaiting side
-                fut.set_exception(e)
-
-    def shutdown(self) -> None:
-        """Finish the queued jobs, then stop (see `join`)."""
-        self._jobs.put(None)
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait for the thread to end (after `shutdown`); False if it is still busy."""
-        if self._started:
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-
-class _Failure:
-    """An exception raised by `send()` (e.g. ContextLengthError), as an inbox item."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-class _Finished:
-    """The `send()` iteration is over (always the last inbox item of a turn)."""
-
-
-@dataclass
-class _Turn:
     widget: AssistantMessage
     text: str
     cancel_requested: bool = False
@@ -235,10 +56,6 @@ class _Queued:
 class _InboxState:
     items: collections.deque = field(default_factory=collections.deque)
     wake_pending: bool = False
-
-
-def _effort_str(e: Any) -> str:
-    return str(getattr(e, "value", e) or "medium")
 
 
 class ChatApp(App[int]):
@@ -269,7 +86,7 @@ class ChatApp(App[int]):
     hide_reasoning: reactive[bool] = reactive(False)
 
     class Wake(Message):
-        """Engine-thread items are waiting in the inbox."""
+        """Model-thread items are waiting in the inbox."""
 
     def __init__(self, loader: Loader, *, model: str = "gpt-oss", source: str | None = None,
                  hide_reasoning: bool = False, chats_dir: Path | None = None) -> None:  # fmt: skip
@@ -280,8 +97,8 @@ class ChatApp(App[int]):
         self.chats_dir = Path(chats_dir) if chats_dir else default_chats_dir()
         self.backend: Backend | None = None
         self.session: ChatSession | None = None
-        self.engine = EngineThread()
-        self.turn: _Turn | None = None
+        self.model_thread = ModelThread()
+        self.turn: _LiveReply | None = None
         self.queue: list[_Queued] = []
         self.last_stats: Stats | None = None
         self.live: Progress | None = None  # the running turn's figures, until its Done
@@ -320,8 +137,8 @@ class ChatApp(App[int]):
                 pass
         # Free the model and caches on the thread that made them, before the interpreter exits.
         held, self.session, self.backend = [self.session, self.backend], None, None
-        self.engine.submit(held.clear)
-        self.engine.shutdown()
+        self.model_thread.submit(held.clear)
+        self.model_thread.shutdown()
 
     @work(exclusive=True, group="load")
     async def _start_loading(self) -> None:
@@ -336,7 +153,7 @@ class ChatApp(App[int]):
             return backend, backend.new_chat()
 
         try:
-            backend, session = await asyncio.wrap_future(self.engine.submit(job))
+            backend, session = await asyncio.wrap_future(self.model_thread.submit(job))
         except Exception as e:  # noqa: BLE001 - every failure becomes a message with hints
             self.last_error = one_line(e)
             screen.show_error(e)
@@ -357,7 +174,7 @@ class ChatApp(App[int]):
 
     @property
     def effort(self) -> str:
-        return _effort_str(getattr(self.session, "reasoning_effort", "medium")) if self.session else "medium"
+        return effort_name(getattr(self.session, "reasoning_effort", "medium")) if self.session else "medium"
 
     def _refresh_status(self) -> None:
         s = self.last_stats
@@ -433,21 +250,11 @@ class ChatApp(App[int]):
         widget = AssistantMessage(self.model)
         await chat.mount(widget)
         chat.anchor()
-        self.turn = _Turn(widget, text)
+        self.turn = _LiveReply(widget, text)
         self.live = None
         self.busy = True
         self._refresh_status()
-        self.engine.submit(self._run_send, self.session, text)
-
-    def _run_send(self, session: ChatSession, text: str) -> None:
-        """Engine thread: iterate the stream into the inbox; never raises."""
-        try:
-            for ev in session.send(text):
-                self._push(ev)
-        except Exception as e:  # noqa: BLE001 - shown in the chat
-            self._push(_Failure(e))
-        finally:
-            self._push(_Finished())
+        self.model_thread.submit(run_send, self.session, text, self._push)
 
     def _push(self, item: Any) -> None:
         box = self._inbox
@@ -510,10 +317,10 @@ class ChatApp(App[int]):
             self.last_stats = item.stats
             self.live = None
             await self._report_stop(w, item.stats)
-        elif isinstance(item, _Failure):
+        elif isinstance(item, Failure):
             await w.add_note(self._failure_text(item.error))
             self.last_error = one_line(item.error)
-        elif isinstance(item, _Finished):
+        elif isinstance(item, Finished):
             await self._end_turn()
         self._refresh_status()
 
@@ -564,7 +371,7 @@ class ChatApp(App[int]):
     # ------------------------------------------------------------------ actions
 
     def action_stop(self) -> None:
-        """Esc: stop the running answer at once (the engine ends the stream with Done)."""
+        """Esc: stop the running answer at once (the Chat ends the stream with Done)."""
         if self.turn is None or self.session is None:
             return
         if not self.turn.cancel_requested:
@@ -611,7 +418,7 @@ class ChatApp(App[int]):
 
     async def _new_chat_now(self) -> None:
         assert self.session is not None
-        await asyncio.wrap_future(self.engine.submit(self.session.reset))
+        await asyncio.wrap_future(self.model_thread.submit(self.session.reset))
         chat = self.query_one(ChatView)
         await chat.remove_children()
         if not self.queue:
@@ -679,8 +486,8 @@ class ChatApp(App[int]):
         assert self.backend is not None
         try:
             data = read_conversation(path)
-            session = await asyncio.wrap_future(self.engine.submit(self.backend.open_chat, data))
-            used = await asyncio.wrap_future(self.engine.submit(_prompt_size, session))
+            session = await asyncio.wrap_future(self.model_thread.submit(self.backend.open_chat, data))
+            used = await asyncio.wrap_future(self.model_thread.submit(prompt_size, session))
         except Exception as e:  # noqa: BLE001
             why = str(e).strip().splitlines()[0] if isinstance(e, ValueError) and str(e).strip() else one_line(e)
             self.notify(f"Could not open {Path(path).name}: {why}", severity="error", timeout=6)

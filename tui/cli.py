@@ -89,7 +89,8 @@ def run_chat(a: argparse.Namespace) -> int:
     """Validate the options before the full-screen app starts, then run it."""
     from mlx_oss.errors import UsageError
     from mlx_oss.sampling import SamplingConfig
-    from mlx_oss.tui.app import ChatApp, ChatOptions, engine_loader, model_label
+    from mlx_oss.tui.app import ChatApp
+    from mlx_oss.tui.session import ChatOptions, model_label, model_loader
 
     sampling = SamplingConfig(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p, seed=a.seed)
     try:
@@ -109,12 +110,12 @@ def run_chat(a: argparse.Namespace) -> int:
         dtype=a.dtype,
     )
     app = ChatApp(
-        engine_loader(a.model, options),
+        model_loader(a.model, options),
         model=model_label(a.model),
         source=a.model,
         hide_reasoning=a.hide_reasoning,
         chats_dir=Path(a.chats_dir).expanduser() if a.chats_dir else None,
     )
     app.run()
-    app.engine.join(timeout=5)  # let the model be freed on its own thread before exiting
+    app.model_thread.join(timeout=5)  # let the model be freed on its own thread before exiting
     return app.return_code or 0

@@ -116,7 +116,7 @@ class LoadingScreen(Screen):
         """The user asked to try loading again."""
 
     class Status(Message):
-        """A stage message from the loader (posted from the engine thread)."""
+        """A stage message from the loader (posted from the model thread)."""
 
         def __init__(self, text: str) -> None:
             super().__init__()
