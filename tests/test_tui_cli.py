@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from mlx_oss.errors import ConvertError
+from mlx_oss.errors import UserError
 from mlx_oss.cli.main import build_parser, main
 from mlx_oss.harmony import Message
 from mlx_oss.tui.cli import load_tools_file
@@ -46,6 +46,30 @@ def test_bad_options_fail_before_the_app_starts_with_generates_exit_code(argv, m
     assert rc == 2 and message in err.strip().splitlines()[-1] and "Traceback" not in err
 
 
+SHARED_FLAG_ERRORS = [
+    (["--temperature", "-1"], "--temperature/--temp: must be in [0, 100], got -1"),
+    (["--top-p", "0"], "--top-p: must be in (0, 1], got 0"),
+    (["--top-k", "-2"], "--top-k: must be at least 0, got -2"),
+    (["--max-context", "1"], "--max-context: must be at least 2, got 1"),
+    (["--reasoning-effort", "max"], "invalid choice: 'max' (choose from"),
+    (["--dtype", "int8"], "--dtype: invalid choice"),
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "argv", "message"),
+    [(c, argv, m) for c in ("chat", "generate") for argv, m in SHARED_FLAG_ERRORS]
+    + [("bench", argv, m) for argv, m in SHARED_FLAG_ERRORS if argv[0] == "--dtype"],
+)
+def test_shared_flags_are_validated_alike_by_every_command(command, argv, message, capsys):
+    """One definition of the shared flags (mlx_oss/cli/args.py): the same bad value is the same
+    argparse error (exit 2, one line) in generate and chat (bench shares --model/--dtype only)."""
+    with pytest.raises(SystemExit) as e:
+        main([command, *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and f"mlx-oss {command}: error:" in err
+
+
 def test_chat_without_a_terminal_exits_at_once_with_one_line(tmp_path):
     """Textual spins at 100% CPU on a missing terminal; chat must refuse before loading anything."""
     r = subprocess.run([sys.executable, "-m", "mlx_oss.cli.main", "chat", "--model", str(tmp_path / "none")],
@@ -71,10 +95,10 @@ def test_tools_file_public_functions_become_tools(tmp_path):
     f.write_text("__all__ = ['a']\ndef a():\n    return 1\ndef b():\n    return 2\n")
     assert [fn.__name__ for fn in load_tools_file(f)] == ["a"]
     f.write_text("raise RuntimeError('broken')\n")
-    with pytest.raises(ConvertError, match="failed to import.*broken"):
+    with pytest.raises(UserError, match="failed to import.*broken"):
         load_tools_file(f)
     f.write_text("X = 1\n")
-    with pytest.raises(ConvertError, match="no public functions"):
+    with pytest.raises(UserError, match="no public functions"):
         load_tools_file(f)
 
 

@@ -1,4 +1,4 @@
-"""`mlx-oss chat`: registered by `mlx_oss.cli.main` when this module exists (see `_optional_commands`)."""
+"""`mlx-oss chat`: its flags (shared ones from mlx_oss/cli/args.py) and the checks before the full-screen app starts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from mlx_oss.errors import ConvertError, UserError
+from mlx_oss.cli import args
+from mlx_oss.errors import UsageError, UserError
 
 __all__ = ["load_tools_file", "register", "run_chat"]
 
@@ -22,37 +23,34 @@ def load_tools_file(path: str | Path) -> list[Callable[..., Any]]:
     """
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ConvertError(f"{p}: no such file (--tools expects a Python file defining functions)")
+        raise UserError(f"{p}: no such file (--tools expects a Python file defining functions)")
     spec = importlib.util.spec_from_file_location(f"mlx_oss_tools_{abs(hash(str(p.resolve())))}", p)
     if spec is None or spec.loader is None:
-        raise ConvertError(f"{p}: not a Python file")
+        raise UserError(f"{p}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
     except Exception as e:  # noqa: BLE001 - the user's file
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ConvertError(f"{p}: failed to import ({type(e).__name__}: {first})") from None
+        raise UserError(f"{p}: failed to import ({type(e).__name__}: {first})") from None
     names = getattr(module, "__all__", None)
     if names is not None:
         fns = [getattr(module, n, None) for n in names]
         bad = [n for n, f in zip(names, fns) if not callable(f)]
         if bad:
-            raise ConvertError(f"{p}: __all__ names something that is not a function: {bad[0]}")
+            raise UserError(f"{p}: __all__ names something that is not a function: {bad[0]}")
     else:
         fns = [
             obj for name, obj in vars(module).items()
             if inspect.isfunction(obj) and obj.__module__ == module.__name__ and not name.startswith("_")
         ]  # fmt: skip
     if not fns:
-        raise ConvertError(f"{p}: defines no public functions to use as tools")
+        raise UserError(f"{p}: defines no public functions to use as tools")
     return fns
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `chat` subcommand."""
-    from mlx_oss.cli.generate import INSTRUCTIONS_HELP, context_int, float_in, instructions_arg, non_negative_int, positive_int
-    from mlx_oss.store import DEFAULT_MODEL
-
     c = subparsers.add_parser(
         "chat",
         help="terminal chat with gpt-oss (streaming answer, live reasoning, tools)",
@@ -60,26 +58,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ctrl+r reasoning, ctrl+n new, ctrl+g instructions, ctrl+s save, ctrl+o open, ctrl+l copy, "
         "ctrl+p commands, ctrl+q quit. See docs/TUI.md.",
     )
-    c.add_argument("--model", "-m", default=DEFAULT_MODEL,
-                   help=f"Hub id, checkpoint folder or converted folder (default {DEFAULT_MODEL}; "
-                        "Hub models are downloaded and converted once into ~/.cache/mlx-oss)")  # fmt: skip
-    c.add_argument("--reasoning-effort", "-r", choices=["low", "medium", "high"], default="medium",
-                   help="initial reasoning effort (ctrl+t switches it in the chat)")  # fmt: skip
-    c.add_argument("--instructions", "--system", "-s", default=None, metavar="TEXT", type=instructions_arg,
-                   help=INSTRUCTIONS_HELP)
+    args.add_model(c)
+    args.add_effort(c, help="initial reasoning effort (ctrl+t switches it in the chat)")
+    args.add_instructions(c)
     c.add_argument("--tools", default=None, metavar="FILE.py",
                    help="Python file whose public functions become tools the model can call")  # fmt: skip
     c.add_argument("--hide-reasoning", action="store_true", help="do not show the reasoning (analysis channel)")
-    c.add_argument("--temperature", "--temp", type=float_in(0, 100), default=1.0, help="sampling temperature (default 1.0; 0 = greedy)")
-    c.add_argument("--top-p", type=float_in(0, 1, lo_open=True), default=1.0, help="nucleus sampling (default 1.0 = off)")
-    c.add_argument("--top-k", type=non_negative_int, default=0, help="top-k sampling (default 0 = off)")
-    c.add_argument("--min-p", type=float_in(0, 1), default=0.0, help="min-p sampling (default 0 = off)")
-    c.add_argument("--seed", type=int, default=None, help="random seed for reproducible replies")
-    c.add_argument("--max-tokens", type=positive_int, default=None, help="maximum tokens per reply (default: until done)")
-    c.add_argument("--max-context", type=context_int, default=None,
-                   help="context limit in tokens (default: the model's, 131072); lower it to bound memory")  # fmt: skip
-    c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="compute dtype (default: bf16 on Metal, f32 on CPU)")  # fmt: skip
+    args.add_sampling(c)
+    args.add_limits(c, max_context_help="context limit in tokens (default: the model's, 131072); lower it to bound memory")
+    args.add_dtype(c)
     c.add_argument("--chats-dir", default=None, metavar="DIR",
                    help="where ctrl+s saves conversations (default $MLX_OSS_CHATS or ~/mlx-oss-chats)")  # fmt: skip
     c.set_defaults(func=run_chat)
@@ -87,15 +74,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_chat(a: argparse.Namespace) -> int:
     """Validate the options before the full-screen app starts, then run it."""
-    from mlx_oss.errors import UsageError
-    from mlx_oss.sampling import SamplingConfig
     from mlx_oss.tui.app import ChatApp
     from mlx_oss.tui.session import ChatOptions, model_label, model_loader
 
-    sampling = SamplingConfig(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p, seed=a.seed)
     try:
         tools = load_tools_file(a.tools) if a.tools else None
-    except ConvertError as e:  # like generate's --tools: a bad argument
+    except UserError as e:  # like generate's --tools: a bad argument
         raise UsageError(f"--tools: {e}") from None
     if not (sys.stdin.isatty() and sys.stdout.isatty()):  # Textual would spin on a missing terminal
         raise UserError("mlx-oss chat needs a terminal (stdin and stdout are not one); "
@@ -104,7 +88,7 @@ def run_chat(a: argparse.Namespace) -> int:
         reasoning_effort=a.reasoning_effort,
         instructions=a.instructions,
         tools=tools,
-        sampling=sampling,
+        sampling=args.sampling_config(a),
         max_tokens=a.max_tokens,
         max_context=a.max_context,
         dtype=a.dtype,

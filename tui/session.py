@@ -15,13 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
+from mlx_oss.cli.args import EFFORTS
 from mlx_oss.harmony import ReasoningEffort
 
 __all__ = ["EFFORTS", "Backend", "ChatOptions", "ChatSession", "Failure", "Finished", "Loader", "ModelThread",
            "effort_name", "model_label", "model_loader", "prompt_size", "run_send", "session_loader"]  # fmt: skip
-
-EFFORTS = tuple(e.value for e in ReasoningEffort)
-
 
 def effort_name(e: Any) -> str:
     """A session's reasoning effort (enum or string) as "low" / "medium" / "high"."""

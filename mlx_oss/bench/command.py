@@ -17,37 +17,29 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from mlx_oss.backend import device
 from mlx_oss.bench import report as rep
 from mlx_oss.bench import runners as run
-from mlx_oss.backend import device
+from mlx_oss.cli.args import add_dtype, add_model, int_list
 
 REEXEC_ENV = "MLX_OSS_BENCH_REEXEC"
 
 
-def _int_list(s: str) -> list[int]:
-    try:
-        return [int(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
-
-
 def register(sub) -> None:
     """Add the `bench` subcommand to the mlx-oss CLI."""
-    from mlx_oss.store import DEFAULT_MODEL
-
     b = sub.add_parser("bench", help="prefill/decode speed, TTFT, memory, multi-turn, roofline; --compare mlx-lm")
-    b.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"Hub id, checkpoint or converted folder (default {DEFAULT_MODEL})")
-    b.add_argument("-p", "--prompt", type=_int_list, default=[512], help="prefill sizes, e.g. 512,2048 (default 512)")
+    add_model(b)
+    b.add_argument("-p", "--prompt", type=int_list, default=[512], help="prefill sizes, e.g. 512,2048 (default 512)")
     b.add_argument("-g", "--gen", type=int, default=128, help="decode tokens per run (default 128)")
-    b.add_argument("-d", "--depth", type=_int_list, default=[0], help="context depths for decode, e.g. 0,4096,32768 (default 0)")
+    b.add_argument("-d", "--depth", type=int_list, default=[0], help="context depths for decode, e.g. 0,4096,32768 (default 0)")
     b.add_argument("-r", "--reps", type=int, default=3, help="repetitions after one warm-up (default 3)")
-    b.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="default: the device's")
+    add_dtype(b, help="default: the device's")
     b.add_argument("--seed", type=int, default=0, help="seed of the random prompt tokens, the same for every engine (default 0)")
     b.add_argument("--compare", choices=["mlx-lm"], default=None, help="also run mlx-lm's gpt_oss model, same tokens")
     b.add_argument("--compare-model", default=None, help="checkpoint for mlx-lm (HF layout); default: the source of --model")
     b.add_argument("--compare-dtype", default=None, help="mlx-lm's dtype (default: float32 on the CPU backend, else bfloat16)")
     b.add_argument("--turns", type=int, default=10, help="multi-turn scenario: chat turns (default 10; 0: skip)")
-    b.add_argument("--turn-tokens", type=_int_list, default=[32, 16, 16], metavar="USER,REASONING,ANSWER",
+    b.add_argument("--turn-tokens", type=int_list, default=[32, 16, 16], metavar="USER,REASONING,ANSWER",
                    help="tokens per turn: user message, reasoning, answer (default 32,16,16)")  # fmt: skip
     b.add_argument("--effort-tokens", type=int, default=0, help="per-reasoning-effort run: max tokens per effort (default 0: skip)")
     b.add_argument("--no-graph", action="store_true", help="skip counting graph nodes per decode step")

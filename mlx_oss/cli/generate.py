@@ -13,91 +13,30 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from mlx_oss.cli import args
 from mlx_oss.errors import UsageError
-
-
-
-
-INSTRUCTIONS_HELP = "developer instructions (the usual 'system prompt'); @FILE reads them from FILE, @@ starts a literal @"
-
-
-def instructions_arg(value: str) -> str:
-    """`-s/--instructions` for generate and chat: TEXT, @FILE (read as UTF-8; a missing or unreadable file is
-    an argument error), or @@TEXT for text that starts with @."""
-    if value.startswith("@@"):
-        return value[1:]
-    if not value.startswith("@"):
-        return value
-    p = Path(value[1:]).expanduser()
-    try:
-        return p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        why = getattr(e, "strerror", None) or str(e)
-        raise argparse.ArgumentTypeError(f"cannot read the instructions file {str(p)!r} ({why})") from None
-
-
-def int_at_least(lo: int):
-    """An argparse type: an integer >= `lo` (else argparse's usage error, exit 2)."""
-
-    def parse(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {v}")
-        return v
-
-    return parse
-
-
-positive_int = int_at_least(1)
-non_negative_int = int_at_least(0)
-context_int = int_at_least(2)
-
-
-def float_in(lo: float, hi: float, lo_open: bool = False):
-    def parse(s: str) -> float:
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-        if not ((lo < v if lo_open else lo <= v) and v <= hi):
-            raise argparse.ArgumentTypeError(f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {v:g}")
-        return v
-
-    return parse
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `generate` subcommand to the `mlx-oss` parser."""
-    from mlx_oss.store import DEFAULT_MODEL
-
     g = subparsers.add_parser(
         "generate",
         help="answer one prompt (stdout: the answer; --json for everything)",
         description="Generate a reply to one prompt. The prompt is read from stdin when not given.",
     )
     g.add_argument("prompt", nargs="?", help="the user message (default: read stdin)")
-    g.add_argument("--model", "-m", default=DEFAULT_MODEL,
-                   help=f"Hub id, checkpoint folder or converted folder (default {DEFAULT_MODEL}; converted once)")
-    g.add_argument("--reasoning-effort", "-r", choices=["low", "medium", "high"], default="medium")
-    g.add_argument("--instructions", "--system", "-s", dest="instructions", metavar="TEXT", type=instructions_arg,
-                   help=INSTRUCTIONS_HELP)
-    g.add_argument("--temperature", "--temp", type=float_in(0, 100), default=1.0, help="default 1.0 (OpenAI's recommendation); 0 = greedy")
-    g.add_argument("--top-p", type=float_in(0, 1, lo_open=True), default=1.0)
-    g.add_argument("--top-k", type=non_negative_int, default=0, help="0 = off")
-    g.add_argument("--min-p", type=float_in(0, 1), default=0.0)
-    g.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
-    g.add_argument("--max-tokens", type=positive_int, default=None, help="default: until the model stops or the context is full")
-    g.add_argument("--max-context", type=context_int, default=None, help="context limit in tokens (default: the model's)")
+    args.add_model(g)
+    args.add_effort(g)
+    args.add_instructions(g)
+    args.add_sampling(g)
+    args.add_limits(g)
     g.add_argument("--show-reasoning", action="store_true", help="stream the chain of thought (to stderr unless --reasoning-to stdout)")
     g.add_argument("--reasoning-to", choices=["stderr", "stdout"], default="stderr")
     g.add_argument("--tools", metavar="FILE", help="JSON file: a list of function tool schemas the model may call")
     g.add_argument("--response-format", metavar="SCHEMA", help="structured output: a JSON schema (inline JSON or a file)")
     g.add_argument("--json", action="store_true", help="print one JSON object: answer, reasoning, tool_calls, stats")
     g.add_argument("--stats", action="store_true", help="print a statistics line to stderr")
-    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None, help="compute dtype (default: bf16 on Metal, f32 on CPU)")
+    args.add_dtype(g)
     g.set_defaults(func=run)
     return g
 
@@ -224,9 +163,8 @@ def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     from mlx_oss.events import AnswerDelta, Done, Progress, ReasoningDelta, ToolCall, UnparsedDelta
     from mlx_oss.loader import load
     from mlx_oss.store import resolve_model
-    from mlx_oss.sampling import SamplingConfig
 
-    sampling = SamplingConfig(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p, seed=a.seed)
+    sampling = args.sampling_config(a)
     folder = resolve_model(a.model, progress=not a.json, status=lambda m: print(m, file=err))
     model, tokenizer = load(folder, a.dtype)
     problem = vocabulary_problem(model, tokenizer)

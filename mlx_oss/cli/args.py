@@ -1,0 +1,124 @@
+"""The flags several subcommands share (generate, chat, bench, serve), defined and validated once.
+
+Values are checked by argparse at parse time, so a bad value exits 2 with argparse's one-line usage
+error for every command alike; `sampling_config(a)` turns the parsed sampling flags into the
+`SamplingConfig` every command passes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable
+
+from mlx_oss.harmony import ReasoningEffort
+
+DTYPES = ("float32", "bfloat16", "float16")
+EFFORTS = tuple(e.value for e in ReasoningEffort)
+
+
+INSTRUCTIONS_HELP = "developer instructions (the usual 'system prompt'); @FILE reads them from FILE, @@ starts a literal @"
+
+
+def int_at_least(lo: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= `lo` (else argparse's usage error, exit 2)."""
+
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {v}")
+        return v
+
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+context_int = int_at_least(2)
+
+
+def instructions_arg(value: str) -> str:
+    """`-s/--instructions`: TEXT, @FILE (read as UTF-8; a missing or unreadable file is an argument
+    error), or @@TEXT for text that starts with @."""
+    if value.startswith("@@"):
+        return value[1:]
+    if not value.startswith("@"):
+        return value
+    p = Path(value[1:]).expanduser()
+    try:
+        return p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or str(e)
+        raise argparse.ArgumentTypeError(f"cannot read the instructions file {str(p)!r} ({why})") from None
+
+
+def int_list(s: str) -> list[int]:
+    """argparse type: comma-separated integers, e.g. `512,2048`."""
+    try:
+        return [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+
+
+def float_in(lo: float, hi: float, lo_open: bool = False) -> Callable[[str], float]:
+    """argparse type: a number in [lo, hi] (or (lo, hi] with `lo_open`)."""
+
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        if not ((lo < v if lo_open else lo <= v) and v <= hi):
+            raise argparse.ArgumentTypeError(f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {v:g}")
+        return v
+
+    return parse
+
+
+def add_model(p: argparse.ArgumentParser, help: str | None = None) -> None:
+    """--model/-m: a Hub id, checkpoint folder or converted folder (default gpt-oss-20b)."""
+    from mlx_oss.store import DEFAULT_MODEL
+
+    p.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                   help=help or f"Hub id, checkpoint folder or converted folder (default {DEFAULT_MODEL}; converted once)")  # fmt: skip
+
+
+def add_dtype(p: argparse.ArgumentParser, help: str = "compute dtype (default: bf16 on Metal, f32 on CPU)") -> None:
+    p.add_argument("--dtype", choices=DTYPES, default=None, help=help)
+
+
+def add_effort(p: argparse.ArgumentParser, help: str | None = None) -> None:
+    """--reasoning-effort/-r, choices from `ReasoningEffort`."""
+    p.add_argument("--reasoning-effort", "-r", choices=EFFORTS, default=ReasoningEffort.MEDIUM.value, help=help)
+
+
+def add_instructions(p: argparse.ArgumentParser) -> None:
+    """--instructions/--system/-s TEXT | @FILE | @@TEXT."""
+    p.add_argument("--instructions", "--system", "-s", dest="instructions", default=None, metavar="TEXT",
+                   type=instructions_arg, help=INSTRUCTIONS_HELP)  # fmt: skip
+
+
+def add_sampling(p: argparse.ArgumentParser) -> None:
+    """--temperature --top-p --top-k --min-p --seed (defaults: OpenAI's recommendation, temperature 1, top-p 1)."""
+    p.add_argument("--temperature", "--temp", type=float_in(0, 100), default=1.0,
+                   help="sampling temperature (default 1.0, OpenAI's recommendation; 0 = greedy)")  # fmt: skip
+    p.add_argument("--top-p", type=float_in(0, 1, lo_open=True), default=1.0, help="nucleus sampling (default 1.0 = off)")
+    p.add_argument("--top-k", type=non_negative_int, default=0, help="top-k sampling (default 0 = off)")
+    p.add_argument("--min-p", type=float_in(0, 1), default=0.0, help="min-p sampling (default 0 = off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for reproducible replies")
+
+
+def add_limits(p: argparse.ArgumentParser, max_context_help: str = "context limit in tokens (default: the model's)") -> None:
+    """--max-tokens (per reply) and --max-context."""
+    p.add_argument("--max-tokens", type=positive_int, default=None, help="maximum tokens per reply (default: until the model stops or the context is full)")
+    p.add_argument("--max-context", type=context_int, default=None, help=max_context_help)
+
+
+def sampling_config(a: argparse.Namespace) -> Any:
+    """The `SamplingConfig` of the parsed `add_sampling` flags."""
+    from mlx_oss.sampling import SamplingConfig
+
+    return SamplingConfig(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p, seed=a.seed)
