@@ -83,7 +83,7 @@ def add_model(p: argparse.ArgumentParser, help: str | None = None) -> None:
     from mlx_oss.store import DEFAULT_MODEL
 
     p.add_argument("--model", "-m", default=DEFAULT_MODEL,
-                   help=help or f"Hub id, checkpoint folder or converted folder (default {DEFAULT_MODEL}; converted once)")  # fmt: skip
+                   help=help or f"Hub id, checkpoint folder or converted folder, converted once (default {DEFAULT_MODEL})")  # fmt: skip
 
 
 def add_dtype(p: argparse.ArgumentParser, help: str = "compute dtype (default: bf16 on Metal, f32 on CPU)") -> None:
