@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import mlx.core as mx
 
+from mlx_oss.errors import VocabularyError
 from mlx_oss.engine import ContextLengthError, Engine
 from mlx_oss.events import AnswerDelta, Done, Event, Progress, ReasoningDelta, Reply, Stats, ToolCall, ToolResult, UnparsedDelta
 from mlx_oss.harmony import (
@@ -126,7 +127,7 @@ class Chat:
     ) -> None:
         problem = vocabulary_problem(model, tokenizer)
         if problem:
-            raise ValueError(problem)
+            raise VocabularyError(problem)
         self.model = model
         self.tokenizer = tokenizer
         self.reasoning_effort = reasoning_effort

@@ -13,5 +13,9 @@ class ConvertError(UserError):
     """Bad checkpoint input or a failed write in the converter (and the reader the loader shares)."""
 
 
+class VocabularyError(UserError, ValueError):
+    """The model's vocabulary cannot hold the tokenizer's ids (e.g. the 512-token `tiny` test preset)."""
+
+
 class UsageError(UserError):
     """A bad argument found after parsing (`mlx-oss` exits 2 for it, like argparse's own errors)."""

@@ -19,7 +19,7 @@ from textual.command import CommandList, CommandPalette
 from textual.widgets import Input, ProgressBar, Static
 from textual.widgets.markdown import MarkdownFence
 
-from mlx_oss.errors import ConvertError
+from mlx_oss.errors import ConvertError, VocabularyError
 from mlx_oss.events import Stats
 from mlx_oss.tui.app import ChatApp
 from mlx_oss.tui.session import Backend
@@ -485,17 +485,18 @@ def test_error_hints(error, hint):
         (ConvertError("/m/x.safetensors: 10 bytes, manifest.json says 20 (truncated or replaced); run `mlx-oss info "
                       "--verify /m` for a full check, or convert the checkpoint again (--force)"), "mlx-oss info --verify /m", "internet"),
         (ConvertError("/m/manifest.json: missing (every mlx-oss folder lists its files there)"), "--force", "internet"),
-        (ValueError("/m: vocabulary of 512 tokens, but the o200k_harmony tokenizer needs 201088 (ids up to 201087); "
-                    "this model cannot chat"), "tiny-chat", "internet"),
+        (VocabularyError("/m: vocabulary of 512 tokens, but the o200k_harmony tokenizer needs 201088 (ids up to 201087); "
+                         "this model cannot chat"), "tiny-chat", "DEBUG"),
         (ConvertError("models/x: no such local folder, and the download from the Hugging Face Hub failed (404)"), "Check the path", "DEBUG"),
     ],
 )
 def test_error_hints_fit_the_cause_of_a_local_folder(error, fits, never):
-    from tui.screens import error_hints
+    from mlx_oss.tui.screens import error_hints, one_line
 
     model = "models/x" if "models/x" in str(error) else "/m"
     hints = error_hints(error, model)
     assert any(fits in h for h in hints) and not any(never in h for h in hints), hints
+    assert one_line(error) == str(error)  # a user error is its message, no exception type in front
 
 
 @aio

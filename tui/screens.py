@@ -22,6 +22,8 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Input, Label, OptionList, ProgressBar, Static, TextArea
 from textual.widgets.option_list import Option
 
+from mlx_oss.errors import UserError
+
 __all__ = [
     "InstructionsScreen",
     "LoadingScreen",
@@ -39,7 +41,7 @@ _PERCENT = re.compile(r"(\d{1,3}(?:\.\d+)?)%")
 def one_line(e: BaseException) -> str:
     """`Type: first line` for errors shown to the user (ConvertError messages are already one line)."""
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if type(e).__name__ == "ConvertError" and msg:
+    if isinstance(e, UserError) and msg:
         return msg
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
@@ -82,7 +84,7 @@ def error_hints(e: BaseException, model: str) -> list[str]:
         ]
     if "cannot chat" in low:
         hints.append("This model's vocabulary is smaller than the harmony tokenizer's (a test preset?); "
-                     "chat needs the full one, e.g. `python -m convert.synthetic DIR --preset tiny-chat`.")  # fmt: skip
+                     "chat needs the full one, e.g. `python -m mlx_oss.convert.synthetic DIR --preset tiny-chat`.")  # fmt: skip
     if "no such file" in low or "no such local folder" in low or "not a gpt-oss checkpoint" in low or "expected a checkpoint folder" in low:
         hints += [
             f"Check the path: {model}",
@@ -97,7 +99,7 @@ def error_hints(e: BaseException, model: str) -> list[str]:
         hints.append("Not enough memory: close other apps, or try the smaller openai/gpt-oss-20b.")
     if isinstance(e, PermissionError) or "permission denied" in low or "read-only" in low:
         hints.append("Check that you can write to the cache folder (MLX_OSS_HOME, default ~/.cache/mlx-oss).")
-    if not hints or type(e).__name__ not in ("ConvertError", "ValueError"):
+    if not hints or not isinstance(e, UserError):
         hints.append("Run again with MLX_OSS_DEBUG=1 to see the full traceback, and `mlx-oss info "
                      f"{model}` to check the model files.")  # fmt: skip
     return list(dict.fromkeys(hints))

@@ -158,7 +158,7 @@ def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     except (ValueError, TypeError) as e:
         raise UsageError(f"--tools: {e}") from None
 
-    from mlx_oss.errors import ConvertError
+    from mlx_oss.errors import VocabularyError
     from mlx_oss.chat import Chat, vocabulary_problem
     from mlx_oss.events import AnswerDelta, Done, Progress, ReasoningDelta, ToolCall, UnparsedDelta
     from mlx_oss.loader import load
@@ -168,8 +168,8 @@ def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     folder = resolve_model(a.model, progress=not a.json, status=lambda m: print(m, file=err))
     model, tokenizer = load(folder, a.dtype)
     problem = vocabulary_problem(model, tokenizer)
-    if problem:
-        raise ConvertError(problem)
+    if problem:  # a model problem (exit 1), not one of the settings Chat() rejects below (exit 2)
+        raise VocabularyError(problem)
     try:
         chat = Chat(
             model, tokenizer, reasoning_effort=a.reasoning_effort, instructions=a.instructions, tools=tools,
