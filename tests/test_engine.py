@@ -230,3 +230,102 @@ def test_package_import_stays_cheap():
     code = ("import sys, mlx_oss; assert 'mlx.core' not in sys.modules; "
             "assert mlx_oss.Chat.__name__ == 'Chat' and mlx_oss.ContextLengthError.__name__ == 'ContextLengthError'")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ------------------------------------------------------------------ every rollback path vs scratch
+
+
+def check_prefill(engine: Engine, model, prompt: list[int], reused: int, boundaries=()) -> None:
+    """Prefill `prompt`, then: the reuse is what the engine promised, the logits equal a from-scratch
+    pass, and no snapshot lies past what the caches now hold."""
+    assert engine.reusable(prompt) == reused
+    logits, got = engine.prefill(prompt, boundaries=boundaries)
+    assert got == reused and engine.tokens == prompt
+    assert rel_err(logits[0], scratch_logits(model, prompt)) <= 1e-5
+    assert all(s.position <= len(prompt) for s in engine.snapshots)
+
+
+def test_double_rewind_never_restores_a_stale_snapshot(model):
+    """prefill A; B diverges from A early (no snapshot that early: fresh caches); C diverges from B
+    past A's old snapshot point. A's snapshot must be gone: its rings hold A's tokens, not B's."""
+    engine = Engine(model)
+    a = rng_tokens(30, 40)
+    check_prefill(engine, model, a, 0)
+    assert [s.position for s in engine.snapshots] == [40]
+    b = a[:10] + rng_tokens(31, 40)  # diverges at 10: behind every snapshot -> from scratch
+    check_prefill(engine, model, b, 0)
+    assert [s.position for s in engine.snapshots] == [50]
+    c = b[:45] + rng_tokens(32, 10)  # diverges at 45, past A's old snapshot at 40
+    check_prefill(engine, model, c, 0)
+
+
+def test_rewind_to_a_snapshot_drops_the_later_ones(model):
+    """Restoring the snapshot at 20 drops those at 30 and 40; a later prompt diverging between 30
+    and 40 of the *new* sequence must not find them."""
+    engine = Engine(model)
+    base = rng_tokens(33, 40)
+    engine.prefill(base[:20])
+    engine.prefill(base[:30])
+    engine.prefill(base)
+    assert [s.position for s in engine.snapshots] == [20, 30, 40]
+    b = base[:25] + rng_tokens(34, 20)  # rolls back to 20 (the ring cannot trim 15)
+    check_prefill(engine, model, b, 20)
+    assert [s.position for s in engine.snapshots] == [20, 45]
+    c = b[:35] + rng_tokens(35, 6)  # the old snapshot at 30 held base[20:30], not b[20:30]
+    check_prefill(engine, model, c, 20)
+    d = c[:40] + [c[40] + 1]  # diverges at the last token: a one-token trim, no snapshot needed
+    check_prefill(engine, model, d, 40)
+
+
+def test_rollback_paths_against_scratch_in_random_sequences(model):
+    """A random walk over prompts that share prefixes of every length with the cached sequence
+    (trim, restore, fresh caches, reuse of generated tokens, snapshot at 0): each prefill equals a
+    from-scratch pass and reuses exactly what `reusable` promised."""
+    from mlx_oss import tokenizer as tk
+
+    rng = np.random.default_rng(36)
+    engine = Engine(model, max_snapshots=3)
+    paths = set()
+    for step in range(14):
+        held = engine.tokens
+        cut = int(rng.integers(0, len(held) + 1)) if held else 0
+        prompt = held[:cut] + rng_tokens(400 + step, int(rng.integers(1, 12)))
+        keep = min(cut, len(prompt) - 1)
+        drop = len(held) - keep
+        can_trim = drop == 0 or all(c.can_trim(drop) for c in engine.cache)
+        expect = engine.reusable(prompt)
+        paths.add("trim" if can_trim else "restore" if expect else "scratch")
+        check_prefill(engine, model, prompt, expect)
+        if step % 3 == 0:  # decode a little, with a message boundary, so message snapshots exist too
+            run(engine, prompt, scripted(rng_tokens(500 + step, 3) + [tk.END] + rng_tokens(600 + step, 3)), max_tokens=6)
+        assert len(engine.snapshots) <= 3
+    assert paths == {"trim", "restore", "scratch"}
+
+
+def test_snapshot_at_zero_and_boundaries_after_a_reset_path(model):
+    """A snapshot at position 0 is no better than fresh caches; a boundary snapshot taken in a
+    prefill that started from scratch serves the next divergence."""
+    engine = Engine(model)
+    p = rng_tokens(37, 30)
+    engine.prefill(p, boundaries=(12,))
+    from mlx_oss.cache import RotatingKVCache
+    from mlx_oss.engine import Snapshot
+
+    empty = tuple(c.snapshot() if isinstance(c, RotatingKVCache) else None for c in Engine(model).cache)
+    engine._snapshots.insert(0, Snapshot(0, empty))  # what a snapshot at 0 holds: empty rings
+    q = p[:5] + rng_tokens(38, 20)  # only the 0 snapshot is at or before 5
+    check_prefill(engine, model, q, 0, boundaries=(12,))
+    assert [s.position for s in engine.snapshots] == [0, 12, 25]
+    r = q[:12] + rng_tokens(39, 5)
+    check_prefill(engine, model, r, 12)
+
+
+def test_message_snapshots_are_evicted_before_prompt_ends(model):
+    from mlx_oss import tokenizer as tk
+
+    engine = Engine(model, max_snapshots=3)
+    prompt = rng_tokens(40, 12)
+    run(engine, prompt, scripted([1, tk.END, 2, tk.END, 3, tk.END, 4, tk.END]), max_tokens=8)
+    snaps = engine.snapshots
+    # prompt end kept; the oldest message snapshot goes first, the newest stays
+    assert [(s.position, s.kind) for s in snaps] == [(12, "prompt"), (18, "message"), (20, "message")]
