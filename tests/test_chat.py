@@ -481,3 +481,137 @@ def test_reset_keeps_shared_prefix(model_tok):
     r = chat.ask("two")
     assert r.stats.reused_tokens == len(chat.prompt_tokens([])) - 2  # system + developer messages
     check_logits(model, s, prompt)
+
+
+# ----------------------------------------------------------------------------- tool-call edge cases
+
+
+LOOKUP = {"type": "function", "function": {"name": "lookup", "description": "Look up a word.",
+          "parameters": {"type": "object", "properties": {"word": {"type": "string"}}}}}  # fmt: skip
+
+
+def test_half_written_tool_call_is_dropped_from_history(model_tok):
+    """max_tokens cuts the call's arguments: half a call cannot be answered, so it is not kept; the
+    analysis before it (complete) is; the next turn's prompt renders as if the call never started."""
+    model, tok = model_tok
+    full = reply(tok, analysis="Need it.", call=("lookup", '{"word": "a long word here"}'))
+    chat = mlx_oss.Chat(model, tok, tools=[LOOKUP], max_tokens=len(full) - 4)
+    use(chat, full)
+    r = chat.ask("define")
+    assert r.stats.stop_reason == "length" and r.tool_calls == ()
+    assert [(m.role, m.recipient) for m in chat.history] == [(Role.USER, None), (Role.ASSISTANT, None)]
+    assert chat.history[-1].text == "Need it." and chat.pending_tool_calls() == []
+    chat.max_tokens = None
+    s = use(chat, reply(tok, final="ok"))
+    prompt = chat.prompt_tokens(chat.history + [mlx_oss.chat.Message.user("again")])
+    assert chat.ask("again").answer == "ok"
+    check_logits(model, s, prompt)
+
+
+def test_several_pending_calls_answered_by_name_and_id(model_tok):
+    """Two calls of the same tool and one of another in one turn: a result by name answers the first
+    call of that name, by id the exact one; non-string content is sent as JSON."""
+    model, tok = model_tok
+    Message = mlx_oss.chat.Message
+    chat = mlx_oss.Chat(model, tok, tools=[LOOKUP, get_weather], auto_tools=False)
+    chat._history = [
+        Message.user("three things"),
+        Message.tool_call("functions.lookup", {"word": "a"}),
+        Message.tool_call("functions.get_weather", {"city": "Rome"}),
+        Message.tool_call("functions.lookup", {"word": "b"}),
+    ]
+    pending = chat.pending_tool_calls()
+    assert [(c.name, c.arguments) for c in pending] == [("lookup", {"word": "a"}), ("get_weather", {"city": "Rome"}),
+                                                        ("lookup", {"word": "b"})]  # fmt: skip
+    assert len({c.id for c in pending}) == 3
+    chat.add_tool_result(pending[2].id, "bee")  # by id: the second lookup, not the first
+    chat.add_tool_result("lookup", {"meaning": ["letter"], "n": 1})  # by name: the first lookup
+    assert [c.id for c in chat.pending_tool_calls()] == [pending[1].id]
+    results = [m for m in chat.history if m.role is Role.TOOL]
+    assert [(m.name, m.text) for m in results] == [
+        ("functions.lookup", "bee"), ("functions.lookup", '{"meaning": ["letter"], "n": 1}')]  # fmt: skip
+    chat.add_tool_result("functions.get_weather", 21)  # by recipient; a number becomes JSON text
+    assert chat.history[-1].text == "21" and chat.pending_tool_calls() == []
+    with pytest.raises(ValueError, match="pending: none"):
+        chat.add_tool_result("lookup", "again")
+    # an earlier turn's unanswered call is not pending once the user wrote again
+    chat._history += [Message.tool_call("functions.lookup", {"word": "left"}), Message.user("next"),
+                      Message.tool_call("functions.lookup", {"word": "c"})]  # fmt: skip
+    assert [c.arguments for c in chat.pending_tool_calls()] == [{"word": "c"}]
+
+
+def test_context_full_right_after_a_tool_round(model_tok):
+    """The tool result does not fit: the turn ends with stop reason "context" (not "error"), the
+    cache is kept (no reset), and the result is in the history for a caller who raises the limit."""
+    model, tok = model_tok
+    first = reply(tok, call=("get_weather", '{"city": "Paris"}'))
+    probe = mlx_oss.Chat(model, tok, tools=[get_weather])
+    probe._history = [mlx_oss.chat.Message.user("w")]
+    n_prompt = len(probe.prompt_tokens())
+    chat = mlx_oss.Chat(model, tok, tools=[get_weather], max_context=n_prompt + len(first) + 3)
+    use(chat, first + reply(tok, final="never"))
+    r = chat.ask("w")
+    assert r.stats.stop_reason == "context" and r.stats.error is None and r.stats.rounds == 1
+    assert chat.history[-1].role is Role.TOOL and chat.pending_tool_calls() == []
+    assert len(chat.prompt_tokens()) >= chat.max_context
+    assert chat.engine.tokens and len(chat.engine.tokens) == n_prompt + len(first)  # not reset
+
+
+def test_from_json_restores_sampling_and_applies_overrides(model_tok):
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok, sampling=SamplingConfig(temperature=0.3, top_p=0.8, top_k=5, min_p=0.1, seed=9),
+                        max_tool_rounds=3, max_context=900, auto_tools=False)  # fmt: skip
+    data = json.loads(json.dumps(chat.to_json()))
+    again = mlx_oss.Chat.from_json(data, model, tok)
+    assert again.sampling == SamplingConfig(temperature=0.3, top_p=0.8, top_k=5, min_p=0.1, seed=9)
+    assert (again.max_tool_rounds, again.max_context, again.auto_tools) == (3, 900, False)
+    over = mlx_oss.Chat.from_json(data, model, tok, reasoning_effort="low", max_context=500,
+                                  sampling=SamplingConfig(seed=1))  # fmt: skip
+    assert over.reasoning_effort == "low" and over.max_context == 500 and over.sampling == SamplingConfig(seed=1)
+    data["settings"]["sampling"]["unknown_knob"] = 1  # a newer file's extra field is ignored
+    assert mlx_oss.Chat.from_json(data, model, tok).sampling.top_k == 5
+
+
+def test_bad_response_format_and_concurrent_send_are_errors(model_tok):
+    model, tok = model_tok
+    with pytest.raises(TypeError, match="response_format must be a JSON schema dict, not list"):
+        mlx_oss.Chat(model, tok, response_format=[1])
+    wrapped = mlx_oss.Chat(model, tok, response_format={"name": "w", "schema": {"type": "object"}, "description": "d"})
+    assert (wrapped.response_format.name, wrapped.response_format.schema) == ("w", {"type": "object"})
+    assert wrapped.response_format.description == "d"
+
+    chat = mlx_oss.Chat(model, tok)
+    started, release = threading.Event(), threading.Event()
+
+    class Block(Script):
+        def __call__(self, context, logits):
+            started.set()
+            release.wait(60)
+            return super().__call__(context, logits)
+
+    chat.sampling = SamplingConfig(logits_processors=(Block(reply(tok, final="x")),))
+    stream = chat.send("hi")
+    worker = threading.Thread(target=lambda: list(stream))
+    worker.start()
+    try:
+        assert started.wait(60)
+        with pytest.raises(RuntimeError, match="being generated in another thread"):
+            chat.send("second")
+    finally:
+        release.set()
+        worker.join(60)
+    assert not worker.is_alive()
+    assert [m.role for m in chat.history] == [Role.USER, Role.ASSISTANT]  # the second send added nothing
+
+
+def test_decode_tps_counts_decode_steps_exactly(model_tok):
+    """decode_tps = (tokens after the first of each round) / decode time, over all rounds."""
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok, tools=[get_weather])
+    first = reply(tok, call=("get_weather", '{"city": "Paris"}'))
+    second = reply(tok, final="sunny")
+    use(chat, first + second)
+    s = chat.ask("weather").stats
+    assert s.rounds == 2 and s.generated_tokens == len(first) + len(second) and s.decode_s > 0
+    assert s.decode_tps == pytest.approx((s.generated_tokens - 2) / s.decode_s, rel=1e-9)
+    assert s.prefill_tps == pytest.approx(s.prefilled_tokens / s.prefill_s, rel=1e-9)
