@@ -16,7 +16,7 @@ import pytest
 
 import mlx_oss
 from mlx_oss.events import AnswerDelta, Done, ReasoningDelta, ToolCall, ToolResult
-from mlx_oss.harmony import FINAL, Role, render_message
+from mlx_oss.harmony import FINAL, Message, Role, render_message
 from mlx_oss.sampling import SamplingConfig, ScriptedTokens
 
 
@@ -512,7 +512,6 @@ def test_several_pending_calls_answered_by_name_and_id(model_tok):
     """Two calls of the same tool and one of another in one turn: a result by name answers the first
     call of that name, by id the exact one; non-string content is sent as JSON."""
     model, tok = model_tok
-    Message = mlx_oss.chat.Message
     chat = mlx_oss.Chat(model, tok, tools=[LOOKUP, get_weather], auto_tools=False)
     chat._history = [
         Message.user("three things"),
