@@ -7,8 +7,10 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+import mlx_oss.chat
 import mlx_oss.loader
 import mlx_oss.sampling
 from mlx_oss.cli.main import main
@@ -92,6 +94,68 @@ def test_tool_schemas_and_calls(tiny_chat_converted, loaded, fast_load, monkeypa
     data = json.loads(out)
     assert rc == 0 and data["stats"]["stop_reason"] == "tool_call"
     assert data["tool_calls"][0]["name"] == "get_time" and data["tool_calls"][0]["arguments"] == {"tz": "UTC"}
+
+
+class Recorder(ScriptedTokens):
+    """Forces the reply and records the prompt the model was fed (the context at step 0)."""
+
+    prompts: list[list[int]] = []
+
+    def __call__(self, context, logits):
+        if self.step == 0:
+            Recorder.prompts.append(np.array(context).tolist())
+        return super().__call__(context, logits)
+
+
+def record(monkeypatch, tok, text: str) -> dict:
+    """Force `text` and record the prompt fed to the model and the config the chat's sampler got."""
+    seen: dict = {"configs": []}
+    Recorder.prompts = seen["prompts"] = []
+    tokens = tok.encode(text, allowed_special="all")
+    monkeypatch.setattr(mlx_oss.sampling, "SamplingConfig",
+                        lambda **kw: SamplingConfig(**kw, logits_processors=(Recorder(tokens),)))  # fmt: skip
+    real = mlx_oss.chat.Sampler
+
+    def spy(config):
+        seen["configs"].append(config)
+        return real(config)
+
+    monkeypatch.setattr(mlx_oss.chat, "Sampler", spy)
+    return seen
+
+
+def test_options_reach_the_model(tiny_chat_converted, loaded, fast_load, monkeypatch, capsys):
+    """-r, --instructions and every sampling flag change what the model is fed / how it is sampled."""
+    tok = loaded[1]
+    seen = record(monkeypatch, tok, HARMONY)
+    rc, out, _ = run(capsys, "--model", str(tiny_chat_converted), "-r", "high", "-s", "Be terse.", "--temp", "0.5",
+                     "--top-p", "0.9", "--top-k", "7", "--min-p", "0.05", "--seed", "11", "--max-context", "400",
+                     "--json", "What is it?")  # fmt: skip
+    assert rc == 0
+    prompt = tok.decode(seen["prompts"][0])
+    assert "Reasoning: high" in prompt and "# Instructions\n\nBe terse." in prompt and "What is it?" in prompt
+    assert seen["configs"] == [SamplingConfig(temperature=0.5, top_p=0.9, top_k=7, min_p=0.05, seed=11)]
+    assert json.loads(out)["stats"]["context_limit"] == 400
+    seen = record(monkeypatch, tok, HARMONY)
+    rc, out, _ = run(capsys, "--model", str(tiny_chat_converted), "--json", "--max-tokens", "3", "q")
+    prompt = tok.decode(seen["prompts"][0])
+    assert "Reasoning: medium" in prompt and "# Instructions" not in prompt
+    assert seen["configs"] == [SamplingConfig()]
+    stats = json.loads(out)["stats"]
+    assert (stats["stop_reason"], stats["generated_tokens"]) == ("length", 3)
+    assert stats["context_limit"] == loaded[0].args.max_position_embeddings
+
+
+def test_tools_and_response_format_reach_the_prompt(tiny_chat_converted, loaded, fast_load, monkeypatch, capsys):
+    tok = loaded[1]
+    seen = record(monkeypatch, tok, HARMONY)
+    tool = json.dumps({"name": "get_time", "description": "Current time.", "parameters": {"type": "object"}})
+    fmt = json.dumps({"title": "answer", "type": "object", "properties": {"n": {"type": "integer"}}})
+    rc, out, _ = run(capsys, "--model", str(tiny_chat_converted), "--json", "--tools", tool, "--response-format", fmt, "q")
+    assert rc == 0
+    prompt = tok.decode(seen["prompts"][0])
+    assert "// Current time.\ntype get_time = " in prompt and "namespace functions" in prompt
+    assert "# Response Formats" in prompt and "## answer" in prompt
 
 
 @pytest.mark.parametrize(

@@ -132,3 +132,53 @@ def test_read_conversation_errors_are_one_line(tmp_path):
         read_conversation(tmp_path / "x.json")
     with pytest.raises(ValueError, match="no such file"):
         read_conversation(tmp_path / "missing.json")
+
+
+def test_chat_options_reach_the_chat_and_its_prompt(tiny_chat_converted, monkeypatch, tmp_path):
+    """`mlx-oss chat` flags end up in the Chat the app makes: the rendered prompt (effort,
+    instructions, tools) and the sampler/limit settings; the app gets the display options."""
+    import mlx_oss
+    import tui.app
+    from mlx_oss.sampling import SamplingConfig
+
+    loads, apps = [], []
+    real_load = mlx_oss.load
+    monkeypatch.setattr(mlx_oss, "load", lambda path, dtype=None: loads.append(dtype) or real_load(path, dtype="float32"))
+
+    class FakeApp:
+        return_code = 0
+
+        def __init__(self, loader, **kw):
+            self.kw = kw
+            self.backend = loader(lambda msg: None)
+            apps.append(self)
+
+            class Engine:
+                def join(self, timeout=None):
+                    pass
+
+            self.engine = Engine()
+
+        def run(self):
+            pass
+
+    monkeypatch.setattr(tui.app, "ChatApp", FakeApp)
+    (tmp_path / "t.py").write_text("def ping(host: str) -> str:\n    \"\"\"Ping a host.\"\"\"\n    return host\n")
+    (tmp_path / "i.txt").write_text("Answer in haiku.")
+    argv = ["chat", "--model", str(tiny_chat_converted), "-r", "low", "-s", f"@{tmp_path / 'i.txt'}",
+            "--tools", str(tmp_path / "t.py"), "--temp", "0.25", "--top-p", "0.5", "--top-k", "3", "--min-p", "0.2",
+            "--seed", "5", "--max-tokens", "9", "--max-context", "333", "--dtype", "float16", "--hide-reasoning",
+            "--chats-dir", str(tmp_path / "chats")]  # fmt: skip
+    assert main(argv) == 0
+    app = apps[0]
+    assert loads == ["float16"] and app.kw["hide_reasoning"] is True and app.kw["chats_dir"] == tmp_path / "chats"
+    assert app.backend.context_limit == 333
+    chat = app.backend.new_chat()
+    assert chat.sampling == SamplingConfig(temperature=0.25, top_p=0.5, top_k=3, min_p=0.2, seed=5)
+    assert (chat.max_tokens, chat.max_context) == (9, 333)
+    prompt = chat.tokenizer.decode(chat.prompt_tokens([Message.user("hi")]))
+    assert "Reasoning: low" in prompt and "# Instructions\n\nAnswer in haiku." in prompt
+    assert "// Ping a host.\ntype ping = " in prompt
+    assert chat.tools[0].fn("x") == "x"  # callable: the chat runs it
+    reopened = app.backend.open_chat(chat.to_json())
+    assert reopened.tools[0].fn is not None  # --tools replace the saved schemas
