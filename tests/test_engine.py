@@ -308,7 +308,7 @@ def test_snapshot_at_zero_and_boundaries_after_a_reset_path(model):
     engine = Engine(model)
     p = rng_tokens(37, 30)
     engine.prefill(p, boundaries=(12,))
-    from mlx_oss.cache import RotatingKVCache
+    from mlx_oss.nn.cache import RotatingKVCache
     from mlx_oss.engine import Snapshot
 
     empty = tuple(c.snapshot() if isinstance(c, RotatingKVCache) else None for c in Engine(model).cache)

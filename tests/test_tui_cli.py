@@ -138,7 +138,7 @@ def test_chat_options_reach_the_chat_and_its_prompt(tiny_chat_converted, monkeyp
     """`mlx-oss chat` flags end up in the Chat the app makes: the rendered prompt (effort,
     instructions, tools) and the sampler/limit settings; the app gets the display options."""
     import mlx_oss
-    import tui.app
+    import mlx_oss.tui.app
     from mlx_oss.sampling import SamplingConfig
 
     loads, apps = [], []
@@ -162,7 +162,9 @@ def test_chat_options_reach_the_chat_and_its_prompt(tiny_chat_converted, monkeyp
         def run(self):
             pass
 
-    monkeypatch.setattr(tui.app, "ChatApp", FakeApp)
+    monkeypatch.setattr(mlx_oss.tui.app, "ChatApp", FakeApp)
+    for stream in ("stdin", "stdout"):
+        monkeypatch.setattr(getattr(sys, stream), "isatty", lambda: True, raising=False)
     (tmp_path / "t.py").write_text("def ping(host: str) -> str:\n    \"\"\"Ping a host.\"\"\"\n    return host\n")
     (tmp_path / "i.txt").write_text("Answer in haiku.")
     argv = ["chat", "--model", str(tiny_chat_converted), "-r", "low", "-s", f"@{tmp_path / 'i.txt'}",
