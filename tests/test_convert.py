@@ -269,3 +269,45 @@ def test_refuses_to_overwrite_a_foreign_folder(tiny_hf, tmp_path, capsys):
     assert main(["convert", str(tiny_hf), str(dst), "--no-progress"]) == 1
     assert "not a complete mlx-oss folder" in capsys.readouterr().err
     assert (dst / "precious.txt").read_text() == "keep me"
+
+
+def test_small_shard_size_splits_and_the_split_folder_loads_the_same_model(tiny_hf, tiny_converted, tmp_path, capsys):
+    """What the real 20b/120b produce: several shards, an index naming each tensor's shard; loading
+    gives the same weights and logits as the one-shard conversion."""
+    from mlx_oss.loader import load_model
+
+    dst = tmp_path / "sharded"
+    limit = 200_000
+    assert main(["convert", str(tiny_hf), str(dst), "--shard-size", str(limit / 1e9), "--no-progress", "--verify"]) == 0
+    assert "verified" in capsys.readouterr().out
+    files = sorted(p.name for p in dst.glob("*.safetensors"))
+    n = len(files)
+    assert n >= 3 and files == [f"model-{k:05d}-of-{n:05d}.safetensors" for k in range(1, n + 1)]
+    index = json.loads((dst / "model.safetensors.index.json").read_text())["weight_map"]
+    assert set(index.values()) == set(files)
+    seen: set[str] = set()
+    sizes = []
+    for f in files:
+        tensors = mx.load(str(dst / f))
+        assert set(read_header(dst / f)[0]) == set(tensors)
+        assert all(index[name] == f for name in tensors) and not seen & set(tensors)
+        seen |= set(tensors)
+        size = sum(t.nbytes for t in tensors.values())
+        assert size <= limit or len(tensors) == 1  # a tensor bigger than the limit gets a shard of its own
+        sizes.append(size)
+    assert all(a + b > limit for a, b in zip(sizes, sizes[1:]))  # filled: the next shard's start did not fit
+    one = _load(tiny_converted)
+    assert seen == set(one) == set(index)
+    assert all(np.array_equal(_f32(one[k]), _f32(v)) for k, v in _load(dst).items())
+    tokens = mx.array([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
+    a = load_model(dst, "float32")(tokens)
+    b = load_model(tiny_converted, "float32")(tokens)
+    assert np.array_equal(np.array(a), np.array(b))
+
+
+def test_refuses_to_convert_an_mlx_oss_folder(tiny_converted, tmp_path, capsys):
+    dst = tmp_path / "again"
+    assert main(["convert", str(tiny_converted), str(dst), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "already an mlx-oss folder" in err and err.count("\n") == 1
+    assert not dst.exists()
