@@ -153,11 +153,11 @@ def test_chat_options_reach_the_chat_and_its_prompt(tiny_chat_converted, monkeyp
             self.backend = loader(lambda msg: None)
             apps.append(self)
 
-            class Engine:
+            class Thread:
                 def join(self, timeout=None):
                     pass
 
-            self.engine = Engine()
+            self.engine = self.model_thread = Thread()
 
         def run(self):
             pass
