@@ -14,8 +14,10 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
+from mlx_oss.backend import cpu, device
+from mlx_oss.bench import machine
 from mlx_oss.bench import report as rep
-from mlx_oss.backend import device
+from mlx_oss.nn.moe import MoE
 
 # ------------------------------------------------------------------------------ device fakes
 
@@ -33,41 +35,40 @@ CHIPS = {
 def test_machine_info_on_faked_macs(chip, cores):
     profiler = f"Graphics/Displays:\n  {chip}:\n    Chipset Model: {chip}\n    Total Number of Cores: {cores}\n"
     info = {"device_name": chip, "memory_size": 64 * 2**30}
-    m = device.machine_info(metal=True, info=info, gpu_cores=lambda: profiler)
+    m = machine.machine_info(metal=True, info=info, gpu_cores=lambda: profiler)
     assert m["chip"] == chip and m["backend"] == "metal" and m["gpu_cores"] == cores
     assert m["memory_bytes"] == 64 * 2**30 and m["mlx"] == mx.__version__
     assert m["bandwidth_gbs"] == CHIPS[(chip, cores)] and m["bandwidth_source"] == "published"
 
 
 def test_chip_table_edges():
-    assert device.apple_chip("Apple M3 Max") == "M3 Max" and device.apple_chip("Apple M4") == "M4"
-    assert device.apple_chip("AMD EPYC 7B13") is None and device.apple_chip("") is None
-    assert device.chip_bandwidth_gbs("Apple M5 Ultra") is None  # not announced: measured instead
-    assert device.chip_bandwidth_gbs("Apple M3 Max") == 400  # cores unknown: the full chip
-    assert device.chip_bandwidth_gbs("Apple M4 Max", 30) == 410  # below the table: the binned chip
+    assert machine.apple_chip("Apple M3 Max") == "M3 Max" and machine.apple_chip("Apple M4") == "M4"
+    assert machine.apple_chip("AMD EPYC 7B13") is None and machine.apple_chip("") is None
+    assert machine.chip_bandwidth_gbs("Apple M5 Ultra") is None  # not announced: measured instead
+    assert machine.chip_bandwidth_gbs("Apple M3 Max") == 400  # cores unknown: the full chip
+    assert machine.chip_bandwidth_gbs("Apple M4 Max", 30) == 410  # below the table: the binned chip
     for base in ("M1", "M2", "M3", "M4", "M5"):
         for tier in ("", " Pro", " Max", " Ultra"):
-            assert base + tier in device.BANDWIDTH_GBS
+            assert base + tier in machine.BANDWIDTH_GBS
 
 
 def test_machine_info_on_linux_and_blas_detection():
     cpuinfo = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nprocessor\t: 1\nmodel name\t: AMD EPYC 7B13\n"
-    m = device.machine_info(metal=False, info={}, sysctl=lambda: "", cpuinfo=cpuinfo, meminfo="MemTotal: 1024 kB\n")
+    m = machine.machine_info(metal=False, info={}, sysctl=lambda: "", cpuinfo=cpuinfo, meminfo="MemTotal: 1024 kB\n")
     assert m["chip"] == "AMD EPYC 7B13" and m["cpu_cores"] == 2 and m["memory_bytes"] == 1024 * 1024
     assert m["backend"] == "cpu" and m["bandwidth_gbs"] is None and m["blas"] in ("reference", "openblas", "mkl", "blis")
     numpy_only = "7f00 r-xp /venv/numpy.libs/libscipy_openblas64_-ff651d7f.so\n"
-    assert device.fast_blas(numpy_only) is None  # numpy's copy never serves MLX
-    assert device.fast_blas(numpy_only + "7f01 r-xp /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0\n") == "openblas"
-    assert device.fast_blas("7f r-xp /opt/intel/lib/libmkl_rt.so.2\n") == "mkl"
-    assert device.find_openblas(lambda p: p.endswith("aarch64-linux-gnu/libopenblas.so.0")).startswith("/usr/lib/aarch64")
-    assert device.find_openblas(lambda p: False) is None
-    assert device.gpu_core_count(lambda: "no cores here") is None
+    assert cpu.fast_blas(numpy_only) is None  # numpy's copy never serves MLX
+    assert cpu.fast_blas(numpy_only + "7f01 r-xp /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0\n") == "openblas"
+    assert cpu.fast_blas("7f r-xp /opt/intel/lib/libmkl_rt.so.2\n") == "mkl"
+    assert cpu.find_openblas(lambda p: p.endswith("aarch64-linux-gnu/libopenblas.so.0")).startswith("/usr/lib/aarch64")
+    assert cpu.find_openblas(lambda p: False) is None
+    assert machine.gpu_core_count(lambda: "no cores here") is None
 
 
 def test_openblas_threads_and_prepare_single_threads_it(tiny_converted, monkeypatch):
     """With OpenBLAS serving MLX and the model split over streams, OpenBLAS runs one thread
     (its threads and our streams would fight over the cores); without OpenBLAS nothing is touched."""
-    from mlx_oss.backend import cpu
     from mlx_oss.config import ModelArgs
     from mlx_oss.nn.model import build_model
 
@@ -81,13 +82,13 @@ def test_openblas_threads_and_prepare_single_threads_it(tiny_converted, monkeypa
             self.n = n
 
     lib = FakeOpenBLAS()
-    assert device.openblas_threads(1, lib=lib) == 2 and lib.n == 1
-    assert device.openblas_threads(lib=lib) == 1
-    assert device.openblas_threads(1, lib=object()) is None
-    if device.fast_blas() is None:
-        assert device.openblas_threads() is None  # numpy's suffixed copy is not found
+    assert cpu.openblas_threads(1, lib=lib) == 2 and lib.n == 1
+    assert cpu.openblas_threads(lib=lib) == 1
+    assert cpu.openblas_threads(1, lib=object()) is None
+    if cpu.fast_blas() is None:
+        assert cpu.openblas_threads() is None  # numpy's suffixed copy is not found
     calls = []
-    monkeypatch.setattr(device, "openblas_threads", lambda n=None, lib=None: calls.append(n) or 2)
+    monkeypatch.setattr(cpu, "openblas_threads", lambda n=None, lib=None: calls.append(n) or 2)
     applied = cpu.prepare(build_model(ModelArgs.from_path(tiny_converted)), metal=False, blas="openblas", streams=2)
     assert applied["blas_threads"] == 1 and calls == [1]
     calls.clear()
@@ -98,7 +99,7 @@ def test_openblas_threads_and_prepare_single_threads_it(tiny_converted, monkeypa
 
 
 def test_measured_bandwidth_is_plausible():
-    gbs = device.measure_bandwidth_gbs(nbytes=1 << 24, repeats=1)
+    gbs = machine.measure_bandwidth_gbs(nbytes=1 << 24, repeats=1)
     assert 0.1 < gbs < 10_000
 
 
@@ -243,7 +244,6 @@ def test_dequantize_mxfp4_is_bit_identical_to_mlx():
 
 def _plain_model(path):
     """The converted tiny model in the plain (Metal) layout: no CPU stream splitting."""
-    from mlx_oss.backend import cpu
     from mlx_oss.config import ModelArgs
     from mlx_oss.loader import _converted_weights
     from mlx_oss.nn.model import build_model
@@ -261,7 +261,6 @@ def _rel(a, b) -> float:
 def test_cpu_speedups_match_the_plain_layout(tiny_converted, monkeypatch):
     """The CPU layout (column-blocked linears and experts shared over streams) computes the same
     logits as the plain one, for decode and for sorted and dense prefill, with 1..3 streams."""
-    from mlx_oss.backend import cpu
     from mlx_oss.loader import load_model
 
     plain = _plain_model(tiny_converted)
@@ -290,7 +289,7 @@ def test_cpu_speedups_match_the_plain_layout(tiny_converted, monkeypatch):
 def test_split_linear_padding_and_bias():
     """Output sizes that do not divide into the blocks: zero padding never reaches the output."""
     from mlx_oss.backend.cpu import SplitLinear
-    from mlx_oss.backend.streams import CPUStreams
+    from mlx_oss.backend.cpu import CPUStreams
 
     rng = np.random.default_rng(0)
     for out_dims, streams, block in ((1030, 2, 256), (5120, 3, 1024), (7, 2, 4)):
@@ -339,7 +338,6 @@ def test_cpu_streams_are_per_thread(tiny_converted):
 
 
 def test_prepare_is_backend_specific(tiny_converted):
-    from mlx_oss.backend import cpu
     from mlx_oss.config import ModelArgs
     from mlx_oss.nn.model import build_model
 
@@ -348,10 +346,10 @@ def test_prepare_is_backend_specific(tiny_converted):
 
     on_metal = fresh()
     assert cpu.prepare(on_metal, metal=True) == {}
-    assert type(on_metal.unembed) is nn.Linear and all(layer.mlp.streams is None for layer in on_metal.layers)
+    assert type(on_metal.unembed) is nn.Linear and all(type(layer.mlp) is MoE for layer in on_metal.layers)
     cpu_ref_blas = fresh()
     assert cpu.prepare(cpu_ref_blas, metal=False, blas=None, streams=2) == {"cpu_streams": 2}
-    assert all(layer.mlp.dense_min_pairs is None for layer in cpu_ref_blas.layers)
+    assert all(type(layer.mlp) is cpu.CPUMoE and layer.mlp.dense_min_pairs is None for layer in cpu_ref_blas.layers)
     small = [layer.mlp.router for layer in cpu_ref_blas.layers]
     assert all(type(r) is nn.Linear for r in small)  # 32 outputs: not worth splitting
     cpu_openblas = fresh()
@@ -373,15 +371,15 @@ def test_blas_reexec_guard(monkeypatch):
     from mlx_oss.bench import command as bench
 
     monkeypatch.setattr(device, "metal_available", lambda probe=None: False)
-    monkeypatch.setattr(device, "fast_blas", lambda maps=None: None)
-    monkeypatch.setattr(device, "find_openblas", lambda exists=None: None)
+    monkeypatch.setattr(cpu, "fast_blas", lambda maps=None: None)
+    monkeypatch.setattr(cpu, "find_openblas", lambda exists=None: None)
     monkeypatch.delenv(bench.REEXEC_ENV, raising=False)
     bench._maybe_reexec_with_openblas("auto")  # nothing to do
     bench._maybe_reexec_with_openblas("reference")
     with pytest.raises(RuntimeError, match="libopenblas0-pthread"):
         bench._maybe_reexec_with_openblas("openblas")
     calls = []
-    monkeypatch.setattr(device, "find_openblas", lambda exists=None: "/lib/libopenblas.so.0")
+    monkeypatch.setattr(cpu, "find_openblas", lambda exists=None: "/lib/libopenblas.so.0")
     monkeypatch.setattr(bench.os, "execve", lambda exe, argv, env: calls.append((argv, env)))
     bench._maybe_reexec_with_openblas("openblas", ["bench", "--model", "x"])
     (argv, env), = calls

@@ -1,4 +1,4 @@
-"""Backend-specific speedups applied at load time, each measured (docs/BENCH.md) and exact up to
+"""The CPU backend's layouts, swapped in by class at load time, each measured (docs/BENCH.md) and exact up to
 float rounding (the same dot products; golden tests hold).
 
 - CPU backend: one MLX CPU stream runs on one core, so the work of a step is split over one stream per
@@ -6,11 +6,11 @@ float rounding (the same dot products; golden tests hold).
   the weight is held as column blocks of W.T, [blocks, in, n], and each stream multiplies its share of
   the blocks; `x @ W_block` is the BLAS loop the reference BLAS bundled with MLX's Linux wheel runs
   fastest, and ~1024-column blocks keep its output row in L1 (201088x2880 lm_head, one token: `x @ W.T`
-  633 ms, `x @ W` 252 ms, blocks on two streams ~140-200 ms). The MoE runs half of a token's experts
-  (decode) or half of the sorted (token, expert) rows (prefill) on each stream (`MoE.streams`).
-- CPU backend with an optimized BLAS in the process (`device.fast_blas()`, e.g. OpenBLAS preloaded,
-  see docs/BENCH.md): long prefill steps dequantize each used expert once and run its rows as one
-  GEMM (`moe.DENSE_MIN_PAIRS`); with the reference BLAS that GEMM is slower than `gather_qmm`.
+  633 ms, `x @ W` 252 ms, blocks on two streams ~140-200 ms). The MoE becomes `CPUMoE`, which runs half
+  of a token's experts (decode) or half of the sorted (token, expert) rows (prefill) on each stream.
+- CPU backend with an optimized BLAS in the process (`fast_blas()`, e.g. OpenBLAS preloaded, see
+  docs/BENCH.md): long prefill steps of `CPUMoE` dequantize each used expert once and run its rows as
+  one GEMM (`DENSE_MIN_PAIRS`); with the reference BLAS that GEMM is slower than `gather_qmm`.
 - Metal: nothing; bfloat16 kernels and `gather_qmm` are already what the GPU wants.
 
 MLX streams belong to the thread that created them, so `CPUStreams` makes them per thread, on first
@@ -22,18 +22,71 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Iterable, Iterator
+import threading
+from typing import Callable, Iterable, Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from mlx_oss.backend import device
-from mlx_oss.nn.moe import DENSE_MIN_PAIRS, MoE
-from mlx_oss.backend.streams import CPUStreams, cpu_cores, per_stream
+from mlx_oss.config import ModelArgs
+from mlx_oss.nn.moe import MoE, dequantize_mxfp4, swiglu
 
 MAX_STREAMS = 8  # measured with 2 (this machine); more cores share the same memory bandwidth
 BLOCK_COLUMNS = 1024  # lm_head, one token, reference BLAS: 256 cols 282 ms, 1024 257 ms, 4096 392 ms
 SPLIT_MIN_OUT = 256  # linears with fewer outputs (the 32-expert router) stay whole: too little work to share
+
+# Dense prefill (an optimized BLAS in the process): from this many (token, expert) pairs a layer
+# dequantizes each used expert once and runs its rows as one BLAS GEMM. One 20b gate_up expert, 64
+# rows, OpenBLAS: gather_qmm ~4800 ms vs dequantize 119 ms + GEMM 70 ms (docs/BENCH.md); with the
+# reference BLAS the GEMM alone is slower than gather_qmm.
+DENSE_MIN_PAIRS = 512
+
+
+# ---------------------------------------------------------------------------------- streams
+# One MLX CPU stream runs on one core, so independent shares of a step's work go to one stream each.
+# MLX streams cannot be used outside the thread that made them, hence one set per thread, made on first use.
+
+def cpu_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def split_points(n: int, parts: int) -> list[int]:
+    """Boundaries of `parts` near-equal consecutive shares of range(n)."""
+    return [i * n // parts for i in range(parts + 1)]
+
+
+def per_stream(streams: tuple[mx.Stream, ...], size: int, part: Callable[[int, int], mx.array]) -> list[mx.array]:
+    """part(a, b) for each of len(streams) consecutive near-equal shares [a, b) of range(size), each
+    built on its own stream."""
+    cuts = split_points(size, len(streams))
+    out = []
+    for s, a, b in zip(streams, cuts, cuts[1:]):
+        with mx.stream(s):
+            out.append(part(a, b))
+    return out
+
+
+class CPUStreams:
+    """`n` CPU streams for the calling thread, made on first use."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._local = threading.local()
+
+    def get(self) -> tuple[mx.Stream, ...]:
+        s = getattr(self._local, "streams", None)
+        if s is None:
+            s = self._local.streams = tuple(mx.new_stream(mx.cpu) for _ in range(self.n))
+        return s
+
+
+# ---------------------------------------------------------------------------------- layers
 
 
 class SplitLinear(nn.Module):
@@ -82,12 +135,71 @@ class SplitLinear(nn.Module):
         return out
 
 
+class CPUMoE(MoE):
+    """`MoE` with the experts' work shared among CPU streams and, with an optimized BLAS
+    (`dense_min_pairs`), long prefill steps run as one dense GEMM per used expert."""
+
+    def __init__(self, args: ModelArgs, streams: CPUStreams, dense_min_pairs: int | None = None) -> None:
+        super().__init__(args)
+        self.streams = streams
+        self.dense_min_pairs = dense_min_pairs  # None: always gather_qmm
+
+    @classmethod
+    def of(cls, moe: MoE, args: ModelArgs, streams: CPUStreams, dense_min_pairs: int | None = None) -> "CPUMoE":
+        """A CPUMoE holding `moe`'s own router and experts (a router quantized by the folder stays so)."""
+        new = cls(args, streams, dense_min_pairs)  # its fresh zeros are lazy: never allocated
+        new.router, new.gate_up, new.down = moe.router, moe.gate_up, moe.down
+        return new
+
+    def expert_outputs(self, xf: mx.array, idx: mx.array) -> mx.array:
+        N, k = idx.shape
+        if self.dense_min_pairs is not None and N * k >= self.dense_min_pairs:
+            return self._dense_experts(xf, idx)
+        return super().expert_outputs(xf, idx)
+
+    def _dense_experts(self, xf: mx.array, idx: mx.array) -> mx.array:
+        """xf [N, H], idx [N, k] -> [N, k, H]: each used expert dequantized once, its rows as one GEMM.
+
+        Reads the routing on the host (one sync per layer), so it is for prefill, not decode.
+        """
+        N, k = idx.shape
+        flat = idx.reshape(-1)
+        order = mx.argsort(flat)
+        counts = np.bincount(np.array(flat), minlength=self.gate_up.weight.shape[0])
+        xs = xf[order // k]  # [N k, H] grouped by expert
+        g, d, outs, s = self.gate_up, self.down, [], 0
+        streams = self.streams.get()
+        for i, e in enumerate(np.flatnonzero(counts)):
+            rows = xs[s : s + int(counts[e])]
+            s += int(counts[e])
+            with mx.stream(streams[i % len(streams)]):  # experts take turns on the CPU streams
+                wg = dequantize_mxfp4(g.weight[e], g.scales[e], g.group_size).astype(xf.dtype)
+                h = swiglu(rows @ wg.T + g.bias[e], self._alpha, self._limit)
+                wd = dequantize_mxfp4(d.weight[e], d.scales[e], d.group_size).astype(xf.dtype)
+                outs.append(h @ wd.T + d.bias[e])
+        return mx.concatenate(outs)[mx.argsort(order)].reshape(N, k, -1)
+
+    def _apply(self, xs: mx.array, idx: mx.array, axis: int, sorted_indices: bool = False) -> mx.array:
+        """idx cut along `axis` into one share per CPU stream (xs cut alike for the sorted rows),
+        results joined along `axis`."""
+        streams = self.streams.get()
+        n = min(len(streams), idx.shape[axis])
+        if n < 2:
+            return self._experts(xs, idx, sorted_indices)
+
+        def part(a: int, b: int) -> mx.array:
+            sl = (slice(None),) * axis + (slice(a, b),)
+            return self._experts(xs[sl] if axis == 0 else xs, idx[sl], sorted_indices)
+
+        return mx.concatenate(per_stream(streams[:n], idx.shape[axis], part), axis=axis)
+
+
 def prepare(
     model, *, metal: bool | None = None, blas: str | None | bool = False, streams: int | None = None
 ) -> dict:
     """Set up `model` (built, weights not yet loaded) for this backend. -> what was applied.
 
-    `blas`: the optimized BLAS loaded in the process; False (default) asks `device.fast_blas()`.
+    `blas`: the optimized BLAS loaded in the process; False (default) asks `fast_blas()`.
     `streams`: CPU streams per step; default one per core (at most `MAX_STREAMS`), env MLX_OSS_CPU_STREAMS.
     """
     if metal is None:
@@ -104,18 +216,15 @@ def prepare(
             if type(lin) is nn.Linear and lin.weight.shape[0] >= SPLIT_MIN_OUT:
                 out_dims, in_dims = lin.weight.shape
                 setattr(owner, name, SplitLinear(in_dims, out_dims, "bias" in lin, cs))
-    for layer in model.layers:
-        if isinstance(layer.mlp, MoE):
-            layer.mlp.streams = cs
-    applied["cpu_streams"] = cs.n
     if blas is False:
-        blas = device.fast_blas()
+        blas = fast_blas()
+    for layer in model.layers:
+        if type(layer.mlp) is MoE:
+            layer.mlp = CPUMoE.of(layer.mlp, model.args, cs, DENSE_MIN_PAIRS if blas else None)
+    applied["cpu_streams"] = cs.n
     if blas:
-        for layer in model.layers:
-            if isinstance(layer.mlp, MoE):
-                layer.mlp.dense_min_pairs = DENSE_MIN_PAIRS
         applied["dense_prefill"] = blas
-    if blas == "openblas" and cs.n > 1 and device.openblas_threads(1) is not None:
+    if blas == "openblas" and cs.n > 1 and openblas_threads(1) is not None:
         applied["blas_threads"] = 1  # one core per stream (20b slice decode step: 580 -> 332 ms)
     return applied
 
@@ -129,3 +238,55 @@ def adapt_weights(model, weights: Iterable[tuple[str, mx.array]], dtype: mx.Dtyp
         if m is not None and a.ndim == 2:
             a = SplitLinear.blocked(a, m.weight.shape[0], dtype or a.dtype)
         yield name, a
+
+
+# ---------------------------------------------------------------------------------- BLAS probes
+
+
+def fast_blas(maps: str | None = None) -> str | None:
+    """The optimized BLAS loaded in this process (openblas, mkl, blis), or None for the reference
+    BLAS bundled with MLX's Linux wheel. Read from /proc/self/maps; `maps` injects its text."""
+    if maps is None:
+        try:
+            with open("/proc/self/maps") as f:
+                maps = f.read()
+        except OSError:
+            return None
+    # "libopenblas", not "openblas": numpy's bundled libscipy_openblas64_ uses suffixed symbols and
+    # never serves MLX's cblas calls.
+    for lib, name in (("/libopenblas", "openblas"), ("/libmkl_rt", "mkl"), ("/libblis", "blis")):
+        if lib in maps:
+            return name
+    return None
+
+
+OPENBLAS_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/libopenblas.so.0",
+    "/usr/lib64/libopenblas.so.0",
+)
+
+
+def find_openblas(exists: Callable[[str], bool] | None = None) -> str | None:
+    """Path of a system OpenBLAS (Debian: `apt-get install libopenblas0-pthread`), or None."""
+    exists = exists or os.path.exists
+    return next((p for p in OPENBLAS_CANDIDATES if exists(p)), None)
+
+
+def openblas_threads(n: int | None = None, lib=None) -> int | None:
+    """Threads of the OpenBLAS serving this process (set to `n` if given; -> the count before),
+    None if there is none. OpenBLAS's own threads and our per-core MLX streams would fight over the
+    same cores, so a model split over streams runs OpenBLAS single-threaded (`prepare`)."""
+    if lib is None:
+        import ctypes
+
+        lib = ctypes.CDLL(None)  # the global namespace: an LD_PRELOADed OpenBLAS lands there
+    get = getattr(lib, "openblas_get_num_threads", None)
+    if get is None:
+        return None
+    before = int(get())
+    if n is not None and n != before:
+        lib.openblas_set_num_threads(int(n))
+    return before

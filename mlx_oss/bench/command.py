@@ -3,8 +3,8 @@ roofline, optionally side by side with mlx-lm's own gpt_oss model on the same ch
 
     mlx-oss bench --model openai/gpt-oss-20b -p 512,2048 -g 128 -d 0,4096,32768 -r 3 --compare mlx-lm
 
-Modules: bench_runners (engines, timing), bench_multiturn (chat scenario), bench_report (roofline,
-table/JSON/CSV/plot), device (machine info, bandwidth table). See docs/BENCH.md.
+Modules: runners (what is timed, timing), multiturn (chat scenario), report (roofline,
+table/JSON/CSV/plot), machine (machine info, bandwidth table). See docs/BENCH.md.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from mlx_oss.backend import device
+from mlx_oss.backend import cpu, device
+from mlx_oss.bench import machine as mach
 from mlx_oss.bench import report as rep
 from mlx_oss.bench import runners as run
 from mlx_oss.cli.args import add_dtype, add_model, int_list
@@ -57,11 +58,11 @@ def register(sub) -> None:
 def _maybe_reexec_with_openblas(blas: str, argv: list[str] | None = None) -> None:
     """OpenBLAS must be loaded before MLX, so `--blas openblas` restarts the process with LD_PRELOAD.
     Nothing on the user's system changes; without the library the run stops with how to install it."""
-    if blas != "openblas" or device.fast_blas() == "openblas" or device.metal_available():
+    if blas != "openblas" or cpu.fast_blas() == "openblas" or device.metal_available():
         return
     if os.environ.get(REEXEC_ENV):
         raise RuntimeError("--blas openblas: preloading OpenBLAS did not take effect")
-    lib = device.find_openblas()
+    lib = cpu.find_openblas()
     if lib is None:
         raise RuntimeError("--blas openblas: no system OpenBLAS found (Debian/Ubuntu: apt-get install libopenblas0-pthread)")
     env = dict(os.environ)
@@ -107,12 +108,12 @@ def run_bench(a: argparse.Namespace, say) -> dict:
     info = describe(path)
     metal = device.metal_available()
     dtype = a.dtype or device.default_dtype(metal)
-    machine = device.machine_info(metal=metal)
+    machine = mach.machine_info(metal=metal)
     if a.bandwidth:
         machine["bandwidth_gbs"], machine["bandwidth_source"] = a.bandwidth, "given"
     elif not machine.get("bandwidth_gbs"):
         say("measuring memory bandwidth")
-        machine["bandwidth_gbs"], machine["bandwidth_source"] = device.measure_bandwidth_gbs(), "measured (1 core, numpy read)"
+        machine["bandwidth_gbs"], machine["bandwidth_source"] = mach.measure_bandwidth_gbs(), "measured (1 core, numpy read)"
     result: dict = {
         "machine": machine,
         "model": {"path": str(path), "layers": args.num_hidden_layers, "dtype": dtype, "vocab": args.vocab_size},
@@ -134,10 +135,10 @@ def run_bench(a: argparse.Namespace, say) -> dict:
 
     mx.reset_peak_memory()
     say(f"loading {path} ({dtype})")
-    blas_threads = device.openblas_threads()  # OpenBLAS's own default, for mlx-lm's run
+    blas_threads = cpu.openblas_threads()  # OpenBLAS's own default, for mlx-lm's run
     t0 = time.perf_counter()
     ours = run.OursEngine(path, dtype)
-    r = {"load_s": time.perf_counter() - t0, "blas_threads": device.openblas_threads()}
+    r = {"load_s": time.perf_counter() - t0, "blas_threads": cpu.openblas_threads()}
     r.update(run.measure_engine(ours, a.prompt, a.depth, a.gen, a.reps, args.vocab_size, a.seed, say))
     if not a.no_graph:
         twin = run.MetalTwin(args)  # the Metal layout
@@ -175,9 +176,9 @@ def run_bench(a: argparse.Namespace, say) -> dict:
         mx.reset_peak_memory()
         say(f"loading mlx-lm's gpt_oss from {src} ({cdtype})")
         t0 = time.perf_counter()
-        device.openblas_threads(blas_threads)  # mlx-lm runs one stream: it gets OpenBLAS's threads
+        cpu.openblas_threads(blas_threads)  # mlx-lm runs one stream: it gets OpenBLAS's threads
         peer = run.MlxLmEngine(src, cdtype)
-        r = {"load_s": time.perf_counter() - t0, "dtype": cdtype, "blas_threads": device.openblas_threads()}
+        r = {"load_s": time.perf_counter() - t0, "dtype": cdtype, "blas_threads": cpu.openblas_threads()}
         r.update(run.measure_engine(peer, a.prompt, a.depth, a.gen, a.reps, args.vocab_size, a.seed, say))
         if not a.no_graph:
             r["graph_nodes"] = run.count_graph_nodes(peer, vocab=args.vocab_size)

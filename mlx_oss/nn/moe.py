@@ -13,22 +13,13 @@ from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
 from mlx_oss.config import ModelArgs
-from mlx_oss.backend.streams import per_stream
 
 # Prefill sorts (token, expert) pairs by expert so each expert's rows are contiguous for gather_qmm.
 # Below this many pairs the argsorts cost more than they save (benchmarks/model_speed.py moe_sort:
 # CPU, one 20b MoE layer, 4 tokens 268 ms unsorted vs 350 sorted; 16 tokens 1277 vs 1002).
 SORT_MIN_PAIRS = 64
-
-
-# Dense prefill (CPU backend with an optimized BLAS, set by `mlx_oss.backend.cpu`): from this many
-# (token, expert) pairs a layer dequantizes each used expert once and runs its rows as one BLAS GEMM.
-# One 20b gate_up expert, 64 rows, OpenBLAS: gather_qmm ~4800 ms vs dequantize 119 ms + GEMM 70 ms
-# (benchmarks in docs/BENCH.md); with the reference BLAS the GEMM alone is slower than gather_qmm.
-DENSE_MIN_PAIRS = 512
 
 _NIBBLE_SHIFTS = mx.arange(0, 32, 4, dtype=mx.uint32)
 
@@ -90,6 +81,9 @@ class MXFP4Experts(nn.Module):
 
 
 class MoE(nn.Module):
+    """Router + experts. Backends change how the experts' work is run by subclassing
+    (`backend.cpu.CPUMoE` overrides `expert_outputs` / `_apply`), never by attributes set from outside."""
+
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.k = args.experts_per_token
@@ -98,8 +92,6 @@ class MoE(nn.Module):
         self.down = MXFP4Experts(args.num_experts, args.intermediate_size, args.hidden_size, args.expert_group_size)
         self._alpha = float(args.swiglu_alpha)
         self._limit = float(args.swiglu_limit)
-        self.dense_min_pairs: int | None = None  # None: always gather_qmm (see DENSE_MIN_PAIRS)
-        self.streams = None  # CPU backend: `backend.streams.CPUStreams`, the experts' work shared among them
 
     def route(self, x: mx.array) -> tuple[mx.array, mx.array]:
         """x [N, H] -> (expert indices [N, k] uint32, weights [N, k] float32)."""
@@ -114,61 +106,31 @@ class MoE(nn.Module):
         B, T, H = x.shape
         xf = x.reshape(B * T, H)  # [N, H]
         idx, w = self.route(xf)  # [N, k]
+        y = self.expert_outputs(xf, idx)  # [N, k, H]
+        out = mx.expand_dims(w.astype(x.dtype), 1) @ y  # [N, 1, k] @ [N, k, H] -> [N, 1, H]
+        return out.reshape(B, T, H)
+
+    def expert_outputs(self, xf: mx.array, idx: mx.array) -> mx.array:
+        """xf [N, H], idx [N, k] -> each token's k expert outputs [N, k, H] (bias included)."""
         N, k = idx.shape
-        alpha, limit = self._alpha, self._limit
-        if self.dense_min_pairs is not None and N * k >= self.dense_min_pairs:
-            y = self._dense_experts(xf, idx)
-        elif N * k >= SORT_MIN_PAIRS:
+        H = xf.shape[-1]
+        if N * k >= SORT_MIN_PAIRS:
             flat = idx.reshape(-1)  # [N k]
             order = mx.argsort(flat)
             inv = mx.argsort(order)
             xs = mx.expand_dims(xf[order // k], 1)  # [N k, 1, H], grouped by expert
             e = flat[order]  # [N k] sorted expert ids
-            y = self._shared(xs, e, axis=0, sorted_indices=True)  # [N k, 1, H]
-            y = y[inv].reshape(N, k, H)  # back to token order
-        else:
-            xs = xf.reshape(N, 1, 1, H)  # [N, 1, 1, H] broadcast over the k experts
-            y = self._shared(xs, idx, axis=1).reshape(N, k, H)  # [N, k, 1, H] -> [N, k, H]
-        out = mx.expand_dims(w.astype(x.dtype), 1) @ y  # [N, 1, k] @ [N, k, H] -> [N, 1, H]
-        return out.reshape(B, T, H)
+            y = self._apply(xs, e, axis=0, sorted_indices=True)  # [N k, 1, H]
+            return y[inv].reshape(N, k, H)  # back to token order
+        xs = xf.reshape(N, 1, 1, H)  # [N, 1, 1, H] broadcast over the k experts
+        return self._apply(xs, idx, axis=1).reshape(N, k, H)  # [N, k, 1, H] -> [N, k, H]
 
-    def _dense_experts(self, xf: mx.array, idx: mx.array) -> mx.array:
-        """xf [N, H], idx [N, k] -> [N, k, H]: each used expert dequantized once, its rows as one GEMM.
-
-        Reads the routing on the host (one sync per layer), so it is for prefill, not decode.
-        """
-        N, k = idx.shape
-        flat = idx.reshape(-1)
-        order = mx.argsort(flat)
-        counts = np.bincount(np.array(flat), minlength=self.gate_up.weight.shape[0])
-        xs = xf[order // k]  # [N k, H] grouped by expert
-        g, d, outs, s = self.gate_up, self.down, [], 0
-        streams = self.streams.get() if self.streams is not None else (mx.default_stream(mx.default_device()),)
-        for i, e in enumerate(np.flatnonzero(counts)):
-            rows = xs[s : s + int(counts[e])]
-            s += int(counts[e])
-            with mx.stream(streams[i % len(streams)]):  # experts take turns on the CPU streams
-                wg = dequantize_mxfp4(g.weight[e], g.scales[e], g.group_size).astype(xf.dtype)
-                h = swiglu(rows @ wg.T + g.bias[e], self._alpha, self._limit)
-                wd = dequantize_mxfp4(d.weight[e], d.scales[e], d.group_size).astype(xf.dtype)
-                outs.append(h @ wd.T + d.bias[e])
-        return mx.concatenate(outs)[mx.argsort(order)].reshape(N, k, -1)
+    def _apply(self, xs: mx.array, idx: mx.array, axis: int, sorted_indices: bool = False) -> mx.array:
+        """`_experts(xs, idx)`. `axis` is the one along which the rows are independent (decode: a
+        token's k experts; prefill: the sorted rows), where a backend may cut the work in shares."""
+        return self._experts(xs, idx, sorted_indices)
 
     def _experts(self, xs: mx.array, idx: mx.array, sorted_indices: bool = False) -> mx.array:
         """gate_up -> clamped SwiGLU -> down for rows `xs` and their experts `idx` (bias included)."""
         h = self.gate_up(xs, idx, sorted_indices)  # [..., 1, 2I]
         return self.down(swiglu(h, self._alpha, self._limit), idx, sorted_indices)  # [..., 1, H]
-
-    def _shared(self, xs: mx.array, idx: mx.array, axis: int, sorted_indices: bool = False) -> mx.array:
-        """`_experts(xs, idx)` with idx cut along `axis` into one share per CPU stream (decode: a
-        token's k experts; prefill: the sorted rows, xs cut alike), results joined along `axis`."""
-        streams = self.streams.get() if self.streams is not None else ()
-        n = min(len(streams), idx.shape[axis])
-        if n < 2:
-            return self._experts(xs, idx, sorted_indices)
-
-        def part(a: int, b: int) -> mx.array:
-            sl = (slice(None),) * axis + (slice(a, b),)
-            return self._experts(xs[sl] if axis == 0 else xs, idx[sl], sorted_indices)
-
-        return mx.concatenate(per_stream(streams[:n], idx.shape[axis], part), axis=axis)
