@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from mlx_oss.nn import moe as moe_mod  # noqa: E402
 from mlx_oss.config import ModelArgs  # noqa: E402
+from mlx_oss.engine import prefill_chunks  # noqa: E402
 from mlx_oss.nn.model import Model  # noqa: E402
 
 H, I, E, K = 2880, 2880, 32, 4
@@ -184,7 +185,7 @@ def sec_prefill_chunk() -> None:
     print("| chunk | time [s] | peak memory [GiB] |")
     for chunk in (128, 256, 512, 1024):
         mx.reset_peak_memory()
-        t = bench(lambda: m.prefill(tokens, m.make_cache(), chunk_size=chunk), reps=1, warmup=0)
+        t = bench(lambda: prefill_chunks(m, m.make_cache(), tokens, chunk=chunk), reps=1, warmup=0)
         print(f"| {chunk} | {t / 1e3:.2f} | {mx.get_peak_memory() / 2**30:.2f} |")
 
 
@@ -192,7 +193,7 @@ def sec_decode() -> None:
     print("## decode step, 2 real-size layers (1 sliding + 1 full) + 201088 lm_head, after a 16-token prompt  [ms]")
     m = random_model(2)
     cache = m.make_cache()
-    mx.eval(m.prefill(mx.random.randint(0, 1000, (1, 16)), cache))
+    mx.eval(m(mx.random.randint(0, 1000, (1, 16)), cache, last_only=True))
     tok = mx.array([[5]])
     print(f"| per token | {bench(lambda: m(tok, cache), reps=10):.1f} |")
 

@@ -34,6 +34,48 @@ Stop = Callable[[], bool]
 Progress = Callable[[int, int], None]
 
 
+DEFAULT_PREFILL_CHUNK = 2048  # tokens per forward call while prefilling: a long prompt never builds a T x T mask
+
+
+def prefill_chunks(
+    model,
+    cache: list,
+    tokens: mx.array,
+    *,
+    chunk: int = DEFAULT_PREFILL_CHUNK,
+    total: int | None = None,
+    want_logits: bool = True,
+    should_stop: Stop | None = None,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> mx.array | bool:
+    """Feed `tokens` [B, T] into `cache`, `chunk` tokens per forward call (the one prefill loop: the
+    engine's and the benchmark's), stoppable between chunks.
+
+    -> the last position's logits [B, 1, vocab] (evaluated) if `want_logits`, else True; False if
+    stopped. Only the caches are evaluated for the other chunks, so MLX skips their last-layer MoE and
+    lm_head. `total` (default: where the cache ends up) lets full-layer caches grow once;
+    `on_chunk(a, b)` after tokens[:, a:b] went in.
+    """
+    T = tokens.shape[1]
+    total = cache[0].offset + T if total is None else total
+    logits = None
+    for s in range(0, T, chunk):
+        if should_stop is not None and should_stop():
+            return False
+        e = min(T, s + chunk)
+        logits = model(tokens[:, s:e], cache, last_only=True)
+        if want_logits and e == T:
+            mx.eval(logits)
+        else:
+            mx.eval([c.state for c in cache])
+        for c in cache:
+            if isinstance(c, KVCache) and c.keys is not None:
+                c.reserve(total)
+        if on_chunk is not None:
+            on_chunk(s, e)
+    return logits if want_logits else True
+
+
 class ContextLengthError(ValueError):
     """The prompt does not fit the context limit (raised before any compute)."""
 
@@ -108,7 +150,7 @@ class Engine:
         if not 2 <= self.max_context <= limit:
             raise ValueError(f"max_context must be between 2 and the model's {limit} tokens, got {self.max_context}")
         self.max_snapshots = max_snapshots
-        self.prefill_chunk = prefill_chunk or model.prefill_chunk
+        self.prefill_chunk = prefill_chunk or DEFAULT_PREFILL_CHUNK
         self.cache = model.make_cache()
         self._tokens: list[int] = []
         self._snapshots: list[Snapshot] = []
@@ -193,26 +235,18 @@ class Engine:
     def _prefill(
         self, tokens: list[int], should_stop: Stop, total: int, want_logits: bool, progress: Progress | None = None
     ) -> mx.array | bool:
-        """Feed `tokens` chunk by chunk (cancellable between chunks). -> the last position's logits
-        (evaluated) if `want_logits`, else True; False if stopped. `total`: the prompt's length, so
-        full-layer caches grow once; `progress(cached, total)` after each chunk."""
-        logits = None
-        for s in range(0, len(tokens), self.prefill_chunk):
-            if should_stop():
-                return False
-            piece = tokens[s : s + self.prefill_chunk]
-            logits = self.model(mx.array([piece], dtype=mx.int32), self.cache, last_only=True)
-            if want_logits and s + self.prefill_chunk >= len(tokens):
-                mx.eval(logits)
-            else:
-                mx.eval([c.state for c in self.cache])  # MLX then skips the last layer's MoE and the lm_head
-            self._tokens.extend(piece)
-            for c in self.cache:
-                if isinstance(c, KVCache) and c.keys is not None:
-                    c.reserve(total)
+        """`prefill_chunks` into the engine's caches, recording the tokens fed; `progress(cached, total)`
+        after each chunk."""
+
+        def fed(a: int, b: int) -> None:
+            self._tokens.extend(tokens[a:b])
             if progress is not None:
                 progress(len(self._tokens), total)
-        return logits if want_logits else True
+
+        return prefill_chunks(
+            self.model, self.cache, mx.array([tokens], dtype=mx.int32), chunk=self.prefill_chunk, total=total,
+            want_logits=want_logits, should_stop=should_stop, on_chunk=fed,
+        )  # fmt: skip
 
     def prefill(
         self, prompt: list[int], should_stop: Stop | None = None, boundaries: Iterable[int] = (),

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import mlx_oss.nn.model as model_mod
-from mlx_oss.nn.cache import KVCache, RotatingKVCache, trim_cache
+from mlx_oss.engine import prefill_chunks
 from mlx_oss.loader import load_model
+from mlx_oss.nn.cache import KVCache, RotatingKVCache, trim_cache
 
 TOL = 1e-5
 
@@ -30,12 +31,12 @@ def _rel(a: mx.array, b: mx.array) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def _run(model, tokens: mx.array, steps: list[int], chunk_size: int | None = None) -> mx.array:
+def _run(model, tokens: mx.array, steps: list[int]) -> mx.array:
     """Feed `tokens` through one cache in pieces of the given sizes; -> logits of every position."""
     cache = model.make_cache()
     outs, s = [], 0
     for n in steps:
-        outs.append(model(tokens[:, s : s + n], cache, chunk_size=chunk_size))
+        outs.append(model(tokens[:, s : s + n], cache))
         s += n
     assert s == tokens.shape[1] and cache[0].offset == s
     return mx.concatenate(outs, axis=1)
@@ -60,12 +61,12 @@ def test_multi_token_steps_equal_full_pass(model, steps):
 def test_chunked_prefill_equals_full_pass(model, chunk):
     tokens = _tokens(2, 37, seed=chunk)
     full = model(tokens)
-    # all positions, through a temporary cache (no cache given)
-    assert _rel(model(tokens, chunk_size=chunk), full) <= TOL
-    # prefill into a cache, then decode past more chunk boundaries
+    # prefill into a cache chunk by chunk (the engine's loop), then decode past more chunk boundaries
     cache = model.make_cache()
-    last = model.prefill(tokens[:, :30], cache, chunk_size=chunk)
-    assert last.shape == (2, 1, 512)
+    fed = []
+    last = prefill_chunks(model, cache, tokens[:, :30], chunk=chunk, on_chunk=lambda a, b: fed.append((a, b)))
+    assert last.shape == (2, 1, 512) and cache[0].offset == 30
+    assert fed[0][0] == 0 and fed[-1][1] == 30 and all(b - a <= chunk for a, b in fed) and len(fed) == -(-30 // chunk)
     assert _rel(last, full[:, 29:30]) <= TOL
     rest = mx.concatenate([model(tokens[:, t : t + 1], cache) for t in range(30, 37)], axis=1)
     assert _rel(rest, full[:, 30:]) <= TOL
@@ -82,7 +83,7 @@ def test_chunking_never_builds_a_prompt_sized_mask(model, monkeypatch):
 
     monkeypatch.setattr(model_mod, "sliding_mask", spy)
     tokens = _tokens(1, 100)
-    model(tokens, chunk_size=16)
+    prefill_chunks(model, model.make_cache(), tokens, chunk=16)
     assert shapes and all(s is None or (s[0] <= 16 and s[1] <= 16 + 7) for s in shapes), shapes
 
 
@@ -103,15 +104,16 @@ def test_last_only_sends_one_position_through_lm_head(model, monkeypatch):
     assert seen == [(2, 1, model.args.hidden_size)]
     assert _rel(last, full[:, -1:]) <= TOL
     seen.clear()
-    model.prefill(tokens, model.make_cache(), chunk_size=6)  # 4 chunks, one lm_head row
-    assert seen == [(2, 1, model.args.hidden_size)]
+    prefill_chunks(model, model.make_cache(), tokens, chunk=6)  # 4 chunks, one lm_head row each
+    # (built, never evaluated but for the last chunk: prefill_chunks evaluates only the caches before it)
+    assert seen == [(2, 1, model.args.hidden_size)] * 4
 
 
 def test_snapshot_restore_and_trim(model):
     tokens = _tokens(1, 40, seed=3)
     full = model(tokens)
     cache = model.make_cache()
-    model.prefill(tokens[:, :20], cache)
+    prefill_chunks(model, cache, tokens[:, :20])
     snap = [c.snapshot() for c in cache]
     model(mx.array([[7, 8, 9, 10, 11]], dtype=mx.int32), cache)  # a detour past the window
     model(mx.array([[12]], dtype=mx.int32), cache)

@@ -169,7 +169,6 @@ def test_context_limit_checked_before_compute(model):
 
     class Spy:
         args = model.args
-        prefill_chunk = model.prefill_chunk
 
         def make_cache(self):
             return model.make_cache()

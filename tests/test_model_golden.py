@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mlx_oss.convert.synthetic import preset
+from mlx_oss.engine import prefill_chunks
 from mlx_oss.loader import load, load_model
 
 FIX = Path(__file__).parent / "fixtures"
@@ -37,7 +38,7 @@ def _logits(model, tokens: np.ndarray) -> np.ndarray:
 
 def _greedy(model, prompt: np.ndarray, n: int) -> list[int]:
     cache = model.make_cache()
-    logits = model.prefill(mx.array(prompt[None]), cache)
+    logits = prefill_chunks(model, cache, mx.array(prompt[None]))
     out = []
     for _ in range(n):
         t = int(mx.argmax(logits[0, -1]).item())

@@ -61,7 +61,9 @@ class OursEngine:
         return self.model.make_cache()
 
     def prefill(self, tokens: list[int], cache: list) -> mx.array:
-        return self.model.prefill(mx.array([tokens], dtype=mx.int32), cache).reshape(1, -1)
+        from mlx_oss.engine import prefill_chunks
+
+        return prefill_chunks(self.model, cache, mx.array([tokens], dtype=mx.int32)).reshape(1, -1)
 
     def step(self, y: mx.array, cache: list) -> mx.array:
         return self.model(y.reshape(1, 1), cache, last_only=True).reshape(1, -1)

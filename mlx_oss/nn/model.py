@@ -4,10 +4,10 @@ Module names follow our converted format (docs/FORMAT.md), so a folder's tensors
 `embed`, `layers.{i}.{attn_norm, attn.{qkv, sinks, out}, mlp_norm, mlp.{router, gate_up, down}}`,
 `norm`, `unembed`.
 
-`model(tokens [B, T], cache=None) -> logits [B, T, vocab]`. Work that does not depend on the layer
-(masks, the position offset) is done once per call, not once per layer. Prompts longer than
-`prefill_chunk` tokens run chunk by chunk through a cache, so a 100k-token prompt never builds a
-T x T mask, and `last_only=True` sends only the final position through the 201088-row lm_head.
+`model(tokens [B, T], cache=None) -> logits [B, T, vocab]`: one forward pass. Work that does not depend
+on the layer (masks, the position offset) is done once per call, not once per layer, and
+`last_only=True` sends only the final position through the 201088-row lm_head. Long prompts are fed in
+chunks by the caller (`mlx_oss.engine.prefill_chunks`, the one chunk loop).
 """
 
 from __future__ import annotations
@@ -15,13 +15,11 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from mlx_oss.config import ModelArgs
 from mlx_oss.nn.attention import Attention, full_mask, sliding_mask
 from mlx_oss.nn.cache import KVCache, RotatingKVCache, make_cache
-from mlx_oss.config import ModelArgs
 from mlx_oss.nn.moe import MoE
 from mlx_oss.nn.rope import YarnRoPE
-
-DEFAULT_PREFILL_CHUNK = 2048
 
 
 class RMSNorm(nn.Module):
@@ -60,7 +58,6 @@ class Model(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
-        self.prefill_chunk = DEFAULT_PREFILL_CHUNK
         rope = YarnRoPE(
             args.head_dim, args.rope_theta, args.rope_scaling_factor, args.initial_context_length,
             args.rope_ntk_alpha, args.rope_ntk_beta,
@@ -99,52 +96,14 @@ class Model(nn.Module):
         """Hidden [B, T, H] -> logits [B, T, vocab]."""
         return self.unembed(self.norm(h))
 
-    def __call__(
-        self,
-        tokens: mx.array,
-        cache: list | None = None,
-        *,
-        last_only: bool = False,
-        chunk_size: int | None = None,
-    ) -> mx.array:
+    def __call__(self, tokens: mx.array, cache: list | None = None, *, last_only: bool = False) -> mx.array:
         """tokens [B, T] -> logits [B, T, vocab] (or [B, 1, vocab] with `last_only`).
 
         With `cache`, positions continue from the cache's offset and the cache is updated.
-        T > chunk_size (default `prefill_chunk`) runs in chunks through `cache` (a temporary one if None).
         """
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [B, T], got shape {tokens.shape}")
-        chunk = chunk_size or self.prefill_chunk
-        T = tokens.shape[1]
-        if T <= chunk:
-            return self.logits(self.hidden(tokens, cache, last_only))
-        if cache is None:
-            cache = self.make_cache()
-        self._reserve(cache, tokens.shape[0], cache[0].offset + T)
-        outs = []
-        for s in range(0, T, chunk):
-            e = min(T, s + chunk)
-            h = self.hidden(tokens[:, s:e], cache, last_only and e == T)
-            if not last_only:
-                outs.append(self.logits(h))
-                mx.eval(outs[-1], [c.state for c in cache])
-            elif e < T:
-                # Only the caches are needed: MLX then skips this chunk's last-layer MoE and lm_head.
-                mx.eval([c.state for c in cache])
-            else:
-                return self.logits(h[:, -1:])
-        return mx.concatenate(outs, axis=1)
-
-    def prefill(self, tokens: mx.array, cache: list, chunk_size: int | None = None) -> mx.array:
-        """Fill `cache` with a prompt; -> logits of the last position [B, 1, vocab]."""
-        return self(tokens, cache, last_only=True, chunk_size=chunk_size)
-
-    def _reserve(self, cache: list, B: int, n: int) -> None:
-        """Allocate full-layer caches for the whole prompt at once (no regrowth copies during prefill)."""
-        like = mx.zeros((B, self.args.num_key_value_heads, 1, self.args.head_dim), dtype=self.embed_dtype)
-        for c in cache:
-            if isinstance(c, KVCache):
-                c.reserve(n, like=like)
+        return self.logits(self.hidden(tokens, cache, last_only))
 
     @property
     def embed_dtype(self) -> mx.Dtype:
