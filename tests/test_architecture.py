@@ -210,7 +210,7 @@ def _add(root: Path, rel: str, code: str) -> None:
         ("mlx_oss/config.py", "from mlx_oss.convert.layouts import Spec", "mlx_oss.config may import only"),
         ("mlx_oss/engine.py", "from mlx_oss.cli import args", "runtime module mlx_oss.engine imports front end"),
         ("mlx_oss/chat.py", "import mlx_oss.tui.app", "runtime module mlx_oss.chat imports front end"),
-        ("tui/app.py", "from mlx_oss.bench.runners import OursEngine", "front end mlx_oss.tui.app imports mlx_oss.bench"),
+        ("tui/app.py", "from mlx_oss.bench.runners import OursRunner", "front end mlx_oss.tui.app imports mlx_oss.bench"),
         ("tui/cli.py", "from mlx_oss.cli.main import main", "the dispatcher nothing imports"),
         ("mlx_oss/harmony/render.py", "from mlx_oss.chat import Chat", "import cycle between packages"),
         ("mlx_oss/store.py", "import tui.app", "a bare top-level name"),

@@ -123,10 +123,10 @@ def test_traffic_classifies_both_engines_names():
 
 def test_roofline_bytes_of_the_loaded_model_match_mlx_oss_info(tiny_converted):
     """The roofline's bytes are the model's actual formats: what `mlx-oss info` says it holds."""
-    from mlx_oss.bench.runners import OursEngine
+    from mlx_oss.bench.runners import OursRunner
     from mlx_oss.info import describe
 
-    eng = OursEngine(tiny_converted, "float32")
+    eng = OursRunner(tiny_converted, "float32")
     info, a = describe(tiny_converted), eng.model.args
     t = rep.traffic(eng.named_bytes(), a.experts_per_token, a.num_experts, a.vocab_size)
     assert t.dense + t.experts + t.embedding == info.weight_bytes_at("float32")
@@ -358,10 +358,10 @@ def test_prepare_is_backend_specific(tiny_converted):
 
 
 def test_graph_nodes_of_the_metal_layout_do_not_depend_on_sizes(tiny_converted):
-    from mlx_oss.bench.runners import MetalTwin, OursEngine, count_graph_nodes
+    from mlx_oss.bench.runners import MetalTwin, OursRunner, count_graph_nodes
     from mlx_oss.config import ModelArgs
 
-    real = OursEngine.__new__(OursEngine)
+    real = OursRunner.__new__(OursRunner)
     real.model = _plain_model(tiny_converted)
     args = ModelArgs.from_path(tiny_converted)
     assert count_graph_nodes(MetalTwin(args), depth=4, vocab=512) == count_graph_nodes(real, depth=4, vocab=args.vocab_size)
@@ -391,9 +391,9 @@ def test_blas_reexec_guard(monkeypatch):
 
 
 def test_graph_nodes_counted(tiny_converted):
-    from mlx_oss.bench.runners import OursEngine, count_graph_nodes
+    from mlx_oss.bench.runners import OursRunner, count_graph_nodes
 
-    eng = OursEngine(tiny_converted, "float32")
+    eng = OursRunner(tiny_converted, "float32")
     g = count_graph_nodes(eng, depth=4, vocab=eng.model.args.vocab_size)
     assert g["total"] > 50 and sum(g["by_op"].values()) == g["total"]
     assert "GatherQMM" in g["by_op"] or any("Gather" in k for k in g["by_op"])

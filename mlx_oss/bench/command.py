@@ -137,9 +137,9 @@ def run_bench(a: argparse.Namespace, say) -> dict:
     say(f"loading {path} ({dtype})")
     blas_threads = cpu.openblas_threads()  # OpenBLAS's own default, for mlx-lm's run
     t0 = time.perf_counter()
-    ours = run.OursEngine(path, dtype)
+    ours = run.OursRunner(path, dtype)
     r = {"load_s": time.perf_counter() - t0, "blas_threads": cpu.openblas_threads()}
-    r.update(run.measure_engine(ours, a.prompt, a.depth, a.gen, a.reps, args.vocab_size, a.seed, say))
+    r.update(run.measure_runner(ours, a.prompt, a.depth, a.gen, a.reps, args.vocab_size, a.seed, say))
     if not a.no_graph:
         twin = run.MetalTwin(args)  # the Metal layout
         r["graph_nodes"] = run.count_graph_nodes(twin, vocab=twin.model.args.vocab_size)
@@ -177,9 +177,9 @@ def run_bench(a: argparse.Namespace, say) -> dict:
         say(f"loading mlx-lm's gpt_oss from {src} ({cdtype})")
         t0 = time.perf_counter()
         cpu.openblas_threads(blas_threads)  # mlx-lm runs one stream: it gets OpenBLAS's threads
-        peer = run.MlxLmEngine(src, cdtype)
+        peer = run.MlxLmRunner(src, cdtype)
         r = {"load_s": time.perf_counter() - t0, "dtype": cdtype, "blas_threads": cpu.openblas_threads()}
-        r.update(run.measure_engine(peer, a.prompt, a.depth, a.gen, a.reps, args.vocab_size, a.seed, say))
+        r.update(run.measure_runner(peer, a.prompt, a.depth, a.gen, a.reps, args.vocab_size, a.seed, say))
         if not a.no_graph:
             r["graph_nodes"] = run.count_graph_nodes(peer, vocab=args.vocab_size)
         if turns:

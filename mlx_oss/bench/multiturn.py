@@ -4,7 +4,8 @@ Ours: `Chat.send()` (harmony rendering, earlier reasoning pruned, cross-turn cac
 Random-weight checkpoints never write harmony, so each reply is forced token by token with
 `ScriptedTokens` (the model still runs every forward pass). mlx-lm then replays exactly the same
 prompts and replies through its server's chat path (`LRUPromptCache`: nearest cached prefix, trimmed
-when its caches allow, the rest through `generate_step`), as benchmarks/multiturn_bench.py does.
+when its caches allow, the rest through `generate_step`); benchmarks/multiturn_bench.py runs the same
+two functions standalone.
 TTFT is from the call to the first sampled token.
 
 The per-effort run asks one question at each reasoning effort and reports the reasoning and answer
@@ -19,6 +20,7 @@ from typing import Callable
 import mlx.core as mx
 
 from mlx_oss import tokenizer as tk
+from mlx_oss.cli.args import EFFORTS
 
 Progress = Callable[[str], None]
 
@@ -74,7 +76,8 @@ def run_ours(model, enc, turns: list[tuple[str, str, str]], progress: Progress |
         if done.reply.answer != final or s.stop_reason != "stop":
             raise RuntimeError(f"multi-turn: turn {i + 1} did not follow the scripted reply ({s.stop_reason})")
         rows.append(dict(turn=i + 1, prompt=s.prompt_tokens, reused=s.reused_tokens, prefilled=s.prefilled_tokens,
-                         ttft_s=t_send + s.ttft_s, peak=s.peak_memory_bytes, tokens=prompt, reply=reply))  # fmt: skip
+                         ttft_s=t_send + s.ttft_s, decode_tps=s.decode_tps, peak=s.peak_memory_bytes, tokens=prompt,
+                         reply=reply))  # fmt: skip
         say(f"mlx-oss: turn {i + 1}/{len(turns)}: {s.prefilled_tokens} of {s.prompt_tokens} prompt tokens prefilled, "
             f"TTFT {rows[-1]['ttft_s']:.2f} s")  # fmt: skip
     return rows
@@ -96,7 +99,7 @@ def run_mlx_lm(model, turns: list[dict], progress: Progress | None = None) -> li
 
         return proc
 
-    def turn(lru, prompt: list[int], reply: list[int]) -> tuple[int, float]:
+    def turn(lru, prompt: list[int], reply: list[int]) -> tuple[int, float, float]:
         t0 = time.perf_counter()
         cache, rest = lru.fetch_nearest_cache("m", prompt)
         if cache is None:
@@ -105,19 +108,21 @@ def run_mlx_lm(model, turns: list[dict], progress: Progress | None = None) -> li
                             logits_processors=[forced(reply)], prompt_cache=cache)  # fmt: skip
         out = [int(next(gen)[0])]
         ttft = time.perf_counter() - t0
+        t1 = time.perf_counter()
         out += [int(t) for t, _ in gen]
+        tps = (len(out) - 1) / max(time.perf_counter() - t1, 1e-9)
         if out != reply:
             raise RuntimeError("mlx-lm did not follow the scripted reply")
         lru.insert_cache("m", prompt + out, cache)
-        return len(rest), ttft
+        return len(rest), ttft, tps
 
     turn(LRUPromptCache(), turns[0]["tokens"], turns[0]["reply"][:2])  # warm-up
     lru = LRUPromptCache()
     rows = []
     for t in turns:
-        prefilled, ttft = turn(lru, t["tokens"], t["reply"])
+        prefilled, ttft, tps = turn(lru, t["tokens"], t["reply"])
         rows.append(dict(turn=t["turn"], prompt=len(t["tokens"]), reused=len(t["tokens"]) - prefilled,
-                         prefilled=prefilled, ttft_s=ttft))  # fmt: skip
+                         prefilled=prefilled, ttft_s=ttft, decode_tps=tps))  # fmt: skip
         say(f"mlx-lm: turn {t['turn']}/{len(turns)}: {prefilled} of {len(t['tokens'])} prompt tokens prefilled, TTFT {ttft:.2f} s")
     return rows
 
@@ -129,7 +134,7 @@ def run_efforts(model, enc, question: str, max_tokens: int, progress: Progress |
 
     say = progress or (lambda _m: None)
     rows = []
-    for effort in ("low", "medium", "high"):
+    for effort in EFFORTS:
         chat = Chat(model, enc, reasoning_effort=effort, max_tokens=max_tokens, sampling=SamplingConfig(temperature=0.0))
         s = chat.ask(question).stats
         rows.append(dict(effort=effort, prompt=s.prompt_tokens, generated=s.generated_tokens, reasoning=s.reasoning_tokens,

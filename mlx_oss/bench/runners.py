@@ -1,10 +1,12 @@
-"""The two engines `mlx-oss bench` measures, behind one interface, and the measurements themselves.
+"""What `mlx-oss bench` measures (a `Runner`: ours, its Metal twin, mlx-lm), behind one interface, and
+the measurements themselves. (Runners, not engines: `mlx_oss.engine.Engine` is the generation engine.)
 
-Both engines get the same token ids, the same greedy decode loop (pipelined as in mlx-lm's
+Every runner gets the same token ids, the same greedy decode loop (pipelined as in mlx-lm's
 `generate_step`: the step for token i is queued before token i is read) and the same timers, so a
-ratio compares models, not harnesses. Prefill runs each engine's own way: ours `Model.prefill`
-(chunked, lm_head on the last position only), mlx-lm's as its `generate_step` does it (2048-token
-chunks evaluating only the caches, then the last token through the model).
+ratio compares models, not harnesses. Prefill runs each runner's own way: ours through
+`mlx_oss.engine.prefill_chunks` (the engine's chunk loop, lm_head on the last position only), mlx-lm's
+as its `generate_step` does it (2048-token chunks evaluating only the caches, then the last token
+through the model).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ Progress = Callable[[str], None]
 ORDINARY_TOKENS = 199998  # o200k_harmony: ids below this are ordinary text tokens
 
 
-class Engine(Protocol):
+class Runner(Protocol):
     name: str
     model: object
 
@@ -35,7 +37,7 @@ class Engine(Protocol):
 
 
 def random_tokens(n: int, vocab: int, seed: int = 0) -> list[int]:
-    """The benchmark's prompt: n ordinary token ids, identical for every engine given the seed."""
+    """The benchmark's prompt: n ordinary token ids, identical for every runner given the seed."""
     hi = min(vocab, ORDINARY_TOKENS)
     return np.random.default_rng(seed).integers(0, hi, size=n).tolist()
 
@@ -46,7 +48,7 @@ def _named_bytes(model) -> list[tuple[str, int]]:
     return [(n, int(p.nbytes)) for n, p in tree_flatten(model.parameters())]
 
 
-class OursEngine:
+class OursRunner:
     """mlx-oss: `mlx_oss.load` (backend speedups included, mlx_oss/backend/cpu.py)."""
 
     name = "mlx-oss"
@@ -72,7 +74,7 @@ class OursEngine:
         return _named_bytes(self.model)
 
 
-class MetalTwin(OursEngine):
+class MetalTwin(OursRunner):
     """Our model laid out as on Metal (`cpu.prepare(metal=True)`: no CPU stream splitting), at small
     sizes with the same layers, routing and dense format: what one decode step dispatches on an Apple
     GPU. The count of operations does not depend on the sizes, only the work in each."""
@@ -94,7 +96,7 @@ class MetalTwin(OursEngine):
         mx.eval(self.model.parameters())
 
 
-class MlxLmEngine:
+class MlxLmRunner:
     """mlx-lm's own `gpt_oss` model on the same checkpoint (Hugging Face layout), dense weights cast
     to `dtype` (float32: its best setting on the CPU backend, ~5x its bfloat16 speed there)."""
 
@@ -154,25 +156,25 @@ def _greedy(logits: mx.array) -> mx.array:
     return mx.argmax(logits, axis=-1).astype(mx.int32)
 
 
-def time_prefill(engine: Engine, tokens: list[int]) -> tuple[float, float]:
+def time_prefill(runner: Runner, tokens: list[int]) -> tuple[float, float]:
     """-> (prefill seconds, time to first token seconds) on a fresh cache."""
-    cache = engine.make_cache()
+    cache = runner.make_cache()
     t0 = time.perf_counter()
-    logits = engine.prefill(tokens, cache)
+    logits = runner.prefill(tokens, cache)
     mx.eval(logits)
     t1 = time.perf_counter()
     int(_greedy(logits).item())
     return t1 - t0, time.perf_counter() - t0
 
 
-def time_decode(engine: Engine, context: list[int], n: int) -> float:
+def time_decode(runner: Runner, context: list[int], n: int) -> float:
     """Decode `n` greedy tokens after `context` (prefilled untimed) -> seconds for the n steps."""
-    cache = engine.make_cache()
-    y = _greedy(engine.prefill(context, cache))
+    cache = runner.make_cache()
+    y = _greedy(runner.prefill(context, cache))
     mx.eval(y)
     t0 = time.perf_counter()
     for _ in range(n):
-        logits = engine.step(y, cache)
+        logits = runner.step(y, cache)
         nxt = _greedy(logits)
         mx.async_eval(nxt)
         int(y.item())
@@ -193,8 +195,8 @@ class Stat:
         return cls(m, s, list(runs))
 
 
-def measure_engine(
-    engine: Engine,
+def measure_runner(
+    runner: Runner,
     prompts: list[int],
     depths: list[int],
     gen: int,
@@ -208,28 +210,28 @@ def measure_engine(
     say = progress or (lambda _m: None)
     base = random_tokens(max(prompts + depths + [1]) + 1, vocab, seed)
     # warm-up: compile, first touch of every weight, allocator pools
-    time_prefill(engine, base[:16])
-    time_decode(engine, base[:4], 2)
+    time_prefill(runner, base[:16])
+    time_decode(runner, base[:4], 2)
     out: dict = {"prefill": [], "decode": []}
     for p in prompts:
         tps, ttft = [], []
         for r in range(reps):
-            s, t = time_prefill(engine, base[:p])
+            s, t = time_prefill(runner, base[:p])
             tps.append(p / s)
             ttft.append(t)
-            say(f"{engine.name}: prefill {p} tokens, run {r + 1}/{reps}: {p / s:.2f} tok/s, TTFT {t:.2f} s")
+            say(f"{runner.name}: prefill {p} tokens, run {r + 1}/{reps}: {p / s:.2f} tok/s, TTFT {t:.2f} s")
         out["prefill"].append({"tokens": p, "tps": Stat.of(tps).__dict__, "ttft_s": Stat.of(ttft).__dict__})
     for d in depths:
         tps = []
         for r in range(reps):
-            s = time_decode(engine, base[: max(d, 1)], gen)
+            s = time_decode(runner, base[: max(d, 1)], gen)
             tps.append(gen / s)
-            say(f"{engine.name}: decode {gen} tokens at depth {d}, run {r + 1}/{reps}: {gen / s:.2f} tok/s")
+            say(f"{runner.name}: decode {gen} tokens at depth {d}, run {r + 1}/{reps}: {gen / s:.2f} tok/s")
         out["decode"].append({"depth": d, "tokens": gen, "tps": Stat.of(tps).__dict__})
     return out
 
 
-def count_graph_nodes(engine: Engine, depth: int = 8, vocab: int = 201088) -> dict:
+def count_graph_nodes(runner: Runner, depth: int = 8, vocab: int = 201088) -> dict:
     """MLX operations (graph nodes) one decode step dispatches, at a cache of `depth` tokens: what a
     Metal command buffer gets, the cost per token that does not shrink with faster kernels.
     -> {"total": n, "by_op": {primitive: count}}."""
@@ -237,10 +239,10 @@ def count_graph_nodes(engine: Engine, depth: int = 8, vocab: int = 201088) -> di
     import re
     import tempfile
 
-    cache = engine.make_cache()
-    mx.eval(engine.prefill(random_tokens(depth, vocab), cache))
+    cache = runner.make_cache()
+    mx.eval(runner.prefill(random_tokens(depth, vocab), cache))
     mx.eval([c.state for c in cache])
-    logits = engine.step(mx.array([[1]], dtype=mx.int32), cache)
+    logits = runner.step(mx.array([[1]], dtype=mx.int32), cache)
     with tempfile.TemporaryDirectory() as tmp:
         f = os.path.join(tmp, "step.dot")
         mx.export_to_dot(f, logits)
@@ -254,6 +256,6 @@ def count_graph_nodes(engine: Engine, depth: int = 8, vocab: int = 201088) -> di
 
 
 def release() -> None:
-    """After the caller dropped its engine: free the weights before the next one loads."""
+    """After the caller dropped its runner: free the weights before the next one loads."""
     gc.collect()
     mx.clear_cache()
