@@ -22,6 +22,9 @@ SOURCES = {"mlx_oss": "mlx_oss", "convert": "mlx_oss.convert", "tui": "mlx_oss.t
 FRONT_ENDS = ("mlx_oss.cli", "mlx_oss.tui", "mlx_oss.bench", "mlx_oss.server")
 SHARED_FLAGS = "mlx_oss.cli.args"  # the one front-end module other front ends may import
 DISPATCHER = "mlx_oss.cli.main"  # the composition root: names every subcommand module, imported by nothing
+TUI_DOOR = "mlx_oss.tui.session"  # the TUI's one door to the model: the only tui module that touches MLX or loads
+MODEL_SIDE = ("mlx", "mlx_oss.loader", "mlx_oss.chat", "mlx_oss.engine", "mlx_oss.store", "mlx_oss.sampling",
+              "mlx_oss.nn", "mlx_oss.backend")  # fmt: skip
 
 # Package -> the only mlx_oss modules (prefixes) it may import besides itself.
 ALLOWED = {
@@ -97,6 +100,8 @@ def violations(root: Path) -> list[str]:
         where = path.relative_to(root)
         for line, target in imports_of(mod, path):
             top = target.split(".")[0]
+            if _within(mod, "mlx_oss.tui") and mod != TUI_DOOR and any(_within(target, m) for m in MODEL_SIDE):
+                found.append(f"{where}:{line}: {mod} imports {target}; in tui only {TUI_DOOR} touches MLX and the model")
             if top in ("convert", "tui"):
                 found.append(f"{where}:{line}: imports {target}: a bare top-level name; import mlx_oss.{target}")
                 continue
@@ -191,7 +196,7 @@ def test_pyproject_lists_every_package():
 
 def _tree(tmp_path: Path) -> Path:
     for folder in SOURCES:
-        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__", "*.tiktoken", "*.tcss"))
     return tmp_path
 
 
@@ -214,6 +219,8 @@ def _add(root: Path, rel: str, code: str) -> None:
         ("tui/cli.py", "from mlx_oss.cli.main import main", "the dispatcher nothing imports"),
         ("mlx_oss/harmony/render.py", "from mlx_oss.chat import Chat", "import cycle between packages"),
         ("mlx_oss/store.py", "import tui.app", "a bare top-level name"),
+        ("tui/app.py", "import mlx.core as mx", "in tui only mlx_oss.tui.session touches MLX"),
+        ("tui/widgets.py", "from mlx_oss.chat import Chat", "in tui only mlx_oss.tui.session touches MLX"),
         ("convert/hub.py", "from .. import loader", "mlx_oss.convert may import only"),
     ],
 )
