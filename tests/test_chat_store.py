@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mlx_oss.harmony import Message
+from mlx_oss.harmony import UNPARSED, Message, Role
 from mlx_oss.tui import datadir, storage
 from mlx_oss.tui.storage import SCHEMA_VERSION, ChatStore, ChatStoreError, auto_title
 
@@ -154,6 +154,13 @@ def test_search_full_text(store):
     assert [x.id for x in store.search("pyth caf")] == []
     assert [x.title for x in store.search("caf")] == ["Cafe notes", "French breakfast"]  # prefix, no accents
     assert store.search('"); DROP TABLE chats; --') == []  # any text is a query, never SQL
+
+
+def test_search_skips_unparsed_output(store):
+    c = store.create()
+    msgs = conversation("hello", "fine") + [Message(Role.ASSISTANT, "zqxgarbage", channel=UNPARSED).to_dict()]
+    store.save_messages(c, 0, msgs)
+    assert store.search("zqxgarbage") == [] and [x.id for x in store.search("fine")] == [c]
 
 
 def test_search_without_fts5_falls_back_to_like(tmp_path, monkeypatch):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from mlx_oss.errors import UserError
+from mlx_oss.harmony import UNPARSED
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "ChatInfo", "ChatStore", "ChatStoreError", "auto_title", "message_text"]
 
@@ -123,9 +124,10 @@ def message_text(message: dict[str, Any]) -> str:
 
 def _search_text(message: dict[str, Any]) -> str:
     """What search finds: what the user wrote and what the model said to them (not its reasoning,
-    not tool traffic)."""
+    not tool traffic, not output that was not harmony)."""
     role = message.get("role")
-    if role == "user" or (role == "assistant" and message.get("channel") != "analysis" and not message.get("recipient")):
+    said = message.get("channel") not in ("analysis", UNPARSED) and not message.get("recipient")
+    if role == "user" or (role == "assistant" and said):
         return message_text(message)
     return ""
 
