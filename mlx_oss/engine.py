@@ -28,7 +28,7 @@ from mlx_oss.nn.cache import CacheState, KVCache, RotatingKVCache
 from mlx_oss.harmony import common_prefix_length
 from mlx_oss.sampling import Sampler
 
-__all__ = ["ContextLengthError", "Engine", "Generation", "Snapshot", "check_token_ids"]
+__all__ = ["ContextLengthError", "Engine", "EngineState", "Generation", "Snapshot", "check_token_ids"]
 
 Stop = Callable[[], bool]
 Progress = Callable[[int, int], None]
@@ -98,6 +98,49 @@ class Snapshot:
     position: int
     states: tuple[CacheState | None, ...]
     kind: str = "prompt"  # "prompt" (a prompt's end) or "message" (a message boundary in a generation)
+
+
+def _reusable(tokens: list[int] | tuple[int, ...], cache: list, snapshots: Iterable[Snapshot], prompt: list[int]) -> int:
+    """Tokens of `prompt` that caches holding `tokens` serve without compute: the common prefix,
+    lowered to the newest snapshot at or before it when the sliding rings cannot be trimmed back."""
+    keep = min(common_prefix_length(tokens, prompt), len(prompt) - 1)
+    drop = len(tokens) - keep
+    if drop == 0 or all(c.can_trim(drop) for c in cache):
+        return keep
+    snap = next((s for s in reversed(list(snapshots)) if s.position <= keep), None)
+    return snap.position if snap else 0
+
+
+@dataclass(frozen=True)
+class EngineState:
+    """Everything an engine's cache reuse depends on (caches, their tokens, snapshots), detached
+    from the engine so that a server can keep several conversations and resume any of them
+    (`Engine.detach` / `Engine.attach`). Whoever holds a state owns its cache objects."""
+
+    cache: tuple
+    tokens: tuple[int, ...]
+    snapshots: tuple[Snapshot, ...]
+
+    def reusable(self, prompt: list[int]) -> int:
+        """What `Engine.reusable(prompt)` would say with this state attached."""
+        return _reusable(self.tokens, list(self.cache), self.snapshots, prompt)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the buffers this state holds (cache buffers + snapshot rings not in use by them)."""
+        seen = {id(a) for c in self.cache for a in c.state}
+        extra = 0
+        for snap in self.snapshots:
+            for st in snap.states:
+                if st is not None and st.keys is not None and id(st.keys) not in seen:
+                    seen.update((id(st.keys), id(st.values)))
+                    extra += st.keys.nbytes + st.values.nbytes
+        return sum(c.nbytes for c in self.cache) + extra
+
+    def fork(self) -> EngineState:
+        """An independent copy that costs nothing now: buffers are shared, and the first write
+        to one of them (by either copy) copies it."""
+        return EngineState(tuple(c.clone() for c in self.cache), self.tokens, self.snapshots)
 
 
 @dataclass
@@ -186,12 +229,20 @@ class Engine:
     def reusable(self, prompt: list[int]) -> int:
         """Tokens of `prompt` that would come from the cache (no compute): the common prefix,
         lowered to the newest snapshot when the sliding rings cannot be trimmed back that far."""
-        keep = min(common_prefix_length(self._tokens, prompt), len(prompt) - 1)
-        drop = len(self._tokens) - keep
-        if drop == 0 or all(c.can_trim(drop) for c in self.cache):
-            return keep
-        snap = self._snapshot_at_or_before(keep)
-        return snap.position if snap else 0
+        return _reusable(self._tokens, self.cache, self._snapshots, prompt)
+
+    def detach(self) -> EngineState:
+        """Hand over the current state (the engine starts empty); `attach` it back later to resume.
+        Call between generations only."""
+        state = EngineState(tuple(self.cache), tuple(self._tokens), tuple(self._snapshots))
+        self.reset()
+        return state
+
+    def attach(self, state: EngineState) -> None:
+        """Resume from a detached state (the engine takes ownership; the current state is dropped)."""
+        self.cache = list(state.cache)
+        self._tokens = list(state.tokens)
+        self._snapshots = list(state.snapshots)
 
     def snapshot(self, kind: str = "prompt") -> None:
         """Remember the sliding rings at the current position (cheap: references, no copy)."""

@@ -102,6 +102,13 @@ class KVCache:
     def nbytes(self) -> int:
         return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
 
+    def clone(self) -> KVCache:
+        """An independent cache holding the same tokens: it shares the buffers, and whichever of the
+        two writes first copies them (MLX does not donate a buffer that is referenced twice)."""
+        c = KVCache()
+        c.keys, c.values, c.offset = self.keys, self.values, self.offset
+        return c
+
 
 class RotatingKVCache:
     """Sliding-window layers: `window` slots; the key of absolute position p lives in slot p % window.
@@ -199,6 +206,12 @@ class RotatingKVCache:
     @property
     def nbytes(self) -> int:
         return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+
+    def clone(self) -> RotatingKVCache:
+        """An independent cache at the same point (shared ring, copied on the next write)."""
+        c = RotatingKVCache(self.window)
+        c.keys, c.values, c.offset = self.keys, self.values, self.offset
+        return c
 
 
 def make_cache(layer_types: tuple[str, ...] | list[str], window: int) -> list[KVCache | RotatingKVCache]:

@@ -1,0 +1,260 @@
+"""The ASGI app: routes, API key, body limit, OpenAI-shaped errors. `create_app(...)` builds it.
+
+Starlette (not FastAPI): the request bodies are translated by hand into harmony anyway (both APIs
+accept loose shapes that a pydantic model would reject or reshape), so FastAPI's validation layer
+would only add a dependency and a second error format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import time
+from typing import Any, AsyncIterator, Sequence
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from mlx_oss.server import chat_completions, responses
+from mlx_oss.server.backend import Backend, ProcessorHook
+from mlx_oss.server.errors import APIError, bad_request, error_body
+from mlx_oss.server.generation import Finished
+from mlx_oss.server.sse import DONE, EventStream, data_line, named_event, watch_disconnect
+
+__all__ = ["create_app", "DEFAULT_BODY_LIMIT"]
+
+DEFAULT_BODY_LIMIT = 32 << 20
+
+
+def _error(e: APIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+class _Server:
+    """State shared by the routes."""
+
+    def __init__(self, backend: Backend, model_id: str, aliases: Sequence[str], api_key: str | None, body_limit: int):
+        self.backend = backend
+        self.model_id = model_id
+        self.names = {model_id, *aliases}
+        self.api_key = api_key
+        self.body_limit = body_limit
+        self.store = responses.ResponseStore()
+        self.created = int(time.time())
+
+    def check_key(self, request: Request) -> None:
+        if not self.api_key:
+            return
+        auth = request.headers.get("authorization", "")
+        given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if not hmac.compare_digest(given.encode(), self.api_key.encode()):
+            raise APIError(401, "Missing or incorrect API key: send it as 'Authorization: Bearer <key>'.",
+                           code="invalid_api_key")  # fmt: skip
+
+    async def body(self, request: Request) -> dict[str, Any]:
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > self.body_limit:
+            raise APIError(413, f"Request body is {size} bytes; the limit is {self.body_limit}.", code="request_too_large")
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > self.body_limit:
+                raise APIError(413, f"Request body is over the {self.body_limit}-byte limit.", code="request_too_large")
+        try:
+            body = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise bad_request(f"The request body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise bad_request("The request body must be a JSON object.")
+        model = body.get("model")
+        if model is not None and model not in self.names:
+            raise APIError(404, f"The model {model!r} does not exist on this server (it serves {self.model_id!r}).",
+                           param="model", code="model_not_found")  # fmt: skip
+        return body
+
+    def model_json(self) -> dict:
+        return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "mlx-oss"}
+
+
+async def _collect(job, request: Request, feed) -> None:
+    """Feed a job's events to `feed` until it ends, cancelling it if the client disconnects."""
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            await watch_disconnect(request.receive, job.cancel)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        try:
+            async for ev in Backend.events(job):
+                feed(ev)
+        finally:
+            tg.cancel_scope.cancel()
+
+
+def create_app(
+    model,
+    tokenizer,
+    *,
+    model_id: str = "gpt-oss",
+    aliases: Sequence[str] = (),
+    api_key: str | None = None,
+    max_context: int | None = None,
+    cache_bytes: int = 8 << 30,
+    max_queue: int = 16,
+    cors: Sequence[str] = (),
+    body_limit: int = DEFAULT_BODY_LIMIT,
+    processors: ProcessorHook | None = None,
+) -> Starlette:
+    """The OpenAI-compatible app for a loaded model. `processors` is a test-only sampling hook
+    (request body -> logits processors); leave it None in production. `app.state.backend.shutdown()`
+    cancels all generations (the CLI calls it on Ctrl+C / SIGTERM)."""
+    backend = Backend(model, tokenizer, max_context=max_context, cache_bytes=cache_bytes, max_queue=max_queue,
+                      processors=processors)  # fmt: skip
+    srv = _Server(backend, model_id, aliases, api_key, body_limit)
+
+    async def health(request: Request):
+        return JSONResponse({"status": "ok", "model": srv.model_id, "busy": backend.worker.busy,
+                             "queued": backend.worker.waiting})  # fmt: skip
+
+    async def list_models(request: Request):
+        srv.check_key(request)
+        return JSONResponse({"object": "list", "data": [srv.model_json()]})
+
+    async def get_model(request: Request):
+        srv.check_key(request)
+        if request.path_params["model"] not in srv.names:
+            raise APIError(404, f"The model {request.path_params['model']!r} does not exist on this server.",
+                           param="model", code="model_not_found")  # fmt: skip
+        return JSONResponse(srv.model_json())
+
+    async def chat(request: Request):
+        srv.check_key(request)
+        body = await srv.body(request)
+        req = chat_completions.parse_request(body, backend.processors(body))
+        prompt, boundaries = backend.prompt(req.turn)
+        job = backend.submit(req.turn, prompt, boundaries)
+        acc = chat_completions.ChatAccumulator(srv.model_id)
+        if not req.stream:
+            await _collect(job, request, acc.feed)
+            return _finished_or_error(acc.finished, acc.completion)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                yield data_line(acc.first_chunk())
+                async for ev in Backend.events(job):
+                    chunk = acc.feed(ev)
+                    if chunk is not None:
+                        yield data_line(chunk)
+                f = acc.finished
+                if f is None or f.stop_reason == "error" or (f.stop_reason == "cancelled" and job.cancelled.is_set()):
+                    yield data_line(_stream_error(f, job))
+                else:
+                    for c in acc.last_chunks(req.include_usage):
+                        yield data_line(c)
+                yield DONE
+            finally:
+                job.cancel()  # no-op when finished; stops the generation if the stream was abandoned
+
+        return EventStream(chunks(), job.cancel)
+
+    async def create_response(request: Request):
+        srv.check_key(request)
+        body = await srv.body(request)
+        req = responses.parse_request(body, srv.store, backend.processors(body))
+        prompt, boundaries = backend.prompt(req.turn)
+        job = backend.submit(req.turn, prompt, boundaries)
+        b = responses.ResponseBuilder(srv.model_id, req.echo)
+
+        def save() -> None:
+            if req.store and b.status != "in_progress":
+                srv.store.put(b.response(), req.items)
+
+        if not req.stream:
+            await _collect(job, request, b.feed)
+            if b.status == "in_progress":
+                b.fail("cancelled", "the generation was cancelled")
+            save()
+            if b.status == "failed":
+                return JSONResponse(error_body(b.error["message"], "server_error", None, b.error["code"]), status_code=500)
+            return JSONResponse(b.response())
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                for kind, ev in b.start():
+                    yield named_event(kind, ev)
+                async for item in Backend.events(job):
+                    for kind, ev in b.feed(item):
+                        yield named_event(kind, ev)
+                if b.status == "in_progress":  # the job was cancelled before it started
+                    for kind, ev in b.fail("cancelled", "the server is shutting down"):
+                        yield named_event(kind, ev)
+                save()
+            finally:
+                job.cancel()
+
+        return EventStream(events(), job.cancel)
+
+    async def get_response(request: Request):
+        srv.check_key(request)
+        _, resp = srv.store.get(request.path_params["response_id"])
+        return JSONResponse(resp)
+
+    async def api_error(request: Request, exc: APIError):
+        return _error(exc)
+
+    async def http_error(request: Request, exc: HTTPException):
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(f"{exc.detail}: {request.method} {request.url.path}", kind), status_code=exc.status_code)
+
+    async def server_error(request: Request, exc: Exception):
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return JSONResponse(error_body(f"Internal error: {type(exc).__name__}: {first}", "server_error"), status_code=500)
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/responses", create_response, methods=["POST"]),
+        Route("/v1/responses/{response_id}", get_response, methods=["GET"]),
+    ]
+    middleware = [Middleware(CORSMiddleware, allow_origins=list(cors), allow_methods=["*"], allow_headers=["*"])] if cors else []
+    app = Starlette(
+        routes=routes, middleware=middleware,
+        exception_handlers={APIError: api_error, HTTPException: http_error, Exception: server_error},
+        lifespan=_lifespan(backend),
+    )  # fmt: skip
+    app.state.backend = backend
+    return app
+
+
+def _lifespan(backend: Backend):
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        backend.shutdown()
+
+    return lifespan
+
+
+def _finished_or_error(finished: Finished | None, build) -> JSONResponse:
+    if finished is not None and finished.stop_reason == "error":
+        return JSONResponse(error_body(finished.error or "generation failed", "server_error", None, "server_error"), status_code=500)
+    if finished is None or finished.stop_reason == "cancelled":
+        return JSONResponse(error_body("The generation was cancelled (the server is shutting down).", "server_error",
+                                       None, "cancelled"), status_code=503)  # fmt: skip
+    return JSONResponse(build())
+
+
+def _stream_error(finished: Finished | None, job) -> dict:
+    if finished is not None and finished.stop_reason == "error":
+        return error_body(finished.error or "generation failed", "server_error", None, "server_error")
+    return error_body("The generation was cancelled (the server is shutting down).", "server_error", None, "cancelled")

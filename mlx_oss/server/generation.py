@@ -1,0 +1,176 @@
+"""One request's generation on the worker thread: pool -> engine -> harmony parser -> output events.
+
+The events are API-neutral output items (a reasoning message, a text message, a function call),
+each opened when its harmony header is complete, fed with deltas, and closed with its full text;
+then `Finished` with the usage the engine measured. The API modules turn them into their own
+chunks/events. Runs in `GenerationWorker`'s thread only.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import tiktoken
+
+from mlx_oss.engine import Engine
+from mlx_oss.harmony import ANALYSIS, ParserState, Role, StreamParser
+from mlx_oss.sampling import Sampler, SamplingConfig
+from mlx_oss.server.cache_pool import PromptCachePool
+from mlx_oss.server.tools import call_name
+
+__all__ = ["REASONING", "MESSAGE", "FUNCTION_CALL", "ItemStarted", "ItemDelta", "ItemDone", "Finished", "Usage", "StopMatcher", "run_generation"]
+
+REASONING, MESSAGE, FUNCTION_CALL = "reasoning", "message", "function_call"
+
+
+@dataclass(frozen=True)
+class ItemStarted:
+    kind: str  # REASONING, MESSAGE or FUNCTION_CALL
+    name: str | None = None  # the function's name for a call
+    channel: str | None = None
+
+
+@dataclass(frozen=True)
+class ItemDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ItemDone:
+    kind: str
+    text: str
+    name: str | None = None
+    complete: bool = True  # False: cut off (max tokens, cancel, stop string)
+    channel: str | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Finished:
+    usage: Usage
+    stop_reason: str  # stop, tool_call, length, context, cancelled, error
+    error: str | None = None
+
+
+class StopMatcher:
+    """Client stop strings over streamed text: holds back a tail that could still start one."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self._held = ""
+
+    def feed(self, delta: str) -> tuple[str, bool]:
+        """-> (text safe to emit now, stopped)."""
+        if not self.stops:
+            return delta, False
+        text = self._held + delta
+        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self._held = ""
+            return text[:cut], True
+        keep = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(text)), 0, -1):
+                if text.endswith(s[:n]):
+                    keep = max(keep, n)
+                    break
+        self._held = text[len(text) - keep :] if keep else ""
+        return text[: len(text) - keep], False
+
+    def flush(self) -> str:
+        out, self._held = self._held, ""
+        return out
+
+
+def _kind(channel: str | None, recipient: str | None) -> str:
+    if recipient is not None:
+        return FUNCTION_CALL
+    return REASONING if channel == ANALYSIS else MESSAGE
+
+
+def run_generation(
+    engine: Engine,
+    pool: PromptCachePool,
+    encoding: tiktoken.Encoding,
+    prompt: list[int],
+    boundaries: tuple[int, ...],
+    sampling: SamplingConfig,
+    max_tokens: int | None,
+    stops: tuple[str, ...],
+    cancelled: threading.Event,
+    emit: Callable[[object], None],
+) -> None:
+    """Generate a reply to `prompt`, emitting ItemStarted/ItemDelta/ItemDone, then Finished."""
+    engine.check_prompt(prompt)
+    pool.prepare(engine, prompt)
+    stop_hit = threading.Event()
+    gen = engine.generate(
+        prompt, Sampler(sampling), max_tokens=max_tokens, boundaries=boundaries,
+        should_stop=lambda: cancelled.is_set() or stop_hit.is_set(),
+    )  # fmt: skip
+    parser = StreamParser(Role.ASSISTANT, encoding=encoding)
+    matcher = StopMatcher(stops)
+    open_item: ItemStarted | None = None
+    text: list[str] = []
+    reasoning_tokens = 0
+    error = None
+
+    def close(complete: bool) -> None:
+        nonlocal open_item
+        if open_item is not None:
+            if open_item.kind == MESSAGE:
+                rest = matcher.flush() if complete else ""
+                if rest:
+                    text.append(rest)
+                    emit(ItemDelta(rest))
+            emit(ItemDone(open_item.kind, "".join(text), open_item.name, complete, open_item.channel))
+            open_item = None
+
+    try:
+        for tok in gen:
+            ev = parser.process(tok)
+            if ev.header_done:
+                close(True)
+                name = call_name(ev.recipient) if ev.recipient is not None else None
+                open_item = ItemStarted(_kind(ev.channel, ev.recipient), name, ev.channel)
+                text = []
+                emit(open_item)
+                continue
+            if ev.state is ParserState.CONTENT and ev.channel == ANALYSIS and ev.recipient is None:
+                reasoning_tokens += 1
+            if ev.delta and open_item is not None:
+                delta = ev.delta
+                if open_item.kind == MESSAGE and stops:
+                    delta, hit = matcher.feed(delta)
+                    if hit:
+                        stop_hit.set()
+                if delta:
+                    text.append(delta)
+                    emit(ItemDelta(delta))
+                if stop_hit.is_set():
+                    close(False)
+                    break
+            if ev.message is not None:
+                close(not ev.message.incomplete)
+    except Exception as e:  # the cache state is unknown after a failure: start clean
+        engine.reset()
+        first = (str(e).strip().splitlines() or [""])[0]
+        error = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    close(False)
+    reason = gen.stop_reason or ("error" if error else "stop")
+    if stop_hit.is_set():
+        reason = "stop"
+    elif error:
+        reason = "error"
+    usage = Usage(len(prompt), gen.reused_tokens, len(gen.generated), reasoning_tokens)
+    emit(Finished(usage, reason, error))
+

@@ -1,0 +1,290 @@
+"""`POST /v1/responses` (OpenAI's Responses API, what Codex speaks) <-> harmony.
+
+Input items map to harmony messages as in OpenAI's gpt-oss reference server: `message` (user;
+assistant -> final; system/developer -> instructions), `reasoning` -> analysis (kept by harmony only
+while continuing a tool call), `function_call` -> a `functions.<name>` call, `function_call_output`
+-> that call's tool result. Output: one item per harmony message the model wrote, streamed with the
+Responses event sequence (`response.created`, `response.in_progress`, `response.output_item.added`,
+`response.content_part.added`, `response.reasoning_text.delta`/`response.output_text.delta`/
+`response.function_call_arguments.delta`, their `.done`, `response.content_part.done`,
+`response.output_item.done`, then `response.completed`, `response.incomplete` or `response.failed`).
+`ResponseStore` keeps stored responses (bounded) for `previous_response_id` and `GET /v1/responses/{id}`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from mlx_oss.harmony import Message
+from mlx_oss.server.conversation import (
+    REASONING_FIELDS,
+    Turn,
+    effort,
+    positive_int,
+    reasoning_message,
+    response_format,
+    sampling,
+    text_of,
+)
+from mlx_oss.server.errors import APIError, bad_request
+from mlx_oss.server.generation import FUNCTION_CALL, MESSAGE, REASONING, Finished, ItemDelta, ItemDone, ItemStarted
+from mlx_oss.server.tools import FUNCTIONS, parse_tools, tool_choice
+
+__all__ = ["ResponsesRequest", "ResponseStore", "ResponseBuilder", "parse_request"]
+
+
+@dataclass(frozen=True)
+class ResponsesRequest:
+    turn: Turn
+    stream: bool
+    store: bool
+    items: list  # the whole input (previous response's input + output first), as items
+    echo: dict  # request fields echoed in the response object
+
+
+class ResponseStore:
+    """The newest `max_items` stored responses: id -> (input items, response object)."""
+
+    def __init__(self, max_items: int = 1024) -> None:
+        self.max_items = max_items
+        self._items: OrderedDict[str, tuple[list, dict]] = OrderedDict()
+
+    def put(self, response: dict, items: list) -> None:
+        self._items[response["id"]] = (items, copy.deepcopy(response))
+        self._items.move_to_end(response["id"])
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+
+    def get(self, response_id: str, param: str | None = None) -> tuple[list, dict]:
+        try:
+            return self._items[response_id]
+        except KeyError:
+            raise APIError(404, f"No response with id {response_id!r} is stored on this server (store=true keeps "
+                           f"the newest {self.max_items})", param=param, code="response_not_found") from None  # fmt: skip
+
+
+def _as_items(value: Any) -> list:
+    if isinstance(value, str):
+        return [{"type": "message", "role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise bad_request("'input' must be a string or a non-empty array of items", "input")
+    return list(value)
+
+
+def _history(items: list) -> tuple[list[Message], list[str]]:
+    history: list[Message] = []
+    instructions: list[str] = []
+    calls: dict[str, str] = {}
+    for i, it in enumerate(items):
+        where = f"input[{i}]"
+        if not isinstance(it, dict):
+            raise bad_request(f"{where} must be an object", where)
+        kind = it.get("type", "message")
+        if kind == "message":
+            role = it.get("role")
+            text = text_of(it.get("content"), f"{where}.content", ("input_text", "output_text", "text", "refusal"))
+            if role in ("system", "developer"):
+                instructions.append(text)
+            elif role == "user":
+                history.append(Message.user(text))
+            elif role == "assistant":
+                sent = next((it[k] for k in REASONING_FIELDS if isinstance(it.get(k), str) and it[k]), None)
+                if sent:
+                    history.append(reasoning_message(sent))
+                history.append(Message.assistant(text))
+            else:
+                raise bad_request(f"{where}.role must be user, assistant, system or developer, not {role!r}", f"{where}.role")
+        elif kind == "reasoning":
+            parts = it.get("content") or []
+            if not isinstance(parts, list):
+                raise bad_request(f"{where}.content must be an array", f"{where}.content")
+            text = "".join(p.get("text", "") for p in parts if isinstance(p, dict))
+            if text:
+                history.append(reasoning_message(text))
+        elif kind == "function_call":
+            name, args, call_id = it.get("name"), it.get("arguments", ""), it.get("call_id")
+            if not isinstance(name, str) or not name or not isinstance(args, str) or not isinstance(call_id, str):
+                raise bad_request(f"{where}: a function_call needs string 'name', 'arguments' and 'call_id'", where)
+            calls[call_id] = name
+            history.append(Message.tool_call(FUNCTIONS + name, args))
+        elif kind == "function_call_output":
+            call_id = it.get("call_id")
+            if call_id not in calls:
+                raise bad_request(f"{where}.call_id {call_id!r} does not match any earlier function_call", f"{where}.call_id")
+            output = it.get("output")
+            text = output if isinstance(output, str) else text_of(output, f"{where}.output", ("input_text", "output_text", "text"))
+            history.append(Message.tool_result(FUNCTIONS + calls[call_id], text))
+        else:
+            raise bad_request(f"{where}.type {kind!r} is not supported (message, reasoning, function_call, "
+                              "function_call_output)", f"{where}.type")  # fmt: skip
+    if not history:
+        raise bad_request("'input' needs at least one user, assistant or tool item", "input")
+    return history, instructions
+
+
+def parse_request(body: dict, store: ResponseStore, processors: tuple = ()) -> ResponsesRequest:
+    """Validate and translate a Responses body (400/404 naming the parameter otherwise)."""
+    stream = body.get("stream", False)
+    keep = body.get("store", True)
+    if not isinstance(stream, bool) or not isinstance(keep, bool):
+        raise bad_request("'stream' and 'store' must be booleans", "stream" if not isinstance(stream, bool) else "store")
+    if body.get("input") is None:
+        raise bad_request("'input' is required", "input")
+    items = _as_items(body["input"])
+    prev = body.get("previous_response_id")
+    if prev is not None:
+        if not isinstance(prev, str):
+            raise bad_request("'previous_response_id' must be a string", "previous_response_id")
+        prev_items, prev_resp = store.get(prev, "previous_response_id")
+        items = prev_items + [o for o in prev_resp["output"]] + items
+    history, instructions = _history(items)
+    extra = body.get("instructions")
+    if extra is not None and not isinstance(extra, str):
+        raise bad_request("'instructions' must be a string", "instructions")
+    if extra:
+        instructions.insert(0, extra)
+    tools = tool_choice(body.get("tool_choice"), parse_tools(body.get("tools")))
+    r = body.get("reasoning") or {}
+    if not isinstance(r, dict):
+        raise bad_request("'reasoning' must be an object", "reasoning")
+    text = body.get("text") or {}
+    if not isinstance(text, dict):
+        raise bad_request("'text' must be an object", "text")
+    turn = Turn(
+        tuple(history), "\n\n".join(instructions) if instructions else None, tools, effort(r.get("effort"), "reasoning.effort"),
+        response_format(text.get("format"), "text.format"), positive_int(body, "max_output_tokens"),
+        sampling(body, processors),
+    )  # fmt: skip
+    echo = {
+        "instructions": extra, "max_output_tokens": body.get("max_output_tokens"), "previous_response_id": prev,
+        "reasoning": {"effort": turn.effort.value, "summary": None}, "temperature": turn.sampling.temperature,
+        "top_p": turn.sampling.top_p, "text": {"format": text.get("format") or {"type": "text"}},
+        "tool_choice": body.get("tool_choice") or "auto", "tools": body.get("tools") or [],
+        "parallel_tool_calls": body.get("parallel_tool_calls", True), "metadata": body.get("metadata") or {},
+        "store": keep, "truncation": "disabled", "user": body.get("user"),
+    }  # fmt: skip
+    return ResponsesRequest(turn, stream, keep, items, echo)
+
+
+def _usage(u) -> dict:
+    return {
+        "input_tokens": u.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": u.cached_tokens},
+        "output_tokens": u.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+    }
+
+
+class ResponseBuilder:
+    """Generation events -> the response object and, for streaming, the (type, payload) events."""
+
+    def __init__(self, model: str, echo: dict) -> None:
+        self.id = f"resp_{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model
+        self.echo = echo
+        self.output: list[dict] = []
+        self.seq = 0
+        self.status = "in_progress"
+        self.usage: dict | None = None
+        self.error: dict | None = None
+        self.incomplete: dict | None = None
+        self._item: dict | None = None
+
+    def response(self) -> dict:
+        return {
+            "id": self.id, "object": "response", "created_at": self.created, "status": self.status,
+            "model": self.model, "output": copy.deepcopy(self.output), "usage": self.usage, "error": self.error,
+            "incomplete_details": self.incomplete, **self.echo,
+        }  # fmt: skip
+
+    def _event(self, kind: str, **payload) -> tuple[str, dict]:
+        ev = {"type": kind, "sequence_number": self.seq, **payload}
+        self.seq += 1
+        return kind, ev
+
+    def start(self) -> list[tuple[str, dict]]:
+        return [self._event("response.created", response=self.response()),
+                self._event("response.in_progress", response=self.response())]  # fmt: skip
+
+    def feed(self, ev: object) -> list[tuple[str, dict]]:
+        if isinstance(ev, ItemStarted):
+            return self._open(ev)
+        if isinstance(ev, ItemDelta) and self._item is not None:
+            return self._delta(ev.text)
+        if isinstance(ev, ItemDone) and self._item is not None:
+            return self._close(ev)
+        if isinstance(ev, Finished):
+            return self.finish(ev)
+        return []
+
+    def _where(self) -> dict:
+        return {"item_id": self._item["id"], "output_index": len(self.output) - 1}
+
+    def _open(self, ev: ItemStarted) -> list[tuple[str, dict]]:
+        hexid = uuid.uuid4().hex
+        if ev.kind == REASONING:
+            item = {"id": f"rs_{hexid}", "type": "reasoning", "summary": [], "content": [], "status": "in_progress"}
+            part = {"type": "reasoning_text", "text": ""}
+        elif ev.kind == FUNCTION_CALL:
+            item = {"id": f"fc_{hexid}", "type": "function_call", "status": "in_progress", "name": ev.name,
+                    "arguments": "", "call_id": f"call_{hexid[:24]}"}  # fmt: skip
+            part = None
+        else:
+            item = {"id": f"msg_{hexid}", "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        self.output.append(item)
+        self._item = item
+        out = [self._event("response.output_item.added", output_index=len(self.output) - 1, item=copy.deepcopy(item))]
+        if part is not None:
+            item["content"].append(part)
+            out.append(self._event("response.content_part.added", **self._where(), content_index=0, part=dict(part)))
+        return out
+
+    def _delta(self, text: str) -> list[tuple[str, dict]]:
+        item = self._item
+        if item["type"] == "function_call":
+            item["arguments"] += text
+            return [self._event("response.function_call_arguments.delta", **self._where(), delta=text)]
+        item["content"][0]["text"] += text
+        kind = "response.reasoning_text.delta" if item["type"] == "reasoning" else "response.output_text.delta"
+        extra = {} if item["type"] == "reasoning" else {"logprobs": []}
+        return [self._event(kind, **self._where(), content_index=0, delta=text, **extra)]
+
+    def _close(self, ev: ItemDone) -> list[tuple[str, dict]]:
+        item, where = self._item, self._where()
+        item["status"] = "completed" if ev.complete else "incomplete"
+        out = []
+        if item["type"] == "function_call":
+            out.append(self._event("response.function_call_arguments.done", **where, arguments=item["arguments"]))
+        else:
+            part = item["content"][0]
+            done = "response.reasoning_text.done" if item["type"] == "reasoning" else "response.output_text.done"
+            extra = {} if item["type"] == "reasoning" else {"logprobs": []}
+            out.append(self._event(done, **where, content_index=0, text=part["text"], **extra))
+            out.append(self._event("response.content_part.done", **where, content_index=0, part=dict(part)))
+        out.append(self._event("response.output_item.done", output_index=where["output_index"], item=copy.deepcopy(item)))
+        self._item = None
+        return out
+
+    def finish(self, ev: Finished) -> list[tuple[str, dict]]:
+        self.usage = _usage(ev.usage)
+        if ev.stop_reason == "error":
+            self.status, self.error = "failed", {"code": "server_error", "message": ev.error or "generation failed"}
+            return [self._event("response.failed", response=self.response())]
+        if ev.stop_reason in ("length", "context", "cancelled"):
+            reason = {"length": "max_output_tokens", "context": "max_output_tokens", "cancelled": "cancelled"}[ev.stop_reason]
+            self.status, self.incomplete = "incomplete", {"reason": reason}
+            return [self._event("response.incomplete", response=self.response())]
+        self.status = "completed"
+        return [self._event("response.completed", response=self.response())]
+
+    def fail(self, code: str, message: str) -> list[tuple[str, dict]]:
+        self.status, self.error = "failed", {"code": code, "message": message}
+        return [self._event("response.failed", response=self.response())]

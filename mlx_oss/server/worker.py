@@ -1,0 +1,119 @@
+"""One generation at a time on one thread, fed by a bounded queue.
+
+MLX streams belong to the thread that made them and the engine holds one KV cache, so every
+generation runs on the single worker thread, in arrival order. A job hands its events to the
+asyncio side through `loop.call_soon_threadsafe`; cancelling a job (client gone, server stopping)
+sets its event, which the engine checks between decode steps. A full queue is refused at once
+(`QueueFull`, answered 429 with Retry-After) instead of making clients wait without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from typing import Any, Callable
+
+__all__ = ["END", "GenerationWorker", "Job", "QueueFull"]
+
+END = object()  # the last item of every job's event queue
+
+JobFn = Callable[[Callable[[Any], None], threading.Event], None]
+
+
+class QueueFull(Exception):
+    """The queue already holds `max_queue` waiting requests."""
+
+
+class Job:
+    """A queued generation: `fn(emit, cancelled)` runs on the worker; `events` receives what it emits,
+    then `END` (or the exception it raised, then `END`)."""
+
+    def __init__(self, fn: JobFn, loop: asyncio.AbstractEventLoop) -> None:
+        self.fn = fn
+        self.loop = loop
+        self.cancelled = threading.Event()
+        self.started = threading.Event()
+        self.events: asyncio.Queue = asyncio.Queue()
+
+    def emit(self, item: Any) -> None:
+        """Thread-safe: queue an item for the asyncio side (dropped if the loop is closed)."""
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        except RuntimeError:
+            pass
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class GenerationWorker:
+    """The thread that runs jobs one after another."""
+
+    def __init__(self, max_queue: int = 16) -> None:
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be at least 1, got {max_queue}")
+        self.max_queue = max_queue
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._waiting: list[Job] = []
+        self._running: Job | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="mlx-oss-generation", daemon=True)
+            self._thread.start()
+
+    def submit(self, fn: JobFn, loop: asyncio.AbstractEventLoop) -> Job:
+        """Queue a job; raises QueueFull when `max_queue` jobs are already waiting."""
+        job = Job(fn, loop)
+        with self._lock:
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self._waiting)} requests are already waiting")
+            self._waiting.append(job)
+        self._queue.put(job)
+        return job
+
+    @property
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._waiting)
+
+    @property
+    def busy(self) -> bool:
+        return self._running is not None
+
+    def cancel_all(self) -> None:
+        """Cancel the running job and every waiting one (server shutdown)."""
+        with self._lock:
+            jobs = list(self._waiting) + ([self._running] if self._running else [])
+        for j in jobs:
+            j.cancel()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel everything and end the thread."""
+        self.cancel_all()
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            with self._lock:
+                self._waiting.remove(job)
+                self._running = job
+            job.started.set()
+            try:
+                if not job.cancelled.is_set():
+                    job.fn(job.emit, job.cancelled)
+            except BaseException as e:  # reported to the request; the worker goes on
+                job.emit(e)
+            finally:
+                with self._lock:
+                    self._running = None
+                job.emit(END)

@@ -1,0 +1,93 @@
+"""A real uvicorn server on 127.0.0.1 (random free port, own thread) around the tiny chat model,
+with a test-only sampling hook: each request pops the next scripted reply (harmony tokens that
+`ScriptedTokens` forces; the model still runs every forward pass). Always shut down by the fixture."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import uvicorn
+
+from mlx_oss.sampling import ScriptedTokens
+from mlx_oss.server import create_app
+
+MODEL_ID = "gpt-oss-tiny"
+
+
+def reply(tok, *, analysis=None, final=None, call=None, preamble=None) -> list[int]:
+    """Tokens of an assistant reply after `<|start|>assistant`, as gpt-oss writes it."""
+    parts = []
+    if analysis is not None:
+        parts.append(f"<|channel|>analysis<|message|>{analysis}<|end|>")
+    if preamble is not None:
+        parts.append(f"<|channel|>commentary<|message|>{preamble}<|end|>")
+    if call is not None:
+        name, args = call
+        parts.append(f"<|channel|>commentary to=functions.{name} <|constrain|>json<|message|>{args}<|call|>")
+    if final is not None:
+        parts.append(f"<|channel|>final<|message|>{final}<|return|>")
+    return tok.encode("<|start|>assistant".join(parts), allowed_special="all")
+
+
+class Scripts:
+    """The sampling hook: a FIFO of scripted replies, one per request (recorded for assertions)."""
+
+    def __init__(self) -> None:
+        self.queue: list[list] = []
+        self.bodies: list[dict] = []
+        self.lock = threading.Lock()
+
+    def push(self, tokens, *extra) -> None:
+        with self.lock:
+            self.queue.append([ScriptedTokens(tokens), *extra])
+
+    def __call__(self, body: dict):
+        with self.lock:
+            self.bodies.append(body)
+            return self.queue.pop(0) if self.queue else []
+
+
+class Gate:
+    """A logits processor that blocks the worker until released (to hold a generation in flight)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+
+    def __call__(self, context, logits):
+        self.calls += 1
+        self.entered.set()
+        self.release.wait(60)
+        return logits
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(model, tokenizer, scripts: Scripts, **kw) -> Iterator[str]:
+    """Serve on 127.0.0.1:<free port> in a thread; yields the base URL (…/v1)."""
+    app = create_app(model, tokenizer, model_id=MODEL_ID, processors=scripts, **kw)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not t.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        app.state.backend.worker.cancel_all()
+        t.join(30)
