@@ -4,6 +4,7 @@ with a test-only sampling hook: each request pops the next scripted reply (harmo
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -34,25 +35,32 @@ def reply(tok, *, analysis=None, final=None, call=None, preamble=None) -> list[i
 
 
 class Scripts:
-    """The sampling hook: a FIFO of scripted replies, one per request (recorded for assertions)."""
+    """The sampling hook: a FIFO of scripted replies, one per request, or a reply chosen by a key
+    the request's JSON contains (for concurrent clients). Extra processors (e.g. a Gate) run first."""
 
     def __init__(self) -> None:
         self.queue: list[list] = []
+        self.keyed: dict[str, list[int]] = {}
         self.bodies: list[dict] = []
         self.lock = threading.Lock()
 
-    def push(self, tokens, *extra) -> None:
+    def push(self, tokens, *before) -> None:
         with self.lock:
-            self.queue.append([ScriptedTokens(tokens), *extra])
+            self.queue.append([*before, ScriptedTokens(tokens)])
 
     def __call__(self, body: dict):
         with self.lock:
             self.bodies.append(body)
+            text = json.dumps(body)
+            for key, tokens in self.keyed.items():
+                if key in text:
+                    return [ScriptedTokens(tokens)]
             return self.queue.pop(0) if self.queue else []
 
 
 class Gate:
-    """A logits processor that blocks the worker until released (to hold a generation in flight)."""
+    """A logits processor that blocks the worker at its first step until released (to hold a
+    generation in flight), then counts the steps that follow."""
 
     def __init__(self) -> None:
         self.entered = threading.Event()
@@ -61,8 +69,9 @@ class Gate:
 
     def __call__(self, context, logits):
         self.calls += 1
-        self.entered.set()
-        self.release.wait(60)
+        if self.calls == 1:
+            self.entered.set()
+            self.release.wait(60)
         return logits
 
 
@@ -73,8 +82,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(model, tokenizer, scripts: Scripts, **kw) -> Iterator[str]:
-    """Serve on 127.0.0.1:<free port> in a thread; yields the base URL (…/v1)."""
+def running_server(model, tokenizer, scripts: Scripts, **kw) -> Iterator[tuple[str, object]]:
+    """Serve on 127.0.0.1:<free port> in a thread; yields (base URL …/v1, the app)."""
     app = create_app(model, tokenizer, model_id=MODEL_ID, processors=scripts, **kw)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
@@ -86,8 +95,8 @@ def running_server(model, tokenizer, scripts: Scripts, **kw) -> Iterator[str]:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}/v1"
+        yield f"http://127.0.0.1:{port}/v1", app
     finally:
-        server.should_exit = True
         app.state.backend.worker.cancel_all()
+        server.should_exit = True
         t.join(30)

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from mlx_oss.sampling import SamplingConfig
 from mlx_oss.server import chat_completions, responses
 from mlx_oss.server.backend import Backend, ProcessorHook
 from mlx_oss.server.errors import APIError, bad_request, error_body
@@ -111,13 +112,17 @@ def create_app(
     max_queue: int = 16,
     cors: Sequence[str] = (),
     body_limit: int = DEFAULT_BODY_LIMIT,
+    sampling: SamplingConfig | None = None,
+    max_tokens: int | None = None,
     processors: ProcessorHook | None = None,
 ) -> Starlette:
-    """The OpenAI-compatible app for a loaded model. `processors` is a test-only sampling hook
+    """The OpenAI-compatible app for a loaded model. `sampling`: defaults a request's temperature,
+    top_p and seed override (top_k/min_p apply to every request); `max_tokens`: the reply cap when a
+    request sets none. `processors` is a test-only sampling hook
     (request body -> logits processors); leave it None in production. `app.state.backend.shutdown()`
     cancels all generations (the CLI calls it on Ctrl+C / SIGTERM)."""
     backend = Backend(model, tokenizer, max_context=max_context, cache_bytes=cache_bytes, max_queue=max_queue,
-                      processors=processors)  # fmt: skip
+                      sampling=sampling, max_tokens=max_tokens, processors=processors)  # fmt: skip
     srv = _Server(backend, model_id, aliases, api_key, body_limit)
 
     async def health(request: Request):
@@ -138,7 +143,7 @@ def create_app(
     async def chat(request: Request):
         srv.check_key(request)
         body = await srv.body(request)
-        req = chat_completions.parse_request(body, backend.processors(body))
+        req = chat_completions.parse_request(body, backend.sampling(body))
         prompt, boundaries = backend.prompt(req.turn)
         job = backend.submit(req.turn, prompt, boundaries)
         acc = chat_completions.ChatAccumulator(srv.model_id)
@@ -168,7 +173,7 @@ def create_app(
     async def create_response(request: Request):
         srv.check_key(request)
         body = await srv.body(request)
-        req = responses.parse_request(body, srv.store, backend.processors(body))
+        req = responses.parse_request(body, srv.store, backend.sampling(body))
         prompt, boundaries = backend.prompt(req.turn)
         job = backend.submit(req.turn, prompt, boundaries)
         b = responses.ResponseBuilder(srv.model_id, req.echo)

@@ -7,10 +7,11 @@ compute), queues the generation and gives back the job whose events the route st
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any, AsyncIterator, Callable, Sequence
 
 from mlx_oss.engine import Engine
-from mlx_oss.sampling import LogitsProcessor
+from mlx_oss.sampling import LogitsProcessor, SamplingConfig
 from mlx_oss.server.cache_pool import PromptCachePool
 from mlx_oss.server.conversation import Turn
 from mlx_oss.server.errors import APIError
@@ -33,6 +34,8 @@ class Backend:
         max_context: int | None = None,
         cache_bytes: int = 8 << 30,
         max_queue: int = 16,
+        sampling: SamplingConfig | None = None,
+        max_tokens: int | None = None,
         processors: ProcessorHook | None = None,
     ) -> None:
         self.tokenizer = tokenizer
@@ -40,14 +43,19 @@ class Backend:
         self.pool = PromptCachePool(cache_bytes)
         self.worker = GenerationWorker(max_queue)
         self._processors = processors
+        self._sampling = sampling or SamplingConfig()
+        self._max_tokens = max_tokens
         self.worker.start()
 
     @property
     def max_context(self) -> int:
         return self.engine.max_context
 
-    def processors(self, body: dict[str, Any]) -> tuple[LogitsProcessor, ...]:
-        return tuple(self._processors(body)) if self._processors is not None else ()
+    def sampling(self, body: dict[str, Any]) -> SamplingConfig:
+        """The server's sampling defaults, with the test hook's processors for this request."""
+        if self._processors is None:
+            return self._sampling
+        return replace(self._sampling, logits_processors=tuple(self._processors(body)))
 
     def prompt(self, turn: Turn) -> tuple[list[int], tuple[int, ...]]:
         """Render; 400 context_length_exceeded when it does not fit (nothing computed yet)."""
@@ -67,7 +75,7 @@ class Backend:
 
         def fn(emit, cancelled) -> None:
             run_generation(
-                self.engine, self.pool, self.tokenizer, prompt, boundaries, turn.sampling, turn.max_tokens,
+                self.engine, self.pool, self.tokenizer, prompt, boundaries, turn.sampling, turn.max_tokens or self._max_tokens,
                 turn.stop, cancelled, emit,
             )  # fmt: skip
 

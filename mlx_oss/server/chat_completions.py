@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from mlx_oss.sampling import SamplingConfig
 from mlx_oss.harmony import COMMENTARY, Message
 from mlx_oss.server.conversation import (
     REASONING_FIELDS,
@@ -102,7 +103,7 @@ def _messages(raw: Any) -> tuple[list[Message], str | None]:
     return history, "\n\n".join(instructions) if instructions else None
 
 
-def parse_request(body: dict, processors: tuple = ()) -> ChatRequest:
+def parse_request(body: dict, base: SamplingConfig) -> ChatRequest:
     """Validate and translate a Chat Completions body (400 naming the parameter otherwise)."""
     n = body.get("n")
     if n not in (None, 1):
@@ -124,7 +125,7 @@ def parse_request(body: dict, processors: tuple = ()) -> ChatRequest:
     turn = Turn(
         tuple(history), instructions, tools, effort(eff, "reasoning_effort"),
         response_format(body.get("response_format"), "response_format"),
-        positive_int(body, "max_completion_tokens", "max_tokens"), sampling(body, processors),
+        positive_int(body, "max_completion_tokens", "max_tokens"), sampling(body, base),
         stop_strings(body.get("stop")),
     )  # fmt: skip
     return ChatRequest(turn, stream, bool(opts.get("include_usage")))

@@ -10,7 +10,7 @@ being continued after a tool call) and drops it elsewhere.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import tiktoken
@@ -27,7 +27,7 @@ from mlx_oss.harmony import (
 )
 from mlx_oss.sampling import SamplingConfig
 from mlx_oss.server.errors import bad_request
-from mlx_oss.server.tools import ToolSet
+from mlx_oss.server.tools import ToolSet, check_schema
 
 __all__ = ["Turn", "effort", "reasoning_message", "sampling", "positive_int", "response_format", "text_of", "stop_strings"]
 
@@ -106,17 +106,16 @@ def positive_int(body: dict, *keys: str) -> int | None:
     return None
 
 
-def sampling(body: dict, processors: tuple = ()) -> SamplingConfig:
-    """temperature/top_p/seed (OpenAI's ranges); defaults are gpt-oss's recommendation (1.0, 1.0)."""
+def sampling(body: dict, base: SamplingConfig) -> SamplingConfig:
+    """The request's temperature/top_p/seed (OpenAI's ranges) over the server's defaults `base`."""
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise bad_request(f"'seed' must be an integer, got {seed!r}", "seed")
-    top_p = _number(body, "top_p", 0, 1, 1.0)
+    top_p = _number(body, "top_p", 0, 1, base.top_p)
     if top_p == 0:
         raise bad_request("'top_p' must be greater than 0", "top_p")
-    return SamplingConfig(
-        temperature=_number(body, "temperature", 0, 2, 1.0), top_p=top_p, seed=seed, logits_processors=processors
-    )
+    temperature = _number(body, "temperature", 0, 2, base.temperature)
+    return replace(base, temperature=temperature, top_p=top_p, seed=base.seed if seed is None else seed)
 
 
 def response_format(spec: Any, param: str) -> ResponseFormat | None:
@@ -141,12 +140,7 @@ def response_format(spec: Any, param: str) -> ResponseFormat | None:
     desc = d.get("description")
     if desc is not None and not isinstance(desc, str):
         raise bad_request(f"{param}.description must be a string", f"{param}.description")
-    try:
-        import json
-
-        json.dumps(schema)
-    except (TypeError, ValueError) as e:
-        raise bad_request(f"{param}.schema cannot be rendered: {e}", f"{param}.schema") from None
+    check_schema(schema, param, f"{param}.schema")
     return ResponseFormat(name, schema, desc)
 
 

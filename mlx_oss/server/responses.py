@@ -20,6 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from mlx_oss.sampling import SamplingConfig
 from mlx_oss.harmony import Message
 from mlx_oss.server.conversation import (
     REASONING_FIELDS,
@@ -127,7 +128,7 @@ def _history(items: list) -> tuple[list[Message], list[str]]:
     return history, instructions
 
 
-def parse_request(body: dict, store: ResponseStore, processors: tuple = ()) -> ResponsesRequest:
+def parse_request(body: dict, store: ResponseStore, base: SamplingConfig) -> ResponsesRequest:
     """Validate and translate a Responses body (400/404 naming the parameter otherwise)."""
     stream = body.get("stream", False)
     keep = body.get("store", True)
@@ -158,7 +159,7 @@ def parse_request(body: dict, store: ResponseStore, processors: tuple = ()) -> R
     turn = Turn(
         tuple(history), "\n\n".join(instructions) if instructions else None, tools, effort(r.get("effort"), "reasoning.effort"),
         response_format(text.get("format"), "text.format"), positive_int(body, "max_output_tokens"),
-        sampling(body, processors),
+        sampling(body, base),
     )  # fmt: skip
     echo = {
         "instructions": extra, "max_output_tokens": body.get("max_output_tokens"), "previous_response_id": prev,

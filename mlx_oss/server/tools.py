@@ -18,7 +18,7 @@ from typing import Any, Callable
 from mlx_oss.harmony import ToolDescription, ToolNamespace, json_schema_to_typescript
 from mlx_oss.server.errors import bad_request
 
-__all__ = ["BUILTIN_TOOLS", "FUNCTIONS", "ToolSet", "parse_tools", "tool_choice", "call_name"]
+__all__ = ["BUILTIN_TOOLS", "FUNCTIONS", "ToolSet", "check_schema", "parse_tools", "tool_choice", "call_name"]
 
 FUNCTIONS = "functions."
 BUILTIN_TOOLS: dict[str, Callable[[dict[str, Any]], ToolNamespace]] = {}
@@ -51,11 +51,23 @@ def _function(spec: dict[str, Any], param: str) -> ToolDescription:
     if params is not None:
         if not isinstance(params, dict):
             raise bad_request(f"tool {name!r}: 'parameters' must be a JSON schema object", param)
-        try:
-            json_schema_to_typescript(params)
-        except Exception as e:
-            raise bad_request(f"tool {name!r}: its parameters schema cannot be rendered: {e}", param) from None
+        check_schema(params, f"tool {name!r}: its parameters", param)
+        json_schema_to_typescript(params)
     return ToolDescription(name, desc, params)
+
+
+def check_schema(schema: Any, what: str, param: str) -> None:
+    """400 unless `schema` is a valid JSON Schema (checked against its draft's meta-schema by
+    `jsonschema`), so the model is never shown a schema that means nothing."""
+    from jsonschema.exceptions import SchemaError
+    from jsonschema.validators import validator_for
+
+    try:
+        validator_for(schema).check_schema(schema)
+    except SchemaError as e:
+        where = "/".join(str(p) for p in e.path)
+        raise bad_request(f"{what} schema is not a valid JSON Schema: {e.message}" + (f" (at {where})" if where else ""),
+                          param) from None  # fmt: skip
 
 
 def parse_tools(tools: Any, param: str = "tools") -> ToolSet:

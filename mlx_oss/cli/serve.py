@@ -1,0 +1,94 @@
+"""`mlx-oss serve`: load the model once and serve the OpenAI-compatible API (see docs/SERVER.md).
+
+Binds 127.0.0.1 unless told otherwise (another host without an API key gets a warning). Ctrl+C or
+SIGTERM cancels the running and queued generations — their streams end with a final event — and
+the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+from mlx_oss.cli.args import add_dtype, add_limits, add_model, add_sampling, positive_int, sampling_config
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def byte_size(s: str) -> int:
+    """'8G', '512M', '1.5GB', '1000000' -> bytes (powers of 1024 for K/M/G/T)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)i?b?\s*", s, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a size like 8G, 512M or 1000000, got {s!r}")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `serve` subcommand to the `mlx-oss` parser."""
+    s = subparsers.add_parser(
+        "serve",
+        help="OpenAI-compatible server (/v1/responses, /v1/chat/completions) for Codex, Open WebUI, SDKs",
+        description="Serve the model over OpenAI's Responses and Chat Completions APIs.",
+    )
+    add_model(s)
+    add_dtype(s)
+    add_limits(s)  # --max-tokens: the per-reply cap when a request sets none
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: env MLX_OSS_API_KEY)")
+    s.add_argument("--cache-bytes", type=byte_size, default=byte_size("8G"),
+                   help="memory for cached conversation states besides the one in use (default 8G; 0 = keep only that one)")  # fmt: skip
+    s.add_argument("--cors", nargs="+", metavar="ORIGIN", default=[], help="origins allowed by CORS (browser clients)")
+    s.add_argument("--max-queue", type=positive_int, default=16, help="requests waiting beyond which the server answers 429")
+    s.add_argument("--max-body", type=byte_size, default=byte_size("32M"), help="request body size limit (413 above)")
+    add_sampling(s)
+    s.set_defaults(func=run)
+    return s
+
+
+def model_id(name: str) -> str:
+    """The id clients send: `openai/gpt-oss-20b` -> `gpt-oss-20b`; a folder -> its name."""
+    return Path(name.rstrip("/")).name or name
+
+
+def run(a: argparse.Namespace) -> int:
+    import uvicorn
+
+    from mlx_oss.loader import load
+    from mlx_oss.server import create_app
+    from mlx_oss.server.settings import KEY_ENV, client_settings
+    from mlx_oss.store import resolve_model
+
+    key = a.api_key or os.environ.get(KEY_ENV) or None
+    if a.host not in LOCAL_HOSTS and not key:
+        print(f"mlx-oss serve: warning: listening on {a.host} without an API key: anyone who can reach this "
+              f"machine can use the model (set --api-key or {KEY_ENV})", file=sys.stderr)  # fmt: skip
+    folder = resolve_model(a.model, status=lambda m: print(m, file=sys.stderr))
+    model, tokenizer = load(folder, a.dtype)
+    mid = model_id(a.model)
+    app = create_app(
+        model, tokenizer, model_id=mid, aliases=[a.model, model_id(str(folder))], api_key=key,
+        max_context=a.max_context, cache_bytes=a.cache_bytes, max_queue=a.max_queue, cors=a.cors,
+        body_limit=a.max_body, sampling=sampling_config(a), max_tokens=a.max_tokens,
+    )  # fmt: skip
+    backend = app.state.backend
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            backend.worker.cancel_all()  # in-flight streams end now, with their final event
+            super().handle_exit(sig, frame)
+
+    host = f"[{a.host}]" if ":" in a.host else a.host
+    config = uvicorn.Config(app, host=a.host, port=a.port, log_level="warning", lifespan="on",
+                            timeout_graceful_shutdown=10)  # fmt: skip
+    server = Server(config)
+    print(client_settings(f"http://{host}:{a.port}/v1", mid, bool(key)), flush=True)
+    server.run()
+    if not server.started:
+        print(f"mlx-oss serve: error: could not listen on {a.host}:{a.port}", file=sys.stderr)
+        return 1
+    print("mlx-oss serve: stopped", file=sys.stderr)
+    return 0
