@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -54,6 +55,16 @@ def model_id(name: str) -> str:
     return Path(name.rstrip("/")).name or name
 
 
+def host_warning(host: str, key: str | None) -> str | None:
+    """Why binding `host` without a key is risky (None when it is only this machine, or keyed)."""
+    from mlx_oss.server.settings import KEY_ENV
+
+    if host in LOCAL_HOSTS or key:
+        return None
+    return (f"listening on {host} without an API key: anyone who can reach this machine can use the model "
+            f"(set --api-key or {KEY_ENV})")  # fmt: skip
+
+
 def run(a: argparse.Namespace) -> int:
     import uvicorn
 
@@ -63,9 +74,9 @@ def run(a: argparse.Namespace) -> int:
     from mlx_oss.store import resolve_model
 
     key = a.api_key or os.environ.get(KEY_ENV) or None
-    if a.host not in LOCAL_HOSTS and not key:
-        print(f"mlx-oss serve: warning: listening on {a.host} without an API key: anyone who can reach this "
-              f"machine can use the model (set --api-key or {KEY_ENV})", file=sys.stderr)  # fmt: skip
+    warning = host_warning(a.host, key)
+    if warning:
+        print(f"mlx-oss serve: warning: {warning}", file=sys.stderr)
     folder = resolve_model(a.model, status=lambda m: print(m, file=sys.stderr))
     model, tokenizer = load(folder, a.dtype)
     mid = model_id(a.model)
@@ -78,8 +89,13 @@ def run(a: argparse.Namespace) -> int:
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
-            backend.worker.cancel_all()  # in-flight streams end now, with their final event
-            super().handle_exit(sig, frame)
+            """Cancel the generations (in-flight streams end now, with their final event), then shut
+            down gracefully; unlike uvicorn's own handler, the signal is not re-raised afterwards, so
+            a stop on request exits 0. A second Ctrl+C forces the exit."""
+            backend.worker.cancel_all()
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            self.should_exit = True
 
     host = f"[{a.host}]" if ":" in a.host else a.host
     config = uvicorn.Config(app, host=a.host, port=a.port, log_level="warning", lifespan="on",

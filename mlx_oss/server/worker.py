@@ -100,6 +100,16 @@ class GenerationWorker:
             self._thread = None
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        finally:
+            # MLX (0.32+) aborts the process at exit unless a thread that ran it frees its streams.
+            import mlx.core as mx
+
+            if hasattr(mx, "clear_streams"):
+                mx.clear_streams()
+
+    def _serve(self) -> None:
         while True:
             job = self._queue.get()
             if job is None:

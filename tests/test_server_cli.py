@@ -1,0 +1,79 @@
+"""`mlx-oss serve` as a user runs it: a subprocess on 127.0.0.1, its printed client settings,
+and Ctrl+C/SIGTERM ending an in-flight stream cleanly with exit status 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from server_harness import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _start(folder, port, *extra):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("MLX_OSS_API_KEY", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlx_oss.cli.main", "serve", "--model", str(folder), "--port", str(port), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+
+
+def _wait_health(base, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        try:
+            return httpx.get(base + "/health", timeout=5).json()
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise AssertionError("server did not come up")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_ends_stream_cleanly_and_exits_zero(tiny_chat_converted, sig):
+    port = free_port()
+    proc = _start(tiny_chat_converted, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_health(base, proc)
+        body = {"model": tiny_chat_converted.name, "messages": [{"role": "user", "content": "hi"}], "stream": True,
+                "max_tokens": 100000}  # fmt: skip
+        with httpx.stream("POST", base + "/v1/chat/completions", json=body, timeout=120) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            assert next(lines).startswith("data: ")  # the role chunk: generation is queued or running
+            deadline = time.monotonic() + 60
+            while not httpx.get(base + "/health", timeout=5).json()["busy"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            proc.send_signal(sig)
+            rest = [ln for ln in lines if ln]
+        assert rest[-1] == "data: [DONE]"
+        err = json.loads(rest[-2][6:])["error"]
+        assert err["code"] == "cancelled"
+        assert proc.wait(60) == 0
+        out = proc.stdout.read()
+        assert f"http://127.0.0.1:{port}/v1" in out and 'wire_api = "responses"' in out
+        err_text = proc.stderr.read()
+        assert "mlx-oss serve: stopped" in err_text and "warning" not in err_text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
+def test_public_host_without_key_warns():
+    from mlx_oss.cli.serve import host_warning
+
+    assert "without an API key" in host_warning("0.0.0.0", None)
+    assert host_warning("0.0.0.0", "k") is None and host_warning("127.0.0.1", None) is None
+    assert host_warning("::1", None) is None
