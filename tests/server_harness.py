@@ -15,23 +15,9 @@ import uvicorn
 
 from mlx_oss.sampling import ScriptedTokens
 from mlx_oss.server import create_app
+from test_chat import reply  # noqa: F401  (harmony reply tokens, as gpt-oss writes them)
 
 MODEL_ID = "gpt-oss-tiny"
-
-
-def reply(tok, *, analysis=None, final=None, call=None, preamble=None) -> list[int]:
-    """Tokens of an assistant reply after `<|start|>assistant`, as gpt-oss writes it."""
-    parts = []
-    if analysis is not None:
-        parts.append(f"<|channel|>analysis<|message|>{analysis}<|end|>")
-    if preamble is not None:
-        parts.append(f"<|channel|>commentary<|message|>{preamble}<|end|>")
-    if call is not None:
-        name, args = call
-        parts.append(f"<|channel|>commentary to=functions.{name} <|constrain|>json<|message|>{args}<|call|>")
-    if final is not None:
-        parts.append(f"<|channel|>final<|message|>{final}<|return|>")
-    return tok.encode("<|start|>assistant".join(parts), allowed_special="all")
 
 
 class Scripts:
