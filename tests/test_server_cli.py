@@ -72,7 +72,7 @@ def test_signal_ends_stream_cleanly_and_exits_zero(tiny_chat_converted, sig):
 
 
 def test_public_host_without_key_warns():
-    from mlx_oss.cli.serve import host_warning
+    from mlx_oss.server.cli import host_warning
 
     assert "without an API key" in host_warning("0.0.0.0", None)
     assert host_warning("0.0.0.0", "k") is None and host_warning("127.0.0.1", None) is None

@@ -24,7 +24,7 @@ SUBCOMMANDS = (
     "mlx_oss.cli.generate",
     "mlx_oss.tui.cli",  # chat
     "mlx_oss.bench.command",
-    "mlx_oss.cli.serve",
+    "mlx_oss.server.cli",  # serve
 )
 
 
