@@ -14,6 +14,12 @@ from mlx_oss.convert.convert import convert_checkpoint  # noqa: E402
 from mlx_oss.convert.synthetic import preset, write_hub_snapshot  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _chat_data_dir(tmp_path_factory, monkeypatch):
+    """No test writes the user's real chat database: `mlx-oss chat` keeps chats in a temp folder."""
+    monkeypatch.setenv("MLX_OSS_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+
+
 @pytest.fixture(scope="session")
 def tiny_hub(tmp_path_factory) -> Path:
     """A Hub-shaped snapshot of the 'tiny' preset: HF layout at the root, OpenAI layout in original/."""

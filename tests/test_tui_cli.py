@@ -17,7 +17,12 @@ from mlx_oss.tui.export import conversation_markdown, read_conversation, turns
 
 def test_chat_subcommand_is_registered_with_its_options():
     a = build_parser().parse_args(["chat"])
-    assert a.model == "openai/gpt-oss-20b" and a.reasoning_effort == "medium" and not a.hide_reasoning
+    assert a.model is None and a.reasoning_effort == "medium" and not a.hide_reasoning  # None: the default or the resumed chat's
+    assert (a.list, a.resume, a.new, a.data_dir) == (False, None, False, None)
+    assert build_parser().parse_args(["chat", "--resume"]).resume == "last"
+    assert build_parser().parse_args(["chat", "--resume", "7", "--data-dir", "/d"]).resume == "7"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["chat", "--resume", "--new"])
     a = build_parser().parse_args(["chat", "-m", "/m", "-r", "high", "--system", "be brief", "--hide-reasoning",
                                    "--temp", "0", "--top-p", "0.9", "--seed", "3", "--max-context", "4096"])  # fmt: skip
     assert (a.model, a.reasoning_effort, a.instructions, a.hide_reasoning) == ("/m", "high", "be brief", True)

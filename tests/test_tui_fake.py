@@ -46,6 +46,7 @@ class FakeChat:
     turns: list[tuple[Message, ...]] = field(default_factory=list)
     prompts: list[dict[str, Any]] = field(default_factory=list)  # effort/instructions each send() used
     resets: int = 0
+    warmed: list[int] = field(default_factory=list)  # what each warm() prefilled
     hold_at: int | None = None  # block before the n-th event (1-based) until `release` is set
 
     def __post_init__(self) -> None:
@@ -61,6 +62,32 @@ class FakeChat:
         if self.instructions:
             head.append(Message.developer(self.instructions))
         return Conversation(tuple(head) + tuple(m for t in self.turns for m in t))
+
+    @property
+    def history(self) -> list[Message]:
+        return [m for t in self.turns for m in t]
+
+    @history.setter
+    def history(self, messages: list[Message]) -> None:
+        """Regroups into turns (each starts at a user message), like the real Chat's setter."""
+        self.turns = []
+        for m in messages:
+            if m.role is Role.USER or not self.turns:
+                self.turns.append((m,))
+            else:
+                self.turns[-1] = self.turns[-1] + (m,)
+
+    def settings(self) -> dict[str, Any]:
+        return {"reasoning_effort": str(self.reasoning_effort), "instructions": self.instructions}
+
+    def warm(self, progress=None) -> int:
+        """Stands for the real prefill: 100 "tokens" per message, reported in four steps."""
+        total = 100 * len(self.history)
+        self.warmed.append(total)
+        for k in range(1, 5):
+            if progress is not None:
+                progress(total * k // 4, total)
+        return total
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -80,14 +107,19 @@ class FakeChat:
             self._cancel.wait(self.delay)
         return self._cancel.is_set()
 
-    def send(self, text: str) -> Iterator[Any]:
+    def send(self, text: str | None) -> Iterator[Any]:
         self._cancel.clear()
         self._n = 0
+        if text is None:  # answer the last user message again (regenerate)
+            if not self.turns or len(self.turns[-1]) != 1 or self.turns[-1][0].role is not Role.USER:
+                raise ValueError("send() without text continues after a user message")
+            text = self.turns.pop()[0].text
         script = self.scripts.pop(0) if self.scripts else Script()
         if script.raise_error is not None:
             raise script.raise_error
         self.prompts.append({"effort": str(self.reasoning_effort), "instructions": self.instructions, "text": text})
         self.sending.set()
+        self.turns.append((Message.user(text),))  # like Chat: the user message is history from send() on
         return self._stream(text, script)
 
     def _stream(self, text: str, script: Script) -> Iterator[Any]:
@@ -99,7 +131,7 @@ class FakeChat:
             out.append(Message.assistant(acc["reasoning"], channel="analysis"))
         if acc["answer"]:
             out.append(Message.assistant(acc["answer"]))
-        self.turns.append(tuple(out))
+        self.turns[-1] = tuple(out)
         used = 100 * len(self.turns)
         stats = Stats(
             prompt_tokens=used - 40, generated_tokens=40, reasoning_tokens=15, answer_tokens=25,
@@ -142,6 +174,11 @@ class FakeChat:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], model: Any = None, tokenizer: Any = None) -> FakeChat:
+        if "messages" in data and "settings" in data:  # the real Chat's format (the chat database's)
+            s = data["settings"]
+            chat = cls(reasoning_effort=s.get("reasoning_effort", "medium"), instructions=s.get("instructions"))
+            chat.history = [Message.from_dict(m) for m in data["messages"]]
+            return chat
         if data.get("format") != "fake-chat":
             raise ValueError("not a saved fake-chat conversation")
         chat = cls(reasoning_effort=data["reasoning_effort"], instructions=data.get("instructions"))
@@ -186,6 +223,6 @@ def test_fake_matches_the_real_chat_surface() -> None:
         pytest.skip("mlx_oss.chat not written yet")
     from mlx_oss.chat import Chat
 
-    for name in ("send", "cancel", "reset", "to_json", "from_json", "messages"):
+    for name in ("send", "cancel", "reset", "to_json", "from_json", "messages", "history", "settings", "warm"):
         assert hasattr(Chat, name), name
         assert hasattr(FakeChat, name), name

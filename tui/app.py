@@ -24,15 +24,25 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import Footer, Header
+from textual.widgets import Footer, Header, ProgressBar
 
 from mlx_oss.events import AnswerDelta, Done, Progress, ReasoningDelta, Stats, ToolCall, ToolResult, UnparsedDelta
+from mlx_oss.tui.chatlist import ChatList, ConfirmScreen, EditMessageScreen, MessageActionsScreen, RenameScreen, code_blocks
+from mlx_oss.tui.keeper import ChatKeeper, segments
+from mlx_oss.tui.storage import ChatStore
 from mlx_oss.tui.export import default_chats_dir, read_conversation, save_conversation, turns
 from mlx_oss.tui.session import EFFORTS, Backend, ChatSession, Failure, Finished, Loader, ModelThread, effort_name, prompt_size, run_send
 from mlx_oss.tui.screens import InstructionsScreen, LoadingScreen, OpenScreen, SaveScreen, one_line
 from mlx_oss.tui.widgets import AssistantMessage, ChatView, PromptInput, ReasoningBlock, StatusInfo, StatusLine, UserMessage, Welcome
 
 __all__ = ["ChatApp"]
+
+
+@dataclass
+class _Note:
+    """A problem beside the reply (e.g. the chat database could not be written), as an inbox item."""
+
+    text: str
 
 
 @dataclass
@@ -58,6 +68,28 @@ class _InboxState:
     wake_pending: bool = False
 
 
+def _role(m: Any) -> str:
+    r = getattr(m, "role", "")
+    return str(getattr(r, "value", r))
+
+
+def _reason(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if isinstance(e, ValueError) and str(e).strip() else one_line(e)
+
+
+def reply_summary(s: Any) -> str:
+    """A reply's last line: tokens, decode speed, TTFT and how much of the prompt came from the
+    cache (`Stats`, or its stored dict; "" when nothing was generated)."""
+    if s is None:
+        return ""
+    get = s.get if isinstance(s, dict) else (lambda k, d=0: getattr(s, k, d))
+    if not get("generated_tokens", 0):
+        return ""
+    text = f"{get('generated_tokens', 0)} tokens · {get('decode_tps', 0.0):.1f} tok/s · TTFT {get('ttft_s', 0.0):.2f} s"
+    reused = get("reused_tokens", 0) or 0
+    return text + (f" · {reused:,} cached tokens reused" if reused else "")
+
+
 class ChatApp(App[int]):
     """`mlx-oss chat`."""
 
@@ -75,6 +107,14 @@ class ChatApp(App[int]):
         Binding("ctrl+s", "save", "Save", priority=True),
         Binding("ctrl+o", "open", "Open", priority=True),
         Binding("ctrl+l", "copy_answer", "Copy", priority=True),
+        Binding("ctrl+b", "toggle_chats", "Chats", priority=True),
+        Binding("up", "select_message(-1)", "Previous message", show=False, priority=True),
+        Binding("down", "select_message(1)", "Next message", show=False, priority=True),
+        Binding("enter", "message_actions", "Actions", show=False, priority=True),
+        Binding("c", "on_message('copy')", "Copy", show=False, priority=True),
+        Binding("e", "on_message('edit')", "Edit", show=False, priority=True),
+        Binding("r", "on_message('regenerate')", "Regenerate", show=False, priority=True),
+        Binding("d", "on_message('delete')", "Delete", show=False, priority=True),
         Binding("pageup", "scroll_chat(-1)", "Scroll up", show=False, priority=True),
         Binding("pagedown", "scroll_chat(1)", "Scroll down", show=False, priority=True),
         Binding("ctrl+home", "scroll_chat_edge(-1)", "Top", show=False, priority=True),
@@ -88,8 +128,20 @@ class ChatApp(App[int]):
     class Wake(Message):
         """Model-thread items are waiting in the inbox."""
 
+    class Stored(Message):
+        """The model thread created a chat in the database (the list shows it)."""
+
+    class Warming(Message):
+        """Progress of a reopened chat's background prefill (from the model thread)."""
+
+        def __init__(self, done: int, total: int) -> None:
+            super().__init__()
+            self.done, self.total = done, total
+
     def __init__(self, loader: Loader, *, model: str = "gpt-oss", source: str | None = None,
-                 hide_reasoning: bool = False, chats_dir: Path | None = None) -> None:  # fmt: skip
+                 hide_reasoning: bool = False, chats_dir: Path | None = None, store: ChatStore | None = None,
+                 resume: int | None = None, tools_file: str | None = None) -> None:  # fmt: skip
+        """`store`: keep every chat there (None: nothing is kept); `resume`: open that stored chat."""
         super().__init__()
         self.loader = loader
         self.model = model
@@ -108,14 +160,22 @@ class ChatApp(App[int]):
         self._inbox = _InboxState()
         self._after_turn: list[Callable[[], Any]] = []
         self._loading: LoadingScreen | None = None
+        self.store = store
+        self.keeper = ChatKeeper(store, model=source or model, tools_file=tools_file) if store is not None else None
+        self.resume = resume
+        self.selected: int | None = None  # index among the message widgets while selecting (↑)
+        self.warm_state = ""  # "prefilling 40%", "cache warm · N tokens" for the status line
+        self._turn_start = 0  # history length when the running turn started
         self.set_reactive(ChatApp.hide_reasoning, hide_reasoning)
 
     # ------------------------------------------------------------------ layout and loading
 
     def compose(self) -> ComposeResult:
         yield Header(icon="◆")
+        yield ChatList(id="chatlist")
         yield ChatView(id="chat")
         yield PromptInput(id="prompt", soft_wrap=True, show_line_numbers=False, compact=True)
+        yield ProgressBar(id="warm-progress", show_eta=False)
         yield StatusLine(id="status")
         yield Footer()
 
@@ -130,7 +190,7 @@ class ChatApp(App[int]):
         self._start_loading()
 
     def on_unmount(self) -> None:
-        if self.session is not None and self.turn is not None:
+        if self.session is not None and (self.turn is not None or self.warm_state.startswith("prefilling")):
             try:
                 self.session.cancel()
             except Exception:
@@ -166,6 +226,10 @@ class ChatApp(App[int]):
         self._loading = None
         self.pop_screen()
         self.query_one(PromptInput).focus()  # AUTO_FOCUS too, when the chat screen resumes
+        if self.store is not None and self.store.notice:
+            self.notify(self.store.notice, severity="warning", timeout=10)
+        if self.resume is not None:
+            await self.open_stored(self.resume)
 
     def on_loading_screen_retry(self, _message: LoadingScreen.Retry) -> None:
         self._start_loading()
@@ -196,6 +260,8 @@ class ChatApp(App[int]):
             used = s.context_used if s else (self.context_used or 0)
             ttft = s.ttft_s if s and s.generated_tokens else None
             tps = s.decode_tps if s and s.generated_tokens else None
+        if self.warm_state:
+            state = (state + " " if state else "") + self.warm_state
         info = StatusInfo(
             model=self.model, effort=self.effort, context_used=used, context_limit=limit,
             ttft_s=ttft, decode_tps=tps, memory_bytes=mem, state=state,
@@ -244,17 +310,32 @@ class ChatApp(App[int]):
         await chat.mount(widget)
         await self._start_turn(text)
 
-    async def _start_turn(self, text: str) -> None:
+    async def _start_turn(self, text: str | None) -> None:
+        """Start a reply to `text` (None: regenerate, i.e. answer the history's last message again)."""
         assert self.session is not None
         chat = self.query_one(ChatView)
         widget = AssistantMessage(self.model)
         await chat.mount(widget)
         chat.anchor()
-        self.turn = _LiveReply(widget, text)
+        self.turn = _LiveReply(widget, text or "")
         self.live = None
+        self._turn_start = len(self._history())
         self.busy = True
         self._refresh_status()
-        self.model_thread.submit(run_send, self.session, text, self._push)
+        session = self.session
+        self.model_thread.submit(run_send, session, text, self._push, lambda ev: self._keep(session, ev))
+
+    def _keep(self, session: ChatSession, ev: Any) -> None:
+        """Engine thread: store what the session completed so far (never fails the reply)."""
+        if self.keeper is None:
+            return
+        try:
+            if isinstance(ev, Done):
+                self.keeper.reply_done(session, ev.stats)
+            elif self.keeper.sync(session):
+                self.post_message(self.Stored())
+        except Exception as e:  # noqa: BLE001 - the chat goes on; the user is told in it
+            self._push(_Note(f"Could not save the chat: {one_line(e)}"))
 
     def _push(self, item: Any) -> None:
         box = self._inbox
@@ -320,6 +401,9 @@ class ChatApp(App[int]):
         elif isinstance(item, Failure):
             await w.add_note(self._failure_text(item.error))
             self.last_error = one_line(item.error)
+        elif isinstance(item, _Note):
+            await w.add_note(item.text)
+            self.last_error = item.text
         elif isinstance(item, Finished):
             await self._end_turn()
         self._refresh_status()
@@ -349,12 +433,13 @@ class ChatApp(App[int]):
         turn = self.turn
         assert turn is not None
         s = turn.stats
-        summary = ""
-        if s is not None and s.generated_tokens:
-            summary = f"{s.generated_tokens} tokens · {s.decode_tps:.1f} tok/s · TTFT {s.ttft_s:.2f} s"
+        summary = reply_summary(s)
         if not turn.widget.query("ReasoningBlock, AnswerBlock, UnparsedBlock, ToolBlock, ErrorNote"):
             await turn.widget.add_note("The model produced no visible reply.", kind="notice")
         await turn.widget.finish(summary)
+        self._place_turn(turn)
+        if s is not None and self.warm_state:
+            self.warm_state = ""  # the turn after a resume used the warm cache (its summary says how much)
         if turn.answer:
             self.last_answer = turn.answer
         self.turn = None
@@ -371,7 +456,11 @@ class ChatApp(App[int]):
     # ------------------------------------------------------------------ actions
 
     def action_stop(self) -> None:
-        """Esc: stop the running answer at once (the Chat ends the stream with Done)."""
+        """Esc: stop the running answer at once (the Chat ends the stream with Done); when
+        messages are selected (↑) and nothing runs, back to the message box."""
+        if self.turn is None and self.selected is not None:
+            self.leave_selection()
+            return
         if self.turn is None or self.session is None:
             return
         if not self.turn.cancel_requested:
@@ -385,6 +474,7 @@ class ChatApp(App[int]):
         if self.session is None:
             return
         self.session.reasoning_effort = effort
+        self._settings_changed()
         self._refresh_status()
         note = " from the next message" if self.busy else ""
         self.notify(f"Reasoning effort: {effort}{note}", timeout=2)
@@ -429,6 +519,11 @@ class ChatApp(App[int]):
         self.last_stats = None
         self.context_used = None
         self.last_answer = ""
+        self.selected = None
+        self.warm_state = ""
+        if self.keeper is not None:
+            self.keeper.start_new()
+        self._refresh_chats()
         self._refresh_status()
         self.notify("New chat", timeout=2)
 
@@ -445,6 +540,7 @@ class ChatApp(App[int]):
             if text is None or self.session is None:
                 return
             self.session.instructions = text.strip() or None
+            self._settings_changed()
             note = " from the next message" if self.busy else ""
             self.notify(f"Instructions {'updated' if text.strip() else 'cleared'}{note}", timeout=2)
 
@@ -482,72 +578,415 @@ class ChatApp(App[int]):
             self.run_worker(self.open_conversation(path), group="open", exclusive=True)
 
     async def open_conversation(self, path: Path) -> bool:
-        """Replace the session with a saved one and redraw its messages; errors become a notice."""
+        """Open a saved JSON conversation: with a chat database it is imported as a new chat (and
+        opened); without one it replaces the session. Errors become a notice."""
         assert self.backend is not None
+        if self.store is not None:
+            try:
+                chat_id = self.store.import_json(read_conversation(path), model=self.keeper.model if self.keeper else "")
+            except Exception as e:  # noqa: BLE001
+                self.notify(f"Could not import {Path(path).name}: {_reason(e)}", severity="error", timeout=6)
+                return False
+            return await self.open_stored(chat_id, note=f"Imported {Path(path).name}")
         try:
             data = read_conversation(path)
             session = await asyncio.wrap_future(self.model_thread.submit(self.backend.open_chat, data))
             used = await asyncio.wrap_future(self.model_thread.submit(prompt_size, session))
         except Exception as e:  # noqa: BLE001
-            why = str(e).strip().splitlines()[0] if isinstance(e, ValueError) and str(e).strip() else one_line(e)
-            self.notify(f"Could not open {Path(path).name}: {why}", severity="error", timeout=6)
+            self.notify(f"Could not open {Path(path).name}: {_reason(e)}", severity="error", timeout=6)
             return False
+        await self._show_session(session, used=used)
+        self.notify(f"Opened {Path(path).name}", timeout=3)
+        return True
+
+    async def _show_session(self, session: ChatSession, stats: dict[int, dict[str, Any]] | None = None,
+                            used: int | None = None) -> None:  # fmt: skip
+        """Make `session` the open conversation and redraw it."""
         self._clear_queue()
         self.session = session
         self.last_stats = None
         self.context_used = used
-        await self.rebuild_view()
+        self.warm_state = ""
+        await self.rebuild_view(stats)
         self._refresh_status()
-        self.notify(f"Opened {Path(path).name}", timeout=3)
+
+    async def open_stored(self, chat_id: int, *, note: str | None = None) -> bool:
+        """Switch to a stored chat: its settings and messages, redrawn with each reply's stats; then
+        its conversation is prefilled once in the background so the next turn answers fast."""
+        if self.store is None or self.backend is None or self.keeper is None:
+            return False
+        if self.busy:
+            self.notify("Wait for the answer to end (or press Esc) before switching chats.", severity="warning")
+            return False
+        try:
+            info = self.store.get(chat_id)
+            data = self.store.chat_json(chat_id)
+            stats = self.store.stats(chat_id)
+            session = await asyncio.wrap_future(self.model_thread.submit(self.backend.open_chat, data))
+            used = await asyncio.wrap_future(self.model_thread.submit(prompt_size, session))
+        except Exception as e:  # noqa: BLE001
+            self.notify(f"Could not open chat {chat_id}: {_reason(e)}", severity="error", timeout=6)
+            return False
+        self.keeper.attach(chat_id, len(data["messages"]))
+        await self._show_session(session, stats, used)
+        self._refresh_chats()
+        self.notify(note or f"Opened “{info.title or 'untitled'}”", timeout=3)
+        self._warm()
         return True
 
-    async def rebuild_view(self) -> None:
-        """Redraw the conversation from the session's harmony messages (after opening a file)."""
+    def _warm(self) -> None:
+        warm = getattr(self.session, "warm", None)
+        if warm is None or not self._history():
+            return
+        self.warm_state = "prefilling…"
+        bar = self.query_one("#warm-progress", ProgressBar)
+        bar.update(total=None, progress=0)
+        bar.display = True
+        self._refresh_status()
+        self.run_worker(self._warm_job(self.session, warm), group="warm", exclusive=True)
+
+    async def _warm_job(self, session: ChatSession, warm: Callable[..., int]) -> None:
+        def progress(done: int, total: int) -> None:
+            self.post_message(self.Warming(done, total))
+
+        try:
+            cached = await asyncio.wrap_future(self.model_thread.submit(warm, progress))
+        except Exception as e:  # noqa: BLE001 - e.g. the conversation no longer fits the context
+            cached, why = 0, one_line(e)
+            self.notify(f"Could not prefill the chat: {why}", severity="warning", timeout=6)
+        if session is not self.session:
+            return
+        self.query_one("#warm-progress", ProgressBar).display = False
+        self.warm_state = f"cache warm · {cached:,} tokens" if cached else ""
+        self._refresh_status()
+
+    def on_chat_app_warming(self, message: Warming) -> None:
+        if not self.warm_state.startswith("prefilling"):
+            return
+        self.query_one("#warm-progress", ProgressBar).update(total=message.total, progress=message.done)
+        pct = 100 * message.done // max(1, message.total)
+        self.warm_state = f"prefilling {pct}% ({message.done:,}/{message.total:,})"
+        self._refresh_status()
+
+    def _history(self) -> list[Any]:
+        return list(getattr(self.session, "history", ()) or ())
+
+    def _settings_changed(self) -> None:
+        if self.keeper is not None and self.session is not None:
+            try:
+                self.keeper.settings_changed(self.session)
+            except Exception as e:  # noqa: BLE001
+                self.notify(f"Could not save the chat's settings: {one_line(e)}", severity="error", timeout=6)
+
+    def _place_turn(self, turn: _LiveReply) -> None:
+        """Tell the turn's widgets which history messages they show (for edit / regenerate / delete)."""
+        hist = self._history()
+        n0, n1 = self._turn_start, len(hist)
+        start = n0
+        if n0 < n1 and _role(hist[n0]) == "user":
+            children = list(self.query_one(ChatView).children)
+            i = children.index(turn.widget) if turn.widget in children else 0
+            if i > 0 and isinstance(children[i - 1], UserMessage):
+                children[i - 1].span = (n0, n0 + 1)
+            start = n0 + 1
+        turn.widget.span = (start, n1) if n1 > start else None
+
+    async def rebuild_view(self, stats: dict[int, dict[str, Any]] | None = None) -> None:
+        """Redraw the conversation from the session's harmony messages (after opening a chat or a
+        file, or changing the history), with each reply's stats line when they are known."""
         assert self.session is not None
         chat = self.query_one(ChatView)
         await chat.remove_children()
-        current: AssistantMessage | None = None
         self.last_answer = ""
-        for kind, item in turns(self.session.messages):
+        self.selected = None
+        history = self._history()
+        if not history:
+            await chat.mount(Welcome(self.model))
+        for kind, start, end in segments(history):
             if kind == "user":
-                current = None
-                await chat.mount(UserMessage(item["text"]))
+                w = UserMessage(turns(history[start:end])[0][1]["text"])
+                w.span = (start, end)
+                await chat.mount(w)
                 continue
-            if kind == "instructions":
-                continue
-            if current is None:
-                current = AssistantMessage(self.model)
-                await chat.mount(current)
-            if kind == "reasoning":
-                await current.add_reasoning(item["text"], live=False)
-            elif kind == "answer":
-                await current.add_answer(item["text"], channel=item["channel"])
-                if item["channel"] == "final":
-                    self.last_answer = current.answer_text
-            elif kind == "tool_call":
-                await current.add_tool_call(item["name"], None, item["raw"])
-            elif kind == "tool_result":
-                await current.add_tool_result(item["name"], item["text"])
-            elif kind == "unparsed":
-                await current.add_unparsed(item["text"])
-        for w in chat.query(AssistantMessage):
-            await w.finish()
+            current = AssistantMessage(self.model)
+            current.span = (start, end)
+            await chat.mount(current)
+            for kind, item in turns(history[start:end]):
+                if kind == "reasoning":
+                    await current.add_reasoning(item["text"], live=False)
+                elif kind == "answer":
+                    await current.add_answer(item["text"], channel=item["channel"])
+                    if item["channel"] == "final":
+                        self.last_answer = current.answer_text
+                elif kind == "tool_call":
+                    await current.add_tool_call(item["name"], None, item["raw"])
+                elif kind == "tool_result":
+                    await current.add_tool_result(item["name"], item["text"])
+                elif kind == "unparsed":
+                    await current.add_unparsed(item["text"])
+            await current.finish(reply_summary((stats or {}).get(end - 1)))
         chat.scroll_end(animate=False)
 
     def action_copy_answer(self) -> None:
-        text = self.last_answer
-        if not text:
+        if not self.last_answer:
             unparsed = bool(self.query("UnparsedBlock"))
             self.notify("No answer to copy: the model's output was not in harmony format (shown as unparsed text)."
                         if unparsed else "No answer to copy yet.", severity="warning", timeout=3)  # fmt: skip
             return
-        self.copy_to_clipboard(text)  # OSC 52 (iTerm2, kitty, WezTerm, tmux...)
+        self.copy_text(self.last_answer, "the last answer")
+
+    def copy_text(self, text: str, what: str) -> None:
+        """To the clipboard: OSC 52 (iTerm2, kitty, WezTerm, tmux...), plus pbcopy on macOS."""
+        self.copy_to_clipboard(text)
         if platform.system() == "Darwin" and shutil.which("pbcopy"):  # Terminal.app ignores OSC 52
             try:
                 subprocess.run(["pbcopy"], input=text.encode(), check=False, timeout=2)
             except (OSError, subprocess.SubprocessError):
                 pass
-        self.notify(f"Copied the last answer ({len(text)} characters)", timeout=2)
+        self.notify(f"Copied {what} ({len(text)} characters)", timeout=2)
+
+    # ------------------------------------------------------------------ the chat list
+
+    def action_toggle_chats(self) -> None:
+        """ctrl+b: show the chat list (focused) or hide it."""
+        if self.store is None:
+            self.notify("Chats are not kept in this session (no chat database).", severity="warning", timeout=3)
+            return
+        chats = self.query_one(ChatList)
+        if chats.display:
+            chats.display = False
+            self.query_one(PromptInput).focus()
+            return
+        chats.display = True
+        self._refresh_chats()
+        chats.focus_list()
+
+    def _refresh_chats(self) -> None:
+        if self.store is None:
+            return
+        chats = self.query_one(ChatList)
+        if not chats.display:
+            return
+        q = chats.query_text
+        try:
+            found = self.store.search(q) if q.strip() else self.store.list()
+        except Exception as e:  # noqa: BLE001
+            self.notify(f"Could not read the chat list: {one_line(e)}", severity="error", timeout=6)
+            return
+        chats.show(found, self.keeper.chat_id if self.keeper else None)
+
+    def on_chat_app_stored(self, _message: Stored) -> None:
+        self._refresh_chats()
+
+    def on_chat_list_searched(self, _message: ChatList.Searched) -> None:
+        self._refresh_chats()
+
+    def on_chat_list_closed(self, _message: ChatList.Closed) -> None:
+        self.query_one(ChatList).display = False
+        self.query_one(PromptInput).focus()
+
+    async def on_chat_list_picked(self, message: ChatList.Picked) -> None:
+        assert self.store is not None and self.keeper is not None
+        cid = message.chat_id
+        if message.action == "new":
+            await self.action_new_chat()
+            self.query_one(PromptInput).focus()
+        elif message.action == "open" and cid is not None:
+            if cid != self.keeper.chat_id and await self.open_stored(cid):
+                self.query_one(PromptInput).focus()
+            elif cid == self.keeper.chat_id:
+                self.query_one(PromptInput).focus()
+        elif message.action == "rename" and cid is not None:
+            self.push_screen(RenameScreen(self.store.get(cid).title), lambda t: self._rename(cid, t))
+        elif message.action == "delete" and cid is not None:
+            title = self.store.get(cid).title or "untitled"
+            self.push_screen(ConfirmScreen(f"Delete “{title}”? This cannot be undone."),
+                             lambda yes: self.run_worker(self._delete_chat(cid)) if yes else None)  # fmt: skip
+        elif message.action == "duplicate" and cid is not None:
+            self._duplicate(cid)
+
+    def _rename(self, chat_id: int, title: str | None) -> None:
+        if title is None or self.store is None:
+            return
+        try:
+            self.store.rename(chat_id, title)
+        except Exception as e:  # noqa: BLE001
+            self.notify(f"Could not rename: {one_line(e)}", severity="error", timeout=6)
+        self._refresh_chats()
+
+    async def _delete_chat(self, chat_id: int) -> None:
+        assert self.store is not None and self.keeper is not None
+        if chat_id == self.keeper.chat_id and self.busy:
+            self.notify("Wait for the answer to end (or press Esc) before deleting this chat.", severity="warning")
+            return
+        try:
+            self.store.delete(chat_id)
+        except Exception as e:  # noqa: BLE001
+            self.notify(f"Could not delete: {one_line(e)}", severity="error", timeout=6)
+            return
+        if chat_id == self.keeper.chat_id:
+            self.keeper.start_new()
+            await self._new_chat_now()
+        self._refresh_chats()
+        self.query_one(ChatList).focus_list()
+        self.notify("Chat deleted", timeout=2)
+
+    def _duplicate(self, chat_id: int) -> None:
+        """A copy of the chat; for the current chat, the session moves on in the copy (the cache
+        stays warm) and the original stays as it was."""
+        assert self.store is not None and self.keeper is not None
+        try:
+            new = self.store.duplicate(chat_id)
+        except Exception as e:  # noqa: BLE001
+            self.notify(f"Could not duplicate: {one_line(e)}", severity="error", timeout=6)
+            return
+        if chat_id == self.keeper.chat_id and not self.busy:
+            self.keeper.attach(new, self.store.get(new).messages)
+        self._refresh_chats()
+        self.notify(f"Duplicated as “{self.store.get(new).title}”", timeout=3)
+
+    # ------------------------------------------------------------------ one message: copy, edit, regenerate, delete
+
+    def _message_widgets(self) -> list[UserMessage | AssistantMessage]:
+        return [w for w in self.query_one(ChatView).children
+                if isinstance(w, (UserMessage, AssistantMessage)) and not w.has_class("-queued")]  # fmt: skip
+
+    def _selected_widget(self) -> UserMessage | AssistantMessage | None:
+        ws = self._message_widgets()
+        return ws[self.selected] if self.selected is not None and self.selected < len(ws) else None
+
+    def action_select_message(self, step: int) -> None:
+        """↑ in the empty message box selects the last message; ↑ / ↓ move; past the last one (or
+        Esc) goes back to the message box."""
+        ws = self._message_widgets()
+        i = len(ws) - 1 if self.selected is None or isinstance(self.focused, PromptInput) else self.selected + step
+        for w in ws:
+            w.remove_class("-selected")
+        if not ws or i >= len(ws):
+            self.leave_selection()
+            return
+        self.selected = max(0, i)
+        ws[self.selected].add_class("-selected")
+        ws[self.selected].scroll_visible(animate=False)
+        self.query_one(ChatView).focus()
+        self.query_one(PromptInput).border_title = "↑↓ messages · enter actions · c copy · e edit · r regenerate · d delete · esc back"
+
+    def leave_selection(self) -> None:
+        for w in self._message_widgets():
+            w.remove_class("-selected")
+        self.selected = None
+        self._prompt_hint()
+        self.query_one(PromptInput).focus()
+
+    def _message_actions(self, w: UserMessage | AssistantMessage) -> list[tuple[str, str]]:
+        user = isinstance(w, UserMessage)
+        text = w.text if user else w.answer_text
+        acts = [("copy", "Copy the message")] if text else []
+        for k, code in enumerate(code_blocks(text)):
+            first = (code.strip().splitlines() or [""])[0]
+            acts.append((f"code:{k}", f"Copy code block {k + 1}: {first[:40]}"))
+        span = getattr(w, "span", None)
+        if span is not None and not self.busy:
+            if user:
+                acts.append(("edit", "Edit and continue from here (the chat as it was is kept as a copy)"))
+            elif span[1] == len(self._history()):
+                acts.append(("regenerate", "Regenerate this answer"))
+            acts.append(("delete", "Delete this message and its answer" if user else "Delete this answer"))
+        return acts
+
+    def action_message_actions(self) -> None:
+        w = self._selected_widget()
+        if w is None:
+            return
+        acts = self._message_actions(w)
+        if not acts:
+            self.notify("Nothing to do with this message while the model answers.", timeout=2)
+            return
+        heading = "Your message" if isinstance(w, UserMessage) else "The answer"
+        self.push_screen(MessageActionsScreen(heading, acts), lambda a: self.run_worker(self.message_action(a, w)) if a else None)
+
+    def action_on_message(self, what: str) -> None:
+        w = self._selected_widget()
+        if w is None:
+            return
+        if what not in dict(self._message_actions(w)):
+            self.notify(f"Cannot {what} this message" + (" while the model answers" if self.busy else ""), timeout=2)
+            return
+        self.run_worker(self.message_action(what, w))
+
+    async def message_action(self, what: str, w: UserMessage | AssistantMessage) -> None:
+        """Do one of `_message_actions` on the message widget `w`."""
+        text = w.text if isinstance(w, UserMessage) else w.answer_text
+        if what == "copy":
+            self.copy_text(text, "the message")
+        elif what.startswith("code:"):
+            k = int(what.split(":", 1)[1])
+            self.copy_text(code_blocks(text)[k], f"code block {k + 1}")
+        elif what == "edit":
+            self.push_screen(EditMessageScreen(text), lambda new: self.run_worker(self.edit_message(w.span[0], new)) if new else None)
+        elif what == "regenerate":
+            await self.regenerate()
+        elif what == "delete":
+            question = "Delete this message and its answer?" if isinstance(w, UserMessage) else "Delete this answer?"
+            self.push_screen(ConfirmScreen(question), lambda yes: self.run_worker(self.delete_message(w.span)) if yes else None)
+
+    def _change_history(self, history: list[Any], start: int) -> None:
+        assert self.session is not None
+        self.session.history = history
+        if self.keeper is not None:
+            self.keeper.truncated(self.session, start)
+
+    def _stored_stats(self) -> dict[int, dict[str, Any]]:
+        if self.store is None or self.keeper is None or self.keeper.chat_id is None:
+            return {}
+        return self.store.stats(self.keeper.chat_id)
+
+    async def regenerate(self) -> bool:
+        """Answer the last message again; the old answer is discarded."""
+        if self.session is None or self.busy:
+            return False
+        hist = self._history()
+        segs = segments(hist)
+        if not segs or segs[-1][0] != "assistant" or len(segs) < 2:
+            self.notify("No answer to regenerate.", severity="warning", timeout=2)
+            return False
+        start = segs[-1][1]
+        self._change_history(hist[:start], start)
+        self.leave_selection()
+        await self.rebuild_view(self._stored_stats())
+        await self._start_turn(None)
+        return True
+
+    async def edit_message(self, position: int, text: str) -> bool:
+        """Replace your message at `position` with `text` and continue from there. The chat as it
+        was is first kept as its own chat ("… (before edit)") in the list."""
+        if self.session is None or self.busy:
+            return False
+        if self.keeper is not None and self.keeper.chat_id is not None:
+            info = self.keeper.info()
+            self.keeper.branch(title=f"{info.title or 'Chat'} (before edit)")
+        hist = self._history()
+        self._change_history(hist[:position], position)
+        self.leave_selection()
+        await self.rebuild_view(self._stored_stats())
+        self._refresh_chats()
+        await self.send_message(text)
+        return True
+
+    async def delete_message(self, span: tuple[int, int]) -> bool:
+        """Remove a message (a user message goes with the answer that follows it)."""
+        if self.session is None or self.busy:
+            return False
+        hist = self._history()
+        start, end = span
+        if end < len(hist) and _role(hist[start]) == "user":
+            seg = next((x for x in segments(hist) if x[1] == end and x[0] == "assistant"), None)
+            end = seg[2] if seg else end
+        self._change_history(hist[:start] + hist[end:], start)
+        self.leave_selection()
+        await self.rebuild_view(self._stored_stats())
+        self.notify("Deleted", timeout=2)
+        return True
 
     def action_scroll_chat(self, direction: int) -> None:
         chat = self.query_one(ChatView)
@@ -576,7 +1015,12 @@ class ChatApp(App[int]):
         if isinstance(self.screen, (LoadingScreen,)) or self.screen is not self.screen_stack[0]:
             return False
         if action == "stop":
-            return self.turn is not None
+            return self.turn is not None or self.selected is not None
+        if action in ("select_message", "message_actions", "on_message"):
+            focused = self.focused
+            if isinstance(focused, PromptInput):
+                return action == "select_message" and parameters[:1] == (-1,) and not focused.text and bool(self._message_widgets())
+            return self.selected is not None and isinstance(focused, ChatView)
         return True
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
@@ -591,6 +1035,15 @@ class ChatApp(App[int]):
         yield SystemCommand("Save conversation", "As Markdown and JSON (ctrl+s)", self.action_save)
         yield SystemCommand("Open conversation", "Reopen a saved JSON conversation (ctrl+o)", self.action_open)
         yield SystemCommand("Copy last answer", "To the clipboard (ctrl+l)", self.action_copy_answer)
+        if self.store is not None:
+            yield SystemCommand("Chats", "The chat list: search, switch, rename, delete, duplicate (ctrl+b)", self.action_toggle_chats)
+            if self.keeper is not None and self.keeper.chat_id is not None:
+                cid = self.keeper.chat_id
+                yield SystemCommand("Rename chat", "Give this chat a title", lambda: self.post_message(ChatList.Picked("rename", cid)))
+                yield SystemCommand("Duplicate chat", "Branch: continue in a copy, the original stays", lambda: self._duplicate(cid))
+                yield SystemCommand("Delete chat", "Delete this chat (asks first)", lambda: self.post_message(ChatList.Picked("delete", cid)))
+        if self.turn is None and len(segments(self._history())) >= 2:
+            yield SystemCommand("Regenerate last answer", "Answer the last message again (↑ then r)", lambda: self.run_worker(self.regenerate()))
         yield SystemCommand("Toggle reasoning block", "Expand / collapse the latest reasoning (ctrl+r)", self.action_toggle_reasoning)
         if self.hide_reasoning:
             yield SystemCommand("Show reasoning", "Show the reasoning blocks again", lambda: self.action_set_hide_reasoning(False))

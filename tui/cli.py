@@ -56,9 +56,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="terminal chat with gpt-oss (streaming answer, live reasoning, tools)",
         description="Chat with gpt-oss in the terminal. Keys: Enter send, Esc stop, ctrl+t effort, "
         "ctrl+r reasoning, ctrl+n new, ctrl+g instructions, ctrl+s save, ctrl+o open, ctrl+l copy, "
-        "ctrl+p commands, ctrl+q quit. See docs/TUI.md.",
+        "ctrl+b chats, ↑ select messages (copy, edit, regenerate, delete), ctrl+p commands, ctrl+q quit. "
+        "Chats are kept in the data folder (--data-dir). See docs/TUI.md.",
     )
-    args.add_model(c)
+    from mlx_oss.store import DEFAULT_MODEL
+    from mlx_oss.tui.datadir import DATA_DIR_ENV
+
+    args.add_model(c, help=f"Hub id, checkpoint folder or converted folder, converted once (default {DEFAULT_MODEL}, "
+                           "or the resumed chat's own model)")  # fmt: skip
+    c.set_defaults(model=None)  # None: DEFAULT_MODEL, or the model of the chat --resume opens
     args.add_effort(c, help="initial reasoning effort (ctrl+t switches it in the chat)")
     args.add_instructions(c)
     c.add_argument("--tools", default=None, metavar="FILE.py",
@@ -67,20 +73,74 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     args.add_sampling(c)
     args.add_limits(c, max_context_help="context limit in tokens (default: the model's, 131072); lower it to bound memory")
     args.add_dtype(c)
+    which = c.add_mutually_exclusive_group()
+    which.add_argument("--list", action="store_true", help="list the stored chats (id, last change, title) and exit")
+    which.add_argument("--resume", nargs="?", const="last", default=None, metavar="ID",
+                       help="reopen a stored chat (no ID: the last one), its cache prefilled in the background")  # fmt: skip
+    which.add_argument("--new", action="store_true", help="start with a new chat (the default)")
+    c.add_argument("--data-dir", default=None, metavar="DIR",
+                   help=f"where chats are kept (chats.sqlite3; default ${DATA_DIR_ENV} or the OS data folder, "
+                        "e.g. ~/Library/Application Support/mlx-oss)")  # fmt: skip
     c.add_argument("--chats-dir", default=None, metavar="DIR",
                    help="where ctrl+s saves conversations (default $MLX_OSS_CHATS or ~/mlx-oss-chats)")  # fmt: skip
     c.set_defaults(func=run_chat)
 
 
+def list_chats(store: Any, out: Any = None) -> None:
+    """`--list`: one line per stored chat, newest first."""
+    from datetime import datetime
+
+    out = out or sys.stdout
+    chats = store.list()
+    if not chats:
+        print(f"No chats yet in {store.path}", file=out)
+        return
+    print(f"{'ID':>5}  {'UPDATED':16}  {'MSGS':>4}  TITLE", file=out)
+    for c in chats:
+        when = datetime.fromtimestamp(c.updated_at).strftime("%Y-%m-%d %H:%M")
+        print(f"{c.id:>5}  {when:16}  {c.messages:>4}  {c.title or '(untitled)'}", file=out)
+    print(f"{len(chats)} chat{'s' if len(chats) != 1 else ''} in {store.path}; resume one with: mlx-oss chat --resume ID", file=out)
+
+
+def resume_target(store: Any, value: str | None) -> Any:
+    """The stored chat `--resume` names (None without --resume)."""
+    from mlx_oss.tui.storage import ChatStoreError
+
+    if value is None:
+        return None
+    if value == "last":
+        info = store.last()
+        if info is None:
+            raise ChatStoreError(f"--resume: no chats to resume yet in {store.path}")
+        return info
+    try:
+        chat_id = int(value)
+    except ValueError:
+        raise ChatStoreError(f"--resume expects a chat id (a number from `mlx-oss chat --list`), got {value!r}") from None
+    return store.get(chat_id)
+
+
 def run_chat(a: argparse.Namespace) -> int:
     """Validate the options before the full-screen app starts, then run it."""
+    from mlx_oss.store import DEFAULT_MODEL
     from mlx_oss.tui.app import ChatApp
+    from mlx_oss.tui.datadir import database_path
     from mlx_oss.tui.session import ChatOptions, model_label, model_loader
+    from mlx_oss.tui.storage import ChatStore
 
     try:
         tools = load_tools_file(a.tools) if a.tools else None
     except UserError as e:  # like generate's --tools: a bad argument
         raise UsageError(f"--tools: {e}") from None
+    store = ChatStore(database_path(a.data_dir))
+    if store.notice:
+        print(f"mlx-oss: warning: {store.notice}", file=sys.stderr)
+    if a.list:
+        list_chats(store)
+        store.close()
+        return 0
+    resumed = resume_target(store, a.resume)
+    model = a.model or (resumed.model if resumed is not None and resumed.model else DEFAULT_MODEL)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):  # Textual would spin on a missing terminal
         raise UserError("mlx-oss chat needs a terminal (stdin and stdout are not one); "
                            "for a prompt from a script or a pipe use `mlx-oss generate`")  # fmt: skip
@@ -94,12 +154,18 @@ def run_chat(a: argparse.Namespace) -> int:
         dtype=a.dtype,
     )
     app = ChatApp(
-        model_loader(a.model, options),
-        model=model_label(a.model),
-        source=a.model,
+        model_loader(model, options),
+        model=model_label(model),
+        source=model,
         hide_reasoning=a.hide_reasoning,
         chats_dir=Path(a.chats_dir).expanduser() if a.chats_dir else None,
+        store=store,
+        resume=resumed.id if resumed is not None else None,
+        tools_file=str(Path(a.tools).expanduser().resolve()) if a.tools else None,
     )
-    app.run()
-    app.model_thread.join(timeout=5)  # let the model be freed on its own thread before exiting
+    try:
+        app.run()
+        app.model_thread.join(timeout=5)  # let the model be freed on its own thread before exiting
+    finally:
+        store.close()
     return app.return_code or 0

@@ -201,11 +201,19 @@ class Finished:
     """The `send()` iteration is over (always the last item of a turn)."""
 
 
-def run_send(session: ChatSession, text: str, push: Callable[[Any], None]) -> None:
+def run_send(session: ChatSession, text: str | None, push: Callable[[Any], None],
+             keep: Callable[[Any], None] | None = None) -> None:  # fmt: skip
     """On the model thread: hand every event of `session.send(text)` to `push`, then a `Failure` if it
-    raised, then `Finished`. Never raises."""
+    raised, then `Finished`. Never raises. `keep(event)` runs before each event is pushed, and once
+    with None as soon as `send()` has taken the user message (the chat database writes each message
+    as it completes). `text` None: answer the history's last message again (regenerate)."""
     try:
-        for ev in session.send(text):
+        stream = session.send(text)
+        if keep is not None:
+            keep(None)
+        for ev in stream:
+            if keep is not None:
+                keep(ev)
             push(ev)
     except Exception as e:  # noqa: BLE001 - shown in the chat
         push(Failure(e))

@@ -403,12 +403,13 @@ class ChatStore:
         return [self._info(r, snippets.get(r["id"])) for r in rows if r["id"] in ids][:limit]
 
     def rename(self, chat_id: int, title: str) -> None:
-        """Set the title (it stops following the first message)."""
+        """Set the title (it stops following the first message; the chat keeps its place in the list)."""
         title = " ".join(title.split())
         if not title:
             raise ChatStoreError("a chat title cannot be empty")
-        with self._write() as c:
-            self._touch(c, chat_id, "title = ?, title_set = 1", (title,))
+        with self._write() as c:  # not an update of the conversation: its place in the list stays
+            if c.execute("UPDATE chats SET title = ?, title_set = 1 WHERE id = ?", (title, chat_id)).rowcount == 0:
+                raise ChatStoreError(f"no chat {chat_id} in {self.path}")
 
     def delete(self, chat_id: int) -> None:
         with self._write() as c:
