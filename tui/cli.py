@@ -59,10 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ctrl+b chats, ↑ select messages (copy, edit, regenerate, delete), ctrl+p commands, ctrl+q quit. "
         "Chats are kept in the data folder (--data-dir). See docs/TUI.md.",
     )
-    from mlx_oss.store import DEFAULT_MODEL
     from mlx_oss.tui.datadir import DATA_DIR_ENV
+    from mlx_oss.tui.session import default_model
 
-    args.add_model(c, help=f"Hub id, checkpoint folder or converted folder, converted once (default {DEFAULT_MODEL}, "
+    args.add_model(c, help=f"Hub id, checkpoint folder or converted folder, converted once (default {default_model()}, "
                            "or the resumed chat's own model)")  # fmt: skip
     c.set_defaults(model=None)  # None: DEFAULT_MODEL, or the model of the chat --resume opens
     args.add_effort(c, help="initial reasoning effort (ctrl+t switches it in the chat)")
@@ -122,10 +122,9 @@ def resume_target(store: Any, value: str | None) -> Any:
 
 def run_chat(a: argparse.Namespace) -> int:
     """Validate the options before the full-screen app starts, then run it."""
-    from mlx_oss.store import DEFAULT_MODEL
     from mlx_oss.tui.app import ChatApp
     from mlx_oss.tui.datadir import database_path
-    from mlx_oss.tui.session import ChatOptions, model_label, model_loader
+    from mlx_oss.tui.session import ChatOptions, default_model, model_label, model_loader
     from mlx_oss.tui.storage import ChatStore
 
     try:
@@ -140,7 +139,7 @@ def run_chat(a: argparse.Namespace) -> int:
         store.close()
         return 0
     resumed = resume_target(store, a.resume)
-    model = a.model or (resumed.model if resumed is not None and resumed.model else DEFAULT_MODEL)
+    model = a.model or (resumed.model if resumed is not None and resumed.model else default_model())
     if not (sys.stdin.isatty() and sys.stdout.isatty()):  # Textual would spin on a missing terminal
         raise UserError("mlx-oss chat needs a terminal (stdin and stdout are not one); "
                            "for a prompt from a script or a pipe use `mlx-oss generate`")  # fmt: skip

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 from mlx_oss.cli.args import EFFORTS
 from mlx_oss.harmony import ReasoningEffort
 
-__all__ = ["EFFORTS", "Backend", "ChatOptions", "ChatSession", "Failure", "Finished", "Loader", "ModelThread",
+__all__ = ["EFFORTS", "Backend", "default_model", "ChatOptions", "ChatSession", "Failure", "Finished", "Loader", "ModelThread",
            "effort_name", "model_label", "model_loader", "prompt_size", "run_send", "session_loader"]  # fmt: skip
 
 def effort_name(e: Any) -> str:
@@ -106,6 +106,13 @@ def model_loader(model: str, options: ChatOptions) -> Loader:
         return Backend(model_label(model), new_chat, open_chat, context_limit=limit, memory_bytes=_mlx_memory)
 
     return load
+
+
+def default_model() -> str:
+    """The model `mlx-oss chat` opens when neither --model nor a resumed chat names one."""
+    from mlx_oss.store import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
 
 
 def prompt_size(session: Any) -> int | None:
