@@ -77,3 +77,22 @@ def test_public_host_without_key_warns():
     assert "without an API key" in host_warning("0.0.0.0", None)
     assert host_warning("0.0.0.0", "k") is None and host_warning("127.0.0.1", None) is None
     assert host_warning("::1", None) is None
+
+
+def test_missing_serve_extra_is_one_clear_line(monkeypatch):
+    import argparse
+    import builtins
+
+    from mlx_oss.errors import UserError
+    from mlx_oss.server import cli
+
+    real = builtins.__import__
+
+    def no_uvicorn(name, *args, **kw):
+        if name == "uvicorn":
+            raise ImportError("No module named 'uvicorn'", name="uvicorn")
+        return real(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_uvicorn)
+    with pytest.raises(UserError, match=r"pip install 'mlx-oss\[serve\]'"):
+        cli.run(argparse.Namespace())

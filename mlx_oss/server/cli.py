@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from mlx_oss.cli.args import add_dtype, add_limits, add_model, add_sampling, positive_int, sampling_config
+from mlx_oss.errors import UserError
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
@@ -66,10 +67,13 @@ def host_warning(host: str, key: str | None) -> str | None:
 
 
 def run(a: argparse.Namespace) -> int:
-    import uvicorn
+    try:
+        import uvicorn
 
+        from mlx_oss.server import create_app
+    except ImportError as e:
+        raise UserError(f"mlx-oss serve needs the 'serve' extra ({e.name} is missing): pip install 'mlx-oss[serve]'") from None
     from mlx_oss.loader import load
-    from mlx_oss.server import create_app
     from mlx_oss.server.settings import KEY_ENV, client_settings
     from mlx_oss.store import resolve_model
 
