@@ -97,10 +97,8 @@ async def test_engine_escape_stops_then_new_chat(model_tok, tmp_path):
         force(app, harmony_reply(tok, final="word " * 300), sleep=0.01)
         await send(pilot, "go", wait=False)
         await until(pilot, lambda: bool(app.query(AnswerBlock)) and len(app.query_one(AnswerBlock).text) > 10)
-        t0 = time.monotonic()
         await pilot.press("escape")
         await idle(pilot)
-        assert time.monotonic() - t0 < 2.0
         assert app.last_stats.stop_reason == "cancelled"
         turn = app.query_one(AssistantMessage)
         assert "Stopped." in [n.text for n in turn.query(ErrorNote)]
@@ -191,3 +189,63 @@ print("ok")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-500:]
+
+
+def _notes(app: ChatApp) -> list[str]:
+    return [n.text for n in app.query(AssistantMessage).last().query(ErrorNote)]
+
+
+@aio
+async def test_stop_notes_on_the_real_chat(model_tok, tmp_path):
+    """Each way a turn stops short gets its note under the answer: --max-tokens, a full context, the
+    tool-round limit (the real Chat's stop reasons, forced replies)."""
+    model, tok = model_tok
+    app = engine_app(model_tok, tmp_path, max_tokens=5)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        force(app, harmony_reply(tok, final="word " * 40))
+        await send(pilot, "go")
+        assert app.last_stats.stop_reason == "length"
+        assert "Stopped at the --max-tokens limit." in _notes(app)
+    room = len(mlx_oss.Chat(model, tok).prompt_tokens([mlx_oss.chat.Message.user("go")])) + 6
+    app = engine_app(model_tok, tmp_path, max_context=room)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        force(app, harmony_reply(tok, final="word " * 40))
+        await send(pilot, "go")
+        assert app.last_stats.stop_reason == "context"
+        assert "Stopped: the context is full. Start a new chat (ctrl+n) or raise --max-context." in _notes(app)
+
+    def ping(host: str) -> str:
+        """Ping a host."""
+        return "pong"
+
+    app = engine_app(model_tok, tmp_path, tools=[ping], max_tool_rounds=1)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        force(app, harmony_reply(tok, call=("ping", '{"host": "a"}')) * 2)
+        await send(pilot, "ping a")
+        s = app.last_stats
+        assert s.stop_reason == "tool_call"
+        assert f"Stopped: {s.stop_detail or 'a tool call was not run'}." in _notes(app)
+
+
+@aio
+async def test_save_and_open_wait_for_the_running_answer(model_tok, tmp_path):
+    _, tok = model_tok
+    app = engine_app(model_tok, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        force(app, harmony_reply(tok, final="word " * 300), sleep=0.02)
+        await send(pilot, "go", wait=False)
+        await until(pilot, lambda: app.busy and bool(app.query(AnswerBlock)))
+        screen = app.screen
+        for key, what in (("ctrl+s", "saving"), ("ctrl+o", "opening a conversation")):
+            await pilot.press(key)
+            await pilot.pause()
+            assert app.screen is screen  # no save/open dialog over a running answer
+            assert f"Wait for the answer to end (or press Esc) before {what}." in [n.message for n in app._notifications]
+        assert app.busy
+        await pilot.press("escape")
+        await idle(pilot)
+        assert not list(tmp_path.iterdir())

@@ -107,7 +107,7 @@ class FakeChat:
             self._cancel.wait(self.delay)
         return self._cancel.is_set()
 
-    def send(self, text: str | None) -> Iterator[Any]:
+    def send(self, text: str | None = None) -> Iterator[Any]:
         self._cancel.clear()
         self._n = 0
         if text is None:  # answer the last user message again (regenerate)
@@ -173,7 +173,8 @@ class FakeChat:
                 "instructions": self.instructions, "turns": [[msg(m) for m in t] for t in self.turns]}  # fmt: skip
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], model: Any = None, tokenizer: Any = None) -> FakeChat:
+    def from_json(cls, data: dict[str, Any], model: Any = None, tokenizer: Any = None, *, tools: Any = None,
+                  **overrides: Any) -> FakeChat:
         if "messages" in data and "settings" in data:  # the real Chat's format (the chat database's)
             s = data["settings"]
             chat = cls(reasoning_effort=s.get("reasoning_effort", "medium"), instructions=s.get("instructions"))
@@ -214,15 +215,17 @@ def test_fake_cancel_and_json_round_trip() -> None:
 
 
 def test_fake_matches_the_real_chat_surface() -> None:
-    """If the engine's Chat changes its public surface, the fake (and so the TUI tests) must follow."""
-    import importlib.util
+    """If the engine's Chat changes its public surface, the fake (and so the TUI tests) must follow:
+    same members, and the methods the app calls take the same parameters (names and kinds)."""
+    import inspect
 
-    import pytest
-
-    if importlib.util.find_spec("mlx_oss.chat") is None:
-        pytest.skip("mlx_oss.chat not written yet")
     from mlx_oss.chat import Chat
 
+    def params(fn) -> list[tuple[str, object]]:
+        return [(p.name, p.kind) for p in inspect.signature(fn).parameters.values()]
+
     for name in ("send", "cancel", "reset", "to_json", "from_json", "messages", "history", "settings", "warm"):
-        assert hasattr(Chat, name), name
-        assert hasattr(FakeChat, name), name
+        assert hasattr(Chat, name) and hasattr(FakeChat, name), name
+    for name in ("send", "cancel", "reset", "to_json", "from_json"):
+        assert params(getattr(FakeChat, name)) == params(getattr(Chat, name)), name
+    assert inspect.signature(FakeChat.send).parameters["text"].default is None  # send() continues after tools
