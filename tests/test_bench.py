@@ -98,9 +98,12 @@ def test_openblas_threads_and_prepare_single_threads_it(tiny_converted, monkeypa
     assert "blas_threads" not in applied and calls == []  # the reference BLAS has no threads to set
 
 
-def test_measured_bandwidth_is_plausible():
-    gbs = machine.measure_bandwidth_gbs(nbytes=1 << 24, repeats=1)
-    assert 0.1 < gbs < 10_000
+def test_measured_bandwidth_is_bytes_over_the_best_time(monkeypatch):
+    import time
+
+    clock = iter([0.0, 0.004, 1.0, 1.002, 2.0, 2.003])  # three timed reads: 4, 2 and 3 ms
+    monkeypatch.setattr(time, "perf_counter", lambda: next(clock))
+    assert machine.measure_bandwidth_gbs(nbytes=1 << 24, repeats=2) == pytest.approx((1 << 24) / 0.002 / 1e9)
 
 
 # ------------------------------------------------------------------------------ roofline

@@ -7,9 +7,18 @@ from mlx_oss.backend import device
 MAC = {"device_name": "Apple M3 Max", "max_recommended_working_set_size": 100 * 2**30, "memory_size": 128 * 2**30}
 
 
-def test_metal_probe_and_default_dtype():
-    assert device.metal_available(lambda: True) is True
-    assert device.metal_available(lambda: False) is False
+def test_metal_probe_and_default_dtype(monkeypatch):
+    import mlx.core as mx
+
+    assert device.metal_available(lambda: 1) is True and device.metal_available(lambda: []) is False
+    monkeypatch.setattr(mx.metal, "is_available", lambda: True)
+    assert device.metal_available() is True and device.default_dtype() == "bfloat16"
+
+    def no_metal():
+        raise RuntimeError("this MLX build has no Metal")
+
+    monkeypatch.setattr(mx.metal, "is_available", no_metal)
+    assert device.metal_available() is False and device.default_dtype() == "float32"
     assert device.default_dtype(metal=True) == "bfloat16"
     assert device.default_dtype(metal=False) == "float32"
     assert device.default_dtype() == device.default_dtype(device.metal_available())
