@@ -162,3 +162,26 @@ def test_full_cache_grows_with_use_not_up_front():
     assert c.trim(3) == 3 and c.offset == 300
     with pytest.raises(ValueError):
         c.restore(type(c.snapshot())(offset=400))
+
+
+def test_trim_and_restore_boundaries():
+    """The edges the engine relies on: trimming 0 or all tokens, never more; restoring to the same
+    point; a rotating ring trims freely until it wraps, then by at most one token."""
+    c = KVCache()
+    kv = mx.zeros((1, 1, 5, 2))
+    c.update_and_fetch(kv, kv)
+    assert c.can_trim(0) and c.can_trim(5) and not c.can_trim(6) and not c.can_trim(-1)
+    c.restore(c.snapshot())  # to the same offset: fine
+    assert c.offset == 5
+    with pytest.raises(ValueError, match=r"forward \(5 -> 6 tokens\)"):
+        c.restore(type(c.snapshot())(offset=6))
+    assert c.trim(9) == 5 and c.offset == 0  # clamped to what is there
+    r = RotatingKVCache(4)
+    r.update_and_fetch(mx.zeros((1, 1, 4, 2)), mx.zeros((1, 1, 4, 2)))
+    assert r.can_trim(0) and r.can_trim(4) and not r.can_trim(5) and not r.can_trim(-1)  # not wrapped yet
+    r.update_and_fetch(mx.zeros((1, 1, 1, 2)), mx.zeros((1, 1, 1, 2)))
+    assert r.can_trim(1) and not r.can_trim(2)  # wrapped: the dropped slots are overwritten
+    with pytest.raises(ValueError, match="4-slot sliding cache at 5 tokens cannot drop 2"):
+        r.trim(2)
+    assert r.trim(1) == 1 and r.offset == 4
+    assert trim_cache([c, r], 0) == 0 and trim_cache([r], 2) == 2 and r.offset == 2
