@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Mutation testing with mutmut 3, one core module at a time, each against the tests that cover it.
+# Slow (minutes per module): run it by hand, not in CI.  See docs/TESTING.md.
+#
+#   scripts/mutation.sh                 # every module below
+#   scripts/mutation.sh engine cache    # some of them
+#
+# Each module is mutated in a scratch copy of the repository (/tmp/mlx-oss-mutation/<module>), so
+# the working tree is never touched; the summary line per module is "killed/total (survived,
+# timeouts, no tests)".  `cd /tmp/mlx-oss-mutation/<module> && mutmut results` / `mutmut show NAME`
+# list and show the survivors.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PYTHON:-python}
+WORK=${MUTATION_DIR:-/tmp/mlx-oss-mutation}
+NICE=${NICE:-15}
+
+# module -> "file to mutate|tests that cover it"
+declare -A MODULES=(
+  [engine]="mlx_oss/engine.py|tests/test_engine.py tests/test_engine_sampling.py"
+  [cache]="mlx_oss/nn/cache.py|tests/test_cache.py tests/test_engine.py"
+  [chat]="mlx_oss/chat.py|tests/test_chat.py tests/test_chat_tools.py"
+  [harmony_parser]="mlx_oss/harmony/parser.py|tests/test_harmony.py tests/test_harmony_properties.py tests/test_harmony_oracle.py"
+  [harmony_render]="mlx_oss/harmony/render.py|tests/test_harmony.py tests/test_harmony_oracle.py"
+  [cli_main]="mlx_oss/cli/main.py|tests/test_cli_info.py tests/test_convert.py tests/test_generate_cli.py"
+  [cli_generate]="mlx_oss/cli/generate.py|tests/test_generate_cli.py"
+  [tui_cli]="tui/cli.py|tests/test_tui_cli.py"
+  [convert]="convert/convert.py|tests/test_convert.py"
+)
+ORDER=(engine cache chat harmony_parser harmony_render cli_generate cli_main tui_cli convert)
+[ $# -gt 0 ] && ORDER=("$@")
+
+"$PY" -c "import mutmut" 2>/dev/null || { echo "mutmut is missing: pip install -e '.[mutation]'" >&2; exit 2; }
+MUTMUT="$(dirname "$(command -v "$PY")")/mutmut"
+
+summary=()
+for name in "${ORDER[@]}"; do
+  spec=${MODULES[$name]:?unknown module $name (choose from ${ORDER[*]})}
+  file=${spec%%|*}; tests=${spec#*|}
+  dir=$WORK/$name
+  rm -rf "$dir"; mkdir -p "$dir"
+  git ls-files -z | (cd "$ROOT" && xargs -0 cp --parents -t "$dir")
+  # convert/ and tui/ are installed as mlx_oss.convert / mlx_oss.tui: link them where mutmut's copy looks
+  src_dirs="mlx_oss"
+  case $file in convert/*) src_dirs="convert";; tui/*) src_dirs="tui";; esac
+  {
+    echo "[mutmut]"
+    echo "source_paths = $src_dirs"
+    echo "only_mutate = $file"
+    echo "also_copy = tests/"
+    echo "pytest_add_cli_args = -p no:cacheprovider -q -x"
+    echo "process_isolation = forkserver"  # MLX is not fork-safe once it has run
+    echo "timeout_constant = 60"
+    echo "pytest_add_cli_args_test_selection = $(echo $tests | tr ' ' '\n' | sed 's/^/    /' | sed '1s/^    //')"
+  } > "$dir/setup.cfg"
+  echo "== $name: $file against $tests"
+  (cd "$dir" && nice -n "$NICE" "$MUTMUT" run --max-children "${JOBS:-1}" > mutmut.log 2>&1) || true
+  (cd "$dir" && "$MUTMUT" results --all true > results.txt 2>&1) || true
+  line=$("$PY" - "$dir/results.txt" "$name" <<'PYEOF'
+import collections, sys
+counts = collections.Counter(l.rsplit(":", 1)[1].strip() for l in open(sys.argv[1]) if ":" in l and "__mutmut_" in l)
+total = sum(counts.values())
+killed = counts.get("killed", 0)
+pct = 100 * killed / total if total else 0.0
+rest = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()) if k != "killed")
+print(f"{sys.argv[2]:16s} killed {killed}/{total} ({pct:.1f}%)" + (f"  [{rest}]" if rest else ""))
+PYEOF
+)
+  echo "$line"; summary+=("$line")
+done
+echo; echo "== summary (equivalent mutants: docs/TESTING.md)"; printf '%s\n' "${summary[@]}"
