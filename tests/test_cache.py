@@ -175,6 +175,7 @@ def test_trim_and_restore_boundaries():
     assert c.offset == 5
     with pytest.raises(ValueError, match=r"forward \(5 -> 6 tokens\)"):
         c.restore(type(c.snapshot())(offset=6))
+    assert c.trim(0) == 0 and c.trim(-2) == 0 and c.offset == 5
     assert c.trim(9) == 5 and c.offset == 0  # clamped to what is there
     r = RotatingKVCache(4)
     r.update_and_fetch(mx.zeros((1, 1, 4, 2)), mx.zeros((1, 1, 4, 2)))
