@@ -28,7 +28,7 @@ declare -A MODULES=(
   [tui_cli]="tui/cli.py|tests/test_tui_cli.py"
   [convert]="convert/convert.py|tests/test_convert.py"
 )
-ORDER=(engine cache chat harmony_parser harmony_render cli_generate cli_main tui_cli convert)
+ORDER=(engine cache chat harmony_parser harmony_render cli_generate cli_main)
 [ $# -gt 0 ] && ORDER=("$@")
 
 "$PY" -c "import mutmut" 2>/dev/null || { echo "mutmut is missing: pip install -e '.[mutation]'" >&2; exit 2; }
@@ -41,9 +41,12 @@ for name in "${ORDER[@]}"; do
   dir=$WORK/$name
   rm -rf "$dir"; mkdir -p "$dir"
   git ls-files -z | (cd "$ROOT" && xargs -0 cp --parents -t "$dir")
-  # convert/ and tui/ are installed as mlx_oss.convert / mlx_oss.tui: link them where mutmut's copy looks
+  # convert/ and tui/ install as mlx_oss.convert / mlx_oss.tui (a package-dir mapping): mutmut's copy of
+  # mlx_oss/ does not contain them, so their mutants would never be imported (docs/TESTING.md, Left to do)
+  case $file in convert/*|tui/*)
+    line="$name: not supported yet (package-dir mapping, see docs/TESTING.md)"; echo "$line"; summary+=("$line"); continue;;
+  esac
   src_dirs="mlx_oss"
-  case $file in convert/*) src_dirs="convert";; tui/*) src_dirs="tui";; esac
   {
     echo "[mutmut]"
     echo "source_paths = $src_dirs"
