@@ -108,6 +108,7 @@ class Chat:
     """A gpt-oss conversation: harmony history, KV cache (via `Engine`) and settings."""
 
     progress_interval_s = 0.25  # how often send() yields a Progress event while tokens flow
+    engine_class: type[Engine] = Engine  # mlx_oss.distributed: rank 0's engine that leads the other ranks
 
     def __init__(
         self,
@@ -139,7 +140,7 @@ class Chat:
         self.max_tokens = max_tokens
         self.max_tool_rounds = max_tool_rounds
         self.date = date
-        self.engine = Engine(model, max_context=max_context)
+        self.engine = self.engine_class(model, max_context=max_context)
         self._history: list[Message] = []
         self._cancel = threading.Event()
         self._active: Iterator[Event] | None = None
