@@ -90,6 +90,14 @@ def add_dtype(p: argparse.ArgumentParser, help: str = "compute dtype (default: b
     p.add_argument("--dtype", choices=DTYPES, default=None, help=help)
 
 
+def add_hosts(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--hosts", metavar="HOSTFILE", default=None,
+        help="run tensor-parallel over the machines of an mlx.launch hostfile (JSON; this process is rank 0). "
+             "Also works when started by `mlx.launch --hostfile HOSTFILE -- mlx-oss ...`. See docs/DISTRIBUTED.md",
+    )  # fmt: skip
+
+
 def add_effort(p: argparse.ArgumentParser, help: str | None = None) -> None:
     """--reasoning-effort/-r, choices from `ReasoningEffort`."""
     p.add_argument("--reasoning-effort", "-r", choices=EFFORTS, default=ReasoningEffort.MEDIUM.value, help=help)

@@ -37,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print one JSON object: answer, reasoning, tool_calls, stats")
     g.add_argument("--stats", action="store_true", help="print a statistics line to stderr")
     args.add_dtype(g)
+    args.add_hosts(g)
     g.set_defaults(func=run)
     return g
 
@@ -124,8 +125,13 @@ def _stats_line(s) -> str:
 def run(a: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | None = None, stdin: TextIO | None = None) -> int:
     """The `generate` command; -> exit code."""
     out, err = stdout or sys.stdout, stderr or sys.stderr
+    from mlx_oss.distributed import cli as dist
+
     try:
-        return _run(a, out, err, stdin or sys.stdin)
+        with dist.group(a) as session:
+            if session is not None and not session.leader:
+                return dist.follow_rank_0(session, a.model, a.dtype)
+            return _run(a, out, err, stdin or sys.stdin, session)
     except UsageError as e:
         if a.json:
             _print_json_error(out, "invalid_argument", str(e))
@@ -143,7 +149,7 @@ def _print_json_error(out: TextIO, kind: str, message: str) -> None:
     print(json.dumps({"error": {"type": kind, "message": message}}, ensure_ascii=False), file=out)
 
 
-def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO, session=None) -> int:
     prompt = _prompt(a, stdin)
     tools = _read_json(a.tools, "--tools") if a.tools else None
     if tools is not None and not isinstance(tools, list):
@@ -165,13 +171,21 @@ def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> int:
     from mlx_oss.store import resolve_model
 
     sampling = args.sampling_config(a)
-    folder = resolve_model(a.model, progress=not a.json, status=lambda m: print(m, file=err))
-    model, tokenizer = load(folder, a.dtype)
+    chat_class = Chat
+    if session is None:
+        folder = resolve_model(a.model, progress=not a.json, status=lambda m: print(m, file=err))
+        model, tokenizer = load(folder, a.dtype)
+    else:  # rank 0 of a group: this rank's slice, and a Chat whose engine leads the others
+        from mlx_oss.distributed import cli as dist
+        from mlx_oss.distributed.engine import DistributedChat
+
+        model, tokenizer = dist.load(session, a.model, a.dtype, status=lambda m: print(m, file=err))
+        chat_class = DistributedChat
     problem = vocabulary_problem(model, tokenizer)
     if problem:  # a model problem (exit 1), not one of the settings Chat() rejects below (exit 2)
         raise VocabularyError(problem)
     try:
-        chat = Chat(
+        chat = chat_class(
             model, tokenizer, reasoning_effort=a.reasoning_effort, instructions=a.instructions, tools=tools,
             auto_tools=False, response_format=response_format, sampling=sampling, max_tokens=a.max_tokens,
             max_context=a.max_context,

@@ -80,10 +80,6 @@ class LeaderEngine(Engine):
         self._send(RESET)
         super().reset()
 
-    def exit(self) -> None:
-        """Tell the followers to return from `follow()`."""
-        self._send(EXIT)
-
     def generate(
         self, prompt: list[int], sampler: Sampler, *, max_tokens: int | None = None,
         should_stop: Callable[[], bool] | None = None,
@@ -102,6 +98,11 @@ class LeaderEngine(Engine):
                                stop_tokens=stops, boundaries=cuts)  # fmt: skip
         gen._it = self._active = _drained(gen._it, step)
         return gen
+
+
+def end_followers(comm: Comm) -> None:
+    """Rank 0 at the end of a run: the followers return from `follow()`."""
+    broadcast_ints(comm, [EXIT] + [0] * (HEADER - 1), HEADER)
 
 
 def _drained(it: Iterator[int], step: _Step) -> Iterator[int]:

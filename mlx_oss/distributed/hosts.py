@@ -14,11 +14,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlx_oss.errors import UserError
+
 DEFAULT_PORT = 32323  # mlx.launch's --starting-port default
 LOCAL = ("127.0.0.1", "localhost", "::1")
 
 
-class HostfileError(ValueError):
+class HostfileError(UserError):
     """A hostfile that cannot be used (one line naming the file and the field)."""
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from mlx_oss.distributed.hosts import DEFAULT_PORT, ring_addresses, read_hostfile
 
 _children: list[subprocess.Popen] = []
+_ending = threading.Event()
 
 
 def strip_hosts(argv: list[str]) -> list[str]:
@@ -34,10 +35,16 @@ def strip_hosts(argv: list[str]) -> list[str]:
     return out
 
 
-def _forward(rank: int, stream) -> None:
-    for line in iter(stream.readline, b""):
+def _forward(rank: int, p: subprocess.Popen) -> None:
+    """Copy a rank's stderr to ours; if it dies before the run ends, so does this one (its own
+    message was just forwarded), instead of waiting for the watchdog's connect timeout."""
+    for line in iter(p.stderr.readline, b""):
         sys.stderr.write(f"[rank {rank}] {line.decode(errors='replace')}")
         sys.stderr.flush()
+    code = p.wait()
+    if code and not _ending.is_set():
+        print(f"mlx-oss: error: rank 0: rank {rank} exited with status {code}; stopping", file=sys.stderr, flush=True)
+        os._exit(1)
 
 
 def start_ranks(hostfile: str | Path, argv: list[str], base_port: int | None = None) -> None:
@@ -51,7 +58,7 @@ def start_ranks(hostfile: str | Path, argv: list[str], base_port: int | None = N
     fd, ring_file = tempfile.mkstemp(prefix="mlx-oss-ring-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         f.write(ring)
-    args = [sys.executable, "-m", "mlx_oss.cli", *strip_hosts(argv)]
+    args = [sys.executable, "-m", "mlx_oss.cli.main", *strip_hosts(argv)]
     for rank, h in enumerate(hosts[1:], start=1):
         if h.local:
             env = dict(os.environ, MLX_RANK=str(rank), MLX_HOSTFILE=ring_file)
@@ -64,7 +71,7 @@ def start_ranks(hostfile: str | Path, argv: list[str], base_port: int | None = N
             )
             cmd = ["ssh", "-o", "BatchMode=yes", h.ssh, remote]
         p = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        threading.Thread(target=_forward, args=(rank, p.stderr), daemon=True).start()
+        threading.Thread(target=_forward, args=(rank, p), daemon=True).start()
         _children.append(p)
     os.environ["MLX_RANK"] = "0"
     os.environ["MLX_HOSTFILE"] = ring_file
@@ -72,6 +79,7 @@ def start_ranks(hostfile: str | Path, argv: list[str], base_port: int | None = N
 
 def wait_ranks(timeout: float = 30.0) -> None:
     """Wait for the ranks this process started (a normal end: they exit right after rank 0's EXIT)."""
+    _ending.set()
     for p in _children:
         try:
             p.wait(timeout)

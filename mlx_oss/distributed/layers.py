@@ -14,12 +14,12 @@ from typing import Iterator
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_oss.attention import Attention
+from mlx_oss.nn.attention import Attention
 from mlx_oss.config import ModelArgs
 from mlx_oss.distributed.plan import ShardPlan
-from mlx_oss.model import Model
-from mlx_oss.moe import MoE
-from mlx_oss.rope import YarnRoPE
+from mlx_oss.nn.model import Model
+from mlx_oss.nn.moe import MoE
+from mlx_oss.nn.rope import YarnRoPE
 
 
 class Comm:

@@ -12,15 +12,16 @@ from typing import Iterator
 import mlx.core as mx
 import numpy as np
 
-from convert.safetensors_io import NP_DTYPES, TensorInfo, read_header, read_tensor
-from mlx_oss import speed
+from mlx_oss.convert.safetensors_io import NP_DTYPES, TensorInfo, read_header, read_tensor
+from mlx_oss.backend import cpu
 from mlx_oss.config import ModelArgs
 from mlx_oss.distributed.layers import Comm, ShardedModel, build_sharded_model
 from mlx_oss.distributed.plan import ShardPlan
-from mlx_oss.loader import _cast, _evaluated, _is_converted, resolve_dtype
+from mlx_oss.errors import UserError
+from mlx_oss.loader import _cast, _evaluated, _is_converted, check_converted, resolve_dtype
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """The folder cannot be loaded in pieces (one line naming the file)."""
 
 
@@ -82,11 +83,12 @@ def load_sharded(path: str | Path, comm: Comm, dtype: str | mx.Dtype | None = No
     path = Path(path).expanduser()
     if not _is_converted(path):
         raise CheckpointError(f"{path}: not an mlx-oss folder; distributed runs load converted folders (mlx-oss convert SRC DST)")
+    check_converted(path)
     dt = resolve_dtype(dtype)
     plan = ShardPlan(ModelArgs.from_path(path), comm.rank, comm.size)
     model = build_sharded_model(plan, comm)
-    speed.prepare(model)
-    weights = ((n, _cast(n, a, dt)) for n, a in speed.adapt_weights(model, _weights(path, plan), dt))
+    cpu.prepare(model)
+    weights = ((n, _cast(n, a, dt)) for n, a in cpu.adapt_weights(model, _weights(path, plan), dt))
     model.load_weights(_evaluated(weights), strict=True)
     model.eval()
     return model

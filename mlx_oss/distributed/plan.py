@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from mlx_oss.config import ModelArgs
+from mlx_oss.errors import UserError
 
 # name suffix -> how the logical tensor is cut: (axis, kind)
 #   "q_k_v": rows of the fused qkv, "heads": one entry per query head, "cols": the attention input
@@ -36,7 +37,7 @@ _CUTS: tuple[tuple[str, int, str | None], ...] = (
 )
 
 
-class ShardError(ValueError):
+class ShardError(UserError):
     """The model cannot be split over this many ranks (one line naming the dimension)."""
 
 

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from mlx_oss.errors import UserError
 from mlx_oss.distributed.hosts import HostfileError, control_address, ring_from_env
 from mlx_oss.distributed.layers import Comm
 from mlx_oss.distributed.watchdog import Watchdog
 
 
-class PeerMismatch(RuntimeError):
+class PeerMismatch(UserError):
     """The ranks disagree on something that must be equal (the checkpoint)."""
 
 
@@ -23,6 +24,7 @@ class PeerMismatch(RuntimeError):
 class Session:
     comm: Comm
     watchdog: Watchdog
+    ready: bool = False  # this rank loaded its slice: the followers are (or will be) in `follow()`
 
     @property
     def rank(self) -> int:

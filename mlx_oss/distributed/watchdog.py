@@ -171,6 +171,15 @@ class Watchdog:
             except OSError:
                 pass
 
+    def abort(self) -> None:
+        """An error end: close the connections without a goodbye, so the peers stop now."""
+        self._closing.set()
+        for s in self._peers.values():
+            try:
+                s.close()
+            except OSError:
+                pass
+
     def _exit(self, msg: str) -> None:
         with self._lock:
             if self._closing.is_set():

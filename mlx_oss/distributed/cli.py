@@ -1,0 +1,76 @@
+"""What `mlx-oss generate|bench ... --hosts HOSTFILE` (or the same command under `mlx.launch`) adds to a
+single-machine run: start/join the group, resolve the model once per host, load this rank's slice,
+check that every rank holds the same checkpoint, and on ranks other than 0 follow rank 0."""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from mlx_oss.distributed import launch
+from mlx_oss.distributed.session import Session, check_same_checkpoint, in_group, join
+
+
+@contextmanager
+def group(a: argparse.Namespace, argv: list[str] | None = None) -> Iterator[Session | None]:
+    """The session of this rank (None for a single-machine run); closed, and the started ranks
+    waited for, at the end."""
+    if getattr(a, "hosts", None):
+        launch.start_ranks(a.hosts, sys.argv[1:] if argv is None else argv)
+    if not in_group():
+        yield None
+        return
+    session = join()
+    try:
+        yield session
+    except BaseException:
+        session.watchdog.abort()  # no goodbye: the other ranks stop at once, saying rank 0 was lost
+        launch.wait_ranks()
+        raise
+    if session.leader and session.ready:
+        from mlx_oss.distributed.engine import end_followers
+
+        end_followers(session.comm)
+    session.close()
+    launch.wait_ranks()
+
+
+def resolve_once_per_host(name: str, status: Callable[[str], None]) -> Path:
+    """`store.resolve_model` under a per-host lock: ranks sharing a machine convert/download once."""
+    from mlx_oss.store import cache_home, resolve_model
+
+    home = cache_home()
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".resolve.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return resolve_model(name, progress=False, status=status)
+
+
+def load(session: Session, name: str, dtype: str | None, status: Callable[[str], None]):
+    """-> (this rank's model, tokenizer), after the same-checkpoint check."""
+    from mlx_oss.distributed.load import load_sharded, manifest_digest
+    from mlx_oss.tokenizer import load_tokenizer
+
+    folder = resolve_once_per_host(name, status)
+    check_same_checkpoint(session.comm, manifest_digest(folder))
+    model = load_sharded(folder, session.comm, dtype)
+    model.source = folder
+    session.ready = True
+    try:
+        tok = load_tokenizer(folder)
+    except ValueError:
+        tok = load_tokenizer(None)
+    return model, tok
+
+
+def follow_rank_0(session: Session, name: str, dtype: str | None) -> int:
+    """A rank other than 0: load its slice and run rank 0's commands until it ends the run."""
+    from mlx_oss.distributed.engine import follow
+
+    model, _ = load(session, name, dtype, status=lambda m: None)
+    follow(model, session.comm)
+    return 0
