@@ -1,0 +1,65 @@
+"""One rank of a test group (started by tests/test_distributed.py with MLX_RANK / MLX_HOSTFILE).
+
+argv: MODE FOLDER OUT. Modes: "exact" (logits + two greedy turns through the leader engine),
+"loop" (rank 0 generates until killed; prints "ready" once every rank has loaded), "load" (join,
+checkpoint check, exit)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from mlx_oss.distributed import cli as dist
+from mlx_oss.distributed.engine import LeaderEngine, follow
+from mlx_oss.sampling import Sampler, SamplingConfig
+
+TOKENS = [1, 5, 9, 100, 200, 300, 7, 7, 2, 511, 0, 44, 3, 18, 250, 77, 5, 9, 12, 301]
+
+
+def turns(engine, n_gen: int = 6) -> list[dict]:
+    """Two greedy turns; the second prompt extends the first conversation (cache reuse)."""
+    greedy = Sampler(SamplingConfig(temperature=0))
+    out = []
+    prompt = TOKENS[:14]
+    for extra in ([], [33, 44, 55]):
+        prompt = prompt + extra
+        g = engine.generate(prompt, greedy, max_tokens=n_gen, stop_tokens=())
+        toks = list(g)
+        out.append({"tokens": toks, "reused": g.reused_tokens, "prefilled": g.prefilled_tokens})
+        prompt = prompt + toks
+    return out
+
+
+def main() -> int:
+    mode, folder, out = sys.argv[1:4]
+    from argparse import Namespace
+
+    with dist.group(Namespace(hosts=None)) as session:
+        model, _ = dist.load(session, folder, "float32", status=lambda m: None)
+        if mode == "load":
+            return 0
+        logits = model(mx.array([TOKENS], dtype=mx.int32))  # a forward pass on every rank
+        mx.eval(logits)
+        if session.rank != 0:
+            print("ready", flush=True)
+            follow(model, session.comm)
+            return 0
+        if mode == "loop":
+            print("ready", flush=True)
+            eng = LeaderEngine(model)
+            while True:
+                turns(eng)
+                eng.reset()
+        np.save(out + ".npy", np.array(logits))
+        eng = LeaderEngine(model)
+        result = {"turns": turns(eng), "peak": mx.get_peak_memory()}
+        Path(out + ".json").write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

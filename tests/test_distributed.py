@@ -1,0 +1,217 @@
+"""Tensor parallelism over mx.distributed: the shard plan's math, and real 2-rank runs (ring backend
+on 127.0.0.1, as mlx.launch starts them) compared with one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_oss.config import ModelArgs
+from mlx_oss.convert.safetensors_io import read_header, read_tensor
+from mlx_oss.distributed.hosts import HostfileError, control_address, read_hostfile, ring_addresses
+from mlx_oss.distributed.load import read_slice
+from mlx_oss.distributed.plan import ShardError, ShardPlan
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------- plan (no processes)
+
+
+def _tensors(folder: Path):
+    for f in sorted(folder.glob("*.safetensors")):
+        infos, _ = read_header(f)
+        for info in infos.values():
+            yield f, info
+
+
+def test_slices_of_all_ranks_rebuild_every_tensor(tiny_converted):
+    """Concatenating the ranks' slices (in the plan's order) gives back each tensor exactly; biases
+    added once live on rank 0 only; replicated tensors are whole on every rank."""
+    args = ModelArgs.from_path(tiny_converted)
+    plans = [ShardPlan(args, r, 2) for r in range(2)]
+    seen = set()
+    for f, info in _tensors(tiny_converted):
+        full = read_tensor(f, info)
+        parts = [read_slice(f, info, p) for p in plans]
+        rr = plans[1].stored_ranges(info.name, info.shape)
+        kind = plans[0].cut(info.name)[1]
+        seen.add(kind)
+        if rr is None:
+            assert all(np.array_equal(p, full) for p in parts), info.name
+        elif not rr[1]:
+            assert np.array_equal(parts[0], full) and not parts[1].any(), info.name
+        else:
+            axis = rr[0]
+            assert parts[0].shape[axis] == parts[1].shape[axis] == full.shape[axis] // 2, info.name
+            # rebuild: per rank the pieces are [range1, range2, ...]; interleave them back
+            sizes = [e - s for s, e in plans[0].stored_ranges(info.name, info.shape)[1]]
+            pieces = [np.split(p, np.cumsum(sizes)[:-1], axis=axis) for p in parts]
+            rebuilt = np.concatenate([pieces[r][k] for k in range(len(pieces[0])) for r in range(2)], axis=axis)
+            assert np.array_equal(rebuilt, full), info.name
+    assert {"q_k_v", "heads", "cols", "gate_up", "inter", "vocab", "bias0", None} <= seen
+
+
+def test_120b_per_rank_dimensions():
+    from mlx_oss.convert.synthetic import PRESETS
+
+    args = ModelArgs.from_dims(PRESETS["120b"])
+    p = ShardPlan(args, 1, 2)
+    assert (p.heads, p.kv_heads, p.intermediate, p.vocab) == (32, 4, 1440, 100544)
+    la = p.local_args()
+    assert la.qkv_dim == (32 + 8) * 64 and la.num_attention_heads // la.num_key_value_heads == 8  # GQA groups whole
+    assert p.ranges("layers.0.attn.qkv.weight") == (0, [(2048, 4096), (4096 + 256, 4096 + 512), (4608 + 256, 4608 + 512)])
+    assert p.stored_ranges("layers.0.mlp.down.weight", (128, 2880, 360)) == (2, [(180, 360)])  # MXFP4 words
+    assert p.stored_ranges("layers.0.mlp.down.scales", (128, 2880, 90)) == (2, [(45, 90)])
+
+
+def test_unsplittable_sizes_are_refused_in_one_line():
+    from mlx_oss.convert.synthetic import PRESETS
+
+    with pytest.raises(ShardError, match=r"^num_key_value_heads = 8 does not split evenly over 3 ranks$"):
+        ShardPlan(ModelArgs.from_dims(PRESETS["120b"]), 0, 3)
+    with pytest.raises(ShardError, match="intermediate_size / expert_group_size = 90 does not split evenly over 4"):
+        ShardPlan(ModelArgs.from_dims(PRESETS["120b"]), 0, 4)
+
+
+def test_hostfile(tmp_path):
+    f = tmp_path / "h.json"
+    f.write_text(json.dumps({"backend": "ring", "hosts": [{"ssh": "mac1", "ips": ["10.0.0.1"]}, {"ssh": "127.0.0.1"}]}))
+    hosts, backend = read_hostfile(f)
+    assert backend == "ring" and [h.ip for h in hosts] == ["10.0.0.1", "127.0.0.1"] and hosts[1].local
+    ring = ring_addresses(hosts, 5000)
+    assert ring == [["10.0.0.1:5000"], ["127.0.0.1:5001"]] and control_address(ring) == ("10.0.0.1", 5002)
+    f.write_text(json.dumps([{"ssh": "mac1.local"}]))
+    with pytest.raises(HostfileError, match=r"hosts\[0\] needs \"ips\""):
+        read_hostfile(f)
+    f.write_text("{")
+    with pytest.raises(HostfileError, match="not JSON"):
+        read_hostfile(f)
+
+
+# ---------------------------------------------------------------------------------- 2 processes
+
+
+def _free_base_port() -> int:
+    """A base port with the 3 ports above it (2 ring ranks + the watchdog) free now."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + 3 > 65535:
+            continue
+        try:
+            for p in range(base, base + 3):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free ports")
+
+
+def _start(tmp_path: Path, mode: str, folders: list[Path], out: Path, env_extra: dict | None = None) -> list[subprocess.Popen]:
+    base = _free_base_port()
+    ring = tmp_path / f"ring-{base}.json"
+    ring.write_text(json.dumps([[f"127.0.0.1:{base}"], [f"127.0.0.1:{base + 1}"]]))
+    procs = []
+    for r, folder in enumerate(folders):
+        env = dict(os.environ, MLX_RANK=str(r), MLX_HOSTFILE=str(ring), MLX_OSS_HOME=str(tmp_path / "home"),
+                   MLX_OSS_CPU_STREAMS="1", PYTHONPATH=str(ROOT), **(env_extra or {}))  # fmt: skip
+        procs.append(subprocess.Popen(
+            [sys.executable, str(WORKER), mode, str(folder), str(out)], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))  # fmt: skip
+    return procs
+
+
+def _finish(procs, timeout: float = 240) -> list[tuple[int, str, str]]:
+    res = []
+    for p in procs:
+        try:
+            o, e = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        res.append((p.returncode, o, e))
+    return res
+
+
+def _single_process(folder: Path):
+    """Logits and the two turns of dist_worker.py, in one process."""
+    sys.path.insert(0, str(WORKER.parent))
+    import dist_worker
+
+    from mlx_oss.engine import Engine
+    from mlx_oss.loader import load
+
+    model, _ = load(folder, "float32")
+    logits = np.array(model(mx.array([dist_worker.TOKENS], dtype=mx.int32)))
+    return logits, dist_worker.turns(Engine(model)), mx.get_peak_memory()
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_process(tiny_converted, tmp_path):
+    """float32 logits within 1e-5, greedy tokens identical, the second turn reuses the same prefix."""
+    out = tmp_path / "r0"
+    res = _finish(_start(tmp_path, "exact", [tiny_converted] * 2, out))
+    for code, _, err in res:
+        assert code == 0, err
+    got = np.load(str(out) + ".npy")
+    dist = json.loads(Path(str(out) + ".json").read_text())
+    ref, ref_turns, _ = _single_process(tiny_converted)
+    rel = np.abs(got - ref).max() / np.abs(ref).max()
+    assert rel <= 1e-5, rel
+    assert dist["turns"] == ref_turns
+    assert dist["turns"][1]["reused"] > 0  # cross-turn reuse happened, identically
+
+
+@pytest.mark.slow
+def test_a_dead_rank_stops_the_other_with_one_line(tiny_converted, tmp_path):
+    procs = _start(tmp_path, "loop", [tiny_converted] * 2, tmp_path / "x")
+    try:
+        for p in procs:  # both loaded and running
+            assert p.stdout.readline().strip() == "ready"
+        procs[1].send_signal(signal.SIGKILL)
+        procs[0].wait(timeout=60)
+        err = procs[0].stderr.read()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert procs[0].returncode == 1
+    lines = [l for l in err.splitlines() if l.startswith("mlx-oss: error:")]
+    assert lines and "rank 0:" in lines[-1] and "rank 1" in lines[-1], err
+
+
+@pytest.mark.slow
+def test_a_rank_that_never_starts_is_reported(tiny_converted, tmp_path):
+    procs = _start(tmp_path, "load", [tiny_converted], tmp_path / "x", {"MLX_OSS_CONNECT_TIMEOUT": "3"})
+    (code, _, err), = _finish(procs, timeout=60)
+    assert code == 1 and "rank(s) 1 did not connect" in err.splitlines()[-1], err
+
+
+@pytest.mark.slow
+def test_different_checkpoints_are_refused(tiny_converted, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_converted, other)
+    m = json.loads((other / "manifest.json").read_text())
+    m["note"] = "another conversion"
+    (other / "manifest.json").write_text(json.dumps(m))
+    res = _finish(_start(tmp_path, "load", [tiny_converted, other], tmp_path / "x"), timeout=120)
+    for code, _, err in res:
+        assert code == 1
+        assert "checkpoint differs from rank 0's (manifest.json sha256" in err.strip().splitlines()[-1], err
