@@ -215,3 +215,42 @@ def test_different_checkpoints_are_refused(tiny_converted, tmp_path):
     for code, _, err in res:
         assert code == 1
         assert "checkpoint differs from rank 0's (manifest.json sha256" in err.strip().splitlines()[-1], err
+
+
+def _cli(args: list[str], tmp_path: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MLX_OSS_HOME=str(tmp_path / "home"), MLX_OSS_BASE_PORT=str(_free_base_port()),
+               MLX_OSS_CPU_STREAMS="1", PYTHONPATH=str(ROOT))  # fmt: skip
+    return subprocess.run([sys.executable, "-m", "mlx_oss.cli.main", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def _local_hostfile(tmp_path: Path) -> Path:
+    f = tmp_path / "hosts.json"
+    f.write_text(json.dumps({"backend": "ring", "hosts": [{"ssh": "127.0.0.1"}, {"ssh": "127.0.0.1"}]}))
+    return f
+
+
+@pytest.mark.slow
+def test_generate_with_hosts_matches_one_machine(tiny_chat_converted, tmp_path):
+    """`mlx-oss generate --hosts` (rank 1 started by rank 0) prints what one process prints (greedy)."""
+    cmd = ["generate", "hello", "-m", str(tiny_chat_converted), "--temperature", "0", "--max-tokens", "6", "--json"]
+    one = _cli(cmd, tmp_path)
+    two = _cli(cmd + ["--hosts", str(_local_hostfile(tmp_path))], tmp_path)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    for k in ("answer", "reasoning", "tool_calls"):
+        assert a[k] == b[k]
+    for k in ("prompt_tokens", "generated_tokens", "context_used", "stop_reason"):
+        assert a["stats"][k] == b["stats"][k]
+
+
+@pytest.mark.slow
+def test_bench_with_hosts_reports_every_rank(tiny_converted, tmp_path):
+    r = _cli(["bench", "-m", str(tiny_converted), "-p", "16", "-g", "4", "-r", "1", "--quiet", "--json",
+              "--hosts", str(_local_hostfile(tmp_path))], tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["ranks"] == 2 and [x["rank"] for x in rep["per_rank"]] == [0, 1]
+    for x in rep["per_rank"]:
+        assert x["peak_memory_bytes"] > 0 and x["all_sum_us"] > 0 and 0 <= x["comm_share"][0] <= 1
+    assert rep["decode"][0]["tps"]["mean"] > 0 and rep["collectives_per_token"] == {"all_sum": 9, "all_gather": 1}

@@ -52,6 +52,9 @@ def register(sub) -> None:
     b.add_argument("--csv", metavar="FILE", default=None, help="also write the rows as CSV ('-' for stdout)")
     b.add_argument("--plot", metavar="FILE.png", default=None, help="decode tokens/s against context depth, both engines")
     b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    from mlx_oss.distributed.cli import add_hosts_flag
+
+    add_hosts_flag(b)
     b.set_defaults(func=cmd_bench)
 
 
@@ -198,6 +201,13 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if a.reps < 1 or a.gen < 1 or any(x < 1 for x in a.prompt) or any(x < 0 for x in a.depth):
         raise ValueError("-r and -g must be >= 1, -p sizes >= 1, -d depths >= 0")
     say = _progress(a.quiet)
+    from mlx_oss.distributed import cli as dist
+
+    with dist.group(a) as session:
+        if session is not None:
+            from mlx_oss.distributed.bench import cmd
+
+            return cmd(session, a, say)
     result = run_bench(a, say)
     if a.plot:
         how = rep.write_plot(result, a.plot)
