@@ -21,7 +21,7 @@ from mlx_oss.backend import cpu, device
 from mlx_oss.bench import machine as mach
 from mlx_oss.bench import report as rep
 from mlx_oss.bench import runners as run
-from mlx_oss.cli.args import add_dtype, add_model, int_list
+from mlx_oss.cli.args import add_dtype, add_hosts, add_model, int_list
 
 REEXEC_ENV = "MLX_OSS_BENCH_REEXEC"
 
@@ -52,9 +52,7 @@ def register(sub) -> None:
     b.add_argument("--csv", metavar="FILE", default=None, help="also write the rows as CSV ('-' for stdout)")
     b.add_argument("--plot", metavar="FILE.png", default=None, help="decode tokens/s against context depth, both engines")
     b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    from mlx_oss.distributed.cli import add_hosts_flag
-
-    add_hosts_flag(b)
+    add_hosts(b)
     b.set_defaults(func=cmd_bench)
 
 
