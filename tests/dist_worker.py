@@ -31,6 +31,12 @@ def turns(engine, n_gen: int = 6) -> list[dict]:
         toks = list(g)
         out.append({"tokens": toks, "reused": g.reused_tokens, "prefilled": g.prefilled_tokens})
         prompt = prompt + toks
+    # a reply dropped after 2 tokens (a consumer that stops iterating), then a new prompt
+    it = iter(engine.generate(prompt + [60], greedy, max_tokens=40, stop_tokens=()))
+    next(it), next(it)
+    it.close()
+    g = engine.generate(TOKENS[:10] + [61, 62], greedy, max_tokens=n_gen, stop_tokens=())
+    out.append({"tokens": list(g)})
     return out
 
 

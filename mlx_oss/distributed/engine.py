@@ -109,7 +109,8 @@ def _drained(it: Iterator[int], step: _Step) -> Iterator[int]:
     """Rank 0's token stream; closed early, it keeps stepping with the stop bit set until the
     followers (one step behind on that bit) have stopped too, so no rank is left in a collective."""
     try:
-        yield from it
+        for tok in it:  # not `yield from`: closing this must not close `it`, which still has steps to run
+            yield tok
     finally:
         step.closing = True
         for _ in it:
