@@ -203,7 +203,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
     with dist.group(a) as session:
         if session is not None:
-            from mlx_oss.distributed.bench import cmd
+            from mlx_oss.bench.distributed import cmd
 
             return cmd(session, a, say)
     result = run_bench(a, say)

@@ -2,7 +2,8 @@
 
 plan.py (which slice each rank holds), layers.py (sharded blocks + their collectives), load.py (read
 only this rank's slices), session.py (join a group, checkpoint check), watchdog.py (dead peers end
-the run in seconds), launch.py (`--hosts HOSTFILE`), engine.py (rank 0 leads, the others follow).
+the run in seconds), launch.py (`--hosts HOSTFILE`), engine.py (rank 0 leads, the others follow), cli.py (what
+`--hosts` adds to a command). The bench for a group is mlx_oss/bench/distributed.py (a front end).
 """
 
 from mlx_oss.distributed.engine import DistributedChat, LeaderEngine, follow

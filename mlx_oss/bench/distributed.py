@@ -18,7 +18,7 @@ from mlx_oss.bench import runners as run
 from mlx_oss.distributed.session import Session
 
 
-class ShardedEngine(run.OursEngine):
+class ShardedRunner(run.OursRunner):
     name = "mlx-oss (tensor parallel)"
 
     def __init__(self, model, tokenizer) -> None:
@@ -37,10 +37,10 @@ def all_sum_latency_us(session: Session, hidden: int, n: int = 100) -> float:
 
 def measure(session: Session, model, tokenizer, a, say) -> dict:
     """Every rank runs this; -> the report (complete on rank 0)."""
-    eng = ShardedEngine(model, tokenizer)
+    eng = ShardedRunner(model, tokenizer)
     args = model.plan.args
     mx.reset_peak_memory()
-    r = run.measure_engine(eng, a.prompt, a.depth, a.gen, a.reps, args.vocab_size, a.seed, say)
+    r = run.measure_runner(eng, a.prompt, a.depth, a.gen, a.reps, args.vocab_size, a.seed, say)
     peak = mx.get_peak_memory()
     local = []
     with model.comm.suspended():  # no collectives inside: each rank times its own compute alone
