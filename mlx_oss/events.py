@@ -17,6 +17,7 @@ __all__ = [
     "Progress",
     "ToolCall",
     "ToolResult",
+    "Citation",
     "Stats",
     "Reply",
     "Done",
@@ -66,7 +67,11 @@ class Progress:
 class ToolCall:
     """A call the model made. `arguments` is the parsed JSON (None when `raw` is not valid JSON;
     `error` then says why). `name` is the function name (`get_weather`), `recipient` the full
-    harmony address (`functions.get_weather`). `id` identifies it for `Chat.add_tool_result`."""
+    harmony address (`functions.get_weather`). `id` identifies it for `Chat.add_tool_result`.
+
+    `tool` says whose call it is: `functions` (a function tool), or a built-in tool, `browser`
+    (name `browser.search` / `browser.open` / `browser.find`) or `python` (name `python`,
+    `arguments` the code as text)."""
 
     name: str
     arguments: Any
@@ -74,17 +79,46 @@ class ToolCall:
     error: str | None = None
     id: str = ""
     recipient: str = ""
+    tool: str = "functions"
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A `【cursor†L10-L15】` reference the model wrote, resolved to the page it cites.
+
+    `start`/`end` locate `marker` in the answer text; `line_start`/`line_end` are the cited lines
+    of the browsing display with that cursor (None when the marker names no lines), `quote` their text."""
+
+    marker: str
+    start: int
+    end: int
+    cursor: int
+    url: str
+    title: str
+    line_start: int | None = None
+    line_end: int | None = None
+    quote: str = ""
 
 
 @dataclass(frozen=True)
 class ToolResult:
-    """What an automatically run (callable) tool returned; it was fed back to the model.
-    `error` is True when the tool raised (then `content` holds the error text the model saw)."""
+    """What an automatically run tool returned; it was fed back to the model.
+    `error` is True when the tool failed or was refused (then `content` holds the text the model saw).
+
+    `tool` is `functions`, `browser` or `python` (see ToolCall). A browser result carries the page it
+    shows (`url`, `title`); a python result the paths of the `images` the code saved, and whether it
+    `timed_out` (the session was then restarted) or was `refused` (not approved; nothing ran)."""
 
     name: str
     content: str
     id: str = ""
     error: bool = False
+    tool: str = "functions"
+    url: str = ""
+    title: str = ""
+    images: tuple[str, ...] = ()
+    timed_out: bool = False
+    refused: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,7 +159,8 @@ a "tool_call" stop happened (round limit, a schema-only tool to answer, auto_too
 class Reply:
     """The outcome of a turn: the final answer, the chain of thought, tool calls made, statistics.
     `parsed` is the answer parsed as JSON when the chat has a `response_format` (else None); `unparsed`
-    is output that was not harmony (see `UnparsedDelta`)."""
+    is output that was not harmony (see `UnparsedDelta`); `citations` are the browser citations in the
+    answer, resolved to URLs."""
 
     answer: str = ""
     reasoning: str = ""
@@ -133,6 +168,7 @@ class Reply:
     stats: Stats = field(default_factory=Stats)
     parsed: Any = None
     unparsed: str = ""
+    citations: tuple[Citation, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -142,6 +178,7 @@ class Reply:
             "parsed": self.parsed,
             "unparsed": self.unparsed,
             "stats": self.stats.to_dict(),
+            "citations": [asdict(c) for c in self.citations],
         }
 
 

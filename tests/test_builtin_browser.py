@@ -1,0 +1,257 @@
+"""The built-in browser against a local web server: windows, line numbers, find, the cursor stack,
+citations, limits, every failure (each an answer the model can read), and the search backends."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from mlx_oss.builtin.browser import (
+    Browser,
+    ExaSearch,
+    FetchLimits,
+    Fetcher,
+    NoSearch,
+    SearxngSearch,
+    YouSearch,
+    make_search_backend,
+)
+from mlx_oss.tokenizer import load_tokenizer
+from tests.web_fixture import EXA_KEY, PARAGRAPHS, YDC_KEY, WebServer
+
+ENC = load_tokenizer()
+
+
+def count(text: str) -> int:
+    return len(ENC.encode_ordinary(text))
+
+
+@pytest.fixture(scope="module")
+def web():
+    with WebServer() as w:
+        yield w
+
+
+def browser(web, search=None, **kw) -> Browser:
+    limits = kw.pop("limits", FetchLimits(timeout_s=5.0))
+    return Browser(search or NoSearch(), fetcher=Fetcher(limits, allow_private=True), count_tokens=count, **kw)
+
+
+def call(b: Browser, fn: str, **args):
+    return b.call(fn, json.dumps(args))
+
+
+def shown_lines(text: str) -> list[int]:
+    return [int(n) for n in re.findall(r"^L(\d+): ", text, re.M)]
+
+
+def test_open_url_shows_numbered_window_and_scrolls(web):
+    b = browser(web, view_tokens=200)
+    a = call(b, "open", id=web.url("/page"))
+    assert not a.error
+    first = a.text.splitlines()[0]
+    assert first == f"[0] MLX Release Notes ({web.url('/page')})"
+    m = re.search(r"\*\*viewing lines \[0 - (\d+)\] of (\d+)\*\*", a.text)
+    end, last = int(m.group(1)), int(m.group(2))
+    assert shown_lines(a.text) == list(range(end + 1))
+    assert 0 < end < last  # the window is bounded by view_tokens
+    assert count(a.text) < 200 + 80  # about the token budget (one line of slack)
+    assert "L0: # MLX Release Notes" in a.text and "var x" not in a.text  # scripts dropped
+    # scroll: open without id keeps the page, new cursor
+    s = call(b, "open", loc=10, num_lines=5)
+    assert s.text.startswith("[1] MLX Release Notes") and shown_lines(s.text) == [10, 11, 12, 13, 14]
+    assert "**viewing lines [10 - 14] of" in s.text
+    assert len(web.hits) and web.hits.count("/page") == 1  # cached: one fetch for both displays
+
+
+def test_links_are_numbered_and_open_by_id(web):
+    b = browser(web)
+    a = call(b, "open", id=web.url("/page"))
+    assert "【0†other page】" in a.text and "【1†the repo†github.com】" in a.text
+    page = b.stack[0].text
+    assert "〖3†L1-L2〗" in page and "【3†L1-L2】" not in page  # a page cannot forge markup
+    o = call(b, "open", id=0)
+    assert o.text.startswith(f"[1] Other ({web.url('/other')})") and "The other page says hello." in o.text
+    # the link ids of an earlier cursor
+    o2 = call(b, "open", cursor=0, id=0)
+    assert o2.text.startswith("[2] Other")
+    bad = call(b, "open", id=42)
+    assert bad.error and "Invalid link id `42`" in bad.text
+    assert len(b.stack) == 3  # errors push nothing
+
+
+def test_find_makes_a_pseudo_page_and_opening_a_match_centers_it(web):
+    b = browser(web)
+    call(b, "open", id=web.url("/page"))
+    f = call(b, "find", pattern="QUANTIZATION kernels")
+    assert f.text.startswith("[1] Find results for text: `QUANTIZATION kernels` in `MLX Release Notes`")
+    m = re.search(r"# 【0†match at L(\d+)】", f.text)
+    line = int(m.group(1))
+    assert "quantization kernels are now faster" in b.stack[0].lines[line]
+    o = call(b, "open", id=0)  # opens the page a few lines above the match
+    assert shown_lines(o.text)[0] == line - 4 and f"L{line}: The quantization" in o.text
+    none = call(b, "find", pattern="zebra", cursor=0)
+    assert "No `find` results for pattern: `zebra`" in none.text
+    nested = call(b, "find", pattern="x")  # current page is a find page
+    assert nested.error and "Cannot run `find`" in nested.text
+
+
+def test_cursor_stack_and_citations_resolve_to_urls(web):
+    b = browser(web)
+    call(b, "open", id=web.url("/page"))  # cursor 0
+    call(b, "open", id=web.url("/other"))  # cursor 1
+    call(b, "find", pattern="item number 7", cursor=0)  # cursor 2: a find page of cursor 0
+    answer = "MLX lists items【0†L4-L5】, the other page greets【1†L2】 and 【2†L0】; bogus 【9†L1】 and 【1†x】."
+    cites = b.citations(answer)
+    assert [c.cursor for c in cites] == [0, 1, 2, 1]
+    c0 = cites[0]
+    assert (c0.url, c0.title, c0.line_start, c0.line_end) == (web.url("/page"), "MLX Release Notes", 4, 5)
+    assert answer[c0.start : c0.end] == "【0†L4-L5】" and c0.quote == "\n".join(b.stack[0].lines[4:6])
+    assert cites[1].url == web.url("/other") and cites[1].line_start == cites[1].line_end == 2
+    assert cites[2].url == web.url("/page") and cites[2].title == "MLX Release Notes"  # find page cites its page
+    assert cites[3].line_start is None  # 【1†x】: the page, no lines
+    bad = call(b, "open", cursor=7, loc=0)
+    assert bad.error and "Cursor `7` is out of range" in bad.text
+
+
+def test_loc_past_the_end_and_plain_text_and_view_source(web):
+    b = browser(web)
+    call(b, "open", id=web.url("/other"))
+    past = call(b, "open", loc=500)
+    assert past.error and "Cannot exceed page maximum" in past.text
+    t = call(b, "open", id=web.url("/plain.txt"))
+    assert "L0: line one" in t.text and "L1: line two〖0†x〗" in t.text
+    v = call(b, "open", id=web.url("/other"), view_source=True)
+    assert "&lt;" not in v.text and "<title>Other</title>" in v.text
+
+
+@pytest.mark.parametrize(
+    "path, expect",
+    [
+        ("/missing", "HTTP 404 Not Found"),
+        ("/error", "HTTP 500"),
+        ("/image.png", "unsupported content type image/png"),
+        ("/huge", "too large"),
+        ("/chunked", "too large"),
+        ("/loop", "more than 5 redirects"),
+        ("/slow", "timed out"),
+    ],
+)
+def test_fetch_failures_become_answers(web, path, expect):
+    b = browser(web, limits=FetchLimits(timeout_s=1.0, max_bytes=2_000_000))
+    a = call(b, "open", id=web.url(path))
+    assert a.error and expect in a.text and a.text.startswith(f"Error fetching URL `{web.url(path)}`")
+    assert b.stack == []
+
+
+def test_redirect_followed_and_unreachable_and_bad_urls(web):
+    b = browser(web)
+    r = call(b, "open", id=web.url("/redirect"))
+    assert r.text.startswith(f"[0] MLX Release Notes ({web.url('/page')})")
+    down = call(b, "open", id="http://127.0.0.1:1/nothing")
+    assert down.error and "cannot reach the site" in down.text
+    for bad in ("file:///etc/passwd", "not a url", "ftp://x.org/a"):
+        a = call(b, "open", id=bad)
+        assert a.error and "not an http(s) URL" in a.text
+
+
+def test_private_addresses_are_refused_by_default(web):
+    b = Browser(NoSearch(), fetcher=Fetcher(FetchLimits(timeout_s=2)))
+    before = len(web.hits)
+    a = call(b, "open", id=web.url("/page"))
+    assert a.error and "local or private-network address" in a.text
+    assert len(web.hits) == before  # nothing was sent
+
+
+@pytest.mark.parametrize(
+    "fn, raw, expect",
+    [
+        ("open", "{not json", "invalid JSON arguments for browser.open"),
+        ("open", "[1, 2]", "takes a JSON object"),
+        ("search", "{}", "browser.search needs `query`"),
+        ("find", '{"pattern": 3}', "`pattern` has the wrong type"),
+        ("open", '{"url": "x"}', "has no argument 'url'"),
+        ("open", '{"loc": true}', "`loc` has the wrong type"),
+        ("scroll", "{}", "browser has no function 'scroll'"),
+        ("find", '{"pattern": "x"}', "No page is open yet"),
+    ],
+)
+def test_malformed_arguments_become_answers(web, fn, raw, expect):
+    a = browser(web).call(fn, raw)
+    assert a.error and expect in a.text
+
+
+def test_exa_search_page_and_open_result(web):
+    b = browser(web, ExaSearch(base_url=web.url("/exa"), api_key=EXA_KEY))
+    s = call(b, "search", query="mlx news", topn=2)
+    assert not s.error and s.text.startswith("[0] mlx news\n**viewing lines [0 -")
+    assert "【0†Result 0 about MLX†127.0.0.1:" in s.text and "Summary 0." in s.text
+    assert web.posted[-1]["numResults"] == 2 and web.posted[-1]["query"] == "mlx news"
+    o = call(b, "open", id=0)
+    assert o.text.startswith("[1] MLX Release Notes")
+    assert b.citations("see 【0†L2】") == ()  # a results page has no URL to cite
+
+
+def test_exa_key_from_env_and_never_shown(web, monkeypatch):
+    monkeypatch.setenv("EXA_API_KEY", EXA_KEY)
+    backend = make_search_backend("auto")
+    assert isinstance(backend, ExaSearch) and EXA_KEY not in repr(backend)
+    backend.base_url = web.url("/exa")
+    assert not call(browser(web, backend), "search", query="q").error
+    wrong = ExaSearch(base_url=web.url("/exa"), api_key="wrong-key-zzz")
+    a = call(browser(web, wrong), "search", query="q")
+    assert a.error and "rejected the API key" in a.text and "wrong-key-zzz" not in a.text
+    monkeypatch.delenv("EXA_API_KEY")
+    missing = call(browser(web, ExaSearch(base_url=web.url("/exa"))), "search", query="q")
+    assert missing.error and "set EXA_API_KEY" in missing.text
+
+
+def test_you_and_searxng_backends(web):
+    y = call(browser(web, YouSearch(base_url=web.url("/you"), api_key=YDC_KEY)), "search", query="mlx")
+    assert "【3†News about MLX†" in y.text and "Summary 0. more" in y.text
+    s = call(browser(web, SearxngSearch(web.url("/searx"))), "search", query="mlx")
+    assert "【2†Result 2 about MLX†" in s.text and "Summary 2." in s.text
+
+
+@pytest.mark.parametrize(
+    "backend, expect",
+    [
+        (lambda w: ExaSearch(base_url=w.url("/quota"), api_key="k"), "out of quota or rate-limited (HTTP 429)"),
+        (lambda w: SearxngSearch(w.url("/down")), "SearXNG search failed (HTTP 503: maintenance)"),
+        (lambda w: SearxngSearch(w.url("/notjson")), "not JSON"),
+        (lambda w: SearxngSearch("http://127.0.0.1:1"), "SearXNG search is unreachable"),
+        (lambda w: NoSearch(), "search is not available"),
+    ],
+)
+def test_search_failures_become_answers(web, backend, expect):
+    a = call(browser(web, backend(web)), "search", query="q")
+    assert a.error and expect in a.text
+
+
+def test_make_search_backend_choices():
+    env = {"YDC_API_KEY": "k"}
+    assert isinstance(make_search_backend("auto", env=env), YouSearch)
+    assert isinstance(make_search_backend("auto", env={}), NoSearch)
+    assert make_search_backend("auto", env={"SEARXNG_URL": "http://s"}).url == "http://s"
+    with pytest.raises(ValueError, match="needs the instance URL"):
+        make_search_backend("searxng", env={})
+    with pytest.raises(ValueError, match="must be one of"):
+        make_search_backend("bing", env={})
+
+
+def test_paragraphs_are_all_reachable_by_scrolling(web):
+    b = browser(web, view_tokens=300)
+    a = call(b, "open", id=web.url("/page"))
+    seen, loc = set(), 0
+    total = len(b.stack[0].lines)
+    for _ in range(100):  # bounded
+        seen.update(shown_lines(a.text))
+        loc = max(seen) + 1
+        if loc >= total:
+            break
+        a = call(b, "open", loc=loc)
+    assert seen == set(range(total))
+    text = "\n".join(b.stack[0].lines)
+    assert all(p in text for p in PARAGRAPHS)
