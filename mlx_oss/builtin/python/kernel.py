@@ -1,0 +1,161 @@
+"""A stateful Python session in a Jupyter kernel (ipykernel) of its own, driven with jupyter_client.
+
+The kernel is a separate process started in the chat's working folder with secrets removed from its
+environment. `execute` waits for the cell with a deadline: past it the kernel is killed (the next
+call starts a fresh one); a kernel that dies is noticed while waiting; `should_stop` interrupts.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import queue
+import re
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+__all__ = ["Execution", "KernelSession", "safe_env"]
+
+_SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|SESSION", re.I)
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/svg+xml": "svg", "image/gif": "gif"}
+
+
+def safe_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for code the model writes: the app's, less anything that looks like a secret."""
+    env = os.environ if env is None else env
+    return {k: v for k, v in env.items() if not _SECRET.search(k)}
+
+
+@dataclass
+class Execution:
+    """What one run produced. `status`: ok, error (the code raised), timeout, died, cancelled."""
+
+    status: str = "ok"
+    text: list[str] = field(default_factory=list)
+    images: list[tuple[str, bytes]] = field(default_factory=list)  # (extension, data)
+    exit_code: int | None = None
+
+
+class KernelSession:
+    """One chat's kernel; started on first use, restarted after a timeout or a crash."""
+
+    stateful = True
+
+    def __init__(self, workdir: Path, *, startup_timeout_s: float = 60.0, env: Mapping[str, str] | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.startup_timeout_s = startup_timeout_s
+        self._env = safe_env(env)
+        self._km = None
+        self._kc = None
+        self._sockets: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._km is not None and self._km.is_alive()
+
+    def _start(self) -> None:
+        try:
+            from jupyter_client import KernelManager
+            from jupyter_client.kernelspec import KernelSpecManager
+        except ImportError:  # pragma: no cover - a dependency; a clear message if it was removed
+            raise RuntimeError("the python tool needs jupyter_client and ipykernel (pip install mlx-oss)") from None
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # Only ipykernel's own spec: the kernel runs this interpreter (and its packages), whatever
+        # kernels the user has installed elsewhere.
+        km = KernelManager(kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[]))
+        # Unix sockets in a private folder instead of TCP ports other local users could reach.
+        self._sockets = tempfile.TemporaryDirectory(prefix="mlx-oss-kernel-")
+        km.transport, km.ip = "ipc", os.path.join(self._sockets.name, "k")
+        km.start_kernel(cwd=str(self.workdir), env={**self._env, "PYTHONUNBUFFERED": "1"},
+                        extra_arguments=["--HistoryManager.hist_file=:memory:"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)  # fmt: skip
+        kc = km.blocking_client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=self.startup_timeout_s)
+        except RuntimeError:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+            raise RuntimeError(f"the Python kernel did not start within {self.startup_timeout_s:g} s") from None
+        self._km, self._kc = km, kc
+
+    def execute(self, code: str, timeout_s: float, should_stop: Callable[[], bool] = lambda: False) -> Execution:
+        if not self.running:
+            self.close()
+            self._start()
+        km, kc = self._km, self._kc
+        out = Execution()
+        msg_id = kc.execute(code, store_history=True, allow_stdin=False, stop_on_error=True)
+        deadline = time.monotonic() + timeout_s
+        interrupted = False
+        while True:
+            if should_stop() and not interrupted:
+                km.interrupt_kernel()
+                interrupted, deadline = True, min(deadline, time.monotonic() + 5.0)
+                out.status = "cancelled"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                out.status = "timeout" if not interrupted else "cancelled"
+                self.close()  # kill: the next call starts a fresh kernel
+                return out
+            try:
+                msg = kc.get_iopub_msg(timeout=min(0.2, remaining))
+            except queue.Empty:
+                if not km.is_alive():
+                    out.status, out.exit_code = "died", _exit_code(km)
+                    self.close()
+                    return out
+                continue
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                out.text.append(content.get("text", ""))
+            elif kind == "error":
+                if out.status == "ok":
+                    out.status = "error"
+                out.text.append(_ANSI.sub("", "\n".join(content.get("traceback") or [f"{content.get('ename')}: {content.get('evalue')}"])) + "\n")
+            elif kind in ("execute_result", "display_data"):
+                data = content.get("data", {})
+                image = next((m for m in _IMAGE_TYPES if m in data), None)
+                if image:
+                    raw = data[image]
+                    blob = raw.encode() if image == "image/svg+xml" else base64.b64decode(raw)
+                    out.images.append((_IMAGE_TYPES[image], blob))
+                elif "text/plain" in data:
+                    out.text.append(data["text/plain"].rstrip("\n") + "\n")
+            elif kind == "status" and content.get("execution_state") == "idle":
+                return out
+
+    def close(self) -> None:
+        """Stop the kernel process (if any); safe to call more than once."""
+        kc, km, self._kc, self._km = self._kc, self._km, None, None
+        if kc is not None:
+            try:
+                kc.stop_channels()
+            except Exception:
+                pass
+        if km is not None:
+            try:
+                km.shutdown_kernel(now=True)
+            except Exception:
+                pass
+            try:
+                km.cleanup_resources()
+            except Exception:
+                pass
+        if self._sockets is not None:
+            self._sockets.cleanup()
+            self._sockets = None
+
+
+def _exit_code(km) -> int | None:
+    proc = getattr(getattr(km, "provisioner", None), "process", None)
+    code = getattr(proc, "returncode", None) if proc is not None else None
+    return code if isinstance(code, int) else None
+
