@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import mlx.core as mx
 
+from mlx_oss.builtin import BuiltinTools
 from mlx_oss.errors import VocabularyError
 from mlx_oss.engine import ContextLengthError, Engine
 from mlx_oss.events import AnswerDelta, Done, Event, Progress, ReasoningDelta, Reply, Stats, ToolCall, ToolResult, UnparsedDelta
@@ -125,6 +126,11 @@ class Chat:
         max_context: int | None = None,
         max_tool_rounds: int = 8,
         date: str | None = None,
+        builtin_tools: Sequence[str] = (),
+        browser_backend: Any = "auto",
+        python_backend: Any = "jupyter",
+        approve: Callable[[ToolCall], bool] | None = None,
+        python_workdir: str | None = None,
     ) -> None:
         problem = vocabulary_problem(model, tokenizer)
         if problem:
@@ -141,6 +147,10 @@ class Chat:
         self.max_tool_rounds = max_tool_rounds
         self.date = date
         self.engine = self.engine_class(model, max_context=max_context)
+        self.builtins = BuiltinTools(
+            builtin_tools, browser=browser_backend, python=python_backend, approve=approve,
+            workdir=python_workdir, count_tokens=lambda text: len(tokenizer.encode_ordinary(text)),
+        )  # fmt: skip
         self._history: list[Message] = []
         self._cancel = threading.Event()
         self._active: Iterator[Event] | None = None
@@ -187,11 +197,31 @@ class Chat:
     def max_context(self) -> int:
         return self.engine.max_context
 
+    @property
+    def builtin_tools(self) -> tuple[str, ...]:
+        """The built-in tools on (`browser`, `python`); see README "Built-in tools"."""
+        return self.builtins.names
+
+    @property
+    def approve(self) -> Callable[[ToolCall], bool] | None:
+        """Asked before each python call with the ToolCall (its `arguments` is the code); None refuses all."""
+        return self.builtins.approve
+
+    @approve.setter
+    def approve(self, fn: Callable[[ToolCall], bool] | None) -> None:
+        self.builtins.approve = fn
+
+    def close(self) -> None:
+        """Stop what runs outside this process for the chat (the python session). The chat stays usable:
+        a later python call starts a new session."""
+        self.builtins.close()
+
     # ------------------------------------------------------------------ conversation
 
     def _header_messages(self) -> list[Message]:
         """System (+ developer when there are instructions, tools or a response format) for the settings."""
-        out = [Message.system(SystemContent(reasoning_effort=self._effort, conversation_start_date=self.date))]
+        system = SystemContent(reasoning_effort=self._effort, conversation_start_date=self.date)
+        out = [Message.system(system.with_tools(*self.builtins.namespaces()))]
         if self.instructions is not None or self._tools or self._response_format is not None:
             out.append(
                 Message.developer(
@@ -255,8 +285,11 @@ class Chat:
     def _tool_call(self, index: int, m: Message) -> ToolCall:
         recipient = m.recipient or ""
         name = recipient[len(_FUNCTIONS) :] if recipient.startswith(_FUNCTIONS) else recipient
+        owner = self.builtins.owner(recipient)
+        if owner == "python":  # the code itself, not JSON
+            return ToolCall(name, m.text, m.text, None, f"call_{index}", recipient, tool="python")
         args, err = parse_arguments(m.text)
-        return ToolCall(name, args, m.text, err, f"call_{index}", recipient)
+        return ToolCall(name, args, m.text, err, f"call_{index}", recipient, tool=owner or "functions")
 
     def add_tool_result(self, call_id_or_name: str, content: str) -> None:
         """Answer a pending tool call (by its id, or its name); then `send()` with no text continues."""
@@ -372,7 +405,8 @@ class Chat:
         if self._response_format is not None and answer.strip():
             parsed, _ = parse_arguments(answer)
         reasoning = "\n\n".join(r for r in turn.reasoning if r)
-        reply = Reply(answer, reasoning, tuple(turn.calls), stats, parsed, "".join(turn.unparsed))
+        citations = self.builtins.citations(answer)
+        reply = Reply(answer, reasoning, tuple(turn.calls), stats, parsed, "".join(turn.unparsed), citations)
         self._active = None
         yield Done(stats, reply)
 
@@ -512,6 +546,12 @@ class Chat:
         by_name = {t.name: t for t in self._tools}
         left = []
         for call in pending:
+            if self.builtins.enabled(call.recipient):
+                result = self.builtins.run(call, self._cancel.is_set)
+                channel = self._history[int(call.id.removeprefix("call_"))].channel
+                self._history.append(Message.tool_result(call.recipient, result.content, channel=channel))
+                yield result
+                continue
             tool = by_name.get(call.name) if call.recipient.startswith(_FUNCTIONS) else None
             if tool is not None and tool.fn is None:
                 left.append(call)  # a schema-only tool: the caller answers it with add_tool_result
@@ -524,7 +564,7 @@ class Chat:
             else:
                 content, failed = run_tool(tool, call.arguments)
             self._history.append(Message.tool_result(call.recipient, content))
-            yield ToolResult(call.name, content, call.id, failed)
+            yield ToolResult(call.name, content, call.id, failed, tool=call.tool)
         return f"waiting for the result of {_calls(left)} (schema-only: answer with add_tool_result)" if left else None
 
     def _stats(self, turn: _Turn, stop_reason: str, error: str | None, detail: str | None = None) -> Stats:
@@ -566,6 +606,7 @@ class Chat:
             "max_context": self.engine.max_context,
             "max_tool_rounds": self.max_tool_rounds,
             "date": self.date,
+            **self.builtins.settings(),
         }
 
     def to_json(self) -> dict[str, Any]:

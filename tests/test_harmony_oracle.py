@@ -171,3 +171,33 @@ def test_converted_channel_config_round_trips():
     # Guards the converter used by every oracle comparison.
     m = Message(Role.SYSTEM, SystemContent(channel_config=ChannelConfig(("a", "b"), False)))
     assert oracle().decode_utf8(oracle_render_message(m)).endswith("\n\n# Valid channels: a, b.<|end|>")
+
+
+# -- built-in tools: the system message of a chat with browser and python ---------------------------
+
+
+def _oracle_system_with_builtins(effort, date, names):
+    s = oh.SystemContent.new().with_reasoning_effort(oh.ReasoningEffort[effort.upper()])
+    if date is not None:
+        s = s.with_conversation_start_date(date)
+    if "browser" in names:
+        s = s.with_browser_tool()
+    if "python" in names:
+        s = s.with_python_tool()
+    msg = oh.Message.from_role_and_content(oh.Role.SYSTEM, s)
+    return oracle().render(msg, oh.RenderOptions(conversation_has_function_tools=False))
+
+
+@pytest.mark.parametrize("names", [("browser",), ("python",), ("browser", "python")])
+@pytest.mark.parametrize("effort, date", [("medium", None), ("high", "2025-06-28"), ("low", "2026-12-02")])
+def test_builtin_tools_system_message_is_token_exact(names, effort, date, tmp_path):
+    """The system message a Chat with built-in tools renders == openai-harmony's
+    `with_browser_tool()` / `with_python_tool()`, token for token."""
+    from mlx_oss.builtin import BuiltinTools
+    from mlx_oss.harmony import ReasoningEffort, render_message
+
+    builtins = BuiltinTools(names, browser="none", python="jupyter", workdir=tmp_path)
+    ours = SystemContent(reasoning_effort=ReasoningEffort(effort), conversation_start_date=date)
+    ours = ours.with_tools(*builtins.namespaces())
+    assert render_message(Message(Role.SYSTEM, ours)) == _oracle_system_with_builtins(effort, date, names)
+    builtins.close()

@@ -14,6 +14,7 @@ import re
 import subprocess
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -53,6 +54,7 @@ class KernelSession:
         self._km = None
         self._kc = None
         self._sockets: tempfile.TemporaryDirectory | None = None
+        self._finalizer: weakref.finalize | None = None
 
     @property
     def running(self) -> bool:
@@ -83,6 +85,8 @@ class KernelSession:
             km.shutdown_kernel(now=True)
             raise RuntimeError(f"the Python kernel did not start within {self.startup_timeout_s:g} s") from None
         self._km, self._kc = km, kc
+        # A session dropped without close() (or the app exiting) still stops its kernel.
+        self._finalizer = weakref.finalize(self, _stop, kc, km, self._sockets)
 
     def execute(self, code: str, timeout_s: float, should_stop: Callable[[], bool] = lambda: False) -> Execution:
         if not self.running:
@@ -134,24 +138,20 @@ class KernelSession:
 
     def close(self) -> None:
         """Stop the kernel process (if any); safe to call more than once."""
-        kc, km, self._kc, self._km = self._kc, self._km, None, None
-        if kc is not None:
-            try:
-                kc.stop_channels()
-            except Exception:
-                pass
-        if km is not None:
-            try:
-                km.shutdown_kernel(now=True)
-            except Exception:
-                pass
-            try:
-                km.cleanup_resources()
-            except Exception:
-                pass
-        if self._sockets is not None:
-            self._sockets.cleanup()
-            self._sockets = None
+        finalizer, self._finalizer = self._finalizer, None
+        self._kc = self._km = self._sockets = None
+        if finalizer is not None:
+            finalizer()
+
+
+def _stop(kc, km, sockets: tempfile.TemporaryDirectory | None) -> None:
+    for step in (kc.stop_channels, lambda: km.shutdown_kernel(now=True), km.cleanup_resources):
+        try:
+            step()
+        except Exception:
+            pass
+    if sockets is not None:
+        sockets.cleanup()
 
 
 def _exit_code(km) -> int | None:
