@@ -252,3 +252,64 @@ def test_json_mode_prints_an_error_object_on_stdout(tiny_chat_converted, fast_lo
     assert e["type"] == "context_length_exceeded" and "context limit is 30" in e["message"]
     rc, out, err = run(capsys, "--model", str(tiny_chat_converted), "--json", "--max-context", "999999", "x")
     assert rc == 2 and json.loads(out)["error"]["type"] == "invalid_argument"
+
+
+def _builtin_script(tok, calls, final):
+    parts = ["<|channel|>analysis<|message|>Tools.<|end|>"]
+    parts += [f"<|channel|>analysis to={r} code<|message|>{b}<|call|>" for r, b in calls]
+    parts.append(f"<|channel|>final<|message|>{final}<|return|>")
+    return "<|start|>assistant".join(parts)
+
+
+def test_generate_with_browser_and_python(tiny_chat_converted, loaded, fast_load, monkeypatch, capsys, tmp_path):
+    from tests.web_fixture import WebServer
+
+    with WebServer() as web:
+        text = _builtin_script(loaded[1], [("browser.search", '{"query": "mlx"}'), ("python", "print(6 * 7)")], "It is 42.")
+        script(monkeypatch, loaded[1], text)
+        rc, out, err = run(capsys, "--model", str(tiny_chat_converted), "--browser", "--search-backend", "searxng",
+                           "--searxng-url", web.url("/searx"), "--python", "--approve-python", "always",
+                           "--python-dir", str(tmp_path), "q")  # fmt: skip
+    assert (rc, out) == (0, "It is 42.\n")
+    assert "tool call: browser.search" in err and "tool result: browser.search: [0] mlx" in err
+    assert "tool result: python: 42" in err
+
+
+def test_generate_python_refused_without_a_terminal(tiny_chat_converted, loaded, fast_load, monkeypatch, capsys, tmp_path):
+    import mlx_oss.cli.tool_args as tool_args
+
+    monkeypatch.setattr(tool_args.TerminalApprover, "__init__",
+                        lambda self, mode="ask", err=None, tty_path="": (setattr(self, "mode", mode), setattr(self, "err", err),
+                                                                        setattr(self, "tty_path", str(tmp_path / "no-tty" / "x")))[0])  # fmt: skip
+    script(monkeypatch, loaded[1], _builtin_script(loaded[1], [("python", "open('f', 'w')")], "Not run."))
+    rc, out, err = run(capsys, "--model", str(tiny_chat_converted), "--python", "--python-dir", str(tmp_path), "--json", "q")
+    data = json.loads(out)
+    assert rc == 0 and data["answer"] == "Not run." and not (tmp_path / "f").exists()
+    assert "no terminal to ask" in err
+
+
+def test_terminal_approver_asks_run_skip_always():
+    import os
+
+    from mlx_oss.cli.tool_args import TerminalApprover
+    from mlx_oss.events import ToolCall
+
+    call = ToolCall("python", "print(1)", "print(1)", tool="python")
+    master, slave = os.openpty()
+    try:
+        approver = TerminalApprover("ask", tty_path=os.ttyname(slave))
+        for answer, expected in ((b"s\n", False), (b"r\n", True), (b"a\n", True)):
+            os.write(master, answer)
+            assert approver(call) is expected
+        assert approver.mode == "always" and approver(call)  # no more questions
+        assert b"print(1)" in os.read(master, 65536)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert TerminalApprover("never")(call) is False
+
+
+def test_builtin_flag_errors_exit_2(tiny_chat_converted, fast_load, capsys, monkeypatch):
+    monkeypatch.delenv("SEARXNG_URL", raising=False)
+    rc, out, err = run(capsys, "--model", str(tiny_chat_converted), "--browser", "--search-backend", "searxng", "q")
+    assert rc == 2 and "needs the instance URL" in err

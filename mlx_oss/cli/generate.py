@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mlx_oss.cli import args
+from mlx_oss.cli.tool_args import TerminalApprover, add_builtin_tool_args, builtin_chat_kwargs
 from mlx_oss.errors import UsageError
 
 
@@ -38,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--stats", action="store_true", help="print a statistics line to stderr")
     args.add_dtype(g)
     args.add_hosts(g)
+    add_builtin_tool_args(g)
     g.set_defaults(func=run)
     return g
 
@@ -166,7 +168,6 @@ def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO, session
 
     from mlx_oss.errors import VocabularyError
     from mlx_oss.chat import Chat, vocabulary_problem
-    from mlx_oss.events import AnswerDelta, Done, Progress, ReasoningDelta, ToolCall, UnparsedDelta
     from mlx_oss.loader import load
     from mlx_oss.store import resolve_model
 
@@ -184,14 +185,24 @@ def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO, session
     problem = vocabulary_problem(model, tokenizer)
     if problem:  # a model problem (exit 1), not one of the settings Chat() rejects below (exit 2)
         raise VocabularyError(problem)
+    builtin = builtin_chat_kwargs(a, TerminalApprover(a.approve_python, err))
     try:
         chat = chat_class(
             model, tokenizer, reasoning_effort=a.reasoning_effort, instructions=a.instructions, tools=tools,
-            auto_tools=False, response_format=response_format, sampling=sampling, max_tokens=a.max_tokens,
-            max_context=a.max_context,
+            auto_tools=bool(builtin), response_format=response_format, sampling=sampling, max_tokens=a.max_tokens,
+            max_context=a.max_context, **builtin,
         )  # fmt: skip
     except ValueError as e:  # settings the model rejects, e.g. --max-context beyond its limit
         raise UsageError(str(e).splitlines()[0]) from None
+
+    try:
+        return _stream(a, chat, prompt, out, err)
+    finally:
+        chat.close()  # stops the python session, if one started
+
+
+def _stream(a: argparse.Namespace, chat, prompt: str, out: TextIO, err: TextIO) -> int:
+    from mlx_oss.events import AnswerDelta, Done, Progress, ReasoningDelta, ToolCall, ToolResult, UnparsedDelta
 
     rstream = out if a.reasoning_to == "stdout" else err
     done = None
@@ -230,6 +241,12 @@ def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO, session
         elif isinstance(ev, ToolCall):
             quiet.clear()
             print(f"tool call: {ev.recipient} {ev.raw}", file=err)
+        elif isinstance(ev, ToolResult):
+            quiet.clear()
+            first = (ev.content.strip().splitlines() or [""])[0][:120]
+            print(f"tool result{' (error)' if ev.error else ''}: {ev.name}: {first}", file=err)
+            for path in ev.images:
+                print(f"image: {path}", file=err)
         elif isinstance(ev, Done):
             done = ev
     quiet.clear()
@@ -249,6 +266,11 @@ def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO, session
               "as unparsed text, not taken as the answer)", file=err)  # fmt: skip
     if not a.json and s.stop_reason in notes:
         print(f"({notes[s.stop_reason]})", file=err)
+    if not a.json and done.reply.citations:
+        print("sources:", file=err)
+        for c in done.reply.citations:
+            lines = f" L{c.line_start}-L{c.line_end}" if c.line_start is not None else ""
+            print(f"  {c.marker} {c.title} <{c.url}>{lines}", file=err)
     if a.stats:
         print(_stats_line(s), file=err)
     if s.stop_reason == "error":
