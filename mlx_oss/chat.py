@@ -202,6 +202,11 @@ class Chat:
         """The built-in tools on (`browser`, `python`); see README "Built-in tools"."""
         return self.builtins.names
 
+    @builtin_tools.setter
+    def builtin_tools(self, names: Sequence[str]) -> None:
+        """Turn built-in tools on or off from the next turn (the system message changes)."""
+        self.builtins = self.builtins.with_names(names)
+
     @property
     def approve(self) -> Callable[[ToolCall], bool] | None:
         """Asked before each python call with the ToolCall (its `arguments` is the code); None refuses all."""
@@ -309,6 +314,7 @@ class Chat:
         (the system and developer messages)."""
         self._close_active()
         self._history = []
+        self.builtins.reset()
 
     def warm(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Prefill the conversation so far into the cache, exactly as the next user turn's prompt

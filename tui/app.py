@@ -30,6 +30,7 @@ from mlx_oss.events import AnswerDelta, Done, Progress, ReasoningDelta, Stats, T
 from mlx_oss.tui.chatlist import ChatList, ConfirmScreen, EditMessageScreen, MessageActionsScreen, RenameScreen, code_blocks
 from mlx_oss.tui.keeper import ChatKeeper, segments
 from mlx_oss.tui.storage import ChatStore
+from mlx_oss.tui.approval import TuiApprover
 from mlx_oss.tui.export import default_chats_dir, read_conversation, save_conversation, turns
 from mlx_oss.tui.session import EFFORTS, Backend, ChatSession, Failure, Finished, Loader, ModelThread, effort_name, prompt_size, run_send
 from mlx_oss.tui.screens import InstructionsScreen, LoadingScreen, OpenScreen, SaveScreen, one_line
@@ -140,9 +141,10 @@ class ChatApp(App[int]):
 
     def __init__(self, loader: Loader, *, model: str = "gpt-oss", source: str | None = None,
                  hide_reasoning: bool = False, chats_dir: Path | None = None, store: ChatStore | None = None,
-                 resume: int | None = None, tools_file: str | None = None) -> None:  # fmt: skip
+                 resume: int | None = None, tools_file: str | None = None, approve_python: str = "ask") -> None:  # fmt: skip
         """`store`: keep every chat there (None: nothing is kept); `resume`: open that stored chat."""
         super().__init__()
+        self.approve_python = approve_python
         self.loader = loader
         self.model = model
         self.source = source or model  # what the user typed (--model), for error hints
@@ -219,6 +221,7 @@ class ChatApp(App[int]):
             screen.show_error(e)
             return
         self.backend, self.session = backend, session
+        self._attach_approver(session)
         self.model = backend.name
         self.sub_title = backend.name
         await self.query_one(ChatView).mount(Welcome(self.model))
@@ -388,15 +391,19 @@ class ChatApp(App[int]):
             self.live = item
         elif isinstance(item, ToolCall):
             if live:
-                await w.add_tool_call(item.name, item.arguments, item.raw, error=item.error, call_id=item.id)
+                args = None if getattr(item, "tool", "") == "python" else item.arguments  # code shows as code
+                await w.add_tool_call(item.name, args, item.raw, error=item.error, call_id=item.id)
         elif isinstance(item, ToolResult):
             if live:
-                await w.add_tool_result(item.name, item.content, error=item.error, call_id=item.id)
+                await w.add_tool_result(item.name, item.content, error=item.error, call_id=item.id,
+                                        url=getattr(item, "url", ""), images=getattr(item, "images", ()))  # fmt: skip
         elif isinstance(item, Done):
             turn.stats = item.stats
             turn.answer = getattr(item.reply, "answer", "") or w.answer_text
             self.last_stats = item.stats
             self.live = None
+            if live and getattr(item.reply, "citations", ()):
+                await w.add_sources(item.reply.citations)
             await self._report_stop(w, item.stats)
         elif isinstance(item, Failure):
             await w.add_note(self._failure_text(item.error))
@@ -604,6 +611,7 @@ class ChatApp(App[int]):
         """Make `session` the open conversation and redraw it."""
         self._clear_queue()
         self.session = session
+        self._attach_approver(session)
         self.last_stats = None
         self.context_used = used
         self.warm_state = ""
@@ -1023,10 +1031,43 @@ class ChatApp(App[int]):
             return self.selected is not None and isinstance(focused, ChatView)
         return True
 
+    # ------------------------------------------------------------------ built-in tools
+
+    def _attach_approver(self, session: Any) -> None:
+        """Each chat asks through the dialog (Always is remembered for that chat only)."""
+        if hasattr(session, "approve"):
+            session.approve = TuiApprover(self, self.approve_python)
+
+    def builtin_tools(self) -> tuple[str, ...]:
+        return tuple(getattr(self.session, "builtin_tools", ()) or ())
+
+    async def set_builtin_tool(self, name: str, on: bool) -> None:
+        """Turn the browser or python tool on or off for this chat, from the next message."""
+        if self.session is None or not hasattr(self.session, "builtin_tools"):
+            return
+        names = [n for n in self.builtin_tools() if n != name] + ([name] if on else [])
+        order = [n for n in ("browser", "python") if n in names]
+        session = self.session
+        try:
+            await asyncio.wrap_future(self.model_thread.submit(setattr, session, "builtin_tools", order))
+        except Exception as e:  # noqa: BLE001 - e.g. a search backend that needs a URL
+            self.notify(f"Could not turn {name} on: {one_line(e)}", severity="error", timeout=6)
+            return
+        self._attach_approver(session)
+        state = "on" if on else "off"
+        extra = " (every run asks first)" if on and name == "python" and self.approve_python == "ask" else ""
+        self.notify(f"{name.capitalize()} tool {state} from the next message{extra}", timeout=3)
+
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         if self.session is None:
             return
+        if hasattr(self.session, "builtin_tools"):
+            on = self.builtin_tools()
+            for name, what in (("browser", "search and read web pages"), ("python", "run Python code, asking first")):
+                verb = "off" if name in on else "on"
+                yield SystemCommand(f"{name.capitalize()} tool: turn {verb}", f"Let the model {what}" if verb == "on" else
+                                    "From the next message", lambda n=name, v=verb: self.set_builtin_tool(n, v == "on"))  # fmt: skip
         for e in EFFORTS:
             yield SystemCommand(f"Reasoning effort: {e}", f"Applies from the next message (now {self.effort})",
                                 lambda e=e: self.set_effort(e))  # fmt: skip

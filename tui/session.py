@@ -66,6 +66,10 @@ class ChatOptions:
     max_tokens: int | None = None
     max_context: int | None = None
     dtype: str | None = None  # for mlx_oss.load; None: the device default
+    builtin: Callable[[], dict[str, Any]] | None = None  # fresh built-in tool kwargs for each Chat
+
+    def builtin_kwargs(self) -> dict[str, Any]:
+        return self.builtin() if self.builtin is not None else {}
 
     def chat_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"reasoning_effort": self.reasoning_effort, "instructions": self.instructions,
@@ -74,6 +78,7 @@ class ChatOptions:
             kw["tools"] = list(self.tools)
         if self.sampling is not None:
             kw["sampling"] = self.sampling
+        kw.update(self.builtin_kwargs())
         return kw
 
 
@@ -92,14 +97,12 @@ def model_loader(model: str, options: ChatOptions) -> Loader:
         path = resolve_model(model, progress=True, status=say, download_bars=True)
         say(f"Loading weights from {path}")
         m, tok = mlx_oss.load(path, dtype=options.dtype)
-        kwargs = options.chat_kwargs()
-
         def new_chat() -> ChatSession:
-            return mlx_oss.Chat(m, tok, **kwargs)
+            return mlx_oss.Chat(m, tok, **options.chat_kwargs())  # each chat its own tools (python session)
 
         def open_chat(data: Any) -> ChatSession:
             # Callables cannot be saved in JSON: this session's --tools replace the saved schemas.
-            return mlx_oss.Chat.from_json(data, m, tok, tools=options.tools)
+            return mlx_oss.Chat.from_json(data, m, tok, tools=options.tools, **options.builtin_kwargs())
 
         limit = options.max_context or getattr(getattr(m, "args", None), "max_position_embeddings", None)
         say("Ready")

@@ -284,14 +284,41 @@ class AssistantMessage(Vertical):
         self.set_state(f"calling {name}…")
         return self._last
 
-    async def add_tool_result(self, name: str, content: str, *, error: bool = False, call_id: str = "") -> None:
+    async def add_tool_result(self, name: str, content: str, *, error: bool = False, call_id: str = "",
+                              url: str = "", images: tuple[str, ...] = ()) -> None:  # fmt: skip
         pending = [b for b in self.tool_blocks if b.result is None]
         match = next((b for b in pending if call_id and b.call_id == call_id), None)
         match = match or next((b for b in pending if b.tool_name == name), None)
         if match is None:  # a result without a visible call (e.g. reopened conversation)
             match = await self.add_tool_call(name, None, "")
-        match.set_result(content, error=error)
+        extra = ([f"page: {url}"] if url else []) + [f"image: {p}" for p in images]
+        match.set_result(content + ("\n\n" + "\n".join(extra) if extra else ""), error=error)
         self.set_state("thinking…")
+
+    async def add_sources(self, citations) -> None:
+        """Browser citations as links: each `【3†L2-L4】` in the answer becomes `[n](url)`, and a
+        numbered Sources list follows the answer (the answer's text, for copying, stays as written)."""
+        finals = [b for b in self.query(AnswerBlock) if b.channel == "final"]
+        if not finals:
+            return
+        block = finals[-1]
+        numbers: dict[str, int] = {}
+        for c in citations:
+            numbers.setdefault(c.url, len(numbers) + 1)
+        shown = block.text
+        for c in sorted(citations, key=lambda c: c.start, reverse=True):
+            if shown[c.start : c.end] == c.marker:
+                shown = f"{shown[: c.start]} [[{numbers[c.url]}]]({c.url}){shown[c.end :]}"
+        await block.finish()
+        await block.update(shown)
+        lines = []
+        for url, n in numbers.items():
+            c = next(c for c in citations if c.url == url)
+            ranges = ", ".join(dict.fromkeys(f"L{x.line_start}-L{x.line_end}" for x in citations
+                                             if x.url == url and x.line_start is not None))  # fmt: skip
+            title = (c.title or url).replace("[", "(").replace("]", ")")
+            lines.append(f"{n}. [{title}]({url})" + (f" ({ranges})" if ranges else ""))
+        await self.mount(Markdown("**Sources**\n\n" + "\n".join(lines), classes="sources"), before=self._footer if self._footer.is_mounted else None)
 
     async def add_note(self, text: str, *, kind: str = "error") -> None:
         self._end_reasoning()

@@ -43,6 +43,7 @@ class BuiltinTools:
         count_tokens: Callable[[str], int] | None = None,
     ) -> None:
         self.names = _names(names)
+        self._config = {"browser": browser, "python": python, "approve": approve, "workdir": workdir, "count_tokens": count_tokens}
         self.browser: Browser | None = None
         self.python: PythonTool | None = None
         if "browser" in self.names:
@@ -52,12 +53,26 @@ class BuiltinTools:
             if approve is not None:
                 self.python.approve = approve
 
+    def with_names(self, names: Sequence[str] | str | None) -> BuiltinTools:
+        """The same chat's tools with another set turned on; tools that stay keep their state (pages,
+        the python session); a tool turned off is closed."""
+        cfg = dict(self._config, approve=self.approve)
+        if self.browser is not None:
+            cfg["browser"] = self.browser
+        if self.python is not None:
+            cfg["python"] = self.python
+        new = BuiltinTools(names, **cfg)
+        if self.python is not None and new.python is None:
+            self.python.close()
+        return new
+
     @property
     def approve(self) -> Approve | None:
-        return self.python.approve if self.python else None
+        return self.python.approve if self.python else self._config["approve"]
 
     @approve.setter
     def approve(self, fn: Approve | None) -> None:
+        self._config["approve"] = fn
         if self.python is not None:
             self.python.approve = fn
 
@@ -100,6 +115,12 @@ class BuiltinTools:
             "browser_backend": self.browser.backend.name if self.browser else "auto",
             "python_backend": self.python.backend if self.python else "jupyter",
         }
+
+    def reset(self) -> None:
+        """A new conversation: no pages open, a fresh python session on the next call."""
+        if self.browser is not None:
+            self.browser.reset()
+        self.close()
 
     def close(self) -> None:
         """Stop the python session's process, if one runs."""

@@ -11,7 +11,7 @@ from mlx_oss.builtin.python.tool import PYTHON_BACKENDS
 from mlx_oss.errors import UsageError
 from mlx_oss.events import ToolCall
 
-__all__ = ["add_builtin_tool_args", "builtin_chat_kwargs", "TerminalApprover"]
+__all__ = ["add_builtin_tool_args", "builtin_chat_kwargs", "check_builtin_args", "TerminalApprover"]
 
 
 def add_builtin_tool_args(p: argparse.ArgumentParser, *, ask_default: str = "ask") -> None:
@@ -32,23 +32,32 @@ def add_builtin_tool_args(p: argparse.ArgumentParser, *, ask_default: str = "ask
                    help="ask before each run (default), run without asking, or refuse every run")  # fmt: skip
 
 
+def check_builtin_args(a: argparse.Namespace) -> None:
+    """UsageError (exit 2) for flag values that cannot work, before anything loads."""
+    from mlx_oss.builtin.browser.search import make_search_backend
+
+    if a.browser:
+        try:
+            make_search_backend(a.search_backend, url=a.searxng_url)
+        except ValueError as e:
+            raise UsageError(f"--search-backend: {e}") from None
+    if a.python and a.python_timeout <= 0:
+        raise UsageError("--python-timeout: expected a positive number of seconds")
+
+
 def builtin_chat_kwargs(a: argparse.Namespace, approve: Callable[[ToolCall], bool] | None) -> dict[str, Any]:
     """`Chat(...)` keyword arguments for the flags (an empty dict when no built-in tool is on)."""
     from mlx_oss.builtin.browser.search import make_search_backend
     from mlx_oss.builtin.python.tool import PythonTool
 
+    check_builtin_args(a)
     names = [n for n in ("browser", "python") if getattr(a, n, False)]
     if not names:
         return {}
     kw: dict[str, Any] = {"builtin_tools": tuple(names)}
     if a.browser:
-        try:
-            kw["browser_backend"] = make_search_backend(a.search_backend, url=a.searxng_url)
-        except ValueError as e:
-            raise UsageError(f"--search-backend: {e}") from None
+        kw["browser_backend"] = make_search_backend(a.search_backend, url=a.searxng_url)
     if a.python:
-        if a.python_timeout <= 0:
-            raise UsageError("--python-timeout: expected a positive number of seconds")
         kw["python_backend"] = PythonTool(a.python_backend, approve=approve, workdir=a.python_dir, timeout_s=a.python_timeout)
         kw["approve"] = approve
     return kw

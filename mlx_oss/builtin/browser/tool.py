@@ -69,6 +69,11 @@ class Browser:
         self.stack: list[Page] = []  # cursor i shows stack[i]
         self._cache: dict[str, Page] = {}
 
+    def reset(self) -> None:
+        """Forget the pages shown (cursors start at 0 again) and the cache."""
+        self.stack.clear()
+        self._cache.clear()
+
     def namespace(self) -> ToolNamespace:
         """The tool section of the system message, exactly as gpt-oss was trained on it."""
         return ToolNamespace.browser()
