@@ -20,22 +20,10 @@ from mlx_oss.tui.approval import ApprovalScreen
 from mlx_oss.tui.widgets import AnswerBlock, AssistantMessage, ToolBlock
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_builtin_chat import builtin_reply  # noqa: E402
+from test_builtin_chat import builtin_reply, model_tok, web  # noqa: E402,F401 - fixtures shared
 from test_tui_app import SIZE, aio, idle, ready, send, until  # noqa: E402
-from web_fixture import WebServer  # noqa: E402
 
 pytest.importorskip("ipykernel")
-
-
-@pytest.fixture(scope="module")
-def model_tok(tiny_chat_converted):
-    return mlx_oss.load(tiny_chat_converted, dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def web():
-    with WebServer() as w:
-        yield w
 
 
 def app_with(model_tok, tmp_path, chats: list, **chat_kw) -> ChatApp:
