@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mlx_oss.cli import args
-from mlx_oss.cli.tool_args import TerminalApprover, add_builtin_tool_args, builtin_chat_kwargs
+from mlx_oss.cli.tool_args import TerminalApprover, add_builtin_tool_args, builtin_chat_kwargs, check_builtin_args
 from mlx_oss.errors import UsageError
 
 
@@ -152,6 +152,7 @@ def _print_json_error(out: TextIO, kind: str, message: str) -> None:
 
 
 def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO, session=None) -> int:
+    check_builtin_args(a)  # before anything loads
     prompt = _prompt(a, stdin)
     tools = _read_json(a.tools, "--tools") if a.tools else None
     if tools is not None and not isinstance(tools, list):
