@@ -276,9 +276,9 @@ def test_generate_with_browser_and_python(tiny_chat_converted, loaded, fast_load
 
 
 def test_generate_python_refused_without_a_terminal(tiny_chat_converted, loaded, fast_load, monkeypatch, capsys, tmp_path):
-    import mlx_oss.cli.tool_args as tool_args
+    import mlx_oss.cli.generate as generate_cli
 
-    monkeypatch.setattr(tool_args.TerminalApprover, "__init__",
+    monkeypatch.setattr(generate_cli.TerminalApprover, "__init__",
                         lambda self, mode="ask", err=None, tty_path="": (setattr(self, "mode", mode), setattr(self, "err", err),
                                                                         setattr(self, "tty_path", str(tmp_path / "no-tty" / "x")))[0])  # fmt: skip
     script(monkeypatch, loaded[1], _builtin_script(loaded[1], [("python", "open('f', 'w')")], "Not run."))
@@ -291,7 +291,7 @@ def test_generate_python_refused_without_a_terminal(tiny_chat_converted, loaded,
 def test_terminal_approver_asks_run_skip_always():
     import os
 
-    from mlx_oss.cli.tool_args import TerminalApprover
+    from mlx_oss.cli.generate import TerminalApprover
     from mlx_oss.events import ToolCall
 
     call = ToolCall("python", "print(1)", "print(1)", tool="python")

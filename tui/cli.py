@@ -83,9 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "e.g. ~/Library/Application Support/mlx-oss)")  # fmt: skip
     c.add_argument("--chats-dir", default=None, metavar="DIR",
                    help="where ctrl+s saves conversations (default $MLX_OSS_CHATS or ~/mlx-oss-chats)")  # fmt: skip
-    from mlx_oss.cli.tool_args import add_builtin_tool_args
-
-    add_builtin_tool_args(c)
+    args.add_builtin_tools(c)
     c.set_defaults(func=run_chat)
 
 
@@ -134,9 +132,7 @@ def run_chat(a: argparse.Namespace) -> int:
         tools = load_tools_file(a.tools) if a.tools else None
     except UserError as e:  # like generate's --tools: a bad argument
         raise UsageError(f"--tools: {e}") from None
-    from mlx_oss.cli.tool_args import builtin_chat_kwargs, check_builtin_args
-
-    check_builtin_args(a)  # flag errors now, before the full-screen app
+    args.check_builtin_args(a)  # flag errors now, before the full-screen app
     store = ChatStore(database_path(a.data_dir))
     if store.notice:
         print(f"mlx-oss: warning: {store.notice}", file=sys.stderr)
@@ -150,7 +146,7 @@ def run_chat(a: argparse.Namespace) -> int:
         raise UserError("mlx-oss chat needs a terminal (stdin and stdout are not one); "
                            "for a prompt from a script or a pipe use `mlx-oss generate`")  # fmt: skip
     options = ChatOptions(
-        builtin=lambda: builtin_chat_kwargs(a, None),
+        builtin=lambda: args.builtin_chat_kwargs(a, None),
         reasoning_effort=a.reasoning_effort,
         instructions=a.instructions,
         tools=tools,

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 from mlx_oss.cli import args
-from mlx_oss.cli.tool_args import TerminalApprover, add_builtin_tool_args, builtin_chat_kwargs, check_builtin_args
 from mlx_oss.errors import UsageError
 
 
@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--stats", action="store_true", help="print a statistics line to stderr")
     args.add_dtype(g)
     args.add_hosts(g)
-    add_builtin_tool_args(g)
+    args.add_builtin_tools(g)
     g.set_defaults(func=run)
     return g
 
@@ -152,7 +152,7 @@ def _print_json_error(out: TextIO, kind: str, message: str) -> None:
 
 
 def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO, session=None) -> int:
-    check_builtin_args(a)  # before anything loads
+    args.check_builtin_args(a)  # before anything loads
     prompt = _prompt(a, stdin)
     tools = _read_json(a.tools, "--tools") if a.tools else None
     if tools is not None and not isinstance(tools, list):
@@ -186,7 +186,7 @@ def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO, session
     problem = vocabulary_problem(model, tokenizer)
     if problem:  # a model problem (exit 1), not one of the settings Chat() rejects below (exit 2)
         raise VocabularyError(problem)
-    builtin = builtin_chat_kwargs(a, TerminalApprover(a.approve_python, err))
+    builtin = args.builtin_chat_kwargs(a, TerminalApprover(a.approve_python, err))
     try:
         chat = chat_class(
             model, tokenizer, reasoning_effort=a.reasoning_effort, instructions=a.instructions, tools=tools,
@@ -278,3 +278,34 @@ def _stream(a: argparse.Namespace, chat, prompt: str, out: TextIO, err: TextIO) 
         print(f"mlx-oss: error: {s.error}", file=err)
         return 1
     return 0
+
+
+class TerminalApprover:
+    """Shows the code on the terminal and asks Run / Skip / Always (for this chat). Without a terminal
+    it refuses: code never runs unasked unless the user chose `--approve-python always`."""
+
+    def __init__(self, mode: str = "ask", err: TextIO | None = None, tty_path: str = "/dev/tty") -> None:
+        self.mode = mode
+        self.err = err
+        self.tty_path = tty_path
+
+    def __call__(self, call: Any) -> bool:
+        if self.mode in ("always", "never"):
+            return self.mode == "always"
+        question = ("\n--- the model wants to run this Python code ---\n" + str(call.arguments).rstrip()
+                    + "\n--- [r]un / [s]kip / [a]lways for this chat? ")  # fmt: skip
+        try:
+            fd = os.open(self.tty_path, os.O_RDWR | getattr(os, "O_NOCTTY", 0))
+            try:
+                os.write(fd, question.encode())
+                answer = os.read(fd, 1024).decode(errors="replace").strip().lower()  # a terminal reads a line
+            finally:
+                os.close(fd)
+        except OSError:
+            if self.err is not None:
+                print("python call refused: no terminal to ask (use --approve-python always to allow)", file=self.err)
+            return False
+        if answer in ("a", "always"):
+            self.mode = "always"
+            return True
+        return answer in ("r", "run", "y", "yes")
