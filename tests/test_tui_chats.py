@@ -338,3 +338,23 @@ def test_future_and_damaged_databases_at_the_command_line(tmp_path, capsys):
     assert "No chats yet" in captured.out
     backup = next(data.glob("chats.sqlite3.unreadable-*"))
     assert backup.read_bytes() == b"\x00garbage" * 1000
+
+
+@aio
+async def test_warm_up_reports_after_the_widgets_are_gone_do_not_crash(tmp_path):
+    """A reopened chat's background prefill may still report while the app closes (its widgets
+    removed): the reports are dropped instead of raising NoMatches out of the app."""
+    from textual.widgets import ProgressBar
+
+    from mlx_oss.tui.widgets import StatusLine
+
+    app = store_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        app.warm_state = "prefilling…"
+        await app.query_one(StatusLine).remove()
+        await app.query_one("#warm-progress", ProgressBar).remove()
+        app.on_chat_app_warming(ChatApp.Warming(1, 2))
+        app._refresh_status()
+        await pilot.pause()
+        assert app.warm_state == "prefilling…" and app.is_running

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import Screen
@@ -269,7 +270,10 @@ class ChatApp(App[int]):
             model=self.model, effort=self.effort, context_used=used, context_limit=limit,
             ttft_s=ttft, decode_tps=tps, memory_bytes=mem, state=state,
         )  # fmt: skip
-        self.query_one(StatusLine).show(info)
+        try:
+            self.query_one(StatusLine).show(info)
+        except NoMatches:  # closing: the widgets are gone while model-thread messages still arrive
+            return
         self.sub_title = f"{self.model} · reasoning effort {self.effort}"
 
     def _prompt_hint(self) -> None:
@@ -662,16 +666,20 @@ class ChatApp(App[int]):
         except Exception as e:  # noqa: BLE001 - e.g. the conversation no longer fits the context
             cached, why = 0, one_line(e)
             self.notify(f"Could not prefill the chat: {why}", severity="warning", timeout=6)
-        if session is not self.session:
+        if session is not self.session or not self._warm_bar():
             return
-        self.query_one("#warm-progress", ProgressBar).display = False
+        self._warm_bar()[0].display = False
         self.warm_state = f"cache warm · {cached:,} tokens" if cached else ""
         self._refresh_status()
 
+    def _warm_bar(self) -> list[ProgressBar]:
+        """The prefill progress bar, or none once the app is closing (the warm-up may still report)."""
+        return list(self.query("#warm-progress").results(ProgressBar))
+
     def on_chat_app_warming(self, message: Warming) -> None:
-        if not self.warm_state.startswith("prefilling"):
+        if not self.warm_state.startswith("prefilling") or not self._warm_bar():
             return
-        self.query_one("#warm-progress", ProgressBar).update(total=message.total, progress=message.done)
+        self._warm_bar()[0].update(total=message.total, progress=message.done)
         pct = 100 * message.done // max(1, message.total)
         self.warm_state = f"prefilling {pct}% ({message.done:,}/{message.total:,})"
         self._refresh_status()
