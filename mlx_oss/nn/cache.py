@@ -11,9 +11,13 @@ Shapes: keys/values are [B, n_kv_heads, slots, head_dim]; all batch rows share o
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import TypeVar
 
 import mlx.core as mx
+
+_C = TypeVar("_C", bound="_Buffers")
 
 
 @dataclass(frozen=True)
@@ -25,7 +29,28 @@ class CacheState:
     values: mx.array | None = None
 
 
-class KVCache:
+class _Buffers:
+    """What both caches share: key/value buffers [B, n_kv_heads, slots, head_dim] and an offset."""
+
+    keys: mx.array | None
+    values: mx.array | None
+    offset: int
+
+    @property
+    def state(self) -> list[mx.array]:
+        return [] if self.keys is None else [self.keys, self.values]
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+
+    def clone(self: _C) -> _C:
+        """An independent cache holding the same tokens: it shares the buffers, and whichever of the
+        two writes first copies them (MLX does not donate a buffer that is referenced twice)."""
+        return copy.copy(self)
+
+
+class KVCache(_Buffers):
     """Full-attention layers: a buffer that grows with the tokens actually seen.
 
     Capacity grows geometrically (x1.25, rounded up to `step` slots) so a long prompt costs O(n)
@@ -94,23 +119,9 @@ class KVCache:
             raise ValueError(f"cannot restore a full-attention cache forward ({self.offset} -> {state.offset} tokens)")
         self.offset = state.offset
 
-    @property
-    def state(self) -> list[mx.array]:
-        return [] if self.keys is None else [self.keys, self.values]
-
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
-
-    def clone(self) -> KVCache:
-        """An independent cache holding the same tokens: it shares the buffers, and whichever of the
-        two writes first copies them (MLX does not donate a buffer that is referenced twice)."""
-        c = KVCache()
-        c.keys, c.values, c.offset = self.keys, self.values, self.offset
-        return c
 
 
-class RotatingKVCache:
+class RotatingKVCache(_Buffers):
     """Sliding-window layers: `window` slots; the key of absolute position p lives in slot p % window.
 
     Decode (T == 1) writes one slot and returns the whole ring: every slot is within the window
@@ -199,19 +210,6 @@ class RotatingKVCache:
     def restore(self, state: CacheState) -> None:
         self.offset, self.keys, self.values = state.offset, state.keys, state.values
 
-    @property
-    def state(self) -> list[mx.array]:
-        return [] if self.keys is None else [self.keys, self.values]
-
-    @property
-    def nbytes(self) -> int:
-        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
-
-    def clone(self) -> RotatingKVCache:
-        """An independent cache at the same point (shared ring, copied on the next write)."""
-        c = RotatingKVCache(self.window)
-        c.keys, c.values, c.offset = self.keys, self.values, self.offset
-        return c
 
 
 def make_cache(layer_types: tuple[str, ...] | list[str], window: int) -> list[KVCache | RotatingKVCache]:
