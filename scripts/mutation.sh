@@ -18,7 +18,7 @@ NICE=${NICE:-15}
 
 # module -> "file to mutate|tests that cover it"
 declare -A MODULES=(
-  [engine]="mlx_oss/engine.py|tests/test_engine.py tests/test_engine_sampling.py"
+  [engine]="mlx_oss/engine.py|tests/test_engine.py"
   [cache]="mlx_oss/nn/cache.py|tests/test_cache.py tests/test_engine.py"
   [chat]="mlx_oss/chat.py|tests/test_chat.py tests/test_chat_tools.py"
   [harmony_parser]="mlx_oss/harmony/parser.py|tests/test_harmony.py tests/test_harmony_properties.py tests/test_harmony_oracle.py"
@@ -33,6 +33,22 @@ ORDER=(engine cache chat harmony_parser harmony_render cli_generate cli_main)
 
 "$PY" -c "import mutmut" 2>/dev/null || { echo "mutmut is missing: pip install -e '.[mutation]'" >&2; exit 2; }
 MUTMUT="$(dirname "$(command -v "$PY")")/mutmut"
+
+# The synthetic chat model every mutant's session would otherwise write and convert again (seconds each):
+# built once, read through MLX_OSS_TEST_TINY_CHAT (tests/conftest.py). Not for convert, whose mutants
+# must run in the conversion.
+TINY_CHAT=$WORK/tiny-chat
+if [ ! -f "$TINY_CHAT/converted/config.json" ]; then
+  rm -rf "$TINY_CHAT"
+  "$PY" - "$TINY_CHAT" <<'PYEOF'
+import sys
+from pathlib import Path
+from mlx_oss.convert.convert import convert_checkpoint
+from mlx_oss.convert.synthetic import preset, write_checkpoint
+root = Path(sys.argv[1])
+convert_checkpoint(write_checkpoint(root / "src", preset("tiny-chat"), "hf", seed=0), root / "converted", progress=False)
+PYEOF
+fi
 
 summary=()
 for name in "${ORDER[@]}"; do
@@ -52,13 +68,18 @@ for name in "${ORDER[@]}"; do
     echo "source_paths = $src_dirs"
     echo "only_mutate = $file"
     echo "also_copy = tests/"
-    echo "pytest_add_cli_args = -p no:cacheprovider -q -x"
+    echo "    scripts/mutation_order.py"
+    echo "pytest_add_cli_args = -p no:cacheprovider -q -x -p scripts.mutation_order"  # fastest tests first
     echo "process_isolation = forkserver"  # MLX is not fork-safe once it has run
-    echo "timeout_constant = 60"
+    # the limit is CPU seconds: (the tests' recorded time + constant) x multiplier x 2; a mutant that
+    # loops forever (a broken `break` in the decode loop) is stopped after a minute or two, not half an hour
+    echo "timeout_multiplier = 3"
+    echo "timeout_constant = 10"
     echo "pytest_add_cli_args_test_selection = $(echo $tests | tr ' ' '\n' | sed 's/^/    /' | sed '1s/^    //')"
   } > "$dir/setup.cfg"
   echo "== $name: $file against $tests"
-  (cd "$dir" && nice -n "$NICE" "$MUTMUT" run --max-children "${JOBS:-1}" > mutmut.log 2>&1) || true
+  case $file in convert/*) prebuilt=;; *) prebuilt=$TINY_CHAT/converted;; esac
+  (cd "$dir" && MLX_OSS_TEST_TINY_CHAT=$prebuilt nice -n "$NICE" "$MUTMUT" run --max-children "${JOBS:-1}" > mutmut.log 2>&1) || true
   (cd "$dir" && "$MUTMUT" results --all true > results.txt 2>&1) || true
   line=$("$PY" - "$dir/results.txt" "$name" <<'PYEOF'
 import collections, sys

@@ -44,7 +44,12 @@ def tiny_converted(tiny_hf: Path, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_chat_converted(tmp_path_factory) -> Path:
-    """Tiny layers with the full 201088-token vocabulary, for tests that go through the tokenizer."""
+    """Tiny layers with the full 201088-token vocabulary, for tests that go through the tokenizer
+    (do not modify). `MLX_OSS_TEST_TINY_CHAT` names a folder built the same way beforehand:
+    scripts/mutation.sh builds it once instead of once per mutant."""
+    prebuilt = os.environ.get("MLX_OSS_TEST_TINY_CHAT")
+    if prebuilt:
+        return Path(prebuilt)
     root = tmp_path_factory.mktemp("chat")
     from mlx_oss.convert.synthetic import write_checkpoint
 
