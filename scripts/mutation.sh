@@ -26,6 +26,7 @@ declare -A MODULES=(
   [cli_main]="mlx_oss/cli/main.py|tests/test_cli_info.py tests/test_convert.py tests/test_generate_cli.py"
   [cli_generate]="mlx_oss/cli/generate.py|tests/test_generate_cli.py"
   [tui_cli]="tui/cli.py|tests/test_tui_cli.py"
+  [tui_session]="tui/session.py|tests/test_tui_engine.py"
   [convert]="convert/convert.py|tests/test_convert.py"
 )
 ORDER=(engine cache chat harmony_parser harmony_render cli_generate cli_main)
@@ -57,11 +58,12 @@ for name in "${ORDER[@]}"; do
   dir=$WORK/$name
   rm -rf "$dir"; mkdir -p "$dir"
   git ls-files -z | (cd "$ROOT" && xargs -0 cp --parents -t "$dir")
-  # convert/ and tui/ install as mlx_oss.convert / mlx_oss.tui (a package-dir mapping): mutmut's copy of
-  # mlx_oss/ does not contain them, so their mutants would never be imported (docs/TESTING.md, Left to do)
-  case $file in convert/*|tui/*)
-    line="$name: not supported yet (package-dir mapping, see docs/TESTING.md)"; echo "$line"; summary+=("$line"); continue;;
-  esac
+  # convert/ and tui/ install as mlx_oss.convert / mlx_oss.tui (a package-dir mapping in pyproject.toml),
+  # which mutmut's copy of mlx_oss/ would not reproduce.  In the scratch copy they become the real
+  # subpackages mlx_oss/convert and mlx_oss/tui, so mutants/mlx_oss is the whole package and every import
+  # of mlx_oss.* (mutated or not) comes from it, never from the working tree's editable install.
+  mv "$dir/convert" "$dir/mlx_oss/convert"; mv "$dir/tui" "$dir/mlx_oss/tui"
+  case $file in convert/*|tui/*) file=mlx_oss/$file;; esac
   src_dirs="mlx_oss"
   {
     echo "[mutmut]"
