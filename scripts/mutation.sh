@@ -70,7 +70,7 @@ for name in "${ORDER[@]}"; do
     echo "source_paths = $src_dirs"
     echo "only_mutate = $file"
     echo "also_copy = tests/"
-    echo "    scripts/mutation_order.py"
+    echo "    scripts/"  # scripts/mutation_order.py
     echo "pytest_add_cli_args = -p no:cacheprovider -q -x -p scripts.mutation_order"  # fastest tests first
     echo "process_isolation = forkserver"  # MLX is not fork-safe once it has run
     # the limit is CPU seconds: (the tests' recorded time + constant) x multiplier x 2; a mutant that
