@@ -349,6 +349,13 @@ def test_response_formats_follow_the_harmony_guide_layout():
     with_tools = text(render_message(Message(Role.DEVELOPER, DeveloperContent(
         "x", functions=(LOCATION,), response_formats=(ResponseFormat("r", {"type": "object"}),)))))
     assert with_tools.endswith("} // namespace functions\n\n# Response Formats\n\n## r\n\n{\"type\":\"object\"}<|end|>")
+    # several formats, one section each; the schema is compact JSON with non-ASCII text kept as is
+    two = DeveloperContent(response_formats=(ResponseFormat("a", {"description": "café", "x": [1, 2]}),
+                                             ResponseFormat("b", {"type": "string"})))
+    assert text(render_message(Message(Role.DEVELOPER, two))) == (
+        "<|start|>developer<|message|># Response Formats\n\n## a\n\n"
+        '{"description":"café","x":[1,2]}\n\n## b\n\n{"type":"string"}<|end|>'
+    )
 
 
 def test_schema_helpers():
@@ -438,6 +445,9 @@ def test_common_prefix_length():
     a = list(range(5000))
     assert common_prefix_length(a, a + [1]) == 5000
     assert common_prefix_length(a, a[:3000] + [-1] + a[3001:]) == 3000
+    # a difference inside the first 1024-token chunk, and equal sequences not a multiple of it
+    assert common_prefix_length(a, a[:500] + [-1] + a[501:]) == 500
+    assert common_prefix_length(a[:1500], a[:1500]) == 1500
 
 
 def test_prune_analysis_keeps_current_turn_reasoning():
@@ -448,6 +458,10 @@ def test_prune_analysis_keeps_current_turn_reasoning():
     before = render_conversation_for_completion(prune_analysis(msgs[:4]))
     after = render_conversation_for_completion(pruned)
     assert after[: len(before) - 2] == before[:-2]
+    # no user message yet: nothing comes before it, nothing is pruned
+    no_user = [Message.system(), Message.assistant("think", channel="analysis"), Message.assistant("hi")]
+    assert prune_analysis(no_user) == no_user
+    assert prune_analysis([]) == []
 
 
 # -- stream parser ----------------------------------------------------------------------------------
@@ -671,3 +685,157 @@ def test_multibyte_character_split_over_tokens_emits_whole_characters():
 def test_parse_completion_convenience():
     assert parse_completion(_reply_tokens(REPLY)[2:]) == REPLY
     assert parse_completion(_reply_tokens(REPLY), role=None) == REPLY
+
+
+# -- parser edges found by mutation testing (docs/TESTING.md) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "stream, end, expected",
+    [
+        ("<|start|>assistant<|channel|>analysis thinking", tk.END, Message.assistant("thinking", channel="analysis")),
+        ("<|start|>user hello there", tk.RETURN, Message.user("hello there")),
+        ("<|start|>user", tk.CALL, Message.user("")),
+    ],
+)
+def test_message_ended_before_message_token_after_a_start(stream, end, expected):
+    # No role hint: the role is the header's first word, read even when <|channel|> is glued to it.
+    p = StreamParser(None)
+    p.feed(toks(stream))
+    ev = p.process(end)
+    assert (ev.token, ev.message, ev.stop) == (end, expected, end != tk.END)
+    assert p.messages == [expected]
+    assert p.errors == ["message ended before <|message|>"]
+    assert p.state is ParserState.EXPECT_START
+    p.feed(toks("<|start|>assistant<|channel|>final<|message|>ok<|return|>"))  # and parsing carries on
+    assert p.messages == [expected, Message.assistant("ok")]
+    assert p.errors == ["message ended before <|message|>"]
+
+
+def test_message_without_a_role_ended_before_message_token_is_dropped():
+    p = StreamParser(None)
+    p.feed(toks("<|start|><|channel|>analysis x"))
+    ev = p.process(tk.END)
+    assert (ev.message, ev.stop, p.messages) == (None, False, [])
+    assert p.errors == ["message ended before <|message|>; dropped"]
+    assert p.state is ParserState.EXPECT_START
+
+
+def test_finish_right_after_a_start_or_mid_header_records_exactly_why():
+    p = StreamParser(None)
+    p.process(tk.START)
+    assert (p.finish(), p.errors, p.unparsed_text) == ([], [], "")
+    # the role already rendered in the prompt is the cut-off header's role
+    p = StreamParser(Role.ASSISTANT)
+    p.feed(toks("<|channel|>analysis"))
+    assert p.finish() == [Message(Role.ASSISTANT, "", channel="analysis", incomplete=True)]
+    assert p.errors == ["stream ended inside a message header"]
+
+
+class _CountingEncoding:
+    """The real tokenizer, counting the lookups the parser makes through it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def decode_single_token_bytes(self, token: int) -> bytes:
+        self.calls += 1
+        return ENC.decode_single_token_bytes(token)
+
+
+def test_parse_completion_uses_the_encoding_it_is_given():
+    enc = _CountingEncoding()
+    assert parse_completion(_reply_tokens(REPLY)[2:], encoding=enc) == REPLY  # type: ignore[arg-type]
+    assert enc.calls > 0
+
+
+def test_finish_keeps_words_that_are_no_header_as_unparsed_text():
+    p = StreamParser()  # random weights: plain words where a header should be
+    p.feed(toks("Hello world"))
+    assert p.finish() == []
+    assert p.unparsed_text == "Hello world"
+    assert p.errors == ["stream ended in text that is not a message header; kept as unparsed text"]
+
+
+def test_finish_adds_its_errors_to_earlier_ones_and_flushes_split_bytes():
+    p = StreamParser(None)
+    p.process(toks("x")[0])
+    p.feed(toks("<|start|>assistant to=functions.f<|channel|>comm"))
+    assert p.finish() == [Message(Role.ASSISTANT, "", channel="comm", recipient="functions.f", incomplete=True)]
+    assert len(p.errors) == 2 and p.errors[1] == "stream ended inside a message header"
+    # half a character outside any message: kept (as U+FFFD) when the stream ends
+    p = StreamParser(None)
+    p.process(ENC.encode_single_token(b"\xe4"))
+    assert p.unparsed_text == ""
+    p.finish()
+    assert p.unparsed_text == "\ufffd"
+
+
+def test_text_outside_messages_is_released_as_unparsed_text():
+    p = StreamParser(None)
+    assert "".join(e.unparsed for e in p.feed(toks("Hi there"))) == "Hi there"
+    # half a character, then <|start|>: the start token releases it (U+FFFD), the message reads on
+    assert p.process(ENC.encode_single_token(b"\xe4")).unparsed == ""
+    ev = p.process(tk.START)
+    assert (ev.token, ev.unparsed, ev.error) == (tk.START, "\ufffd", None)
+    assert p.unparsed_text == "Hi there\ufffd"
+    p.feed(toks("assistant<|channel|>final<|message|>ok<|return|>"))
+    assert p.messages == [Message.assistant("ok")] and p.unparsed_text == "Hi there\ufffd"
+
+
+def test_unknown_token_outside_a_message_and_parsing_on_after_finish():
+    p = StreamParser(None)
+    p.process(ENC.encode_single_token(b"\xe4"))
+    ev = p.process(10**9)
+    assert (ev.token, ev.unparsed) == (10**9, "\ufffd\ufffd")  # the pending half character, then the unknown id
+    assert ev.error == "token 1000000000 outside a message (expected <|start|>); kept as unparsed text"
+    # finish() forgets the prompt's role: the next message is read from its own <|start|>
+    p = StreamParser(Role.ASSISTANT)
+    p.feed(toks("<|channel|>final<|message|>a<|return|>"))
+    p.finish()
+    assert p.current_role is None
+    p.feed(toks("<|start|>user<|message|>b<|end|>"))
+    assert p.finish() == [Message.assistant("a"), Message.user("b")]
+
+
+def test_first_channel_marker_names_the_channel_like_oracle():
+    tokens = toks("<|start|>assistant<|channel|>analysis <|channel|>final<|message|>x<|end|>")
+    expected = [Message(Role.ASSISTANT, "x", channel="analysis", recipient="<|channel|>final")]
+    assert parse_completion(tokens, role=None) == expected
+    assert oracle_parse(tokens, None)[0] == expected
+
+
+@pytest.mark.parametrize(
+    "stream, role, expected",
+    [
+        # header words are split on ASCII whitespace and trimmed of Unicode White_Space only, as openai-harmony
+        # does: U+001C is neither, so it stays a word (here the recipient / part of the content type)
+        ("\x1c<|channel|>final<|message|>x<|end|>", Role.ASSISTANT,
+         Message(Role.ASSISTANT, "x", channel="final", recipient="\x1c")),
+        ("<|start|>assistant<|channel|>final \x1c<|message|>x<|end|>", None,
+         Message(Role.ASSISTANT, "x", channel="final", recipient="\x1c")),
+        ("<|start|>assistant<|channel|>final to=f <|constrain|>json\x1c<|message|>x<|end|>", None,
+         Message(Role.ASSISTANT, "x", channel="final", recipient="f", content_type="<|constrain|>json\x1c")),
+        # the bare role "tool" is its own name
+        ("<|start|>tool<|message|>x<|end|>", None, Message(Role.TOOL, "x", name="tool")),
+    ],
+)
+def test_header_edge_cases_agree_with_oracle(stream, role, expected):
+    tokens = toks(stream)
+    assert parse_completion(tokens, role=role) == [expected]
+    assert oracle_parse(tokens, role)[0] == [expected]
+
+
+@pytest.mark.parametrize(
+    "stream, errors",
+    [
+        ("<|start|>assistant<|channel|><|message|>x<|end|>", ["<|channel|> without a channel name"]),
+        ("<|start|><|message|>x<|end|>", ["header has no role; assuming assistant"]),
+        ("<|start|>assistant a b c d<|message|>x<|end|>", ["unexpected words in message header: 'a b'"]),
+    ],
+)
+def test_malformed_header_errors_say_what_is_wrong(stream, errors):
+    p = StreamParser(None)
+    p.feed(toks(stream))
+    assert len(p.messages) == 1 and p.messages[0].text == "x"
+    assert p.errors == errors
