@@ -11,7 +11,10 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+import mlx.core as mx
 import uvicorn
+
+from mlx_oss import tokenizer as tk
 
 from mlx_oss.sampling import ScriptedTokens
 from mlx_oss.server import create_app
@@ -59,6 +62,27 @@ class Gate:
             self.entered.set()
             self.release.wait(60)
         return logits
+
+
+class AfterHeader:
+    """Test-only: once a `<|constrain|>json<|message|>` header is complete (the tool_choice
+    constraint forced one), writes `text` and `end`: the arguments a real model would write, which
+    a random one never does."""
+
+    def __init__(self, tok, text: str, end: int = tk.CALL) -> None:
+        self.script = tok.encode_ordinary(text) + [end]
+        self.at: int | None = None
+
+    def __call__(self, context, logits):
+        if self.at is None and context.size >= 3:
+            last = context[-3:].tolist()
+            if last[-1] == tk.MESSAGE and last[0] == tk.CONSTRAIN:
+                self.at = 0
+        if self.at is None or self.at >= len(self.script):
+            return logits
+        tok = self.script[self.at]
+        self.at += 1
+        return mx.where(mx.arange(logits.shape[-1]) == tok, 0.0, -mx.inf).reshape(logits.shape).astype(logits.dtype)
 
 
 def free_port() -> int:

@@ -75,7 +75,7 @@ class Backend:
 
         def fn(emit, cancelled) -> None:
             run_generation(
-                self.engine, self.pool, self.tokenizer, prompt, boundaries, turn.sampling, turn.max_tokens or self._max_tokens,
+                self.engine, self.pool, self.tokenizer, prompt, boundaries, turn.generation_sampling(self.tokenizer), turn.max_tokens or self._max_tokens,
                 turn.stop, cancelled, emit,
             )  # fmt: skip
 

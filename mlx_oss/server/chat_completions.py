@@ -117,7 +117,8 @@ def parse_request(body: dict, base: SamplingConfig) -> ChatRequest:
     if not isinstance(opts, dict):
         raise bad_request("'stream_options' must be an object", "stream_options")
     history, instructions = _messages(body.get("messages"))
-    tools = tool_choice(body.get("tool_choice"), parse_tools(body.get("tools")))
+    tools = parse_tools(body.get("tools"))
+    choice = tool_choice(body.get("tool_choice"), tools)
     r = body.get("reasoning")
     eff = body.get("reasoning_effort")
     if eff is None and isinstance(r, dict):
@@ -126,7 +127,7 @@ def parse_request(body: dict, base: SamplingConfig) -> ChatRequest:
         tuple(history), instructions, tools, effort(eff, "reasoning_effort"),
         response_format(body.get("response_format"), "response_format"),
         positive_int(body, "max_completion_tokens", "max_tokens"), sampling(body, base),
-        stop_strings(body.get("stop")),
+        stop_strings(body.get("stop")), tool_choice=choice,
     )  # fmt: skip
     return ChatRequest(turn, stream, bool(opts.get("include_usage")))
 

@@ -27,7 +27,8 @@ from mlx_oss.harmony import (
 )
 from mlx_oss.sampling import SamplingConfig
 from mlx_oss.server.errors import bad_request
-from mlx_oss.server.tools import ToolSet, check_schema
+from mlx_oss.constraint import tool_choice_constraint
+from mlx_oss.server.tools import FUNCTIONS, ToolChoice, ToolSet, check_schema
 
 __all__ = ["Turn", "effort", "reasoning_message", "sampling", "positive_int", "response_format", "text_of", "stop_strings"]
 
@@ -48,6 +49,7 @@ class Turn:
     max_tokens: int | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     stop: tuple[str, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
 
     def header(self) -> list[Message]:
         sys = Message.system(SystemContent(reasoning_effort=self.effort, tools=self.tools.builtin))
@@ -61,6 +63,15 @@ class Turn:
                 )
             )
         return out
+
+    def generation_sampling(self, encoding: tiktoken.Encoding) -> SamplingConfig:
+        """`sampling` plus, for a constrained `tool_choice`, a fresh `HeaderConstraint` (stateful: one
+        per generation), last so that it overrides anything before it. `auto` adds nothing."""
+        c = self.tool_choice
+        if not c.constrained:
+            return self.sampling
+        processor = tool_choice_constraint(c.mode, tuple(FUNCTIONS + n for n in c.functions), encoding)
+        return replace(self.sampling, logits_processors=(*self.sampling.logits_processors, processor))
 
     def render(self, encoding: tiktoken.Encoding) -> tuple[list[int], tuple[int, ...]]:
         """(prompt tokens ending in `<|start|>assistant`, snapshot points: end of the system message,

@@ -149,7 +149,8 @@ def parse_request(body: dict, store: ResponseStore, base: SamplingConfig) -> Res
         raise bad_request("'instructions' must be a string", "instructions")
     if extra:
         instructions.insert(0, extra)
-    tools = tool_choice(body.get("tool_choice"), parse_tools(body.get("tools")))
+    tools = parse_tools(body.get("tools"))
+    choice = tool_choice(body.get("tool_choice"), tools)
     r = body.get("reasoning") or {}
     if not isinstance(r, dict):
         raise bad_request("'reasoning' must be an object", "reasoning")
@@ -159,7 +160,7 @@ def parse_request(body: dict, store: ResponseStore, base: SamplingConfig) -> Res
     turn = Turn(
         tuple(history), "\n\n".join(instructions) if instructions else None, tools, effort(r.get("effort"), "reasoning.effort"),
         response_format(text.get("format"), "text.format"), positive_int(body, "max_output_tokens"),
-        sampling(body, base),
+        sampling(body, base), tool_choice=choice,
     )  # fmt: skip
     echo = {
         "instructions": extra, "max_output_tokens": body.get("max_output_tokens"), "previous_response_id": prev,

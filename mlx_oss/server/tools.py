@@ -18,7 +18,7 @@ from typing import Any, Callable
 from mlx_oss.harmony import ToolDescription, ToolNamespace, json_schema_to_typescript
 from mlx_oss.server.errors import bad_request
 
-__all__ = ["BUILTIN_TOOLS", "FUNCTIONS", "ToolSet", "check_schema", "parse_tools", "tool_choice", "call_name"]
+__all__ = ["BUILTIN_TOOLS", "FUNCTIONS", "ToolSet", "check_schema", "parse_tools", "tool_choice", "ToolChoice", "call_name"]
 
 FUNCTIONS = "functions."
 BUILTIN_TOOLS: dict[str, Callable[[dict[str, Any]], ToolNamespace]] = {}
@@ -33,9 +33,6 @@ class ToolSet:
 
     def names(self) -> set[str]:
         return {t.name for t in self.functions}
-
-    def only(self, name: str) -> ToolSet:
-        return ToolSet(tuple(t for t in self.functions if t.name == name), self.builtin)
 
 
 def _function(spec: dict[str, Any], param: str) -> ToolDescription:
@@ -102,18 +99,36 @@ def call_name(recipient: str) -> str:
     return recipient[len(FUNCTIONS) :] if recipient.startswith(FUNCTIONS) else recipient
 
 
-def tool_choice(value: Any, tools: ToolSet) -> ToolSet:
-    """The tools offered for `tool_choice` (either API's shape). auto and required: all of them
-    (harmony cannot force a call without constraining the sampler; documented); none: no function
-    tools in the prompt; a named function: only that one (400 if it is not in `tools`)."""
-    if value is None or value in ("auto", "required"):
-        return tools
+@dataclass(frozen=True)
+class ToolChoice:
+    """What `tool_choice` asks of the reply: `auto` (anything), `none` (no call) or `required` (a
+    call to one of `functions`, which a named choice narrows to one)."""
+
+    mode: str = "auto"
+    functions: tuple[str, ...] = ()
+
+    @property
+    def constrained(self) -> bool:
+        return self.mode != "auto"
+
+
+def tool_choice(value: Any, tools: ToolSet) -> ToolChoice:
+    """`tool_choice` in either API's shape -> ToolChoice (400 for an unknown value, a name not in
+    `tools`, or `required` without function tools). The prompt always describes every tool (the
+    choice constrains the sampler, see mlx_oss/constraint.py), so it renders, and caches, the same
+    whatever the choice; `none` without any tool needs no constraint."""
+    if value is None or value == "auto":
+        return ToolChoice()
     if value == "none":
-        return ToolSet((), tools.builtin)
+        return ToolChoice("none") if tools.functions or tools.builtin else ToolChoice()
+    if value == "required":
+        if not tools.functions:
+            raise bad_request("tool_choice 'required' needs at least one function tool in 'tools'", "tool_choice")
+        return ToolChoice("required", tuple(t.name for t in tools.functions))
     if isinstance(value, dict) and value.get("type") == "function":
         fn = value.get("function") if isinstance(value.get("function"), dict) else value
         name = fn.get("name")
         if name not in tools.names():
             raise bad_request(f"tool_choice names {name!r}, which is not in 'tools'", "tool_choice")
-        return tools.only(name)
+        return ToolChoice("required", (name,))
     raise bad_request(f"tool_choice must be 'auto', 'none', 'required' or a named function, not {value!r}", "tool_choice")
