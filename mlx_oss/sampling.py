@@ -15,7 +15,7 @@ from typing import Callable
 
 import mlx.core as mx
 
-__all__ = ["SamplingConfig", "Sampler", "LogitsProcessor", "ScriptedTokens"]
+__all__ = ["SamplingConfig", "Sampler", "LogitsProcessor", "ScriptedTokens", "TokenLogprobs"]
 
 # (context tokens [n] int32, logits [1, vocab]) -> logits, mlx-lm's processor signature.
 LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
@@ -25,7 +25,9 @@ LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
 class SamplingConfig:
     """temperature 1.0 is OpenAI's recommendation for gpt-oss; 0 means greedy (argmax).
     top_p 1.0, top_k 0 and min_p 0.0 disable those filters. `seed` None draws a fresh seed
-    per reply. `logits_processors` (mlx-lm signature) run before the filters."""
+    per reply. `logits_processors` (mlx-lm signature) run before the filters. `logprobs` (None: off)
+    makes the sampler record, per token, the log-probability of the sampled token and of the
+    `logprobs` most likely ones under the model's own distribution (`Sampler.records`)."""
 
     temperature: float = 1.0
     top_p: float = 1.0
@@ -33,6 +35,7 @@ class SamplingConfig:
     min_p: float = 0.0
     seed: int | None = None
     logits_processors: tuple[LogitsProcessor, ...] = field(default=(), compare=False)
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "logits_processors", tuple(self.logits_processors))
@@ -44,6 +47,8 @@ class SamplingConfig:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if not 0 <= self.min_p <= 1:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if self.logprobs is not None and self.logprobs < 0:
+            raise ValueError(f"logprobs must be >= 0, got {self.logprobs}")
 
     def to_dict(self) -> dict:
         return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
@@ -74,14 +79,44 @@ def _mlx_lm_sample_utils():
         return mlx_lm.sample_utils
 
 
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """One sampled token's log-probability and the `top` most likely (id, logprob), best first."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+class _Record:
+    """Lazy log-probabilities of one step, read (evaluated) only when asked for."""
+
+    def __init__(self, token: mx.array, chosen: mx.array, top_ids: mx.array | None, top_lps: mx.array | None):
+        self.arrays = (token, chosen, top_ids, top_lps)
+
+    def read(self) -> TokenLogprobs:
+        token, chosen, ids, lps = self.arrays
+        mx.eval([a for a in self.arrays if a is not None])
+        top: tuple[tuple[int, float], ...] = ()
+        if ids is not None:
+            pairs = sorted(zip(ids.reshape(-1).tolist(), lps.reshape(-1).tolist()), key=lambda p: -p[1])
+            top = tuple((int(i), float(v)) for i, v in pairs)
+        return TokenLogprobs(int(token.item()), float(chosen.item()), top)
+
+
 class Sampler:
-    """logits [1, vocab] -> token [1] (lazy, so the engine can pipeline the next forward pass)."""
+    """logits [1, vocab] -> token [1] (lazy, so the engine can pipeline the next forward pass).
+
+    With `config.logprobs` set, `records[i]` (read with `logprobs(i)`) holds step i's
+    log-probabilities: log-softmax of the model's logits as they came in, before logits processors,
+    temperature and filters (what OpenAI reports: the model's distribution, not the sampling one)."""
 
     def __init__(self, config: SamplingConfig) -> None:
         self.config = config
         seed = config.seed if config.seed is not None else secrets.randbits(63)
         self._key = mx.random.key(seed)
         self._filters = self._make_filters(config)
+        self.records: list[_Record] = []
 
     @staticmethod
     def _make_filters(c: SamplingConfig) -> list[Callable[[mx.array], mx.array]]:
@@ -102,6 +137,28 @@ class Sampler:
     def __call__(self, logits: mx.array, context: Callable[[], mx.array] | None = None) -> mx.array:
         """`context` returns the token context for logits processors (built only if there are any)."""
         logits = logits.reshape(1, -1)
+        raw = logits
+        token = self._sample(logits, context)
+        if self.config.logprobs is not None:
+            self.records.append(self._record(raw, token, self.config.logprobs))
+        return token
+
+    def logprobs(self, step: int) -> TokenLogprobs:
+        """Step `step`'s log-probabilities (config.logprobs must be set)."""
+        return self.records[step].read()
+
+    @staticmethod
+    def _record(raw: mx.array, token: mx.array, k: int) -> _Record:
+        x = raw.astype(mx.float32)
+        lp = x - mx.logsumexp(x, axis=-1, keepdims=True)
+        chosen = mx.take_along_axis(lp, token.reshape(1, 1), axis=-1)
+        if k == 0:
+            return _Record(token, chosen, None, None)
+        k = min(k, lp.shape[-1])
+        ids = mx.argpartition(-lp, k - 1, axis=-1)[:, :k]
+        return _Record(token, chosen, ids, mx.take_along_axis(lp, ids, axis=-1))
+
+    def _sample(self, logits: mx.array, context: Callable[[], mx.array] | None) -> mx.array:
         if self.config.logits_processors:
             ctx = context() if context is not None else mx.array([], dtype=mx.int32)
             for p in self.config.logits_processors:

@@ -120,3 +120,120 @@ def test_required_without_function_tools_is_400(srv):
     r = httpx.post(srv[0] + "/chat/completions", timeout=60,
                    json={"model": MODEL_ID, "messages": USER, "tool_choice": "required"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"
+
+
+# ----------------------------------------------------------------------------- logprobs
+
+ANSWER = "Hello there, world"
+
+
+def _reference(app, tok, entries, text, top):
+    """Check `entries` against log-softmax of a fresh full forward pass over what the engine holds."""
+    import mlx.core as mx
+
+    ids = tok.encode_ordinary(text)
+    seq = app.state.backend.engine.tokens
+    start = max(i for i in range(len(seq) - len(ids) + 1) if seq[i : i + len(ids)] == ids)
+    logits = app.state.backend.engine.model(mx.array([seq[: start + len(ids)]], dtype=mx.int32)).astype(mx.float32)
+    lp = (logits - mx.logsumexp(logits, axis=-1, keepdims=True))[0]
+    assert [e["token"] for e in entries] == [tok.decode([i]) for i in ids]
+    for j, e in enumerate(entries):
+        ref = lp[start + j - 1]
+        assert e["logprob"] == pytest.approx(ref[ids[j]].item(), abs=2e-3)
+        assert e["bytes"] == list(tok.decode_single_token_bytes(ids[j]))
+        best = mx.argsort(-ref)[:top].tolist()
+        assert [t["logprob"] for t in e["top_logprobs"]] == pytest.approx([ref[i].item() for i in best], abs=2e-3)
+        assert [t["token"] for t in e["top_logprobs"]] == [tok.decode([i]) for i in best]
+
+
+def test_chat_logprobs_are_the_models_log_softmax_stream_or_not(srv, client):
+    url, app, scripts, tok = srv
+    scripts.push(reply(tok, analysis="think", final=ANSWER))
+    r = client.chat.completions.create(model=MODEL_ID, messages=USER, logprobs=True, top_logprobs=3, temperature=1.7)
+    entries = [e.model_dump() for e in r.choices[0].logprobs.content]
+    _reference(app, tok, entries, ANSWER, 3)  # the model's distribution, whatever the temperature
+    scripts.push(reply(tok, analysis="think", final=ANSWER))
+    streamed = []
+    for chunk in client.chat.completions.create(model=MODEL_ID, messages=USER, logprobs=True, top_logprobs=3,
+                                                stream=True):  # fmt: skip
+        for c in chunk.choices:
+            if c.logprobs is not None:
+                streamed += [e.model_dump() for e in c.logprobs.content]
+    assert [e["token"] for e in streamed] == [e["token"] for e in entries]
+    assert [e["logprob"] for e in streamed] == pytest.approx([e["logprob"] for e in entries], abs=1e-4)
+    # Not asked for: none computed, none sent.
+    scripts.push(reply(tok, final=ANSWER))
+    assert client.chat.completions.create(model=MODEL_ID, messages=USER).choices[0].logprobs is None
+
+
+def test_responses_logprobs_with_include(srv, client):
+    url, app, scripts, tok = srv
+    scripts.push(reply(tok, final=ANSWER))
+    r = client.responses.create(model=MODEL_ID, input="hi", include=["message.output_text.logprobs"], top_logprobs=2)
+    [msg] = [o for o in r.output if o.type == "message"]
+    _reference(app, tok, [e.model_dump() for e in msg.content[0].logprobs], ANSWER, 2)
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/chat/completions", {"messages": USER, "logprobs": True, "top_logprobs": 21}),
+    ("/chat/completions", {"messages": USER, "top_logprobs": 2}),
+    ("/responses", {"input": "x", "top_logprobs": 3}),
+])  # fmt: skip
+def test_logprobs_bad_input(srv, path, body):
+    r = httpx.post(srv[0] + path, json={"model": MODEL_ID, **body}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "top_logprobs"
+
+
+# ----------------------------------------------------------------------------- disconnect, non-streaming
+
+
+def _health(url):
+    return httpx.get(url.rsplit("/v1", 1)[0] + "/health", timeout=30).json()
+
+
+def test_non_streaming_disconnect_cancels_and_frees_the_engine(srv, client):
+    url, app, scripts, tok = srv
+    before = _health(url)["generations"].get("cancelled", 0)
+    gate = Gate()
+    scripts.push([], gate)  # unscripted: would run to max_tokens
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    body = json.dumps({"model": MODEL_ID, "messages": USER, "max_tokens": 900}).encode()
+    sock = socket.create_connection((host, int(port)), timeout=60)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body) + body)  # fmt: skip
+    assert gate.entered.wait(60)  # the generation is running (held at its first step)
+    job = app.state.backend.worker._running
+    sock.close()
+    deadline = time.monotonic() + 60
+    while not job.cancelled.is_set():  # the server saw the disconnect (an event, not a duration)
+        assert time.monotonic() < deadline, "a closed connection did not cancel its generation"
+        time.sleep(0.01)
+    gate.release.set()
+    scripts.push(reply(tok, final="served"))
+    assert client.chat.completions.create(model=MODEL_ID, messages=USER).choices[0].message.content == "served"
+    assert gate.calls <= 2  # at most one decode step after the cancel
+    assert _health(url)["generations"]["cancelled"] == before + 1
+
+
+# ----------------------------------------------------------------------------- malformed harmony
+
+
+def test_malformed_harmony_never_puts_markup_in_content(srv, client):
+    url, app, scripts, tok = srv
+    # Special tokens inside the answer, then text after the end that belongs to no message.
+    bad = tok.encode("<|channel|>final<|message|>Hi<|channel|> there<|constrain|>!<|end|>loose<|message|> words<|return|>",
+                     allowed_special="all")  # fmt: skip
+    scripts.push(bad)
+    r = client.chat.completions.create(model=MODEL_ID, messages=USER, max_tokens=len(bad))
+    m = r.choices[0].message
+    assert not any(s in m.content for s in MARKUP)
+    assert m.content == "Hi there!loose words"
+    assert r.usage.completion_tokens_details.model_extra["unparsed_tokens"] >= 3
+    # A model not writing harmony at all (no header): its words are shown, never markup.
+    scripts.push(tok.encode("just words, no header<|return|>", allowed_special="all"))
+    r = client.chat.completions.create(model=MODEL_ID, messages=USER)
+    assert r.choices[0].message.content == "just words, no header"
+    scripts.push(bad)
+    stream = client.responses.create(model=MODEL_ID, input="hi", stream=True, max_output_tokens=len(bad))
+    deltas = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+    assert deltas == "Hi there!loose words"

@@ -127,7 +127,7 @@ def create_app(
 
     async def health(request: Request):
         return JSONResponse({"status": "ok", "model": srv.model_id, "busy": backend.worker.busy,
-                             "queued": backend.worker.waiting})  # fmt: skip
+                             "queued": backend.worker.waiting, "generations": dict(backend.outcomes)})  # fmt: skip
 
     async def list_models(request: Request):
         srv.check_key(request)
@@ -146,7 +146,7 @@ def create_app(
         req = chat_completions.parse_request(body, backend.sampling(body))
         prompt, boundaries = backend.prompt(req.turn)
         job = backend.submit(req.turn, prompt, boundaries)
-        acc = chat_completions.ChatAccumulator(srv.model_id)
+        acc = chat_completions.ChatAccumulator(srv.model_id, req.turn.sampling.logprobs is not None)
         if not req.stream:
             await _collect(job, request, acc.feed)
             return _finished_or_error(acc.finished, acc.completion)

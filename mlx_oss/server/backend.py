@@ -7,6 +7,7 @@ compute), queues the generation and gives back the job whose events the route st
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import replace
 from typing import Any, AsyncIterator, Callable, Sequence
 
@@ -15,7 +16,7 @@ from mlx_oss.sampling import LogitsProcessor, SamplingConfig
 from mlx_oss.server.cache_pool import PromptCachePool
 from mlx_oss.server.conversation import Turn
 from mlx_oss.server.errors import APIError
-from mlx_oss.server.generation import run_generation
+from mlx_oss.server.generation import Finished, run_generation
 from mlx_oss.server.worker import END, GenerationWorker, Job, QueueFull
 
 __all__ = ["Backend", "ProcessorHook"]
@@ -45,6 +46,7 @@ class Backend:
         self._processors = processors
         self._sampling = sampling or SamplingConfig()
         self._max_tokens = max_tokens
+        self.outcomes: Counter[str] = Counter()  # finished generations by stop reason (GET /health)
         self.worker.start()
 
     @property
@@ -74,9 +76,14 @@ class Backend:
         """Queue the generation; 429 with Retry-After when the queue is full."""
 
         def fn(emit, cancelled) -> None:
+            def counted(ev: object) -> None:
+                if isinstance(ev, Finished):
+                    self.outcomes[ev.stop_reason] += 1
+                emit(ev)
+
             run_generation(
                 self.engine, self.pool, self.tokenizer, prompt, boundaries, turn.generation_sampling(self.tokenizer), turn.max_tokens or self._max_tokens,
-                turn.stop, cancelled, emit,
+                turn.stop, cancelled, counted,
             )  # fmt: skip
 
         try:

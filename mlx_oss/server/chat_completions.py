@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mlx_oss.sampling import SamplingConfig
@@ -23,6 +23,7 @@ from mlx_oss.server.conversation import (
     REASONING_FIELDS,
     Turn,
     effort,
+    logprobs_setting,
     positive_int,
     reasoning_message,
     response_format,
@@ -108,8 +109,10 @@ def parse_request(body: dict, base: SamplingConfig) -> ChatRequest:
     n = body.get("n")
     if n not in (None, 1):
         raise bad_request("only n=1 is supported (one generation at a time)", "n")
-    if body.get("logprobs") or body.get("top_logprobs"):
-        raise bad_request("logprobs are not supported", "logprobs")
+    want = body.get("logprobs")
+    if want is not None and not isinstance(want, bool):
+        raise bad_request("'logprobs' must be a boolean", "logprobs")
+    top = logprobs_setting(body, bool(want), "'logprobs': true")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise bad_request("'stream' must be a boolean", "stream")
@@ -126,7 +129,7 @@ def parse_request(body: dict, base: SamplingConfig) -> ChatRequest:
     turn = Turn(
         tuple(history), instructions, tools, effort(eff, "reasoning_effort"),
         response_format(body.get("response_format"), "response_format"),
-        positive_int(body, "max_completion_tokens", "max_tokens"), sampling(body, base),
+        positive_int(body, "max_completion_tokens", "max_tokens"), replace(sampling(body, base), logprobs=top),
         stop_strings(body.get("stop")), tool_choice=choice,
     )  # fmt: skip
     return ChatRequest(turn, stream, bool(opts.get("include_usage")))
@@ -138,15 +141,17 @@ def usage_json(u) -> dict:
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.prompt_tokens + u.completion_tokens,
         "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
-        "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+        "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens,
+                                      **({"unparsed_tokens": u.unparsed_tokens} if u.unparsed_tokens else {})},
     }
 
 
 class ChatAccumulator:
     """Turns generation events into a completion object, or into stream chunks as they come."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, logprobs: bool = False) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.logprobs: list[dict] | None = [] if logprobs else None
         self.created = int(time.time())
         self.model = model
         self.reasoning: list[str] = []
@@ -155,9 +160,10 @@ class ChatAccumulator:
         self._kind: str | None = None
         self.finished: Finished | None = None
 
-    def _chunk(self, delta: dict, finish: str | None = None) -> dict:
+    def _chunk(self, delta: dict, finish: str | None = None, logprobs: tuple = ()) -> dict:
+        lp = {"content": list(logprobs), "refusal": None} if logprobs else None
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}  # fmt: skip
+                "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}]}  # fmt: skip
 
     def first_chunk(self) -> dict:
         return self._chunk({"role": "assistant", "content": ""})
@@ -178,7 +184,10 @@ class ChatAccumulator:
                 return self._chunk({"reasoning": ev.text, "reasoning_content": ev.text})
             if self._kind == MESSAGE:
                 self.content.append(ev.text)
-                return self._chunk({"content": ev.text})
+                if self.logprobs is None:
+                    return self._chunk({"content": ev.text})
+                self.logprobs += ev.logprobs
+                return self._chunk({"content": ev.text}, logprobs=ev.logprobs)
             if self._kind == FUNCTION_CALL:
                 self.calls[-1]["function"]["arguments"] += ev.text
                 return self._chunk({"tool_calls": [{"index": len(self.calls) - 1, "function": {"arguments": ev.text}}]})
@@ -211,6 +220,7 @@ class ChatAccumulator:
             message["content"] = message["content"] or ""
         return {
             "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason}],
+            "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason,
+                         "logprobs": None if self.logprobs is None else {"content": self.logprobs, "refusal": None}}],
             "usage": usage_json(self.finished.usage) if self.finished else None,
         }  # fmt: skip

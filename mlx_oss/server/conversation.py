@@ -30,7 +30,7 @@ from mlx_oss.server.errors import bad_request
 from mlx_oss.constraint import tool_choice_constraint
 from mlx_oss.server.tools import FUNCTIONS, ToolChoice, ToolSet, check_schema
 
-__all__ = ["Turn", "effort", "reasoning_message", "sampling", "positive_int", "response_format", "text_of", "stop_strings"]
+__all__ = ["Turn", "logprobs_setting", "effort", "reasoning_message", "sampling", "positive_int", "response_format", "text_of", "stop_strings"]
 
 # "none"/"minimal" exist in OpenAI's API for other models; gpt-oss's lowest effort is low.
 _EFFORTS = {"none": "low", "minimal": "low", "low": "low", "medium": "medium", "high": "high"}
@@ -183,3 +183,19 @@ def stop_strings(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value) or len(value) > 4:
         raise bad_request("'stop' must be a non-empty string or an array of up to 4 of them", "stop")
     return tuple(value)
+
+
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
+
+
+def logprobs_setting(body: dict, on: bool, flag: str) -> int | None:
+    """`top_logprobs` (0-20) when log-probabilities are asked for (`on`, from the field `flag`), else
+    None; 400 for `top_logprobs` without them or out of range."""
+    top = body.get("top_logprobs")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS):
+        raise bad_request(f"'top_logprobs' must be an integer between 0 and {MAX_TOP_LOGPROBS}, got {top!r}", "top_logprobs")
+    if not on:
+        if top:
+            raise bad_request(f"'top_logprobs' needs {flag}", "top_logprobs")
+        return None
+    return top or 0

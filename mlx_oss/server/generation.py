@@ -15,9 +15,10 @@ from typing import Callable
 import tiktoken
 
 from mlx_oss.engine import Engine
-from mlx_oss.harmony import ANALYSIS, ParserState, Role, StreamParser
+from mlx_oss.harmony import ANALYSIS, UNPARSED, ParserState, Role, StreamParser
 from mlx_oss.sampling import Sampler, SamplingConfig
 from mlx_oss.server.cache_pool import PromptCachePool
+from mlx_oss.server.token_output import TokenOutput
 from mlx_oss.server.tools import call_name
 
 __all__ = ["REASONING", "MESSAGE", "FUNCTION_CALL", "ItemStarted", "ItemDelta", "ItemDone", "Finished", "Usage", "StopMatcher", "run_generation"]
@@ -35,6 +36,7 @@ class ItemStarted:
 @dataclass(frozen=True)
 class ItemDelta:
     text: str
+    logprobs: tuple[dict, ...] = ()  # OpenAI logprob entries of the answer tokens in `text` (on request)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class Usage:
     cached_tokens: int = 0
     completion_tokens: int = 0
     reasoning_tokens: int = 0
+    unparsed_tokens: int = 0  # tokens that were not well-formed harmony (their markup never reaches text)
 
 
 @dataclass(frozen=True)
@@ -113,8 +116,10 @@ def run_generation(
     engine.check_prompt(prompt)
     pool.prepare(engine, prompt)
     stop_hit = threading.Event()
+    sampler = Sampler(sampling)
+    out = TokenOutput(encoding, sampler)
     gen = engine.generate(
-        prompt, Sampler(sampling), max_tokens=max_tokens, boundaries=boundaries,
+        prompt, sampler, max_tokens=max_tokens, boundaries=boundaries,
         should_stop=lambda: cancelled.is_set() or stop_hit.is_set(),
     )  # fmt: skip
     parser = StreamParser(Role.ASSISTANT, encoding=encoding)
@@ -123,21 +128,44 @@ def run_generation(
     text: list[str] = []
     reasoning_tokens = 0
     error = None
+    logprobs: list[dict] = []  # entries of answer tokens whose text is not emitted yet
+
+    def send(delta: str) -> None:
+        nonlocal logprobs
+        lps, logprobs = tuple(logprobs), []
+        if delta or lps:
+            text.append(delta)
+            emit(ItemDelta(delta, lps))
 
     def close(complete: bool) -> None:
         nonlocal open_item
         if open_item is not None:
             if open_item.kind == MESSAGE:
-                rest = matcher.flush() if complete else ""
-                if rest:
-                    text.append(rest)
-                    emit(ItemDelta(rest))
+                send(matcher.flush() if complete else "")
             emit(ItemDone(open_item.kind, "".join(text), open_item.name, complete, open_item.channel))
             open_item = None
 
+    def show_unparsed(raw: str) -> None:
+        """Text that is not harmony: shown as answer text (markup removed), in its own message."""
+        nonlocal open_item, text
+        shown = out.unparsed(raw)
+        if not shown:
+            return
+        if open_item is None or open_item.channel != UNPARSED:
+            close(True)
+            open_item, text = ItemStarted(MESSAGE, None, UNPARSED), []
+            emit(open_item)
+        send(shown)
+
     try:
-        for tok in gen:
+        for step, tok in enumerate(gen):
             ev = parser.process(tok)
+            if ev.unparsed:
+                show_unparsed(ev.unparsed)
+                continue
+            if ev.message is not None and open_item is None and not ev.header_done:
+                show_unparsed(ev.message.text)  # a "message" that ended before <|message|>
+                continue
             if ev.header_done:
                 close(True)
                 name = call_name(ev.recipient) if ev.recipient is not None else None
@@ -147,15 +175,16 @@ def run_generation(
                 continue
             if ev.state is ParserState.CONTENT and ev.channel == ANALYSIS and ev.recipient is None:
                 reasoning_tokens += 1
+            if open_item is not None and open_item.kind == MESSAGE and out.want_logprobs \
+                    and ev.state is ParserState.CONTENT and ev.message is None and not out.is_markup(tok):  # fmt: skip
+                logprobs.append(out.logprob(step))
             if ev.delta and open_item is not None:
-                delta = ev.delta
+                delta = out.content(tok, ev.delta)
                 if open_item.kind == MESSAGE and stops:
                     delta, hit = matcher.feed(delta)
                     if hit:
                         stop_hit.set()
-                if delta:
-                    text.append(delta)
-                    emit(ItemDelta(delta))
+                send(delta)
                 if stop_hit.is_set():
                     close(False)
                     break
@@ -165,12 +194,16 @@ def run_generation(
         engine.reset()
         first = (str(e).strip().splitlines() or [""])[0]
         error = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    if open_item is None and parser.state is ParserState.HEADER and not error:
+        seen = len(parser.unparsed_text)
+        parser.finish()  # a reply cut inside what was not a header: its text is still shown
+        show_unparsed(parser.unparsed_text[seen:])
     close(False)
     reason = gen.stop_reason or ("error" if error else "stop")
     if stop_hit.is_set():
         reason = "stop"
     elif error:
         reason = "error"
-    usage = Usage(len(prompt), gen.reused_tokens, len(gen.generated), reasoning_tokens)
+    usage = Usage(len(prompt), gen.reused_tokens, len(gen.generated), reasoning_tokens, out.unparsed_tokens)
     emit(Finished(usage, reason, error))
 

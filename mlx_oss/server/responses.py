@@ -17,7 +17,7 @@ import copy
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mlx_oss.sampling import SamplingConfig
@@ -26,6 +26,7 @@ from mlx_oss.server.conversation import (
     REASONING_FIELDS,
     Turn,
     effort,
+    logprobs_setting,
     positive_int,
     reasoning_message,
     response_format,
@@ -37,6 +38,8 @@ from mlx_oss.server.generation import FUNCTION_CALL, MESSAGE, REASONING, Finishe
 from mlx_oss.server.tools import FUNCTIONS, parse_tools, tool_choice
 
 __all__ = ["ResponsesRequest", "ResponseStore", "ResponseBuilder", "parse_request"]
+
+LOGPROBS = "message.output_text.logprobs"  # the `include` value that asks for the answer's logprobs
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,10 @@ def parse_request(body: dict, store: ResponseStore, base: SamplingConfig) -> Res
         raise bad_request("'instructions' must be a string", "instructions")
     if extra:
         instructions.insert(0, extra)
+    include = body.get("include") or []
+    if not isinstance(include, list) or not all(isinstance(x, str) for x in include):
+        raise bad_request("'include' must be an array of strings", "include")
+    top = logprobs_setting(body, LOGPROBS in include, f"'include': [{LOGPROBS!r}]")
     tools = parse_tools(body.get("tools"))
     choice = tool_choice(body.get("tool_choice"), tools)
     r = body.get("reasoning") or {}
@@ -160,7 +167,7 @@ def parse_request(body: dict, store: ResponseStore, base: SamplingConfig) -> Res
     turn = Turn(
         tuple(history), "\n\n".join(instructions) if instructions else None, tools, effort(r.get("effort"), "reasoning.effort"),
         response_format(text.get("format"), "text.format"), positive_int(body, "max_output_tokens"),
-        sampling(body, base), tool_choice=choice,
+        replace(sampling(body, base), logprobs=top), tool_choice=choice,
     )  # fmt: skip
     echo = {
         "instructions": extra, "max_output_tokens": body.get("max_output_tokens"), "previous_response_id": prev,
@@ -178,7 +185,8 @@ def _usage(u) -> dict:
         "input_tokens": u.prompt_tokens,
         "input_tokens_details": {"cached_tokens": u.cached_tokens},
         "output_tokens": u.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+        "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens,
+                                  **({"unparsed_tokens": u.unparsed_tokens} if u.unparsed_tokens else {})},
         "total_tokens": u.prompt_tokens + u.completion_tokens,
     }
 
@@ -219,7 +227,7 @@ class ResponseBuilder:
         if isinstance(ev, ItemStarted):
             return self._open(ev)
         if isinstance(ev, ItemDelta) and self._item is not None:
-            return self._delta(ev.text)
+            return self._delta(ev.text, ev.logprobs)
         if isinstance(ev, ItemDone) and self._item is not None:
             return self._close(ev)
         if isinstance(ev, Finished):
@@ -249,14 +257,16 @@ class ResponseBuilder:
             out.append(self._event("response.content_part.added", **self._where(), content_index=0, part=dict(part)))
         return out
 
-    def _delta(self, text: str) -> list[tuple[str, dict]]:
+    def _delta(self, text: str, logprobs: tuple = ()) -> list[tuple[str, dict]]:
         item = self._item
         if item["type"] == "function_call":
             item["arguments"] += text
             return [self._event("response.function_call_arguments.delta", **self._where(), delta=text)]
         item["content"][0]["text"] += text
         kind = "response.reasoning_text.delta" if item["type"] == "reasoning" else "response.output_text.delta"
-        extra = {} if item["type"] == "reasoning" else {"logprobs": []}
+        extra = {} if item["type"] == "reasoning" else {"logprobs": list(logprobs)}
+        if logprobs and item["type"] == "message":
+            item["content"][0]["logprobs"] += logprobs
         return [self._event(kind, **self._where(), content_index=0, delta=text, **extra)]
 
     def _close(self, ev: ItemDone) -> list[tuple[str, dict]]:
@@ -268,7 +278,7 @@ class ResponseBuilder:
         else:
             part = item["content"][0]
             done = "response.reasoning_text.done" if item["type"] == "reasoning" else "response.output_text.done"
-            extra = {} if item["type"] == "reasoning" else {"logprobs": []}
+            extra = {} if item["type"] == "reasoning" else {"logprobs": list(part["logprobs"])}
             out.append(self._event(done, **where, content_index=0, text=part["text"], **extra))
             out.append(self._event("response.content_part.done", **where, content_index=0, part=dict(part)))
         out.append(self._event("response.output_item.done", output_index=where["output_index"], item=copy.deepcopy(item)))
