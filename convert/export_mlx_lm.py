@@ -17,6 +17,7 @@ from pathlib import Path
 
 
 from mlx_oss.errors import ConvertError
+from mlx_oss.convert.chat_template import CHAT_TEMPLATE
 from mlx_oss.convert.layouts import Spec
 from mlx_oss.convert.mlx_lm_layout import Quant, modules, quantization_block
 from mlx_oss.convert.reader import SourceCheckpoint, open_source
@@ -27,40 +28,6 @@ MAX_SHARD_BYTES = 5 * 1024**3  # mlx-lm's own MAX_FILE_SIZE_GB
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "chat_template.jinja")
 WRITTEN_FILES = TOKENIZER_FILES[:4]
 
-# Renders harmony for system/developer/user/assistant messages exactly as mlx_oss.harmony does
-# (tests/test_mlx_lm_interop.py checks the tokens). Variables: reasoning_effort (default "medium"),
-# current_date (else strftime_now when the host provides it). An assistant message's `thinking`
-# (or `reasoning_content`) is shown only after the last user message, as the Hub template does.
-CHAT_TEMPLATE = (
-    '{%- set effort = reasoning_effort if reasoning_effort is defined and reasoning_effort else "medium" -%}'
-    '{%- set sys = "You are ChatGPT, a large language model trained by OpenAI.\\nKnowledge cutoff: 2024-06" -%}'
-    '{%- if current_date is defined and current_date -%}{%- set sys = sys + "\\nCurrent date: " + current_date -%}'
-    '{%- elif strftime_now is defined -%}{%- set sys = sys + "\\nCurrent date: " + strftime_now("%Y-%m-%d") -%}{%- endif -%}'
-    '{{- "<|start|>system<|message|>" + sys + "\\n\\nReasoning: " + effort + "\\n\\n# Valid channels: analysis, '
-    'commentary, final. Channel must be included for every message.<|end|>" -}}'
-    "{%- set ns = namespace(last_user=-1) -%}"
-    '{%- for m in messages -%}{%- if m.role == "user" -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}{%- endfor -%}'
-    "{%- for m in messages -%}"
-    '{%- if m.role == "system" or m.role == "developer" -%}'
-    '{{- "<|start|>developer<|message|># Instructions\\n\\n" + m.content + "<|end|>" -}}'
-    '{%- elif m.role == "user" -%}'
-    '{{- "<|start|>user<|message|>" + m.content + "<|end|>" -}}'
-    '{%- elif m.role == "assistant" -%}'
-    '{%- set thinking = m.thinking if m.thinking is defined and m.thinking else '
-    '(m.reasoning_content if m.reasoning_content is defined and m.reasoning_content else "") -%}'
-    "{%- if thinking and loop.index0 > ns.last_user -%}"
-    '{{- "<|start|>assistant<|channel|>analysis<|message|>" + thinking + "<|end|>" -}}'
-    "{%- endif -%}"
-    "{%- if m.content -%}"
-    '{{- "<|start|>assistant<|channel|>final<|message|>" + m.content + '
-    '("<|return|>" if loop.last and not add_generation_prompt else "<|end|>") -}}'
-    "{%- endif -%}"
-    "{%- else -%}"
-    '{{- raise_exception("role " + m.role + " is not supported by this chat template (system, developer, user, assistant)") -}}'
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    '{%- if add_generation_prompt -%}{{- "<|start|>assistant" -}}{%- endif -%}'
-)
 GENERATION_CONFIG = {"bos_token_id": 199998, "do_sample": True, "eos_token_id": [200002, 199999, 200012], "pad_token_id": 199999}
 SPECIAL_TOKENS = {"bos_token": "<|startoftext|>", "eos_token": "<|return|>", "pad_token": "<|endoftext|>"}
 

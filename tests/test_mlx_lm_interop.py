@@ -243,3 +243,56 @@ def test_bad_config_through_cli_is_one_line(lm_q8, tmp_path, capsys):
     assert main(["convert", str(bad), str(tmp_path / "out"), "--no-progress"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("mlx-oss: error:") and Q in err and "mxfp8" in err and "\n" not in err
+
+
+WEATHER_PARAMS = {"type": "object", "description": "Where.", "properties": {
+    "city": {"type": "string", "description": "The city"},
+    "unit": {"type": "string", "enum": ["c", "f"], "default": "c"},
+    "days": {"type": "integer", "title": "Days", "default": 3},
+    "tags": {"type": "array", "items": {"type": "string"}, "examples": ["x"]},
+    "opts": {"type": "object", "properties": {"deep": {"type": "boolean", "nullable": True}}, "required": ["deep"]},
+    "either": {"type": ["string", "integer"]}}, "required": ["city"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("arguments", ['{"city": "Paris"}', {"city": "Paris"}])  # a string (OpenAI) or parsed (mlx_lm.server)
+def test_chat_template_renders_tool_conversations(exported, arguments):
+    """mlx_lm.server hands `tools` and the messages to the template: it must give the same harmony
+    as our server renders for the same conversation (function namespace, call, result, kept reasoning)."""
+    from transformers import AutoTokenizer
+
+    from mlx_oss.harmony import Message, prune_analysis, render_conversation_for_completion
+    from mlx_oss.server.tools import parse_tools
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather\nin a city",
+                                               "parameters": WEATHER_PARAMS}},
+             {"type": "function", "function": {"name": "now", "description": "The time"}}]  # fmt: skip
+    chat = [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "Checking.", "reasoning_content": "Need the tool.", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "sunny"}'},
+    ]  # fmt: skip
+    tok = AutoTokenizer.from_pretrained(str(exported))
+    got = tok.apply_chat_template(chat, tools=tools, add_generation_prompt=True, reasoning_effort="high",
+                                  current_date="2025-06-28", tokenize=True)  # fmt: skip
+    if not isinstance(got, list):
+        got = got["input_ids"]
+    conv = [
+        Message.system(reasoning_effort="high", conversation_start_date="2025-06-28"),
+        Message.developer("Answer briefly.", functions=parse_tools(tools).functions),
+        Message.user("Weather in Paris?"),
+        Message.assistant("Need the tool.", channel="analysis"),
+        Message.assistant("Checking.", channel="commentary"),
+        Message.tool_call("functions.get_weather", arguments),
+        Message.tool_result("functions.get_weather", '{"sky": "sunny"}'),
+    ]
+    assert list(got) == render_conversation_for_completion(prune_analysis(conv))
+    # The turn after: the call's reasoning is dropped (an earlier turn), the answer is final.
+    chat += [{"role": "assistant", "content": "Sunny."}, {"role": "user", "content": "Thanks"}]
+    got = tok.apply_chat_template(chat, tools=tools, add_generation_prompt=True, reasoning_effort="high",
+                                  current_date="2025-06-28", tokenize=True)  # fmt: skip
+    if not isinstance(got, list):
+        got = got["input_ids"]
+    conv += [Message.assistant("Sunny."), Message.user("Thanks")]
+    assert list(got) == render_conversation_for_completion(prune_analysis(conv))
