@@ -312,6 +312,13 @@ class Engine:
         message, e.g. cancelled, does not force a full re-prefill). Each costs one more forward call.
         `progress(cached, total)` is called after each chunk (a reopened chat's progress bar).
         """
+        return self._fill(prompt, should_stop, boundaries, progress)
+
+    def _fill(
+        self, prompt: list[int], should_stop: Stop | None, boundaries: Iterable[int], progress: Progress | None = None,
+    ) -> tuple[mx.array | None, int]:  # fmt: skip
+        """`prefill`'s work, also the first half of `generate` (a subclass that announces a public
+        `prefill` to other ranks must not announce generate's own)."""
         self.check_prompt(prompt)
         stop = should_stop or (lambda: False)
         keep = self._rewind(prompt)
@@ -373,7 +380,7 @@ class Engine:
         should_stop: Stop, stop_tokens: frozenset[int], boundaries: tuple[int, ...],
     ) -> Iterator[int]:  # fmt: skip
         t0 = time.perf_counter()
-        logits, keep = self.prefill(prompt, should_stop, boundaries)
+        logits, keep = self._fill(prompt, should_stop, boundaries)
         gen.reused_tokens = keep
         gen.prefilled_tokens = len(self._tokens) - keep
         if logits is None:

@@ -1,11 +1,13 @@
 """One rank of a test group (started by tests/test_distributed.py with MLX_RANK / MLX_HOSTFILE).
 
 argv: MODE FOLDER OUT. Modes: "exact" (logits + two greedy turns through the leader engine),
+"chat" (the TUI's loader and model thread: several chats, reopen + warm, greedy turns),
 "loop" (rank 0 generates until killed; prints "ready" once every rank has loaded), "load" (join,
 checkpoint check, exit)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -40,10 +42,62 @@ def turns(engine, n_gen: int = 6) -> list[dict]:
     return out
 
 
+def chat_turns(backend) -> dict:
+    """What the TUI does with a loaded backend, on its model thread: two chats (two engines) with
+    interleaved turns, one of them reopened from JSON and warmed (a prefill), three turns in all for
+    the first. -> each turn's stats and text, and the tokens every engine ends up holding."""
+    from mlx_oss.events import Done
+    from mlx_oss.tui.session import ModelThread, run_send
+
+    thread = ModelThread()
+    out: dict = {"turns": [], "tokens": []}
+
+    def turn(chat, text):
+        events: list = []
+        run_send(chat, text, events.append)
+        done = next(e for e in events if isinstance(e, Done))
+        s = done.stats
+        texts = "".join(getattr(e, "text", "") for e in events if type(e).__name__.endswith("Delta"))
+        out["turns"].append([s.prompt_tokens, s.reused_tokens, s.prefilled_tokens, s.generated_tokens, s.stop_reason, texts])
+
+    def script():
+        a, b = backend.new_chat(), backend.new_chat()
+        turn(a, "hello there")
+        turn(b, "a second chat")
+        turn(a, "and a second turn")
+        c = backend.open_chat(a.to_json())  # a reopened chat: warmed in the background, then a turn
+        out["warm"] = c.warm()
+        turn(c, "after reopening")
+        turn(a, "third turn")
+        out["tokens"] = [x.engine.tokens for x in (a, b, c)]
+        del b
+        gc.collect()  # its engine is dropped on every rank with the next command
+        turn(a, "fourth turn")
+        out["tokens"].append(a.engine.tokens)
+        if backend.close is not None:
+            backend.close()
+
+    thread.submit(script).result(timeout=600)
+    thread.shutdown()
+    thread.join(60)
+    return out
+
+
 def main() -> int:
     mode, folder, out = sys.argv[1:4]
     from argparse import Namespace
 
+    if mode == "chat":  # rank 0 through the TUI's door, the others as `mlx-oss chat` followers do
+        from mlx_oss.sampling import SamplingConfig
+        from mlx_oss.tui import session as door
+
+        with door.join_group(Namespace(hosts=None)) as group:
+            if door.is_follower():
+                return door.follow(group, "float32")
+            opts = door.ChatOptions(sampling=SamplingConfig(temperature=0), max_tokens=6, dtype="float32")
+            backend = door.model_loader(door.agree_model(group, folder), opts, group)(lambda m: None)
+            Path(out + ".json").write_text(json.dumps(chat_turns(backend)))
+        return 0
     with dist.group(Namespace(hosts=None)) as session:
         model, _ = dist.load(session, folder, "float32", status=lambda m: None)
         if mode == "load":

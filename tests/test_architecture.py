@@ -24,7 +24,7 @@ SHARED_FLAGS = "mlx_oss.cli.args"  # the one front-end module other front ends m
 DISPATCHER = "mlx_oss.cli.main"  # the composition root: names every subcommand module, imported by nothing
 TUI_DOOR = "mlx_oss.tui.session"  # the TUI's one door to the model: the only tui module that touches MLX or loads
 MODEL_SIDE = ("mlx", "mlx_oss.loader", "mlx_oss.chat", "mlx_oss.engine", "mlx_oss.store", "mlx_oss.sampling",
-              "mlx_oss.nn", "mlx_oss.backend")  # fmt: skip
+              "mlx_oss.nn", "mlx_oss.backend", "mlx_oss.distributed")  # fmt: skip
 
 # Package -> the only mlx_oss modules (prefixes) it may import besides itself.
 ALLOWED = {

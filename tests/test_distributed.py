@@ -104,16 +104,16 @@ def test_hostfile(tmp_path):
 # ---------------------------------------------------------------------------------- 2 processes
 
 
-def _free_base_port() -> int:
-    """A base port with the 3 ports above it (2 ring ranks + the watchdog) free now."""
+def _free_base_port(n: int = 3) -> int:
+    """A base port with the `n` ports from it (the ring ranks + the watchdog) free now."""
     for _ in range(50):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             base = s.getsockname()[1]
-        if base + 3 > 65535:
+        if base + n > 65535:
             continue
         try:
-            for p in range(base, base + 3):
+            for p in range(base, base + n):
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", p))
             return base
@@ -123,9 +123,10 @@ def _free_base_port() -> int:
 
 
 def _start(tmp_path: Path, mode: str, folders: list[Path], out: Path, env_extra: dict | None = None) -> list[subprocess.Popen]:
-    base = _free_base_port()
+    n = max(2, len(folders))
+    base = _free_base_port(n + 1)
     ring = tmp_path / f"ring-{base}.json"
-    ring.write_text(json.dumps([[f"127.0.0.1:{base}"], [f"127.0.0.1:{base + 1}"]]))
+    ring.write_text(json.dumps([[f"127.0.0.1:{base + r}"] for r in range(n)]))
     procs = []
     for r, folder in enumerate(folders):
         env = dict(os.environ, MLX_RANK=str(r), MLX_HOSTFILE=str(ring), MLX_OSS_HOME=str(tmp_path / "home"),
@@ -217,6 +218,29 @@ def test_different_checkpoints_are_refused(tiny_converted, tmp_path):
         assert "checkpoint differs from rank 0's (manifest.json sha256" in err.strip().splitlines()[-1], err
 
 
+@pytest.mark.slow
+def test_two_rank_chats_equal_one_process(tiny_chat_converted, tmp_path):
+    """The TUI's loader and model thread over two ranks: two chats (two engines on every rank), a
+    reopened + warmed chat, greedy turns: the same text, prompt/reused/prefilled counts and cached
+    tokens as one process, so cross-turn cache reuse is identical."""
+    sys.path.insert(0, str(WORKER.parent))
+    import dist_worker
+
+    from mlx_oss.sampling import SamplingConfig
+    from mlx_oss.tui import session as door
+
+    out = tmp_path / "chat"
+    procs = _start(tmp_path, "chat", [tiny_chat_converted] * 2, out)
+    for code, _, err in _finish(procs):
+        assert code == 0, err
+    got = json.loads(Path(str(out) + ".json").read_text())
+    opts = door.ChatOptions(sampling=SamplingConfig(temperature=0), max_tokens=6, dtype="float32")
+    ref = json.loads(json.dumps(dist_worker.chat_turns(door.model_loader(str(tiny_chat_converted), opts)(lambda m: None))))
+    assert got == ref
+    assert len(ref["turns"]) == 6 and ref["warm"] > 0
+    assert all(t[1] > 0 for t in ref["turns"][2:])  # every later turn reused the cache
+
+
 def _cli(args: list[str], tmp_path: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, MLX_OSS_HOME=str(tmp_path / "home"), MLX_OSS_BASE_PORT=str(_free_base_port()),
                MLX_OSS_CPU_STREAMS="1", PYTHONPATH=str(ROOT))  # fmt: skip
@@ -254,3 +278,133 @@ def test_bench_with_hosts_reports_every_rank(tiny_converted, tmp_path):
     for x in rep["per_rank"]:
         assert x["peak_memory_bytes"] > 0 and x["all_sum_us"] > 0 and 0 <= x["comm_share"][0] <= 1
     assert rep["decode"][0]["tps"]["mean"] > 0 and rep["collectives_per_token"] == {"all_sum": 9, "all_gather": 1}
+
+
+# ---------------------------------------------------------------------------------- serve --hosts
+
+SERVE_WORKER = Path(__file__).with_name("serve_worker.py")
+
+
+class _Server:
+    """`mlx-oss serve` (tests/serve_worker.py: the CLI plus the scripted-header hook) on 127.0.0.1,
+    alone or as rank 0 of `--hosts` (rank 1 started by it); output in files, so a full pipe never blocks it."""
+
+    def __init__(self, tmp_path: Path, folder: Path, hosts: bool) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.err_path = tmp_path / f"serve-{self.port}.err"
+        cmd = [sys.executable, str(SERVE_WORKER), "serve", "--model", str(folder), "--port", str(self.port),
+               "--dtype", "float32", "--temperature", "0"]  # fmt: skip
+        if hosts:
+            cmd += ["--hosts", str(_local_hostfile(tmp_path))]
+        env = dict(os.environ, MLX_OSS_HOME=str(tmp_path / "home"), MLX_OSS_BASE_PORT=str(_free_base_port()),
+                   MLX_OSS_CPU_STREAMS="1", PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")  # fmt: skip
+        env.pop("MLX_OSS_API_KEY", None)
+        with open(self.err_path, "w") as err:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+        self.base = f"http://127.0.0.1:{self.port}"
+        import httpx
+
+        deadline = time.monotonic() + 240
+        while True:
+            assert self.proc.poll() is None, self.stderr()
+            assert time.monotonic() < deadline, "server did not come up: " + self.stderr()
+            try:
+                httpx.get(self.base + "/health", timeout=5)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    def client(self):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.base + "/v1", api_key="unused", max_retries=0, timeout=240)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(120)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+
+def _three_requests(srv: _Server, model: str) -> list:
+    """A conversation, its next turn (the cache moves on), and a new conversation sharing the system
+    prompt (the pool forks the state): content and usage of each."""
+    c = srv.client()
+    system = {"role": "system", "content": "You answer questions about the weather on small islands. " * 4}
+    out, first = [], None
+    for messages in (
+        [system, {"role": "user", "content": "first question"}],
+        None,
+        [system, {"role": "user", "content": "another conversation"}],
+    ):
+        if messages is None:  # the follow-up turn of the first conversation
+            messages = [system, {"role": "user", "content": "first question"},
+                        {"role": "assistant", "content": first}, {"role": "user", "content": "and then?"}]  # fmt: skip
+        r = c.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0)
+        u = r.usage
+        first = first if first is not None else r.choices[0].message.content
+        out.append([r.choices[0].message.content, u.prompt_tokens, u.prompt_tokens_details.cached_tokens,
+                    u.completion_tokens])  # fmt: skip
+    return out
+
+
+@pytest.mark.slow
+def test_serve_with_hosts_equals_one_process(tiny_chat_converted, tmp_path):
+    """`mlx-oss serve --hosts` driven by the openai SDK: answers and cached_tokens (the prompt-cache
+    pool's moves and forks, mirrored on rank 1) equal a one-process server's; SIGTERM ends both ranks, 0."""
+    results = []
+    for hosts in (False, True):
+        srv = _Server(tmp_path, tiny_chat_converted, hosts)
+        try:
+            results.append(_three_requests(srv, tiny_chat_converted.name))
+        finally:
+            code = srv.stop()
+        assert code == 0, srv.stderr()
+    one, two = results
+    assert two == one
+    assert one[1][2] > 0 and one[2][2] > 0 and one[0][0]  # both later requests reused the cache; text came
+
+
+@pytest.mark.slow
+def test_serve_with_hosts_a_dead_rank_fails_the_request_and_exits(tiny_chat_converted, tmp_path):
+    """Rank 1 killed mid-stream: the in-flight request ends with an OpenAI error naming the lost rank,
+    then rank 0 exits 1 with a one-line error (no hang, no traceback)."""
+    import httpx
+    import psutil
+
+    srv = _Server(tmp_path, tiny_chat_converted, hosts=True)
+    try:
+        rank1 = [p for p in psutil.Process(srv.proc.pid).children() if "serve" in " ".join(p.cmdline())]
+        assert len(rank1) == 1
+        body = {"model": tiny_chat_converted.name, "messages": [{"role": "user", "content": "hi"}], "stream": True,
+                "max_tokens": 100000}  # fmt: skip
+        with httpx.stream("POST", srv.base + "/v1/chat/completions", json=body, timeout=120) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            assert next(lines).startswith("data: ")
+            deadline = time.monotonic() + 120
+            while not httpx.get(srv.base + "/health", timeout=5).json()["busy"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            rank1[0].kill()
+            rest = [ln for ln in lines if ln]
+        err = json.loads(rest[-2][6:])["error"]
+        assert rest[-1] == "data: [DONE]" and err["type"] == "server_error" and "lost rank 1" in err["message"], rest[-3:]
+        assert srv.proc.wait(60) == 1
+    finally:
+        srv.kill()
+    lines = [l for l in srv.stderr().splitlines() if l.strip()]
+    assert lines[-1].startswith("mlx-oss: error: rank 0: lost rank 1"), srv.stderr()
+    assert "Traceback" not in srv.stderr()

@@ -200,6 +200,8 @@ class ChatApp(App[int]):
                 pass
         # Free the model and caches on the thread that made them, before the interpreter exits.
         held, self.session, self.backend = [self.session, self.backend], None, None
+        if held[1] is not None and held[1].close is not None:
+            self.model_thread.submit(held[1].close)  # a group: the other ranks stop, from the model's thread
         self.model_thread.submit(held.clear)
         self.model_thread.shutdown()
 

@@ -123,6 +123,11 @@ def resume_target(store: Any, value: str | None) -> Any:
 
 def run_chat(a: argparse.Namespace) -> int:
     """Validate the options before the full-screen app starts, then run it."""
+    from mlx_oss.tui import session as door
+
+    if door.is_follower():  # a rank other than 0 of --hosts / mlx.launch: no UI, rank 0's commands only
+        with door.join_group(a) as group:
+            return door.follow(group, a.dtype)
     from mlx_oss.tui.app import ChatApp
     from mlx_oss.tui.datadir import database_path
     from mlx_oss.tui.session import ChatOptions, default_model, model_label, model_loader
@@ -155,20 +160,44 @@ def run_chat(a: argparse.Namespace) -> int:
         max_context=a.max_context,
         dtype=a.dtype,
     )
-    app = ChatApp(
-        model_loader(model, options),
-        model=model_label(model),
-        source=model,
-        hide_reasoning=a.hide_reasoning,
-        chats_dir=Path(a.chats_dir).expanduser() if a.chats_dir else None,
-        store=store,
-        resume=resumed.id if resumed is not None else None,
-        tools_file=str(Path(a.tools).expanduser().resolve()) if a.tools else None,
-        approve_python=a.approve_python,
-    )
     try:
-        app.run()
-        app.model_thread.join(timeout=5)  # let the model be freed on its own thread before exiting
+        with door.join_group(a) as group:  # --hosts: the other ranks start now; None on one machine
+            return _run_app(ChatApp(
+                model_loader(door.agree_model(group, model), options, group),
+                model=model_label(model),
+                source=model,
+                hide_reasoning=a.hide_reasoning,
+                chats_dir=Path(a.chats_dir).expanduser() if a.chats_dir else None,
+                store=store,
+                resume=resumed.id if resumed is not None else None,
+                tools_file=str(Path(a.tools).expanduser().resolve()) if a.tools else None,
+                approve_python=a.approve_python,
+            ), group)  # fmt: skip
     finally:
         store.close()
+
+
+def _run_app(app: Any, group: Any) -> int:
+    """Run the app; in a group, a lost rank first gives the terminal back (then the one-line error)."""
+    import threading
+
+    from mlx_oss.tui import session as door
+
+    restored = threading.Event()
+
+    def stop_ui(message: str) -> None:
+        try:
+            app.call_from_thread(app.exit, 1)
+        except Exception:  # noqa: BLE001 - the app is not running (yet, or any more)
+            pass
+        restored.wait(5)
+
+    door.on_lost_peer(group, stop_ui)
+    try:
+        app.run()
+    finally:
+        restored.set()
+    done = app.model_thread.join(timeout=5)  # let the model be freed on its own thread before exiting
+    if group is not None and not done:  # still inside a step with the other ranks: they stop on the error
+        raise UserError("the model thread did not finish within 5 s of quitting; stopping every rank")
     return app.return_code or 0

@@ -11,6 +11,7 @@ import queue
 import sys
 import threading
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
@@ -19,7 +20,8 @@ from mlx_oss.cli.args import EFFORTS
 from mlx_oss.harmony import ReasoningEffort
 
 __all__ = ["EFFORTS", "Backend", "default_model", "ChatOptions", "ChatSession", "Failure", "Finished", "Loader", "ModelThread",
-           "effort_name", "model_label", "model_loader", "prompt_size", "run_send", "session_loader"]  # fmt: skip
+           "agree_model", "effort_name", "follow", "is_follower", "join_group", "model_label", "model_loader", "on_lost_peer",
+           "prompt_size", "run_send", "session_loader"]  # fmt: skip
 
 def effort_name(e: Any) -> str:
     """A session's reasoning effort (enum or string) as "low" / "medium" / "high"."""
@@ -49,6 +51,7 @@ class Backend:
     open_chat: Callable[[Any], ChatSession]
     context_limit: int | None = None
     memory_bytes: Callable[[], int] | None = None
+    close: Callable[[], None] | None = None  # run on the model thread as the app ends (a group: the other ranks stop)
 
 
 Loader = Callable[[Callable[[str], None]], Backend]
@@ -87,28 +90,85 @@ def model_label(name: str) -> str:
     return Path(str(name).rstrip("/")).name or str(name)
 
 
-def model_loader(model: str, options: ChatOptions) -> Loader:
-    """The real loader: resolve (download / convert once / as is), load, and make `Chat`s."""
+def model_loader(model: str, options: ChatOptions, group: Any = None) -> Loader:
+    """The real loader: resolve (download / convert once / as is), load, and make `Chat`s. With
+    `group` (rank 0 of `--hosts`, see `join_group`): this rank's slice, and chats whose engines
+    lead the other ranks (`DistributedChat`)."""
 
     def load(say: Callable[[str], None]) -> Backend:
         import mlx_oss
-        from mlx_oss.store import resolve_model
 
-        path = resolve_model(model, progress=True, status=say, download_bars=True)
-        say(f"Loading weights from {path}")
-        m, tok = mlx_oss.load(path, dtype=options.dtype)
+        if group is None:
+            from mlx_oss.store import resolve_model
+
+            path = resolve_model(model, progress=True, status=say, download_bars=True)
+            say(f"Loading weights from {path}")
+            m, tok = mlx_oss.load(path, dtype=options.dtype)
+            chat_class: Any = mlx_oss.Chat
+        else:
+            from mlx_oss.distributed import cli as dist
+            from mlx_oss.distributed.engine import DistributedChat
+
+            say(f"Loading rank 0's slice of {group.size} ranks")
+            m, tok = dist.load(group, model, options.dtype, status=say)
+            chat_class = DistributedChat
+
         def new_chat() -> ChatSession:
-            return mlx_oss.Chat(m, tok, **options.chat_kwargs())  # each chat its own tools (python session)
+            return chat_class(m, tok, **options.chat_kwargs())  # each chat its own tools (python session)
 
         def open_chat(data: Any) -> ChatSession:
             # Callables cannot be saved in JSON: this session's --tools replace the saved schemas.
-            return mlx_oss.Chat.from_json(data, m, tok, tools=options.tools, **options.builtin_kwargs())
+            return chat_class.from_json(data, m, tok, tools=options.tools, **options.builtin_kwargs())
 
         limit = options.max_context or getattr(getattr(m, "args", None), "max_position_embeddings", None)
         say("Ready")
-        return Backend(model_label(model), new_chat, open_chat, context_limit=limit, memory_bytes=_mlx_memory)
+        close = None
+        if group is not None:
+            from mlx_oss.distributed import cli as dist
+
+            def close() -> None:  # on the model thread, where the engines' arrays live
+                dist.end(group)
+
+        return Backend(model_label(model), new_chat, open_chat, context_limit=limit, memory_bytes=_mlx_memory, close=close)
 
     return load
+
+
+@contextmanager
+def join_group(a: Any) -> Iterator[Any]:
+    """`--hosts HOSTFILE` (or started by `mlx.launch`): start / join the group; yields this rank's
+    session, None for a single-machine chat. The other ranks are told to stop at the end."""
+    from mlx_oss.distributed import cli as dist
+
+    with dist.group(a) as group:
+        yield group
+
+
+def is_follower() -> bool:
+    """A rank other than 0: it shows nothing and runs rank 0's commands (`follow`)."""
+    from mlx_oss.distributed.session import is_follower as follower
+
+    return follower()
+
+
+def follow(group: Any, dtype: str | None) -> int:
+    """A follower rank of `mlx-oss chat`: load the model rank 0 names, run its commands until it ends."""
+    from mlx_oss.distributed import cli as dist
+
+    return dist.follow_rank_0(group, dist.agree_model(group, None), dtype)
+
+
+def agree_model(group: Any, model: str) -> str:
+    """Rank 0: tell the followers which model to load (the resumed chat's may be known only here)."""
+    from mlx_oss.distributed import cli as dist
+
+    return dist.agree_model(group, model) if group is not None else model
+
+
+def on_lost_peer(group: Any, stop_ui: Callable[[str], None]) -> None:
+    """`stop_ui(message)` runs before a lost rank ends the process (give the terminal back first)."""
+    if group is not None:
+        group.watchdog.on_failure(stop_ui)
 
 
 def default_model() -> str:

@@ -1,4 +1,4 @@
-"""What `mlx-oss generate|bench ... --hosts HOSTFILE` (or the same command under `mlx.launch`) adds to a
+"""What `mlx-oss generate|bench|chat|serve ... --hosts HOSTFILE` (or the same command under `mlx.launch`) adds to a
 single-machine run: start/join the group, resolve the model once per host, load this rank's slice,
 check that every rank holds the same checkpoint, and on ranks other than 0 follow rank 0."""
 
@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from mlx_oss.distributed import launch
-from mlx_oss.distributed.session import Session, check_same_checkpoint, in_group, join
+from mlx_oss.distributed.session import Session, broadcast_text, check_same_checkpoint, in_group, is_follower, join
+
+__all__ = ["agree_model", "end", "follow_rank_0", "group", "is_follower", "load", "resolve_once_per_host"]
 
 
 @contextmanager
@@ -25,18 +27,27 @@ def group(a: argparse.Namespace, argv: list[str] | None = None) -> Iterator[Sess
         yield None
         return
     session = join()
+    launch.joined()
     try:
         yield session
     except BaseException:
         session.watchdog.abort()  # no goodbye: the other ranks stop at once, saying rank 0 was lost
         launch.wait_ranks()
         raise
-    if session.leader and session.ready:
-        from mlx_oss.distributed.engine import end_followers
-
-        end_followers(session.comm)
+    end(session)
     session.close()
     launch.wait_ranks()
+
+
+def end(session: Session | None) -> None:
+    """Rank 0: tell the followers the run is over (once). Call it on the thread that ran the
+    engines (the TUI's model thread, the server's worker) when that is not the main thread, so a
+    generation its consumer dropped is finished where its arrays live; `group()` calls it otherwise."""
+    if session is not None and session.leader and session.ready:
+        from mlx_oss.distributed.engine import end_followers
+
+        session.ready = False
+        end_followers(session.comm)
 
 
 def resolve_once_per_host(name: str, status: Callable[[str], None]) -> Path:
@@ -74,3 +85,8 @@ def follow_rank_0(session: Session, name: str, dtype: str | None) -> int:
     model, _ = load(session, name, dtype, status=lambda m: None)
     follow(model, session.comm)
     return 0
+
+
+def agree_model(session: Session, name: str | None) -> str:
+    """The model rank 0 names (a chat resumed from rank 0's store may name it), on every rank."""
+    return broadcast_text(session.comm, name if session.leader else None)

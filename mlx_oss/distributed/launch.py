@@ -20,6 +20,7 @@ from mlx_oss.distributed.hosts import DEFAULT_PORT, ring_addresses, read_hostfil
 
 _children: list[subprocess.Popen] = []
 _ending = threading.Event()
+_joined = threading.Event()  # the watchdog watches the ranks now (and reports a lost one itself)
 
 
 def strip_hosts(argv: list[str]) -> list[str]:
@@ -36,13 +37,14 @@ def strip_hosts(argv: list[str]) -> list[str]:
 
 
 def _forward(rank: int, p: subprocess.Popen) -> None:
-    """Copy a rank's stderr to ours; if it dies before the run ends, so does this one (its own
-    message was just forwarded), instead of waiting for the watchdog's connect timeout."""
+    """Copy a rank's stderr to ours; if it dies before the group is joined, so does this one (its
+    own message was just forwarded), instead of waiting for the watchdog's connect timeout. Once
+    joined, the watchdog reports a lost rank (after the front end's last words)."""
     for line in iter(p.stderr.readline, b""):
         sys.stderr.write(f"[rank {rank}] {line.decode(errors='replace')}")
         sys.stderr.flush()
     code = p.wait()
-    if code and not _ending.is_set():
+    if code and not _ending.is_set() and not _joined.is_set():
         print(f"mlx-oss: error: rank 0: rank {rank} exited with status {code}; stopping", file=sys.stderr, flush=True)
         os._exit(1)
 
@@ -75,6 +77,11 @@ def start_ranks(hostfile: str | Path, argv: list[str], base_port: int | None = N
         _children.append(p)
     os.environ["MLX_RANK"] = "0"
     os.environ["MLX_HOSTFILE"] = ring_file
+
+
+def joined() -> None:
+    """The group is joined: from now on the watchdog, not the launcher, reports a rank that dies."""
+    _joined.set()
 
 
 def wait_ranks(timeout: float = 30.0) -> None:

@@ -16,6 +16,7 @@ import mlx.nn as nn
 
 from mlx_oss.nn.attention import Attention
 from mlx_oss.config import ModelArgs
+from mlx_oss.distributed.mirror import Mirror
 from mlx_oss.distributed.plan import ShardPlan
 from mlx_oss.nn.model import Model
 from mlx_oss.nn.moe import MoE
@@ -26,13 +27,15 @@ class Comm:
     """The collectives of one model over one `mx.distributed` group.
 
     `suspended()` turns them into no-ops (wrong numbers, same compute) so a benchmark can measure
-    how much of a step is communication; nothing else uses it.
+    how much of a step is communication; nothing else uses it. `mirror`: on rank 0, the ids of the
+    engines and states the followers hold for it (engine.py).
     """
 
     def __init__(self, group: mx.distributed.Group) -> None:
         self.group = group
         self.rank = group.rank()
         self.size = group.size()
+        self.mirror = Mirror()
         self._on = True
 
     def all_sum(self, x: mx.array) -> mx.array:

@@ -48,6 +48,12 @@ def in_group(env: dict | None = None) -> bool:
     return "MLX_RANK" in env and ("MLX_HOSTFILE" in env or "MLX_JACCL_COORDINATOR" in env)
 
 
+def is_follower(env: dict | None = None) -> bool:
+    """True for a rank other than 0 of a group: it runs no user interface, only rank 0's commands."""
+    env = os.environ if env is None else env
+    return in_group(env) and env.get("MLX_RANK") != "0"
+
+
 def join(env: dict | None = None) -> Session:
     """Connect to the other ranks (watchdog first, so a missing peer fails in seconds), then init MLX."""
     env = os.environ if env is None else env
@@ -95,3 +101,11 @@ def broadcast_ints_sum(comm: Comm, value: int) -> int:
     """The sum over ranks of one int."""
     x = mx.array([value], dtype=mx.int32)
     return int(mx.distributed.all_sum(x, group=comm.group).item()) if comm.size > 1 else value
+
+
+def broadcast_text(comm: Comm, text: str | None) -> str:
+    """Rank 0's `text` on every rank (others pass None), e.g. the model a chat resumed from rank 0's
+    own store names."""
+    data = list((text or "").encode()) if comm.rank == 0 else None
+    n = broadcast_ints(comm, [len(data)] if data is not None else None, 1)[0]
+    return bytes(broadcast_ints(comm, data, n)).decode() if n else ""

@@ -48,6 +48,7 @@ class Watchdog:
         self.connect_timeout = connect_timeout or _env_float("MLX_OSS_CONNECT_TIMEOUT", 60.0)
         self.interval = interval
         self._fail = fail or self._exit
+        self._last_words: list[Callable[[str], None]] = []
         self._peers: dict[int, socket.socket] = {}
         self._closing = threading.Event()
         self._lock = threading.Lock()
@@ -180,10 +181,21 @@ class Watchdog:
             except OSError:
                 pass
 
+    def on_failure(self, fn: Callable[[str], None]) -> None:
+        """Run `fn(message)` (on the watchdog's thread, before the one-line error and the exit) when
+        a peer is lost: a front end's last words, e.g. the server failing its in-flight requests or
+        the TUI giving the terminal back. `fn` must bound its own wait; errors in it are ignored."""
+        self._last_words.append(fn)
+
     def _exit(self, msg: str) -> None:
         with self._lock:
             if self._closing.is_set():
                 return
+            for fn in self._last_words:
+                try:
+                    fn(msg)
+                except Exception:  # noqa: BLE001 - exiting anyway
+                    pass
             print(f"mlx-oss: error: rank {self.rank}: {msg}", file=sys.stderr, flush=True)
             os._exit(EXIT_LOST_PEER)
 

@@ -11,7 +11,7 @@ import contextlib
 import hmac
 import json
 import time
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 import anyio
 from starlette.applications import Starlette
@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from mlx_oss.engine import Engine
 from mlx_oss.sampling import SamplingConfig
 from mlx_oss.server import chat_completions, responses
 from mlx_oss.server.backend import Backend, ProcessorHook
@@ -115,14 +116,19 @@ def create_app(
     sampling: SamplingConfig | None = None,
     max_tokens: int | None = None,
     processors: ProcessorHook | None = None,
+    engine_class: type[Engine] = Engine,
+    end_group: Callable[[], None] | None = None,
 ) -> Starlette:
     """The OpenAI-compatible app for a loaded model. `sampling`: defaults a request's temperature,
     top_p and seed override (top_k/min_p apply to every request); `max_tokens`: the reply cap when a
     request sets none. `processors` is a test-only sampling hook
     (request body -> logits processors); leave it None in production. `app.state.backend.shutdown()`
-    cancels all generations (the CLI calls it on Ctrl+C / SIGTERM)."""
+    cancels all generations (the CLI calls it on Ctrl+C / SIGTERM). `engine_class` / `end_group`: rank 0
+    of a group (`mlx-oss serve --hosts`) passes its LeaderEngine and how the other ranks are stopped
+    (run on the worker thread as it stops)."""
     backend = Backend(model, tokenizer, max_context=max_context, cache_bytes=cache_bytes, max_queue=max_queue,
-                      sampling=sampling, max_tokens=max_tokens, processors=processors)  # fmt: skip
+                      sampling=sampling, max_tokens=max_tokens, processors=processors, engine_class=engine_class,
+                      end_group=end_group)  # fmt: skip
     srv = _Server(backend, model_id, aliases, api_key, body_limit)
 
     async def health(request: Request):

@@ -7,6 +7,7 @@ compute), queues the generation and gives back the job whose events the route st
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import Counter
 from dataclasses import replace
 from typing import Any, AsyncIterator, Callable, Sequence
@@ -16,10 +17,12 @@ from mlx_oss.sampling import LogitsProcessor, SamplingConfig
 from mlx_oss.server.cache_pool import PromptCachePool
 from mlx_oss.server.conversation import Turn
 from mlx_oss.server.errors import APIError
-from mlx_oss.server.generation import Finished, run_generation
+from mlx_oss.server.generation import Finished, Usage, run_generation
 from mlx_oss.server.worker import END, GenerationWorker, Job, QueueFull
 
 __all__ = ["Backend", "ProcessorHook"]
+
+PEER_GRACE_S = 10.0  # a failed step in a group: how long to wait for the watchdog's reason
 
 # Test-only sampling hook: called with each request's JSON body, returns logits processors
 # (e.g. `ScriptedTokens`) that make a random-weight model write harmony. Never set in production.
@@ -38,11 +41,15 @@ class Backend:
         sampling: SamplingConfig | None = None,
         max_tokens: int | None = None,
         processors: ProcessorHook | None = None,
+        engine_class: type[Engine] = Engine,
+        end_group: Callable[[], None] | None = None,
     ) -> None:
         self.tokenizer = tokenizer
-        self.engine = Engine(model, max_context=max_context)
+        self.engine = engine_class(model, max_context=max_context)  # LeaderEngine: rank 0 of a group
         self.pool = PromptCachePool(cache_bytes)
         self.worker = GenerationWorker(max_queue)
+        self._end_group = end_group  # rank 0 of a group: run on the worker thread as it stops
+        self._lost = threading.Event()  # a rank of the group was lost: fail_all answers the requests
         self._processors = processors
         self._sampling = sampling or SamplingConfig()
         self._max_tokens = max_tokens
@@ -81,10 +88,17 @@ class Backend:
                     self.outcomes[ev.stop_reason] += 1
                 emit(ev)
 
-            run_generation(
-                self.engine, self.pool, self.tokenizer, prompt, boundaries, turn.generation_sampling(self.tokenizer), turn.max_tokens or self._max_tokens,
-                turn.stop, cancelled, counted,
-            )  # fmt: skip
+            try:
+                run_generation(
+                    self.engine, self.pool, self.tokenizer, prompt, boundaries, turn.generation_sampling(self.tokenizer),
+                    turn.max_tokens or self._max_tokens, turn.stop, cancelled, counted,
+                )  # fmt: skip
+            except Exception:
+                # In a group, a collective fails when a rank is lost; the watchdog notices it too,
+                # within moments, and `fail_all` answers this request with the reason instead.
+                if self._end_group is not None and self._lost.wait(PEER_GRACE_S):
+                    return
+                raise
 
         try:
             return self.worker.submit(fn, asyncio.get_running_loop())
@@ -105,6 +119,14 @@ class Backend:
                 raise item
             yield item
 
-    def shutdown(self) -> None:
-        """Cancel every queued and running generation (their streams end cleanly) and stop the worker."""
-        self.worker.stop()
+    def shutdown(self) -> bool:
+        """Cancel every queued and running generation (their streams end cleanly) and stop the worker,
+        running `end_group` on its thread first. -> False if the worker did not end (stuck in a step)."""
+        end_group, self._end_group = self._end_group, None
+        return self.worker.stop(last=end_group)
+
+    def fail_all(self, message: str) -> None:
+        """Any thread: end every running and queued request now with a server error (`message`),
+        when generation cannot go on (a rank of the group was lost); bounded wait for the replies."""
+        self._lost.set()
+        self.worker.fail_all(Finished(Usage(), "error", message))

@@ -14,7 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
-from mlx_oss.cli.args import add_dtype, add_limits, add_model, add_sampling, positive_int, sampling_config
+from mlx_oss.cli.args import add_dtype, add_hosts, add_limits, add_model, add_sampling, positive_int, sampling_config
 from mlx_oss.errors import UserError
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -47,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument("--max-queue", type=positive_int, default=16, help="requests waiting beyond which the server answers 429")
     s.add_argument("--max-body", type=byte_size, default=byte_size("32M"), help="request body size limit (413 above)")
     add_sampling(s)
+    add_hosts(s)
     s.set_defaults(func=run)
     return s
 
@@ -66,30 +67,55 @@ def host_warning(host: str, key: str | None) -> str | None:
             f"(set --api-key or {KEY_ENV})")  # fmt: skip
 
 
-def run(a: argparse.Namespace) -> int:
+def run(a: argparse.Namespace, processors=None) -> int:
+    """The `serve` command. With `--hosts` (or under `mlx.launch`) rank 0 serves and the other ranks
+    follow its engine. `processors`: the test-only sampling hook of `create_app` (tests/serve_worker.py)."""
     try:
         import uvicorn
 
         from mlx_oss.server import create_app
     except ImportError as e:
         raise UserError(f"mlx-oss serve needs the 'serve' extra ({e.name} is missing): pip install 'mlx-oss[serve]'") from None
-    from mlx_oss.loader import load
+    from mlx_oss.distributed import cli as dist
+
+    with dist.group(a) as session:
+        if session is not None and not session.leader:
+            return dist.follow_rank_0(session, a.model, a.dtype)
+        return _serve(a, session, uvicorn, create_app, processors)
+
+
+def _serve(a: argparse.Namespace, session, uvicorn, create_app, processors) -> int:
+    from mlx_oss.engine import Engine
     from mlx_oss.server.settings import KEY_ENV, client_settings
-    from mlx_oss.store import resolve_model
 
     key = a.api_key or os.environ.get(KEY_ENV) or None
     warning = host_warning(a.host, key)
     if warning:
         print(f"mlx-oss serve: warning: {warning}", file=sys.stderr)
-    folder = resolve_model(a.model, status=lambda m: print(m, file=sys.stderr))
-    model, tokenizer = load(folder, a.dtype)
+    say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    engine_class, end_group = Engine, None
+    if session is None:
+        from mlx_oss.loader import load
+        from mlx_oss.store import resolve_model
+
+        folder = resolve_model(a.model, status=say)
+        model, tokenizer = load(folder, a.dtype)
+    else:  # rank 0 of a group: this rank's slice; the engine leads the others, stopped from the worker thread
+        from mlx_oss.distributed import cli as dist
+        from mlx_oss.distributed.engine import LeaderEngine
+
+        model, tokenizer = dist.load(session, a.model, a.dtype, status=say)
+        folder, engine_class, end_group = model.source, LeaderEngine, lambda: dist.end(session)
     mid = model_id(a.model)
     app = create_app(
         model, tokenizer, model_id=mid, aliases=[a.model, model_id(str(folder))], api_key=key,
         max_context=a.max_context, cache_bytes=a.cache_bytes, max_queue=a.max_queue, cors=a.cors,
-        body_limit=a.max_body, sampling=sampling_config(a), max_tokens=a.max_tokens,
+        body_limit=a.max_body, sampling=sampling_config(a), max_tokens=a.max_tokens, processors=processors,
+        engine_class=engine_class, end_group=end_group,
     )  # fmt: skip
     backend = app.state.backend
+    if session is not None:  # a lost rank: the in-flight requests get an error before the process ends
+        session.watchdog.on_failure(lambda msg: backend.fail_all(f"The server is stopping: {msg}"))
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
@@ -107,6 +133,9 @@ def run(a: argparse.Namespace) -> int:
     server = Server(config)
     print(client_settings(f"http://{host}:{a.port}/v1", mid, bool(key)), flush=True)
     server.run()
+    backend.shutdown()  # done by the lifespan already, unless the server never started
+    if session is not None and session.ready:  # the worker never reached end_group: it is stuck in a step
+        raise UserError("the generation worker did not stop; stopping every rank")
     if not server.started:
         print(f"mlx-oss serve: error: could not listen on {a.host}:{a.port}", file=sys.stderr)
         return 1

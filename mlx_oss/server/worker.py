@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from typing import Any, Callable
 
 __all__ = ["END", "GenerationWorker", "Job", "QueueFull"]
@@ -19,6 +20,13 @@ __all__ = ["END", "GenerationWorker", "Job", "QueueFull"]
 END = object()  # the last item of every job's event queue
 
 JobFn = Callable[[Callable[[Any], None], threading.Event], None]
+
+
+class _Last:
+    """The item that ends the worker's queue; `fn` runs on the worker thread first."""
+
+    def __init__(self, fn: Callable[[], None] | None) -> None:
+        self.fn = fn
 
 
 class QueueFull(Exception):
@@ -54,7 +62,7 @@ class GenerationWorker:
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, got {max_queue}")
         self.max_queue = max_queue
-        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._queue: queue.Queue[Job | _Last] = queue.Queue()
         self._lock = threading.Lock()
         self._waiting: list[Job] = []
         self._running: Job | None = None
@@ -91,13 +99,36 @@ class GenerationWorker:
         for j in jobs:
             j.cancel()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Cancel everything and end the thread."""
+    def stop(self, timeout: float = 30.0, last: Callable[[], None] | None = None) -> bool:
+        """Cancel everything and end the thread, running `last()` on it first (e.g. telling the
+        other ranks of a group to stop, from the thread that ran their engines). -> False if the
+        thread did not end within `timeout` (a generation stuck in a step)."""
         self.cancel_all()
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout)
-            self._thread = None
+        if self._thread is None:
+            return True
+        self._queue.put(_Last(last))
+        self._thread.join(timeout)
+        ended = not self._thread.is_alive()
+        self._thread = None
+        return ended
+
+    def fail_all(self, error: Any, timeout: float = 3.0) -> None:
+        """From any thread, when the generations can no longer finish (a rank of the group was lost):
+        the running and waiting jobs end now with `error` then END; waits up to `timeout` for their
+        requests to take the events (the caller is about to end the process)."""
+        with self._lock:
+            jobs = ([self._running] if self._running else []) + list(self._waiting)
+        for j in jobs:
+            j.cancel()
+            j.emit(error)
+            j.emit(END)
+        if not jobs:
+            return
+        deadline = time.monotonic() + timeout
+        time.sleep(0.2)  # the events land on the loop's side
+        while any(j.events.qsize() for j in jobs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))  # the last bytes onto the sockets
 
     def _loop(self) -> None:
         try:
@@ -112,7 +143,9 @@ class GenerationWorker:
     def _serve(self) -> None:
         while True:
             job = self._queue.get()
-            if job is None:
+            if isinstance(job, _Last):
+                if job.fn is not None:
+                    job.fn()
                 return
             with self._lock:
                 self._waiting.remove(job)
