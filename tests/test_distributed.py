@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -82,8 +83,23 @@ def test_unsplittable_sizes_are_refused_in_one_line():
 
     with pytest.raises(ShardError, match=r"^num_key_value_heads = 8 does not split evenly over 3 ranks$"):
         ShardPlan(ModelArgs.from_dims(PRESETS["120b"]), 0, 3)
-    with pytest.raises(ShardError, match="intermediate_size / expert_group_size = 90 does not split evenly over 4"):
-        ShardPlan(ModelArgs.from_dims(PRESETS["120b"]), 0, 4)
+    with pytest.raises(ShardError, match=r"^num_key_value_heads = 2 does not split evenly over 4 ranks$"):
+        ShardPlan(ModelArgs.from_dims(PRESETS["tiny"]), 0, 4)
+    with pytest.raises(ShardError, match=r"^intermediate_size / expert_group_size = 2 is fewer than the 4 ranks"):
+        ShardPlan(ModelArgs.from_dims(replace(PRESETS["tiny"], num_key_value_heads=4)), 0, 4)
+
+
+def test_120b_over_four_ranks_splits_the_experts_in_whole_groups():
+    """90 MXFP4 groups of intermediate units over 4 ranks: 23, 23, 22, 22, contiguous, covering all."""
+    from mlx_oss.convert.synthetic import PRESETS
+
+    args = ModelArgs.from_dims(PRESETS["120b"])
+    plans = [ShardPlan(args, r, 4) for r in range(4)]
+    ranges = [p.intermediate_range() for p in plans]
+    assert [(e - s) // 32 for s, e in ranges] == [23, 23, 22, 22]
+    assert ranges[0][0] == 0 and ranges[-1][1] == 2880 and all(ranges[i][1] == ranges[i + 1][0] for i in range(3))
+    assert plans[3].stored_ranges("layers.0.mlp.down.weight", (128, 2880, 1440)) == (2, [(2176 // 2, 2880 // 2)])
+    assert plans[1].local_args().intermediate_size == 23 * 32 and plans[1].heads == 16 and plans[1].kv_heads == 2
 
 
 def test_hostfile(tmp_path):
@@ -178,6 +194,24 @@ def test_two_ranks_equal_one_process(tiny_converted, tmp_path):
     assert rel <= 1e-5, rel
     assert dist["turns"] == ref_turns
     assert dist["turns"][1]["reused"] > 0  # cross-turn reuse happened, identically
+
+
+@pytest.mark.slow
+def test_four_ranks_equal_one_process(tmp_path):
+    """4 ranks of a tiny model with 4 kv heads and 5 MXFP4 groups of intermediate units (2, 1, 1, 1 per
+    rank: an uneven expert split): logits within 1e-5, the same greedy turns and cache reuse."""
+    from mlx_oss.convert.convert import convert_checkpoint
+    from mlx_oss.convert.synthetic import preset, write_checkpoint
+
+    src = write_checkpoint(tmp_path / "src", preset("tiny", num_key_value_heads=4, intermediate_size=160), "hf")
+    folder = convert_checkpoint(src, tmp_path / "conv", progress=False).dst
+    out = tmp_path / "r0"
+    for code, _, err in _finish(_start(tmp_path, "exact", [folder] * 4, out)):
+        assert code == 0, err
+    got = np.load(str(out) + ".npy")
+    ref, ref_turns, _ = _single_process(folder)
+    assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-5
+    assert json.loads(Path(str(out) + ".json").read_text())["turns"] == ref_turns
 
 
 @pytest.mark.slow
@@ -408,3 +442,61 @@ def test_serve_with_hosts_a_dead_rank_fails_the_request_and_exits(tiny_chat_conv
     lines = [l for l in srv.stderr().splitlines() if l.strip()]
     assert lines[-1].startswith("mlx-oss: error: rank 0: lost rank 1"), srv.stderr()
     assert "Traceback" not in srv.stderr()
+
+
+# ---------------------------------------------------------------------------------- chat --hosts
+
+
+def _rank_1_of(marker: str):
+    """The rank-1 process whose command line contains `marker` (started by rank 0's --hosts)."""
+    import psutil
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if marker in " ".join(p.info["cmdline"] or ()) and p.environ().get("MLX_RANK") == "1":
+                    return p
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        time.sleep(0.2)
+    raise AssertionError("rank 1 did not start")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
+def test_chat_with_hosts_in_a_terminal(tiny_chat_converted, tmp_path, monkeypatch):
+    """`mlx-oss chat --hosts` in a real terminal (tmux): a reply over two ranks, Ctrl+Q ends both (exit
+    0); then a reply streaming when rank 1 is killed: the terminal is given back, one line names the
+    lost rank, exit 1."""
+    from test_tui_tmux import Tmux
+
+    monkeypatch.setenv("MLX_OSS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLX_OSS_CPU_STREAMS", "1")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    hosts = _local_hostfile(tmp_path)
+    tmux = Tmux(tmp_path)
+    try:
+        for run, max_tokens in (("quit", "6"), ("kill", "100000")):
+            monkeypatch.setenv("MLX_OSS_BASE_PORT", str(_free_base_port()))
+            data = tmp_path / f"data-{run}"
+            tmux.start(run, [sys.executable, "-m", "mlx_oss.cli.main", "chat", "-m", str(tiny_chat_converted),
+                             "--hosts", str(hosts), "--data-dir", str(data), "--max-tokens", max_tokens])  # fmt: skip
+            rank1 = _rank_1_of(str(data))
+            tmux.wait(run, "Message · Enter sends", timeout=240)
+            tmux.type(run, "hello")
+            tmux.keys(run, "Enter")
+            if run == "quit":
+                tmux.wait(run, "tokens ·", timeout=120)
+                tmux.keys(run, "C-q")
+                screen = tmux.wait(run, "EXITED 0", timeout=120)
+                rank1.wait(60)  # gone after rank 0's EXIT, with nothing on its stderr (forwarded as "[rank 1] ...")
+                assert "[rank 1]" not in screen and "Traceback" not in screen, screen
+            else:
+                tmux.wait(run, "generating…", timeout=120)
+                rank1.kill()
+                screen = tmux.wait(run, "EXITED 1", timeout=60)
+                lines = [l for l in screen.splitlines() if l.strip()]
+                assert lines[lines.index("EXITED 1") - 1].startswith("mlx-oss: error: rank 0: lost rank 1"), screen
+    finally:
+        tmux.close()

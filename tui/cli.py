@@ -84,6 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--chats-dir", default=None, metavar="DIR",
                    help="where ctrl+s saves conversations (default $MLX_OSS_CHATS or ~/mlx-oss-chats)")  # fmt: skip
     args.add_builtin_tools(c)
+    args.add_hosts(c)
     c.set_defaults(func=run_chat)
 
 

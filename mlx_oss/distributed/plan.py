@@ -3,10 +3,12 @@
 - Attention: rank r owns query heads [r nq/N, (r+1) nq/N), the kv heads they read (GQA groups stay
   whole: query head h reads kv head h // (nq/nkv)), their sinks, and the matching input columns of
   `attn.out`. The out-projection's partial sums are added with one `all_sum`; its bias is added once.
-- MoE: every rank holds every expert, with the slice [r I/N, (r+1) I/N) of the intermediate dimension
-  (gate and up rows, `down` input columns): the clamped SwiGLU is elementwise per intermediate unit, so
-  each rank's share is exact, every token's 4 experts cost each rank the same, and one `all_sum` adds
-  the partial down-projections. The router is replicated (top-4 needs all 128 logits).
+- MoE: every rank holds every expert, with a slice of the intermediate dimension (gate and up rows,
+  `down` input columns) in whole MXFP4 groups of 32 units, as even as they go ([r I/N, (r+1) I/N) when
+  N divides the groups; 120b's 90 groups over 4 ranks: 23, 23, 22, 22): the clamped SwiGLU is
+  elementwise per intermediate unit, so each rank's share is exact, every token's 4 experts cost each
+  rank about the same, and one `all_sum` adds the partial down-projections. The router is replicated
+  (top-4 needs all 128 logits).
 - Embedding and unembedding: split by vocabulary rows. The lookup zeroes tokens outside the rank's
   rows and one `all_sum` joins them; the lm_head's logits are joined with one `all_gather`.
 
@@ -57,13 +59,15 @@ class ShardPlan:
             ("num_key_value_heads", a.num_key_value_heads, n),
             ("num_attention_heads", a.num_attention_heads, n),
             ("vocab_size", a.vocab_size, n),
-            ("intermediate_size / expert_group_size", a.intermediate_size // a.expert_group_size, n),
         )
         for field, value, parts in checks:
             if value % parts:
                 raise ShardError(f"{field} = {value} does not split evenly over {parts} ranks")
         if a.intermediate_size % a.expert_group_size:
             raise ShardError(f"intermediate_size {a.intermediate_size} is not a multiple of {a.expert_group_size}")
+        groups = a.intermediate_size // a.expert_group_size
+        if groups < n:
+            raise ShardError(f"intermediate_size / expert_group_size = {groups} is fewer than the {n} ranks (each needs one)")
 
     # ---------------------------------------------------------------- per-rank sizes
 
@@ -75,9 +79,19 @@ class ShardPlan:
     def kv_heads(self) -> int:
         return self.args.num_key_value_heads // self.size
 
+    def intermediate_range(self, rank: int | None = None) -> tuple[int, int]:
+        """[start, stop) of the intermediate units rank `rank` (default: this one) holds: whole MXFP4
+        groups of `expert_group_size`, as even as they go (120b over 4 ranks: 23, 23, 22, 22 groups),
+        since the partial down-projections are summed whatever their widths."""
+        r = self.rank if rank is None else rank
+        g, groups, n = self.args.expert_group_size, self.args.intermediate_size // self.args.expert_group_size, self.size
+        first = lambda k: k * (groups // n) + min(k, groups % n)  # noqa: E731
+        return first(r) * g, first(r + 1) * g
+
     @property
     def intermediate(self) -> int:
-        return self.args.intermediate_size // self.size
+        start, stop = self.intermediate_range()
+        return stop - start
 
     @property
     def vocab(self) -> int:
@@ -126,10 +140,10 @@ class ShardPlan:
         if kind == "cols":
             return axis, [(r * self.heads * d, (r + 1) * self.heads * d)]
         if kind == "gate_up":
-            i, ir = a.intermediate_size, self.intermediate
-            return axis, [(r * ir, (r + 1) * ir), (i + r * ir, i + (r + 1) * ir)]
+            i, (s, e) = a.intermediate_size, self.intermediate_range()
+            return axis, [(s, e), (i + s, i + e)]
         if kind == "inter":
-            return axis, [(r * self.intermediate, (r + 1) * self.intermediate)]
+            return axis, [self.intermediate_range()]
         if kind == "vocab":
             return axis, [(self.vocab_start, self.vocab_start + self.vocab)]
         raise AssertionError(kind)

@@ -196,12 +196,26 @@ class Watchdog:
                     fn(msg)
                 except Exception:  # noqa: BLE001 - exiting anyway
                     pass
-            print(f"mlx-oss: error: rank {self.rank}: {msg}", file=sys.stderr, flush=True)
+            _last_line(f"mlx-oss: error: rank {self.rank}: {msg}")
             os._exit(EXIT_LOST_PEER)
 
     def guard(self, what: str, seconds: float | None = None) -> "Guard":
         """A deadline for one blocking step (e.g. `mx.distributed.init`, which never times out)."""
         return Guard(self, what, seconds or self.connect_timeout)
+
+
+def _last_line(text: str) -> None:
+    """`text` as the last line on stderr: MLX's ring threads may be writing `[ring] Socket N was closed
+    by the peer` there right now (mid-line, byte by byte), so fd 2 goes to /dev/null first and the line
+    starts on a fresh line of the real stderr."""
+    try:
+        sys.stderr.flush()
+        real = os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.write(real, f"\n{text}\n".encode())
+    except OSError:
+        print(text, file=sys.stderr, flush=True)
 
 
 class Guard:
