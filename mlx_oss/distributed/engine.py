@@ -48,6 +48,8 @@ class Command:
     max_context: int = 0  # the engine's settings (rank 0 may change them between commands)
     prefill_chunk: int = 0
     max_snapshots: int = 0
+    held: int = 0  # tokens rank 0's engine holds before the command, and (prefill, generate) the ones
+    reuse: int = 0  # it will reuse: a follower whose engine disagrees stops with an error, not a hang
 
     @classmethod
     def size(cls) -> int:
@@ -148,7 +150,8 @@ class LeaderEngine(Engine):
         drops = mirror.take_dropped()
         cmd = Command(
             op, self.id, state, 0, len(drops), len(prompt), -1 if max_tokens is None else max_tokens, len(stops),
-            len(cuts), self.max_context, self.prefill_chunk, self.max_snapshots,
+            len(cuts), self.max_context, self.prefill_chunk, self.max_snapshots, len(self._tokens),
+            self.reusable(list(prompt)) if prompt else 0,
         )  # fmt: skip
         send(self.comm, cmd, drops, prompt, stops, cuts)
 
@@ -210,6 +213,10 @@ def _drained(it: Iterator[int], step: _Step) -> Iterator[int]:
             pass
 
 
+class DivergedError(RuntimeError):
+    """A follower's engine no longer matches rank 0's (never expected: the commands keep them equal)."""
+
+
 class Follower:
     """A follower rank's engines and detached states, by the ids rank 0 gave them."""
 
@@ -218,11 +225,17 @@ class Follower:
         self.engines: dict[int, Engine] = {}
         self.states: dict[int, EngineState] = {}
 
-    def engine(self, c: Command) -> Engine:
+    def engine(self, c: Command, prompt: list[int] = ()) -> Engine:
         eng = self.engines.get(c.engine)
         if eng is None:
             eng = self.engines[c.engine] = Engine(self.model, max_context=c.max_context)
         eng.max_context, eng.prefill_chunk, eng.max_snapshots = c.max_context, c.prefill_chunk, c.max_snapshots
+        held, reuse = len(eng.tokens), eng.reusable(list(prompt)) if prompt else 0
+        if (held, reuse) != (c.held, c.reuse):
+            raise DivergedError(
+                f"rank {self.comm.rank}: engine {c.engine} holds {held} tokens and would reuse {reuse}; rank 0's "
+                f"holds {c.held} and reuses {c.reuse}: the ranks' caches diverged (a bug); stopping"
+            )
         return eng
 
     def run(self, c: Command, body: list[int]) -> bool:
@@ -244,14 +257,14 @@ class Follower:
         elif c.op == ATTACH:
             self.engine(c).attach(self.states.pop(c.state))
         elif c.op == PREFILL:
-            eng, step = self.engine(c), _Step(self.comm, None, lambda: False)
+            eng, step = self.engine(c, prompt), _Step(self.comm, None, lambda: False)
             try:
                 eng.prefill(prompt, step.should_stop, cuts)
             finally:
                 eng.settle()
         elif c.op == GENERATE:
             step = _Step(self.comm, None, lambda: False)
-            gen = self.engine(c).generate(
+            gen = self.engine(c, prompt).generate(
                 prompt, step, max_tokens=None if c.max_tokens < 0 else c.max_tokens, should_stop=step.should_stop,
                 stop_tokens=stops, boundaries=cuts,
             )  # fmt: skip
