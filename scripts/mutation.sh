@@ -23,13 +23,14 @@ declare -A MODULES=(
   [chat]="mlx_oss/chat.py|tests/test_chat.py tests/test_chat_tools.py"
   [harmony_parser]="mlx_oss/harmony/parser.py|tests/test_harmony.py tests/test_harmony_properties.py tests/test_harmony_oracle.py"
   [harmony_render]="mlx_oss/harmony/render.py|tests/test_harmony.py tests/test_harmony_oracle.py"
-  [cli_main]="mlx_oss/cli/main.py|tests/test_cli_info.py tests/test_convert.py tests/test_generate_cli.py"
+  [cli_main]="mlx_oss/cli/main.py|tests/test_cli_main.py tests/test_cli_info.py tests/test_generate_cli.py"
+  [cli_args]="mlx_oss/cli/args.py|tests/test_tui_cli.py tests/test_generate_cli.py"
   [cli_generate]="mlx_oss/cli/generate.py|tests/test_generate_cli.py"
   [tui_cli]="tui/cli.py|tests/test_tui_cli.py"
-  [tui_session]="tui/session.py|tests/test_tui_engine.py"
+  [tui_session]="tui/session.py|tests/test_tui_cli.py tests/test_tui_engine.py"
   [convert]="convert/convert.py|tests/test_convert.py"
 )
-ORDER=(engine cache chat harmony_parser harmony_render cli_generate cli_main)
+ORDER=(engine cache chat harmony_parser harmony_render cli_args cli_generate cli_main tui_session tui_cli convert)
 [ $# -gt 0 ] && ORDER=("$@")
 
 "$PY" -c "import mutmut" 2>/dev/null || { echo "mutmut is missing: pip install -e '.[mutation]'" >&2; exit 2; }

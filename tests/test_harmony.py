@@ -281,6 +281,11 @@ def test_default_system_message_text():
     )
     sys_with_tools = text(render_conversation(CASES["developer_tools_no_instructions"]))
     assert "every message.\nCalls to these tools must go to the commentary channel: 'functions'.<|end|>" in sys_with_tools
+    # system_text on its own: no function tools unless told
+    from mlx_oss.harmony import system_text
+
+    assert system_text(SystemContent()).endswith("Channel must be included for every message.")
+    assert system_text(SystemContent(), True).endswith("commentary channel: 'functions'.")
 
 
 def test_function_tools_render_as_typescript_namespace():

@@ -1,0 +1,75 @@
+"""`mlx-oss`'s exit-code contract (mlx_oss/cli/main.py) for every kind of failure a subcommand raises, on a
+stub subcommand: one line on stderr, never a traceback (unless MLX_OSS_DEBUG), and the documented code."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from mlx_oss.cli import info, main as cli_main
+from mlx_oss.errors import ConvertError, UsageError
+
+
+def _run_raising(monkeypatch, exc: BaseException | None, argv=("info", "x")) -> int:
+    def fake(a: argparse.Namespace) -> int:
+        if exc is not None:
+            raise exc
+        return 7
+
+    monkeypatch.setattr(info, "_cmd_info", fake)  # `register` hands it to argparse as the command's func
+    return cli_main.main(list(argv))
+
+
+@pytest.mark.parametrize(
+    "exc, code, line",
+    [
+        (None, 7, ""),
+        (UsageError("--x: bad"), 2, "mlx-oss info: error: --x: bad\n"),
+        (ConvertError("no such folder"), 1, "mlx-oss: error: no such folder\n"),
+        (KeyboardInterrupt(), 130, "mlx-oss: interrupted\n"),
+        (RuntimeError("  first line\nsecond line"), 1, "mlx-oss: error: RuntimeError: first line\n"),
+        (ValueError(""), 1, "mlx-oss: error: ValueError: \n"),
+    ],
+)
+def test_each_failure_is_one_line_and_its_exit_code(exc, code, line, monkeypatch, capsys):
+    monkeypatch.delenv("MLX_OSS_DEBUG", raising=False)
+    assert _run_raising(monkeypatch, exc) == code
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", line)
+
+
+def test_debug_shows_the_traceback(monkeypatch):
+    monkeypatch.setenv("MLX_OSS_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        _run_raising(monkeypatch, RuntimeError("boom"))
+
+
+def test_broken_pipe_is_quiet_and_141(monkeypatch, capsys):
+    silenced = []
+    monkeypatch.setattr(cli_main, "_silence_stdout", lambda: silenced.append(True))
+    assert _run_raising(monkeypatch, BrokenPipeError()) == 141
+    assert silenced == [True] and capsys.readouterr() == ("", "")
+
+
+def test_every_subcommand_is_registered_in_help_order():
+    sub = next(a for a in cli_main.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == ["convert", "info", "generate", "chat", "bench", "serve"]
+    assert sub.required
+    with pytest.raises(SystemExit) as e:
+        cli_main.main([])
+    assert e.value.code == 2
+
+
+def test_silence_stdout_points_it_at_devnull(tmp_path, monkeypatch):
+    import io
+    import sys
+
+    f = open(tmp_path / "out", "w")
+    monkeypatch.setattr(sys, "stdout", f)
+    cli_main._silence_stdout()
+    f.write("lost")
+    f.close()  # the final flush goes to /dev/null, without an error
+    assert (tmp_path / "out").read_text() == ""
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # no file descriptor: nothing to do, nothing raised
+    cli_main._silence_stdout()
