@@ -844,3 +844,16 @@ def test_malformed_header_errors_say_what_is_wrong(stream, errors):
     p.feed(toks(stream))
     assert len(p.messages) == 1 and p.messages[0].text == "x"
     assert p.errors == errors
+
+
+@pytest.mark.parametrize("end", [tk.END, tk.START])
+def test_a_half_character_is_flushed_when_the_message_ends(end):
+    # <|end|> completes the message; <|start|> cuts it (incomplete): either way the pending byte is U+FFFD
+    p = StreamParser()
+    p.feed(toks("<|channel|>final<|message|>a") + [ENC.encode_single_token(b"\xe4")])
+    assert p.current_content == "a"
+    ev = p.process(end)
+    expected = Message(Role.ASSISTANT, "a\ufffd", channel="final", incomplete=end == tk.START)
+    assert (ev.token, ev.delta, ev.message, ev.stop) == (end, "\ufffd", expected, False)
+    assert ev.error == (None if end == tk.END else "<|start|> inside message content")
+    assert p.messages == [expected]

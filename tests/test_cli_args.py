@@ -1,0 +1,131 @@
+"""The shared CLI flags (mlx_oss/cli/args.py) on a bare parser: each type's bounds and one-line errors, each
+flag's default and destination, and what the built-in tool flags turn into. No model is loaded."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from mlx_oss.cli import args
+from mlx_oss.errors import UsageError
+from mlx_oss.sampling import SamplingConfig
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="t")
+    for add in (args.add_model, args.add_dtype, args.add_hosts, args.add_effort, args.add_instructions,
+                args.add_sampling, args.add_limits, args.add_builtin_tools):  # fmt: skip
+        add(p)
+    return p
+
+
+def test_defaults():
+    from mlx_oss.store import DEFAULT_MODEL
+
+    a = _parser().parse_args([])
+    assert (a.model, a.dtype, a.hosts, a.reasoning_effort, a.instructions) == (DEFAULT_MODEL, None, None, "medium", None)
+    assert (a.temperature, a.top_p, a.top_k, a.min_p, a.seed, a.max_tokens, a.max_context) == (1.0, 1.0, 0, 0.0, None, None, None)
+    assert (a.browser, a.search_backend, a.searxng_url, a.python, a.python_backend) == (False, "auto", None, False, "jupyter")
+    assert (a.python_timeout, a.python_dir, a.approve_python) == (120.0, None, "ask")
+    assert args.sampling_config(a) == SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, seed=None)
+
+
+def test_values_land_where_they_belong():
+    a = _parser().parse_args(
+        ["-m", "m", "--dtype", "float16", "--hosts", "h.json", "-r", "high", "-s", "be brief", "--temp", "0.5",
+         "--top-p", "0.9", "--top-k", "5", "--min-p", "0.1", "--seed", "3", "--max-tokens", "1", "--max-context", "2",
+         "--browser", "--search-backend", "none", "--searxng-url", "http://127.0.0.1:1", "--python",
+         "--python-backend", "docker", "--python-timeout", "0.5", "--python-dir", "d", "--approve-python", "never"]
+    )  # fmt: skip
+    assert (a.model, a.dtype, a.hosts, a.reasoning_effort, a.instructions) == ("m", "float16", "h.json", "high", "be brief")
+    assert args.sampling_config(a) == SamplingConfig(temperature=0.5, top_p=0.9, top_k=5, min_p=0.1, seed=3)
+    assert (a.max_tokens, a.max_context) == (1, 2)
+    assert (a.browser, a.search_backend, a.searxng_url) == (True, "none", "http://127.0.0.1:1")
+    assert (a.python, a.python_backend, a.python_timeout, a.python_dir, a.approve_python) == (True, "docker", 0.5, "d", "never")
+    assert _parser().parse_args(["--system", "x"]).instructions == "x"
+    assert _parser().parse_args(["--reasoning-effort", "low", "--temperature", "0"]).reasoning_effort == "low"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--top-k", "-1"], "argument --top-k: must be at least 0, got -1"),
+        (["--top-k", "x"], "argument --top-k: expected an integer, got 'x'"),
+        (["--max-tokens", "0"], "argument --max-tokens: must be at least 1, got 0"),
+        (["--max-context", "1"], "argument --max-context: must be at least 2, got 1"),
+        (["--top-p", "0"], "argument --top-p: must be in (0, 1], got 0"),
+        (["--top-p", "1.5"], "argument --top-p: must be in (0, 1], got 1.5"),
+        (["--min-p", "-0.1"], "argument --min-p: must be in [0, 1], got -0.1"),
+        (["--temperature", "101"], "argument --temperature/--temp: must be in [0, 100], got 101"),
+        (["--temperature", "hot"], "argument --temperature/--temp: expected a number, got 'hot'"),
+        (["--python-timeout", "0"], "argument --python-timeout: must be in (0, 86400], got 0"),
+        (["--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
+        (["-r", "max"], "argument --reasoning-effort/-r: invalid choice: 'max'"),
+    ],
+)
+def test_bad_values_are_usage_errors_naming_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        _parser().parse_args(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bounds_are_inclusive_where_documented():
+    a = _parser().parse_args(["--top-k", "0", "--max-tokens", "1", "--max-context", "2", "--top-p", "1", "--min-p", "1",
+                              "--min-p", "0", "--temperature", "100", "--python-timeout", "86400"])  # fmt: skip
+    assert (a.top_k, a.max_tokens, a.max_context, a.top_p, a.min_p, a.temperature, a.python_timeout) == (0, 1, 2, 1.0, 0.0, 100.0, 86400.0)
+    assert args.float_in(0, 1)("0") == 0.0 and args.float_in(0, 1, lo_open=True)("1e-9") == 1e-9
+
+
+def test_instructions_text_file_and_literal_at(tmp_path):
+    f = tmp_path / "rules.txt"
+    f.write_text("Be brief. é\n", encoding="utf-8")
+    assert args.instructions_arg("plain") == "plain"
+    assert args.instructions_arg(f"@{f}") == "Be brief. é\n"
+    assert args.instructions_arg("@@handle") == "@handle"
+    with pytest.raises(argparse.ArgumentTypeError) as e:
+        args.instructions_arg(f"@{tmp_path / 'missing.txt'}")
+    assert str(e.value) == f"cannot read the instructions file {str(tmp_path / 'missing.txt')!r} (No such file or directory)"
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\xfa")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^cannot read the instructions file .*bad\.txt' \(.*utf-8.*\)$"):
+        args.instructions_arg(f"@{tmp_path / 'bad.txt'}")
+
+
+def test_int_list():
+    assert args.int_list("512,2048") == [512, 2048]
+    assert args.int_list("1,,2, ") == [1, 2]
+    with pytest.raises(argparse.ArgumentTypeError) as e:
+        args.int_list("1,x")
+    assert str(e.value) == "expected comma-separated integers, got '1,x'"
+
+
+def test_builtin_tool_flags_become_chat_kwargs(tmp_path):
+    from mlx_oss.builtin.browser.search import NoSearch, SearxngSearch
+
+    p = _parser()
+    assert args.builtin_chat_kwargs(p.parse_args([]), None) == {}
+    kw = args.builtin_chat_kwargs(p.parse_args(["--browser", "--search-backend", "searxng",
+                                                "--searxng-url", "http://127.0.0.1:9"]), None)  # fmt: skip
+    assert kw["builtin_tools"] == ("browser",) and isinstance(kw["browser_backend"], SearxngSearch)
+    assert kw["browser_backend"].url == "http://127.0.0.1:9" and "approve" not in kw
+
+    def approve(call) -> bool:
+        return True
+
+    kw = args.builtin_chat_kwargs(p.parse_args(["--python", "--python-timeout", "7", "--python-dir", str(tmp_path),
+                                                "--browser", "--search-backend", "none"]), approve)  # fmt: skip
+    assert kw["builtin_tools"] == ("browser", "python") and isinstance(kw["browser_backend"], NoSearch)
+    tool = kw["python_backend"]
+    assert (tool.backend, tool.approve, tool.workdir, tool.timeout_s, kw["approve"]) == ("jupyter", approve, tmp_path, 7.0, approve)
+    kw = args.builtin_chat_kwargs(p.parse_args(["--python"]), None)
+    assert kw["builtin_tools"] == ("python",) and "browser_backend" not in kw
+
+
+def test_a_search_backend_that_cannot_work_is_a_usage_error(monkeypatch):
+    monkeypatch.delenv("SEARXNG_URL", raising=False)
+    a = _parser().parse_args(["--browser", "--search-backend", "searxng"])
+    with pytest.raises(UsageError) as e:
+        args.check_builtin_args(a)
+    assert str(e.value).startswith("--search-backend: search backend searxng needs the instance URL")
+    args.check_builtin_args(_parser().parse_args(["--search-backend", "searxng"]))  # browser off: not checked
