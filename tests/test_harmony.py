@@ -857,3 +857,25 @@ def test_a_half_character_is_flushed_when_the_message_ends(end):
     assert (ev.token, ev.delta, ev.message, ev.stop) == (end, "\ufffd", expected, False)
     assert ev.error == (None if end == tk.END else "<|start|> inside message content")
     assert p.messages == [expected]
+
+
+class _CountingEncoder(_CountingEncoding):
+    def encode_ordinary(self, s: str) -> list[int]:
+        self.calls += 1
+        return ENC.encode_ordinary(s)
+
+
+def test_renderers_use_the_encoding_they_are_given_and_drop_old_analysis_by_default():
+    msgs = CASES["ongoing_analysis_not_dropped"][:4] + [Message.assistant("done")]
+    for render in (render_conversation, render_conversation_for_completion, render_conversation_for_training,
+                   lambda m, encoding: render_with_spans(m, encoding=encoding).tokens,
+                   lambda m, encoding: render_message(m[0], encoding=encoding)):  # fmt: skip
+        enc = _CountingEncoder()
+        assert render(msgs, encoding=enc) == render(msgs, encoding=None)  # type: ignore[arg-type]
+        assert enc.calls > 0, render
+    assert render_conversation(msgs) == render_conversation(msgs, auto_drop_analysis=True)
+    assert render_conversation(msgs) != render_conversation(msgs, auto_drop_analysis=False)
+    assert render_conversation_for_training(msgs) != render_conversation_for_training(msgs, auto_drop_analysis=False)
+    assert render_conversation_for_training([]) == []
+    with pytest.raises(ValueError, match=r"^a tool message needs the tool's name \(e\.g\. 'functions\.get_weather'\)$"):
+        render_message(Message(Role.TOOL, "x"))
