@@ -328,3 +328,135 @@ def test_message_snapshots_are_evicted_before_prompt_ends(model):
     snaps = engine.snapshots
     # prompt end kept; the oldest message snapshot goes first, the newest stays
     assert [(s.position, s.kind) for s in snaps] == [(12, "prompt"), (18, "message"), (20, "message")]
+
+
+# ------------------------------------------------------------------ what the engine reports and hands over
+
+
+def test_logits_processors_see_exactly_the_tokens_fed_so_far(model):
+    """A processor's context (mlx-lm's repetition penalty reads it) is the prompt plus every token
+    sampled before this step, on a fresh engine and on a turn that reuses the cache."""
+    seen = []
+
+    def record(ctx, logits):
+        seen.append(ctx.tolist())
+        return logits
+
+    engine = Engine(model)
+    prompt = rng_tokens(41, 10)
+    for turn in range(2):
+        script = rng_tokens(42 + turn, 4)
+        seen.clear()
+        sampler = Sampler(SamplingConfig(logits_processors=(record, ScriptedTokens(script))))
+        out, _ = run(engine, prompt, sampler, max_tokens=4)
+        assert out == script
+        assert seen == [prompt + script[:i] for i in range(4)]
+        prompt = prompt + out + rng_tokens(50 + turn, 3)
+
+
+def test_timings_and_token_counts_on_a_clock_that_moves_per_forward_pass(model, monkeypatch):
+    """prefill_s, ttft_s, decode_s and the token counts, exactly: the engine's clock advances one second
+    per forward call of the model (so the times count forward passes), starting at 100 s."""
+    import types
+
+    import mlx_oss.engine as engine_mod
+
+    now = [100.0]
+
+    class Timed:
+        args = model.args
+
+        def make_cache(self):
+            return model.make_cache()
+
+        def __call__(self, *a, **k):
+            now[0] += 1
+            return model(*a, **k)
+
+    monkeypatch.setattr(engine_mod, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    engine = Engine(Timed(), prefill_chunk=16)
+    prompt = rng_tokens(43, 40)  # 3 chunks
+    out, g = run(engine, prompt, scripted(rng_tokens(44, 5)), max_tokens=5)
+    assert (g.prefill_s, g.ttft_s, g.decode_s) == (3, 4, 4)  # 5 tokens: the 4 after the first took 4 passes
+    assert (g.prompt_tokens, g.reused_tokens, g.prefilled_tokens) == (40, 0, 40)
+    assert g.prefill_tps == 40 / 3 and g.decode_tps == 1.0
+    nxt = prompt + out + rng_tokens(45, 7)  # reuses all 45 tokens held: one 7-token chunk
+    out, g = run(engine, nxt, scripted(rng_tokens(46, 1)), max_tokens=1)
+    assert (g.prompt_tokens, g.reused_tokens, g.prefilled_tokens) == (52, 45, 7)
+    assert (g.prefill_s, g.ttft_s, g.decode_s) == (1, 2, 0)
+    assert g.decode_tps == 0.0  # one token: no decode rate
+    stops = iter([False, False, True])  # cancelled after two chunks of a fresh 40-token prompt
+    out, g = run(Engine(Timed(), prefill_chunk=16), rng_tokens(47, 40), scripted([1]), should_stop=lambda: next(stops))
+    assert out == [] and g.stop_reason == "cancelled"
+    assert (g.prefill_s, g.prefilled_tokens, g.ttft_s) == (2, 32, 0)
+
+
+def test_nothing_lazy_outlives_a_generation(model, monkeypatch):
+    """MLX streams are per thread, so the last thing a generation does is evaluate every cache buffer
+    and every snapshot ring (the next turn may run in another thread)."""
+    from mlx_oss import tokenizer as tk
+
+    calls = []
+    real_eval = mx.eval
+
+    def spy(*arrays):
+        calls.append(arrays)
+        return real_eval(*arrays)
+
+    monkeypatch.setattr(mx, "eval", spy)
+    engine = Engine(model)
+    run(engine, rng_tokens(48, 20), scripted([3, tk.END, 4, 5]), max_tokens=4)
+    held = [a for c in engine.cache for a in c.state]
+    held += [a for snap in engine.snapshots for st in snap.states if st is not None for a in (st.keys, st.values)]
+    assert len(engine.snapshots) == 2 and len(held) > 2 * len(engine.cache)
+
+    def flat(x):
+        return [a for y in x for a in flat(y)] if isinstance(x, (list, tuple)) else [x]
+
+    assert {id(a) for a in held} <= {id(a) for a in flat(calls[-1])}
+
+
+def test_detach_attach_fork_and_reset(model):
+    """A detached state resumes exactly (same reuse, same logits as scratch) after the engine served
+    another conversation; a fork stays intact while the original is written; reset empties."""
+    from mlx_oss import tokenizer as tk
+
+    engine = Engine(model)
+    a = rng_tokens(60, 30)
+    run(engine, a, scripted(rng_tokens(61, 3) + [tk.END] + rng_tokens(62, 3)), max_tokens=7)
+    held = engine.tokens
+    probes = [held + [5], held[:34] + [6, 7], held[:31] + [8], held[:12] + [9]]  # trim, snapshot, one back, scratch
+    promised = [engine.reusable(p) for p in probes]
+    assert promised == [37, 34, 30, 0]
+    state = engine.detach()
+    assert engine.tokens == [] and engine.snapshots == [] and all(c.offset == 0 for c in engine.cache)
+    assert state.tokens == tuple(held) and [s.position for s in state.snapshots] == [30, 34]
+    assert [state.reusable(p) for p in probes] == promised
+    fork = state.fork()
+    assert fork.tokens == state.tokens and fork.snapshots == state.snapshots
+    assert all(f is not c and f.offset == c.offset for f, c in zip(fork.cache, state.cache))
+    engine.prefill(rng_tokens(63, 20))  # another conversation meanwhile
+    engine.attach(state)
+    assert engine.tokens == held and engine.snapshots == list(state.snapshots)
+    check_prefill(engine, model, probes[1], 34)  # writes the original's caches
+    engine.attach(fork)
+    check_prefill(engine, model, probes[0], 37)  # the fork still holds `held`
+    engine.reset()
+    assert engine.tokens == [] and engine.snapshots == [] and all(c.offset == 0 for c in engine.cache)
+    assert engine.reusable(probes[0]) == 0
+
+
+def test_state_nbytes_counts_buffers_and_the_snapshot_rings_they_no_longer_use(model):
+    """Tiny model, float32: 2 sliding layers (8-slot rings, 2 KiB of keys + values each) and 2 full layers
+    (256-slot buffers, 64 KiB each). A snapshot ring counts once it is no longer the live one."""
+    engine = Engine(model)
+    assert Engine(model).detach().nbytes == 0
+    engine.prefill(rng_tokens(64, 30))
+    live = 2 * 2048 + 2 * 65536
+    state = engine.detach()
+    assert state.nbytes == live  # the snapshot at 30 holds the live rings
+    engine.attach(state)
+    run(engine, engine.tokens + rng_tokens(65, 2), scripted([1, 2]), max_tokens=2)
+    state = engine.detach()
+    assert [s.position for s in state.snapshots] == [30, 32]
+    assert state.nbytes == live + 2 * (2 * 2048)  # both snapshots' rings were left behind by later writes
