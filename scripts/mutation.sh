@@ -4,6 +4,7 @@
 #
 #   scripts/mutation.sh                 # every module below
 #   scripts/mutation.sh engine cache    # some of them
+#   RESUME=1 scripts/mutation.sh engine # keep the verdicts so far, add the tests written since
 #
 # Each module is mutated in a scratch copy of the repository (/tmp/mlx-oss-mutation/<module>), so
 # the working tree is never touched; the summary line per module is "killed/total (survived,
@@ -57,13 +58,18 @@ for name in "${ORDER[@]}"; do
   spec=${MODULES[$name]:?unknown module $name (choose from ${ORDER[*]})}
   file=${spec%%|*}; tests=${spec#*|}
   dir=$WORK/$name
-  rm -rf "$dir"; mkdir -p "$dir"
-  git ls-files -z | (cd "$ROOT" && xargs -0 cp --parents -t "$dir")
+  if [ -n "${RESUME:-}" ] && [ -d "$dir/mutants" ]; then
+    # keep the verdicts so far; bring in the tests as they are now (mutmut runs its stats for the new ones)
+    for d in "$dir" "$dir/mutants"; do rm -rf "$d/tests"; cp -r "$ROOT/tests" "$d/tests"; done
+  else
+    rm -rf "$dir"; mkdir -p "$dir"
+    git ls-files -z | (cd "$ROOT" && xargs -0 cp --parents -t "$dir")
+  fi
   # convert/ and tui/ install as mlx_oss.convert / mlx_oss.tui (a package-dir mapping in pyproject.toml),
   # which mutmut's copy of mlx_oss/ would not reproduce.  In the scratch copy they become the real
   # subpackages mlx_oss/convert and mlx_oss/tui, so mutants/mlx_oss is the whole package and every import
   # of mlx_oss.* (mutated or not) comes from it, never from the working tree's editable install.
-  mv "$dir/convert" "$dir/mlx_oss/convert"; mv "$dir/tui" "$dir/mlx_oss/tui"
+  [ -d "$dir/convert" ] && mv "$dir/convert" "$dir/mlx_oss/convert"; [ -d "$dir/tui" ] && mv "$dir/tui" "$dir/mlx_oss/tui"
   case $file in convert/*|tui/*) file=mlx_oss/$file;; esac
   src_dirs="mlx_oss"
   {
@@ -81,7 +87,7 @@ for name in "${ORDER[@]}"; do
     echo "pytest_add_cli_args_test_selection = $(echo $tests | tr ' ' '\n' | sed 's/^/    /' | sed '1s/^    //')"
   } > "$dir/setup.cfg"
   echo "== $name: $file against $tests"
-  case $file in convert/*) prebuilt=;; *) prebuilt=$TINY_CHAT/converted;; esac
+  case $file in */convert/*) prebuilt=;; *) prebuilt=$TINY_CHAT/converted;; esac
   (cd "$dir" && MLX_OSS_TEST_TINY_CHAT=$prebuilt nice -n "$NICE" "$MUTMUT" run --max-children "${JOBS:-1}" > mutmut.log 2>&1) || true
   (cd "$dir" && "$MUTMUT" results --all true > results.txt 2>&1) || true
   line=$("$PY" - "$dir/results.txt" "$name" <<'PYEOF'

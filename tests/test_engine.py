@@ -118,8 +118,8 @@ def test_message_boundary_snapshot_is_used(model):
 def test_boundary_snapshot_allows_rollback_before_the_header(model):
     engine = Engine(model)
     prompt = rng_tokens(15, 30)
-    run(engine, prompt, scripted(rng_tokens(16, 10)), max_tokens=10, boundaries=(28, 12, 50, 0))
-    assert [s.position for s in engine.snapshots] == [12, 28, 30]  # out-of-range points ignored
+    run(engine, prompt, scripted(rng_tokens(16, 10)), max_tokens=10, boundaries=(28, 12, 50, 0, 30))
+    assert [s.position for s in engine.snapshots] == [12, 28, 30]  # out-of-range points (and the end) ignored
     for cut in (28, 12):
         nxt = prompt[:cut] + rng_tokens(17, 6)  # a different next header / first message
         logits, reused = engine.prefill(nxt)
@@ -211,14 +211,32 @@ def test_snapshots_are_bounded(model):
 
 def test_invalid_arguments(model):
     engine = Engine(model, max_context=100)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="empty prompt"):
         engine.generate([], scripted([]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_tokens must be at least 1, got 0"):
         engine.generate([1, 2], scripted([]), max_tokens=0)
     with pytest.raises(ValueError):
         Engine(model, max_context=1)
     with pytest.raises(ValueError, match="131072"):
         Engine(model, max_context=200_000)
+    assert Engine(model, max_context=2).max_context == 2 and Engine(model, max_context=131072).max_context == 131072
+    gen = engine.generate([1, 2], scripted([3]), max_tokens=1)
+    assert list(gen) == [3]
+    with pytest.raises(AssertionError, match="^a Generation is iterated once$"):
+        iter(gen)
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(model):
+    """MLX does not bounds-check the embedding gather: an id past the table must be refused, naming it."""
+    engine = Engine(model)
+    V = model.args.vocab_size
+    engine.check_prompt([0, V - 1])  # both ends of the table are fine
+    with pytest.raises(ValueError, match=rf"^token id {V} \(position 2\) is outside the model's vocabulary of {V} ids$"):
+        engine.check_prompt([5, 0, V, 3])
+    with pytest.raises(ValueError, match=r"^token id -1 \(position 1\) "):
+        engine.check_prompt([5, -1, 3])
+    with pytest.raises(ValueError, match=rf"^token id {V + 7} \(position 0\) "):  # both wrong: the big one is named
+        engine.check_prompt([V + 7, -1, V + 7])
 
 
 def test_package_import_stays_cheap():
@@ -376,10 +394,16 @@ def test_timings_and_token_counts_on_a_clock_that_moves_per_forward_pass(model, 
     monkeypatch.setattr(engine_mod, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     engine = Engine(Timed(), prefill_chunk=16)
     prompt = rng_tokens(43, 40)  # 3 chunks
-    out, g = run(engine, prompt, scripted(rng_tokens(44, 5)), max_tokens=5)
-    assert (g.prefill_s, g.ttft_s, g.decode_s) == (3, 4, 4)  # 5 tokens: the 4 after the first took 4 passes
+    g = engine.generate(prompt, scripted(rng_tokens(44, 5)), max_tokens=5)
+    out, decode_so_far = [], []
+    for tok in g:  # the consumer takes 10 s per token: part of the decode time, up to the generation's end
+        out.append(tok)
+        decode_so_far.append(g.decode_s)
+        now[0] += 10
+    assert (g.prefill_s, g.ttft_s) == (3, 4)
+    assert decode_so_far == [0, 11, 22, 33, 44] and g.decode_s == 54
     assert (g.prompt_tokens, g.reused_tokens, g.prefilled_tokens) == (40, 0, 40)
-    assert g.prefill_tps == 40 / 3 and g.decode_tps == 1.0
+    assert g.prefill_tps == 40 / 3 and g.decode_tps == 4 / 54
     nxt = prompt + out + rng_tokens(45, 7)  # reuses all 45 tokens held: one 7-token chunk
     out, g = run(engine, nxt, scripted(rng_tokens(46, 1)), max_tokens=1)
     assert (g.prompt_tokens, g.reused_tokens, g.prefilled_tokens) == (52, 45, 7)
@@ -389,6 +413,12 @@ def test_timings_and_token_counts_on_a_clock_that_moves_per_forward_pass(model, 
     out, g = run(Engine(Timed(), prefill_chunk=16), rng_tokens(47, 40), scripted([1]), should_stop=lambda: next(stops))
     assert out == [] and g.stop_reason == "cancelled"
     assert (g.prefill_s, g.prefilled_tokens, g.ttft_s) == (2, 32, 0)
+    flag = []  # cancelled while decoding: the time up to the cancel counts
+    g = engine.generate(engine.tokens + [9], scripted(rng_tokens(48, 9)), should_stop=lambda: any(flag))
+    for tok in g:
+        now[0] += 10
+        flag.append(len(g.generated) == 2)
+    assert g.stop_reason == "cancelled" and len(g.generated) == 2 and g.decode_s == 21
 
 
 def test_nothing_lazy_outlives_a_generation(model, monkeypatch):
@@ -460,3 +490,79 @@ def test_state_nbytes_counts_buffers_and_the_snapshot_rings_they_no_longer_use(m
     state = engine.detach()
     assert [s.position for s in state.snapshots] == [30, 32]
     assert state.nbytes == live + 2 * (2 * 2048)  # both snapshots' rings were left behind by later writes
+
+
+def test_snapshot_eviction_order_and_default_bound(model):
+    """Over the bound, the oldest message snapshot goes (never the newest snapshot), else the oldest
+    prompt end; the default bound is 16; `snapshot()` defaults to a prompt end."""
+    from mlx_oss import tokenizer as tk
+
+    p = rng_tokens(70, 40)
+    engine = Engine(model, max_snapshots=2)
+    for n in (10, 20, 30):
+        engine.prefill(p[:n])
+    assert [(s.position, s.kind) for s in engine.snapshots] == [(20, "prompt"), (30, "prompt")]
+    engine = Engine(model, max_snapshots=3)
+    engine.prefill(p[:10])
+    run(engine, p[:20], scripted([1, tk.END]), max_tokens=2)  # prompt end at 20, message at 22
+    engine.prefill(engine.tokens + p[30:34])  # a 4th: the only message snapshot goes, not a prompt end
+    assert [(s.position, s.kind) for s in engine.snapshots] == [(10, "prompt"), (20, "prompt"), (26, "prompt")]
+    engine = Engine(model)
+    run(engine, p[:5], scripted([1, tk.END] * 20), max_tokens=40)
+    assert engine.max_snapshots == 16 and len(engine.snapshots) == 16
+    engine.reset()
+    engine.prefill(p[:5])
+    engine._snapshots.clear()
+    engine.snapshot()
+    assert [(s.position, s.kind) for s in engine.snapshots] == [(5, "prompt")]
+
+
+def test_rollback_to_a_snapshot_at_position_one(model):
+    """A snapshot right after the first token is a real one (only a snapshot at 0 means fresh caches)."""
+    p = rng_tokens(71, 21)
+    engine = Engine(model)
+    engine.prefill(p[:1])
+    engine.prefill(p)  # 20 more tokens: the ring cannot trim back to 1
+    assert [s.position for s in engine.snapshots] == [1, 21]
+    check_prefill(engine, model, p[:1] + rng_tokens(72, 6), 1)
+
+
+def test_prefill_reports_progress_per_chunk(model):
+    """`progress(cached, total)` after each chunk, counting what the cache already held."""
+    engine = Engine(model, prefill_chunk=16)
+    p = rng_tokens(73, 60)
+    seen = []
+    engine.prefill(p[:20], progress=lambda *a: seen.append(a))
+    assert seen == [(16, 20), (20, 20)]
+    seen.clear()
+    engine.prefill(p, boundaries=(30,), progress=lambda *a: seen.append(a))
+    assert seen == [(30, 60), (46, 60), (60, 60)]
+
+
+def test_prefill_chunks_on_its_own(model, monkeypatch):
+    """The shared prefill loop (the benchmark calls it directly): defaults, chunk spans, stopping, the
+    full-layer buffers sized once for the final length, and only the last chunk's logits evaluated."""
+    from mlx_oss.engine import prefill_chunks
+    from mlx_oss.nn.cache import KVCache
+
+    monkeypatch.setattr(KVCache, "step", 8)  # capacities visible to the slot (default: 256-slot steps)
+    p = rng_tokens(74, 70)
+    cache = model.make_cache()
+    model(mx.array([p[:10]]), cache)
+    full = [c for c in cache if isinstance(c, KVCache)]
+    assert full and all(c.capacity == 16 for c in full)
+    spans, evals = [], []
+    real_eval = mx.eval
+    monkeypatch.setattr(mx, "eval", lambda *a: (evals.append(a), real_eval(*a))[1])
+    logits = prefill_chunks(model, cache, mx.array([p[10:]]), chunk=16, on_chunk=lambda a, b: spans.append((a, b)))
+    monkeypatch.setattr(mx, "eval", real_eval)
+    assert spans == [(0, 16), (16, 32), (32, 48), (48, 60)]
+    assert rel_err(logits[0, -1], scratch_logits(model, p)) <= 1e-5
+    assert all(c.capacity == 72 for c in full)  # reserved for 70 tokens at once, no geometric overshoot
+    assert len(evals) == 4 and evals[-1] == (logits,)  # the caches after each chunk, the logits at the end
+    assert all(isinstance(e[0], list) and len(e[0]) == len(cache) for e in evals[:-1])
+    cache = model.make_cache()
+    assert prefill_chunks(model, cache, mx.array([p[:20]]), chunk=16, total=100, want_logits=False) is True
+    assert all(c.capacity == 104 for c in cache if isinstance(c, KVCache))
+    stops = iter([False, True])
+    assert prefill_chunks(model, model.make_cache(), mx.array([p]), chunk=16, should_stop=lambda: next(stops)) is False
