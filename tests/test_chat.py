@@ -614,3 +614,80 @@ def test_decode_tps_counts_decode_steps_exactly(model_tok):
     assert s.rounds == 2 and s.generated_tokens == len(first) + len(second) and s.decode_s > 0
     assert s.decode_tps == pytest.approx((s.generated_tokens - 2) / s.decode_s, rel=1e-9)
     assert s.prefill_tps == pytest.approx(s.prefilled_tokens / s.prefill_s, rel=1e-9)
+
+
+# ----------------------------------------------------------------------------- exact figures
+
+
+def test_stats_and_progress_on_a_clock_that_moves_per_forward_pass(model_tok, monkeypatch):
+    """Every figure of a turn, exactly: the chat's and the engine's clock advance one second per
+    forward call of the model, from 100 s. With one-second steps every token is past the 0.25 s
+    progress interval, so each token brings one Progress."""
+    import types
+
+    import mlx_oss.chat as chat_mod
+    import mlx_oss.engine as engine_mod
+    from mlx_oss.events import Progress
+
+    model, tok = model_tok
+    now = [100.0]
+
+    class Timed:
+        args, source = model.args, model.source
+
+        def make_cache(self):
+            return model.make_cache()
+
+        def __call__(self, *a, **k):
+            now[0] += 1
+            return model(*a, **k)
+
+    clock = types.SimpleNamespace(perf_counter=lambda: now[0])
+    monkeypatch.setattr(chat_mod, "time", clock)
+    monkeypatch.setattr(engine_mod, "time", clock)
+    chat = mlx_oss.Chat(Timed(), tok, max_context=4000)
+    script = reply(tok, analysis="Think.", final="Hi there")
+    use(chat, script)
+    prompt = chat.prompt_tokens(chat.history + [Message.user("Hello")])
+    events = list(chat.send("Hello"))
+    n, P = len(script), len(prompt)
+    k = 3  # prefill: up to the system message's end, to the user message's end, to the prompt's end
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert progress == [Progress(i, P + i, 4000, k + 1, 1.0 if i > 1 else 0.0) for i in range(1, n + 1)]
+    s = events[-1].stats
+    assert (s.prompt_tokens, s.reused_tokens, s.prefilled_tokens, s.generated_tokens) == (P, 0, P, n)
+    assert (s.reasoning_tokens, s.answer_tokens) == (len(tok.encode("Think.")), len(tok.encode("Hi there")))
+    assert (s.ttft_s, s.prefill_s, s.decode_s) == (k + 1, k, n - 1)
+    assert (s.prefill_tps, s.decode_tps) == (P / k, 1.0)
+    assert (s.stop_reason, s.context_used, s.context_limit, s.rounds, s.unparsed_tokens) == ("stop", P + n, 4000, 1, 0)
+    assert s.error is None and s.stop_detail is None and s.peak_memory_bytes > 0
+    # the next turn prefills the previous answer, the new user message and the header in 2 passes
+    # (to the end of the new user message, to the prompt's end)
+    use(chat, reply(tok, final="ok"))
+    nxt = chat.prompt_tokens(chat.history + [Message.user("More")])
+    s2 = chat.ask("More").stats
+    assert s2.prompt_tokens == len(nxt) and s2.reused_tokens + s2.prefilled_tokens == len(nxt)
+    assert s2.reused_tokens == P and s2.prefill_s == 2 and s2.prefill_tps == s2.prefilled_tokens / 2
+
+
+def test_settings_and_saved_form_exactly(model_tok):
+    """`settings()` and `to_json()` name every setting (what a saved chat and the TUI's file hold)."""
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok, reasoning_effort="low", instructions="Be brief.", tools=[get_weather],
+                        auto_tools=False, response_format={"name": "r", "schema": {"type": "object"}, "description": "d"},
+                        sampling=SamplingConfig(temperature=0.5, seed=4), max_tokens=7, max_context=900,
+                        max_tool_rounds=3, date="2025-01-02")  # fmt: skip
+    settings = chat.settings()
+    builtin = {k: v for k, v in settings.items() if k not in {
+        "reasoning_effort", "instructions", "tools", "auto_tools", "response_format", "sampling", "max_tokens",
+        "max_context", "max_tool_rounds", "date"}}  # fmt: skip
+    assert builtin == chat.builtins.settings()
+    assert {k: v for k, v in settings.items() if k not in builtin} == {
+        "reasoning_effort": "low", "instructions": "Be brief.", "tools": [chat.tools[0].to_dict()], "auto_tools": False,
+        "response_format": {"name": "r", "schema": {"type": "object"}, "description": "d"},
+        "sampling": SamplingConfig(temperature=0.5, seed=4).to_dict(), "max_tokens": 7, "max_context": 900,
+        "max_tool_rounds": 3, "date": "2025-01-02",
+    }  # fmt: skip
+    chat.history = [Message.user("hi")]
+    assert chat.to_json() == {"version": 1, "settings": settings, "messages": [Message.user("hi").to_dict()]}
+    assert mlx_oss.Chat(model, tok).settings()["response_format"] is None
