@@ -691,3 +691,93 @@ def test_settings_and_saved_form_exactly(model_tok):
     chat.history = [Message.user("hi")]
     assert chat.to_json() == {"version": 1, "settings": settings, "messages": [Message.user("hi").to_dict()]}
     assert mlx_oss.Chat(model, tok).settings()["response_format"] is None
+
+
+# ----------------------------------------------------------------------------- without generating
+
+
+def test_stop_note_effort_response_format_and_vocabulary_helpers():
+    from types import SimpleNamespace
+
+    from mlx_oss.chat import _calls, _effort, _response_format, vocabulary_problem
+    from mlx_oss.harmony import ReasoningEffort, ResponseFormat
+
+    a = ToolCall("a", {}, "{}", recipient="functions.a")
+    b = ToolCall("b", {}, "{}", recipient="functions.b")
+    assert _calls([]) == "the call to none" and _calls([a]) == "the call to functions.a"
+    assert _calls([a, b, a]) == "the calls to functions.a, functions.b" and _calls([a, a]) == "the calls to functions.a"
+    assert _calls([ToolCall("bare", {}, "{}")]) == "the call to bare"  # no recipient: the name
+    assert _effort("HIGH") is ReasoningEffort.HIGH and _effort(ReasoningEffort.LOW) is ReasoningEffort.LOW
+    with pytest.raises(ValueError, match=r"^reasoning_effort must be low, medium or high, not 'max'$"):
+        _effort("max")
+    rf = ResponseFormat("x", {"type": "object"})
+    assert _response_format(None) is None and _response_format(rf) is rf
+    with pytest.raises(TypeError, match=r"^response_format must be a JSON schema dict, not str$"):
+        _response_format("{}")
+    assert _response_format({"name": "w", "schema": {"type": "object"}, "description": "d"}) == ResponseFormat(
+        "w", {"type": "object"}, "d")  # fmt: skip
+    assert _response_format({"schema": {"type": "object"}}) == ResponseFormat("response", {"type": "object"}, None)
+    plain = {"title": "T", "type": "object", "description": "e"}
+    assert _response_format(plain) == ResponseFormat("T", plain, "e")
+    assert _response_format({"type": "object"}) == ResponseFormat("response", {"type": "object"}, None)
+    tok = SimpleNamespace(n_vocab=20)
+    fits = SimpleNamespace(args=SimpleNamespace(vocab_size=20), source="/m")
+    assert vocabulary_problem(fits, tok) is None
+    small = SimpleNamespace(args=SimpleNamespace(vocab_size=10), source="/m")
+    assert vocabulary_problem(small, tok) == (
+        "/m: vocabulary of 10 tokens, but the o200k_harmony tokenizer needs 20 (ids up to 19); this model cannot "
+        "chat (synthetic models: use the 'tiny-chat' preset)")  # fmt: skip
+    assert vocabulary_problem(SimpleNamespace(args=small.args), tok).startswith("the model: vocabulary of 10 tokens")
+
+
+def test_pending_calls_and_tool_results_from_the_history(model_tok):
+    """Calls of the current turn without a result, with their ids (history index), names, parsed
+    arguments and errors; results answer them by id, name or recipient; non-text results become JSON."""
+    import datetime
+
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok, tools=[get_weather])  # a call to python is python's even with the tool off
+    old = Message.tool_call("functions.get_weather", {"city": "Oslo"})
+    chat.history = [
+        Message.user("earlier"), old,  # an earlier turn's call is never pending
+        Message.user("now"),
+        Message.assistant("Need weather.", channel="analysis"),
+        Message.tool_call("functions.get_weather", {"city": "Paris"}),
+        Message.tool_call("functions.lookup", "{not json"),
+        Message.tool_call("python", "print(1)", content_type=None),
+    ]
+    pending = chat.pending_tool_calls()
+    assert [(c.id, c.name, c.recipient, c.tool, c.arguments, c.raw) for c in pending] == [
+        ("call_4", "get_weather", "functions.get_weather", "functions", {"city": "Paris"}, '{"city": "Paris"}'),
+        ("call_5", "lookup", "functions.lookup", "functions", None, "{not json"),
+        ("call_6", "python", "python", "python", "print(1)", "print(1)"),
+    ]
+    assert pending[0].error is None and pending[1].error and pending[2].error is None
+    with pytest.raises(ValueError, match=r"^no pending tool call 'nope' \(pending: call_4 \(get_weather\), "
+                                         r"call_5 \(lookup\), call_6 \(python\)\)$"):  # fmt: skip
+        chat.add_tool_result("nope", "x")
+    chat.add_tool_result("call_5", {"when": datetime.date(2025, 1, 2), "où": "ici"})
+    assert chat.history[-1] == Message.tool_result("functions.lookup", '{"when": "2025-01-02", "où": "ici"}')
+    chat.add_tool_result("functions.get_weather", "sunny")  # by recipient
+    chat.add_tool_result("python", "1\n")  # by name
+    assert chat.pending_tool_calls() == []
+    assert [m.name for m in chat.history[-3:]] == ["functions.lookup", "functions.get_weather", "python"]
+    with pytest.raises(ValueError, match=r"\(pending: none\)$"):
+        chat.add_tool_result("call_4", "again")
+    chat.history = [Message.tool_call("functions.get_weather", {"city": "Rome"})]  # no user message at all
+    assert [c.id for c in chat.pending_tool_calls()] == ["call_0"]
+    chat.add_tool_result("get_weather", "rain")
+    assert chat.pending_tool_calls() == []
+
+
+def test_from_json_minimal_and_refusals(model_tok):
+    model, tok = model_tok
+    chat = mlx_oss.Chat.from_json({"messages": [Message.user("hi").to_dict()]}, model, tok)
+    assert chat.history == [Message.user("hi")] and chat.sampling == SamplingConfig() and chat.tools == ()
+    assert chat.settings() == mlx_oss.Chat(model, tok).settings()
+    again = mlx_oss.Chat.from_json(json.dumps({"settings": {"tools": [], "sampling": None}, "messages": []}), model, tok,
+                                   tools=[get_weather])  # fmt: skip
+    assert [t.name for t in again.tools] == ["get_weather"] and again.tools[0].fn is get_weather
+    for bad in ({"settings": {}}, [1], "[]"):
+        with pytest.raises(ValueError, match=r"^not a saved chat: expected an object with 'settings' and 'messages'$"):
+            mlx_oss.Chat.from_json(bad, model, tok)
