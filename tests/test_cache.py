@@ -186,3 +186,114 @@ def test_trim_and_restore_boundaries():
         r.trim(2)
     assert r.trim(1) == 1 and r.offset == 4
     assert trim_cache([c, r], 0) == 0 and trim_cache([r], 2) == 2 and r.offset == 2
+
+
+def _fresh_kv(rng, n: int, dtype=mx.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Random keys and values [B=2, H=3, n, D=4] (every batch row, head and dim distinct)."""
+    return rng.standard_normal((2, 3, n, 4)).astype(np.float32), rng.standard_normal((2, 3, n, 4)).astype(np.float32)
+
+
+def test_full_cache_against_a_reference(monkeypatch):
+    """Every fetch returns exactly the keys/values of every held position, in order, through growth,
+    trims and restores; capacities follow `reserve`: rounded up to `step`, x1.25 when a write overflows."""
+    monkeypatch.setattr(KVCache, "step", 8)
+    rng = np.random.default_rng(5)
+    c, held_k, held_v, caps = KVCache(), np.zeros((2, 3, 0, 4), np.float32), np.zeros((2, 3, 0, 4), np.float32), []
+    for T in (5, 1, 6, 20, 1):
+        k, v = _fresh_kv(rng, T)
+        fk, fv = c.update_and_fetch(mx.array(k), mx.array(v))
+        held_k, held_v = np.concatenate([held_k, k], 2), np.concatenate([held_v, v], 2)
+        assert np.array_equal(np.array(fk), held_k) and np.array_equal(np.array(fv), held_v)
+        assert c.offset == held_k.shape[2] and c.keys.shape == (2, 3, c.capacity, 4)
+        caps.append(c.capacity)
+    assert caps == [8, 8, 16, 32, 40]
+    assert c.nbytes == 2 * (2 * 3 * 40 * 4 * 4) and c.state == [c.keys, c.values]
+    keys = c.keys
+    c.reserve(40)  # already there: the same buffer
+    assert c.keys is keys
+    snap = c.snapshot()
+    assert snap.offset == 33 and snap.keys is None and snap.values is None  # an offset only: no buffer held
+    assert c.trim(3) == 3 and c.offset == 30
+    k, v = _fresh_kv(rng, 2)
+    fk, fv = c.update_and_fetch(mx.array(k), mx.array(v))  # overwrites positions 30, 31
+    held_k, held_v = np.concatenate([held_k[:, :, :30], k], 2), np.concatenate([held_v[:, :, :30], v], 2)
+    assert np.array_equal(np.array(fk), held_k) and np.array_equal(np.array(fv), held_v)
+    c.restore(type(snap)(offset=20))
+    k, v = _fresh_kv(rng, 1)
+    fk, _ = c.update_and_fetch(mx.array(k), mx.array(v))
+    assert np.array_equal(np.array(fk), np.concatenate([held_k[:, :, :20], k], 2))
+    empty = KVCache()
+    assert empty.capacity == 0 and empty.nbytes == 0 and empty.state == []
+    with pytest.raises(ValueError, match=r"^reserve before the first update needs `like`$"):
+        empty.reserve(3)
+    empty.reserve(3, like=mx.zeros((1, 2, 5, 6), dtype=mx.float16))
+    assert empty.keys.shape == empty.values.shape == (1, 2, 8, 6) and empty.keys.dtype == mx.float16
+    assert empty.offset == 0 and float(mx.abs(empty.keys).sum()) == 0
+    half = KVCache()
+    k, v = _fresh_kv(rng, 3)
+    half.update_and_fetch(mx.array(k, dtype=mx.float16), mx.array(v, dtype=mx.float16))
+    assert half.keys.dtype == half.values.dtype == mx.float16
+
+
+def test_rotating_cache_against_a_reference():
+    """A 4-slot ring in a random walk of decode steps, chunks (shorter and longer than the window),
+    one-token trims and restores: a decode step returns the ring (slot p % 4 holds position p), a chunk
+    the retained positions in order then the new ones; the ring always holds the newest 4 positions."""
+    W = 4
+    rng = np.random.default_rng(6)
+    c = RotatingKVCache(W)
+    assert (c.window, c.offset, c.keys, c.values, c.state, c.nbytes) == (W, 0, None, None, [], 0)
+    hk, hv = np.zeros((2, 3, 0, 4), np.float32), np.zeros((2, 3, 0, 4), np.float32)  # every position held so far
+
+    def ring(h):
+        out = np.zeros((2, 3, W, 4), np.float32)
+        for p in range(max(0, h.shape[2] - W), h.shape[2]):
+            out[:, :, p % W] = h[:, :, p]
+        return out
+
+    snaps = []
+    for step, T in enumerate([3, 1, 1, 2, 1, 1, 1, 6, 1, 3, 1, 9, 2, 1, 1, 5, 1]):
+        k, v = _fresh_kv(rng, T)
+        before = hk.shape[2]
+        r = c.retained(T)
+        assert r == min(before, W - 1)
+        fk, fv = c.update_and_fetch(mx.array(k), mx.array(v))
+        hk, hv = np.concatenate([hk, k], 2), np.concatenate([hv, v], 2)
+        if T == 1:
+            n = min(hk.shape[2], W)
+            assert np.array_equal(np.array(fk), ring(hk)[:, :, :n]) and np.array_equal(np.array(fv), ring(hv)[:, :, :n])
+        else:
+            assert np.array_equal(np.array(fk), hk[:, :, before - r:]) and np.array_equal(np.array(fv), hv[:, :, before - r:])
+        assert c.offset == hk.shape[2] and c.keys.shape == (2, 3, W, 4) and c.state == [c.keys, c.values]
+        assert np.array_equal(np.array(c.keys), ring(hk)) and np.array_equal(np.array(c.values), ring(hv))
+        assert c.nbytes == 2 * (2 * 3 * W * 4 * 4)
+        if step % 4 == 1:
+            snaps.append((c.snapshot(), hk.copy(), hv.copy()))
+        if step % 5 == 4 and c.can_trim(1):
+            assert c.trim(1) == 1
+            hk, hv = hk[:, :, :-1], hv[:, :, :-1]
+        if step == 12:  # back to an earlier point: the ring as it was there
+            snap, hk, hv = snaps[1]
+            c.restore(snap)
+            assert c.offset == snap.offset and np.array_equal(np.array(c.keys), ring(hk))
+    half = RotatingKVCache(W)
+    k, v = _fresh_kv(rng, 2)
+    half.update_and_fetch(mx.array(k, dtype=mx.float16), mx.array(v, dtype=mx.float16))
+    assert half.keys.dtype == half.values.dtype == mx.float16
+
+
+def test_clone_is_independent_and_make_cache_follows_the_layer_types():
+    from mlx_oss.nn.cache import make_cache
+
+    rng = np.random.default_rng(7)
+    for c in (KVCache(), RotatingKVCache(4)):
+        k, v = _fresh_kv(rng, 6)
+        c.update_and_fetch(mx.array(k), mx.array(v))
+        twin = c.clone()
+        assert type(twin) is type(c) and twin is not c and twin.offset == 6 and twin.keys is c.keys
+        k2, v2 = _fresh_kv(rng, 1)
+        twin.update_and_fetch(mx.array(k2), mx.array(v2))
+        assert c.offset == 6 and twin.offset == 7 and twin.keys is not c.keys
+    caches = make_cache(("sliding_attention", "full_attention", "sliding_attention"), 8)
+    assert [type(c) for c in caches] == [RotatingKVCache, KVCache, RotatingKVCache] and caches[0].window == 8
+    assert caches[0] is not caches[2]
