@@ -619,17 +619,14 @@ def test_decode_tps_counts_decode_steps_exactly(model_tok):
 # ----------------------------------------------------------------------------- exact figures
 
 
-def test_stats_and_progress_on_a_clock_that_moves_per_forward_pass(model_tok, monkeypatch):
-    """Every figure of a turn, exactly: the chat's and the engine's clock advance one second per
-    forward call of the model, from 100 s. With one-second steps every token is past the 0.25 s
-    progress interval, so each token brings one Progress."""
+def timed(model, monkeypatch):
+    """`model` behind a clock (the chat's and the engine's) that advances one second per forward call,
+    from 100 s: times then count forward passes."""
     import types
 
     import mlx_oss.chat as chat_mod
     import mlx_oss.engine as engine_mod
-    from mlx_oss.events import Progress
 
-    model, tok = model_tok
     now = [100.0]
 
     class Timed:
@@ -645,7 +642,16 @@ def test_stats_and_progress_on_a_clock_that_moves_per_forward_pass(model_tok, mo
     clock = types.SimpleNamespace(perf_counter=lambda: now[0])
     monkeypatch.setattr(chat_mod, "time", clock)
     monkeypatch.setattr(engine_mod, "time", clock)
-    chat = mlx_oss.Chat(Timed(), tok, max_context=4000)
+    return Timed()
+
+
+def test_stats_and_progress_on_a_clock_that_moves_per_forward_pass(model_tok, monkeypatch):
+    """Every figure of a turn, exactly, on the `timed` clock. With one-second steps every token is
+    past the 0.25 s progress interval, so each token brings one Progress."""
+    from mlx_oss.events import Progress
+
+    model, tok = model_tok
+    chat = mlx_oss.Chat(timed(model, monkeypatch), tok, max_context=4000)
     script = reply(tok, analysis="Think.", final="Hi there")
     use(chat, script)
     prompt = chat.prompt_tokens(chat.history + [Message.user("Hello")])
@@ -781,3 +787,79 @@ def test_from_json_minimal_and_refusals(model_tok):
     for bad in ({"settings": {}}, [1], "[]"):
         with pytest.raises(ValueError, match=r"^not a saved chat: expected an object with 'settings' and 'messages'$"):
             mlx_oss.Chat.from_json(bad, model, tok)
+
+
+
+def test_turn_edges_exactly(model_tok, monkeypatch):
+    """The figures at their edges, on the `timed` clock: a turn cancelled before its first chunk, a
+    one-pass prefill, a two-token decode, a tool round (Progress counts decode steps per round), two
+    reasoning messages, a JSON-looking answer without a response format."""
+    from mlx_oss.events import Progress
+
+    model, tok = model_tok
+    chat = mlx_oss.Chat(timed(model, monkeypatch), tok, tools=[get_weather])
+    use(chat, reply(tok, final="never"))
+    stream = chat.send("Hello")
+    chat.cancel()  # before the stream starts: not even the first chunk runs
+    (done,) = list(stream)
+    s = done.stats
+    assert s.stop_reason == "cancelled" and (s.generated_tokens, s.prefilled_tokens, s.prefill_s) == (0, 0, 0)
+    assert (s.ttft_s, s.prefill_tps, s.decode_tps) == (0.0, 0.0, 0.0) and done.reply == mlx_oss.events.Reply(
+        stats=s)  # fmt: skip
+    chat.history = chat.history[:1]
+    use(chat, reply(tok, analysis="One.", final='{"a": 1}'))
+    chat.max_tokens = 2
+    s = chat.ask(None).stats  # two tokens: one decode step in one second
+    assert (s.generated_tokens, s.decode_s, s.decode_tps, s.stop_reason) == (2, 1, 1.0, "length")
+    chat.max_tokens = None
+    chat.history = chat.history[:1]  # the same prompt again: only its last token is prefilled
+    start = tok.encode("<|start|>assistant", allowed_special="all")
+    first = reply(tok, analysis="One.") + start + reply(tok, analysis="Two.") + start + reply(
+        tok, call=("get_weather", '{"city": "Oslo"}'))  # fmt: skip
+    second = reply(tok, final='{"a": 1}')
+    use(chat, first + second)
+    events = list(chat.send(None))
+    r = events[-1].reply
+    assert r.reasoning == "One.\n\nTwo." and r.answer == '{"a": 1}' and r.parsed is None and r.citations == ()
+    assert r.stats.rounds == 2 and r.stats.generated_tokens == len(first) + len(second)
+    n1 = len(first)
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert [p.generated_tokens for p in progress] == list(range(1, n1 + len(second) + 1))
+    assert progress[n1 - 1].decode_tps == 1.0 and progress[n1].decode_tps == 1.0  # round 2's first token: no new step
+    assert r.stats.decode_tps == 1.0 and r.stats.decode_s == n1 - 1 + len(second) - 1
+
+
+def test_tool_round_limits_at_their_edges(model_tok):
+    """max_tokens used up exactly by a tool round ends the turn with "length" before another round; one
+    token left is generated; a next prompt exactly at the context limit ends it with "context"."""
+    model, tok = model_tok
+    call = reply(tok, call=("get_weather", '{"city": "Paris"}'))
+    final = reply(tok, final="sunny")
+    for budget, generated in ((len(call), len(call)), (len(call) + 1, len(call) + 1)):
+        chat = mlx_oss.Chat(model, tok, tools=[get_weather], max_tokens=budget)
+        use(chat, call + final)
+        events = list(chat.send("w"))
+        s = events[-1].stats
+        assert s.stop_reason == "length" and s.generated_tokens == generated and isinstance(events[-1], Done)
+        assert s.rounds == (1 if budget == len(call) else 2)
+    probe = mlx_oss.Chat(model, tok, tools=[get_weather])
+    use(probe, call + final)
+    probe.ask("w")
+    n_next = len(probe.prompt_tokens(probe.history[:3]))  # user, call, result
+    for limit, reason in ((n_next, "context"), (n_next + 1, "context")):
+        chat = mlx_oss.Chat(model, tok, tools=[get_weather], max_context=limit)
+        use(chat, call + final)
+        s = chat.ask("w").stats
+        assert s.stop_reason == reason and s.error is None and s.rounds == (1 if limit == n_next else 2)
+
+
+def test_error_text_of_an_exception_without_a_message(model_tok):
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok)
+
+    def broken(context, logits):
+        raise KeyError()
+
+    chat.sampling = SamplingConfig(logits_processors=(broken,))
+    (done,) = list(chat.send("hi"))
+    assert done.stats.stop_reason == "error" and done.stats.error == "KeyError"
