@@ -353,13 +353,16 @@ def test_message_snapshots_are_evicted_before_prompt_ends(model):
 
 def test_logits_processors_see_exactly_the_tokens_fed_so_far(model):
     """A processor's context (mlx-lm's repetition penalty reads it) is the prompt plus every token
-    sampled before this step, on a fresh engine and on a turn that reuses the cache."""
+    sampled before this step, on a fresh engine and on a turn that reuses the cache; its logits are
+    [1, vocab] at every step."""
     seen = []
 
     def record(ctx, logits):
         seen.append(ctx.tolist())
+        shapes.add(logits.shape)
         return logits
 
+    shapes = set()
     engine = Engine(model)
     prompt = rng_tokens(41, 10)
     for turn in range(2):
@@ -370,6 +373,7 @@ def test_logits_processors_see_exactly_the_tokens_fed_so_far(model):
         assert out == script
         assert seen == [prompt + script[:i] for i in range(4)]
         prompt = prompt + out + rng_tokens(50 + turn, 3)
+    assert shapes == {(1, model.args.vocab_size)}  # [1, vocab] at every step, as mlx-lm's processors expect
 
 
 def test_timings_and_token_counts_on_a_clock_that_moves_per_forward_pass(model, monkeypatch):
