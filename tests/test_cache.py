@@ -195,22 +195,25 @@ def _fresh_kv(rng, n: int, dtype=mx.float32) -> tuple[np.ndarray, np.ndarray]:
 
 def test_full_cache_against_a_reference(monkeypatch):
     """Every fetch returns exactly the keys/values of every held position, in order, through growth,
-    trims and restores; capacities follow `reserve`: rounded up to `step`, x1.25 when a write overflows."""
-    monkeypatch.setattr(KVCache, "step", 8)
+    trims and restores; capacities follow `reserve`: x1.25 (at least what is needed) only when a write
+    does not fit, rounded up to `step` slots (1 here, 8 below)."""
+    monkeypatch.setattr(KVCache, "step", 1)
     rng = np.random.default_rng(5)
     c, held_k, held_v, caps = KVCache(), np.zeros((2, 3, 0, 4), np.float32), np.zeros((2, 3, 0, 4), np.float32), []
-    for T in (5, 1, 6, 20, 1):
+    for T in (5, 1, 6, 20, 1, 7):
         k, v = _fresh_kv(rng, T)
         fk, fv = c.update_and_fetch(mx.array(k), mx.array(v))
         held_k, held_v = np.concatenate([held_k, k], 2), np.concatenate([held_v, v], 2)
         assert np.array_equal(np.array(fk), held_k) and np.array_equal(np.array(fv), held_v)
         assert c.offset == held_k.shape[2] and c.keys.shape == (2, 3, c.capacity, 4)
         caps.append(c.capacity)
-    assert caps == [8, 8, 16, 32, 40]
+    assert caps == [5, 6, 12, 32, 40, 40]  # 33 > 32: 32 x 1.25 = 40; then 40 fits exactly
     assert c.nbytes == 2 * (2 * 3 * 40 * 4 * 4) and c.state == [c.keys, c.values]
     keys = c.keys
     c.reserve(40)  # already there: the same buffer
     assert c.keys is keys
+    monkeypatch.setattr(KVCache, "step", 8)
+    c.trim(7)
     snap = c.snapshot()
     assert snap.offset == 33 and snap.keys is None and snap.values is None  # an offset only: no buffer held
     assert c.trim(3) == 3 and c.offset == 30
