@@ -17,6 +17,7 @@ import pytest
 from mlx_oss.backend import cpu, device
 from mlx_oss.bench import machine
 from mlx_oss.bench import report as rep
+from mlx_oss.nn.attention import Attention
 from mlx_oss.nn.moe import MoE
 
 # ------------------------------------------------------------------------------ device fakes
@@ -278,6 +279,7 @@ def test_cpu_speedups_match_the_plain_layout(tiny_converted, monkeypatch):
         assert isinstance(m.unembed, cpu.SplitLinear) and m.unembed.streams.n == n
         assert m.unembed.weight.ndim == 3 and m.unembed.weight.shape[0] % n == 0
         assert m.layers[0].mlp.streams is m.unembed.streams
+        assert all(type(layer.attn) is cpu.CPUAttention and layer.attn.streams is m.unembed.streams for layer in m.layers)
         assert _rel(m(toks), ref) <= 1e-5  # 140 (token, expert) pairs: the sorted path, rows shared
         cache = m.make_cache()
         steps = [m(toks[:, :9], cache)] + [m(toks[:, i : i + 1], cache) for i in range(9, 12)]
@@ -287,6 +289,30 @@ def test_cpu_speedups_match_the_plain_layout(tiny_converted, monkeypatch):
     assert _rel(m(toks), ref) <= 1e-5
     m.load_weights([("unembed.weight", plain.unembed.weight)], strict=False)  # the usual layout, set later
     assert _rel(m(toks), ref) <= 1e-5
+
+
+@pytest.mark.parametrize("B,nq,nkv,T,S", [(1, 16, 2, 70, 300), (2, 8, 8, 5, 5), (1, 16, 4, 1, 40), (1, 4, 1, 6, 20)])
+def test_cpu_attention_is_mlx_attention_with_sinks(B, nq, nkv, T, S):
+    """`attention_with_sinks` (K^T made contiguous) and CPUAttention's kv heads shared over 1..3
+    streams give MLX's own result, for every mask the model passes: none (decode), "causal" over a
+    cached prefix, the sliding band, an additive mask; queries read kv head h // (nq / nkv)."""
+    from mlx_oss.backend.cpu import CPUAttention, CPUStreams, attention_with_sinks
+    from mlx_oss.config import ModelArgs
+    from mlx_oss.nn.attention import sliding_mask
+    from mlx_oss.nn.rope import YarnRoPE
+
+    rng = np.random.default_rng(B * 1000 + nq + nkv + T + S)
+    q, k, v = (mx.array(rng.standard_normal(s), dtype=mx.float32) for s in ((B, nq, T, 16), (B, nkv, S, 16), (B, nkv, S, 16)))
+    sinks = mx.array(rng.standard_normal(nq) * 2, dtype=mx.float32)
+    masks = [None, "causal", sliding_mask(T, S - T, 8), mx.array(rng.standard_normal((T, S)), dtype=mx.float32)]
+    args = ModelArgs(num_attention_heads=nq, num_key_value_heads=nkv, head_dim=16, num_hidden_layers=1)
+    for mask in masks:
+        ref = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=mask, sinks=sinks)
+        assert _rel(attention_with_sinks(q, k, v, 0.3, mask, sinks), ref) <= 1e-6
+        for n in (1, 2, 3):
+            attn = CPUAttention(args, YarnRoPE(16, 150000.0), CPUStreams(n))
+            attn.sinks, attn._scale = sinks, 0.3
+            assert _rel(attn.attend(q, k, v, mask), ref) <= 1e-6
 
 
 def test_split_linear_padding_and_bias():
@@ -350,9 +376,11 @@ def test_prepare_is_backend_specific(tiny_converted):
     on_metal = fresh()
     assert cpu.prepare(on_metal, metal=True) == {}
     assert type(on_metal.unembed) is nn.Linear and all(type(layer.mlp) is MoE for layer in on_metal.layers)
+    assert all(type(layer.attn) is Attention for layer in on_metal.layers)
     cpu_ref_blas = fresh()
     assert cpu.prepare(cpu_ref_blas, metal=False, blas=None, streams=2) == {"cpu_streams": 2}
     assert all(type(layer.mlp) is cpu.CPUMoE and layer.mlp.dense_min_pairs is None for layer in cpu_ref_blas.layers)
+    assert all(type(layer.attn) is cpu.CPUAttention for layer in cpu_ref_blas.layers)
     small = [layer.mlp.router for layer in cpu_ref_blas.layers]
     assert all(type(r) is nn.Linear for r in small)  # 32 outputs: not worth splitting
     cpu_openblas = fresh()

@@ -8,6 +8,11 @@ float rounding (the same dot products; golden tests hold).
   fastest, and ~1024-column blocks keep its output row in L1 (201088x2880 lm_head, one token: `x @ W.T`
   633 ms, `x @ W` 252 ms, blocks on two streams ~140-200 ms). The MoE becomes `CPUMoE`, which runs half
   of a token's experts (decode) or half of the sorted (token, expert) rows (prefill) on each stream.
+  Attention becomes `CPUAttention`: MLX's own sink-attention steps, but with K^T made contiguous
+  before the scores product (the reference BLAS runs `q @ k.T` on a transposed view ~3x slower) and
+  the kv heads shared among the streams. On this backend attention is the cost that grows with the
+  context: a 70-token prefill of tiny-chat costs ~40-70 ms without it at any context, ~600 ms with it
+  at 2000 cached tokens (docs/BENCH.md, "Prefill cost against context").
 - CPU backend with an optimized BLAS in the process (`fast_blas()`, e.g. OpenBLAS preloaded, see
   docs/BENCH.md): long prefill steps of `CPUMoE` dequantize each used expert once and run its rows as
   one GEMM (`DENSE_MIN_PAIRS`); with the reference BLAS that GEMM is slower than `gather_qmm`.
@@ -31,6 +36,7 @@ import numpy as np
 
 from mlx_oss.backend import device
 from mlx_oss.config import ModelArgs
+from mlx_oss.nn.attention import Attention, Mask
 from mlx_oss.nn.moe import MoE, dequantize_mxfp4, swiglu
 
 MAX_STREAMS = 8  # measured with 2 (this machine); more cores share the same memory bandwidth
@@ -135,6 +141,62 @@ class SplitLinear(nn.Module):
         return out
 
 
+def attention_with_sinks(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: Mask, sinks: mx.array) -> mx.array:
+    """q [B, nq, T, d], k/v [B, nkv, S, d] -> [B, nq, T, d]: the same operations, in the same order,
+    as MLX's CPU fallback of `mx.fast.scaled_dot_product_attention(..., sinks=)` (scaled q, scores,
+    mask, sink column in front, precise softmax, drop the sink), so the result is the same, except that
+    the scores are `q @ K^T` with K^T made contiguous first: MLX's fallback multiplies by a transposed
+    view, the loop the reference BLAS runs slowest (560x64 @ 64x1000: 176 ms vs 51 ms, docs/BENCH.md).
+    The copy is S*d per kv head, 1/(rep*T) of the product's work."""
+    B, nq, T, d = q.shape
+    nkv, S = k.shape[1], k.shape[2]
+    rep = nq // nkv
+    q = (mx.array(scale, q.dtype) * q).reshape(B, nkv, rep * T, d)
+    kt = mx.contiguous(k.swapaxes(-1, -2))  # [B, nkv, d, S]
+    scores = (q @ kt).reshape(B, nkv, rep, T, S)
+    if isinstance(mask, str):  # "causal", lower-right aligned like MLX's
+        qi = mx.arange(S - T, S)[:, None]
+        mask = qi >= mx.arange(S)[None]
+    if mask is not None:
+        if mask.dtype == mx.bool_:
+            scores = mx.where(mask, scores, mx.array(mx.finfo(scores.dtype).min, scores.dtype))
+        else:
+            scores = scores + mask
+    col = mx.broadcast_to(sinks.astype(scores.dtype).reshape(1, nkv, rep, 1, 1), (B, nkv, rep, T, 1))
+    p = mx.softmax(mx.concatenate([col, scores], axis=-1), axis=-1, precise=True)[..., 1:]
+    return (p.reshape(B, nkv, rep * T, S) @ v).reshape(B, nq, T, d)
+
+
+class CPUAttention(Attention):
+    """`Attention` whose attention itself (scores, softmax, values) runs as `attention_with_sinks`,
+    the kv heads shared among the CPU streams (each stream its heads and their query groups)."""
+
+    def __init__(self, args: ModelArgs, rope, streams: CPUStreams) -> None:
+        super().__init__(args, rope)
+        self.streams = streams
+
+    @classmethod
+    def of(cls, attn: Attention, args: ModelArgs, streams: CPUStreams) -> "CPUAttention":
+        """A CPUAttention holding `attn`'s own projections and sinks."""
+        new = cls(args, attn._rope, streams)  # its fresh zeros are lazy: never allocated
+        new.qkv, new.out, new.sinks = attn.qkv, attn.out, attn.sinks
+        return new
+
+    def attend(self, q: mx.array, k: mx.array, v: mx.array, mask: Mask) -> mx.array:
+        streams = self.streams.get()
+        nkv = k.shape[1]
+        rep = q.shape[1] // nkv
+        n = min(len(streams), nkv)
+        if n < 2:
+            return attention_with_sinks(q, k, v, self._scale, mask, self.sinks)
+
+        def part(a: int, b: int) -> mx.array:
+            qs = slice(a * rep, b * rep)
+            return attention_with_sinks(q[:, qs], k[:, a:b], v[:, a:b], self._scale, mask, self.sinks[qs])
+
+        return mx.concatenate(per_stream(streams[:n], nkv, part), axis=1)
+
+
 class CPUMoE(MoE):
     """`MoE` with the experts' work shared among CPU streams and, with an optimized BLAS
     (`dense_min_pairs`), long prefill steps run as one dense GEMM per used expert."""
@@ -210,6 +272,9 @@ def prepare(
     if streams is None:
         streams = int(os.environ.get("MLX_OSS_CPU_STREAMS") or min(cpu_cores(), MAX_STREAMS))
     cs = CPUStreams(max(1, streams))
+    for layer in model.layers:
+        if type(layer.attn) is Attention:
+            layer.attn = CPUAttention.of(layer.attn, model.args, cs)
     owners = [model] + [layer.attn for layer in model.layers]
     for owner in owners:
         for name, lin in list(owner.children().items()):

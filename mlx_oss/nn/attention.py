@@ -42,8 +42,13 @@ class Attention(nn.Module):
         k = self._rope(k, offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)  # [B, nkv, S, d]
-        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self._scale, mask=mask, sinks=self.sinks)
+        o = self.attend(q, k, v, mask)
         return self.out(o.transpose(0, 2, 1, 3).reshape(B, T, nq * d))  # [B, T, H]
+
+    def attend(self, q: mx.array, k: mx.array, v: mx.array, mask: Mask) -> mx.array:
+        """q [B, nq, T, d], k/v [B, nkv, S, d] -> [B, nq, T, d]: MLX's fused kernel (a backend may
+        swap in its own, `mlx_oss.backend.cpu.CPUAttention`)."""
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=self._scale, mask=mask, sinks=self.sinks)
 
 
 def sliding_mask(T: int, retained: int, window: int) -> Mask:
