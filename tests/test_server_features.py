@@ -161,6 +161,11 @@ def test_chat_logprobs_are_the_models_log_softmax_stream_or_not(srv, client):
                 streamed += [e.model_dump() for e in c.logprobs.content]
     assert [e["token"] for e in streamed] == [e["token"] for e in entries]
     assert [e["logprob"] for e in streamed] == pytest.approx([e["logprob"] for e in entries], abs=1e-4)
+    # A stop string: no logprobs for the tokens of the stop string or after it.
+    scripts.push(reply(tok, final=ANSWER))
+    r = client.chat.completions.create(model=MODEL_ID, messages=USER, logprobs=True, stop=[", world"])
+    assert r.choices[0].message.content == "Hello there"
+    assert "".join(e.token for e in r.choices[0].logprobs.content) == "Hello there"
     # Not asked for: none computed, none sent.
     scripts.push(reply(tok, final=ANSWER))
     assert client.chat.completions.create(model=MODEL_ID, messages=USER).choices[0].logprobs is None

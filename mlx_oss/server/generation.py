@@ -130,9 +130,15 @@ def run_generation(
     error = None
     logprobs: list[dict] = []  # entries of answer tokens whose text is not emitted yet
 
-    def send(delta: str) -> None:
+    def send(delta: str, flush: bool = False) -> None:
+        """Emit `delta` with the logprob entries of the tokens whose text it releases (text the
+        stop matcher holds back keeps its entries pending)."""
         nonlocal logprobs
-        lps, logprobs = tuple(logprobs), []
+        keep, n = 0, 0
+        while keep < len(logprobs) and (flush or n + len(logprobs[keep]["token"]) <= len(delta)):
+            n += len(logprobs[keep]["token"])
+            keep += 1
+        lps, logprobs = tuple(logprobs[:keep]), logprobs[keep:]
         if delta or lps:
             text.append(delta)
             emit(ItemDelta(delta, lps))
@@ -141,7 +147,9 @@ def run_generation(
         nonlocal open_item
         if open_item is not None:
             if open_item.kind == MESSAGE:
-                send(matcher.flush() if complete else "")
+                if complete:
+                    send(matcher.flush(), flush=True)
+                logprobs.clear()  # of text cut off (stop string, max tokens): never shown
             emit(ItemDone(open_item.kind, "".join(text), open_item.name, complete, open_item.channel))
             open_item = None
 
