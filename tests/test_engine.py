@@ -211,7 +211,7 @@ def test_snapshots_are_bounded(model):
 
 def test_invalid_arguments(model):
     engine = Engine(model, max_context=100)
-    with pytest.raises(ValueError, match="empty prompt"):
+    with pytest.raises(ValueError, match="^empty prompt$"):
         engine.generate([], scripted([]))
     with pytest.raises(ValueError, match="max_tokens must be at least 1, got 0"):
         engine.generate([1, 2], scripted([]), max_tokens=0)
