@@ -85,6 +85,15 @@ class AfterHeader:
         return mx.where(mx.arange(logits.shape[-1]) == tok, 0.0, -mx.inf).reshape(logits.shape).astype(logits.dtype)
 
 
+def wait_idle(app, timeout: float = 60.0) -> None:
+    """Wait until the app's generation worker has nothing running or queued (between tests)."""
+    w = app.state.backend.worker
+    deadline = time.monotonic() + timeout
+    while w.busy or w.waiting:
+        assert time.monotonic() < deadline, "the generation worker did not become idle"
+        time.sleep(0.02)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

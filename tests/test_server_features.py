@@ -13,7 +13,7 @@ import pytest
 
 import mlx_oss
 from mlx_oss import tokenizer as tk
-from server_harness import MODEL_ID, AfterHeader, Gate, Scripts, reply, running_server
+from server_harness import MODEL_ID, AfterHeader, Gate, Scripts, reply, running_server, wait_idle
 
 USER = [{"role": "user", "content": "Weather in Paris?"}]
 
@@ -40,21 +40,13 @@ def served(tiny_chat_converted):
 def srv(served):
     url, app, scripts, tok = served
     scripts.queue.clear()
-    _wait_idle(app)
+    wait_idle(app)
     return served
 
 
 @pytest.fixture
 def client(srv):
     return openai.OpenAI(base_url=srv[0], api_key="unused", max_retries=0, timeout=120)
-
-
-def _wait_idle(app, timeout=60.0) -> None:
-    w = app.state.backend.worker
-    deadline = time.monotonic() + timeout
-    while w.busy or w.waiting:
-        assert time.monotonic() < deadline, "the generation worker did not become idle"
-        time.sleep(0.02)
 
 
 def _final_then_args(scripts, tok, args='{"city": "Paris"}'):
