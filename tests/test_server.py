@@ -288,7 +288,11 @@ USER = [{"role": "user", "content": "hi"}]
     ("/chat/completions", {"model": "gpt-5", "messages": USER}, 404, "model"),
     ("/responses", {"model": MODEL_ID, "input": 3}, 400, "input"),
     ("/responses", {"model": MODEL_ID, "input": [{"type": "image_generation_call"}]}, 400, "input[0].type"),
-    ("/responses", {"model": MODEL_ID, "input": "x", "tools": [{"type": "web_search"}]}, 400, "tools[0].type"),
+    ("/responses", {"model": MODEL_ID, "input": "x", "tools": [{"type": "file_search"}]}, 400, "tools[0].type"),
+    ("/responses", {"model": MODEL_ID, "input": "x", "tools": [WEATHER_R, {"type": "code_interpreter"}]}, 400,
+     "tools[1].type"),  # refused unless the server was started with --allow-python
+    ("/chat/completions", {"model": MODEL_ID, "messages": USER, "tools": [{"type": "web_search"}]}, 400,
+     "tools[0].type"),  # built-in tools run only in the Responses API
     ("/responses", {"model": MODEL_ID, "input": "x", "reasoning": {"effort": "max"}}, 400, "reasoning.effort"),
     ("/responses", {"model": MODEL_ID, "input": "x", "previous_response_id": "resp_missing"}, 404, "previous_response_id"),
 ])  # fmt: skip

@@ -48,6 +48,8 @@ class BuiltinTools:
         self.python: PythonTool | None = None
         if "browser" in self.names:
             self.browser = browser if isinstance(browser, Browser) else Browser(browser, count_tokens=count_tokens)
+            if count_tokens is not None and not self.browser.counts_exactly:  # a ready browser made without one
+                self.browser.count_tokens, self.browser.counts_exactly = count_tokens, True
         if "python" in self.names:
             self.python = python if isinstance(python, PythonTool) else PythonTool(python, approve=approve, workdir=workdir)
             if approve is not None:

@@ -132,44 +132,66 @@ def sampling_config(a: argparse.Namespace) -> Any:
     return SamplingConfig(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, min_p=a.min_p, seed=a.seed)
 
 
-def add_builtin_tools(p: argparse.ArgumentParser) -> None:
-    """--browser, --search-backend, --searxng-url, --python and its options (README "Built-in tools")."""
+def add_browser_flags(g: Any) -> None:
+    """--search-backend, --searxng-url and the fetch limits (--fetch-timeout, --fetch-max-bytes)."""
+    from mlx_oss.builtin.browser.fetch import FetchLimits
     from mlx_oss.builtin.browser.search import SEARCH_BACKENDS
-    from mlx_oss.builtin.python.tool import PYTHON_BACKENDS
 
-    g = p.add_argument_group("built-in tools (see README 'Built-in tools')")
-    g.add_argument("--browser", action="store_true", help="let the model search and read web pages (browser tool)")
     g.add_argument("--search-backend", choices=SEARCH_BACKENDS, default="auto",
                    help="auto: Exa if EXA_API_KEY is set, else You.com if YDC_API_KEY, else SearXNG if SEARXNG_URL, "
                         "else none (open pages by URL only)")  # fmt: skip
     g.add_argument("--searxng-url", metavar="URL", default=None, help="a SearXNG instance (with format=json enabled)")
-    g.add_argument("--python", action="store_true",
-                   help="let the model run Python (off by default; every call is shown and must be approved)")  # fmt: skip
+    g.add_argument("--fetch-timeout", type=float_in(0, 3600, lo_open=True), default=FetchLimits.timeout_s, metavar="S",
+                   help=f"seconds one page fetch may take, redirects and body included (default {FetchLimits.timeout_s:g})")  # fmt: skip
+    g.add_argument("--fetch-max-bytes", type=positive_int, default=FetchLimits.max_bytes, metavar="N",
+                   help=f"largest page body read, in bytes (default {FetchLimits.max_bytes}); bigger pages are refused")  # fmt: skip
+
+
+def add_python_flags(g: Any) -> None:
+    """--python-backend and --python-timeout."""
+    from mlx_oss.builtin.python.tool import PYTHON_BACKENDS
+
     g.add_argument("--python-backend", choices=PYTHON_BACKENDS, default="jupyter",
                    help="jupyter: a local kernel in its own process (not a sandbox); docker: a fresh container per call, "
                         "no network, memory/CPU limits")  # fmt: skip
     g.add_argument("--python-timeout", type=float_in(0, 86400, lo_open=True), default=120.0, metavar="S",
                    help="seconds before a run is stopped (default 120, what the model was trained with)")  # fmt: skip
+
+
+def add_builtin_tools(p: argparse.ArgumentParser) -> None:
+    """--browser, --search-backend, --searxng-url, fetch limits, --python and its options (README "Built-in tools")."""
+    g = p.add_argument_group("built-in tools (see README 'Built-in tools')")
+    g.add_argument("--browser", action="store_true", help="let the model search and read web pages (browser tool)")
+    add_browser_flags(g)
+    g.add_argument("--python", action="store_true",
+                   help="let the model run Python (off by default; every call is shown and must be approved)")  # fmt: skip
+    add_python_flags(g)
     g.add_argument("--python-dir", metavar="DIR", default=None, help="the working folder the code sees as /mnt/data")
     g.add_argument("--approve-python", choices=["ask", "always", "never"], default="ask",
                    help="ask before each run (default), run without asking, or refuse every run")  # fmt: skip
 
 
-def check_builtin_args(a: argparse.Namespace) -> None:
-    """UsageError (exit 2) for flag values that cannot work, before anything loads."""
-    from mlx_oss.builtin.browser.search import make_search_backend
+def make_browser(a: argparse.Namespace, count_tokens: Callable[[str], int] | None = None) -> Any:
+    """The `Browser` of the parsed `add_browser_flags` (a UsageError for a backend that cannot work)."""
+    from mlx_oss.builtin.browser import Browser, FetchLimits, Fetcher, make_search_backend
     from mlx_oss.errors import UsageError
 
+    try:
+        backend = make_search_backend(a.search_backend, url=a.searxng_url)
+    except ValueError as e:
+        raise UsageError(f"--search-backend: {e}") from None
+    limits = FetchLimits(timeout_s=a.fetch_timeout, max_bytes=a.fetch_max_bytes)
+    return Browser(backend, fetcher=Fetcher(limits), count_tokens=count_tokens)
+
+
+def check_builtin_args(a: argparse.Namespace) -> None:
+    """UsageError (exit 2) for flag values that cannot work, before anything loads."""
     if a.browser:
-        try:
-            make_search_backend(a.search_backend, url=a.searxng_url)
-        except ValueError as e:
-            raise UsageError(f"--search-backend: {e}") from None
+        make_browser(a)
 
 
 def builtin_chat_kwargs(a: argparse.Namespace, approve: Callable[[Any], bool] | None) -> dict[str, Any]:
     """`Chat(...)` keyword arguments for the flags (an empty dict when no built-in tool is on)."""
-    from mlx_oss.builtin.browser.search import make_search_backend
     from mlx_oss.builtin.python.tool import PythonTool
 
     check_builtin_args(a)
@@ -178,7 +200,7 @@ def builtin_chat_kwargs(a: argparse.Namespace, approve: Callable[[Any], bool] | 
         return {}
     kw: dict[str, Any] = {"builtin_tools": tuple(names)}
     if a.browser:
-        kw["browser_backend"] = make_search_backend(a.search_backend, url=a.searxng_url)
+        kw["browser_backend"] = make_browser(a)
     if a.python:
         kw["python_backend"] = PythonTool(a.python_backend, approve=approve, workdir=a.python_dir, timeout_s=a.python_timeout)
         kw["approve"] = approve

@@ -11,6 +11,7 @@ import contextlib
 import hmac
 import json
 import time
+from dataclasses import replace
 from typing import Any, AsyncIterator, Callable, Sequence
 
 import anyio
@@ -26,6 +27,7 @@ from mlx_oss.engine import Engine
 from mlx_oss.sampling import SamplingConfig
 from mlx_oss.server import chat_completions, responses
 from mlx_oss.server.backend import Backend, ProcessorHook
+from mlx_oss.server.builtin import ServerTools, Session, Sessions
 from mlx_oss.server.errors import APIError, bad_request, error_body
 from mlx_oss.server.generation import Finished
 from mlx_oss.server.sse import DONE, EventStream, data_line, named_event, watch_disconnect
@@ -42,8 +44,11 @@ def _error(e: APIError) -> JSONResponse:
 class _Server:
     """State shared by the routes."""
 
-    def __init__(self, backend: Backend, model_id: str, aliases: Sequence[str], api_key: str | None, body_limit: int):
+    def __init__(self, backend: Backend, model_id: str, aliases: Sequence[str], api_key: str | None, body_limit: int,
+                 builtin: ServerTools):  # fmt: skip
         self.backend = backend
+        self.builtin = builtin
+        self.sessions = Sessions()
         self.model_id = model_id
         self.names = {model_id, *aliases}
         self.api_key = api_key
@@ -118,10 +123,12 @@ def create_app(
     processors: ProcessorHook | None = None,
     engine_class: type[Engine] = Engine,
     end_group: Callable[[], None] | None = None,
+    builtin: ServerTools | None = None,
 ) -> Starlette:
     """The OpenAI-compatible app for a loaded model. `sampling`: defaults a request's temperature,
     top_p and seed override (top_k/min_p apply to every request); `max_tokens`: the reply cap when a
-    request sets none. `processors` is a test-only sampling hook
+    request sets none. `builtin`: the built-in tools the Responses API runs (default: the browser
+    without search, no python; see server/builtin.py). `processors` is a test-only sampling hook
     (request body -> logits processors); leave it None in production. `app.state.backend.shutdown()`
     cancels all generations (the CLI calls it on Ctrl+C / SIGTERM). `engine_class` / `end_group`: rank 0
     of a group (`mlx-oss serve --hosts`) passes its LeaderEngine and how the other ranks are stopped
@@ -129,7 +136,7 @@ def create_app(
     backend = Backend(model, tokenizer, max_context=max_context, cache_bytes=cache_bytes, max_queue=max_queue,
                       sampling=sampling, max_tokens=max_tokens, processors=processors, engine_class=engine_class,
                       end_group=end_group)  # fmt: skip
-    srv = _Server(backend, model_id, aliases, api_key, body_limit)
+    srv = _Server(backend, model_id, aliases, api_key, body_limit, builtin or ServerTools())
 
     async def health(request: Request):
         return JSONResponse({"status": "ok", "model": srv.model_id, "busy": backend.worker.busy,
@@ -179,14 +186,12 @@ def create_app(
     async def create_response(request: Request):
         srv.check_key(request)
         body = await srv.body(request)
-        req = responses.parse_request(body, srv.store, backend.sampling(body))
-        prompt, boundaries = backend.prompt(req.turn)
-        job = backend.submit(req.turn, prompt, boundaries)
-        b = responses.ResponseBuilder(srv.model_id, req.echo)
+        req = responses.parse_request(body, srv.store, backend.sampling(body), srv.builtin)
+        job, b = _submit_response(srv, req)
 
         def save() -> None:
             if req.store and b.status != "in_progress":
-                srv.store.put(b.response(), req.items)
+                srv.store.put(b.response(), req.items, b.tool_messages)
 
         if not req.stream:
             await _collect(job, request, b.feed)
@@ -241,17 +246,50 @@ def create_app(
     app = Starlette(
         routes=routes, middleware=middleware,
         exception_handlers={APIError: api_error, HTTPException: http_error, Exception: server_error},
-        lifespan=_lifespan(backend),
+        lifespan=_lifespan(backend, srv.sessions),
     )  # fmt: skip
     app.state.backend = backend
+    app.state.store = srv.store  # stored responses and their built-in calls' messages
+    app.state.sessions = srv.sessions  # the conversations' browser/python sessions
     return app
 
 
-def _lifespan(backend: Backend):
+def _submit_response(srv: _Server, req) -> tuple[Any, responses.ResponseBuilder]:
+    """Queue a Responses generation. With built-in tools it gets the conversation's session (the
+    previous response's, else a new one); when the generation ends the worker keeps it for this
+    response (store=true) or closes it."""
+    turn, session = req.turn, None
+    if turn.tools.builtin_names:
+        previous = srv.sessions.take(req.previous)
+        session = srv.builtin.session(turn.tools.builtin_names, previous)
+        turn = replace(turn, tools=replace(turn.tools, builtin=session.tools.namespaces()))
+    b = responses.ResponseBuilder(srv.model_id, req.echo, session.container_id if session else "")
+    try:
+        prompt, boundaries = srv.backend.prompt(turn)
+        done = None
+        if session is not None:
+            done = (lambda: srv.sessions.put(b.id, session)) if req.store else session.tools.close
+        job = srv.backend.submit(turn, prompt, boundaries, session.tools if session else None, req.max_calls, done)
+    except BaseException:
+        if session is not None:
+            _keep_or_close(srv, req.previous, session)
+        raise
+    return job, b
+
+
+def _keep_or_close(srv: _Server, previous: str | None, session: Session) -> None:
+    if previous is not None:
+        srv.sessions.put(previous, session)  # the request was refused: the conversation keeps its session
+    else:
+        session.tools.close()
+
+
+def _lifespan(backend: Backend, sessions: Sessions):
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
         backend.shutdown()
+        sessions.close()
 
     return lifespan
 

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any, AsyncIterator, Callable, Sequence
 
+from mlx_oss.builtin import BuiltinTools
 from mlx_oss.engine import Engine
 from mlx_oss.sampling import LogitsProcessor, SamplingConfig
 from mlx_oss.server.cache_pool import PromptCachePool
@@ -79,8 +80,12 @@ class Backend:
             )
         return tokens, boundaries
 
-    def submit(self, turn: Turn, prompt: list[int], boundaries: tuple[int, ...]) -> Job:
-        """Queue the generation; 429 with Retry-After when the queue is full."""
+    def submit(
+        self, turn: Turn, prompt: list[int], boundaries: tuple[int, ...], tools: BuiltinTools | None = None,
+        max_calls: int = 8, done: Callable[[], None] | None = None,
+    ) -> Job:  # fmt: skip
+        """Queue the generation (built-in calls run by `tools`, at most `max_calls`; `done` is called on
+        the worker when it ends, run or cancelled); 429 with Retry-After when the queue is full."""
 
         def fn(emit, cancelled) -> None:
             def counted(ev: object) -> None:
@@ -91,7 +96,7 @@ class Backend:
             try:
                 run_generation(
                     self.engine, self.pool, self.tokenizer, prompt, boundaries, turn.generation_sampling(self.tokenizer),
-                    turn.max_tokens or self._max_tokens, turn.stop, cancelled, counted,
+                    turn.max_tokens or self._max_tokens, turn.stop, cancelled, counted, turn, tools, max_calls,
                 )  # fmt: skip
             except Exception:
                 # In a group, a collective fails when a rank is lost; the watchdog notices it too,
@@ -101,7 +106,7 @@ class Backend:
                 raise
 
         try:
-            return self.worker.submit(fn, asyncio.get_running_loop())
+            return self.worker.submit(fn, asyncio.get_running_loop(), done)
         except QueueFull as e:
             raise APIError(
                 429, f"The server is busy ({e}); retry shortly.", type="rate_limit_error", code="rate_limit_exceeded",

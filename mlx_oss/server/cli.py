@@ -14,7 +14,18 @@ import signal
 import sys
 from pathlib import Path
 
-from mlx_oss.cli.args import add_dtype, add_hosts, add_limits, add_model, add_sampling, positive_int, sampling_config
+from mlx_oss.cli.args import (
+    add_browser_flags,
+    add_dtype,
+    add_hosts,
+    add_limits,
+    add_model,
+    add_python_flags,
+    add_sampling,
+    make_browser,
+    positive_int,
+    sampling_config,
+)
 from mlx_oss.errors import UserError
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -48,8 +59,29 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument("--max-body", type=byte_size, default=byte_size("32M"), help="request body size limit (413 above)")
     add_sampling(s)
     add_hosts(s)
+    g = s.add_argument_group("built-in tools (Responses API; see docs/SERVER.md 'Built-in tools')")
+    add_browser_flags(g)
+    g.add_argument("--allow-python", action="store_true",
+                   help="accept the code_interpreter tool: the model's code then runs on this machine without asking "
+                        "anyone (this flag is the approval of every run); off by default (400)")  # fmt: skip
+    add_python_flags(g)
+    g.add_argument("--max-tool-calls", type=positive_int, default=8, metavar="N",
+                   help="built-in tool calls the server runs within one response (default 8; a request's max_tool_calls may lower it)")  # fmt: skip
     s.set_defaults(func=run)
     return s
+
+
+def server_tools(a: argparse.Namespace, count_tokens=None):
+    """The app's `ServerTools` from the flags (a UsageError for a search backend that cannot work)."""
+    from mlx_oss.builtin.python import PythonTool
+    from mlx_oss.server.builtin import ServerTools, allow_all
+
+    make_browser(a)  # check the backend now, before the model loads
+    return ServerTools(
+        browser=lambda: make_browser(a, count_tokens),
+        python=lambda: PythonTool(a.python_backend, approve=allow_all, timeout_s=a.python_timeout),
+        allow_python=a.allow_python, max_calls=a.max_tool_calls,
+    )  # fmt: skip
 
 
 def model_id(name: str) -> str:
@@ -92,6 +124,7 @@ def _serve(a: argparse.Namespace, session, uvicorn, create_app, processors) -> i
     warning = host_warning(a.host, key)
     if warning:
         print(f"mlx-oss serve: warning: {warning}", file=sys.stderr)
+    tools = server_tools(a)  # flag errors before the model loads
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
     engine_class, end_group = Engine, None
     if session is None:
@@ -107,11 +140,12 @@ def _serve(a: argparse.Namespace, session, uvicorn, create_app, processors) -> i
         model, tokenizer = dist.load(session, a.model, a.dtype, status=say)
         folder, engine_class, end_group = model.source, LeaderEngine, lambda: dist.end(session)
     mid = model_id(a.model)
+    tools = server_tools(a, lambda text: len(tokenizer.encode_ordinary(text)))
     app = create_app(
         model, tokenizer, model_id=mid, aliases=[a.model, model_id(str(folder))], api_key=key,
         max_context=a.max_context, cache_bytes=a.cache_bytes, max_queue=a.max_queue, cors=a.cors,
         body_limit=a.max_body, sampling=sampling_config(a), max_tokens=a.max_tokens, processors=processors,
-        engine_class=engine_class, end_group=end_group,
+        engine_class=engine_class, end_group=end_group, builtin=tools,
     )  # fmt: skip
     backend = app.state.backend
     if session is not None:  # a lost rank: the in-flight requests get an error before the process ends

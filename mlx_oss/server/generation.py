@@ -1,35 +1,41 @@
 """One request's generation on the worker thread: pool -> engine -> harmony parser -> output events.
 
-The events are API-neutral output items (a reasoning message, a text message, a function call),
-each opened when its harmony header is complete, fed with deltas, and closed with its full text;
-then `Finished` with the usage the engine measured. The API modules turn them into their own
+The events are API-neutral output items (a reasoning message, a text message, a function call, a
+built-in call), each opened when its harmony header is complete, fed with deltas, and closed with its
+full text; a built-in call the server ran is followed by `ToolDone` and the next round's items; then
+`Finished` with the usage the engine measured (summed over rounds). The API modules turn them into their own
 chunks/events. Runs in `GenerationWorker`'s thread only.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import tiktoken
 
+from mlx_oss.builtin import BuiltinTools
 from mlx_oss.engine import Engine
-from mlx_oss.harmony import ANALYSIS, UNPARSED, ParserState, Role, StreamParser
+from mlx_oss.events import Citation, ToolCall, ToolResult
+from mlx_oss.harmony import ANALYSIS, UNPARSED, Message, ParserState, Role, StreamParser
 from mlx_oss.sampling import Sampler, SamplingConfig
 from mlx_oss.server.cache_pool import PromptCachePool
+from mlx_oss.server.conversation import Turn
 from mlx_oss.server.token_output import TokenOutput
 from mlx_oss.server.tools import call_name
 
-__all__ = ["REASONING", "MESSAGE", "FUNCTION_CALL", "ItemStarted", "ItemDelta", "ItemDone", "Finished", "Usage", "StopMatcher", "run_generation"]
+__all__ = ["REASONING", "MESSAGE", "FUNCTION_CALL", "BROWSER_CALL", "PYTHON_CALL", "ItemStarted", "ItemDelta",
+           "ItemDone", "ToolDone", "Finished", "Usage", "StopMatcher", "run_generation", "run_tool"]  # fmt: skip
 
 REASONING, MESSAGE, FUNCTION_CALL = "reasoning", "message", "function_call"
+BROWSER_CALL, PYTHON_CALL = "browser_call", "python_call"  # calls the server runs itself
 
 
 @dataclass(frozen=True)
 class ItemStarted:
-    kind: str  # REASONING, MESSAGE or FUNCTION_CALL
-    name: str | None = None  # the function's name for a call
+    kind: str  # REASONING, MESSAGE, FUNCTION_CALL, BROWSER_CALL or PYTHON_CALL
+    name: str | None = None  # the function's name for a call (`browser.search`, `python` for built-ins)
     channel: str | None = None
 
 
@@ -46,6 +52,17 @@ class ItemDone:
     name: str | None = None
     complete: bool = True  # False: cut off (max tokens, cancel, stop string)
     channel: str | None = None
+    citations: tuple[Citation, ...] = ()  # a message's `【cursor†L…】` markers resolved by the browser
+
+
+@dataclass(frozen=True)
+class ToolDone:
+    """The server ran the built-in call just closed: `call` is the model's harmony message, `reply`
+    the tool message fed back (both as rendered, for a later turn), `result` what the tool said."""
+
+    call: Message
+    reply: Message
+    result: ToolResult
 
 
 @dataclass(frozen=True)
@@ -60,7 +77,7 @@ class Usage:
 @dataclass(frozen=True)
 class Finished:
     usage: Usage
-    stop_reason: str  # stop, tool_call, length, context, cancelled, error
+    stop_reason: str  # stop, tool_call, length, context, cancelled, error, tool_limit
     error: str | None = None
 
 
@@ -94,10 +111,27 @@ class StopMatcher:
         return out
 
 
-def _kind(channel: str | None, recipient: str | None) -> str:
+def _kind(channel: str | None, recipient: str | None, tools: BuiltinTools | None) -> str:
     if recipient is not None:
-        return FUNCTION_CALL
+        owner = tools.owner(recipient) if tools is not None else None
+        return {"browser": BROWSER_CALL, "python": PYTHON_CALL}.get(owner or "", FUNCTION_CALL)
     return REASONING if channel == ANALYSIS else MESSAGE
+
+
+def _call_limit_text(limit: int) -> str:
+    return (f"Error: the limit of {limit} built-in tool calls for this response is reached, so this call was not run. "
+            "Answer now with what you have.")  # fmt: skip
+
+
+def run_tool(tools: BuiltinTools, recipient: str, raw: str, should_stop: Callable[[], bool]) -> ToolResult:
+    """Run one built-in call; whatever goes wrong becomes the result's text (never raised)."""
+    owner = tools.owner(recipient) or "functions"
+    call = ToolCall(recipient, raw, raw, None, "", recipient, tool=owner)
+    try:
+        return tools.run(call, should_stop)
+    except Exception as e:  # BuiltinTools.run does not raise; a bug must not end the response either
+        first = (str(e).strip().splitlines() or [""])[0]
+        return ToolResult(recipient, f"Error: the {owner} tool failed: {type(e).__name__}: {first}", "", True, tool=owner)
 
 
 def run_generation(
@@ -111,12 +145,63 @@ def run_generation(
     stops: tuple[str, ...],
     cancelled: threading.Event,
     emit: Callable[[object], None],
+    turn: Turn | None = None,
+    tools: BuiltinTools | None = None,
+    max_calls: int = 8,
 ) -> None:
-    """Generate a reply to `prompt`, emitting ItemStarted/ItemDelta/ItemDone, then Finished."""
+    """Generate a reply to `prompt`, emitting ItemStarted/ItemDelta/ItemDone, then Finished. With
+    `tools` (and the `turn` that made `prompt`), a call to a built-in tool is run here, its result
+    emitted as ToolDone and fed back, and generation goes on, all in one reply: at most `max_calls`
+    calls are run (later ones are answered with an error text; one round more ends the reply)."""
+    sampler = Sampler(sampling)
+    history = list(turn.history) if turn is not None else []
+    totals = [0, 0, 0, 0, 0]  # prompt, cached, completion, reasoning, unparsed tokens over all rounds
+    calls = 0
+    while True:
+        budget = None if max_tokens is None else max_tokens - totals[2]
+        if budget is not None and budget < 1:
+            emit(Finished(Usage(*totals), "length"))
+            return
+        r = _round(engine, pool, encoding, prompt, boundaries, sampler, budget, stops, cancelled, emit, tools)
+        totals = [a + b for a, b in zip(totals, r.counts)]
+        last = r.messages[-1] if r.messages else None
+        if (r.reason != "tool_call" or tools is None or turn is None or last is None or last.recipient is None
+                or tools.owner(last.recipient) is None):  # fmt: skip
+            emit(Finished(Usage(*totals), r.reason, r.error))
+            return
+        if calls >= max_calls + 1:  # the model was told the limit and called again
+            emit(Finished(Usage(*totals), "tool_limit"))
+            return
+        if calls >= max_calls:
+            result = ToolResult(last.recipient, _call_limit_text(max_calls), "", True, tool=tools.owner(last.recipient) or "")
+        else:
+            result = run_tool(tools, last.recipient, last.text, cancelled.is_set)
+        calls += 1
+        reply = Message.tool_result(last.recipient, result.content, channel=last.channel)
+        emit(ToolDone(last, reply, result))
+        if cancelled.is_set():
+            emit(Finished(Usage(*totals), "cancelled"))
+            return
+        history += [*r.messages, reply]
+        prompt, boundaries = replace(turn, history=tuple(history)).render(encoding)
+        if len(prompt) >= engine.max_context:
+            emit(Finished(Usage(*totals), "context"))
+            return
+
+
+@dataclass
+class _Round:
+    messages: list[Message]
+    reason: str
+    error: str | None
+    counts: tuple[int, int, int, int, int]
+
+
+def _round(engine, pool, encoding, prompt, boundaries, sampler, max_tokens, stops, cancelled, emit, tools) -> _Round:
+    """One prefill + decode; emits the items the model writes."""
     engine.check_prompt(prompt)
     pool.prepare(engine, prompt)
     stop_hit = threading.Event()
-    sampler = Sampler(sampling)
     out = TokenOutput(encoding, sampler)
     gen = engine.generate(
         prompt, sampler, max_tokens=max_tokens, boundaries=boundaries,
@@ -126,6 +211,7 @@ def run_generation(
     matcher = StopMatcher(stops)
     open_item: ItemStarted | None = None
     text: list[str] = []
+    messages: list[Message] = []
     reasoning_tokens = 0
     error = None
     logprobs: list[dict] = []  # entries of answer tokens whose text is not emitted yet
@@ -150,7 +236,9 @@ def run_generation(
                 if complete:
                     send(matcher.flush(), flush=True)
                 logprobs.clear()  # of text cut off (stop string, max tokens): never shown
-            emit(ItemDone(open_item.kind, "".join(text), open_item.name, complete, open_item.channel))
+            body = "".join(text)
+            cites = tools.citations(body) if tools is not None and open_item.kind == MESSAGE else ()
+            emit(ItemDone(open_item.kind, body, open_item.name, complete, open_item.channel, cites))
             open_item = None
 
     def show_unparsed(raw: str) -> None:
@@ -177,7 +265,7 @@ def run_generation(
             if ev.header_done:
                 close(True)
                 name = call_name(ev.recipient) if ev.recipient is not None else None
-                open_item = ItemStarted(_kind(ev.channel, ev.recipient), name, ev.channel)
+                open_item = ItemStarted(_kind(ev.channel, ev.recipient, tools), name, ev.channel)
                 text = []
                 emit(open_item)
                 continue
@@ -197,6 +285,7 @@ def run_generation(
                     close(False)
                     break
             if ev.message is not None:
+                messages.append(ev.message)
                 close(not ev.message.incomplete)
     except Exception as e:  # the cache state is unknown after a failure: start clean
         engine.reset()
@@ -212,6 +301,6 @@ def run_generation(
         reason = "stop"
     elif error:
         reason = "error"
-    usage = Usage(len(prompt), gen.reused_tokens, len(gen.generated), reasoning_tokens, out.unparsed_tokens)
-    emit(Finished(usage, reason, error))
+    counts = (len(prompt), gen.reused_tokens, len(gen.generated), reasoning_tokens, out.unparsed_tokens)
+    return _Round(messages, reason, error, counts)
 

@@ -3,7 +3,12 @@
 Input items map to harmony messages as in OpenAI's gpt-oss reference server: `message` (user;
 assistant -> final; system/developer -> instructions), `reasoning` -> analysis (kept by harmony only
 while continuing a tool call), `function_call` -> a `functions.<name>` call, `function_call_output`
--> that call's tool result. Output: one item per harmony message the model wrote, streamed with the
+-> that call's tool result; `web_search_call` / `code_interpreter_call` items (built-in calls the
+server ran) -> the call and its result as the model saw them (kept by the store; an unknown web
+search is skipped, a code call is rebuilt from its code and logs). Output: one item per harmony
+message the model wrote (a built-in call the server ran: `web_search_call` or
+`code_interpreter_call` with its `response.web_search_call.*` / `response.code_interpreter_call*`
+events; `url_citation` annotations on the text for the browser's citations), streamed with the
 Responses event sequence (`response.created`, `response.in_progress`, `response.output_item.added`,
 `response.content_part.added`, `response.reasoning_text.delta`/`response.output_text.delta`/
 `response.function_call_arguments.delta`, their `.done`, `response.content_part.done`,
@@ -13,15 +18,18 @@ Responses event sequence (`response.created`, `response.in_progress`, `response.
 
 from __future__ import annotations
 
+import base64
 import copy
+import json
 import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from mlx_oss.sampling import SamplingConfig
-from mlx_oss.harmony import Message
+from mlx_oss.harmony import ANALYSIS, Message
 from mlx_oss.server.conversation import (
     REASONING_FIELDS,
     Turn,
@@ -34,7 +42,19 @@ from mlx_oss.server.conversation import (
     text_of,
 )
 from mlx_oss.server.errors import APIError, bad_request
-from mlx_oss.server.generation import FUNCTION_CALL, MESSAGE, REASONING, Finished, ItemDelta, ItemDone, ItemStarted
+from mlx_oss.server.builtin import ServerTools
+from mlx_oss.server.generation import (
+    BROWSER_CALL,
+    FUNCTION_CALL,
+    MESSAGE,
+    PYTHON_CALL,
+    REASONING,
+    Finished,
+    ItemDelta,
+    ItemDone,
+    ItemStarted,
+    ToolDone,
+)
 from mlx_oss.server.tools import FUNCTIONS, parse_tools, tool_choice
 
 __all__ = ["ResponsesRequest", "ResponseStore", "ResponseBuilder", "parse_request"]
@@ -49,20 +69,31 @@ class ResponsesRequest:
     store: bool
     items: list  # the whole input (previous response's input + output first), as items
     echo: dict  # request fields echoed in the response object
+    previous: str | None = None  # previous_response_id
+    max_calls: int = 8  # built-in calls this response may run
 
 
 class ResponseStore:
-    """The newest `max_items` stored responses: id -> (input items, response object)."""
+    """The newest `max_items` stored responses: id -> (input items, response object); and the
+    harmony messages of their built-in call items (id -> call + result), to render them again."""
 
-    def __init__(self, max_items: int = 1024) -> None:
+    def __init__(self, max_items: int = 1024, max_tool_items: int = 8192) -> None:
         self.max_items = max_items
+        self.max_tool_items = max_tool_items
         self._items: OrderedDict[str, tuple[list, dict]] = OrderedDict()
+        self._tools: OrderedDict[str, tuple[Message, ...]] = OrderedDict()
 
-    def put(self, response: dict, items: list) -> None:
+    def put(self, response: dict, items: list, tool_messages: dict[str, tuple[Message, ...]] | None = None) -> None:
         self._items[response["id"]] = (items, copy.deepcopy(response))
         self._items.move_to_end(response["id"])
         while len(self._items) > self.max_items:
             self._items.popitem(last=False)
+        self._tools.update(tool_messages or {})
+        while len(self._tools) > self.max_tool_items:
+            self._tools.popitem(last=False)
+
+    def tool_messages(self, item_id: Any) -> tuple[Message, ...] | None:
+        return self._tools.get(item_id) if isinstance(item_id, str) else None
 
     def get(self, response_id: str, param: str | None = None) -> tuple[list, dict]:
         try:
@@ -80,7 +111,18 @@ def _as_items(value: Any) -> list:
     return list(value)
 
 
-def _history(items: list) -> tuple[list[Message], list[str]]:
+def _code_messages(it: dict, where: str) -> tuple[Message, ...]:
+    """A code_interpreter_call item the store does not know: its code and logs, as the model wrote and saw them."""
+    code = it.get("code") or ""
+    if not isinstance(code, str):
+        raise bad_request(f"{where}.code must be a string", f"{where}.code")
+    outputs = it.get("outputs") or []
+    logs = "".join(o.get("logs", "") for o in outputs if isinstance(o, dict) and isinstance(o.get("logs"), str))
+    return (Message.tool_call("python", code, channel=ANALYSIS, content_type="code"),
+            Message.tool_result("python", logs, channel=ANALYSIS))  # fmt: skip
+
+
+def _history(items: list, store: ResponseStore | None = None) -> tuple[list[Message], list[str]]:
     history: list[Message] = []
     instructions: list[str] = []
     calls: dict[str, str] = {}
@@ -123,16 +165,24 @@ def _history(items: list) -> tuple[list[Message], list[str]]:
             output = it.get("output")
             text = output if isinstance(output, str) else text_of(output, f"{where}.output", ("input_text", "output_text", "text"))
             history.append(Message.tool_result(FUNCTIONS + calls[call_id], text))
+        elif kind in ("web_search_call", "code_interpreter_call"):
+            known = store.tool_messages(it.get("id")) if store is not None else None
+            if known is not None:
+                history.extend(known)
+            elif kind == "code_interpreter_call":
+                history.extend(_code_messages(it, where))
+            # an unknown web search (not stored here): what the page said is gone, so it is left out
         else:
             raise bad_request(f"{where}.type {kind!r} is not supported (message, reasoning, function_call, "
-                              "function_call_output)", f"{where}.type")  # fmt: skip
+                              "function_call_output, web_search_call, code_interpreter_call)", f"{where}.type")  # fmt: skip
     if not history:
         raise bad_request("'input' needs at least one user, assistant or tool item", "input")
     return history, instructions
 
 
-def parse_request(body: dict, store: ResponseStore, base: SamplingConfig) -> ResponsesRequest:
-    """Validate and translate a Responses body (400/404 naming the parameter otherwise)."""
+def parse_request(body: dict, store: ResponseStore, base: SamplingConfig, builtin: ServerTools | None = None) -> ResponsesRequest:
+    """Validate and translate a Responses body (400/404 naming the parameter otherwise). `builtin`:
+    the server's built-in tools (their types are refused without it)."""
     stream = body.get("stream", False)
     keep = body.get("store", True)
     if not isinstance(stream, bool) or not isinstance(keep, bool):
@@ -146,7 +196,7 @@ def parse_request(body: dict, store: ResponseStore, base: SamplingConfig) -> Res
             raise bad_request("'previous_response_id' must be a string", "previous_response_id")
         prev_items, prev_resp = store.get(prev, "previous_response_id")
         items = prev_items + [o for o in prev_resp["output"]] + items
-    history, instructions = _history(items)
+    history, instructions = _history(items, store)
     extra = body.get("instructions")
     if extra is not None and not isinstance(extra, str):
         raise bad_request("'instructions' must be a string", "instructions")
@@ -156,8 +206,10 @@ def parse_request(body: dict, store: ResponseStore, base: SamplingConfig) -> Res
     if not isinstance(include, list) or not all(isinstance(x, str) for x in include):
         raise bad_request("'include' must be an array of strings", "include")
     top = logprobs_setting(body, LOGPROBS in include, f"'include': [{LOGPROBS!r}]")
-    tools = parse_tools(body.get("tools"))
+    tools = parse_tools(body.get("tools"), builtin=builtin)
     choice = tool_choice(body.get("tool_choice"), tools)
+    limit = builtin.max_calls if builtin is not None else 0
+    max_calls = min(positive_int(body, "max_tool_calls") or limit, limit)
     r = body.get("reasoning") or {}
     if not isinstance(r, dict):
         raise bad_request("'reasoning' must be an object", "reasoning")
@@ -175,9 +227,9 @@ def parse_request(body: dict, store: ResponseStore, base: SamplingConfig) -> Res
         "top_p": turn.sampling.top_p, "text": {"format": text.get("format") or {"type": "text"}},
         "tool_choice": body.get("tool_choice") or "auto", "tools": body.get("tools") or [],
         "parallel_tool_calls": body.get("parallel_tool_calls", True), "metadata": body.get("metadata") or {},
-        "store": keep, "truncation": "disabled", "user": body.get("user"),
+        "store": keep, "truncation": "disabled", "user": body.get("user"), "max_tool_calls": body.get("max_tool_calls"),
     }  # fmt: skip
-    return ResponsesRequest(turn, stream, keep, items, echo)
+    return ResponsesRequest(turn, stream, keep, items, echo, prev, max_calls)
 
 
 def _usage(u) -> dict:
@@ -191,14 +243,61 @@ def _usage(u) -> dict:
     }
 
 
-class ResponseBuilder:
-    """Generation events -> the response object and, for streaming, the (type, payload) events."""
+_MAX_IMAGE_BYTES = 8 << 20
 
-    def __init__(self, model: str, echo: dict) -> None:
+
+def _arguments(raw: str) -> dict:
+    try:
+        args = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError:
+        return {}
+    return args if isinstance(args, dict) else {}
+
+
+def web_search_action(recipient: str, raw: str, url: str = "") -> dict:
+    """The `action` of a web_search_call (the openai SDK's search / open_page / find_in_page) for
+    the model's `browser.<function>` call; `url` is the page the call showed ("" if none)."""
+    args = _arguments(raw)
+    function = recipient.split(".", 1)[1] if "." in recipient else ""
+    if function == "open":
+        target = args.get("id")
+        return {"type": "open_page", "url": url or (target if isinstance(target, str) else None)}
+    if function == "find":
+        pattern = args.get("pattern")
+        return {"type": "find_in_page", "pattern": pattern if isinstance(pattern, str) else "", "url": url}
+    query = args.get("query")
+    return {"type": "search", "query": query if isinstance(query, str) else None}
+
+
+def _image(path: str) -> dict | None:
+    """An image the code saved, as the data URL of a code_interpreter_call output."""
+    p = Path(path)
+    try:
+        if p.stat().st_size > _MAX_IMAGE_BYTES:
+            return None
+        data = p.read_bytes()
+    except OSError:
+        return None
+    mime = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+            ".svg": "image/svg+xml"}.get(p.suffix.lower(), "application/octet-stream")  # fmt: skip
+    return {"type": "image", "url": f"data:{mime};base64,{base64.b64encode(data).decode()}"}
+
+
+def url_citation(c) -> dict:
+    """A browser `Citation` as the Responses API's annotation (indices of its marker in the text)."""
+    return {"type": "url_citation", "url": c.url, "title": c.title, "start_index": c.start, "end_index": c.end}
+
+
+class ResponseBuilder:
+    """Generation events -> the response object and, for streaming, the (type, payload) events.
+    `container_id` names the python session of this conversation (code_interpreter_call items)."""
+
+    def __init__(self, model: str, echo: dict, container_id: str = "") -> None:
         self.id = f"resp_{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model = model
         self.echo = echo
+        self.container_id = container_id
         self.output: list[dict] = []
         self.seq = 0
         self.status = "in_progress"
@@ -206,7 +305,9 @@ class ResponseBuilder:
         self.error: dict | None = None
         self.incomplete: dict | None = None
         self._item: dict | None = None
-
+        self._args = ""  # a browser call's arguments, shown once the call is complete
+        self._recipient = ""
+        self.tool_messages: dict[str, tuple[Message, ...]] = {}  # built-in item id -> call + result
     def response(self) -> dict:
         return {
             "id": self.id, "object": "response", "created_at": self.created, "status": self.status,
@@ -230,6 +331,8 @@ class ResponseBuilder:
             return self._delta(ev.text, ev.logprobs)
         if isinstance(ev, ItemDone) and self._item is not None:
             return self._close(ev)
+        if isinstance(ev, ToolDone) and self._item is not None:
+            return self._tool_done(ev)
         if isinstance(ev, Finished):
             return self.finish(ev)
         return []
@@ -239,6 +342,18 @@ class ResponseBuilder:
 
     def _open(self, ev: ItemStarted) -> list[tuple[str, dict]]:
         hexid = uuid.uuid4().hex
+        if ev.kind == BROWSER_CALL:  # announced once its arguments are complete (the action needs them)
+            self._item = {"id": f"ws_{hexid}", "type": "web_search_call", "status": "in_progress", "action": None}
+            self._args, self._recipient = "", ev.name or ""
+            return []
+        if ev.kind == PYTHON_CALL:
+            item = {"id": f"ci_{hexid}", "type": "code_interpreter_call", "status": "in_progress", "code": "",
+                    "container_id": self.container_id, "outputs": None}  # fmt: skip
+            self.output.append(item)
+            self._item, self._recipient = item, ev.name or ""
+            where = self._where()
+            return [self._event("response.output_item.added", output_index=where["output_index"], item=copy.deepcopy(item)),
+                    self._event("response.code_interpreter_call.in_progress", **where)]  # fmt: skip
         if ev.kind == REASONING:
             item = {"id": f"rs_{hexid}", "type": "reasoning", "summary": [], "content": [], "status": "in_progress"}
             part = {"type": "reasoning_text", "text": ""}
@@ -259,6 +374,12 @@ class ResponseBuilder:
 
     def _delta(self, text: str, logprobs: tuple = ()) -> list[tuple[str, dict]]:
         item = self._item
+        if item["type"] == "web_search_call":
+            self._args += text
+            return []
+        if item["type"] == "code_interpreter_call":
+            item["code"] += text
+            return [self._event("response.code_interpreter_call_code.delta", **self._where(), delta=text)]
         if item["type"] == "function_call":
             item["arguments"] += text
             return [self._event("response.function_call_arguments.delta", **self._where(), delta=text)]
@@ -270,13 +391,35 @@ class ResponseBuilder:
         return [self._event(kind, **self._where(), content_index=0, delta=text, **extra)]
 
     def _close(self, ev: ItemDone) -> list[tuple[str, dict]]:
-        item, where = self._item, self._where()
+        item = self._item
+        if item["type"] == "web_search_call":  # now the action is known; the search runs next
+            item["action"] = web_search_action(self._recipient, self._args)
+            self.output.append(item)
+            where = self._where()
+            out = [self._event("response.output_item.added", output_index=where["output_index"], item=copy.deepcopy(item)),
+                   self._event("response.web_search_call.in_progress", **where)]  # fmt: skip
+            if not ev.complete:
+                return out + self._end_tool("incomplete")
+            item["status"] = "searching"
+            return out + [self._event("response.web_search_call.searching", **where)]
+        if item["type"] == "code_interpreter_call":
+            where = self._where()
+            out = [self._event("response.code_interpreter_call_code.done", **where, code=item["code"])]
+            if not ev.complete:
+                return out + self._end_tool("incomplete")
+            item["status"] = "interpreting"
+            return out + [self._event("response.code_interpreter_call.interpreting", **where)]
+        where = self._where()
         item["status"] = "completed" if ev.complete else "incomplete"
         out = []
         if item["type"] == "function_call":
             out.append(self._event("response.function_call_arguments.done", **where, arguments=item["arguments"]))
         else:
             part = item["content"][0]
+            for i, c in enumerate(ev.citations):
+                part["annotations"].append(url_citation(c))
+                out.append(self._event("response.output_text.annotation.added", **where, content_index=0,
+                                       annotation_index=i, annotation=url_citation(c)))  # fmt: skip
             done = "response.reasoning_text.done" if item["type"] == "reasoning" else "response.output_text.done"
             extra = {} if item["type"] == "reasoning" else {"logprobs": list(part["logprobs"])}
             out.append(self._event(done, **where, content_index=0, text=part["text"], **extra))
@@ -285,13 +428,41 @@ class ResponseBuilder:
         self._item = None
         return out
 
+    def _tool_done(self, ev: ToolDone) -> list[tuple[str, dict]]:
+        """The server ran the call: its result completes the item (status failed when the tool failed)."""
+        item, r = self._item, ev.result
+        self.tool_messages[item["id"]] = (ev.call, ev.reply)
+        if item["type"] == "web_search_call":
+            item["action"] = web_search_action(self._recipient, self._args, r.url)
+        else:
+            images = [im for im in (_image(p) for p in r.images) if im is not None]
+            item["outputs"] = [{"type": "logs", "logs": r.content}, *images]
+        return self._end_tool("failed" if r.error else "completed")
+
+    def _end_tool(self, status: str) -> list[tuple[str, dict]]:
+        item, where = self._item, self._where()
+        item["status"] = status
+        kind = "web_search_call" if item["type"] == "web_search_call" else "code_interpreter_call"
+        out = [] if status == "incomplete" else [self._event(f"response.{kind}.completed", **where)]
+        out.append(self._event("response.output_item.done", output_index=where["output_index"], item=copy.deepcopy(item)))
+        self._item = None
+        return out
+
     def finish(self, ev: Finished) -> list[tuple[str, dict]]:
+        item = self._item
+        shown = item is not None and item["type"] in ("web_search_call", "code_interpreter_call") and any(o is item for o in self.output)
+        out = self._end_tool("incomplete") if shown else []  # a built-in call the response ended before running
+        self._item = None
+        return out + self._finish(ev)
+
+    def _finish(self, ev: Finished) -> list[tuple[str, dict]]:
         self.usage = _usage(ev.usage)
         if ev.stop_reason == "error":
             self.status, self.error = "failed", {"code": "server_error", "message": ev.error or "generation failed"}
             return [self._event("response.failed", response=self.response())]
-        if ev.stop_reason in ("length", "context", "cancelled"):
-            reason = {"length": "max_output_tokens", "context": "max_output_tokens", "cancelled": "cancelled"}[ev.stop_reason]
+        if ev.stop_reason in ("length", "context", "cancelled", "tool_limit"):
+            reason = {"length": "max_output_tokens", "context": "max_output_tokens", "cancelled": "cancelled",
+                      "tool_limit": "max_tool_calls"}[ev.stop_reason]  # fmt: skip
             self.status, self.incomplete = "incomplete", {"reason": reason}
             return [self._event("response.incomplete", response=self.response())]
         self.status = "completed"

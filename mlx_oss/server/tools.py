@@ -3,25 +3,25 @@
 Both APIs send tools as a list of typed objects. `function` tools (both APIs' shapes) become the
 developer message's `functions` namespace and are called as `functions.<name>`; the model's calls
 come back to the client as function calls. Built-in tools live in the system message instead (that
-is how gpt-oss was trained for `browser` and `python`): `BUILTIN_TOOLS` maps a Responses tool type
-(e.g. `web_search`, `browser_search`, `code_interpreter`) to a factory of its `ToolNamespace`.
-It is empty here: a type is only accepted once something runs it — the built-in tools package
-(issue 14) registers its entries and the executor for its recipients (`builtin_recipient`).
+is how gpt-oss was trained for `browser` and `python`). Which Responses tool types name them is the
+app's `ServerTools` (server/builtin.py): `web_search`/`web_search_preview`/`browser_search` -> `browser`,
+`code_interpreter` -> `python` (a 400 unless the server was started with `--allow-python`). Routes
+that do not run built-in tools (Chat Completions) pass none, and those types get a 400 there.
 Any other type is refused with a 400 naming it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from mlx_oss.harmony import ToolDescription, ToolNamespace, json_schema_to_typescript
+from mlx_oss.server.builtin import BROWSER_TYPES, PYTHON_TYPES, ServerTools
 from mlx_oss.server.errors import bad_request
 
-__all__ = ["BUILTIN_TOOLS", "FUNCTIONS", "ToolSet", "check_schema", "parse_tools", "tool_choice", "ToolChoice", "call_name"]
+__all__ = ["FUNCTIONS", "ToolSet", "check_schema", "parse_tools", "tool_choice", "ToolChoice", "call_name"]
 
 FUNCTIONS = "functions."
-BUILTIN_TOOLS: dict[str, Callable[[dict[str, Any]], ToolNamespace]] = {}
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ class ToolSet:
     """Function tools for the developer message and built-in namespaces for the system message."""
 
     functions: tuple[ToolDescription, ...] = ()
-    builtin: tuple[ToolNamespace, ...] = ()
+    builtin: tuple[ToolNamespace, ...] = ()  # filled from the response's session (server/builtin.py)
+    builtin_names: tuple[str, ...] = ()  # `browser` / `python`: the built-in tools the request lists
 
     def names(self) -> set[str]:
         return {t.name for t in self.functions}
@@ -67,14 +68,15 @@ def check_schema(schema: Any, what: str, param: str) -> None:
                           param) from None  # fmt: skip
 
 
-def parse_tools(tools: Any, param: str = "tools") -> ToolSet:
-    """The `tools` array of either API -> ToolSet; 400 for anything malformed or unsupported."""
+def parse_tools(tools: Any, param: str = "tools", builtin: ServerTools | None = None) -> ToolSet:
+    """The `tools` array of either API -> ToolSet; 400 for anything malformed or unsupported.
+    `builtin`: the server's built-in tools (None where the route runs none)."""
     if tools is None:
         return ToolSet()
     if not isinstance(tools, list):
         raise bad_request("'tools' must be an array", param)
     functions: list[ToolDescription] = []
-    builtin: list[ToolNamespace] = []
+    names: list[str] = []
     for i, spec in enumerate(tools):
         where = f"{param}[{i}]"
         if not isinstance(spec, dict):
@@ -82,16 +84,25 @@ def parse_tools(tools: Any, param: str = "tools") -> ToolSet:
         kind = spec.get("type", "function")
         if kind == "function":
             functions.append(_function(spec, where))
-        elif kind in BUILTIN_TOOLS:
-            builtin.append(BUILTIN_TOOLS[kind](spec))
+        elif builtin is not None and (owner := builtin.kind(kind)) is not None:
+            if owner == "python" and not builtin.allow_python:
+                raise bad_request(f"tool type {kind!r} runs code on the server, which this server does not allow "
+                                  "(start it with --allow-python to allow it)", f"{where}.type")  # fmt: skip
+            names.append(owner)
+        elif builtin is None and isinstance(kind, str) and kind in _BUILTIN_TYPES:
+            raise bad_request(f"tool type {kind!r} is a built-in tool, run only by /v1/responses (use that endpoint, "
+                              "or a function tool here)", f"{where}.type")  # fmt: skip
         else:
-            supported = ", ".join(["function", *BUILTIN_TOOLS])
+            supported = ", ".join(["function", *(builtin.types() if builtin is not None else ())])
             raise bad_request(f"tool type {kind!r} is not supported (supported: {supported})", f"{where}.type")
-    names = [t.name for t in functions]
-    dup = next((n for n in names if names.count(n) > 1), None)
+    fnames = [t.name for t in functions]
+    dup = next((n for n in fnames if fnames.count(n) > 1), None)
     if dup:
         raise bad_request(f"two tools are named {dup!r}", param)
-    return ToolSet(tuple(functions), tuple(builtin))
+    return ToolSet(tuple(functions), (), tuple(dict.fromkeys(n for n in ("browser", "python") if n in names)))
+
+
+_BUILTIN_TYPES = BROWSER_TYPES + PYTHON_TYPES
 
 
 def call_name(recipient: str) -> str:
@@ -120,11 +131,13 @@ def tool_choice(value: Any, tools: ToolSet) -> ToolChoice:
     if value is None or value == "auto":
         return ToolChoice()
     if value == "none":
-        return ToolChoice("none") if tools.functions or tools.builtin else ToolChoice()
+        return ToolChoice("none") if tools.functions or tools.builtin_names else ToolChoice()
     if value == "required":
         if not tools.functions:
             raise bad_request("tool_choice 'required' needs at least one function tool in 'tools'", "tool_choice")
         return ToolChoice("required", tuple(t.name for t in tools.functions))
+    if isinstance(value, dict) and value.get("type") in _BUILTIN_TYPES:
+        return ToolChoice()  # a built-in tool type: like auto (the sampler cannot force a built-in call)
     if isinstance(value, dict) and value.get("type") == "function":
         fn = value.get("function") if isinstance(value.get("function"), dict) else value
         name = fn.get("name")

@@ -37,9 +37,10 @@ class Job:
     """A queued generation: `fn(emit, cancelled)` runs on the worker; `events` receives what it emits,
     then `END` (or the exception it raised, then `END`)."""
 
-    def __init__(self, fn: JobFn, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, fn: JobFn, loop: asyncio.AbstractEventLoop, cleanup: Callable[[], None] | None = None) -> None:
         self.fn = fn
         self.loop = loop
+        self.cleanup = cleanup  # run on the worker after the job, even one cancelled before it started
         self.cancelled = threading.Event()
         self.started = threading.Event()
         self.events: asyncio.Queue = asyncio.Queue()
@@ -73,9 +74,9 @@ class GenerationWorker:
             self._thread = threading.Thread(target=self._loop, name="mlx-oss-generation", daemon=True)
             self._thread.start()
 
-    def submit(self, fn: JobFn, loop: asyncio.AbstractEventLoop) -> Job:
+    def submit(self, fn: JobFn, loop: asyncio.AbstractEventLoop, cleanup: Callable[[], None] | None = None) -> Job:
         """Queue a job; raises QueueFull when `max_queue` jobs are already waiting."""
-        job = Job(fn, loop)
+        job = Job(fn, loop, cleanup)
         with self._lock:
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"{len(self._waiting)} requests are already waiting")
@@ -157,6 +158,11 @@ class GenerationWorker:
             except BaseException as e:  # reported to the request; the worker goes on
                 job.emit(e)
             finally:
+                if job.cleanup is not None:
+                    try:
+                        job.cleanup()
+                    except Exception:  # a cleanup that fails must not stop the worker
+                        pass
                 with self._lock:
                     self._running = None
                 job.emit(END)

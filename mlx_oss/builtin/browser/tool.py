@@ -64,6 +64,7 @@ class Browser:
         self.backend = make_search_backend(search) if isinstance(search, str) else search
         self.fetcher = fetcher or Fetcher()
         self.count_tokens = count_tokens or _approx_tokens
+        self.counts_exactly = count_tokens is not None  # False: a chat may give it its tokenizer's count
         self.view_tokens = view_tokens
         self.max_results = max_results
         self.stack: list[Page] = []  # cursor i shows stack[i]
