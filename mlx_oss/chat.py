@@ -639,4 +639,5 @@ class Chat:
         s.update(overrides)
         chat = cls(model, tokenizer, **s)
         chat._history = [Message.from_dict(m) for m in data["messages"]]
+        chat.builtins.restore(chat._history)  # earlier pages: cursors and citations resolve as before
         return chat

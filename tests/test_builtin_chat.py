@@ -152,3 +152,34 @@ def test_docker_backend_changes_the_description(model_tok, tmp_path):
     chat = mlx_oss.Chat(model, tok, builtin_tools=("python",), python_backend=PythonTool("docker", workdir=tmp_path))
     (ns,) = chat.messages[0].contents[0].tools
     assert ns.name == "python" and "STATELESS" in ns.description
+
+
+def test_reopened_chat_keeps_its_pages_so_earlier_citations_resolve(model_tok, web, monkeypatch):
+    model, tok = model_tok
+    monkeypatch.setenv("EXA_API_KEY", EXA_KEY)
+    fetcher = Fetcher(FetchLimits(timeout_s=5), allow_private=True)
+    chat = mlx_oss.Chat(model, tok, builtin_tools=("browser",),
+                        browser_backend=Browser(ExaSearch(base_url=web.url("/exa")), fetcher=fetcher, view_tokens=150))  # fmt: skip
+    chat.sampling = script(tok, [
+        ("call", ("browser.search", '{"query": "mlx"}')),
+        ("call", ("browser.open", '{"id": 0}')),
+        ("call", ("browser.find", '{"pattern": "item number 3"}')),
+        ("final", "Item 2【1†L2-L3】, see 【2†L0】."),
+    ])  # fmt: skip
+    first = list(chat.send("mlx?"))[-1].reply.citations
+    saved = json.dumps(chat.to_json())
+    assert EXA_KEY not in saved
+    again = mlx_oss.Chat.from_json(saved, model, tok, browser_backend=Browser(ExaSearch(base_url=web.url("/exa")),
+                                                                             fetcher=fetcher))  # fmt: skip
+    assert len(again.builtins.browser.stack) == 3  # cursors 0-2, rebuilt from what the model was shown
+    other = json.dumps({"id": web.url("/other")})  # old pages' link ids are not kept (only what was shown)
+    again.sampling = script(tok, [("call", ("browser.open", other)),
+                                  ("final", "As before【1†L2-L3】 and 【2†L0】; new【3†L1】.")])  # fmt: skip
+    events = list(again.send("again?"))
+    opened = next(e for e in events if isinstance(e, ToolResult))
+    assert opened.content.startswith("[3] ")  # the next display goes on from the old cursors
+    old1, old2, new = events[-1].reply.citations
+    keep = lambda c: (c.cursor, c.url, c.title, c.line_start, c.line_end, c.quote)  # noqa: E731
+    assert [keep(old1), keep(old2)] == [keep(c) for c in first]
+    assert old1.quote and old1.url == web.url("/page") and old2.url == web.url("/page")  # a find page cites its page
+    assert new.cursor == 3 and new.url == opened.url

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 from mlx_oss.builtin.browser import Browser, SearchBackend
 from mlx_oss.builtin.python import Approve, PythonTool
 from mlx_oss.events import Citation, ToolCall, ToolResult
-from mlx_oss.harmony import ToolNamespace
+from mlx_oss.harmony import Message, Role, ToolNamespace
 
 __all__ = ["BUILTIN_TOOLS", "BuiltinTools"]
 
@@ -106,6 +106,12 @@ class BuiltinTools:
                               timed_out=p.timed_out, refused=p.refused)  # fmt: skip
         return ToolResult(call.name, f"Error: the {owner or call.recipient} tool is not enabled in this chat",
                           call.id, True, tool=owner or "functions")  # fmt: skip
+
+    def restore(self, history: Sequence[Message]) -> None:
+        """A reopened conversation: the browser's page stack rebuilt from the browser results in
+        `history` (what the model was shown), so its cursors and citations resolve as before."""
+        if self.browser is not None:
+            self.browser.restore(m.text for m in history if m.role is Role.TOOL and (m.name or "").startswith("browser."))
 
     def citations(self, text: str) -> tuple[Citation, ...]:
         return self.browser.citations(text) if self.browser is not None else ()

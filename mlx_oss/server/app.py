@@ -262,6 +262,8 @@ def _submit_response(srv: _Server, req) -> tuple[Any, responses.ResponseBuilder]
     if turn.tools.builtin_names:
         previous = srv.sessions.take(req.previous)
         session = srv.builtin.session(turn.tools.builtin_names, previous)
+        if previous is None:  # a conversation this server holds no session for: pages from what the model saw
+            session.tools.restore(turn.history)
         turn = replace(turn, tools=replace(turn.tools, builtin=session.tools.namespaces()))
     b = responses.ResponseBuilder(srv.model_id, req.echo, session.container_id if session else "")
     try:

@@ -13,12 +13,43 @@ from functools import cached_property
 from typing import Callable
 from urllib.parse import quote, unquote
 
-__all__ = ["Page", "Snippet", "wrap_lines", "window", "find_in_page", "open_line", "strip_links", "LINE_WIDTH"]
+__all__ = ["Page", "Snippet", "wrap_lines", "window", "find_in_page", "open_line", "strip_links", "parse_display",
+           "LINE_WIDTH", "FIND_PATH"]  # fmt: skip
 
 LINE_WIDTH = 80
 _LINK = re.compile(r"【\d+†(?P<text>[^†】]+)(?:†[^†】]+)?】")
 _FIND_CONTEXT = 4  # lines shown per match, and lines shown above a match when it is opened
 _MAX_FIND = 50
+FIND_PATH = "/find?pattern="  # a find page's URL: the searched page's URL + this + the pattern
+_DISPLAY = re.compile(r"\[(?P<cursor>\d+)\] (?P<header>[^\n]*)\n\*\*viewing lines \[(?P<loc>\d+) - (?P<end>-?\d+)\] of (?P<last>-?\d+)\*\*\n")
+_NUMBERED = re.compile(r"L(\d+): ?(.*)")
+
+
+@dataclass(frozen=True)
+class Display:
+    """What one `window()` showed, read back from its text: cursor, page title and URL, numbered lines."""
+
+    cursor: int
+    title: str
+    url: str
+    total: int
+    lines: dict[int, str]
+
+
+def parse_display(text: str) -> Display | None:
+    """The `window()` text `text` read back (None when it is not one, e.g. an error message)."""
+    m = _DISPLAY.match(text)
+    if m is None:
+        return None
+    header, url = m.group("header"), ""
+    if header.endswith(")") and " (" in header:
+        header, url = header[:-1].rsplit(" (", 1)
+    lines = {}
+    for row in text[m.end() :].lstrip("\n").split("\n"):
+        lm = _NUMBERED.fullmatch(row)
+        if lm:
+            lines[int(lm.group(1))] = lm.group(2)
+    return Display(int(m.group("cursor")), header, url, int(m.group("last")) + 1, lines)
 
 
 @dataclass(frozen=True)
@@ -47,6 +78,14 @@ class Page:
     def cited_url(self) -> str:
         """What a citation of this page refers to (a find page cites the page it searched)."""
         return self.source_url or self.url
+
+    @classmethod
+    def from_lines(cls, url: str, title: str, lines: list[str], source_url: str | None = None) -> Page:
+        """A page known only by its numbered lines (a reopened chat's earlier displays); lines that
+        were never shown are empty."""
+        page = cls(url, title, "\n".join(lines), source_url=source_url)
+        page.__dict__["lines"] = list(lines)  # exactly as numbered then, not wrapped again
+        return page
 
 
 def wrap_lines(text: str, width: int = LINE_WIDTH) -> list[str]:
@@ -108,7 +147,7 @@ def find_in_page(page: Page, pattern: str) -> Page:
             i += 1
     text = "\n\n".join(chunks) if chunks else f"No `find` results for pattern: `{pattern}`"
     return Page(
-        url=f"{page.url}/find?pattern={quote(pattern)}",
+        url=f"{page.url}{FIND_PATH}{quote(pattern)}",
         title=f"Find results for text: `{pattern}` in `{page.title}`",
         text=text,
         links={n: page.url for n in snippets},

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from mlx_oss.builtin.browser.fetch import BrowserError, Fetcher
 from mlx_oss.builtin.browser.html import domain_of, neutralize
-from mlx_oss.builtin.browser.page import Page, Snippet, find_in_page, open_line, strip_links, window
+from mlx_oss.builtin.browser.page import FIND_PATH, Page, Snippet, find_in_page, open_line, parse_display, strip_links, window
 from mlx_oss.builtin.browser.search import SearchBackend, make_search_backend
 from mlx_oss.events import Citation
 from mlx_oss.harmony import ToolNamespace
@@ -74,6 +74,36 @@ class Browser:
         """Forget the pages shown (cursors start at 0 again) and the cache."""
         self.stack.clear()
         self._cache.clear()
+
+    def restore(self, displays: Iterable[str]) -> None:
+        """Rebuild the page stack from the texts earlier calls showed the model (a reopened chat's
+        browser results, in order), so cursors go on where they were and earlier citations resolve.
+        Only what was shown comes back: the lines displayed (for quotes), titles and URLs; nothing
+        is fetched. Texts that are not displays (errors) are skipped."""
+        by_cursor: dict[int, tuple] = {}
+        lines: dict[str, dict[int, str]] = {}
+        for text in displays:
+            d = parse_display(text)
+            if d is None:
+                continue
+            url, source = d.url, None
+            if FIND_PATH in url:
+                source = url.split(FIND_PATH, 1)[0]
+            key = url or f"#{d.cursor}"  # a search page has no URL: its own lines
+            lines.setdefault(key, {}).update(d.lines)
+            by_cursor[d.cursor] = (key, url, d.title, d.total, source)
+        pages: dict[str, Page] = {}
+        self.stack.clear()
+        for cursor in range(max(by_cursor, default=-1) + 1):
+            if cursor not in by_cursor:
+                self.stack.append(Page("", "", ""))
+                continue
+            key, url, title, total, source = by_cursor[cursor]
+            if key not in pages:
+                known = lines[key]
+                rows = [known.get(i, "") for i in range(max(total, max(known, default=-1) + 1))]
+                pages[key] = Page.from_lines(url, title, rows, source)
+            self.stack.append(pages[key])
 
     def namespace(self) -> ToolNamespace:
         """The tool section of the system message, exactly as gpt-oss was trained on it."""
