@@ -96,3 +96,29 @@ def test_missing_serve_extra_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_uvicorn)
     with pytest.raises(UserError, match=r"pip install 'mlx-oss\[serve\]'"):
         cli.run(argparse.Namespace())
+
+
+def test_builtin_tool_flags_build_the_apps_server_tools(monkeypatch):
+    import argparse
+
+    from mlx_oss.builtin.browser import FetchLimits
+    from mlx_oss.errors import UsageError
+    from mlx_oss.server.cli import register, server_tools
+
+    monkeypatch.delenv("EXA_API_KEY", raising=False)
+    monkeypatch.delenv("YDC_API_KEY", raising=False)
+    p = argparse.ArgumentParser()
+    register(p.add_subparsers())
+    t = server_tools(p.parse_args(["serve", "--fetch-timeout", "3", "--fetch-max-bytes", "1000"]))
+    assert not t.allow_python and t.max_calls == 8  # python is refused unless the operator allows it
+    b = t.browser()
+    assert b.fetcher.limits == FetchLimits(timeout_s=3, max_bytes=1000) and b.backend.name == "none"
+    assert not b.fetcher.allow_private  # pages on this machine or its network are never opened
+    t = server_tools(p.parse_args(["serve", "--allow-python", "--python-timeout", "5", "--max-tool-calls", "3"]))
+    py = t.python()
+    try:
+        assert t.allow_python and t.max_calls == 3 and py.timeout_s == 5 and py.approve(None)
+    finally:
+        py.close()
+    with pytest.raises(UsageError, match="--search-backend"):
+        server_tools(p.parse_args(["serve", "--search-backend", "searxng"]))  # no --searxng-url
