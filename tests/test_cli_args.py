@@ -106,16 +106,19 @@ def test_builtin_tool_flags_become_chat_kwargs(tmp_path):
     p = _parser()
     assert args.builtin_chat_kwargs(p.parse_args([]), None) == {}
     kw = args.builtin_chat_kwargs(p.parse_args(["--browser", "--search-backend", "searxng",
-                                                "--searxng-url", "http://127.0.0.1:9"]), None)  # fmt: skip
-    assert kw["builtin_tools"] == ("browser",) and isinstance(kw["browser_backend"], SearxngSearch)
-    assert kw["browser_backend"].url == "http://127.0.0.1:9" and "approve" not in kw
+                                                "--searxng-url", "http://127.0.0.1:9", "--fetch-timeout", "3",
+                                                "--fetch-max-bytes", "1000"]), None)  # fmt: skip
+    browser = kw["browser_backend"]  # a Browser: the search backend and fetch limits of the flags
+    assert kw["builtin_tools"] == ("browser",) and isinstance(browser.backend, SearxngSearch)
+    assert browser.backend.url == "http://127.0.0.1:9" and "approve" not in kw
+    assert (browser.fetcher.limits.timeout_s, browser.fetcher.limits.max_bytes) == (3.0, 1000)
 
     def approve(call) -> bool:
         return True
 
     kw = args.builtin_chat_kwargs(p.parse_args(["--python", "--python-timeout", "7", "--python-dir", str(tmp_path),
                                                 "--browser", "--search-backend", "none"]), approve)  # fmt: skip
-    assert kw["builtin_tools"] == ("browser", "python") and isinstance(kw["browser_backend"], NoSearch)
+    assert kw["builtin_tools"] == ("browser", "python") and isinstance(kw["browser_backend"].backend, NoSearch)
     tool = kw["python_backend"]
     assert (tool.backend, tool.approve, tool.workdir, tool.timeout_s, kw["approve"]) == ("jupyter", approve, tmp_path, 7.0, approve)
     kw = args.builtin_chat_kwargs(p.parse_args(["--python"]), None)
