@@ -129,7 +129,8 @@ def test_calls_to_tools_that_are_off_get_an_error_result(model_tok):
     chat.sampling = script(tok, [("call", ("python", "print(1)")), ("final", "ok")])
     events = list(chat.send("hi"))
     (result,) = [e for e in events if isinstance(e, ToolResult)]
-    assert result.error and "unknown tool 'python'" in result.content
+    assert (result.name, result.tool, result.error) == ("python", "python", True)
+    assert result.content == "Error: unknown tool 'python' (tools: none configured)"
     assert events[-1].reply.answer == "ok"
 
 
@@ -183,3 +184,67 @@ def test_reopened_chat_keeps_its_pages_so_earlier_citations_resolve(model_tok, w
     assert [keep(old1), keep(old2)] == [keep(c) for c in first]
     assert old1.quote and old1.url == web.url("/page") and old2.url == web.url("/page")  # a find page cites its page
     assert new.cursor == 3 and new.url == opened.url
+
+
+class FakeKernel:
+    """Stands in for the jupyter kernel (a fast turn through the built-in tools): runs nothing, says
+    what it was given; `during` runs inside the call (to cancel the chat there)."""
+
+    stateful, running = True, False
+
+    def __init__(self, during=lambda: None):
+        self.during, self.ran = during, []
+
+    def execute(self, code, timeout_s, should_stop=lambda: False):
+        from mlx_oss.builtin.python.kernel import Execution
+
+        self.ran.append(code)
+        self.during()
+        return Execution("cancelled" if should_stop() else "ok", [f"ran {code}\n"])
+
+    def close(self):
+        pass
+
+
+def fake_python(tmp_path, kernel) -> PythonTool:
+    tool = PythonTool("jupyter", approve=lambda call: True, workdir=tmp_path)
+    tool.session = kernel
+    return tool
+
+
+def test_builtin_calls_in_one_round_are_run_and_answered_on_their_channel(model_tok, tmp_path):
+    """Two built-in calls in one round (the first closed by `<|end|>`): both are run, each result goes
+    into the history as the tool's message on the call's channel, and the turn goes on to the answer."""
+    model, tok = model_tok
+    kernel = FakeKernel()
+    chat = mlx_oss.Chat(model, tok, builtin_tools=("browser", "python"), browser_backend=NoSearch(),
+                        python_backend=fake_python(tmp_path, kernel))  # fmt: skip
+    search = tok.encode('<|channel|>analysis to=browser.search code<|message|>{"query": "mlx"}<|end|><|start|>assistant',
+                        allowed_special="all")  # fmt: skip
+    chat.sampling = SamplingConfig(seed=0, logits_processors=(ScriptedTokens(
+        search + builtin_reply(tok, calls=[("python", "print(6 * 7)")]) + builtin_reply(tok, final="42.")),))  # fmt: skip
+    events = list(chat.send("hi"))
+    calls = [e for e in events if isinstance(e, ToolCall)]
+    assert [(c.name, c.tool, c.id) for c in calls] == [("browser.search", "browser", "call_1"), ("python", "python", "call_3")]
+    results = [e for e in events if isinstance(e, ToolResult)]
+    assert [(r.name, r.tool, r.id, r.error) for r in results] == [
+        ("browser.search", "browser", "call_1", True), ("python", "python", "call_3", False)]  # fmt: skip
+    assert "search is not available" in results[0].content and results[1].content == "ran print(6 * 7)"
+    assert kernel.ran == ["print(6 * 7)"]
+    done = events[-1]
+    assert done.stats.stop_reason == "stop" and done.reply.answer == "42." and done.stats.rounds == 2
+    tool_messages = [(m.role, m.name, m.channel, m.text) for m in chat.history if m.role is Role.TOOL]
+    assert tool_messages == [(Role.TOOL, "browser.search", "analysis", results[0].content),
+                             (Role.TOOL, "python", "analysis", "ran print(6 * 7)")]  # fmt: skip
+
+
+def test_cancel_during_a_python_call_reaches_the_kernel(model_tok, tmp_path):
+    model, tok = model_tok
+    holder = {}
+    kernel = FakeKernel(during=lambda: holder["chat"].cancel())
+    chat = holder["chat"] = mlx_oss.Chat(model, tok, builtin_tools=("python",), python_backend=fake_python(tmp_path, kernel))
+    chat.sampling = script(tok, [("call", ("python", "while True: pass")), ("final", "never")])
+    events = list(chat.send("hi"))
+    (result,) = [e for e in events if isinstance(e, ToolResult)]
+    assert result.error and result.content == "ran while True: pass\n[Execution was stopped by the user.]"
+    assert events[-1].stats.stop_reason == "cancelled" and events[-1].reply.answer == ""

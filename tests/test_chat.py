@@ -863,3 +863,52 @@ def test_error_text_of_an_exception_without_a_message(model_tok):
     chat.sampling = SamplingConfig(logits_processors=(broken,))
     (done,) = list(chat.send("hi"))
     assert done.stats.stop_reason == "error" and done.stats.error == "KeyError"
+
+
+def test_tool_calls_that_reach_no_function_tool(model_tok):
+    """A call to an unprefixed name is no function call even when a tool has that name; the error
+    lists the configured tools; a `<|call|>` after a message without recipient is no call at all."""
+    model, tok = model_tok
+
+    def boom(x: int) -> str:
+        """Always fails."""
+        raise RuntimeError("no network")
+
+    chat = mlx_oss.Chat(model, tok, tools=[get_weather, boom])
+    bare = tok.encode('<|channel|>commentary to=get_weather <|constrain|>json<|message|>{"city": "Rome"}<|call|>',
+                      allowed_special="all")  # fmt: skip
+    use(chat, bare + reply(tok, final="k"))
+    (result,) = [e for e in chat.send("go") if isinstance(e, ToolResult)]
+    assert (result.name, result.tool, result.error) == ("get_weather", "functions", True)
+    assert result.content == "Error: unknown tool 'get_weather' (tools: get_weather, boom)"
+    assert chat.history[2] == Message.tool_result("get_weather", result.content)
+    use(chat, tok.encode("<|channel|>commentary<|message|>hmm<|call|>", allowed_special="all"))
+    s = chat.ask("again").stats
+    assert (s.stop_reason, s.stop_detail) == ("tool_call", "the model ended its turn with <|call|> but wrote no complete tool call")
+
+
+def test_a_tool_result_that_answers_no_call_is_not_pending(model_tok):
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok)
+    chat.history = [Message.user("q"), Message.tool_result("functions.lookup", "stray"),
+                    Message.tool_call("functions.lookup", {})]  # fmt: skip
+    assert [c.id for c in chat.pending_tool_calls()] == ["call_2"]
+
+
+def test_two_calls_in_one_round_are_both_answered(model_tok):
+    """A call closed with `<|end|>` does not stop the round: the next call's `<|call|>` does, and each
+    pending call is handled, a schema-only one left to the caller without holding up the others."""
+    model, tok = model_tok
+    schema = {"name": "lookup", "description": "Look up.", "parameters": {"type": "object", "properties": {}}}
+    chat = mlx_oss.Chat(model, tok, tools=[schema, get_weather])
+    first = tok.encode("<|channel|>commentary to=functions.lookup <|constrain|>json<|message|>{}<|end|><|start|>assistant",
+                       allowed_special="all")  # fmt: skip
+    use(chat, first + reply(tok, call=("get_weather", '{"city": "Oslo"}')))
+    events = list(chat.send("go"))
+    assert [e.name for e in events if isinstance(e, ToolCall)] == ["lookup", "get_weather"]
+    (result,) = [e for e in events if isinstance(e, ToolResult)]
+    assert result.name == "get_weather" and json.loads(result.content)["city"] == "Oslo"
+    s = events[-1].stats
+    assert s.stop_reason == "tool_call" and s.rounds == 1
+    assert s.stop_detail == "waiting for the result of the call to functions.lookup (schema-only: answer with add_tool_result)"
+    assert [c.name for c in chat.pending_tool_calls()] == ["lookup"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import mlx_oss
-from mlx_oss.harmony import Message, Role
+from mlx_oss.harmony import Message, Role, render_message
 from mlx_oss.sampling import SamplingConfig, ScriptedTokens
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -52,6 +52,36 @@ def test_warm_prefills_what_the_next_turn_reuses(model_tok):
     forced(chat, reply(tok, final="Three."))
     cold = chat.ask("third question").stats
     assert stats.prompt_tokens == cold.prompt_tokens
+
+
+def test_warm_stops_where_the_next_turn_differs(model_tok):
+    """Exactly: the warmed tokens are the conversation through its last message (the last reply's
+    reasoning pruned, as the next turn prunes it); the next turn prefills only its own message and
+    `<|start|>assistant`."""
+    model, tok = model_tok
+    reopened = mlx_oss.Chat.from_json(two_turns(model, tok).to_json(), model, tok)
+    cached = reopened.warm()
+    forced(reopened, reply(tok, final="Three."))
+    stats = reopened.ask("third question").stats
+    new = len(render_message(Message.user("third question"), encoding=tok)) + len(
+        tok.encode("<|start|>assistant", allowed_special="all"))  # fmt: skip
+    assert (stats.reused_tokens, stats.prefilled_tokens) == (cached, new) and cached == stats.prompt_tokens - new
+
+
+def test_warm_leaves_the_snapshots_a_turn_leaves(model_tok):
+    """After a warm, a conversation replaced from its first message still reuses the system and
+    developer messages: warm hands the engine the same snapshot points as a turn (the sliding-window
+    layers cannot trim back to a point without one)."""
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok, instructions="Be brief.")
+    forced(chat, reply(tok, analysis="Think.", final="Answer."))
+    chat.ask("first question")
+    reopened = mlx_oss.Chat.from_json(chat.to_json(), model, tok)
+    reopened.warm()
+    reopened.history = []
+    forced(reopened, reply(tok, final="Other."))
+    head = sum(len(render_message(m, encoding=tok)) for m in reopened.messages[:2])
+    assert reopened.ask("another question entirely").stats.reused_tokens == head
 
 
 def test_warm_is_cancellable(model_tok):

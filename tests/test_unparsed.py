@@ -176,3 +176,19 @@ def self_text(info) -> str:
     from mlx_oss.tui.widgets import status_text
 
     return status_text(info)
+
+
+def test_a_message_without_message_token_or_on_no_known_channel(model_tok):
+    """A message that ends before `<|message|>` still shows its words once, where its channel puts
+    them (final: the answer; no channel: unparsed); an assistant message on an unknown channel is
+    shown and kept as unparsed, and never prompted with."""
+    text = ("<|channel|>final Hello there<|end|><|start|>assistant<|channel|>weird<|message|>odd text<|end|>"
+            "<|start|>assistant stray words<|end|><|start|>assistant<|channel|>final<|message|>Done.<|return|>")  # fmt: skip
+    chat = _chat(model_tok, ENC.encode(text, allowed_special="all"))
+    events = list(chat.send("q"))
+    r = events[-1].reply
+    assert r.answer == "Hello thereDone." and r.unparsed == "odd textstray words"
+    assert "".join(e.text for e in events if isinstance(e, UnparsedDelta)) == "odd textstray words"
+    assert [(m.channel, m.text) for m in chat.history[1:]] == [
+        (FINAL, "Hello there"), (UNPARSED, "odd text"), (UNPARSED, "stray words"), (FINAL, "Done.")]  # fmt: skip
+    assert "odd text" not in ENC.decode(chat.prompt_tokens())
