@@ -132,3 +132,57 @@ def test_a_search_backend_that_cannot_work_is_a_usage_error(monkeypatch):
         args.check_builtin_args(a)
     assert str(e.value).startswith("--search-backend: search backend searxng needs the instance URL")
     args.check_builtin_args(_parser().parse_args(["--search-backend", "searxng"]))  # browser off: not checked
+
+
+def _help_text(p: argparse.ArgumentParser, monkeypatch) -> str:
+    """`--help` as a user reads it, with whitespace collapsed (argparse wraps to the terminal width)."""
+    monkeypatch.setenv("COLUMNS", "100")
+    return " ".join(p.format_help().split())
+
+
+def test_help_shows_each_flag_with_its_metavar_and_what_it_does(monkeypatch):
+    from mlx_oss.store import DEFAULT_MODEL
+
+    out = _help_text(_parser(), monkeypatch)
+    for fragment in (
+        f"--model MODEL, -m MODEL Hub id, checkpoint folder or converted folder, converted once (default {DEFAULT_MODEL})",
+        "--dtype {float32,bfloat16,float16} compute dtype (default: bf16 on Metal, f32 on CPU)",
+        "--hosts HOSTFILE run tensor-parallel over the machines of an mlx.launch hostfile (JSON; this process is "
+        "rank 0). Also works when started by `mlx.launch --hostfile HOSTFILE -- mlx-oss ...`. See docs/DISTRIBUTED.md",
+        "--reasoning-effort {low,medium,high}, -r {low,medium,high} --instructions",
+        "--instructions TEXT, --system TEXT, -s TEXT developer instructions (the usual 'system prompt'); @FILE reads "
+        "them from FILE, @@ starts a literal @",
+        "--temperature TEMPERATURE, --temp TEMPERATURE sampling temperature (default 1.0, OpenAI's recommendation; 0 = greedy)",
+        "--top-p TOP_P nucleus sampling (default 1.0 = off)",
+        "--top-k TOP_K top-k sampling (default 0 = off)",
+        "--min-p MIN_P min-p sampling (default 0 = off)",
+        "--seed SEED random seed for reproducible replies",
+        "--max-tokens MAX_TOKENS maximum tokens per reply (default: until the model stops or the context is full)",
+        "--max-context MAX_CONTEXT context limit in tokens (default: the model's)",
+        "built-in tools (see README 'Built-in tools'): --browser let the model search and read web pages (browser tool)",
+        "--search-backend {auto,exa,you,searxng,none} auto: Exa if EXA_API_KEY is set, else You.com if YDC_API_KEY, "
+        "else SearXNG if SEARXNG_URL, else none (open pages by URL only)",
+        "--searxng-url URL a SearXNG instance (with format=json enabled)",
+        "--fetch-timeout S seconds one page fetch may take, redirects and body included (default 20)",
+        "--fetch-max-bytes N largest page body read, in bytes (default 5000000); bigger pages are refused",
+        "--python let the model run Python (off by default; every call is shown and must be approved)",
+        "--python-backend {jupyter,docker} jupyter: a local kernel in its own process (not a sandbox); docker: a "
+        "fresh container per call, no network, memory/CPU limits",
+        "--python-timeout S seconds before a run is stopped (default 120, what the model was trained with)",
+        "--python-dir DIR the working folder the code sees as /mnt/data",
+        "--approve-python {ask,always,never} ask before each run (default), run without asking, or refuse every run",
+    ):
+        assert fragment in out, fragment
+
+
+def test_a_command_can_word_the_shared_flags_its_own_way(monkeypatch):
+    p = argparse.ArgumentParser(prog="t")
+    args.add_model(p, help="the model to serve")
+    args.add_dtype(p, help="weights dtype")
+    args.add_effort(p, help="default effort")
+    args.add_limits(p, max_context_help="per-conversation limit")
+    out = _help_text(p, monkeypatch)
+    for fragment in ("--model MODEL, -m MODEL the model to serve", "--dtype {float32,bfloat16,float16} weights dtype",
+                     "--reasoning-effort {low,medium,high}, -r {low,medium,high} default effort",
+                     "--max-context MAX_CONTEXT per-conversation limit"):  # fmt: skip
+        assert fragment in out, fragment

@@ -73,3 +73,43 @@ def test_silence_stdout_points_it_at_devnull(tmp_path, monkeypatch):
     assert (tmp_path / "out").read_text() == ""
     monkeypatch.setattr(sys, "stdout", io.StringIO())  # no file descriptor: nothing to do, nothing raised
     cli_main._silence_stdout()
+
+
+def _help(capsys, monkeypatch, argv: list[str]) -> str:
+    """What `mlx-oss ARGV --help` prints, with whitespace collapsed (argparse wraps to the terminal width)."""
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as e:
+        cli_main.main(argv)
+    assert e.value.code == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    return " ".join(out.split())
+
+
+def test_help_lists_the_subcommands_with_their_descriptions(capsys, monkeypatch):
+    out = _help(capsys, monkeypatch, ["--help"])
+    assert out.startswith("usage: mlx-oss [-h] COMMAND ... gpt-oss on Apple Silicon with MLX positional arguments: COMMAND convert ")
+    for line in (
+        "convert convert a checkpoint (HF or original layout, local or Hub id) to an mlx-oss folder",
+        "info parameters, weight bytes, KV cache and memory needed for a model",
+        "generate answer one prompt (stdout: the answer; --json for everything)",
+        "chat terminal chat with gpt-oss (streaming answer, live reasoning, tools)",
+        "bench prefill/decode speed, TTFT, memory, multi-turn, roofline; --compare mlx-lm",
+        "serve OpenAI-compatible server (/v1/responses, /v1/chat/completions) for Codex, Open WebUI, SDKs",
+    ):
+        assert line in out
+
+
+@pytest.mark.parametrize("command", ["convert", "info", "generate", "chat", "bench", "serve"])
+def test_each_subcommand_help_is_named_after_mlx_oss(command, capsys, monkeypatch):
+    assert _help(capsys, monkeypatch, [command, "--help"]).startswith(f"usage: mlx-oss {command} [-h]")
+
+
+def test_a_missing_subcommand_names_the_command_metavar(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as e:
+        cli_main.main([])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (
+        "usage: mlx-oss [-h] COMMAND ...\nmlx-oss: error: the following arguments are required: COMMAND\n"
+    )

@@ -313,3 +313,24 @@ def test_builtin_flag_errors_exit_2(tiny_chat_converted, fast_load, capsys, monk
     monkeypatch.delenv("SEARXNG_URL", raising=False)
     rc, out, err = run(capsys, "--model", str(tiny_chat_converted), "--browser", "--search-backend", "searxng", "q")
     assert rc == 2 and "needs the instance URL" in err
+
+
+def test_help_says_what_each_generate_option_does(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.startswith("usage: mlx-oss generate [-h] [--model MODEL]")
+    for fragment in (
+        "[prompt] Generate a reply to one prompt. The prompt is read from stdin when not given. positional arguments:",
+        "prompt the user message (default: read stdin)",
+        "--show-reasoning stream the chain of thought (to stderr unless --reasoning-to stdout)",
+        "--reasoning-to {stderr,stdout} --tools FILE JSON file: a list of function tool schemas the model may call",
+        "--response-format SCHEMA structured output: a JSON schema (inline JSON or a file)",
+        "--json print one JSON object: answer, reasoning, tool_calls, stats",
+        "--stats print a statistics line to stderr",
+        "--hosts HOSTFILE",
+        "--python-dir DIR",
+    ):
+        assert fragment in out, fragment
