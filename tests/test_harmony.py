@@ -879,3 +879,44 @@ def test_renderers_use_the_encoding_they_are_given_and_drop_old_analysis_by_defa
     assert render_conversation_for_training([]) == []
     with pytest.raises(ValueError, match=r"^a tool message needs the tool's name \(e\.g\. 'functions\.get_weather'\)$"):
         render_message(Message(Role.TOOL, "x"))
+
+
+def test_every_event_carries_its_token_and_the_fields_of_its_message():
+    # A header that names the recipient without "to=" before a <|constrain|> content type.
+    stream = toks("<|channel|>commentary functions.f <|constrain|>json<|message|>{}") + [tk.CALL]
+    p = StreamParser()
+    assert p.tokens == [] and p.last_content_delta is None  # nothing fed, nothing added
+    events = p.feed(stream)
+    assert p.tokens == stream and [e.token for e in events] == stream
+    call = Message(Role.ASSISTANT, "{}", channel="commentary", recipient="functions.f", content_type="<|constrain|>json")
+    assert p.messages == [call]
+    fields = [(e.role, e.channel, e.recipient, e.content_type) for e in events]
+    done = (Role.ASSISTANT, "commentary", "functions.f", "<|constrain|>json")
+    assert fields[-1] == done and events[-1].message == call  # from the message the token completed
+    header_done = events.index(next(e for e in events if e.header_done))
+    assert stream[header_done] == tk.MESSAGE and fields[header_done:] == [done] * (len(stream) - header_done)
+    assert fields[0] == (Role.ASSISTANT, None, None, None)  # in the header: the role only
+
+
+def test_an_unknown_token_in_content_flushes_a_half_character_first():
+    half, rest = ENC.encode_single_token(b"\xe2"), [ENC.encode_single_token(b) for b in (b"\x82", b"\xac")]  # "€" in 3
+    p = StreamParser()
+    p.feed(toks("<|channel|>final<|message|>"))
+    assert p.process(half).delta == ""
+    ev = p.process(10**9)
+    assert (ev.token, ev.delta, ev.error) == (10**9, "\ufffd\ufffd", "unknown token 1000000000 in content")
+    p.feed(rest + [tk.END])
+    assert p.messages == [Message.assistant("\ufffd" * 4)]  # the last two bytes are no longer part of a "€"
+
+
+def test_a_start_inside_a_header_names_the_dropped_header():
+    p = StreamParser()
+    p.feed(toks("<|channel|>ana"))
+    ev = p.process(tk.START)
+    assert ev.error == "<|start|> inside a header; dropped header '<|channel|>ana'" and ev.token == tk.START
+
+
+def test_a_blank_header_without_a_role_ended_early_is_dropped_without_raising():
+    p = StreamParser(None)
+    ev = p.feed([tk.START] + toks(" ") + [tk.END])[-1]
+    assert ev.message is None and ev.error == "message ended before <|message|>; dropped" and p.messages == []
