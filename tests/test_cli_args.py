@@ -186,3 +186,13 @@ def test_a_command_can_word_the_shared_flags_its_own_way(monkeypatch):
                      "--reasoning-effort {low,medium,high}, -r {low,medium,high} default effort",
                      "--max-context MAX_CONTEXT per-conversation limit"):  # fmt: skip
         assert fragment in out, fragment
+
+
+def test_int_at_least_bounds_and_messages():
+    # called here, not through positive_int & co.: those are built once, at import
+    at_least_3 = args.int_at_least(3)
+    assert at_least_3("3") == 3 and at_least_3(" 4 ") == 4
+    for value, message in (("2", "must be at least 3, got 2"), ("3.0", "expected an integer, got '3.0'")):
+        with pytest.raises(argparse.ArgumentTypeError) as e:
+            at_least_3(value)
+        assert str(e.value) == message
