@@ -196,3 +196,20 @@ def test_int_at_least_bounds_and_messages():
         with pytest.raises(argparse.ArgumentTypeError) as e:
             at_least_3(value)
         assert str(e.value) == message
+
+
+def test_the_chosen_python_backend_and_the_browsers_token_count_are_passed_on(tmp_path):
+    kw = args.builtin_chat_kwargs(_parser().parse_args(["--python", "--python-backend", "docker",
+                                                        "--python-dir", str(tmp_path)]), None)  # fmt: skip
+    assert kw["python_backend"].backend == "docker"  # nothing starts before the first call
+
+    def count(text: str) -> int:
+        return 7
+
+    browser = args.make_browser(_parser().parse_args(["--search-backend", "none"]), count)
+    assert browser.count_tokens is count and browser.counts_exactly
+
+
+def test_a_command_without_the_python_flag_gets_no_builtin_tools():
+    # a front end may offer --browser alone; builtin_chat_kwargs reads --python only when it exists
+    assert args.builtin_chat_kwargs(argparse.Namespace(browser=False), None) == {}
