@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import subprocess
@@ -334,3 +335,73 @@ def test_help_says_what_each_generate_option_does(capsys, monkeypatch):
         "--python-dir DIR",
     ):
         assert fragment in out, fragment
+
+
+class _Said:
+    """A stand-in for `Chat` whose `send` yields fixed events: `_stream`'s output without a model."""
+
+    def __init__(self, *events) -> None:
+        self.events = events
+
+    def send(self, prompt: str):
+        yield from self.events
+
+
+def _stream(monkeypatch, *events, **flags) -> tuple[int, str, str]:
+    import time
+
+    from mlx_oss.cli import generate
+
+    monkeypatch.setattr(time, "monotonic", lambda: 0.0)  # Silence never speaks: its own test is in test_unparsed
+    a = argparse.Namespace(**{"json": False, "show_reasoning": False, "reasoning_to": "stderr", "stats": False, **flags})
+    out, err = io.StringIO(), io.StringIO()
+    rc = generate._stream(a, _Said(*events), "q", out, err)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_stream_writes_each_event_where_it_belongs(monkeypatch):
+    from mlx_oss.events import (AnswerDelta, Citation, Done, Progress, ReasoningDelta, Reply, Stats, ToolCall,
+                                ToolResult, UnparsedDelta)  # fmt: skip
+
+    stats = Stats(stop_reason="length", generated_tokens=9, unparsed_tokens=2)
+    cites = (Citation("【0†L1-L2】", 0, 1, 0, "http://127.0.0.1/a", "A", 1, 2), Citation("【1†】", 2, 3, 1, "http://127.0.0.1/b", "B"))
+    events = (Progress(1, 5, 100, None, 0.0), UnparsedDelta("zz"), ReasoningDelta("think"), AnswerDelta("C", channel="commentary"),
+              AnswerDelta("Ans"), ToolCall("f", {}, "{}", recipient="functions.f"),
+              ToolResult("f", "\n first line\nsecond", error=True, images=("/tmp/a.png",)),
+              Done(stats, Reply(answer="Ans", citations=cites)))  # fmt: skip
+    rc, out, err = _stream(monkeypatch, *events, show_reasoning=True)
+    assert rc == 0 and out == "Ans\n"
+    assert err == (
+        "zz\nthinkC\ntool call: functions.f {}\ntool result (error): f: first line\nimage: /tmp/a.png\n"
+        "(2 of 9 generated tokens were not in harmony format: shown above as unparsed text, not taken as the answer)\n"
+        "(stopped at --max-tokens)\nsources:\n  【0†L1-L2】 A <http://127.0.0.1/a> L1-L2\n  【1†】 B <http://127.0.0.1/b>\n"
+    )
+    # hidden reasoning: nothing of it is shown; shown on stdout with --reasoning-to stdout
+    assert _stream(monkeypatch, *events[2:5], Done(Stats(), Reply(answer="Ans\n"))) == (0, "Ans", "")
+    rc, out, err = _stream(monkeypatch, *events[2:5], Done(Stats(), Reply(answer="Ans\n")), show_reasoning=True, reasoning_to="stdout")
+    assert (out, err) == ("thinkC\nAns", "")
+    # unparsed text last: its line is ended
+    assert _stream(monkeypatch, UnparsedDelta("zz"), Done(Stats(), Reply())) == (0, "", "zz\n")
+
+
+def test_stream_stop_notes_stats_line_and_errors(monkeypatch):
+    from mlx_oss.events import AnswerDelta, Done, Reply, Stats, ToolCall
+
+    calls = (ToolCall("f", {}, "{}", recipient="functions.f"), ToolCall("f", {}, "{}", recipient="functions.f"),
+             ToolCall("g", {}, "{}"))  # fmt: skip
+    stop = Stats(stop_reason="tool_call")
+    assert _stream(monkeypatch, Done(stop, Reply(tool_calls=calls)))[2] == (
+        "(stopped at a tool call to functions.f, g: generate does not run tools; --json has the arguments)\n")
+    assert _stream(monkeypatch, Done(stop, Reply()))[2] == (
+        "(stopped: the model ended with <|call|> but wrote no complete tool call)\n")
+    for reason, note in (("context", "(stopped: the context is full)\n"), ("cancelled", "(cancelled)\n"), ("stop", "")):
+        assert _stream(monkeypatch, Done(Stats(stop_reason=reason), Reply())) == (0, "", note)
+    s = Stats(stop_reason="stop", prompt_tokens=10, reused_tokens=4, prefilled_tokens=6, prefill_tps=123.45, ttft_s=0.5,
+              generated_tokens=7, decode_tps=8.96, peak_memory_bytes=1_500_000_000)  # fmt: skip
+    line = ("[stop] prompt 10 tok (4 cached, 6 prefilled at 123.5 tok/s), ttft 0.50 s, 7 generated at 9.0 tok/s, "
+            "peak memory 1.50 GB\n")  # fmt: skip
+    assert _stream(monkeypatch, AnswerDelta("A"), Done(s, Reply(answer="A")), stats=True) == (0, "A\n", line)
+    # --json: one object on stdout, no notes (its stats say it); --stats still on stderr
+    rc, out, err = _stream(monkeypatch, Done(Stats(stop_reason="length", unparsed_tokens=1), Reply(answer="A")), json=True, stats=True)
+    assert rc == 0 and json.loads(out)["answer"] == "A" and out.count("\n") == 1 and err.startswith("[length] prompt 0 tok")
+    assert _stream(monkeypatch, Done(Stats(stop_reason="error", error="boom"), Reply())) == (1, "", "mlx-oss: error: boom\n")
