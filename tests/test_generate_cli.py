@@ -364,17 +364,18 @@ def test_stream_writes_each_event_where_it_belongs(monkeypatch):
                                 ToolResult, UnparsedDelta)  # fmt: skip
 
     stats = Stats(stop_reason="length", generated_tokens=9, unparsed_tokens=2)
-    cites = (Citation("【0†L1-L2】", 0, 1, 0, "http://127.0.0.1/a", "A", 1, 2), Citation("【1†】", 2, 3, 1, "http://127.0.0.1/b", "B"))
+    cites = (Citation("【0†L0-L2】", 0, 1, 0, "http://127.0.0.1/a", "A", 0, 2), Citation("【1†】", 2, 3, 1, "http://127.0.0.1/b", "B"))
     events = (Progress(1, 5, 100, None, 0.0), UnparsedDelta("zz"), ReasoningDelta("think"), AnswerDelta("C", channel="commentary"),
               AnswerDelta("Ans"), ToolCall("f", {}, "{}", recipient="functions.f"),
-              ToolResult("f", "\n first line\nsecond", error=True, images=("/tmp/a.png",)),
+              ToolResult("f", "\n first line\nsecond", error=True, images=("/tmp/a.png",)), ToolResult("g", "x" * 121),
               Done(stats, Reply(answer="Ans", citations=cites)))  # fmt: skip
     rc, out, err = _stream(monkeypatch, *events, show_reasoning=True)
     assert rc == 0 and out == "Ans\n"
     assert err == (
         "zz\nthinkC\ntool call: functions.f {}\ntool result (error): f: first line\nimage: /tmp/a.png\n"
+        f"tool result: g: {'x' * 120}\n"
         "(2 of 9 generated tokens were not in harmony format: shown above as unparsed text, not taken as the answer)\n"
-        "(stopped at --max-tokens)\nsources:\n  【0†L1-L2】 A <http://127.0.0.1/a> L1-L2\n  【1†】 B <http://127.0.0.1/b>\n"
+        "(stopped at --max-tokens)\nsources:\n  【0†L0-L2】 A <http://127.0.0.1/a> L0-L2\n  【1†】 B <http://127.0.0.1/b>\n"
     )
     # hidden reasoning: nothing of it is shown; shown on stdout with --reasoning-to stdout
     assert _stream(monkeypatch, *events[2:5], Done(Stats(), Reply(answer="Ans\n"))) == (0, "Ans", "")
