@@ -59,8 +59,11 @@ for name in "${ORDER[@]}"; do
   file=${spec%%|*}; tests=${spec#*|}
   dir=$WORK/$name
   if [ -n "${RESUME:-}" ] && [ -d "$dir/mutants" ]; then
-    # keep the verdicts so far; bring in the tests as they are now (mutmut runs its stats for the new ones)
-    for d in "$dir" "$dir/mutants"; do rm -rf "$d/tests"; cp -r "$ROOT/tests" "$d/tests"; done
+    # keep the verdicts so far; bring in the sources and tests as they are now: mutmut mutates the
+    # file again and re-runs only the mutants of functions that changed, and runs its stats for new tests
+    rm -rf "$dir/tests" "$dir/mutants/tests"
+    git ls-files -z | (cd "$ROOT" && xargs -0 cp --parents -t "$dir")
+    cp -r "$ROOT/tests" "$dir/mutants/tests"
   else
     rm -rf "$dir"; mkdir -p "$dir"
     git ls-files -z | (cd "$ROOT" && xargs -0 cp --parents -t "$dir")
@@ -69,7 +72,9 @@ for name in "${ORDER[@]}"; do
   # which mutmut's copy of mlx_oss/ would not reproduce.  In the scratch copy they become the real
   # subpackages mlx_oss/convert and mlx_oss/tui, so mutants/mlx_oss is the whole package and every import
   # of mlx_oss.* (mutated or not) comes from it, never from the working tree's editable install.
-  [ -d "$dir/convert" ] && mv "$dir/convert" "$dir/mlx_oss/convert"; [ -d "$dir/tui" ] && mv "$dir/tui" "$dir/mlx_oss/tui"
+  for sub in convert tui; do
+    if [ -d "$dir/$sub" ]; then mkdir -p "$dir/mlx_oss/$sub"; cp -r "$dir/$sub/." "$dir/mlx_oss/$sub/"; rm -rf "$dir/$sub"; fi
+  done
   case $file in convert/*|tui/*) file=mlx_oss/$file;; esac
   src_dirs="mlx_oss"
   {
