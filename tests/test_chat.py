@@ -406,7 +406,7 @@ def test_context_limit_and_max_tokens_stop_generation(model_tok):
     r = chat.ask("hi")
     assert r.stats.stop_reason == "context" and len(chat.engine.tokens) == 120
     assert chat.history[-1].incomplete and chat.history[-1].text == r.answer
-    chat = mlx_oss.Chat(model, tok, max_tokens=7)
+    chat = mlx_oss.Chat(model, tok, max_tokens=7, max_context=400)  # a lost max_tokens ends at 400, not 131072
     use(chat, reply(tok, analysis="long " * 50))
     r = chat.ask("hi")
     assert r.stats.stop_reason == "length" and r.stats.generated_tokens == 7
@@ -445,7 +445,7 @@ def test_seed_reproduces_sampling(model_tok):
     model, tok = model_tok
     outs = []
     for seed in (3, 3, 4):
-        chat = mlx_oss.Chat(model, tok, max_tokens=12, sampling=SamplingConfig(seed=seed))
+        chat = mlx_oss.Chat(model, tok, max_tokens=12, max_context=400, sampling=SamplingConfig(seed=seed))
         chat.ask("hello")
         outs.append(chat.engine.tokens)
     assert outs[0] == outs[1] and outs[0] != outs[2]

@@ -79,7 +79,8 @@ def test_chat_streams_counts_and_keeps_unparsed_output_but_never_prompts_with_it
 
 
 def test_a_random_model_cut_at_max_tokens_is_all_unparsed(model_tok):
-    chat = mlx_oss.Chat(*model_tok, max_tokens=32, sampling=SamplingConfig(seed=1))
+    # max_context: a random model runs free, so a lost max_tokens must end at 400 tokens, not the model's 131072
+    chat = mlx_oss.Chat(*model_tok, max_tokens=32, max_context=400, sampling=SamplingConfig(seed=1))
     chat.progress_interval_s = 0.0
     events = list(chat.send("hi"))
     r, s = events[-1].reply, events[-1].stats
@@ -99,11 +100,11 @@ def fast_load(model_tok, monkeypatch):
 
 
 def test_generate_shows_and_counts_it_in_text_and_json(tiny_chat_converted, fast_load, capsys):
-    assert main(["generate", "-m", str(tiny_chat_converted), "--max-tokens", "32", "hi"]) == 0
+    assert main(["generate", "-m", str(tiny_chat_converted), "--max-tokens", "32", "--max-context", "400", "hi"]) == 0
     cap = capsys.readouterr()
     assert cap.out == "" and ENC.decode(WORDS[:32]) in cap.err
     assert "(32 of 32 generated tokens were not in harmony format" in cap.err
-    assert main(["generate", "-m", str(tiny_chat_converted), "--max-tokens", "32", "--json", "hi"]) == 0
+    assert main(["generate", "-m", str(tiny_chat_converted), "--max-tokens", "32", "--max-context", "400", "--json", "hi"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["unparsed"] == ENC.decode(WORDS[:32]) and data["answer"] == ""
     assert data["stats"]["unparsed_tokens"] == data["stats"]["generated_tokens"] == 32
@@ -142,7 +143,7 @@ async def test_tui_screen_status_save_copy_and_reopen_agree(model_tok, tmp_path,
     model, tok = model_tok
 
     def new_chat():
-        c = mlx_oss.Chat(model, tok, max_tokens=40)
+        c = mlx_oss.Chat(model, tok, max_tokens=40, max_context=400)
         c.sampling = SamplingConfig(seed=0, logits_processors=(ScriptedTokens(WORDS[:40]),))
         c.progress_interval_s = 0.0
         return c
