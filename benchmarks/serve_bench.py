@@ -4,7 +4,7 @@
     python -m mlx_oss.convert.synthetic /tmp/sb/src --preset tiny-chat --layout hf     # once
     mlx-oss convert /tmp/sb/src /tmp/sb/ours                                             # once
     mlx-oss convert /tmp/sb/src /tmp/sb/peer --to mlx-lm                                 # once
-    python benchmarks/serve_bench.py --ours /tmp/sb/ours --peer /tmp/sb/peer
+    python benchmarks/serve_bench.py --ours /tmp/sb/ours --peer /tmp/sb/peer --repeats 5
 
 Each turn: a user message, the assistant calls a tool, the client sends the tool result, the assistant
 answers. The client is stateless, like Codex or an SDK agent: every request resends the whole
@@ -17,10 +17,19 @@ app's sampling hook, the model running every forward pass; mlx-lm: max_tokens).
   chat template of an exported folder has no tool roles (and mlx-lm would not stop at `<|call|>`).
 - ours: the app `mlx-oss serve` runs (`mlx_oss.server.create_app`) under uvicorn on 127.0.0.1, in this
   process so the benchmark can pass the forcing hook; mlx-lm: `python -m mlx_lm.server` subprocess.
-- TTFT: request sent -> first streamed token (a delta of content, reasoning or tool-call arguments).
+  Both are up for the whole run; the loop runs `--repeats` times, ours then mlx-lm's each time (a new
+  conversation each repetition, the same one for both), so both see the same machine load.
+- TTFT: request sent -> first streamed token (a delta of content, reasoning or tool-call arguments);
+  the table shows the median over the repetitions of each (turn, step).
 - prefilled: prompt_tokens - cached_tokens from each server's own usage report.
-- HTTP overhead per token: our streamed inter-token time over HTTP+SSE vs in-process `Chat` decode
-  of the same forced reply on the same model (same engine), as a share of decode time.
+- HTTP+SSE overhead per token: after each of our answer requests, the same request is replayed twice
+  (order alternating), once over HTTP and once in-process through the function the server's worker
+  runs (`run_generation`: the engine and the harmony stream parser, what `Chat` runs per token) on
+  the same engine state, prompt tokens and forced reply: same context, same tokens. Per token =
+  (last delta - first delta) / (deltas - 1) in each, in wall seconds and in CPU seconds of the
+  process (minus the client's own thread for HTTP); overhead = median of the paired differences as a
+  share of the median in-process figure. The CPU figure is the one that does not move with the load
+  of a shared machine: on 2 busy cores the wall figure swung between -30% and +56% across runs.
 
 Targets (issue 13): our turn-10 TTFT <= 1.5x turn 2, while mlx-lm's grows; overhead < 5% of decode.
 """
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -44,9 +54,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import mlx_oss  # noqa: E402
 from mlx_oss.bench.multiturn import text_of  # noqa: E402
-from mlx_oss.chat import Chat  # noqa: E402
-from mlx_oss.events import Done  # noqa: E402
 from mlx_oss.sampling import SamplingConfig, ScriptedTokens  # noqa: E402
+from mlx_oss.server import chat_completions  # noqa: E402
+from mlx_oss.server.generation import ItemDelta, run_generation  # noqa: E402
 from server_harness import free_port, running_server  # noqa: E402
 
 TOOL = {"type": "function", "function": {"name": "lookup", "description": "Look a fact up",
@@ -79,7 +89,7 @@ def stream_request(url: str, body: dict) -> dict:
     first = last = None
     n = 0
     usage = None
-    with httpx.stream("POST", url + "/chat/completions", json=body, timeout=600) as r:
+    with httpx.stream("POST", url + "/chat/completions", json=body, timeout=3600) as r:
         if r.status_code != 200:
             raise SystemExit(f"{url}: HTTP {r.status_code}: {r.read()[:300]!r}")
         for line in r.iter_lines():
@@ -90,15 +100,38 @@ def stream_request(url: str, body: dict) -> dict:
             for c in ch.get("choices") or []:
                 d = c.get("delta") or {}
                 if d.get("content") or d.get("reasoning") or d.get("tool_calls"):
-                    now = time.perf_counter()
+                    now = (time.perf_counter(), time.process_time(), time.thread_time())
                     first = first or now
                     last = now
                     n += 1
     cached = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
     prompt = (usage or {}).get("prompt_tokens")
-    return {"ttft": (first or time.perf_counter()) - t0, "prompt": prompt, "cached": cached,
+    return {"ttft": (first[0] if first else time.perf_counter()) - t0, "prompt": prompt, "cached": cached,
             "prefilled": None if prompt is None or cached is None else prompt - cached,
-            "deltas": n, "stream_s": (last - first) if first and last else 0.0}  # fmt: skip
+            # per token between the first and the last delta: wall seconds, and CPU seconds of this
+            # process minus this (client) thread: the server's decode + HTTP/SSE work
+            "per_token": (last[0] - first[0]) / (n - 1) if n > 1 else None,
+            "cpu_per_token": ((last[1] - first[1]) - (last[2] - first[2])) / (n - 1) if n > 1 else None}  # fmt: skip
+
+
+def in_process(app, enc, body: dict, toks: list[int]) -> dict:
+    """The request run in this process by the worker's own function on the server's engine (the
+    server is idle between requests): wall and process-CPU seconds per token between the first
+    and the last delta."""
+    backend = app.state.backend
+    req = chat_completions.parse_request(body, SamplingConfig(logits_processors=(ScriptedTokens(toks),)))
+    prompt, boundaries = backend.prompt(req.turn)
+    times: list[tuple[float, float]] = []
+
+    def emit(ev) -> None:
+        if isinstance(ev, ItemDelta):
+            times.append((time.perf_counter(), time.process_time()))
+
+    run_generation(backend.engine, backend.pool, enc, prompt, boundaries, req.turn.sampling, len(toks), (),
+                   threading.Event(), emit)  # fmt: skip
+    n = len(times)
+    return {"per_token": (times[-1][0] - times[0][0]) / (n - 1) if n > 1 else None,
+            "cpu_per_token": (times[-1][1] - times[0][1]) / (n - 1) if n > 1 else None}  # fmt: skip
 
 
 def plain(msgs: list[dict]) -> list[dict]:
@@ -115,64 +148,91 @@ def plain(msgs: list[dict]) -> list[dict]:
     return out
 
 
-def agent_loop(url: str, enc, turns: int, user: int, reply: int, hook: Hook | None, model: str,
-               tools_in_template: bool = True) -> list[dict]:  # fmt: skip
-    msgs = [{"role": "system", "content": "You are a helpful agent. Use the lookup tool before answering."}]
+def agent_loop(url: str, enc, turns: int, user: int, reply: int, model: str, seed: int, *, hook: Hook | None = None,
+               app=None, overhead: list | None = None) -> list[dict]:  # fmt: skip
+    """One conversation of `turns` turns. Ours (hook given): tool roles, forced replies, and with
+    `overhead` the paired HTTP / in-process replays of each answer request appended to it."""
+    ours = hook is not None
+    msgs = [{"role": "system", "content": f"You are a helpful agent (session {seed}). Use the lookup tool before answering."}]
     rows = []
     for k in range(turns):
-        msgs.append({"role": "user", "content": text_of(enc, user, 1000 + k)})
-        call_toks, args = forced(enc, reply, 2000 + k, True)
-        answer_toks, answer = forced(enc, reply, 3000 + k, False)
+        msgs.append({"role": "user", "content": text_of(enc, user, seed + 1000 + k)})
+        call_toks, args = forced(enc, reply, seed + 2000 + k, True)
+        answer_toks, answer = forced(enc, reply, seed + 3000 + k, False)
         for step, toks in (("call", call_toks), ("answer", answer_toks)):
-            if hook is not None:
+            if ours:
                 hook.next = toks
-            body = {"model": model, "messages": msgs if tools_in_template else plain(msgs), "stream": True,
+            body = {"model": model, "messages": msgs if ours else plain(msgs), "stream": True,
                     "max_tokens": len(toks), "stream_options": {"include_usage": True}, "temperature": 0}  # fmt: skip
-            if tools_in_template:
+            if ours:
                 body["tools"] = [TOOL]
             row = stream_request(url, body)
             rows.append({"turn": k + 1, "step": step, **row})
+            if ours and overhead is not None and step == "answer":
+                pair = {}
+                for how in (("http", "local") if k % 2 else ("local", "http")):
+                    r = stream_request(url, body) if how == "http" else in_process(app, enc, body, toks)
+                    pair[how], pair[how + "_cpu"] = r["per_token"], r["cpu_per_token"]
+                overhead.append({"turn": k + 1, **pair})
             if step == "call":
                 cid = f"call_{k}"
                 msgs.append({"role": "assistant", "content": None, "tool_calls": [
                     {"id": cid, "type": "function", "function": {"name": "lookup", "arguments": args}}]})  # fmt: skip
-                msgs.append({"role": "tool", "tool_call_id": cid, "content": text_of(enc, user, 4000 + k)})
+                msgs.append({"role": "tool", "tool_call_id": cid, "content": text_of(enc, user, seed + 4000 + k)})
             else:
                 msgs.append({"role": "assistant", "content": answer})
     return rows
 
 
-def chat_decode_per_token(model, enc, reply: int) -> float:
-    """In-process Chat: seconds per decoded token for a forced reply of `reply` tokens (median of 3)."""
-    out = []
-    for seed in range(3):
-        toks, _ = forced(enc, reply, 5000 + seed, False)
-        chat = Chat(model, enc, sampling=SamplingConfig(logits_processors=(ScriptedTokens(toks),)))
-        done = [e for e in chat.send(text_of(enc, 64, 6000 + seed)) if isinstance(e, Done)][0]
-        out.append(done.stats.decode_s / max(1, done.stats.generated_tokens - 1))
-    return statistics.median(out)
-
-
 def start_peer(folder: str, port: int) -> subprocess.Popen:
     p = subprocess.Popen([sys.executable, "-m", "mlx_lm.server", "--model", folder, "--host", "127.0.0.1",
                           "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         try:
             httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5)
             return p
         except httpx.HTTPError:
+            if p.poll() is not None:
+                raise SystemExit(f"mlx_lm.server exited with {p.returncode} while loading {folder}")
             time.sleep(0.5)
     p.kill()
     raise SystemExit("mlx_lm.server did not start")
 
 
-def table(name: str, rows: list[dict]) -> None:
-    print(f"\n{name}")
-    print(f"{'turn':>4} {'step':>6} {'prompt':>7} {'cached':>7} {'prefilled':>9} {'TTFT ms':>8}")
-    for r in rows:
-        print(f"{r['turn']:>4} {r['step']:>6} {r['prompt'] or '-':>7} {r['cached'] if r['cached'] is not None else '-':>7} "
-              f"{r['prefilled'] if r['prefilled'] is not None else '-':>9} {r['ttft'] * 1e3:>8.1f}")  # fmt: skip
+def medians(runs: list[list[dict]]) -> list[dict]:
+    """Per (turn, step) over the repetitions: median TTFT (and its min, max), tokens of the first run
+    (they are the same every repetition: same lengths, same cache behaviour)."""
+    out = []
+    for i, r in enumerate(runs[0]):
+        ttfts = [run[i]["ttft"] for run in runs]
+        pre = sorted({run[i]["prefilled"] for run in runs}, key=lambda x: -1 if x is None else x)
+        out.append({"turn": r["turn"], "step": r["step"], "prompt": r["prompt"], "cached": r["cached"],
+                    "prefilled": r["prefilled"], "prefilled_all": pre, "ttft": statistics.median(ttfts),
+                    "ttft_min": min(ttfts), "ttft_max": max(ttfts)})  # fmt: skip
+    return out
+
+
+def _cell(r: dict | None) -> str:
+    if r is None:
+        return f"{'':>7} {'':>9} {'':>8}"
+    pre = r["prefilled"] if r["prefilled"] is not None else "-"
+    if len(r["prefilled_all"]) > 1:
+        pre = "/".join("-" if x is None else str(x) for x in r["prefilled_all"])
+    return f"{r['prompt'] or '-':>7} {pre:>9} {r['ttft'] * 1e3:>8.1f}"
+
+
+def table(ours: list[dict], theirs: list[dict] | None, repeats: int) -> None:
+    print(f"\nTTFT: median of {repeats} run(s), ms; prefilled = prompt - cached, from each server's usage")
+    print(f"{'':>11} {'mlx-oss serve':>26}   {'mlx_lm.server':>26}")
+    print(f"{'turn':>4} {'step':>6} {'prompt':>7} {'prefilled':>9} {'TTFT':>8}   {'prompt':>7} {'prefilled':>9} {'TTFT':>8}")
+    for i, r in enumerate(ours):
+        print(f"{r['turn']:>4} {r['step']:>6} {_cell(r)}   {_cell(theirs[i] if theirs else None)}")
+
+
+def ratio(rows: list[dict], turns: int, step: str) -> float:
+    t = {r["turn"]: r["ttft"] for r in rows if r["step"] == step}
+    return t[turns] / t[2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,48 +242,81 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--turns", type=int, default=10)
     ap.add_argument("--user", type=int, default=64, help="tokens per user message and per tool result")
     ap.add_argument("--reply", type=int, default=32, help="tokens generated per request")
+    ap.add_argument("--repeats", type=int, default=3, help="agent loops per server (new conversation each); TTFT = median")
+    ap.add_argument("--overhead-turns", type=int, default=None,
+                    help="turns of the extra loop that replays each answer over HTTP and in-process (default --turns; 0: skip)")
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--json", help="also write the rows here")
     a = ap.parse_args(argv)
+    if a.turns < 2 or a.repeats < 1:
+        ap.error("--turns must be at least 2 and --repeats at least 1")
 
+    print(f"load at start: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} (1/5/15 min), {os.cpu_count()} CPUs", flush=True)
     model, enc = mlx_oss.load(a.ours, a.dtype)
     hook = Hook()
-    t0 = time.perf_counter()
-    with running_server(model, enc, hook) as (url, _app):
-        agent_loop(url, enc, 1, a.user, a.reply, hook, "gpt-oss-tiny")  # warm-up (compiles, allocates)
-        t0 = time.perf_counter()
-        ours = agent_loop(url, enc, a.turns, a.user, a.reply, hook, "gpt-oss-tiny")
-        ours_wall = time.perf_counter() - t0
-    http_tok = statistics.median(r["stream_s"] / max(1, r["deltas"] - 1) for r in ours if r["step"] == "answer")
-    chat_tok = chat_decode_per_token(model, enc, a.reply)
-    table("mlx-oss serve", ours)
-    print(f"wall {ours_wall:.2f} s")
-    results = {"ours": ours, "ours_wall_s": ours_wall, "http_s_per_token": http_tok, "chat_s_per_token": chat_tok}
-    t2 = next(r["ttft"] for r in ours if r["turn"] == 2 and r["step"] == "call")
-    t10 = next(r["ttft"] for r in ours if r["turn"] == a.turns and r["step"] == "call")
-    print(f"turn {a.turns} / turn 2 TTFT: {t10 / t2:.2f}x ({'PASS' if t10 <= 1.5 * t2 else 'FAIL'} <= 1.5x)")
-    over = (http_tok - chat_tok) / chat_tok
-    print(f"HTTP+SSE per token {http_tok * 1e3:.2f} ms vs in-process Chat {chat_tok * 1e3:.2f} ms: "
-          f"overhead {over * 100:+.1f}% of decode ({'PASS' if over < 0.05 else 'FAIL'} < 5%)")  # fmt: skip
-    if a.peer:
-        port = free_port()
-        peer = start_peer(a.peer, port)
-        try:
-            url = f"http://127.0.0.1:{port}/v1"
-            agent_loop(url, enc, 1, a.user, a.reply, None, a.peer, False)
-            t0 = time.perf_counter()
-            theirs = agent_loop(url, enc, a.turns, a.user, a.reply, None, a.peer, False)
-            wall = time.perf_counter() - t0
-        finally:
+    peer = None
+    ours_runs, peer_runs, ours_wall, peer_wall, overhead = [], [], [], [], []
+    try:
+        if a.peer:
+            port = free_port()
+            peer = start_peer(a.peer, port)
+            peer_url = f"http://127.0.0.1:{port}/v1"
+        with running_server(model, enc, hook) as (url, app):
+            agent_loop(url, enc, 1, a.user, a.reply, "gpt-oss-tiny", 0, hook=hook)  # warm-up (compiles, allocates)
+            if peer:
+                agent_loop(peer_url, enc, 1, a.user, a.reply, a.peer, 0)
+            for rep in range(a.repeats):
+                seed = rep + 1  # a new conversation: the session number differs from the first message on
+                t0 = time.perf_counter()
+                ours_runs.append(agent_loop(url, enc, a.turns, a.user, a.reply, "gpt-oss-tiny", seed, hook=hook))
+                ours_wall.append(time.perf_counter() - t0)
+                print(f"run {rep + 1}/{a.repeats}: mlx-oss {ours_wall[-1]:.1f} s", end="", flush=True)
+                if peer:
+                    t0 = time.perf_counter()
+                    peer_runs.append(agent_loop(peer_url, enc, a.turns, a.user, a.reply, a.peer, seed))
+                    peer_wall.append(time.perf_counter() - t0)
+                    print(f", mlx-lm {peer_wall[-1]:.1f} s", end="", flush=True)
+                print(flush=True)
+            # HTTP+SSE overhead: one more of our loops, each answer replayed over HTTP and in-process
+            oturns = a.turns if a.overhead_turns is None else a.overhead_turns
+            if oturns:
+                agent_loop(url, enc, oturns, a.user, a.reply, "gpt-oss-tiny", a.repeats + 1, hook=hook, app=app,
+                           overhead=overhead)  # fmt: skip
+    finally:
+        if peer is not None:
             peer.terminate()
-            peer.wait(30)
-        table("mlx_lm.server", theirs)
-        p2 = next(r["ttft"] for r in theirs if r["turn"] == 2 and r["step"] == "call")
-        p10 = next(r["ttft"] for r in theirs if r["turn"] == a.turns and r["step"] == "call")
-        print(f"wall {wall:.2f} s; turn {a.turns} / turn 2 TTFT: {p10 / p2:.2f}x")
-        results.update(peer=theirs, peer_wall_s=wall)
+            peer.wait(60)
+    print(f"load at end:   {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+    ours, theirs = medians(ours_runs), medians(peer_runs) if peer_runs else None
+    table(ours, theirs, a.repeats)
+    results = {"args": vars(a), "ours": ours, "ours_runs": ours_runs, "ours_wall_s": ours_wall, "overhead": overhead}
+    print(f"\nwhole loop (median): mlx-oss {statistics.median(ours_wall):.2f} s"
+          + (f", mlx-lm {statistics.median(peer_wall):.2f} s" if peer_wall else ""))  # fmt: skip
+    for step in ("call", "answer"):
+        r = ratio(ours, a.turns, step)
+        line = f"turn {a.turns} / turn 2 TTFT ({step}): mlx-oss {r:.2f}x ({'PASS' if r <= 1.5 else 'FAIL'} <= 1.5x)"
+        if theirs:
+            line += f", mlx-lm {ratio(theirs, a.turns, step):.2f}x"
+        print(line)
+    pairs = [p for p in overhead if p.get("http") and p.get("local")]
+    if pairs:
+        med = lambda key: statistics.median(p[key] for p in pairs)  # noqa: E731
+        diff = statistics.median(p["http"] - p["local"] for p in pairs)
+        cdiff = statistics.median(p["http_cpu"] - p["local_cpu"] for p in pairs)
+        over, cover = diff / med("local"), cdiff / med("local_cpu")
+        print(f"HTTP+SSE overhead per token, median of {len(pairs)} paired replays (same context, same tokens):")
+        print(f"  wall: HTTP {med('http') * 1e3:.2f} ms vs in-process {med('local') * 1e3:.2f} ms: {diff * 1e3:+.2f} ms "
+              f"= {over * 100:+.1f}% of decode (load-dependent)")  # fmt: skip
+        print(f"  CPU:  HTTP {med('http_cpu') * 1e3:.2f} ms vs in-process {med('local_cpu') * 1e3:.2f} ms: {cdiff * 1e3:+.2f} ms "
+              f"= {cover * 100:+.1f}% of decode ({'PASS' if cover < 0.05 else 'FAIL'} < 5%)")  # fmt: skip
+        results.update(http_s_per_token=med("http"), local_s_per_token=med("local"), overhead_share=over,
+                       http_cpu_s_per_token=med("http_cpu"), local_cpu_s_per_token=med("local_cpu"), overhead_cpu_share=cover)  # fmt: skip
+    if theirs:
+        results.update(peer=theirs, peer_runs=peer_runs, peer_wall_s=peer_wall)
     if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=1))
+        tmp = Path(a.json + ".tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(a.json)
     return 0
 
 
