@@ -13,8 +13,9 @@ turns in the conversation are the benchmark's own (random weights never write ha
 server generates exactly --reply tokens per request (ours: that many forced harmony tokens through the
 app's sampling hook, the model running every forward pass; mlx-lm: max_tokens).
 
-- mlx-lm gets the same turns with the tool call as assistant text and the result as user text: the
-  chat template of an exported folder has no tool roles (and mlx-lm would not stop at `<|call|>`).
+- Both get the same requests: the tool in `tools`, the call as an assistant `tool_calls` message, the
+  result as a `tool` message; the chat template `mlx-oss convert --to mlx-lm` exports renders them as
+  harmony, token for token what our server renders (tests/test_mlx_lm_interop.py).
 - ours: the app `mlx-oss serve` runs (`mlx_oss.server.create_app`) under uvicorn on 127.0.0.1, in this
   process so the benchmark can pass the forcing hook; mlx-lm: `python -m mlx_lm.server` subprocess.
   Both are up for the whole run; the loop runs `--repeats` times, ours then mlx-lm's each time (a new
@@ -25,11 +26,13 @@ app's sampling hook, the model running every forward pass; mlx-lm: max_tokens).
 - HTTP+SSE overhead per token: after each of our answer requests, the same request is replayed twice
   (order alternating), once over HTTP and once in-process through the function the server's worker
   runs (`run_generation`: the engine and the harmony stream parser, what `Chat` runs per token) on
-  the same engine state, prompt tokens and forced reply: same context, same tokens. Per token =
-  (last delta - first delta) / (deltas - 1) in each, in wall seconds and in CPU seconds of the
-  process (minus the client's own thread for HTTP); overhead = median of the paired differences as a
-  share of the median in-process figure. The CPU figure is the one that does not move with the load
-  of a shared machine: on 2 busy cores the wall figure swung between -30% and +56% across runs.
+  the same engine state, prompt tokens and forced reply: same context, same tokens.
+  The overhead is the work HTTP adds: everything of it (reading and validating the request, the SSE
+  chunks, JSON, socket writes, the asyncio hops) runs on the server's event-loop thread, so it is
+  that thread's CPU time over the request per generated token, as a share of the in-process decode
+  time per token (wall). The worker thread's only extra is one `call_soon_threadsafe` per event.
+  The paired wall difference (HTTP minus in-process per token, between first and last delta) is
+  printed too: on 2 shared cores it swings by +-20% with the load, so it says little here.
 
 Targets (issue 13): our turn-10 TTFT <= 1.5x turn 2, while mlx-lm's grows; overhead < 5% of decode.
 """
@@ -63,15 +66,22 @@ TOOL = {"type": "function", "function": {"name": "lookup", "description": "Look 
         "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}  # fmt: skip
 
 
-def forced(enc, n: int, seed: int, call: bool) -> tuple[list[int], str]:
-    """Exactly n harmony tokens after `<|start|>assistant`: a tool call or a final answer; -> (tokens, text)."""
+def forced(enc, n: int, seed: int, call: bool, reasoning: int = 0) -> tuple[list[int], str, str]:
+    """Exactly n harmony tokens after `<|start|>assistant` (plus `reasoning` tokens of analysis before
+    them, when asked): a tool call or a final answer; -> (tokens, text, reasoning text)."""
     head = "<|channel|>commentary to=functions.lookup <|constrain|>json<|message|>" if call else "<|channel|>final<|message|>"
     end = "<|call|>" if call else "<|return|>"
     fixed = len(enc.encode(head + end, allowed_special="all")) + (len(enc.encode_ordinary('{"q": ""}')) if call else 0)
     body = text_of(enc, max(1, n - fixed), seed)
     text = json.dumps({"q": body}) if call else body
     toks = enc.encode(head + text + end, allowed_special="all")
-    return toks, text
+    thought = ""
+    if reasoning:
+        a_head, a_end = "<|channel|>analysis<|message|>", "<|end|><|start|>assistant"
+        a_fixed = len(enc.encode(a_head + a_end, allowed_special="all"))
+        thought = text_of(enc, max(1, reasoning - a_fixed), seed + 500)
+        toks = enc.encode(a_head + thought + a_end, allowed_special="all") + toks
+    return toks, text, thought
 
 
 class Hook:
@@ -84,14 +94,24 @@ class Hook:
         return [ScriptedTokens(self.next)]
 
 
-def stream_request(url: str, body: dict) -> dict:
+def thread_cpu(thread: threading.Thread | None) -> float:
+    """CPU seconds `thread` has used so far (0 without one)."""
+    return time.clock_gettime(time.pthread_getcpuclockid(thread.ident)) if thread is not None else 0.0
+
+
+def stream_request(client: httpx.Client, body: dict, loop_thread: threading.Thread | None = None) -> dict:
+    """One streamed Chat Completions request on the client's kept-alive connection (a new
+    `httpx.Client` per request would cost ~50 ms of TLS-context setup in every TTFT, even for
+    http://); with `loop_thread` (our server's event-loop thread, in this process) also that
+    thread's CPU seconds over the whole request."""
+    c0 = thread_cpu(loop_thread)
     t0 = time.perf_counter()
     first = last = None
     n = 0
     usage = None
-    with httpx.stream("POST", url + "/chat/completions", json=body, timeout=3600) as r:
+    with client.stream("POST", "chat/completions", json=body) as r:
         if r.status_code != 200:
-            raise SystemExit(f"{url}: HTTP {r.status_code}: {r.read()[:300]!r}")
+            raise SystemExit(f"{client.base_url}: HTTP {r.status_code}: {r.read()[:300]!r}")
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -100,87 +120,76 @@ def stream_request(url: str, body: dict) -> dict:
             for c in ch.get("choices") or []:
                 d = c.get("delta") or {}
                 if d.get("content") or d.get("reasoning") or d.get("tool_calls"):
-                    now = (time.perf_counter(), time.process_time(), time.thread_time())
-                    first = first or now
-                    last = now
+                    first = first or time.perf_counter()
+                    last = time.perf_counter()
                     n += 1
+    loop_cpu = thread_cpu(loop_thread) - c0
     cached = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
     prompt = (usage or {}).get("prompt_tokens")
-    return {"ttft": (first[0] if first else time.perf_counter()) - t0, "prompt": prompt, "cached": cached,
-            "prefilled": None if prompt is None or cached is None else prompt - cached,
-            # per token between the first and the last delta: wall seconds, and CPU seconds of this
-            # process minus this (client) thread: the server's decode + HTTP/SSE work
-            "per_token": (last[0] - first[0]) / (n - 1) if n > 1 else None,
-            "cpu_per_token": ((last[1] - first[1]) - (last[2] - first[2])) / (n - 1) if n > 1 else None}  # fmt: skip
+    completion = (usage or {}).get("completion_tokens")
+    return {"ttft": (first if first else time.perf_counter()) - t0, "prompt": prompt, "cached": cached,
+            "prefilled": None if prompt is None or cached is None else prompt - cached, "completion": completion,
+            "per_token": (last - first) / (n - 1) if n > 1 else None,  # wall, first to last delta
+            "loop_cpu_per_token": loop_cpu / completion if loop_thread is not None and completion else None}  # fmt: skip
 
 
 def in_process(app, enc, body: dict, toks: list[int]) -> dict:
     """The request run in this process by the worker's own function on the server's engine (the
-    server is idle between requests): wall and process-CPU seconds per token between the first
-    and the last delta."""
+    server is idle between requests): wall seconds per token between the first and the last delta."""
     backend = app.state.backend
     req = chat_completions.parse_request(body, SamplingConfig(logits_processors=(ScriptedTokens(toks),)))
     prompt, boundaries = backend.prompt(req.turn)
-    times: list[tuple[float, float]] = []
+    times: list[float] = []
 
     def emit(ev) -> None:
         if isinstance(ev, ItemDelta):
-            times.append((time.perf_counter(), time.process_time()))
+            times.append(time.perf_counter())
 
     run_generation(backend.engine, backend.pool, enc, prompt, boundaries, req.turn.sampling, len(toks), (),
                    threading.Event(), emit)  # fmt: skip
     n = len(times)
-    return {"per_token": (times[-1][0] - times[0][0]) / (n - 1) if n > 1 else None,
-            "cpu_per_token": (times[-1][1] - times[0][1]) / (n - 1) if n > 1 else None}  # fmt: skip
+    return {"per_token": (times[-1] - times[0]) / (n - 1) if n > 1 else None}
 
 
-def plain(msgs: list[dict]) -> list[dict]:
-    """The conversation without tool roles, for an mlx-lm folder whose chat template has none (the
-    template `mlx-oss convert --to mlx-lm` writes today): calls become assistant text, results user text."""
-    out = []
-    for m in msgs:
-        if m.get("tool_calls"):
-            out.append({"role": "assistant", "content": m["tool_calls"][0]["function"]["arguments"]})
-        elif m["role"] == "tool":
-            out.append({"role": "user", "content": m["content"]})
-        else:
-            out.append(m)
-    return out
-
-
-def agent_loop(url: str, enc, turns: int, user: int, reply: int, model: str, seed: int, *, hook: Hook | None = None,
-               app=None, overhead: list | None = None) -> list[dict]:  # fmt: skip
-    """One conversation of `turns` turns. Ours (hook given): tool roles, forced replies, and with
-    `overhead` the paired HTTP / in-process replays of each answer request appended to it."""
+def agent_loop(client: httpx.Client, enc, turns: int, user: int, reply: int, model: str, seed: int, *, reasoning: int = 0,
+               hook: Hook | None = None, app=None, overhead: list | None = None, loop_thread: threading.Thread | None = None) -> list[dict]:  # fmt: skip
+    """One conversation of `turns` turns. Ours (hook given): forced replies, and with
+    `overhead` the paired HTTP / in-process replays of each answer request appended to it. With
+    `reasoning`, every reply starts with that many tokens of analysis, and the client sends it back
+    as `reasoning` on the assistant messages, as agents do: harmony keeps it while the tool call is
+    continued and drops it once the turn has a final answer, so from turn 2 on the conversation a
+    server holds no longer extends the one it is sent (the earlier turn's analysis is gone)."""
     ours = hook is not None
     msgs = [{"role": "system", "content": f"You are a helpful agent (session {seed}). Use the lookup tool before answering."}]
     rows = []
     for k in range(turns):
         msgs.append({"role": "user", "content": text_of(enc, user, seed + 1000 + k)})
-        call_toks, args = forced(enc, reply, seed + 2000 + k, True)
-        answer_toks, answer = forced(enc, reply, seed + 3000 + k, False)
+        call_toks, args, call_thought = forced(enc, reply, seed + 2000 + k, True, reasoning)
+        answer_toks, answer, answer_thought = forced(enc, reply, seed + 3000 + k, False, reasoning)
         for step, toks in (("call", call_toks), ("answer", answer_toks)):
             if ours:
                 hook.next = toks
-            body = {"model": model, "messages": msgs if ours else plain(msgs), "stream": True,
+            body = {"model": model, "messages": msgs, "tools": [TOOL], "stream": True,
                     "max_tokens": len(toks), "stream_options": {"include_usage": True}, "temperature": 0}  # fmt: skip
-            if ours:
-                body["tools"] = [TOOL]
-            row = stream_request(url, body)
+            row = stream_request(client, body)
             rows.append({"turn": k + 1, "step": step, **row})
             if ours and overhead is not None and step == "answer":
                 pair = {}
                 for how in (("http", "local") if k % 2 else ("local", "http")):
-                    r = stream_request(url, body) if how == "http" else in_process(app, enc, body, toks)
-                    pair[how], pair[how + "_cpu"] = r["per_token"], r["cpu_per_token"]
+                    r = stream_request(client, body, loop_thread) if how == "http" else in_process(app, enc, body, toks)
+                    pair[how] = r["per_token"]
+                    if how == "http":
+                        pair["loop_cpu"] = r["loop_cpu_per_token"]
                 overhead.append({"turn": k + 1, **pair})
             if step == "call":
                 cid = f"call_{k}"
                 msgs.append({"role": "assistant", "content": None, "tool_calls": [
                     {"id": cid, "type": "function", "function": {"name": "lookup", "arguments": args}}]})  # fmt: skip
+                if call_thought:
+                    msgs[-1]["reasoning"] = call_thought
                 msgs.append({"role": "tool", "tool_call_id": cid, "content": text_of(enc, user, seed + 4000 + k)})
             else:
-                msgs.append({"role": "assistant", "content": answer})
+                msgs.append({"role": "assistant", "content": answer, **({"reasoning": answer_thought} if answer_thought else {})})
     return rows
 
 
@@ -242,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--turns", type=int, default=10)
     ap.add_argument("--user", type=int, default=64, help="tokens per user message and per tool result")
     ap.add_argument("--reply", type=int, default=32, help="tokens generated per request")
+    ap.add_argument("--reasoning", type=int, default=0,
+                    help="tokens of analysis before every reply, sent back as `reasoning` (harmony drops it after the answer)")
     ap.add_argument("--repeats", type=int, default=3, help="agent loops per server (new conversation each); TTFT = median")
     ap.add_argument("--overhead-turns", type=int, default=None,
                     help="turns of the extra loop that replays each answer over HTTP and in-process (default --turns; 0: skip)")
@@ -261,27 +272,31 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             peer = start_peer(a.peer, port)
             peer_url = f"http://127.0.0.1:{port}/v1"
-        with running_server(model, enc, hook) as (url, app):
-            agent_loop(url, enc, 1, a.user, a.reply, "gpt-oss-tiny", 0, hook=hook)  # warm-up (compiles, allocates)
+        with running_server(model, enc, hook) as (url, app), httpx.Client(base_url=url + "/", timeout=3600) as ours_c, \
+                httpx.Client(base_url=(peer_url if peer else url) + "/", timeout=3600) as peer_c:
+            agent_loop(ours_c, enc, 1, a.user, a.reply, "gpt-oss-tiny", 0, reasoning=a.reasoning, hook=hook)  # warm-up (compiles, allocates)
             if peer:
-                agent_loop(peer_url, enc, 1, a.user, a.reply, a.peer, 0)
+                agent_loop(peer_c, enc, 1, a.user, a.reply, a.peer, 0, reasoning=a.reasoning)
             for rep in range(a.repeats):
                 seed = rep + 1  # a new conversation: the session number differs from the first message on
                 t0 = time.perf_counter()
-                ours_runs.append(agent_loop(url, enc, a.turns, a.user, a.reply, "gpt-oss-tiny", seed, hook=hook))
+                ours_runs.append(agent_loop(ours_c, enc, a.turns, a.user, a.reply, "gpt-oss-tiny", seed, reasoning=a.reasoning, hook=hook))
                 ours_wall.append(time.perf_counter() - t0)
                 print(f"run {rep + 1}/{a.repeats}: mlx-oss {ours_wall[-1]:.1f} s", end="", flush=True)
                 if peer:
                     t0 = time.perf_counter()
-                    peer_runs.append(agent_loop(peer_url, enc, a.turns, a.user, a.reply, a.peer, seed))
+                    peer_runs.append(agent_loop(peer_c, enc, a.turns, a.user, a.reply, a.peer, seed, reasoning=a.reasoning))
                     peer_wall.append(time.perf_counter() - t0)
                     print(f", mlx-lm {peer_wall[-1]:.1f} s", end="", flush=True)
                 print(flush=True)
             # HTTP+SSE overhead: one more of our loops, each answer replayed over HTTP and in-process
             oturns = a.turns if a.overhead_turns is None else a.overhead_turns
             if oturns:
-                agent_loop(url, enc, oturns, a.user, a.reply, "gpt-oss-tiny", a.repeats + 1, hook=hook, app=app,
-                           overhead=overhead)  # fmt: skip
+                # uvicorn's thread (server_harness starts `server.run` in a thread of its own): its event
+                # loop does all the HTTP and SSE work
+                loop_thread = next(t for t in threading.enumerate() if t.name.endswith("(run)"))
+                agent_loop(ours_c, enc, oturns, a.user, a.reply, "gpt-oss-tiny", a.repeats + 1, reasoning=a.reasoning, hook=hook, app=app,
+                           overhead=overhead, loop_thread=loop_thread)  # fmt: skip
     finally:
         if peer is not None:
             peer.terminate()
@@ -302,15 +317,16 @@ def main(argv: list[str] | None = None) -> int:
     if pairs:
         med = lambda key: statistics.median(p[key] for p in pairs)  # noqa: E731
         diff = statistics.median(p["http"] - p["local"] for p in pairs)
-        cdiff = statistics.median(p["http_cpu"] - p["local_cpu"] for p in pairs)
-        over, cover = diff / med("local"), cdiff / med("local_cpu")
-        print(f"HTTP+SSE overhead per token, median of {len(pairs)} paired replays (same context, same tokens):")
-        print(f"  wall: HTTP {med('http') * 1e3:.2f} ms vs in-process {med('local') * 1e3:.2f} ms: {diff * 1e3:+.2f} ms "
-              f"= {over * 100:+.1f}% of decode (load-dependent)")  # fmt: skip
-        print(f"  CPU:  HTTP {med('http_cpu') * 1e3:.2f} ms vs in-process {med('local_cpu') * 1e3:.2f} ms: {cdiff * 1e3:+.2f} ms "
-              f"= {cover * 100:+.1f}% of decode ({'PASS' if cover < 0.05 else 'FAIL'} < 5%)")  # fmt: skip
-        results.update(http_s_per_token=med("http"), local_s_per_token=med("local"), overhead_share=over,
-                       http_cpu_s_per_token=med("http_cpu"), local_cpu_s_per_token=med("local_cpu"), overhead_cpu_share=cover)  # fmt: skip
+        over = diff / med("local")
+        loop = med("loop_cpu")
+        share = loop / med("local")
+        print(f"HTTP+SSE overhead per token, {len(pairs)} paired replays of an answer (same context, same tokens):")
+        print(f"  server event-loop CPU: {loop * 1e3:.3f} ms per token = {share * 100:.1f}% of the in-process decode "
+              f"time per token ({med('local') * 1e3:.2f} ms) ({'PASS' if share < 0.05 else 'FAIL'} < 5%)")  # fmt: skip
+        print(f"  wall, paired: HTTP {med('http') * 1e3:.2f} ms vs in-process {med('local') * 1e3:.2f} ms per token: "
+              f"{diff * 1e3:+.2f} ms = {over * 100:+.1f}% (moves with the machine's load)")  # fmt: skip
+        results.update(http_s_per_token=med("http"), local_s_per_token=med("local"), wall_overhead_share=over,
+                       loop_cpu_s_per_token=loop, overhead_share=share)  # fmt: skip
     if theirs:
         results.update(peer=theirs, peer_runs=peer_runs, peer_wall_s=peer_wall)
     if a.json:

@@ -11,8 +11,9 @@ float rounding (the same dot products; golden tests hold).
   Attention becomes `CPUAttention`: MLX's own sink-attention steps, but with K^T made contiguous
   before the scores product (the reference BLAS runs `q @ k.T` on a transposed view ~3x slower) and
   the kv heads shared among the streams. On this backend attention is the cost that grows with the
-  context: a 70-token prefill of tiny-chat costs ~40-70 ms without it at any context, ~600 ms with it
-  at 2000 cached tokens (docs/BENCH.md, "Prefill cost against context").
+  context: through the server, tiny-chat's time to first token for a 71-token step goes from ~0.32 s
+  at 400 tokens of context to ~0.46 s at 2000, with the same tokens prefilled (docs/SERVER.md,
+  "Benchmark").
 - CPU backend with an optimized BLAS in the process (`fast_blas()`, e.g. OpenBLAS preloaded, see
   docs/BENCH.md): long prefill steps of `CPUMoE` dequantize each used expert once and run its rows as
   one GEMM (`DENSE_MIN_PAIRS`); with the reference BLAS that GEMM is slower than `gather_qmm`.
