@@ -28,7 +28,9 @@ declare -A MODULES=(
   [cli_args]="mlx_oss/cli/args.py|tests/test_cli_args.py tests/test_tui_cli.py tests/test_generate_cli.py"
   [cli_generate]="mlx_oss/cli/generate.py|tests/test_generate_cli.py tests/test_unparsed.py"
   [tui_cli]="tui/cli.py|tests/test_tui_cli.py"
-  [tui_session]="tui/session.py|tests/test_tui_cli.py tests/test_tui_engine.py"
+  # tui_session: test_tui_session.py is the fast one (each piece alone, ms per test); the app and real-engine
+  # tests stay in for the behaviour over those pieces
+  [tui_session]="tui/session.py|tests/test_tui_session.py tests/test_tui_cli.py tests/test_tui_engine.py"
   [convert]="convert/convert.py|tests/test_convert.py"
 )
 ORDER=(engine cache chat harmony_parser harmony_render cli_args cli_generate cli_main tui_session tui_cli convert)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
 from datetime import datetime
 
 import pytest
@@ -13,6 +15,8 @@ from mlx_oss.cli.main import build_parser, main
 from mlx_oss.harmony import Message
 from mlx_oss.tui.cli import load_tools_file
 from mlx_oss.tui.export import conversation_markdown, read_conversation, turns
+
+WAIT = 60  # seconds, for threads; generous, never a timing assert
 
 
 def test_chat_subcommand_is_registered_with_its_options():
@@ -189,3 +193,379 @@ def test_chat_options_reach_the_chat_and_its_prompt(tiny_chat_converted, monkeyp
     assert chat.tools[0].fn("x") == "x"  # callable: the chat runs it
     reopened = app.backend.open_chat(chat.to_json())
     assert reopened.tools[0].fn is not None  # --tools replace the saved schemas
+
+
+# ----------------------------------------------------------------------------- run_chat without the app
+# What `mlx-oss chat` hands the app, the store and the `--hosts` hooks, with the app replaced by a
+# recorder (the real app on these options: test_chat_options_reach_the_chat_and_its_prompt above,
+# tests/test_tui_chats.py, tests/test_tui_tmux.py).
+
+
+class RecordingApp:
+    """Stands in for `ChatApp`: records its arguments; `run()` runs `during_run(app)` if set."""
+
+    made: list = []
+    during_run = None
+    return_code = None
+    join_result = True
+
+    def __init__(self, loader, **kw):
+        self.loader, self.kw, self.calls, self.joins = loader, kw, [], []
+        RecordingApp.made.append(self)
+        app = self
+
+        class Thread:
+            def join(self, timeout=None):
+                app.joins.append(timeout)
+                return RecordingApp.join_result
+
+        self.model_thread = Thread()
+
+    def exit(self, code):
+        self.calls.append(("exit", code))
+
+    def call_from_thread(self, fn, *args):
+        self.calls.append(("call_from_thread", fn, args))
+
+    def run(self):
+        self.calls.append("run")
+        if RecordingApp.during_run is not None:
+            RecordingApp.during_run(self)
+
+
+class Terminal:
+    """`sys` for tui/cli.py as in a terminal (pytest's capture swaps sys.stdout between phases)."""
+
+    class _Tty:
+        def __init__(self, name):
+            self.name = name
+
+        def isatty(self):
+            return True
+
+        def __getattr__(self, attr):
+            return getattr(getattr(sys, self.name), attr)
+
+    stdin, stdout = _Tty("stdin"), _Tty("stdout")
+
+    def __getattr__(self, attr):
+        return getattr(sys, attr)
+
+
+@pytest.fixture
+def recorded(monkeypatch, tmp_path):
+    """`mlx-oss chat` with a terminal, the app and the model loader replaced by recorders."""
+    import mlx_oss.tui.app
+    import mlx_oss.tui.cli
+    from mlx_oss.tui import session as door
+
+    loaders = []
+    monkeypatch.setattr(RecordingApp, "made", [])
+    monkeypatch.setattr(mlx_oss.tui.app, "ChatApp", RecordingApp)
+    monkeypatch.setattr(door, "model_loader", lambda model, options, group=None: loaders.append((model, options, group))
+                        or ("loader", model))  # fmt: skip
+    monkeypatch.setattr(mlx_oss.tui.cli, "sys", Terminal())
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    return loaders, tmp_path / "data"
+
+
+def _store(data):
+    from mlx_oss.tui.storage import ChatStore
+
+    return ChatStore(data / "chats.sqlite3")
+
+
+def test_run_chat_hands_the_app_its_options_and_closes_the_store(recorded, capsys):
+    from mlx_oss.tui.session import ChatOptions
+
+    loaders, data = recorded
+    (data.parent / "home" / "t.py").write_text("def ping(host: str) -> str:\n    return host\n")
+    argv = ["chat", "--data-dir", str(data), "-m", "org/some-model", "--tools", "~/t.py", "--chats-dir", "~/saved",
+            "--approve-python", "never", "-r", "high", "--max-tokens", "8", "--max-context", "99", "--dtype", "float16"]  # fmt: skip
+    assert main(argv) == 0
+    (app,) = RecordingApp.made
+    assert app.calls == ["run"] and app.joins == [5]  # the model is freed on its own thread before exiting
+    kw = dict(app.kw)
+    store = kw.pop("store")
+    assert kw == {"model": "some-model", "source": "org/some-model", "hide_reasoning": False,
+                  "chats_dir": data.parent / "home" / "saved", "resume": None,
+                  "tools_file": str(data.parent / "home" / "t.py"), "approve_python": "never"}  # fmt: skip
+    assert store.path == data / "chats.sqlite3"
+    with pytest.raises(Exception, match="closed"):
+        store.list()  # closed once the app is done
+    ((model, options, group),) = loaders
+    assert app.loader == ("loader", "org/some-model") and group is None
+    assert isinstance(options, ChatOptions) and options.builtin_kwargs() == {}  # no built-in tool flag
+    assert (options.reasoning_effort, options.max_tokens, options.max_context, options.dtype) == ("high", 8, 99, "float16")
+    assert [f.__name__ for f in options.tools] == ["ping"] and options.sampling is not None
+    assert capsys.readouterr().err == ""
+
+    assert main(["chat", "--data-dir", str(data), "--python", "--approve-python", "always"]) == 0
+    app = RecordingApp.made[-1]
+    assert app.kw["chats_dir"] is None and app.kw["tools_file"] is None and app.kw["approve_python"] == "always"
+    assert app.kw["model"] == "gpt-oss-20b" and app.kw["source"] == "openai/gpt-oss-20b"  # the default model
+    assert loaders[-1][1].tools is None and loaders[-1][1].builtin_kwargs()["builtin_tools"] == ("python",)
+
+    RecordingApp.return_code = 3
+    try:
+        assert main(["chat", "--data-dir", str(data)]) == 3  # the app's own exit code
+    finally:
+        RecordingApp.return_code = None
+
+
+def test_resume_opens_the_stored_chat_with_its_model(recorded):
+    loaders, data = recorded
+    with _store(data) as s:
+        first = s.create(model="org/first-model", title="first")
+        second = s.create(model="", title="second")  # a chat built in Python: no model to reopen it with
+    assert main(["chat", "--data-dir", str(data), "--resume", str(first)]) == 0
+    app = RecordingApp.made[-1]
+    assert app.kw["resume"] == first and app.kw["model"] == "first-model" and loaders[-1][0] == "org/first-model"
+    assert main(["chat", "--data-dir", str(data), "--resume", str(first), "-m", "/my/other"]) == 0
+    assert RecordingApp.made[-1].kw["resume"] == first and loaders[-1][0] == "/my/other"  # --model wins
+    assert main(["chat", "--data-dir", str(data), "--resume"]) == 0  # the last one
+    assert RecordingApp.made[-1].kw["resume"] == second and loaders[-1][0] == "openai/gpt-oss-20b"
+
+
+def test_resume_target_errors_name_the_value():
+    from mlx_oss.tui.cli import resume_target
+    from mlx_oss.tui.storage import ChatStoreError
+
+    class Store:
+        path = "/d/chats.sqlite3"
+        chats = {4: "chat 4"}
+
+        def last(self):
+            return None
+
+        def get(self, chat_id):
+            return self.chats[chat_id]
+
+    assert resume_target(Store(), None) is None
+    assert resume_target(Store(), "4") == "chat 4"
+    with pytest.raises(ChatStoreError) as e:
+        resume_target(Store(), "last")
+    assert str(e.value) == "--resume: no chats to resume yet in /d/chats.sqlite3"
+    with pytest.raises(ChatStoreError) as e:
+        resume_target(Store(), "four")
+    assert str(e.value) == "--resume expects a chat id (a number from `mlx-oss chat --list`), got 'four'"
+    Store.last = lambda self: "the last"
+    assert resume_target(Store(), "last") == "the last"
+
+
+def test_list_prints_one_line_per_chat_and_never_starts_the_app(recorded, capsys):
+    from mlx_oss.tui.cli import list_chats
+    from mlx_oss.tui.storage import ChatInfo
+
+    _, data = recorded
+    assert main(["chat", "--data-dir", str(data), "--list"]) == 0
+    assert capsys.readouterr().out == f"No chats yet in {data / 'chats.sqlite3'}\n"
+    assert RecordingApp.made == []
+
+    when = datetime(2026, 1, 5, 9, 30).timestamp()
+
+    class Store:
+        path = "/d/chats.sqlite3"
+        chats = [ChatInfo(12, "Weather", when, when, messages=3), ChatInfo(7, "", when, when, messages=1000)]
+
+        def list(self):
+            return self.chats
+
+    list_chats(Store())
+    assert capsys.readouterr().out == (
+        "   ID  UPDATED           MSGS  TITLE\n"
+        "   12  2026-01-05 09:30     3  Weather\n"
+        "    7  2026-01-05 09:30  1000  (untitled)\n"
+        "2 chats in /d/chats.sqlite3; resume one with: mlx-oss chat --resume ID\n"
+    )
+    Store.chats = Store.chats[:1]
+    list_chats(Store())
+    assert capsys.readouterr().out.splitlines()[-1] == "1 chat in /d/chats.sqlite3; resume one with: mlx-oss chat --resume ID"
+
+    with _store(data) as s:
+        s.create(model="m", title="kept")
+    assert main(["chat", "--data-dir", str(data), "--list"]) == 0
+    assert "kept" in capsys.readouterr().out and RecordingApp.made == []
+
+
+def test_an_unreadable_database_is_a_warning_before_the_app(recorded, capsys):
+    _, data = recorded
+    data.mkdir()
+    (data / "chats.sqlite3").write_bytes(b"\x00garbage" * 1000)
+    assert main(["chat", "--data-dir", str(data)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("mlx-oss: warning: ") and "moved it to chats.sqlite3.unreadable-" in err and err.count("\n") == 1
+    assert len(RecordingApp.made) == 1
+
+
+def test_bad_tools_file_is_a_usage_error_naming_the_flag(recorded, capsys):
+    _, data = recorded
+    assert main(["chat", "--data-dir", str(data), "--tools", "/does/not/exist.py"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith("--tools: /does/not/exist.py: no such file (--tools expects a Python file defining functions)")
+    assert RecordingApp.made == [] and not data.exists()  # nothing opened before the flags are checked
+
+
+def test_a_follower_rank_runs_rank_0s_commands_without_a_ui_or_store(recorded, monkeypatch):
+    from mlx_oss.tui import session as door
+
+    _, data = recorded
+    calls = []
+
+    @contextmanager
+    def join_group(a):
+        calls.append(("join", a.data_dir))
+        yield "grp"
+        calls.append("left")
+
+    monkeypatch.setattr(door, "is_follower", lambda: True)
+    monkeypatch.setattr(door, "join_group", join_group)
+    monkeypatch.setattr(door, "follow", lambda group, dtype: calls.append(("follow", group, dtype)) or 4)
+    assert main(["chat", "--data-dir", str(data), "--dtype", "bfloat16"]) == 4
+    assert calls == [("join", str(data)), ("follow", "grp", "bfloat16"), "left"]
+    assert RecordingApp.made == [] and not data.exists()
+
+
+class RecordingEvent(threading.Event):
+    log: list = []
+
+    def set(self):
+        RecordingEvent.log.append("set")
+        super().set()
+
+    def wait(self, timeout=None):
+        RecordingEvent.log.append(("wait", timeout))
+        return super().wait(timeout)
+
+
+def test_in_a_group_a_lost_rank_gives_the_terminal_back_first(recorded, monkeypatch, capsys):
+    from mlx_oss.tui import session as door
+
+    loaders, data = recorded
+    group = object()
+    stops, calls = [], []
+
+    @contextmanager
+    def join_group(a):
+        yield group
+
+    monkeypatch.setattr(door, "is_follower", lambda: False)
+    monkeypatch.setattr(door, "join_group", join_group)
+    monkeypatch.setattr(door, "agree_model", lambda g, model: calls.append((g, model)) or "agreed/model")
+    monkeypatch.setattr(door, "on_lost_peer", lambda g, stop: stops.append((g, stop)))
+    asked = threading.Event()  # made before Event is patched: only the app's `restored` is recorded
+    watchdog = [threading.Thread(target=lambda: stops[0][1]("rank 1 lost"))]
+    monkeypatch.setattr(threading, "Event", RecordingEvent)
+    monkeypatch.setattr(RecordingEvent, "log", [])
+
+    def lose_a_rank(app):  # the watchdog's thread calls stop(message) while the app runs
+        ((g, stop),) = stops
+        assert g is group
+        app.call_from_thread = lambda fn, *args: app.calls.append(("call_from_thread", fn, args)) or asked.set()
+        watchdog[0].start()
+        assert asked.wait(WAIT)
+        assert app.calls[-1] == ("call_from_thread", app.exit, (1,))  # the app is told to exit with 1
+        assert RecordingEvent.log == [("wait", 5)]  # and the stop waits for the terminal to be given back
+
+    monkeypatch.setattr(RecordingApp, "during_run", lose_a_rank)
+    assert main(["chat", "--data-dir", str(data), "-m", "org/typed"]) == 0
+    watchdog[0].join(WAIT)
+    assert not watchdog[0].is_alive()
+    assert calls == [(group, "org/typed")] and loaders[-1] == ("agreed/model", loaders[-1][1], group)
+    app = RecordingApp.made[-1]
+    assert app.kw["model"] == "typed" and app.kw["source"] == "org/typed"  # what the user typed, not the agreed name
+    ((_, stop),) = stops
+    assert RecordingEvent.log == [("wait", 5), "set"]  # set once the app has ended
+    monkeypatch.setattr(RecordingApp, "during_run", None)
+
+    def refuse(fn, *args):
+        raise RuntimeError("App is not running")
+
+    app.call_from_thread = refuse
+    RecordingEvent.log.clear()
+    stop("rank 1 lost")  # an app that is not running (yet, or any more): no error, still waits
+    assert RecordingEvent.log == [("wait", 5)]
+
+    monkeypatch.setattr(RecordingApp, "join_result", False)
+    assert main(["chat", "--data-dir", str(data)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "mlx-oss: error: the model thread did not finish within 5 s of quitting; stopping every rank")
+
+
+def test_without_a_group_a_busy_model_thread_does_not_fail_the_exit(recorded, monkeypatch):
+    from mlx_oss.tui import session as door
+
+    _, data = recorded
+    registered = []
+    real = door.on_lost_peer
+    monkeypatch.setattr(door, "on_lost_peer", lambda g, stop: registered.append(g) or real(g, stop))
+    monkeypatch.setattr(RecordingApp, "join_result", False)
+    assert main(["chat", "--data-dir", str(data)]) == 0
+    assert registered == [None] and RecordingApp.made[-1].joins == [5]
+
+
+def test_chat_help_lists_the_keys_and_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["chat", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ["Chat with gpt-oss in the terminal. Keys: Enter send, Esc stop, ctrl+t effort, ctrl+r reasoning, "
+                 "ctrl+n new, ctrl+g instructions, ctrl+s save, ctrl+o open, ctrl+l copy, ctrl+b chats, ↑ select "
+                 "messages (copy, edit, regenerate, delete), ctrl+p commands, ctrl+q quit. Chats are kept in the data "
+                 "folder (--data-dir). See docs/TUI.md.",
+                 "Hub id, checkpoint folder or converted folder, converted once (default openai/gpt-oss-20b, or the "
+                 "resumed chat's own model)",
+                 "initial reasoning effort (ctrl+t switches it in the chat)",
+                 "--tools FILE.py Python file whose public functions become tools the model can call",
+                 "--hide-reasoning do not show the reasoning (analysis channel)",
+                 "context limit in tokens (default: the model's, 131072); lower it to bound memory",
+                 "--list list the stored chats (id, last change, title) and exit",
+                 "--resume [ID] reopen a stored chat (no ID: the last one), its cache prefilled in the background",
+                 "--new start with a new chat (the default)",
+                 "--data-dir DIR where chats are kept (chats.sqlite3; default $MLX_OSS_DATA_DIR or the OS data folder, "
+                 "e.g. ~/Library/Application Support/mlx-oss)",
+                 "--chats-dir DIR where ctrl+s saves conversations (default $MLX_OSS_CHATS or ~/mlx-oss-chats)"]:  # fmt: skip
+        assert text in out, text
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "chat terminal chat with gpt-oss (streaming answer, live reasoning, tools)" in out
+
+
+def test_tools_file_refusals_are_one_line_naming_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    f = tmp_path / "t.py"
+    f.write_text("__all__ = ['a', 'N']\ndef a():\n    return 1\nN = 3\n")
+    with pytest.raises(UserError) as e:
+        load_tools_file("~/t.py")  # ~ is the home folder
+    assert str(e.value) == f"{f}: __all__ names something that is not a function: N"
+    f.write_text("raise RuntimeError()\n")
+    with pytest.raises(UserError) as e:
+        load_tools_file(f)
+    assert str(e.value) == f"{f}: failed to import (RuntimeError: )"
+    f.write_text("raise ValueError('first line\\nsecond line')\n")
+    with pytest.raises(UserError) as e:
+        load_tools_file(f)
+    assert str(e.value) == f"{f}: failed to import (ValueError: first line)"
+    (tmp_path / "tools.txt").write_text("def a():\n    return 1\n")
+    with pytest.raises(UserError) as e:
+        load_tools_file(tmp_path / "tools.txt")
+    assert str(e.value) == f"{tmp_path / 'tools.txt'}: not a Python file"
+    with pytest.raises(UserError) as e:
+        load_tools_file(tmp_path)
+    assert str(e.value) == f"{tmp_path}: no such file (--tools expects a Python file defining functions)"
+    f.write_text("def _hidden():\n    pass\n")
+    with pytest.raises(UserError) as e:
+        load_tools_file(f)
+    assert str(e.value) == f"{f}: defines no public functions to use as tools"
+
+
+def test_two_tools_files_with_the_same_function_names_stay_apart(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "tools.py").write_text("def which():\n    return 'a'\n")
+    (tmp_path / "b" / "tools.py").write_text("def which():\n    return 'b'\n")
+    (fa,) = load_tools_file(tmp_path / "a" / "tools.py")
+    (fb,) = load_tools_file(tmp_path / "b" / "tools.py")
+    assert (fa(), fb()) == ("a", "b") and fa.__module__ != fb.__module__
+    assert fa.__module__.startswith("mlx_oss_tools_")
