@@ -31,7 +31,8 @@ declare -A MODULES=(
   # tui_session: test_tui_session.py is the fast one (each piece alone, ms per test); the app and real-engine
   # tests stay in for the behaviour over those pieces
   [tui_session]="tui/session.py|tests/test_tui_session.py tests/test_tui_cli.py tests/test_tui_engine.py"
-  [convert]="convert/convert.py|tests/test_convert.py"
+  # convert: plus the one test that converts an mlx-lm folder (its per-module quantization is carried over)
+  [convert]="convert/convert.py|tests/test_convert.py tests/test_mlx_lm_interop.py::test_convert_mlx_lm_folder_to_ours_keeps_per_module_quantization"
 )
 ORDER=(engine cache chat harmony_parser harmony_render cli_args cli_generate cli_main tui_session tui_cli convert)
 [ $# -gt 0 ] && ORDER=("$@")

@@ -122,8 +122,11 @@ def test_dense_quantization_reports_its_error(tiny_hf, tmp_path, bits, max_err, 
         assert 0 < rel < max_err
     assert w["layers.0.mlp.gate_up.weight"].dtype == mx.uint32  # experts untouched
     assert np.array_equal(np.array(w["layers.0.mlp.gate_up.weight"]), np.array(ref["layers.0.mlp.gate_up.weight"]))
-    errs = json.loads((r.dst / "config.json").read_text())["quantization"]["dense"]["relative_error"]
+    dense = json.loads((r.dst / "config.json").read_text())["quantization"]["dense"]
+    errs = dense.pop("relative_error")
+    assert dense == {"mode": "affine", "bits": bits, "group_size": 64, "modules": ["attn.qkv", "attn.out", "embed", "unembed"]}
     assert set(errs) == set(r.dense_errors) and all(0 < e < max_err for e in errs.values())
+    assert errs == {n: round(e, 6) for n, e in r.dense_errors.items()}
 
 
 def _convert_peak(tmp_path, name: str, layers: int) -> tuple[int, int]:
@@ -311,3 +314,139 @@ def test_refuses_to_convert_an_mlx_oss_folder(tiny_converted, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "already an mlx-oss folder" in err and err.count("\n") == 1
     assert not dst.exists()
+
+
+# ------------------------------------------------------------------ what convert_checkpoint returns and writes
+
+
+def test_result_config_index_and_manifest_in_full(tiny_hf, tmp_path, capsys):
+    r = convert_checkpoint(tiny_hf, tmp_path / "full", progress=False)
+    shards = sorted(r.dst.glob("*.safetensors"))
+    size = sum(p.stat().st_size for p in shards)
+    assert (r.dst, r.layout, r.files, r.bytes_written, r.dense_errors, r.skipped) == (
+        tmp_path / "full", "hf", len(shards), size, {}, False)  # fmt: skip
+    assert capsys.readouterr().err == ""  # progress=False: no bar
+    cfg = json.loads((r.dst / "config.json").read_text())
+    assert (cfg["model_type"], cfg["gate_up_layout"]) == ("gpt_oss", "halves")
+    assert cfg["source"] == {"layout": "hf", "path": str(tiny_hf)}
+    assert cfg["quantization"] == {"experts": {"mode": "mxfp4", "bits": 4, "group_size": 32}, "dense": None}
+    index = json.loads((r.dst / "model.safetensors.index.json").read_text())
+    assert index["metadata"] == {"total_size": size}
+    man = json.loads((r.dst / "manifest.json").read_text())
+    assert man["format_version"] == 1 and set(man["files"]) == {p.name for p in shards} | {
+        "config.json", "model.safetensors.index.json", "tokenizer/o200k_base.tiktoken"}  # fmt: skip
+    for rel in ("config.json", "model.safetensors.index.json", "manifest.json"):  # readable JSON, one key a line
+        text = (r.dst / rel).read_text()
+        assert text.startswith('{\n  "') and text.endswith("}\n") and "\n\n" not in text
+
+    again = convert_checkpoint(tiny_hf, tmp_path / "full", progress=False)
+    assert (again.dst, again.layout, again.bytes_written, again.files, again.skipped) == (r.dst, "hf", 0, 0, True)
+
+
+def test_progress_bar_only_when_asked(tiny_hf, tmp_path, capsys):
+    convert_checkpoint(tiny_hf, tmp_path / "p", progress=True)
+    assert "converting" in capsys.readouterr().err
+
+
+def test_default_shard_limit_is_2_gib(tiny_hf, tmp_path, monkeypatch):
+    import mlx_oss.convert.convert as cc
+
+    limits = []
+    real = cc.plan_shards
+    monkeypatch.setattr(cc, "plan_shards", lambda outs, max_bytes: limits.append(max_bytes) or real(outs, max_bytes))
+    convert_checkpoint(tiny_hf, tmp_path / "s", progress=False)
+    convert_checkpoint(tiny_hf, tmp_path / "t", progress=False, max_shard_bytes=12345)
+    assert limits == [2 * 1024**3, 12345]
+
+
+def test_destination_paths_expand_home_and_become_absolute(tiny_hf, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert convert_checkpoint(tiny_hf, "~/out", progress=False).dst == tmp_path / "home" / "out"
+    monkeypatch.chdir(tmp_path)
+    r = convert_checkpoint(tiny_hf, "rel", progress=False)
+    assert r.dst == tmp_path / "rel" and r.dst.is_absolute() and is_complete(r.dst)
+
+
+def test_dense_bits_other_than_4_or_8_are_refused_first(tmp_path):
+    with pytest.raises(ConvertError) as e:
+        convert_checkpoint(tmp_path / "no-such-src", tmp_path / "dst", dense_bits=3, progress=False)
+    assert str(e.value) == "--dense-bits must be 4 or 8, not 3"
+    assert not (tmp_path / "dst").exists()
+
+
+def test_refusals_name_the_folder(tiny_converted, tmp_path, monkeypatch):
+    import mlx_oss.convert.convert as cc
+
+    with pytest.raises(ConvertError) as e:
+        convert_checkpoint(tiny_converted, tmp_path / "x", progress=False)
+    assert str(e.value) == f"{tiny_converted}: already an mlx-oss folder; nothing to convert"
+    lm = type("Source", (), {"layout": "mlx-lm", "root": tmp_path / "lm", "dense_quant": {"embed": object()}})
+    monkeypatch.setattr(cc, "open_source", lambda src: lm)
+    for bits in (4, 8):
+        with pytest.raises(ConvertError) as e:
+            convert_checkpoint("lm", tmp_path / "y", dense_bits=bits, progress=False)
+        assert str(e.value) == f"--dense-bits: {tmp_path / 'lm'} is an mlx-lm folder; its own quantization is kept as it is"
+    assert not (tmp_path / "y").exists()
+
+
+def test_is_complete_needs_our_config_and_every_file_at_full_size(tiny_converted, tmp_path):
+    assert is_complete(tiny_converted)
+    assert not is_complete(tmp_path / "missing")
+
+    def copy(name: str) -> Path:
+        d = tmp_path / name
+        shutil.copytree(tiny_converted, d)
+        return d
+
+    d = copy("short")
+    shard = next(d.glob("*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:-1])
+    assert not is_complete(d)
+    d = copy("gone")
+    next(d.glob("*.safetensors")).unlink()
+    assert not is_complete(d)
+    d = copy("shard-dir")  # a folder where a file should be
+    shard = next(d.glob("*.safetensors"))
+    shard.unlink()
+    shard.mkdir()
+    assert not is_complete(d)
+    d = copy("other-format")
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "format": "mlx-lm"}))
+    assert not is_complete(d)
+    d = copy("no-format")
+    (d / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "format"}))
+    assert not is_complete(d)
+    d = copy("list-config")
+    (d / "config.json").write_text("[1, 2]")
+    assert not is_complete(d)
+    d = copy("bad-json")
+    (d / "config.json").write_text("{")
+    assert not is_complete(d)
+    d = copy("no-manifest")
+    (d / "manifest.json").unlink()
+    assert not is_complete(d)
+    d = copy("bad-manifest")
+    (d / "manifest.json").write_text('{"format_version": 1, "files": [1]}')
+    assert not is_complete(d)
+
+
+def test_an_incomplete_or_foreign_destination_needs_force(tiny_hf, tiny_converted, tmp_path):
+    dst = tmp_path / "half"
+    shutil.copytree(tiny_converted, dst)
+    (dst / "manifest.json").unlink()  # an interrupted copy
+    with pytest.raises(ConvertError) as e:
+        convert_checkpoint(tiny_hf, dst, progress=False)
+    assert str(e.value) == f"{dst}: exists and is not a complete mlx-oss folder; remove it or pass --force"
+    r = convert_checkpoint(tiny_hf, dst, force=True, progress=False)
+    assert not r.skipped and r.files >= 1 and is_complete(dst) and verify_folder(dst) == []
+
+    f = tmp_path / "a-file"
+    f.write_text("not a folder")
+    with pytest.raises(ConvertError, match="exists and is not a complete mlx-oss folder"):
+        convert_checkpoint(tiny_hf, f, progress=False)
+    assert f.read_text() == "not a folder"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()  # an empty folder is a fine destination
+    assert is_complete(convert_checkpoint(tiny_hf, empty, progress=False).dst)

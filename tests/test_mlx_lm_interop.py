@@ -109,6 +109,7 @@ def test_convert_mlx_lm_folder_to_ours_keeps_per_module_quantization(lm_q8, tmp_
     r = convert_checkpoint(lm_q8, tmp_path / "conv", progress=False)
     dense = json.loads((r.dst / "config.json").read_text())["quantization"]["dense"]
     assert dense["per_module"]["layers.0.mlp.router"] == {"bits": 8, "group_size": 64}
+    assert (dense["mode"], dense["modules"]) == ("affine", [])  # per module, not the --dense-bits modules
     assert mx.array_equal(load_model(r.dst, "float32")(TOKENS), load_model(lm_q8, "float32")(TOKENS))
     with pytest.raises(ConvertError, match="mlx-lm folder; its own quantization"):
         convert_checkpoint(lm_q8, tmp_path / "again", dense_bits=4, progress=False)
