@@ -128,6 +128,8 @@ def test_model_loader_resolves_loads_and_builds_chats_with_the_options(fake_load
     assert door.model_loader("m", ChatOptions(max_context=77))(lambda s: None).context_limit == 77  # --max-context wins
     model.args = None
     assert door.model_loader("m", ChatOptions())(lambda s: None).context_limit is None
+    del model.args  # a model without `args` (not ours): no known limit, no error
+    assert door.model_loader("m", ChatOptions())(lambda s: None).context_limit is None
 
 
 @pytest.fixture
