@@ -29,7 +29,8 @@ def test_effort_name_reads_enums_and_strings_and_defaults_to_medium():
 def test_model_label():
     assert door.model_label("openai/gpt-oss-20b") == "gpt-oss-20b"
     assert door.model_label("/models/gpt-oss-120b/") == "gpt-oss-120b"  # a trailing slash is not the name
-    assert door.model_label("/") == "/"  # no name part: the text itself
+    assert door.model_label("/") == "/" and door.model_label("") == ""  # no name part: the text itself
+    assert door.model_label("models//gpt-oss-20b//") == "gpt-oss-20b"
 
 
 def test_default_model_is_the_stores():

@@ -86,8 +86,8 @@ class ChatOptions:
 
 
 def model_label(name: str) -> str:
-    """`openai/gpt-oss-20b` -> `gpt-oss-20b`; a folder -> its name."""
-    return Path(str(name).rstrip("/")).name or str(name)
+    """`openai/gpt-oss-20b` -> `gpt-oss-20b`; a folder -> its name (a trailing / is not part of it)."""
+    return Path(str(name)).name or str(name)
 
 
 def model_loader(model: str, options: ChatOptions, group: Any = None) -> Loader:
