@@ -247,6 +247,29 @@ def test_session_loader_opens_the_given_chat_and_reopens_with_its_callables():
     door.session_loader(chat)(lambda s: None).open_chat({})
     assert GivenChat.opened[-1] == ({}, "model", "tok", {})  # no callables: no tools argument
     assert door.session_loader(chat)(lambda s: None).name == "gpt-oss"
+    chat.tools = [types.SimpleNamespace(name="schema only")]  # a tool with no `fn` at all
+    door.session_loader(chat)(lambda s: None).open_chat({})
+    assert GivenChat.opened[-1] == ({}, "model", "tok", {})
+
+
+def test_session_loader_on_a_chat_with_only_send_and_from_json():
+    """Any object with the `ChatSession` methods will do: no tools, model, tokenizer or limit needed."""
+
+    class Bare:
+        opened: list = []
+
+        def send(self, text):
+            return iter(())
+
+        @classmethod
+        def from_json(cls, data, model, tok, **kw):
+            cls.opened.append((data, model, tok, kw))
+            return "reopened"
+
+    chat = Bare()
+    backend = door.session_loader(chat)(lambda s: None)
+    assert backend.new_chat() is chat and backend.context_limit is None
+    assert backend.open_chat({"b": 2}) == "reopened" and Bare.opened == [({"b": 2}, None, None, {})]
 
 
 def test_mlx_memory(monkeypatch):
