@@ -284,6 +284,8 @@ def test_mlx_memory(monkeypatch):
     assert door._mlx_memory() == 77  # older MLX: under mx.metal
     monkeypatch.setattr(mx, "metal", None, raising=False)
     assert door._mlx_memory() == 0
+    monkeypatch.delattr(mx, "metal")  # an MLX without mx.metal at all
+    assert door._mlx_memory() == 0
 
 
 def test_model_thread_runs_jobs_in_order_on_one_thread_and_clears_mlx_streams_at_the_end(monkeypatch):
