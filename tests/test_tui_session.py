@@ -375,3 +375,14 @@ def test_run_send_hands_failures_over_and_always_finishes():
     with pytest.raises(KeyboardInterrupt):
         run_send(Sending([], fail_after=KeyboardInterrupt()), "hi", pushed.append)
     assert [type(p) for p in pushed] == [Finished]  # even then the turn is closed
+
+
+def test_model_thread_ends_cleanly_on_an_mlx_without_clear_streams(monkeypatch):
+    """MLX before 0.32 has no `clear_streams()`: the thread still ends without an error."""
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", errors.append)
+    monkeypatch.setitem(sys.modules, "mlx.core", types.SimpleNamespace())
+    t = ModelThread()
+    assert t.submit(lambda: 2).result(WAIT) == 2
+    t.shutdown()
+    assert t.join(WAIT) is True and errors == []
