@@ -406,3 +406,23 @@ def test_stream_stop_notes_stats_line_and_errors(monkeypatch):
     rc, out, err = _stream(monkeypatch, Done(Stats(stop_reason="length", unparsed_tokens=1), Reply(answer="A")), json=True, stats=True)
     assert rc == 0 and json.loads(out)["answer"] == "A" and out.count("\n") == 1 and err.startswith("[length] prompt 0 tok")
     assert _stream(monkeypatch, Done(Stats(stop_reason="error", error="boom"), Reply())) == (1, "", "mlx-oss: error: boom\n")
+
+
+def test_json_errors_go_to_the_given_stdout_unescaped(tmp_path):
+    from mlx_oss.cli import generate
+    from mlx_oss.cli.main import build_parser
+
+    missing = str(tmp_path / "outils-é.json")
+    a = build_parser().parse_args(["generate", "--json", "--tools", missing, "x"])
+    out, err = io.StringIO(), io.StringIO()
+    assert generate.run(a, stdout=out, stderr=err, stdin=io.StringIO()) == 2
+    message = f"--tools: no such file {missing!r}"
+    assert out.getvalue() == json.dumps({"error": {"type": "invalid_argument", "message": message}}, ensure_ascii=False) + "\n"
+    assert "é" in out.getvalue() and err.getvalue() == f"mlx-oss generate: error: {message}\n"
+
+
+def test_stats_line_memory_in_gigabytes(monkeypatch):
+    from mlx_oss.cli import generate
+    from mlx_oss.events import Stats
+
+    assert generate._stats_line(Stats(peak_memory_bytes=1_995_000_001)).endswith(", peak memory 2.00 GB")
