@@ -295,7 +295,7 @@ def test_terminal_approver_asks_run_skip_always():
     from mlx_oss.cli.generate import TerminalApprover
     from mlx_oss.events import ToolCall
 
-    call = ToolCall("python", "print(1)", "print(1)", tool="python")
+    call = ToolCall("python", "  print(1)\n", "  print(1)\n", tool="python")
     master, slave = os.openpty()
     try:
         approver = TerminalApprover("ask", tty_path=os.ttyname(slave))
@@ -303,7 +303,8 @@ def test_terminal_approver_asks_run_skip_always():
             os.write(master, answer)
             assert approver(call) is expected
         assert approver.mode == "always" and approver(call)  # no more questions
-        assert b"print(1)" in os.read(master, 65536)
+        question = "\n--- the model wants to run this Python code ---\n  print(1)\n--- [r]un / [s]kip / [a]lways for this chat? "
+        assert question.replace("\n", "\r\n").encode() in os.read(master, 65536)  # the terminal's CR-LF
     finally:
         os.close(master)
         os.close(slave)
