@@ -535,29 +535,23 @@ def test_chat_help_lists_the_keys_and_every_option(capsys):
 def test_tools_file_refusals_are_one_line_naming_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     f = tmp_path / "t.py"
-    f.write_text("__all__ = ['a', 'N']\ndef a():\n    return 1\nN = 3\n")
-    with pytest.raises(UserError) as e:
-        load_tools_file("~/t.py")  # ~ is the home folder
-    assert str(e.value) == f"{f}: __all__ names something that is not a function: N"
-    f.write_text("raise RuntimeError()\n")
-    with pytest.raises(UserError) as e:
-        load_tools_file(f)
-    assert str(e.value) == f"{f}: failed to import (RuntimeError: )"
-    f.write_text("raise ValueError('first line\\nsecond line')\n")
-    with pytest.raises(UserError) as e:
-        load_tools_file(f)
-    assert str(e.value) == f"{f}: failed to import (ValueError: first line)"
-    (tmp_path / "tools.txt").write_text("def a():\n    return 1\n")
-    with pytest.raises(UserError) as e:
-        load_tools_file(tmp_path / "tools.txt")
-    assert str(e.value) == f"{tmp_path / 'tools.txt'}: not a Python file"
-    with pytest.raises(UserError) as e:
-        load_tools_file(tmp_path)
-    assert str(e.value) == f"{tmp_path}: no such file (--tools expects a Python file defining functions)"
-    f.write_text("def _hidden():\n    pass\n")
-    with pytest.raises(UserError) as e:
-        load_tools_file(f)
-    assert str(e.value) == f"{f}: defines no public functions to use as tools"
+    txt = tmp_path / "tools.txt"
+    txt.write_text("def a():\n    return 1\n")
+    cases = [  # (source written to t.py or None, path given, the exact error)
+        ("__all__ = ['a', 'N']\ndef a():\n    return 1\nN = 3\n", "~/t.py",  # ~ is the home folder
+         f"{f}: __all__ names something that is not a function: N"),
+        ("raise RuntimeError()\n", f, f"{f}: failed to import (RuntimeError: )"),
+        ("raise ValueError('first line\\nsecond line')\n", f, f"{f}: failed to import (ValueError: first line)"),
+        (None, txt, f"{txt}: not a Python file"),
+        (None, tmp_path, f"{tmp_path}: no such file (--tools expects a Python file defining functions)"),
+        ("def _hidden():\n    pass\n", f, f"{f}: defines no public functions to use as tools"),
+    ]  # fmt: skip
+    for source, path, message in cases:
+        if source is not None:
+            f.write_text(source)
+        with pytest.raises(UserError) as e:
+            load_tools_file(path)
+        assert str(e.value) == message
 
 
 def test_two_tools_files_with_the_same_function_names_stay_apart(tmp_path):
