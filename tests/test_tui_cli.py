@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import threading
@@ -85,6 +86,18 @@ def test_chat_without_a_terminal_exits_at_once_with_one_line(tmp_path):
                        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and "needs a terminal" in r.stderr and "mlx-oss generate" in r.stderr
+
+
+@pytest.mark.parametrize("tty", ["stdin", "stdout"])
+def test_chat_refuses_unless_both_stdin_and_stdout_are_a_terminal(tty, tmp_path, monkeypatch, capsys):
+    """In process (the subprocess test above cannot see a change of the check): one of the two
+    being a terminal is not enough, and the refusal names the way out."""
+    for stream in ("stdin", "stdout"):
+        monkeypatch.setattr(getattr(sys, stream), "isatty", lambda s=stream: s == tty, raising=False)
+    assert main(["chat", "--model", str(tmp_path / "none")]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().endswith("mlx-oss chat needs a terminal (stdin and stdout are not one); "
+                                "for a prompt from a script or a pipe use `mlx-oss generate`")  # fmt: skip
 
 
 def test_tools_file_public_functions_become_tools(tmp_path):
@@ -382,6 +395,12 @@ def test_list_prints_one_line_per_chat_and_never_starts_the_app(recorded, capsys
     Store.chats = Store.chats[:1]
     list_chats(Store())
     assert capsys.readouterr().out.splitlines()[-1] == "1 chat in /d/chats.sqlite3; resume one with: mlx-oss chat --resume ID"
+    buf = io.StringIO()  # a stream given: every line goes there, none to stdout
+    list_chats(Store(), out=buf)
+    assert buf.getvalue().count("\n") == 3 and "Weather" in buf.getvalue() and capsys.readouterr().out == ""
+    Store.chats, buf = [], io.StringIO()
+    list_chats(Store(), out=buf)
+    assert buf.getvalue() == "No chats yet in /d/chats.sqlite3\n" and capsys.readouterr().out == ""
 
     with _store(data) as s:
         s.create(model="m", title="kept")
@@ -540,6 +559,8 @@ def test_tools_file_refusals_are_one_line_naming_the_file(tmp_path, monkeypatch)
     cases = [  # (source written to t.py or None, path given, the exact error)
         ("__all__ = ['a', 'N']\ndef a():\n    return 1\nN = 3\n", "~/t.py",  # ~ is the home folder
          f"{f}: __all__ names something that is not a function: N"),
+        ("__all__ = ['a', 'missing']\ndef a():\n    return 1\n", f,
+         f"{f}: __all__ names something that is not a function: missing"),
         ("raise RuntimeError()\n", f, f"{f}: failed to import (RuntimeError: )"),
         ("raise ValueError('first line\\nsecond line')\n", f, f"{f}: failed to import (ValueError: first line)"),
         (None, txt, f"{txt}: not a Python file"),
