@@ -83,8 +83,26 @@ def chat_turns(backend) -> dict:
     return out
 
 
+def _slow_watchdog(seconds: float) -> None:
+    """The race a loaded machine loses now and then, made certain: MLX reports the lost peer in the
+    main thread before the watchdog does."""
+    import time
+
+    from mlx_oss.distributed.watchdog import Watchdog
+
+    report = Watchdog._exit
+
+    def late(self, msg):
+        time.sleep(seconds)
+        report(self, msg)
+
+    Watchdog._exit = late
+
+
 def main() -> int:
     mode, folder, out = sys.argv[1:4]
+    if len(sys.argv) > 4:  # a delay (seconds) before the watchdog reports a lost peer
+        _slow_watchdog(float(sys.argv[4]))
     from argparse import Namespace
 
     if mode == "chat":  # rank 0 through the TUI's door, the others as `mlx-oss chat` followers do

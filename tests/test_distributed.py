@@ -138,7 +138,8 @@ def _free_base_port(n: int = 3) -> int:
     raise RuntimeError("no free ports")
 
 
-def _start(tmp_path: Path, mode: str, folders: list[Path], out: Path, env_extra: dict | None = None) -> list[subprocess.Popen]:
+def _start(tmp_path: Path, mode: str, folders: list[Path], out: Path, env_extra: dict | None = None,
+           extra: tuple[str, ...] = ()) -> list[subprocess.Popen]:
     n = max(2, len(folders))
     base = _free_base_port(n + 1)
     ring = tmp_path / f"ring-{base}.json"
@@ -148,7 +149,7 @@ def _start(tmp_path: Path, mode: str, folders: list[Path], out: Path, env_extra:
         env = dict(os.environ, MLX_RANK=str(r), MLX_HOSTFILE=str(ring), MLX_OSS_HOME=str(tmp_path / "home"),
                    MLX_OSS_CPU_STREAMS="1", PYTHONPATH=str(ROOT), **(env_extra or {}))  # fmt: skip
         procs.append(subprocess.Popen(
-            [sys.executable, str(WORKER), mode, str(folder), str(out)], env=env,
+            [sys.executable, str(WORKER), mode, str(folder), str(out), *extra], env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         ))  # fmt: skip
     return procs
@@ -215,8 +216,11 @@ def test_four_ranks_equal_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_dead_rank_stops_the_other_with_one_line(tiny_converted, tmp_path):
-    procs = _start(tmp_path, "loop", [tiny_converted] * 2, tmp_path / "x")
+@pytest.mark.parametrize("watchdog_delay", [None, "0.8"], ids=["watchdog-first", "mlx-first"])
+def test_a_dead_rank_stops_the_other_with_one_line(tiny_converted, tmp_path, watchdog_delay):
+    """Rank 0 names the lost rank on its last line, also when MLX's ring reports the loss in the main
+    thread first (the error leaving the group then waits for the watchdog's report)."""
+    procs = _start(tmp_path, "loop", [tiny_converted] * 2, tmp_path / "x", extra=(watchdog_delay,) if watchdog_delay else ())
     try:
         for p in procs:  # both loaded and running
             assert p.stdout.readline().strip() == "ready"
@@ -228,8 +232,8 @@ def test_a_dead_rank_stops_the_other_with_one_line(tiny_converted, tmp_path):
             p.kill()
             p.wait()
     assert procs[0].returncode == 1
-    lines = [l for l in err.splitlines() if l.startswith("mlx-oss: error:")]
-    assert lines and "rank 0:" in lines[-1] and "rank 1" in lines[-1], err
+    assert err.splitlines()[-1] == "mlx-oss: error: rank 0: lost rank 1 (its process exited or the link dropped); stopping", err
+    assert "Traceback" not in err, err
 
 
 @pytest.mark.slow

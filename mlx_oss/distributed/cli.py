@@ -14,6 +14,10 @@ from typing import Callable, Iterator
 from mlx_oss.distributed import launch
 from mlx_oss.distributed.session import Session, broadcast_text, check_same_checkpoint, in_group, is_follower, join
 
+# How long an error leaving a group waits for the watchdog to report a lost peer (it sees a closed
+# socket at once; this is for a loaded machine), before the error itself is reported.
+PEER_LOSS_GRACE_S = 2.0
+
 __all__ = ["agree_model", "end", "follow_rank_0", "group", "is_follower", "load", "resolve_once_per_host"]
 
 
@@ -30,8 +34,10 @@ def group(a: argparse.Namespace, argv: list[str] | None = None) -> Iterator[Sess
     launch.joined()
     try:
         yield session
-    except BaseException:
-        session.watchdog.abort()  # no goodbye: the other ranks stop at once, saying rank 0 was lost
+    except BaseException as e:
+        # no goodbye: the other ranks stop at once, saying rank 0 was lost. An error (not ctrl-c) may be
+        # MLX's own report of a lost peer: the watchdog gets a moment to name the rank instead
+        session.watchdog.abort(grace=PEER_LOSS_GRACE_S if isinstance(e, Exception) else 0.0)
         launch.wait_ranks()
         raise
     end(session)

@@ -51,6 +51,7 @@ class Watchdog:
         self._last_words: list[Callable[[str], None]] = []
         self._peers: dict[int, socket.socket] = {}
         self._closing = threading.Event()
+        self._failing = threading.Event()  # a peer was lost: the one-line error and the exit are under way
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- start
@@ -172,9 +173,17 @@ class Watchdog:
             except OSError:
                 pass
 
-    def abort(self) -> None:
-        """An error end: close the connections without a goodbye, so the peers stop now."""
-        self._closing.set()
+    def abort(self, grace: float = 0.0) -> None:
+        """An error end: close the connections without a goodbye, so the peers stop now.
+
+        A lost peer often reaches this process twice at once: MLX raises in the main thread (`[ring]
+        connection to a peer was lost`) while the watchdog sees the socket close. `grace` seconds let
+        the watchdog name the lost rank first; and once it has begun its report, this waits for it
+        (it ends the process) instead of silencing it half-way."""
+        if grace > 0:
+            self._failing.wait(grace)
+        with self._lock:
+            self._closing.set()
         for s in self._peers.values():
             try:
                 s.close()
@@ -188,6 +197,7 @@ class Watchdog:
         self._last_words.append(fn)
 
     def _exit(self, msg: str) -> None:
+        self._failing.set()
         with self._lock:
             if self._closing.is_set():
                 return
@@ -208,14 +218,21 @@ def _last_line(text: str) -> None:
     """`text` as the last line on stderr: MLX's ring threads may be writing `[ring] Socket N was closed
     by the peer` there right now (mid-line, byte by byte), so fd 2 goes to /dev/null first and the line
     starts on a fresh line of the real stderr."""
+    data = f"\n{text}\n".encode()
     try:
         sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    try:
         real = os.dup(2)
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 2)
-        os.write(real, f"\n{text}\n".encode())
     except OSError:
-        print(text, file=sys.stderr, flush=True)
+        os.write(2, data)
+        return
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    except OSError:
+        pass
+    os.write(real, data)
 
 
 class Guard:
