@@ -427,3 +427,278 @@ def test_stats_line_memory_in_gigabytes(monkeypatch):
     from mlx_oss.events import Stats
 
     assert generate._stats_line(Stats(peak_memory_bytes=1_995_000_001)).endswith(", peak memory 2.00 GB")
+
+
+# ------------------------------------------------------------------ what mutation testing found unchecked
+
+
+def _gen(argv: list[str], stdin: io.StringIO | None = None) -> tuple[int, str, str]:
+    """`generate.run` with its own streams (not the process's): -> exit code, stdout, stderr."""
+    from mlx_oss.cli import generate
+    from mlx_oss.cli.main import build_parser
+
+    a = build_parser().parse_args(["generate", *argv])
+    out, err = io.StringIO(), io.StringIO()
+    rc = generate.run(a, stdout=out, stderr=err, stdin=stdin or io.StringIO())
+    return rc, out.getvalue(), err.getvalue()
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_usage_errors_are_exact_lines(tiny_chat_converted, fast_load):
+    m = ["--model", str(tiny_chat_converted)]
+    assert _gen([*m, "--response-format", "[1]", "x"]) == (
+        2, "", "mlx-oss generate: error: --response-format: expected a JSON schema object\n")
+    rc, out, err = _gen([*m, "--response-format", "{bad", "x"])
+    assert rc == 2 and err.startswith("mlx-oss generate: error: --response-format: invalid JSON (Expecting property name")
+    assert _gen([*m, "   "]) == (2, "", "mlx-oss generate: error: the prompt is empty\n")
+    assert _gen(m, stdin=_Tty()) == (2, "", "mlx-oss generate: error: no prompt: give it as an argument or pipe it on stdin\n")
+    # inline JSON is recognised after leading blanks, and a list as well as an object (not taken for a file name):
+    # both are parsed, so the run gets as far as the context check
+    for flag, value in (("--response-format", '  {"type": "object"}'), ("--tools", '[{"name": "f", "parameters": {}}]')):
+        rc, out, err = _gen([*m, flag, value, "--max-context", "999999", "x"])
+        assert rc == 2 and "131072" in err and "no such file" not in err, (flag, err)
+
+
+def test_the_model_is_resolved_and_loaded_as_asked(tiny_chat_converted, loaded, monkeypatch):
+    """The name goes to the store (progress bars unless --json, its status lines on stderr) and the folder
+    it gives, with --dtype, to the loader."""
+    import mlx_oss.store
+
+    seen = []
+
+    def resolve(name, progress, status):
+        seen.append(("resolve", name, progress))
+        status("fetching the model")
+        return tiny_chat_converted
+
+    monkeypatch.setattr(mlx_oss.store, "resolve_model", resolve)
+    monkeypatch.setattr(mlx_oss.loader, "load", lambda path, dtype=None: (seen.append(("load", path, dtype)), loaded)[1])
+    for json_flag in ([], ["--json"]):
+        script(monkeypatch, loaded[1], HARMONY)
+        rc, out, err = _gen(["--model", "gpt-oss-20b", "--dtype", "float16", *json_flag, "q"])
+        assert rc == 0 and err.startswith("fetching the model\n"), err
+    assert seen == [("resolve", "gpt-oss-20b", True), ("load", tiny_chat_converted, "float16"),
+                    ("resolve", "gpt-oss-20b", False), ("load", tiny_chat_converted, "float16")]  # fmt: skip
+
+
+def test_a_vocabulary_problem_stops_before_generating(tiny_chat_converted, loaded, fast_load, monkeypatch, capsys):
+    monkeypatch.setattr(mlx_oss.chat, "vocabulary_problem", lambda model, tok: "the tokenizer has 3 tokens, the model 9")
+    script(monkeypatch, loaded[1], HARMONY)
+    rc, out, err = run(capsys, "--model", str(tiny_chat_converted), "q")
+    assert (rc, out) == (1, "") and err.splitlines()[-1].endswith("the tokenizer has 3 tokens, the model 9")
+
+
+def test_errors_escaping_generate_reach_json_readers_only_with_json(tiny_chat_converted, monkeypatch):
+    """An error from loading: with --json an {"error"} object on the stdout given (its first line, or the
+    exception's name when it has no text), without --json nothing on stdout; the CLI prints the line."""
+
+    def failing(message):
+        def load(path, dtype=None):
+            raise OSError(message)
+
+        return load
+
+    for message, shown in (("disk gone\nsecond line", "disk gone"), ("", "OSError")):
+        monkeypatch.setattr(mlx_oss.loader, "load", failing(message))
+        out = io.StringIO()
+        with pytest.raises(OSError):
+            _gen_into(out, ["--model", str(tiny_chat_converted), "--json", "q"])
+        assert json.loads(out.getvalue()) == {"error": {"type": "error", "message": shown}}
+        out = io.StringIO()
+        with pytest.raises(OSError):
+            _gen_into(out, ["--model", str(tiny_chat_converted), "q"])
+        assert out.getvalue() == ""
+
+
+def _gen_into(out: io.StringIO, argv: list[str]) -> int:
+    from mlx_oss.cli import generate
+    from mlx_oss.cli.main import build_parser
+
+    return generate.run(build_parser().parse_args(["generate", *argv]), stdout=out, stderr=io.StringIO(), stdin=io.StringIO())
+
+
+def test_a_call_to_a_tool_not_given_stops_the_turn(tiny_chat_converted, loaded, fast_load, monkeypatch, capsys, tmp_path):
+    """generate runs no function tools: a call to one it was not given ends the turn like any call (the
+    chat is made with auto_tools off), it is not answered with an error for the model to go on."""
+    tools = json.dumps([{"name": "get_time", "parameters": {"type": "object"}}])
+    script(monkeypatch, loaded[1], "<|channel|>commentary to=functions.other <|constrain|>json<|message|>{}<|call|>")
+    rc, out, err = run(capsys, "--model", str(tiny_chat_converted), "--tools", tools, "--max-tokens", "60", "--json", "q")
+    data = json.loads(out)
+    assert rc == 0 and data["stats"]["stop_reason"] == "tool_call" and [c["name"] for c in data["tool_calls"]] == ["other"]
+
+
+def test_generate_in_a_group_follows_or_leads(tiny_chat_converted, loaded, monkeypatch):
+    """Under --hosts / mlx.launch: a follower rank hands over to follow_rank_0 (model name and dtype); rank 0
+    loads its slice through the group (status lines on stderr) and generates with a DistributedChat."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    import mlx_oss.distributed.cli as dist
+    import mlx_oss.distributed.engine as dist_engine
+
+    seen = []
+    session = SimpleNamespace(leader=False)
+
+    @contextmanager
+    def group(a):
+        seen.append(("group", a.model))
+        yield session
+
+    class Leading(mlx_oss.chat.Chat):
+        def __init__(self, *args, **kw):
+            seen.append(("chat", kw["max_tokens"]))
+            super().__init__(*args, **kw)
+
+    def load(s, name, dtype, status):
+        seen.append(("load", s is session, name, dtype))
+        status("rank 0: slice loaded")
+        return loaded
+
+    monkeypatch.setattr(dist, "group", group)
+    monkeypatch.setattr(dist, "follow_rank_0", lambda s, name, dtype: (seen.append(("follow", s is session, name, dtype)), 7)[1])
+    monkeypatch.setattr(dist, "load", load)
+    monkeypatch.setattr(dist_engine, "DistributedChat", Leading)
+    argv = ["--model", "gpt-oss-120b", "--dtype", "float16", "--max-tokens", "50", "q"]
+    assert _gen(argv) == (7, "", "")
+    assert seen == [("group", "gpt-oss-120b"), ("follow", True, "gpt-oss-120b", "float16")]
+    seen.clear()
+    session.leader = True
+    script(monkeypatch, loaded[1], HARMONY)
+    assert _gen(argv) == (0, "Forty-two.\n", "rank 0: slice loaded\n")
+    assert seen == [("group", "gpt-oss-120b"), ("load", True, "gpt-oss-120b", "float16"), ("chat", 50)]
+
+
+def _clocked_stream(monkeypatch, times: list[float], *events, **flags) -> tuple[int, str, str]:
+    import time
+
+    from mlx_oss.cli import generate
+
+    clock = iter(times)
+    monkeypatch.setattr(time, "monotonic", lambda: next(clock))
+    a = argparse.Namespace(**{"json": False, "show_reasoning": False, "reasoning_to": "stderr", "stats": False, **flags})
+    out, err = io.StringIO(), io.StringIO()
+    rc = generate._stream(a, _Said(*events), "q", out, err)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_stream_says_on_stderr_when_nothing_shows_for_long(monkeypatch):
+    from mlx_oss.events import Done, Progress, Reply, Stats
+
+    events = (Progress(5, 20, 100, None, 0.0), Done(Stats(), Reply()))
+    # created at t=0, the progress event at t=100, the end at t=100
+    assert _clocked_stream(monkeypatch, [0.0, 100.0, 100.0], *events) == (
+        0, "", "… 5 tokens generated, nothing to show yet (the reasoning is hidden: --show-reasoning shows it)\n")
+    assert _clocked_stream(monkeypatch, [0.0, 100.0, 100.0], *events, show_reasoning=True) == (
+        0, "", "… 5 tokens generated, nothing to show yet\n")
+
+
+def test_stream_edge_events(monkeypatch):
+    from mlx_oss.events import Done, Reply, Stats, ToolResult
+
+    assert _stream(monkeypatch, ToolResult("f", "  \n"), Done(Stats(), Reply()))[2] == "tool result: f: \n"
+    rc, out, err = _stream(monkeypatch, Done(Stats(), Reply(answer="déjà")), json=True)
+    assert '"answer": "déjà"' in out  # --json keeps the text readable (not \u escapes)
+
+
+def test_silence_timing_on_a_terminal_and_elsewhere():
+    from mlx_oss.cli.generate import Silence
+
+    now = [100.0]
+    plain = io.StringIO()
+    q = Silence(plain)  # the defaults: no hint, quiet for 3 s, then a line every 10 s
+    q.clock = lambda: now[0]
+    q.last_output = 100.0
+    for t, tokens in ((102.999, 1), (103.0, 2), (112.999, 3), (113.0, 4)):
+        now[0] = t
+        q.tick(tokens)
+    assert plain.getvalue() == "… 2 tokens generated, nothing to show yet\n… 4 tokens generated, nothing to show yet\n"
+
+    tty = _Tty()
+    q = Silence(tty)
+    q.clock = lambda: now[0]
+    q.last_output = now[0] - 5
+    q.tick(7)
+    q.clear()
+    q.clear()  # nothing drawn any more: nothing to erase
+    assert tty.getvalue() == "\r\x1b[K… 7 tokens generated, nothing to show yet\r\x1b[K"
+
+    class Bare:  # a stream without isatty: not a terminal
+        def write(self, text: str) -> None: ...
+
+        def flush(self) -> None: ...
+
+    assert Silence(Bare()).tty is False and Silence(io.StringIO()).tty is False and Silence(_Tty()).tty is True
+
+
+def test_terminal_approver_answers_and_modes():
+    import os
+    import select
+
+    from mlx_oss.cli.generate import TerminalApprover
+    from mlx_oss.events import ToolCall
+
+    call = ToolCall("python", "print(1)", "print(1)", tool="python")
+    default = TerminalApprover()
+    assert (default.mode, default.tty_path, default.err) == ("ask", "/dev/tty", None)
+    master, slave = os.openpty()
+    try:
+        name = os.ttyname(slave)
+        for answer, expected in ((b"y\n", True), (b"YES\n", True), (b"Run\n", True), (b"no\n", False),
+                                 (b"\xffr\n", False), (b"\n", False)):  # fmt: skip
+            os.write(master, answer)
+            assert TerminalApprover("ask", tty_path=name)(call) is expected, answer
+            os.read(master, 65536)  # the question
+        always = TerminalApprover("ask", tty_path=name)
+        os.write(master, b"always\n")
+        assert always(call) is True and always.mode == "always"
+        os.read(master, 65536)
+        os.write(master, b"r\n")  # typed ahead: never read, nothing asked
+        for mode, expected in (("never", False), ("always", True)):
+            assert TerminalApprover(mode, tty_path=name)(call) is expected
+        echoed = os.read(master, 65536) if select.select([master], [], [], 0.2)[0] else b""
+        assert b"wants to run" not in echoed  # no question was written (only the typed-ahead echo)
+    finally:
+        os.close(master)
+        os.close(slave)
+    err = io.StringIO()
+    assert TerminalApprover("ask", err=err, tty_path="/nonexistent/tty")(call) is False
+    assert err.getvalue() == "python call refused: no terminal to ask (use --approve-python always to allow)\n"
+
+
+def test_terminal_approver_does_not_take_the_terminal(tmp_path):
+    """The question's terminal is opened with O_NOCTTY: a process without a controlling terminal (a
+    daemon, a server's worker) does not acquire the one it asks on."""
+    from pathlib import Path
+
+    import mlx_oss
+    from mlx_oss.cli.generate import TerminalApprover
+
+    assert TerminalApprover("never")(None) is False  # (also in this process, so mutmut maps this test here)
+    code = (
+        "import os\n"
+        "from types import SimpleNamespace\n"
+        "from mlx_oss.cli.generate import TerminalApprover\n"
+        "os.setsid()\n"  # a new session: no controlling terminal
+        "master, slave = os.openpty()\n"
+        "os.write(master, b'r\\n')\n"
+        "assert TerminalApprover('ask', tty_path=os.ttyname(slave))(SimpleNamespace(arguments='print(1)')) is True\n"
+        "try:\n"
+        "    os.close(os.open('/dev/tty', os.O_RDWR))\n"
+        "    print('took the terminal')\n"
+        "except OSError:\n"
+        "    print('no controlling terminal')\n"
+    )
+    env = dict(__import__("os").environ, PYTHONPATH=str(Path(mlx_oss.__file__).resolve().parents[1]))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, "no controlling terminal\n"), r.stderr
+
+
+def test_the_command_list_says_what_generate_does(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "generate answer one prompt (stdout: the answer; --json for everything)" in " ".join(capsys.readouterr().out.split())

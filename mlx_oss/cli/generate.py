@@ -251,9 +251,7 @@ def _stream(a: argparse.Namespace, chat, prompt: str, out: TextIO, err: TextIO) 
         elif isinstance(ev, Done):
             done = ev
     quiet.clear()
-    if in_unparsed:
-        err.write("\n")
-    assert done is not None
+    assert done is not None  # every turn ends with Done, which also ended an unparsed line above
     s = done.stats
     if a.json:
         print(json.dumps(done.reply.to_dict(), ensure_ascii=False), file=out)
