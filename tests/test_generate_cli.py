@@ -669,7 +669,7 @@ def test_terminal_approver_answers_and_modes():
     assert err.getvalue() == "python call refused: no terminal to ask (use --approve-python always to allow)\n"
 
 
-def test_terminal_approver_does_not_take_the_terminal(tmp_path):
+def test_terminal_approver_does_not_take_the_terminal():
     """The question's terminal is opened with O_NOCTTY: a process without a controlling terminal (a
     daemon, a server's worker) does not acquire the one it asks on."""
     from pathlib import Path
@@ -693,7 +693,7 @@ def test_terminal_approver_does_not_take_the_terminal(tmp_path):
         "    print('no controlling terminal')\n"
     )
     env = dict(__import__("os").environ, PYTHONPATH=str(Path(mlx_oss.__file__).resolve().parents[1]))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert (r.returncode, r.stdout) == (0, "no controlling terminal\n"), r.stderr
 
 
