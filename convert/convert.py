@@ -47,11 +47,10 @@ def _plan(src: SourceCheckpoint, dense_bits: int | None) -> tuple[list[OutTensor
     outs: list[OutTensor] = []
     meters: dict[str, dense_quant.ErrorMeter] = {}
     for spec in src.specs():
-        nb = nbytes_of(spec.dtype, spec.shape)
         if dense_bits and dense_quant.is_quantizable(spec.name):
             outs += _quantized_outs(src, spec.name, spec.shape, dense_bits, meters)
             continue
-        outs.append(OutTensor(spec.name, spec.dtype, spec.shape, lambda n=spec.name: src.chunks(n), nb))
+        outs.append(OutTensor(spec.name, spec.dtype, spec.shape, lambda n=spec.name: src.chunks(n)))  # copied: reads its own size
     return outs, meters
 
 

@@ -327,7 +327,7 @@ def test_result_config_index_and_manifest_in_full(tiny_hf, tmp_path, capsys):
         tmp_path / "full", "hf", len(shards), size, {}, False)  # fmt: skip
     assert capsys.readouterr().err == ""  # progress=False: no bar
     cfg = json.loads((r.dst / "config.json").read_text())
-    assert (cfg["model_type"], cfg["gate_up_layout"]) == ("gpt_oss", "halves")
+    assert (cfg["format"], cfg["format_version"], cfg["model_type"], cfg["gate_up_layout"]) == ("mlx-oss", 1, "gpt_oss", "halves")
     assert cfg["source"] == {"layout": "hf", "path": str(tiny_hf)}
     assert cfg["quantization"] == {"experts": {"mode": "mxfp4", "bits": 4, "group_size": 32}, "dense": None}
     index = json.loads((r.dst / "model.safetensors.index.json").read_text())
@@ -343,9 +343,46 @@ def test_result_config_index_and_manifest_in_full(tiny_hf, tmp_path, capsys):
     assert (again.dst, again.layout, again.bytes_written, again.files, again.skipped) == (r.dst, "hf", 0, 0, True)
 
 
-def test_progress_bar_only_when_asked(tiny_hf, tmp_path, capsys):
-    convert_checkpoint(tiny_hf, tmp_path / "p", progress=True)
-    assert "converting" in capsys.readouterr().err
+def test_progress_bar_by_default(tiny_hf, tmp_path, capsys):
+    convert_checkpoint(tiny_hf, tmp_path / "p")  # not a terminal: a line per tenth, the last one at 100%
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all(l.startswith("converting [") for l in lines) and "] 100.0%" in lines[-1]
+
+
+def test_progress_counts_the_source_bytes_a_quantized_weight_reads(tiny_hf):
+    """--dense-bits: a weight's progress is the BF16 it reads, not the smaller packed output; its scales and
+    biases (made from it) and every copied tensor count their own size."""
+    from mlx_oss.convert import dense_quant
+    from mlx_oss.convert.convert import _plan
+    from mlx_oss.convert.reader import open_source
+    from mlx_oss.convert.safetensors_io import nbytes_of
+
+    source = open_source(tiny_hf)
+    outs, _ = _plan(source, 8)
+    shapes = {spec.name: spec.shape for spec in source.specs()}
+    quantized = [o for o in outs if dense_quant.is_quantizable(o.name)]
+    assert quantized and all(o.source_bytes == nbytes_of("BF16", shapes[o.name]) for o in quantized)
+    assert all(o.source_bytes == 0 for o in outs if o not in quantized)
+
+
+def test_quantizing_in_row_chunks_changes_nothing(tiny_hf, tmp_path, monkeypatch):
+    """Rows are quantized a chunk at a time (memory): with 3-row chunks (every tensor spans many, the
+    embedding has more rows than columns) the output is the same as in one piece."""
+    from mlx_oss.convert import dense_quant
+
+    whole = convert_checkpoint(tiny_hf, tmp_path / "whole", dense_bits=8, progress=False).dst
+    monkeypatch.setattr(dense_quant, "ROWS_PER_CHUNK", 3)
+    chunked = convert_checkpoint(tiny_hf, tmp_path / "chunked", dense_bits=8, progress=False).dst
+    a, b = _tensors_of(whole), _tensors_of(chunked)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _tensors_of(folder: Path) -> dict[str, np.ndarray]:
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        infos, _ = read_header(f)
+        out.update({name: read_tensor(f, info) for name, info in infos.items()})
+    return out
 
 
 def test_default_shard_limit_is_2_gib(tiny_hf, tmp_path, monkeypatch):
