@@ -920,3 +920,28 @@ def test_a_blank_header_without_a_role_ended_early_is_dropped_without_raising():
     p = StreamParser(None)
     ev = p.feed([tk.START] + toks(" ") + [tk.END])[-1]
     assert ev.message is None and ev.error == "message ended before <|message|>; dropped" and p.messages == []
+
+
+def test_a_header_past_the_limit_becomes_unparsed_text_and_parsing_goes_on():
+    """MAX_HEADER_TOKENS tokens are still a header; one more and they are text outside any message
+    (a model not writing harmony), the role hint is spent, and the next <|start|> parses normally."""
+    from mlx_oss.harmony.parser import MAX_HEADER_TOKENS
+
+    word = ENC.encode_single_token(b"a")
+    p = StreamParser()
+    assert all(p.process(word).error is None for _ in range(MAX_HEADER_TOKENS))
+    ev = p.process(word)
+    assert (ev.token, ev.state, ev.role, ev.error, ev.unparsed) == (
+        word, ParserState.EXPECT_START, None, f"message header longer than {MAX_HEADER_TOKENS} tokens; kept as unparsed text",
+        "a" * (MAX_HEADER_TOKENS + 1))  # fmt: skip
+    assert p.current_role is None and p.unparsed_text == "a" * (MAX_HEADER_TOKENS + 1)
+    p.feed(toks("<|start|>assistant<|channel|>final<|message|>Hi<|end|>"))
+    assert p.messages == [Message.assistant("Hi")]
+
+
+def test_bytes_a_header_cannot_decode_are_named_and_replaced():
+    half = ENC.encode_single_token(b"\xe2")  # the first byte of "€": not UTF-8 alone
+    for bad, error in ((10**9, "unknown token 1000000000 in header"), (half, "message header is not valid UTF-8")):
+        p = StreamParser()
+        p.feed([*toks("<|channel|>"), bad, *toks("<|message|>Hi<|end|>")])
+        assert p.errors[0] == error and p.messages[0].channel == "\ufffd", (bad, p.errors)
