@@ -394,7 +394,7 @@ class Chat:
                 if turn.rounds >= self.max_tool_rounds:
                     detail = f"tool round limit ({self.max_tool_rounds}) reached; {_calls(pending)} not run"
                     break
-                detail = yield from self._run_tools(turn, pending)
+                detail = yield from self._run_tools(pending)
                 if detail is not None:
                     break
                 prompt, boundaries = self._render()
@@ -541,7 +541,7 @@ class Chat:
             self._history.append(Message(Role.ASSISTANT, tail, channel=UNPARSED, incomplete=True))
         return tail
 
-    def _run_tools(self, turn: _Turn, pending: list[ToolCall]):
+    def _run_tools(self, pending: list[ToolCall]):
         """With auto_tools, answer the pending calls of callable tools (errors and unknown tools get an
         error text the model can react to); yields ToolResult events. -> None if generation continues,
         else why it stops here (the `Stats.stop_detail` of a "tool_call" stop)."""
