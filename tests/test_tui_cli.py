@@ -463,10 +463,11 @@ def test_in_a_group_a_lost_rank_gives_the_terminal_back_first(recorded, monkeypa
 
     loaders, data = recorded
     group = object()
-    stops, calls = [], []
+    stops, calls, joined = [], [], []
 
     @contextmanager
-    def join_group(a):
+    def join_group(a):  # the group is made from the command's own options (--hosts)
+        joined.append(a.data_dir)
         yield group
 
     monkeypatch.setattr(door, "is_follower", lambda: False)
@@ -492,6 +493,7 @@ def test_in_a_group_a_lost_rank_gives_the_terminal_back_first(recorded, monkeypa
     watchdog[0].join(WAIT)
     assert not watchdog[0].is_alive()
     assert calls == [(group, "org/typed")] and loaders[-1] == ("agreed/model", loaders[-1][1], group)
+    assert joined == [str(data)]
     app = RecordingApp.made[-1]
     assert app.kw["model"] == "typed" and app.kw["source"] == "org/typed"  # what the user typed, not the agreed name
     ((_, stop),) = stops
