@@ -213,3 +213,19 @@ def test_the_chosen_python_backend_and_the_browsers_token_count_are_passed_on(tm
 def test_a_command_without_the_python_flag_gets_no_builtin_tools():
     # a front end may offer --browser alone; builtin_chat_kwargs reads --python only when it exists
     assert args.builtin_chat_kwargs(argparse.Namespace(browser=False), None) == {}
+
+
+def test_fetch_limits_default_to_the_browsers_and_are_bounded(capsys):
+    """Without the flags the browser gets FetchLimits' own defaults (never None: no limit); the timeout is
+    in (0, 3600] seconds."""
+    from mlx_oss.builtin.browser import FetchLimits
+
+    p = _parser()
+    limits = args.builtin_chat_kwargs(p.parse_args(["--browser", "--search-backend", "none"]), None)["browser_backend"].fetcher.limits
+    assert (limits.timeout_s, limits.max_bytes) == (FetchLimits.timeout_s, FetchLimits.max_bytes)
+    for ok in ("0.5", "3600"):
+        assert p.parse_args(["--fetch-timeout", ok]).fetch_timeout == float(ok)
+    for bad in ("0", "3600.5"):
+        with pytest.raises(SystemExit):
+            p.parse_args(["--fetch-timeout", bad])
+        assert f"argument --fetch-timeout: must be in (0, 3600], got {bad}" in capsys.readouterr().err
