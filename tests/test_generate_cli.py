@@ -188,11 +188,7 @@ def test_bad_values_after_parsing_exit_2(tiny_chat_converted, fast_load, monkeyp
     rc, out, err = run(capsys, *m, "   ")
     assert rc == 2 and "empty" in err
 
-    class Tty(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    monkeypatch.setattr(sys, "stdin", Tty())
+    monkeypatch.setattr(sys, "stdin", _Tty())
     rc, out, err = run(capsys, *m)
     assert rc == 2 and "no prompt" in err
 
@@ -348,12 +344,14 @@ class _Said:
         yield from self.events
 
 
-def _stream(monkeypatch, *events, **flags) -> tuple[int, str, str]:
+def _stream(monkeypatch, *events, times: list[float] | None = None, **flags) -> tuple[int, str, str]:
+    """`_stream` over fixed events; the clock reads `times` in turn (default: always 0, so Silence never speaks)."""
     import time
 
     from mlx_oss.cli import generate
 
-    monkeypatch.setattr(time, "monotonic", lambda: 0.0)  # Silence never speaks: its own test is in test_unparsed
+    clock = iter(times) if times is not None else None
+    monkeypatch.setattr(time, "monotonic", (lambda: next(clock)) if clock is not None else (lambda: 0.0))
     a = argparse.Namespace(**{"json": False, "show_reasoning": False, "reasoning_to": "stderr", "stats": False, **flags})
     out, err = io.StringIO(), io.StringIO()
     rc = generate._stream(a, _Said(*events), "q", out, err)
@@ -432,14 +430,19 @@ def test_stats_line_memory_in_gigabytes(monkeypatch):
 # ------------------------------------------------------------------ what mutation testing found unchecked
 
 
-def _gen(argv: list[str], stdin: io.StringIO | None = None) -> tuple[int, str, str]:
-    """`generate.run` with its own streams (not the process's): -> exit code, stdout, stderr."""
+def _gen_into(out: io.StringIO, argv: list[str], err: io.StringIO | None = None, stdin: io.StringIO | None = None) -> int:
+    """`generate.run` with its own streams (not the process's); `out` stays readable when it raises."""
     from mlx_oss.cli import generate
     from mlx_oss.cli.main import build_parser
 
     a = build_parser().parse_args(["generate", *argv])
+    return generate.run(a, stdout=out, stderr=err or io.StringIO(), stdin=stdin or io.StringIO())
+
+
+def _gen(argv: list[str], stdin: io.StringIO | None = None) -> tuple[int, str, str]:
+    """-> exit code, stdout, stderr of `_gen_into`."""
     out, err = io.StringIO(), io.StringIO()
-    rc = generate.run(a, stdout=out, stderr=err, stdin=stdin or io.StringIO())
+    rc = _gen_into(out, argv, err, stdin)
     return rc, out.getvalue(), err.getvalue()
 
 
@@ -514,13 +517,6 @@ def test_errors_escaping_generate_reach_json_readers_only_with_json(tiny_chat_co
         assert out.getvalue() == ""
 
 
-def _gen_into(out: io.StringIO, argv: list[str]) -> int:
-    from mlx_oss.cli import generate
-    from mlx_oss.cli.main import build_parser
-
-    return generate.run(build_parser().parse_args(["generate", *argv]), stdout=out, stderr=io.StringIO(), stdin=io.StringIO())
-
-
 def test_a_call_to_a_tool_not_given_stops_the_turn(tiny_chat_converted, loaded, fast_load, monkeypatch, capsys, tmp_path):
     """generate runs no function tools: a call to one it was not given ends the turn like any call (the
     chat is made with auto_tools off), it is not answered with an error for the model to go on."""
@@ -572,27 +568,14 @@ def test_generate_in_a_group_follows_or_leads(tiny_chat_converted, loaded, monke
     assert seen == [("group", "gpt-oss-120b"), ("load", True, "gpt-oss-120b", "float16"), ("chat", 50)]
 
 
-def _clocked_stream(monkeypatch, times: list[float], *events, **flags) -> tuple[int, str, str]:
-    import time
-
-    from mlx_oss.cli import generate
-
-    clock = iter(times)
-    monkeypatch.setattr(time, "monotonic", lambda: next(clock))
-    a = argparse.Namespace(**{"json": False, "show_reasoning": False, "reasoning_to": "stderr", "stats": False, **flags})
-    out, err = io.StringIO(), io.StringIO()
-    rc = generate._stream(a, _Said(*events), "q", out, err)
-    return rc, out.getvalue(), err.getvalue()
-
-
 def test_stream_says_on_stderr_when_nothing_shows_for_long(monkeypatch):
     from mlx_oss.events import Done, Progress, Reply, Stats
 
     events = (Progress(5, 20, 100, None, 0.0), Done(Stats(), Reply()))
     # created at t=0, the progress event at t=100, the end at t=100
-    assert _clocked_stream(monkeypatch, [0.0, 100.0, 100.0], *events) == (
+    assert _stream(monkeypatch, *events, times=[0.0, 100.0, 100.0]) == (
         0, "", "… 5 tokens generated, nothing to show yet (the reasoning is hidden: --show-reasoning shows it)\n")
-    assert _clocked_stream(monkeypatch, [0.0, 100.0, 100.0], *events, show_reasoning=True) == (
+    assert _stream(monkeypatch, *events, times=[0.0, 100.0, 100.0], show_reasoning=True) == (
         0, "", "… 5 tokens generated, nothing to show yet\n")
 
 
