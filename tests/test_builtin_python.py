@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -185,3 +186,22 @@ def test_docker_backend_timeout_and_missing_daemon(fake_docker, tmp_path, monkey
 def test_docker_command_mounts_only_the_chat_folder(tmp_path):
     cmd = DockerSession(tmp_path).command("n")
     assert [a for a in cmd if ":/mnt/data" in a] == [f"{tmp_path.resolve()}:/mnt/data"]
+
+
+def test_its_own_folder_goes_on_close_unless_it_holds_the_users_files(fake_docker, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    unused = PythonTool("docker", approve=yes)
+    saved = PythonTool("docker", approve=yes)
+    served = PythonTool("docker", approve=yes, keep_files=False)
+    for t in (unused, saved, served):
+        assert t.workdir.parent == tmp_path / "tmp" and t.workdir.name.startswith("mlx-oss-python-")
+    for t in (saved, served):
+        assert t.call(code("open('chart.png', 'wb').write(b'png')")).images == (str(t.workdir / "chart.png"),)
+    for t in (unused, saved, served):
+        t.close()
+    assert list((tmp_path / "tmp").iterdir()) == [saved.workdir]  # the chat's image stays where it was shown
+    given = PythonTool("docker", approve=yes, workdir=tmp_path / "mine", keep_files=False)
+    given.call(code("print(1)"))
+    given.close()
+    assert (tmp_path / "mine").is_dir()  # a folder the caller chose is never removed

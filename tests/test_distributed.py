@@ -280,8 +280,9 @@ def test_two_rank_chats_equal_one_process(tiny_chat_converted, tmp_path):
 
 
 def _cli(args: list[str], tmp_path: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    (tmp_path / "tmp").mkdir(exist_ok=True)  # the run's temporary files, to see that none is left
     env = dict(os.environ, MLX_OSS_HOME=str(tmp_path / "home"), MLX_OSS_BASE_PORT=str(_free_base_port()),
-               MLX_OSS_CPU_STREAMS="1", PYTHONPATH=str(ROOT))  # fmt: skip
+               MLX_OSS_CPU_STREAMS="1", PYTHONPATH=str(ROOT), TMPDIR=str(tmp_path / "tmp"))  # fmt: skip
     return subprocess.run([sys.executable, "-m", "mlx_oss.cli.main", *args], env=env, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)  # fmt: skip
 
@@ -299,6 +300,7 @@ def test_generate_with_hosts_matches_one_machine(tiny_chat_converted, tmp_path):
     one = _cli(cmd, tmp_path)
     two = _cli(cmd + ["--hosts", str(_local_hostfile(tmp_path))], tmp_path)
     assert one.returncode == 0 and two.returncode == 0, two.stderr
+    assert not list((tmp_path / "tmp").glob("mlx-oss-ring-*"))  # rank 1's addresses went once it joined
     a, b = json.loads(one.stdout), json.loads(two.stdout)
     for k in ("answer", "reasoning", "tool_calls"):
         assert a[k] == b[k]

@@ -118,7 +118,9 @@ def test_builtin_tool_flags_build_the_apps_server_tools(monkeypatch):
     py = t.python()
     try:
         assert t.allow_python and t.max_calls == 3 and py.timeout_s == 5 and py.approve(None)
+        (py.workdir / "plot.png").write_bytes(b"png")  # sent inline to the client: not kept on the server
     finally:
         py.close()
+    assert not py.workdir.exists()
     with pytest.raises(UsageError, match="--search-backend"):
         server_tools(p.parse_args(["serve", "--search-backend", "searxng"]))  # no --searxng-url

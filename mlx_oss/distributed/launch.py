@@ -7,6 +7,7 @@ what `mlx.launch --hostfile HOSTFILE -- mlx-oss ...` gives each rank; so both wa
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shlex
@@ -21,6 +22,7 @@ from mlx_oss.distributed.hosts import DEFAULT_PORT, ring_addresses, read_hostfil
 _children: list[subprocess.Popen] = []
 _ending = threading.Event()
 _joined = threading.Event()  # the watchdog watches the ranks now (and reports a lost one itself)
+_ring_files: list[str] = []  # the addresses this process wrote for its local ranks: removed once every rank read them
 
 
 def strip_hosts(argv: list[str]) -> list[str]:
@@ -60,6 +62,8 @@ def start_ranks(hostfile: str | Path, argv: list[str], base_port: int | None = N
     fd, ring_file = tempfile.mkstemp(prefix="mlx-oss-ring-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         f.write(ring)
+    _ring_files.append(ring_file)
+    atexit.register(_remove_ring_files)  # a group that never joined
     args = [sys.executable, "-m", "mlx_oss.cli.main", *strip_hosts(argv)]
     for rank, h in enumerate(hosts[1:], start=1):
         if h.local:
@@ -69,7 +73,7 @@ def start_ranks(hostfile: str | Path, argv: list[str], base_port: int | None = N
             env = None
             remote = (
                 f"cd {shlex.quote(os.getcwd())} 2>/dev/null; f=$(mktemp); printf %s {shlex.quote(ring)} > $f; "
-                f"MLX_RANK={rank} MLX_HOSTFILE=$f exec {shlex.join(args)}"
+                f"MLX_RANK={rank} MLX_HOSTFILE=$f {shlex.join(args)}; s=$?; rm -f $f; exit $s"
             )
             cmd = ["ssh", "-o", "BatchMode=yes", h.ssh, remote]
         p = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -80,8 +84,15 @@ def start_ranks(hostfile: str | Path, argv: list[str], base_port: int | None = N
 
 
 def joined() -> None:
-    """The group is joined: from now on the watchdog, not the launcher, reports a rank that dies."""
+    """The group is joined: from now on the watchdog, not the launcher, reports a rank that dies.
+    Every rank has read the addresses by now, so their file goes."""
     _joined.set()
+    _remove_ring_files()
+
+
+def _remove_ring_files() -> None:
+    while _ring_files:
+        Path(_ring_files.pop()).unlink(missing_ok=True)
 
 
 def wait_ranks(timeout: float = 30.0) -> None:

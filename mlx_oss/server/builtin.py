@@ -38,7 +38,7 @@ class ServerTools:
     of one response (a request's `max_tool_calls` may lower it)."""
 
     browser: Callable[[], Browser] = field(default=lambda: Browser(NoSearch()))
-    python: Callable[[], PythonTool] = field(default=lambda: PythonTool("jupyter", approve=allow_all))
+    python: Callable[[], PythonTool] = field(default=lambda: PythonTool("jupyter", approve=allow_all, keep_files=False))
     allow_python: bool = False
     max_calls: int = 8
 

@@ -79,7 +79,7 @@ def server_tools(a: argparse.Namespace, count_tokens=None):
     make_browser(a)  # check the backend now, before the model loads
     return ServerTools(
         browser=lambda: make_browser(a, count_tokens),
-        python=lambda: PythonTool(a.python_backend, approve=allow_all, timeout_s=a.python_timeout),
+        python=lambda: PythonTool(a.python_backend, approve=allow_all, timeout_s=a.python_timeout, keep_files=False),
         allow_python=a.allow_python, max_calls=a.max_tool_calls,
     )  # fmt: skip
 

@@ -8,6 +8,7 @@ exception, a timeout, a crashed kernel, a refusal) the model gets a text it can 
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,9 @@ class PythonAnswer:
 
 
 class PythonTool:
-    """One chat's python tool. `workdir` is the chat's folder (a new temporary one if None)."""
+    """One chat's python tool. `workdir` is the chat's folder; None makes a temporary one, which
+    `close()` removes when the code saved nothing in it, or always when `keep_files` is False (a
+    server, whose clients got the images inline), so a long-running process leaves no folders behind."""
 
     name = "python"
 
@@ -83,12 +86,15 @@ class PythonTool:
         max_output_chars: int = 16_000,
         docker_limits: DockerLimits = DockerLimits(),
         startup_timeout_s: float = 60.0,
+        keep_files: bool = True,
     ) -> None:
         if backend not in PYTHON_BACKENDS:
             raise ValueError(f"python backend must be one of {', '.join(PYTHON_BACKENDS)}, not {backend!r}")
         self.backend = backend
         self.approve = approve
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="mlx-oss-python-"))
+        self._temporary = workdir is None
+        self.keep_files = keep_files
         self.timeout_s = timeout_s
         self.max_output_chars = max_output_chars
         if backend == "docker":
@@ -103,7 +109,10 @@ class PythonTool:
         return python_namespace(stateful=True, timeout_s=self.timeout_s)
 
     def close(self) -> None:
+        """Stop the session; remove the temporary folder unless it holds files the user keeps."""
         self.session.close()
+        if self._temporary and self.workdir.is_dir() and not (self.keep_files and any(self.workdir.iterdir())):
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     # ------------------------------------------------------------------ a call
 
