@@ -255,9 +255,14 @@ async def test_save_as_markdown_and_json_then_reopen(tmp_path):
         tool = turns[1].query_one(ToolBlock)
         assert tool.tool_name == "get_weather" and tool.result == "sunny"
         assert app.session.to_json() == saved
+        await until(pilot, lambda: chat.closed == 1)  # the conversation left stops its python session
         # The reopened conversation continues.
         await send(pilot, "and tomorrow?")
         assert app.session.prompts[-1]["text"] == "and tomorrow?"
+        reopened = app.session
+        assert reopened.closed == 0
+    assert app.model_thread.join(timeout=60)  # as `mlx-oss chat` waits for it
+    assert reopened.closed == 1 and chat.closed == 1  # and the open one when the app ends
 
 
 @aio

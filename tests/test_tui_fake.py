@@ -46,6 +46,7 @@ class FakeChat:
     turns: list[tuple[Message, ...]] = field(default_factory=list)
     prompts: list[dict[str, Any]] = field(default_factory=list)  # effort/instructions each send() used
     resets: int = 0
+    closed: int = 0  # close() calls: a conversation the app left stops its python session
     warmed: list[int] = field(default_factory=list)  # what each warm() prefilled
     hold_at: int | None = None  # block before the n-th event (1-based) until `release` is set
 
@@ -95,6 +96,9 @@ class FakeChat:
     def reset(self) -> None:
         self.turns.clear()
         self.resets += 1
+
+    def close(self) -> None:
+        self.closed += 1
 
     def _wait(self) -> bool:
         """Sleep between events (or hold, see `hold_at`); True if cancelled meanwhile."""

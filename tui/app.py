@@ -200,10 +200,18 @@ class ChatApp(App[int]):
                 pass
         # Free the model and caches on the thread that made them, before the interpreter exits.
         held, self.session, self.backend = [self.session, self.backend], None, None
+        self._close_session(held[0])
         if held[1] is not None and held[1].close is not None:
             self.model_thread.submit(held[1].close)  # a group: the other ranks stop, from the model's thread
         self.model_thread.submit(held.clear)
         self.model_thread.shutdown()
+
+    def _close_session(self, session: ChatSession | None, keep: ChatSession | None = None) -> None:
+        """A conversation left (another opened, or the app ends): its python kernel stops and its
+        temporary folder goes, on the model thread, behind whatever runs there."""
+        close = getattr(session, "close", None)
+        if session is not None and session is not keep and close is not None:
+            self.model_thread.submit(close)
 
     @work(exclusive=True, group="load")
     async def _start_loading(self) -> None:
@@ -616,6 +624,7 @@ class ChatApp(App[int]):
                             used: int | None = None) -> None:  # fmt: skip
         """Make `session` the open conversation and redraw it."""
         self._clear_queue()
+        self._close_session(self.session, keep=session)
         self.session = session
         self._attach_approver(session)
         self.last_stats = None
