@@ -463,6 +463,8 @@ class Chat:
                     elif ev.channel == COMMENTARY:
                         yield AnswerDelta(text, channel=COMMENTARY)
                     else:
+                        if not ev.delta:  # a header that ended without <|message|>: its tokens were that text
+                            turn.unparsed_tokens += run
                         yield from self._unparsed(turn, text)
                 if ev.message is not None:
                     in_reasoning = False

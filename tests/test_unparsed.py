@@ -193,3 +193,32 @@ def test_a_message_without_message_token_or_on_no_known_channel(model_tok):
     assert [(m.channel, m.text) for m in chat.history[1:]] == [
         (FINAL, "Hello there"), (UNPARSED, "odd text"), (UNPARSED, "stray words"), (FINAL, "Done.")]  # fmt: skip
     assert "odd text" not in ENC.decode(chat.prompt_tokens())
+
+
+def test_unparsed_tokens_count_exactly_the_tokens_shown_as_unparsed(model_tok):
+    """Stats.unparsed_tokens is what was shown as unparsed, token for token: content on no known channel,
+    a header ended without <|message|> (its words), an abandoned header and the words after it, a cut-off
+    header; a preamble, a tool call and a final answer add nothing."""
+
+    def enc(text: str) -> list[int]:
+        return ENC.encode(text, allowed_special="all")
+
+    placed = enc("<|channel|>commentary<|message|>Hm<|end|><|start|>assistant<|channel|>analysis to=python code<|message|>"
+                 "1+1<|end|><|start|>assistant<|channel|>final<|message|>A<|end|>")  # fmt: skip
+    weird = enc("<|start|>assistant<|channel|>weird<|message|>odd text<|end|>")
+    no_body = enc("<|start|>assistant stray words<|end|>")
+    abandoned = enc("<|start|>assistant") + WORDS[: MAX_HEADER_TOKENS + 5]  # 64 header tokens, then loose words
+    cut = enc("<|start|>assistant") + WORDS[:10]  # max_tokens ends it inside this "header"
+    script = placed + weird + no_body + abandoned + cut
+    chat = _chat(model_tok, script, max_tokens=len(script))
+    events = list(chat.send("q"))
+    r, s = events[-1].reply, events[-1].stats
+    assert s.stop_reason == "length" and s.generated_tokens == len(script) and r.answer == "A"
+    shown = "".join(e.text for e in events if isinstance(e, UnparsedDelta))
+    assert shown == r.unparsed and r.unparsed.startswith("odd textstray wordsassistant" + ENC.decode(WORDS[:3]))
+    expected = (len(ENC.encode_ordinary("odd text"))
+                + len(ENC.encode_ordinary("assistant stray words"))  # the header's tokens, its role word too
+                + len(abandoned) - 1  # everything after <|start|>: the 64-token "header", the 5 words after it
+                + len(cut) - 1)  # fmt: skip
+    assert s.unparsed_tokens == expected
+    assert (s.answer_tokens, s.reasoning_tokens) == (1, 0)
