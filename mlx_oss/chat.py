@@ -446,7 +446,7 @@ class Chat:
                     elif not placed:
                         turn.unparsed_tokens += 1
                 if ev.unparsed:  # outside any message, or an abandoned "header"
-                    turn.unparsed_tokens += 1 + (run if was_header else 0)
+                    turn.unparsed_tokens += 1 + run  # run: the abandoned header's tokens (0 outside a header)
                     loose.append(ev.unparsed)
                     yield from self._unparsed(turn, ev.unparsed)
                 text = ev.delta or self._unstreamed_text(ev)
