@@ -676,6 +676,63 @@ def test_stats_and_progress_on_a_clock_that_moves_per_forward_pass(model_tok, mo
     assert s2.reused_tokens == P and s2.prefill_s == 2 and s2.prefill_tps == s2.prefilled_tokens / 2
 
 
+def test_figures_of_a_tool_turn_add_up_over_its_rounds_and_progress_follows_the_interval(model_tok, monkeypatch):
+    """A second turn with a tool round, on the `timed` clock: reuse, prefill and its time are the sums
+    of both rounds' (each reuses something); with a 1 s interval every token is exactly one interval
+    after the last Progress, so each brings one; with a long interval a turn brings none."""
+    from mlx_oss.events import Progress
+
+    model, tok = model_tok
+    chat = mlx_oss.Chat(timed(model, monkeypatch), tok, tools=[get_weather], max_context=4000)
+    use(chat, reply(tok, final="Hi"))
+    chat.ask("Hello")
+    rounds = []
+    generate = chat.engine.generate
+
+    def recorded(*a, **k):
+        rounds.append(generate(*a, **k))
+        return rounds[-1]
+
+    monkeypatch.setattr(chat.engine, "generate", recorded)
+    first, second = reply(tok, call=("get_weather", '{"city": "Paris"}')), reply(tok, final="sunny")
+    use(chat, first + second)
+    chat.progress_interval_s = 1.0
+    events = list(chat.send("weather?"))
+    s = events[-1].stats
+    assert s.rounds == len(rounds) == 2 and all(g.reused_tokens > 0 and g.prefill_s > 0 for g in rounds)
+    assert s.reused_tokens == sum(g.reused_tokens for g in rounds)
+    assert s.prefilled_tokens == sum(g.prefilled_tokens for g in rounds)
+    assert s.prefill_s == sum(g.prefill_s for g in rounds) and s.decode_s == sum(g.decode_s for g in rounds)
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert [p.generated_tokens for p in progress] == list(range(1, len(first) + len(second) + 1))
+    chat.progress_interval_s = 100.0  # longer than the turn (its clock reads past 100 s)
+    use(chat, reply(tok, final="ok"))
+    assert not any(isinstance(e, Progress) for e in chat.send("more"))
+
+
+def test_a_round_cancelled_in_its_prefill_adds_no_decode_step(model_tok):
+    """The tool stops the turn: the next round is cancelled before its first token, so decode_tps is
+    the first round's steps (its tokens after the first) over the decode time."""
+    model, tok = model_tok
+    chat = None
+
+    def get_weather(city: str) -> str:
+        """Weather.
+
+        Args:
+            city: City name.
+        """
+        chat.cancel()
+        return "sunny"
+
+    chat = mlx_oss.Chat(model, tok, tools=[get_weather])
+    first = reply(tok, call=("get_weather", '{"city": "Paris"}'))
+    use(chat, first + reply(tok, final="never"))
+    s = chat.ask("weather").stats
+    assert (s.stop_reason, s.rounds, s.generated_tokens) == ("cancelled", 2, len(first)) and s.decode_s > 0
+    assert s.decode_tps == pytest.approx((len(first) - 1) / s.decode_s, rel=1e-9)
+
+
 def test_settings_and_saved_form_exactly(model_tok):
     """`settings()` and `to_json()` name every setting (what a saved chat and the TUI's file hold)."""
     model, tok = model_tok

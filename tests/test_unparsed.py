@@ -222,3 +222,8 @@ def test_unparsed_tokens_count_exactly_the_tokens_shown_as_unparsed(model_tok):
                 + len(cut) - 1)  # fmt: skip
     assert s.unparsed_tokens == expected
     assert (s.answer_tokens, s.reasoning_tokens) == (1, 0)
+    # the history keeps all of it, in order: the words after the abandoned header too, and the cut-off
+    # "header" last, marked incomplete (so a saved chat says it was cut off)
+    kept = [m for m in chat.history if m.channel == UNPARSED]
+    assert "".join(m.text for m in kept) == r.unparsed and len(kept) == 4
+    assert [m.incomplete for m in kept] == [False, False, False, True] and kept[-1].to_dict()["incomplete"] is True
