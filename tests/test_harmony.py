@@ -466,6 +466,7 @@ def test_prune_analysis_keeps_current_turn_reasoning():
     # no user message yet: nothing comes before it, nothing is pruned
     no_user = [Message.system(), Message.assistant("think", channel="analysis"), Message.assistant("hi")]
     assert prune_analysis(no_user) == no_user
+    assert prune_analysis(no_user[1:]) == no_user[1:]  # the reasoning first, no system message either
     assert prune_analysis([]) == []
 
 
