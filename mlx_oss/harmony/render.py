@@ -53,7 +53,7 @@ def _enc(encoding: tiktoken.Encoding | None) -> tiktoken.Encoding:
 
 
 def _messages(conversation: Messages) -> tuple[Message, ...]:
-    return conversation.messages if isinstance(conversation, Conversation) else tuple(conversation)
+    return tuple(conversation)  # a Conversation iterates over its messages
 
 
 # ---------------------------------------------------------------------------------------------
