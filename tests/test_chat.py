@@ -248,6 +248,13 @@ def test_breaking_out_of_the_stream_keeps_session_consistent(model_tok):
     use(chat, reply(tok, final="t"))
     assert chat.ask("v").answer == "t"
     assert [m.text for m in chat.history[-4:]] == ["w", "p", "v", "t"]
+    # Abandoned, then reset(): that closes it, and the next send() has nothing left to close.
+    use(chat, reply(tok, final="k l m"))
+    stream = chat.send("u")
+    next(e for e in stream if isinstance(e, AnswerDelta))
+    chat.reset()
+    use(chat, reply(tok, final="n"))
+    assert chat.ask("new").answer == "n" and [m.text for m in chat.history] == ["new", "n"]
 
 
 # ----------------------------------------------------------------------------- tools
@@ -347,7 +354,7 @@ def test_caller_runs_schema_tools(model_tok):
     # is prefilled again from the previous prompt's end, the rest came from the cache.
     assert r2.stats.reused_tokens == r.stats.prompt_tokens
     assert r2.stats.prefilled_tokens == len(prompt) - r.stats.prompt_tokens
-    with pytest.raises(ValueError, match="continues after"):
+    with pytest.raises(ValueError, match=r"^send\(\) without text continues after a user message or a tool result$"):
         chat.send()
 
 
@@ -463,6 +470,7 @@ def test_save_and_reopen(model_tok):
     assert again.tools[0].fn is get_weather and again.max_tokens == 500
     nxt = [mlx_oss.chat.Message.user("next")]
     assert again.prompt_tokens(again.history + nxt) == chat.prompt_tokens(chat.history + nxt)
+    assert "\nCurrent date: 2025-01-02\n" in tok.decode(again.prompt_tokens(nxt))  # the date reaches the prompt
     schema_only = mlx_oss.Chat.from_json(json.dumps(data), model, tok)
     assert schema_only.tools[0].fn is None and schema_only.tools[0].name == "get_weather"
     with pytest.raises(ValueError, match="not a saved chat"):
@@ -594,7 +602,7 @@ def test_bad_response_format_and_concurrent_send_are_errors(model_tok):
     worker.start()
     try:
         assert started.wait(60)
-        with pytest.raises(RuntimeError, match="being generated in another thread"):
+        with pytest.raises(RuntimeError, match=r"^a reply is being generated in another thread; cancel\(\) it first$"):
             chat.send("second")
     finally:
         release.set()
