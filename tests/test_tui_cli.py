@@ -546,7 +546,7 @@ def test_chat_help_lists_the_keys_and_every_option(capsys):
                  "--data-dir DIR where chats are kept (chats.sqlite3; default $MLX_OSS_DATA_DIR or the OS data folder, "
                  "e.g. ~/Library/Application Support/mlx-oss)",
                  "--chats-dir DIR where ctrl+s saves conversations (default $MLX_OSS_CHATS or ~/mlx-oss-chats)"]:  # fmt: skip
-        assert text in out, text
+        assert f" {text} " in f" {out} ", text  # whole words: nothing added before or after
     with pytest.raises(SystemExit):
         main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
