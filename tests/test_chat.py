@@ -801,6 +801,38 @@ def test_stop_note_effort_response_format_and_vocabulary_helpers():
     assert vocabulary_problem(SimpleNamespace(args=small.args), tok).startswith("the model: vocabulary of 10 tokens")
 
 
+def test_what_a_new_chat_holds_and_puts_in_its_prompt(model_tok, tmp_path):
+    """The tools' descriptions are in the prompt's developer message, exactly; the defaults; the
+    model and tokenizer it was given; the built-in tools get the chat's folder and its token count;
+    a model whose vocabulary is too small is refused with vocabulary_problem's line."""
+    from types import SimpleNamespace
+
+    from mlx_oss.chat import vocabulary_problem
+    from mlx_oss.errors import VocabularyError
+
+    model, tok = model_tok
+    chat = mlx_oss.Chat(model, tok, tools=[get_weather])
+    text = tok.decode(chat.prompt_tokens([Message.user("q")]))
+    assert text.endswith(
+        "<|start|>developer<|message|># Tools\n\n## functions\n\nnamespace functions {\n\n// Current weather for a "
+        "city.\ntype get_weather = (_: {\n// City name.\ncity: string,\n// celsius or fahrenheit.\nunit?: string, "
+        '// default: "celsius"\n}) => any;\n\n} // namespace functions<|end|><|start|>user<|message|>q<|end|>'
+        "<|start|>assistant")  # fmt: skip
+    assert chat.model is model and chat.tokenizer is tok
+    assert chat.max_tool_rounds == 8 and chat.settings()["reasoning_effort"] == "medium"
+    tools = mlx_oss.Chat(model, tok, builtin_tools=("browser", "python"), python_workdir=str(tmp_path)).builtins
+    try:
+        assert tools.python.workdir == tmp_path
+        assert tools.browser.counts_exactly and tools.browser.count_tokens("hello there, world") == len(
+            tok.encode_ordinary("hello there, world"))  # fmt: skip
+    finally:
+        tools.close()
+    small = SimpleNamespace(args=SimpleNamespace(vocab_size=10), source="/m")
+    with pytest.raises(VocabularyError) as e:
+        mlx_oss.Chat(small, tok)
+    assert str(e.value) == vocabulary_problem(small, tok)
+
+
 def test_pending_calls_and_tool_results_from_the_history(model_tok):
     """Calls of the current turn without a result, with their ids (history index), names, parsed
     arguments and errors; results answer them by id, name or recipient; non-text results become JSON."""
