@@ -827,6 +827,15 @@ def test_what_a_new_chat_holds_and_puts_in_its_prompt(model_tok, tmp_path):
             tok.encode_ordinary("hello there, world"))  # fmt: skip
     finally:
         tools.close()
+    # it renders with the tokenizer it was given (a folder's own vocabulary), not the bundled one
+    import tiktoken
+
+    ranks = dict(tok._mergeable_ranks)
+    ranks[b"q"], ranks[b"z"] = ranks[b"z"], ranks[b"q"]
+    swapped = tiktoken.Encoding("swapped", pat_str=tok._pat_str, mergeable_ranks=ranks, special_tokens=tok._special_tokens)
+    plain = tok.decode(mlx_oss.Chat(model, tok).prompt_tokens([Message.user("q")]))
+    ids = mlx_oss.Chat(model, swapped).prompt_tokens([Message.user("q")])
+    assert ids == swapped.encode(plain, allowed_special="all") != tok.encode(plain, allowed_special="all")
     small = SimpleNamespace(args=SimpleNamespace(vocab_size=10), source="/m")
     with pytest.raises(VocabularyError) as e:
         mlx_oss.Chat(small, tok)
