@@ -16,7 +16,7 @@ app's sampling hook, the model running every forward pass; mlx-lm: max_tokens).
 - Both get the same requests: the tool in `tools`, the call as an assistant `tool_calls` message, the
   result as a `tool` message; the chat template `mlx-oss convert --to mlx-lm` exports renders them as
   harmony, token for token what our server renders (tests/test_mlx_lm_interop.py).
-- ours: the app `mlx-oss serve` runs (`mlx_oss.server.create_app`) under uvicorn on 127.0.0.1, in this
+- ours: the app `mlx-oss serve` runs (`mlx_oss.server.app.create_app`) under uvicorn on 127.0.0.1, in this
   process so the benchmark can pass the forcing hook; mlx-lm: `python -m mlx_lm.server` subprocess.
   Both are up for the whole run; the loop runs `--repeats` times, ours then mlx-lm's each time (a new
   conversation each repetition, the same one for both), so both see the same machine load.

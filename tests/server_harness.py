@@ -17,7 +17,7 @@ import uvicorn
 from mlx_oss import tokenizer as tk
 
 from mlx_oss.sampling import ScriptedTokens
-from mlx_oss.server import create_app
+from mlx_oss.server.app import create_app
 from test_chat import reply  # noqa: F401  (harmony reply tokens, as gpt-oss writes them)
 
 MODEL_ID = "gpt-oss-tiny"

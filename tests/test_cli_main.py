@@ -4,6 +4,10 @@ stub subcommand: one line on stderr, never a traceback (unless MLX_OSS_DEBUG), a
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -63,7 +67,6 @@ def test_every_subcommand_is_registered_in_help_order():
 
 def test_silence_stdout_points_it_at_devnull(tmp_path, monkeypatch):
     import io
-    import sys
 
     f = open(tmp_path / "out", "w")
     monkeypatch.setattr(sys, "stdout", f)
@@ -113,3 +116,41 @@ def test_a_missing_subcommand_names_the_command_metavar(capsys, monkeypatch):
     assert capsys.readouterr().err == (
         "usage: mlx-oss [-h] COMMAND ...\nmlx-oss: error: the following arguments are required: COMMAND\n"
     )
+
+
+# The packages of the optional extras (pyproject's `serve` and `plot`): a plain `pip install mlx-oss` has none.
+EXTRAS_ONLY = ("starlette", "uvicorn", "httptools", "uvloop", "jsonschema", "matplotlib")
+_WITHOUT_EXTRAS = f"""
+import sys
+class _Absent:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {EXTRAS_ONLY!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, _Absent())
+from mlx_oss.cli.main import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def _mlx_oss_without_extras(*argv: str):
+    return subprocess.run([sys.executable, "-c", _WITHOUT_EXTRAS, *argv], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "COLUMNS": "100"})  # fmt: skip
+
+
+def test_every_command_but_serve_works_without_the_extras(tiny_chat_converted):
+    """A new user's `pip install -e ".[hub]"` has no web framework: `mlx-oss` must still start (it once
+    crashed with a traceback on every command, because registering `serve` imported Starlette)."""
+    r = _mlx_oss_without_extras("--help")
+    assert (r.returncode, r.stderr) == (0, "") and "serve" in r.stdout and "chat" in r.stdout
+    r = _mlx_oss_without_extras("info", str(tiny_chat_converted))
+    assert (r.returncode, r.stderr) == (0, "") and "parameters" in r.stdout.lower()
+    r = _mlx_oss_without_extras("generate", "--model", str(tiny_chat_converted), "--max-tokens", "3", "--json", "hi")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["stats"]["generated_tokens"] == 3
+
+
+def test_serve_without_the_extra_says_which_one_in_one_line(tiny_chat_converted):
+    r = _mlx_oss_without_extras("serve", "--model", str(tiny_chat_converted))
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr == ("mlx-oss: error: mlx-oss serve needs the 'serve' extra (uvicorn is missing): "
+                        "pip install 'mlx-oss[serve]'\n")  # fmt: skip

@@ -1,6 +1,5 @@
 """`mlx-oss serve`: an OpenAI-compatible local server (Responses and Chat Completions APIs) over the
-engine, with exact harmony and a prompt-cache pool across stateless requests. See docs/SERVER.md."""
+engine, with exact harmony and a prompt-cache pool across stateless requests. See docs/SERVER.md.
 
-from mlx_oss.server.app import create_app
-
-__all__ = ["create_app"]
+Nothing is imported here: `mlx-oss` registers the `serve` subcommand from `mlx_oss.server.cli` in every
+install, and the web framework (`starlette`, the `serve` extra) is loaded only by `mlx_oss.server.app`."""

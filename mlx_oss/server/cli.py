@@ -105,7 +105,7 @@ def run(a: argparse.Namespace, processors=None) -> int:
     try:
         import uvicorn
 
-        from mlx_oss.server import create_app
+        from mlx_oss.server.app import create_app
     except ImportError as e:
         raise UserError(f"mlx-oss serve needs the 'serve' extra ({e.name} is missing): pip install 'mlx-oss[serve]'") from None
     from mlx_oss.distributed import cli as dist
