@@ -427,7 +427,7 @@ class Chat:
         turn.rounds += 1
         in_reasoning = False  # consecutive analysis deltas of one message join into one string
         loose: list[str] = []  # unparsed text outside any message, kept as one UNPARSED message
-        header_run = 0  # tokens of the header being read (all unparsed if it is abandoned)
+        header_run = 0  # tokens of the header being read (a header ended without <|message|> may be unparsed)
         shown = time.perf_counter()  # the first Progress after one interval (quick replies need none)
         try:
             for tok in gen:
@@ -445,8 +445,7 @@ class Chat:
                         turn.answer_tokens += 1
                     elif not placed:
                         turn.unparsed_tokens += 1
-                if ev.unparsed:  # outside any message, or an abandoned "header"
-                    turn.unparsed_tokens += 1 + run  # run: the abandoned header's tokens (0 outside a header)
+                if ev.unparsed:  # outside any message, or an abandoned "header" (the parser counts its tokens)
                     loose.append(ev.unparsed)
                     yield from self._unparsed(turn, ev.unparsed)
                 text = ev.delta or self._unstreamed_text(ev)
@@ -481,8 +480,8 @@ class Chat:
             self._flush_loose(loose)
             tail = self._append_unfinished(parser)
             if tail:
-                turn.unparsed_tokens += header_run
                 turn.unparsed.append(tail)
+            turn.unparsed_tokens += parser.unparsed_tokens
             turn.generated += len(gen.generated)
             turn.prompt_tokens = gen.prompt_tokens
             turn.reused += gen.reused_tokens

@@ -730,12 +730,13 @@ def test_message_without_a_role_ended_before_message_token_is_dropped():
 def test_finish_right_after_a_start_or_mid_header_records_exactly_why():
     p = StreamParser(None)
     p.process(tk.START)
-    assert (p.finish(), p.errors, p.unparsed_text) == ([], [], "")
+    assert (p.finish(), p.errors, p.unparsed_text, p.unparsed_tokens) == ([], [], "", 0)
     # the role already rendered in the prompt is the cut-off header's role
     p = StreamParser(Role.ASSISTANT)
     p.feed(toks("<|channel|>analysis"))
     assert p.finish() == [Message(Role.ASSISTANT, "", channel="analysis", incomplete=True)]
     assert p.errors == ["stream ended inside a message header"]
+    assert p.unparsed_tokens == 0  # a cut-off header is a message, not unparsed text
 
 
 class _CountingEncoding:
@@ -758,8 +759,9 @@ def test_parse_completion_uses_the_encoding_it_is_given():
 def test_finish_keeps_words_that_are_no_header_as_unparsed_text():
     p = StreamParser()  # random weights: plain words where a header should be
     p.feed(toks("Hello world"))
+    assert p.unparsed_tokens == 0  # still a header being read
     assert p.finish() == []
-    assert p.unparsed_text == "Hello world"
+    assert (p.unparsed_text, p.unparsed_tokens) == ("Hello world", len(toks("Hello world")))
     assert p.errors == ["stream ended in text that is not a message header; kept as unparsed text"]
 
 
@@ -772,9 +774,9 @@ def test_finish_adds_its_errors_to_earlier_ones_and_flushes_split_bytes():
     # half a character outside any message: kept (as U+FFFD) when the stream ends
     p = StreamParser(None)
     p.process(ENC.encode_single_token(b"\xe4"))
-    assert p.unparsed_text == ""
+    assert (p.unparsed_text, p.unparsed_tokens) == ("", 1)  # counted though its text waits for more bytes
     p.finish()
-    assert p.unparsed_text == "\ufffd"
+    assert (p.unparsed_text, p.unparsed_tokens) == ("\ufffd", 1)
 
 
 def test_text_outside_messages_is_released_as_unparsed_text():
@@ -785,8 +787,10 @@ def test_text_outside_messages_is_released_as_unparsed_text():
     ev = p.process(tk.START)
     assert (ev.token, ev.unparsed, ev.error) == (tk.START, "\ufffd", None)
     assert p.unparsed_text == "Hi there\ufffd"
+    assert p.unparsed_tokens == len(toks("Hi there")) + 1  # the <|start|> that released the half is markup
     p.feed(toks("assistant<|channel|>final<|message|>ok<|return|>"))
     assert p.messages == [Message.assistant("ok")] and p.unparsed_text == "Hi there\ufffd"
+    assert p.unparsed_tokens == len(toks("Hi there")) + 1
 
 
 def test_unknown_token_outside_a_message_and_parsing_on_after_finish():
@@ -936,8 +940,9 @@ def test_a_header_past_the_limit_becomes_unparsed_text_and_parsing_goes_on():
         word, ParserState.EXPECT_START, None, f"message header longer than {MAX_HEADER_TOKENS} tokens; kept as unparsed text",
         "a" * (MAX_HEADER_TOKENS + 1))  # fmt: skip
     assert p.current_role is None and p.unparsed_text == "a" * (MAX_HEADER_TOKENS + 1)
+    assert p.unparsed_tokens == MAX_HEADER_TOKENS + 1
     p.feed(toks("<|start|>assistant<|channel|>final<|message|>Hi<|end|>"))
-    assert p.messages == [Message.assistant("Hi")]
+    assert p.messages == [Message.assistant("Hi")] and p.unparsed_tokens == MAX_HEADER_TOKENS + 1
 
 
 def test_bytes_a_header_cannot_decode_are_named_and_replaced():

@@ -225,11 +225,22 @@ def test_malformed_harmony_never_puts_markup_in_content(srv, client):
     m = r.choices[0].message
     assert not any(s in m.content for s in MARKUP)
     assert m.content == "Hi there!loose words"
-    assert r.usage.completion_tokens_details.model_extra["unparsed_tokens"] >= 3
-    # A model not writing harmony at all (no header): its words are shown, never markup.
+    # the two special tokens inside the answer, and every token after its <|end|>
+    loose = tok.encode("loose<|message|> words<|return|>", allowed_special="all")
+    assert r.usage.completion_tokens_details.model_extra["unparsed_tokens"] == 2 + len(loose)
+    # A model not writing harmony at all (no header): its words are shown, never markup; each is counted.
     scripts.push(tok.encode("just words, no header<|return|>", allowed_special="all"))
     r = client.chat.completions.create(model=MODEL_ID, messages=USER)
     assert r.choices[0].message.content == "just words, no header"
+    assert r.usage.completion_tokens_details.model_extra["unparsed_tokens"] == len(tok.encode("just words, no header"))
+    # cut off by max_tokens inside what is no header (a random model), and a character written byte by byte
+    euro = [tok.encode_single_token(bytes([b])) for b in "€".encode()]
+    for script, shown, unparsed in ((tok.encode("a b c d e"), "a b c d e", 5),
+                                    (tok.encode("<|channel|>final<|message|>A<|end|>", allowed_special="all") + euro, "A€", 3)):  # fmt: skip
+        scripts.push(script)
+        r = client.chat.completions.create(model=MODEL_ID, messages=USER, max_tokens=len(script))
+        assert r.choices[0].message.content == shown and r.choices[0].finish_reason == "length"
+        assert r.usage.completion_tokens_details.model_extra["unparsed_tokens"] == unparsed
     scripts.push(bad)
     stream = client.responses.create(model=MODEL_ID, input="hi", stream=True, max_output_tokens=len(bad))
     deltas = "".join(e.delta for e in stream if e.type == "response.output_text.delta")

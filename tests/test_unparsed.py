@@ -227,3 +227,14 @@ def test_unparsed_tokens_count_exactly_the_tokens_shown_as_unparsed(model_tok):
     kept = [m for m in chat.history if m.channel == UNPARSED]
     assert "".join(m.text for m in kept) == r.unparsed and len(kept) == 4
     assert [m.incomplete for m in kept] == [False, False, False, True] and kept[-1].to_dict()["incomplete"] is True
+
+
+def test_a_character_written_byte_by_byte_outside_a_message_counts_each_token(model_tok):
+    """Three byte tokens release one "€" between messages: all three are unparsed tokens (the count once
+    followed the text released, and so missed the tokens whose bytes waited in the decoder)."""
+    euro = [ENC.encode_single_token(bytes([b])) for b in "€".encode()]
+    script = ENC.encode("<|channel|>final<|message|>A<|end|>", allowed_special="all") + euro + ENC.encode(
+        "<|start|>assistant<|channel|>final<|message|>B<|return|>", allowed_special="all")  # fmt: skip
+    events = list(_chat(model_tok, script).send("q"))
+    r, s = events[-1].reply, events[-1].stats
+    assert (r.answer, r.unparsed, s.unparsed_tokens, s.answer_tokens) == ("AB", "€", 3, 2)

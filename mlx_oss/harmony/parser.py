@@ -158,6 +158,7 @@ class StreamParser:
         self._errors: list[str] = []
         self._last_delta: str | None = None
         self._unparsed: list[str] = []
+        self._unparsed_tokens = 0
         self._raw = codecs.getincrementaldecoder("utf-8")(errors="replace")  # for unparsed tokens
 
     # Read-only views ----------------------------------------------------------------------
@@ -184,6 +185,12 @@ class StreamParser:
     def unparsed_text(self) -> str:
         """All text so far that belongs to no message (see `StreamEvent.unparsed`)."""
         return "".join(self._unparsed)
+
+    @property
+    def unparsed_tokens(self) -> int:
+        """How many tokens wrote `unparsed_text`: each one outside a message (its bytes may still wait
+        in the UTF-8 decoder), and every token of a "header" given up as unparsed text."""
+        return self._unparsed_tokens
 
     @property
     def current_role(self) -> Role | None:
@@ -239,6 +246,7 @@ class StreamParser:
             if rest is not None or (header.role is Role.ASSISTANT and header.channel is None):
                 self._errors.append("stream ended in text that is not a message header; kept as unparsed text")
                 self._unparsed.append(text)  # a model not writing harmony: its words, not a cut header
+                self._unparsed_tokens += len(self._header_tokens)
             else:
                 self._errors += errs + ["stream ended inside a message header"]
                 self._header = header
@@ -290,6 +298,7 @@ class StreamParser:
             self._raw.reset()
             self._reset_message(ParserState.HEADER)
             return self._event(token, unparsed=tail)
+        self._unparsed_tokens += 1
         data = self._token_bytes(token)
         text = self._raw.decode(data) if data is not None else self._raw.decode(b"", final=True) + "\ufffd"
         return self._event(token, error=f"token {token} outside a message (expected <|start|>); kept as unparsed text",
@@ -315,6 +324,7 @@ class StreamParser:
         self._header_tokens.append(token)
         if len(self._header_tokens) > MAX_HEADER_TOKENS:  # not a header: the model is not writing harmony
             text = self._header_text()
+            self._unparsed_tokens += len(self._header_tokens)
             self._reset_message(ParserState.EXPECT_START)
             self._role_hint = None
             return self._event(token, error=f"message header longer than {MAX_HEADER_TOKENS} tokens; kept as unparsed text",

@@ -22,7 +22,7 @@ from mlx_oss.harmony import ANALYSIS, UNPARSED, Message, ParserState, Role, Stre
 from mlx_oss.sampling import Sampler, SamplingConfig
 from mlx_oss.server.cache_pool import PromptCachePool
 from mlx_oss.server.conversation import Turn
-from mlx_oss.server.token_output import TokenOutput
+from mlx_oss.server.token_output import TokenOutput, strip_markup
 from mlx_oss.server.tools import call_name
 
 __all__ = ["REASONING", "MESSAGE", "FUNCTION_CALL", "BROWSER_CALL", "PYTHON_CALL", "ItemStarted", "ItemDelta",
@@ -213,6 +213,8 @@ def _round(engine, pool, encoding, prompt, boundaries, sampler, max_tokens, stop
     text: list[str] = []
     messages: list[Message] = []
     reasoning_tokens = 0
+    header_run = 0  # tokens of the header being read (one ended without <|message|> is unparsed text)
+    headers_unparsed = 0  # tokens of such headers
     error = None
     logprobs: list[dict] = []  # entries of answer tokens whose text is not emitted yet
 
@@ -244,7 +246,7 @@ def _round(engine, pool, encoding, prompt, boundaries, sampler, max_tokens, stop
     def show_unparsed(raw: str) -> None:
         """Text that is not harmony: shown as answer text (markup removed), in its own message."""
         nonlocal open_item, text
-        shown = out.unparsed(raw)
+        shown = strip_markup(raw)
         if not shown:
             return
         if open_item is None or open_item.channel != UNPARSED:
@@ -255,12 +257,15 @@ def _round(engine, pool, encoding, prompt, boundaries, sampler, max_tokens, stop
 
     try:
         for step, tok in enumerate(gen):
+            was_header = parser.state is ParserState.HEADER
             ev = parser.process(tok)
-            if ev.unparsed:
+            run, header_run = header_run, header_run + 1 if was_header and ev.state is ParserState.HEADER else 0
+            if ev.unparsed:  # outside any message, or an abandoned "header" (the parser counts its tokens)
                 show_unparsed(ev.unparsed)
                 continue
             if ev.message is not None and open_item is None and not ev.header_done:
-                show_unparsed(ev.message.text)  # a "message" that ended before <|message|>
+                show_unparsed(ev.message.text)  # a "message" that ended before <|message|>: its header's tokens
+                headers_unparsed += run
                 continue
             if ev.header_done:
                 close(True)
@@ -301,6 +306,7 @@ def _round(engine, pool, encoding, prompt, boundaries, sampler, max_tokens, stop
         reason = "stop"
     elif error:
         reason = "error"
-    counts = (len(prompt), gen.reused_tokens, len(gen.generated), reasoning_tokens, out.unparsed_tokens)
+    counts = (len(prompt), gen.reused_tokens, len(gen.generated), reasoning_tokens,
+              out.unparsed_tokens + parser.unparsed_tokens + headers_unparsed)  # fmt: skip
     return _Round(messages, reason, error, counts)
 

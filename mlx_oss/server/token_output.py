@@ -2,8 +2,8 @@
 
 The parser decodes a special token met inside content (a model writing malformed harmony) to its
 literal text (`<|channel|>`); text outside any message (`StreamEvent.unparsed`) may hold such text
-too. `TokenOutput` removes that markup before anything reaches a client and counts the tokens that
-were not well-formed harmony (`unparsed_tokens` in usage). With `SamplingConfig.logprobs` set it
+too. `TokenOutput` removes that markup from content before it reaches a client and counts those
+tokens; with the parser's `unparsed_tokens` they are the `unparsed_tokens` of usage. With `SamplingConfig.logprobs` set it
 turns the sampler's records into OpenAI's logprob entries (`token`, `logprob`, `bytes`,
 `top_logprobs`), the same shape in both APIs.
 """
@@ -28,7 +28,7 @@ def strip_markup(text: str) -> str:
 
 
 class TokenOutput:
-    """Per-generation helper of `run_generation`: markup stripping, unparsed count, logprob entries."""
+    """Per-generation helper of `run_generation`: markup stripping in content (and its count), logprob entries."""
 
     def __init__(self, encoding: tiktoken.Encoding, sampler: Sampler) -> None:
         self.encoding = encoding
@@ -47,11 +47,6 @@ class TokenOutput:
             self.unparsed_tokens += 1
             return strip_markup(delta)
         return delta
-
-    def unparsed(self, text: str) -> str:
-        """Text outside any message (not harmony), markup removed; counted as one unparsed token."""
-        self.unparsed_tokens += 1
-        return strip_markup(text)
 
     def _entry(self, token: int, logprob: float) -> dict:
         data = self.encoding.decode_single_token_bytes(token)
