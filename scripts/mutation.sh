@@ -5,6 +5,8 @@
 #   scripts/mutation.sh                 # every module below
 #   scripts/mutation.sh engine cache    # some of them
 #   RESUME=1 scripts/mutation.sh engine # keep the verdicts so far, add the tests written since
+#   MUTANTS='mlx_oss.chat.xǁChatǁ_round__mutmut_*' scripts/mutation.sh chat
+#                                       # only these mutants (mutmut's names, globs): the functions a change touched
 #
 # Each module is mutated in a scratch copy of the repository (/tmp/mlx-oss-mutation/<module>), so
 # the working tree is never touched; the summary line per module is "killed/total (survived,
@@ -96,7 +98,7 @@ for name in "${ORDER[@]}"; do
   } > "$dir/setup.cfg"
   echo "== $name: $file against $tests"
   case $file in */convert/*) prebuilt=;; *) prebuilt=$TINY_CHAT/converted;; esac
-  (cd "$dir" && MLX_OSS_TEST_TINY_CHAT=$prebuilt nice -n "$NICE" "$MUTMUT" run --max-children "${JOBS:-1}" > mutmut.log 2>&1) || true
+  (cd "$dir" && MLX_OSS_TEST_TINY_CHAT=$prebuilt nice -n "$NICE" "$MUTMUT" run --max-children "${JOBS:-1}" ${MUTANTS:-} > mutmut.log 2>&1) || true
   (cd "$dir" && "$MUTMUT" results --all true > results.txt 2>&1) || true
   line=$("$PY" - "$dir/results.txt" "$name" <<'PYEOF'
 import collections, sys

@@ -951,3 +951,19 @@ def test_bytes_a_header_cannot_decode_are_named_and_replaced():
         p = StreamParser()
         p.feed([*toks("<|channel|>"), bad, *toks("<|message|>Hi<|end|>")])
         assert p.errors[0] == error and p.messages[0].channel == "\ufffd", (bad, p.errors)
+
+
+def test_unparsed_tokens_add_up_over_the_stream():
+    """Loose tokens, then a "header" given up (too long, or cut by the end of the stream): each adds its
+    tokens to the ones before it."""
+    from mlx_oss.harmony.parser import MAX_HEADER_TOKENS
+
+    loose, word = toks("stray words"), ENC.encode_single_token(b"a")
+    p = StreamParser(None)
+    p.feed(loose + [tk.START] + [word] * (MAX_HEADER_TOKENS + 1))
+    assert p.unparsed_tokens == len(loose) + MAX_HEADER_TOKENS + 1
+    p = StreamParser(None)
+    cut = toks("assistant no header here")
+    p.feed(loose + [tk.START] + cut)
+    p.finish()
+    assert (p.unparsed_text, p.unparsed_tokens) == ("stray wordsassistant no header here", len(loose) + len(cut))
