@@ -836,6 +836,11 @@ def test_what_a_new_chat_holds_and_puts_in_its_prompt(model_tok, tmp_path):
     plain = tok.decode(mlx_oss.Chat(model, tok).prompt_tokens([Message.user("q")]))
     ids = mlx_oss.Chat(model, swapped).prompt_tokens([Message.user("q")])
     assert ids == swapped.encode(plain, allowed_special="all") != tok.encode(plain, allowed_special="all")
+    # ... and reads the reply with it: "q" is written with the bundled vocabulary's "z" token
+    chat = mlx_oss.Chat(model, swapped)
+    chat.sampling = SamplingConfig(seed=0, logits_processors=(
+        ScriptedTokens(swapped.encode("<|channel|>final<|message|>q<|return|>", allowed_special="all")),))  # fmt: skip
+    assert list(chat.send("x"))[-1].reply.answer == "q"
     small = SimpleNamespace(args=SimpleNamespace(vocab_size=10), source="/m")
     with pytest.raises(VocabularyError) as e:
         mlx_oss.Chat(small, tok)
