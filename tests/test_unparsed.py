@@ -238,3 +238,13 @@ def test_a_character_written_byte_by_byte_outside_a_message_counts_each_token(mo
     events = list(_chat(model_tok, script).send("q"))
     r, s = events[-1].reply, events[-1].stats
     assert (r.answer, r.unparsed, s.unparsed_tokens, s.answer_tokens) == ("AB", "€", 3, 2)
+
+
+def test_a_reply_that_starts_with_words_ended_by_end_counts_them(model_tok):
+    """The reply's very first "header" (right after the prompt's `<|start|>assistant`) ended by `<|end|>`
+    without `<|message|>`: each of its tokens is unparsed, not one more or less."""
+    words = ENC.encode_ordinary("stray words here")
+    script = words + ENC.encode("<|end|><|start|>assistant<|channel|>final<|message|>A<|return|>", allowed_special="all")
+    events = list(_chat(model_tok, script).send("q"))
+    r, s = events[-1].reply, events[-1].stats
+    assert (r.answer, r.unparsed, s.unparsed_tokens) == ("A", "stray words here", len(words))
