@@ -427,16 +427,13 @@ class Chat:
         turn.rounds += 1
         in_reasoning = False  # consecutive analysis deltas of one message join into one string
         loose: list[str] = []  # unparsed text outside any message, kept as one UNPARSED message
-        header_run = 0  # tokens of the header being read (a header ended without <|message|> may be unparsed)
         shown = time.perf_counter()  # the first Progress after one interval (quick replies need none)
         try:
             for tok in gen:
                 now = time.perf_counter()
                 if turn.ttft_s is None:
                     turn.ttft_s = now - t0
-                was_header = parser.state is ParserState.HEADER
                 ev = parser.process(tok)
-                run, header_run = header_run, header_run + 1 if was_header and ev.state is ParserState.HEADER else 0
                 placed = ev.channel in (ANALYSIS, FINAL, COMMENTARY) or ev.recipient is not None
                 if ev.state is ParserState.CONTENT and not ev.header_done:
                     if ev.channel == ANALYSIS and ev.recipient is None:
@@ -463,7 +460,7 @@ class Chat:
                         yield AnswerDelta(text, channel=COMMENTARY)
                     else:
                         if not ev.delta:  # a header that ended without <|message|>: its tokens were that text
-                            turn.unparsed_tokens += run
+                            turn.unparsed_tokens += ev.header_tokens
                         yield from self._unparsed(turn, text)
                 if ev.message is not None:
                     in_reasoning = False

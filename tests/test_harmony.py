@@ -710,6 +710,7 @@ def test_message_ended_before_message_token_after_a_start(stream, end, expected)
     p.feed(toks(stream))
     ev = p.process(end)
     assert (ev.token, ev.message, ev.stop) == (end, expected, end != tk.END)
+    assert ev.header_tokens == len(toks(stream)) - 1  # every token after <|start|> (the words are the text)
     assert p.messages == [expected]
     assert p.errors == ["message ended before <|message|>"]
     assert p.state is ParserState.EXPECT_START
@@ -722,7 +723,7 @@ def test_message_without_a_role_ended_before_message_token_is_dropped():
     p = StreamParser(None)
     p.feed(toks("<|start|><|channel|>analysis x"))
     ev = p.process(tk.END)
-    assert (ev.message, ev.stop, p.messages) == (None, False, [])
+    assert (ev.message, ev.stop, p.messages, ev.header_tokens) == (None, False, [], 0)
     assert p.errors == ["message ended before <|message|>; dropped"]
     assert p.state is ParserState.EXPECT_START
 

@@ -233,6 +233,11 @@ def test_malformed_harmony_never_puts_markup_in_content(srv, client):
     r = client.chat.completions.create(model=MODEL_ID, messages=USER)
     assert r.choices[0].message.content == "just words, no header"
     assert r.usage.completion_tokens_details.model_extra["unparsed_tokens"] == len(tok.encode("just words, no header"))
+    scripts.push(tok.encode("a b<|end|><|start|>assistant c d<|return|>", allowed_special="all"))  # two such "headers"
+    r = client.chat.completions.create(model=MODEL_ID, messages=USER)
+    assert r.choices[0].message.content == "a bc d"
+    assert r.usage.completion_tokens_details.model_extra["unparsed_tokens"] == len(tok.encode("a b")) + len(
+        tok.encode("assistant c d"))  # fmt: skip  (<|start|> is markup, counted as in Chat: not at all)
     # cut off by max_tokens inside what is no header (a random model), and a character written byte by byte
     euro = [tok.encode_single_token(bytes([b])) for b in "€".encode()]
     for script, shown, unparsed in ((tok.encode("a b c d e"), "a b c d e", 5),

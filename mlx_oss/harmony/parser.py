@@ -60,6 +60,8 @@ class StreamEvent:
     completed a message. `stop` is True for `<|return|>` and `<|call|>`: sampling should stop.
     `error` says why a token was skipped or a message recovered, for malformed streams. `unparsed` is
     text this token released that belongs to no message (not harmony: shown as is, never an answer).
+    `header_tokens`, on a token that ended a message before `<|message|>`: how many tokens its header
+    had (they wrote the message's text).
     """
 
     token: int
@@ -74,6 +76,7 @@ class StreamEvent:
     stop: bool = False
     error: str | None = None
     unparsed: str = ""
+    header_tokens: int = 0
 
 
 def _split_ascii(s: str) -> list[str]:
@@ -270,6 +273,7 @@ class StreamParser:
         stop: bool = False,
         error: str | None = None,
         unparsed: str = "",
+        header_tokens: int = 0,
     ) -> StreamEvent:
         # Header fields come from the message this token completed, else the one being read.
         src: Message | _Header | None = message if message is not None else self._header
@@ -290,6 +294,7 @@ class StreamParser:
             stop=stop,
             error=error,
             unparsed=unparsed,
+            header_tokens=header_tokens,
         )
 
     def _on_expect_start(self, token: int) -> StreamEvent:
@@ -334,7 +339,7 @@ class StreamParser:
     def _end_without_message_token(self, token: int) -> StreamEvent:
         # The model ended a message whose header never got <|message|>: keep the header fields
         # we can read and treat the remaining words as the text (openai-harmony's non-strict mode).
-        message = None
+        message, count = None, len(self._header_tokens)
         if self._header_tokens:
             text = self._header_text()
             role = self._role_hint
@@ -352,6 +357,7 @@ class StreamParser:
             message=message,
             stop=token in tk.STOP_TOKENS_FOR_ASSISTANT_ACTIONS,
             error="message ended before <|message|>" + ("" if message else "; dropped"),
+            header_tokens=count if message else 0,
         )
 
     def _on_content(self, token: int) -> StreamEvent:

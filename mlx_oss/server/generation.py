@@ -213,8 +213,7 @@ def _round(engine, pool, encoding, prompt, boundaries, sampler, max_tokens, stop
     text: list[str] = []
     messages: list[Message] = []
     reasoning_tokens = 0
-    header_run = 0  # tokens of the header being read (one ended without <|message|> is unparsed text)
-    headers_unparsed = 0  # tokens of such headers
+    headers_unparsed = 0  # tokens of headers ended without <|message|> (their words are shown as unparsed)
     error = None
     logprobs: list[dict] = []  # entries of answer tokens whose text is not emitted yet
 
@@ -257,15 +256,13 @@ def _round(engine, pool, encoding, prompt, boundaries, sampler, max_tokens, stop
 
     try:
         for step, tok in enumerate(gen):
-            was_header = parser.state is ParserState.HEADER
             ev = parser.process(tok)
-            run, header_run = header_run, header_run + 1 if was_header and ev.state is ParserState.HEADER else 0
             if ev.unparsed:  # outside any message, or an abandoned "header" (the parser counts its tokens)
                 show_unparsed(ev.unparsed)
                 continue
-            if ev.message is not None and open_item is None and not ev.header_done:
-                show_unparsed(ev.message.text)  # a "message" that ended before <|message|>: its header's tokens
-                headers_unparsed += run
+            if ev.header_tokens:  # a "message" that ended before <|message|>: its header's words, shown
+                show_unparsed(ev.message.text)  # (after other unparsed text too: an item may be open)
+                headers_unparsed += ev.header_tokens  # not kept in `messages`: no prompt is rendered with it
                 continue
             if ev.header_done:
                 close(True)
