@@ -501,6 +501,7 @@ def test_parser_round_trip_token_by_token():
                            ("commentary", "functions.get_weather", "<|constrain|>json")]
         deltas = "".join(e.delta for e in events)
         assert deltas == "".join(m.text for m in REPLY)
+        assert not any(e.unparsed or e.header_tokens for e in events) and p.unparsed_tokens == 0
         assert p.finish() == REPLY
         ours = oracle_parse(feed, role)
         assert ours[0] == REPLY
@@ -778,6 +779,13 @@ def test_finish_adds_its_errors_to_earlier_ones_and_flushes_split_bytes():
     assert (p.unparsed_text, p.unparsed_tokens) == ("", 1)  # counted though its text waits for more bytes
     p.finish()
     assert (p.unparsed_text, p.unparsed_tokens) == ("\ufffd", 1)
+
+
+def test_a_message_cut_inside_a_character_ends_in_a_replacement_character():
+    p = StreamParser()
+    p.feed(toks("<|channel|>final<|message|>ab") + [ENC.encode_single_token(b"\xe4")])
+    assert p.current_content == "ab"  # the half character waits for the rest of its bytes
+    assert p.finish() == [Message(Role.ASSISTANT, "ab\ufffd", channel="final", incomplete=True)]
 
 
 def test_text_outside_messages_is_released_as_unparsed_text():
