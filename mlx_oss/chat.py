@@ -458,9 +458,8 @@ class Chat:
                         yield AnswerDelta(text)
                     elif ev.channel == COMMENTARY:
                         yield AnswerDelta(text, channel=COMMENTARY)
-                    else:
-                        if not ev.delta:  # a header that ended without <|message|>: its tokens were that text
-                            turn.unparsed_tokens += ev.header_tokens
+                    else:  # header_tokens: a header that ended without <|message|> (its tokens were that text)
+                        turn.unparsed_tokens += ev.header_tokens
                         yield from self._unparsed(turn, text)
                 if ev.message is not None:
                     in_reasoning = False

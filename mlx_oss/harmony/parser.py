@@ -339,7 +339,7 @@ class StreamParser:
     def _end_without_message_token(self, token: int) -> StreamEvent:
         # The model ended a message whose header never got <|message|>: keep the header fields
         # we can read and treat the remaining words as the text (openai-harmony's non-strict mode).
-        message, count = None, len(self._header_tokens)
+        message, header_tokens = None, 0
         if self._header_tokens:
             text = self._header_text()
             role = self._role_hint
@@ -350,6 +350,7 @@ class StreamParser:
                 header, rest, _ = _parse_header(text, role, False)
                 message = Message(role, rest or "", channel=header.channel)
                 self._messages.append(message)
+                header_tokens = len(self._header_tokens)
         self._reset_message(ParserState.EXPECT_START)
         self._role_hint = None
         return self._event(
@@ -357,7 +358,7 @@ class StreamParser:
             message=message,
             stop=token in tk.STOP_TOKENS_FOR_ASSISTANT_ACTIONS,
             error="message ended before <|message|>" + ("" if message else "; dropped"),
-            header_tokens=count if message else 0,
+            header_tokens=header_tokens,
         )
 
     def _on_content(self, token: int) -> StreamEvent:

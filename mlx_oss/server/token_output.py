@@ -3,9 +3,9 @@
 The parser decodes a special token met inside content (a model writing malformed harmony) to its
 literal text (`<|channel|>`); text outside any message (`StreamEvent.unparsed`) may hold such text
 too. `TokenOutput` removes that markup from content before it reaches a client and counts those
-tokens; with the parser's `unparsed_tokens` they are the `unparsed_tokens` of usage. With `SamplingConfig.logprobs` set it
-turns the sampler's records into OpenAI's logprob entries (`token`, `logprob`, `bytes`,
-`top_logprobs`), the same shape in both APIs.
+tokens; with the parser's `unparsed_tokens` they are the `unparsed_tokens` of usage. With
+`SamplingConfig.logprobs` set it turns the sampler's records into OpenAI's logprob entries (`token`,
+`logprob`, `bytes`, `top_logprobs`), the same shape in both APIs.
 """
 
 from __future__ import annotations
