@@ -99,7 +99,7 @@ def test_searches_opens_finds_runs_code_and_cites(client, srv):
     resp = client.responses.create(model=MODEL_ID, input="What changed in MLX? Also compute 6*7.", tools=TOOLS)
     _check_full_output(resp, web.url("/page"))
     # What the model read after each call is in the store, as rendered for the next turn.
-    store = app.state.store
+    store = app.state.stored
     seen = [store.tool_messages(o.id)[1].text for o in resp.output if o.type in ("web_search_call", "code_interpreter_call")]
     assert seen[0].startswith("[0] mlx release notes") and "【0†Result 0 about MLX" in seen[0]
     assert seen[1].startswith("[1] MLX Release Notes") and seen[2].startswith("[2] Find results for text: `quantization`")
@@ -152,7 +152,7 @@ def test_failures_are_tool_results_and_the_response_completes(client, srv):
     assert resp.status == "completed" and resp.output_text == "Sorry, nothing worked."
     calls = [o for o in resp.output if o.type in ("web_search_call", "code_interpreter_call")]
     assert [o.status for o in calls] == ["failed"] * 8
-    seen = [app.state.store.tool_messages(o.id)[1].text for o in calls]
+    seen = [app.state.stored.tool_messages(o.id)[1].text for o in calls]
     assert "Exa search is out of quota" in seen[0]
     assert "HTTP 404" in seen[1] and "too large" in seen[2] and "unsupported content type image/png" in seen[3]
     assert "cannot reach the site" in seen[4] and "invalid JSON arguments for browser.find" in seen[5]
@@ -172,7 +172,7 @@ def test_call_limit_ends_the_response_incomplete(client, srv):
     assert resp.status == "incomplete" and resp.incomplete_details.reason == "max_tool_calls"
     calls = [o for o in resp.output if o.type == "web_search_call"]
     assert [o.status for o in calls] == ["completed", "failed", "incomplete"]  # the third was never run
-    assert "limit of 1 built-in tool calls" in app.state.store.tool_messages(calls[1].id)[1].text
+    assert "limit of 1 built-in tool calls" in app.state.stored.tool_messages(calls[1].id)[1].text
     assert len([p for p in web.posted if p.get("query") == "mlx"]) == 1  # the second call was not run
 
 
@@ -237,4 +237,4 @@ def _response_id(sse: str) -> str:
 def _seen(app, sse: str) -> str:
     """The tool results the model read in the response `sse` streamed."""
     resp = next(json.loads(ln[6:])["response"] for ln in sse.splitlines() if '"response.completed"' in ln)
-    return "\n".join(app.state.store.tool_messages(o["id"])[1].text for o in resp["output"] if o["type"] == "web_search_call")
+    return "\n".join(app.state.stored.tool_messages(o["id"])[1].text for o in resp["output"] if o["type"] == "web_search_call")

@@ -72,11 +72,14 @@ def test_signal_ends_stream_cleanly_and_exits_zero(tiny_chat_converted, sig):
 
 
 def test_public_host_without_key_warns():
-    from mlx_oss.server.cli import host_warning
+    from mlx_oss.server.cli import host_warnings
 
-    assert "without an API key" in host_warning("0.0.0.0", None)
-    assert host_warning("0.0.0.0", "k") is None and host_warning("127.0.0.1", None) is None
-    assert host_warning("::1", None) is None
+    keyless, unnamed = host_warnings("0.0.0.0", None)
+    assert "without an API key" in keyless and "--allowed-hosts" in unnamed
+    assert host_warnings("0.0.0.0", "k", ["mac.local"]) == [] and host_warnings("127.0.0.1", None) == []
+    assert host_warnings("::1", None) == [] and host_warnings("[::1]", None) == []
+    assert host_warnings("192.168.1.5", "k") == []  # a specific address is itself an allowed Host
+    assert len(host_warnings("192.168.1.5", None)) == 1
 
 
 def test_missing_serve_extra_is_one_clear_line(monkeypatch):

@@ -196,7 +196,7 @@ def test_non_streaming_disconnect_cancels_and_frees_the_engine(srv, client):
     host, port = url.split("//")[1].split("/")[0].split(":")
     body = json.dumps({"model": MODEL_ID, "messages": USER, "max_tokens": 900}).encode()
     sock = socket.create_connection((host, int(port)), timeout=60)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n" % len(body) + body)  # fmt: skip
     assert gate.entered.wait(60)  # the generation is running (held at its first step)
     job = app.state.backend.worker._running

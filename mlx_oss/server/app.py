@@ -1,5 +1,11 @@
 """The ASGI app: routes, API key, body limit, OpenAI-shaped errors. `create_app(...)` builds it.
 
+Every request passes `RequestGuard` first (Host, Origin, content type: server/guard.py); a body is
+read once, within the byte limit, and checked against its API's schema (server/request_body.py)
+before a route translates it. Whatever raises after that is answered, never re-raised: a 400 while
+the request is translated (the body caused it), a 500 while it runs, a final error event once a
+stream has started, so the connection stays usable and the log holds one line, not a traceback.
+
 Starlette (not FastAPI): the request bodies are translated by hand into harmony anyway (both APIs
 accept loose shapes that a pydantic model would reject or reshape), so FastAPI's validation layer
 would only add a dependency and a second error format.
@@ -9,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import json
+import logging
 import time
 from dataclasses import replace
 from typing import Any, AsyncIterator, Callable, Sequence
@@ -30,11 +36,15 @@ from mlx_oss.server.backend import Backend, ProcessorHook
 from mlx_oss.server.builtin import ServerTools, Session, Sessions
 from mlx_oss.server.errors import APIError, bad_request, error_body
 from mlx_oss.server.generation import Finished
+from mlx_oss.server.guard import Access, RequestGuard
+from mlx_oss.server.request_body import CHAT, RESPONSES, read_body
 from mlx_oss.server.sse import DONE, EventStream, data_line, named_event, watch_disconnect
 
-__all__ = ["create_app", "DEFAULT_BODY_LIMIT"]
+__all__ = ["create_app", "DEFAULT_BODY_LIMIT", "DEFAULT_STORED_BYTES"]
 
 DEFAULT_BODY_LIMIT = 32 << 20
+DEFAULT_STORED_BYTES = 256 << 20
+log = logging.getLogger("mlx_oss.server")
 
 
 def _error(e: APIError) -> JSONResponse:
@@ -45,7 +55,7 @@ class _Server:
     """State shared by the routes."""
 
     def __init__(self, backend: Backend, model_id: str, aliases: Sequence[str], api_key: str | None, body_limit: int,
-                 builtin: ServerTools):  # fmt: skip
+                 builtin: ServerTools, stored_bytes: int):  # fmt: skip
         self.backend = backend
         self.builtin = builtin
         self.sessions = Sessions()
@@ -53,19 +63,23 @@ class _Server:
         self.names = {model_id, *aliases}
         self.api_key = api_key
         self.body_limit = body_limit
-        self.store = responses.ResponseStore()
+        self.stored = responses.StoredResponses(stored_bytes)
         self.created = int(time.time())
 
-    def check_key(self, request: Request) -> None:
+    def has_key(self, request: Request) -> bool:
+        """True when no key is set, or the request carries it (compared in constant time)."""
         if not self.api_key:
-            return
+            return True
         auth = request.headers.get("authorization", "")
         given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        if not hmac.compare_digest(given.encode(), self.api_key.encode()):
+        return hmac.compare_digest(given.encode(), self.api_key.encode())
+
+    def check_key(self, request: Request) -> None:
+        if not self.has_key(request):
             raise APIError(401, "Missing or incorrect API key: send it as 'Authorization: Bearer <key>'.",
                            code="invalid_api_key")  # fmt: skip
 
-    async def body(self, request: Request) -> dict[str, Any]:
+    async def body(self, request: Request, schema: dict) -> dict[str, Any]:
         size = request.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > self.body_limit:
             raise APIError(413, f"Request body is {size} bytes; the limit is {self.body_limit}.", code="request_too_large")
@@ -74,12 +88,7 @@ class _Server:
             data += chunk
             if len(data) > self.body_limit:
                 raise APIError(413, f"Request body is over the {self.body_limit}-byte limit.", code="request_too_large")
-        try:
-            body = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise bad_request(f"The request body is not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise bad_request("The request body must be a JSON object.")
+        body = read_body(bytes(data), schema)
         model = body.get("model")
         if model is not None and model not in self.names:
             raise APIError(404, f"The model {model!r} does not exist on this server (it serves {self.model_id!r}).",
@@ -117,7 +126,10 @@ def create_app(
     cache_bytes: int = 8 << 30,
     max_queue: int = 16,
     cors: Sequence[str] = (),
+    allowed_hosts: Sequence[str] = (),
+    bind: str = "127.0.0.1",
     body_limit: int = DEFAULT_BODY_LIMIT,
+    stored_bytes: int = DEFAULT_STORED_BYTES,
     sampling: SamplingConfig | None = None,
     max_tokens: int | None = None,
     processors: ProcessorHook | None = None,
@@ -127,7 +139,9 @@ def create_app(
 ) -> Starlette:
     """The OpenAI-compatible app for a loaded model. `sampling`: defaults a request's temperature,
     top_p and seed override (top_k/min_p apply to every request); `max_tokens`: the reply cap when a
-    request sets none. `builtin`: the built-in tools the Responses API runs (default: the browser
+    request sets none. `cors` / `allowed_hosts` / `bind`: the browser origins and Host names it answers
+    (server/guard.py). `stored_bytes`: the memory kept for stored responses (`previous_response_id`).
+    `builtin`: the built-in tools the Responses API runs (default: the browser
     without search, no python; see server/builtin.py). `processors` is a test-only sampling hook
     (request body -> logits processors); leave it None in production. `app.state.backend.shutdown()`
     cancels all generations (the CLI calls it on Ctrl+C / SIGTERM). `engine_class` / `end_group`: rank 0
@@ -136,9 +150,11 @@ def create_app(
     backend = Backend(model, tokenizer, max_context=max_context, cache_bytes=cache_bytes, max_queue=max_queue,
                       sampling=sampling, max_tokens=max_tokens, processors=processors, engine_class=engine_class,
                       end_group=end_group)  # fmt: skip
-    srv = _Server(backend, model_id, aliases, api_key, body_limit, builtin or ServerTools())
+    srv = _Server(backend, model_id, aliases, api_key, body_limit, builtin or ServerTools(), stored_bytes)
 
     async def health(request: Request):
+        if not srv.has_key(request):  # with a key set, state is for those who hold it
+            return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "ok", "model": srv.model_id, "busy": backend.worker.busy,
                              "queued": backend.worker.waiting, "generations": dict(backend.outcomes)})  # fmt: skip
 
@@ -149,15 +165,15 @@ def create_app(
     async def get_model(request: Request):
         srv.check_key(request)
         if request.path_params["model"] not in srv.names:
-            raise APIError(404, f"The model {request.path_params['model']!r} does not exist on this server.",
+            raise APIError(404, f"The model {_short(request.path_params['model'])!r} does not exist on this server.",
                            param="model", code="model_not_found")  # fmt: skip
         return JSONResponse(srv.model_json())
 
     async def chat(request: Request):
         srv.check_key(request)
-        body = await srv.body(request)
-        req = chat_completions.parse_request(body, backend.sampling(body))
-        prompt, boundaries = backend.prompt(req.turn)
+        body = await srv.body(request, CHAT)
+        req = _translate(lambda: chat_completions.parse_request(body, backend.sampling(body)))
+        prompt, boundaries = _translate(lambda: backend.prompt(req.turn))
         job = backend.submit(req.turn, prompt, boundaries)
         acc = chat_completions.ChatAccumulator(srv.model_id, req.turn.sampling.logprobs is not None)
         if not req.stream:
@@ -177,21 +193,24 @@ def create_app(
                 else:
                     for c in acc.last_chunks(req.include_usage):
                         yield data_line(c)
-                yield DONE
+            except Exception as e:  # the stream has started: its error is its last chunk
+                _log_failure(request, e)
+                yield data_line(_failure(e))
             finally:
                 job.cancel()  # no-op when finished; stops the generation if the stream was abandoned
+            yield DONE
 
         return EventStream(chunks(), job.cancel)
 
     async def create_response(request: Request):
         srv.check_key(request)
-        body = await srv.body(request)
-        req = responses.parse_request(body, srv.store, backend.sampling(body), srv.builtin)
+        body = await srv.body(request, RESPONSES)
+        req = _translate(lambda: responses.parse_request(body, srv.stored, backend.sampling(body), srv.builtin))
         job, b = _submit_response(srv, req)
 
         def save() -> None:
             if req.store and b.status != "in_progress":
-                srv.store.put(b.response(), req.items, b.tool_messages)
+                srv.stored.put(b.response(), req.items, b.tool_messages)
 
         if not req.stream:
             await _collect(job, request, b.feed)
@@ -213,6 +232,11 @@ def create_app(
                     for kind, ev in b.fail("cancelled", "the server is shutting down"):
                         yield named_event(kind, ev)
                 save()
+            except Exception as e:  # the stream has started: it ends with response.failed
+                _log_failure(request, e)
+                if b.status == "in_progress":
+                    for kind, ev in b.fail("server_error", _failure(e)["error"]["message"]):
+                        yield named_event(kind, ev)
             finally:
                 job.cancel()
 
@@ -220,7 +244,7 @@ def create_app(
 
     async def get_response(request: Request):
         srv.check_key(request)
-        _, resp = srv.store.get(request.path_params["response_id"])
+        _, resp = srv.stored.get(request.path_params["response_id"])
         return JSONResponse(resp)
 
     async def api_error(request: Request, exc: APIError):
@@ -228,11 +252,8 @@ def create_app(
 
     async def http_error(request: Request, exc: HTTPException):
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return JSONResponse(error_body(f"{exc.detail}: {request.method} {request.url.path}", kind), status_code=exc.status_code)
-
-    async def server_error(request: Request, exc: Exception):
-        first = (str(exc).strip().splitlines() or [""])[0]
-        return JSONResponse(error_body(f"Internal error: {type(exc).__name__}: {first}", "server_error"), status_code=500)
+        return JSONResponse(error_body(f"{exc.detail}: {request.method} {_short(request.url.path)}", kind),
+                            status_code=exc.status_code)  # fmt: skip
 
     routes = [
         Route("/health", health, methods=["GET"]),
@@ -242,16 +263,86 @@ def create_app(
         Route("/v1/responses", create_response, methods=["POST"]),
         Route("/v1/responses/{response_id}", get_response, methods=["GET"]),
     ]
-    middleware = [Middleware(CORSMiddleware, allow_origins=list(cors), allow_methods=["*"], allow_headers=["*"])] if cors else []
+    access = Access(bind, tuple(allowed_hosts), tuple(cors))
+    middleware = [Middleware(RequestGuard, access=access)]
+    if cors:
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(cors), allow_methods=["*"], allow_headers=["*"]))
+    middleware.append(Middleware(_InternalErrors))
     app = Starlette(
         routes=routes, middleware=middleware,
-        exception_handlers={APIError: api_error, HTTPException: http_error, Exception: server_error},
+        exception_handlers={APIError: api_error, HTTPException: http_error},
         lifespan=_lifespan(backend, srv.sessions),
     )  # fmt: skip
     app.state.backend = backend
-    app.state.store = srv.store  # stored responses and their built-in calls' messages
+    app.state.stored = srv.stored  # stored responses and their built-in calls' messages
     app.state.sessions = srv.sessions  # the conversations' browser/python sessions
     return app
+
+
+def _translate(step: Callable[[], Any]) -> Any:
+    """Run a translation step of a request (body -> Turn -> prompt). It reads only the client's body,
+    so whatever it raises is the body's fault: a 400, never a 500 (the schema should have caught it;
+    the log says where, to add the rule)."""
+    try:
+        return step()
+    except APIError:
+        raise
+    except (RecursionError, MemoryError):
+        raise bad_request("The request is too large or too deeply nested to translate.") from None
+    except Exception as e:
+        log.warning("a request body the schema let through failed in translation", exc_info=True)
+        raise bad_request(f"The request could not be read: {type(e).__name__}: {_short(str(e))}") from None
+
+
+class _InternalErrors:
+    """ASGI middleware: an exception from a route becomes a 500 in OpenAI's shape, logged in one line
+    (with the traceback at DEBUG). Starlette's own handler would re-raise it after answering, and
+    uvicorn then drops the keep-alive connection that the client's next request is using."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def watched(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as e:
+            c = _cause(e)
+            log.error("%s %s: %s: %s", scope["method"], _short(scope["path"]), type(c).__name__, _short(str(c)))
+            log.debug("traceback", exc_info=True)
+            if started:
+                return  # a streamed reply already ended with its error event
+            await JSONResponse(_failure(e), status_code=500)(scope, receive, send)
+
+
+def _cause(e: BaseException) -> BaseException:
+    """The exception itself, out of the task groups' one-exception groups (`_collect`)."""
+    while len(getattr(e, "exceptions", ())) == 1:
+        e = e.exceptions[0]
+    return e
+
+
+def _failure(e: BaseException) -> dict:
+    e = _cause(e)
+    first = (str(e).strip().splitlines() or [""])[0]
+    return error_body(f"Internal error: {type(e).__name__}: {_short(first)}", "server_error", None, "server_error")
+
+
+def _log_failure(request: Request, e: BaseException) -> None:
+    log.error("%s %s: stream failed: %s: %s", request.method, _short(request.url.path), type(e).__name__, _short(str(e)))
+    log.debug("traceback", exc_info=True)
+
+
+def _short(text: str, n: int = 200) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _submit_response(srv: _Server, req) -> tuple[Any, responses.ResponseBuilder]:
@@ -267,7 +358,7 @@ def _submit_response(srv: _Server, req) -> tuple[Any, responses.ResponseBuilder]
         turn = replace(turn, tools=replace(turn.tools, builtin=session.tools.namespaces()))
     b = responses.ResponseBuilder(srv.model_id, req.echo, session.container_id if session else "")
     try:
-        prompt, boundaries = srv.backend.prompt(turn)
+        prompt, boundaries = _translate(lambda: srv.backend.prompt(turn))
         done = None
         if session is not None:
             done = (lambda: srv.sessions.put(b.id, session)) if req.store else session.tools.close

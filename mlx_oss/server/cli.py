@@ -28,9 +28,6 @@ from mlx_oss.cli.args import (
 )
 from mlx_oss.errors import UserError
 
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
-
-
 def byte_size(s: str) -> int:
     """'8G', '512M', '1.5GB', '1000000' -> bytes (powers of 1024 for K/M/G/T)."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)i?b?\s*", s, re.IGNORECASE)
@@ -54,9 +51,18 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: env MLX_OSS_API_KEY)")
     s.add_argument("--cache-bytes", type=byte_size, default=byte_size("8G"),
                    help="memory for cached conversation states besides the one in use (default 8G; 0 = keep only that one)")  # fmt: skip
-    s.add_argument("--cors", nargs="+", metavar="ORIGIN", default=[], help="origins allowed by CORS (browser clients)")
+    s.add_argument("--cors", nargs="+", metavar="ORIGIN", default=[],
+                   help="web page origins (https://app.example) that may call the server from a browser; any other "
+                        "page is refused (403). '*' allows every page and needs an API key")  # fmt: skip
+    s.add_argument("--allowed-hosts", nargs="+", metavar="NAME", default=[],
+                   help="Host names the server answers besides localhost, 127.0.0.1, ::1 and the --host address "
+                        "(e.g. host.docker.internal for Open WebUI in Docker); '*' answers any (no DNS-rebinding "
+                        "protection)")  # fmt: skip
     s.add_argument("--max-queue", type=positive_int, default=16, help="requests waiting beyond which the server answers 429")
     s.add_argument("--max-body", type=byte_size, default=byte_size("32M"), help="request body size limit (413 above)")
+    s.add_argument("--stored-bytes", type=byte_size, default=byte_size("256M"),
+                   help="memory for stored responses (store=true, for previous_response_id); the oldest go first "
+                        "(default 256M)")  # fmt: skip
     add_sampling(s)
     add_hosts(s)
     g = s.add_argument_group("built-in tools (Responses API; see docs/SERVER.md 'Built-in tools')")
@@ -89,14 +95,21 @@ def model_id(name: str) -> str:
     return Path(name.rstrip("/")).name or name
 
 
-def host_warning(host: str, key: str | None) -> str | None:
-    """Why binding `host` without a key is risky (None when it is only this machine, or keyed)."""
+def host_warnings(host: str, key: str | None, allowed_hosts: list[str] = ()) -> list[str]:
+    """Why binding `host` this way is risky or will refuse clients (none when it is only this machine)."""
+    from mlx_oss.server.guard import LOCAL_NAMES, WILDCARD_BINDS
     from mlx_oss.server.settings import KEY_ENV
 
-    if host in LOCAL_HOSTS or key:
-        return None
-    return (f"listening on {host} without an API key: anyone who can reach this machine can use the model "
-            f"(set --api-key or {KEY_ENV})")  # fmt: skip
+    if host.strip("[]") in LOCAL_NAMES:
+        return []
+    out = []
+    if not key:
+        out.append(f"listening on {host} without an API key: anyone who can reach this machine can use the model "
+                   f"(set --api-key or {KEY_ENV})")  # fmt: skip
+    if host.strip("[]") in WILDCARD_BINDS and not allowed_hosts:
+        out.append(f"listening on {host}, but requests are answered only when their Host is localhost, 127.0.0.1 or "
+                   "::1: name this machine's addresses or names with --allowed-hosts")  # fmt: skip
+    return out
 
 
 def run(a: argparse.Namespace, processors=None) -> int:
@@ -118,11 +131,14 @@ def run(a: argparse.Namespace, processors=None) -> int:
 
 def _serve(a: argparse.Namespace, session, uvicorn, create_app, processors) -> int:
     from mlx_oss.engine import Engine
+    from mlx_oss.server.guard import origins_need_key
     from mlx_oss.server.settings import KEY_ENV, client_settings
 
     key = a.api_key or os.environ.get(KEY_ENV) or None
-    warning = host_warning(a.host, key)
-    if warning:
+    refusal = origins_need_key(a.cors, key)
+    if refusal:
+        raise UserError(refusal)
+    for warning in host_warnings(a.host, key, a.allowed_hosts):
         print(f"mlx-oss serve: warning: {warning}", file=sys.stderr)
     tools = server_tools(a)  # flag errors before the model loads
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
@@ -144,7 +160,7 @@ def _serve(a: argparse.Namespace, session, uvicorn, create_app, processors) -> i
     app = create_app(
         model, tokenizer, model_id=mid, aliases=[a.model, model_id(str(folder))], api_key=key,
         max_context=a.max_context, cache_bytes=a.cache_bytes, max_queue=a.max_queue, cors=a.cors,
-        body_limit=a.max_body, sampling=sampling_config(a), max_tokens=a.max_tokens, processors=processors,
+        allowed_hosts=a.allowed_hosts, bind=a.host, body_limit=a.max_body, stored_bytes=a.stored_bytes, sampling=sampling_config(a), max_tokens=a.max_tokens, processors=processors,
         engine_class=engine_class, end_group=end_group, builtin=tools,
     )  # fmt: skip
     backend = app.state.backend

@@ -9,7 +9,6 @@ being continued after a tool call) and drops it elsewhere.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,7 +29,7 @@ from mlx_oss.server.errors import bad_request
 from mlx_oss.constraint import tool_choice_constraint
 from mlx_oss.server.tools import FUNCTIONS, ToolChoice, ToolSet, check_schema
 
-__all__ = ["Turn", "logprobs_setting", "effort", "reasoning_message", "sampling", "positive_int", "response_format", "text_of", "stop_strings"]
+__all__ = ["Turn", "logprobs_setting", "effort", "reasoning_message", "sampling", "first_of", "response_format", "text_of", "stop_strings"]
 
 # "none"/"minimal" exist in OpenAI's API for other models; gpt-oss's lowest effort is low.
 _EFFORTS = {"none": "low", "minimal": "low", "low": "low", "medium": "medium", "high": "high"}
@@ -96,37 +95,17 @@ def reasoning_message(text: str) -> Message:
     return Message.assistant(text, channel=ANALYSIS)
 
 
-def _number(body: dict, key: str, lo: float, hi: float, default: float) -> float:
-    v = body.get(key)
-    if v is None:
-        return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
-        raise bad_request(f"'{key}' must be a number between {lo:g} and {hi:g}, got {v!r}", key)
-    return float(v)
-
-
-def positive_int(body: dict, *keys: str) -> int | None:
-    """The first of `keys` present, validated as an integer >= 1."""
-    for key in keys:
-        v = body.get(key)
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise bad_request(f"'{key}' must be an integer >= 1, got {v!r}", key)
-        return v
-    return None
+def first_of(body: dict, *keys: str) -> Any:
+    """The first of `keys` that the body sets (e.g. `max_completion_tokens`, then `max_tokens`)."""
+    return next((body[k] for k in keys if body.get(k) is not None), None)
 
 
 def sampling(body: dict, base: SamplingConfig) -> SamplingConfig:
-    """The request's temperature/top_p/seed (OpenAI's ranges) over the server's defaults `base`."""
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise bad_request(f"'seed' must be an integer, got {seed!r}", "seed")
-    top_p = _number(body, "top_p", 0, 1, base.top_p)
-    if top_p == 0:
-        raise bad_request("'top_p' must be greater than 0", "top_p")
-    temperature = _number(body, "temperature", 0, 2, base.temperature)
-    return replace(base, temperature=temperature, top_p=top_p, seed=base.seed if seed is None else seed)
+    """The request's temperature/top_p/seed (ranges checked by the request schema) over the server's
+    defaults `base`."""
+    pick = lambda key, default: default if body.get(key) is None else body[key]  # noqa: E731
+    return replace(base, temperature=float(pick("temperature", base.temperature)), top_p=float(pick("top_p", base.top_p)),
+                   seed=pick("seed", base.seed))  # fmt: skip
 
 
 def response_format(spec: Any, param: str) -> ResponseFormat | None:
@@ -134,9 +113,7 @@ def response_format(spec: Any, param: str) -> ResponseFormat | None:
     `text` is the default; `json_object` has no schema to render, so it is refused."""
     if spec is None:
         return None
-    if not isinstance(spec, dict):
-        raise bad_request(f"'{param}' must be an object", param)
-    kind = spec.get("type", "text")
+    kind = spec.get("type") or "text"
     if kind == "text":
         return None
     if kind != "json_schema":
@@ -146,11 +123,7 @@ def response_format(spec: Any, param: str) -> ResponseFormat | None:
     if not isinstance(schema, dict):
         raise bad_request(f"{param} needs a 'schema' object", f"{param}.schema")
     name = d.get("name") or "response"
-    if not isinstance(name, str):
-        raise bad_request(f"{param}.name must be a string", f"{param}.name")
     desc = d.get("description")
-    if desc is not None and not isinstance(desc, str):
-        raise bad_request(f"{param}.description must be a string", f"{param}.description")
     check_schema(schema, param, f"{param}.schema")
     return ResponseFormat(name, schema, desc)
 
@@ -175,25 +148,17 @@ def text_of(content: Any, param: str, kinds: tuple[str, ...] = ("text", "input_t
     return "".join(out)
 
 
-def stop_strings(value: Any) -> tuple[str, ...]:
+def stop_strings(value: str | list[str] | None) -> tuple[str, ...]:
+    """`stop` (checked by the request schema: up to 4 non-empty strings) as a tuple."""
     if value is None:
         return ()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value) or len(value) > 4:
-        raise bad_request("'stop' must be a non-empty string or an array of up to 4 of them", "stop")
-    return tuple(value)
-
-
-MAX_TOP_LOGPROBS = 20  # OpenAI's limit
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def logprobs_setting(body: dict, on: bool, flag: str) -> int | None:
-    """`top_logprobs` (0-20) when log-probabilities are asked for (`on`, from the field `flag`), else
-    None; 400 for `top_logprobs` without them or out of range."""
+    """`top_logprobs` (0-20, checked by the request schema) when log-probabilities are asked for (`on`,
+    from the field `flag`), else None; 400 for `top_logprobs` without them."""
     top = body.get("top_logprobs")
-    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS):
-        raise bad_request(f"'top_logprobs' must be an integer between 0 and {MAX_TOP_LOGPROBS}, got {top!r}", "top_logprobs")
     if not on:
         if top:
             raise bad_request(f"'top_logprobs' needs {flag}", "top_logprobs")

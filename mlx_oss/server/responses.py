@@ -4,7 +4,7 @@ Input items map to harmony messages as in OpenAI's gpt-oss reference server: `me
 assistant -> final; system/developer -> instructions), `reasoning` -> analysis (kept by harmony only
 while continuing a tool call), `function_call` -> a `functions.<name>` call, `function_call_output`
 -> that call's tool result; `web_search_call` / `code_interpreter_call` items (built-in calls the
-server ran) -> the call and its result as the model saw them (kept by the store; an unknown web
+server ran) -> the call and its result as the model saw them (kept with the stored response; an unknown web
 search is skipped, a code call is rebuilt from its code and logs). Output: one item per harmony
 message the model wrote (a built-in call the server ran: `web_search_call` or
 `code_interpreter_call` with its `response.web_search_call.*` / `response.code_interpreter_call*`
@@ -13,7 +13,7 @@ Responses event sequence (`response.created`, `response.in_progress`, `response.
 `response.content_part.added`, `response.reasoning_text.delta`/`response.output_text.delta`/
 `response.function_call_arguments.delta`, their `.done`, `response.content_part.done`,
 `response.output_item.done`, then `response.completed`, `response.incomplete` or `response.failed`).
-`ResponseStore` keeps stored responses (bounded) for `previous_response_id` and `GET /v1/responses/{id}`.
+`StoredResponses` keeps stored responses (bounded by bytes) for `previous_response_id` and `GET /v1/responses/{id}`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from mlx_oss.server.conversation import (
     Turn,
     effort,
     logprobs_setting,
-    positive_int,
+    first_of,
     reasoning_message,
     response_format,
     sampling,
@@ -57,7 +57,7 @@ from mlx_oss.server.generation import (
 )
 from mlx_oss.server.tools import FUNCTIONS, parse_tools, tool_choice
 
-__all__ = ["ResponsesRequest", "ResponseStore", "ResponseBuilder", "parse_request"]
+__all__ = ["ResponsesRequest", "StoredResponses", "ResponseBuilder", "parse_request", "slim_item"]
 
 LOGPROBS = "message.output_text.logprobs"  # the `include` value that asks for the answer's logprobs
 
@@ -73,34 +73,85 @@ class ResponsesRequest:
     max_calls: int = 8  # built-in calls this response may run
 
 
-class ResponseStore:
-    """The newest `max_items` stored responses: id -> (input items, response object); and the
-    harmony messages of their built-in call items (id -> call + result), to render them again."""
+class StoredResponses:
+    """The responses kept for `previous_response_id` and `GET /v1/responses/{id}`, bounded by bytes:
+    id -> (input items, response object), and the harmony messages of their built-in call items (item
+    id -> call + result, to render them again). Input items keep only what a later turn renders
+    (unknown keys and image data dropped, see `slim_item`); `metadata` is capped by the request schema.
+    The oldest responses go first once their JSON size passes `max_bytes`; one larger than that is
+    not kept at all."""
 
-    def __init__(self, max_items: int = 1024, max_tool_items: int = 8192) -> None:
-        self.max_items = max_items
-        self.max_tool_items = max_tool_items
-        self._items: OrderedDict[str, tuple[list, dict]] = OrderedDict()
-        self._tools: OrderedDict[str, tuple[Message, ...]] = OrderedDict()
+    def __init__(self, max_bytes: int = 256 << 20) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[str, tuple[list, dict, tuple[str, ...], int]] = OrderedDict()
+        self._tools: dict[str, tuple[Message, ...]] = {}
 
-    def put(self, response: dict, items: list, tool_messages: dict[str, tuple[Message, ...]] | None = None) -> None:
-        self._items[response["id"]] = (items, copy.deepcopy(response))
-        self._items.move_to_end(response["id"])
-        while len(self._items) > self.max_items:
-            self._items.popitem(last=False)
-        self._tools.update(tool_messages or {})
-        while len(self._tools) > self.max_tool_items:
-            self._tools.popitem(last=False)
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, response: dict, items: list, tool_messages: dict[str, tuple[Message, ...]] | None = None) -> bool:
+        """Keep a finished response; False when it alone is over the byte budget (then it is not kept)."""
+        kept = [slim_item(it) for it in items]
+        tools = dict(tool_messages or {})
+        size = _json_size(kept) + _json_size(response) + sum(len(m.text) + 64 for ms in tools.values() for m in ms)
+        self._drop(response["id"])
+        if size > self.max_bytes:
+            return False
+        self._items[response["id"]] = (kept, copy.deepcopy(response), tuple(tools), size)
+        self._tools.update(tools)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            self._drop(next(iter(self._items)))
+        return True
+
+    def _drop(self, response_id: str) -> None:
+        entry = self._items.pop(response_id, None)
+        if entry is not None:
+            self.bytes -= entry[3]
+            for item_id in entry[2]:
+                self._tools.pop(item_id, None)
 
     def tool_messages(self, item_id: Any) -> tuple[Message, ...] | None:
         return self._tools.get(item_id) if isinstance(item_id, str) else None
 
     def get(self, response_id: str, param: str | None = None) -> tuple[list, dict]:
         try:
-            return self._items[response_id]
+            items, response, _, _ = self._items[response_id]
         except KeyError:
-            raise APIError(404, f"No response with id {response_id!r} is stored on this server (store=true keeps "
-                           f"the newest {self.max_items})", param=param, code="response_not_found") from None  # fmt: skip
+            raise APIError(404, f"No response with id {response_id[:100]!r} is stored on this server (store=true keeps the "
+                           f"newest responses within {self.max_bytes:,} bytes)", param=param,
+                           code="response_not_found") from None  # fmt: skip
+        return items, response
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "replace"))
+
+
+_ITEM_KEYS = {
+    "message": ("type", "role", "content", *REASONING_FIELDS),
+    "reasoning": ("type", "id", "content"),
+    "function_call": ("type", "id", "name", "arguments", "call_id", "status"),
+    "function_call_output": ("type", "call_id", "output"),
+    "web_search_call": ("type", "id", "status", "action"),
+    "code_interpreter_call": ("type", "id", "status", "code", "container_id", "outputs"),
+}
+
+
+def slim_item(item: Any) -> Any:
+    """An input item with only what `_history` reads to render it again: no unknown keys, text parts
+    as type + text, a code call's outputs as its logs (its images were the client's copy)."""
+    if not isinstance(item, dict):
+        return item
+    keys = _ITEM_KEYS.get(item.get("type", "message"), ("type",))
+    out = {k: item[k] for k in keys if k in item}
+    for k in ("content", "output"):
+        if isinstance(out.get(k), list):
+            out[k] = [{"type": p.get("type"), "text": p.get("text")} if isinstance(p, dict) else p for p in out[k]]
+    if isinstance(out.get("outputs"), list):
+        out["outputs"] = [{"type": "logs", "logs": o["logs"]} for o in out["outputs"] if isinstance(o, dict) and "logs" in o]
+    return out
 
 
 def _as_items(value: Any) -> list:
@@ -112,24 +163,19 @@ def _as_items(value: Any) -> list:
 
 
 def _code_messages(it: dict, where: str) -> tuple[Message, ...]:
-    """A code_interpreter_call item the store does not know: its code and logs, as the model wrote and saw them."""
+    """A code_interpreter_call item not stored here: its code and logs, as the model wrote and saw them."""
     code = it.get("code") or ""
-    if not isinstance(code, str):
-        raise bad_request(f"{where}.code must be a string", f"{where}.code")
-    outputs = it.get("outputs") or []
-    logs = "".join(o.get("logs", "") for o in outputs if isinstance(o, dict) and isinstance(o.get("logs"), str))
+    logs = "".join(o.get("logs") or "" for o in it.get("outputs") or [])
     return (Message.tool_call("python", code, channel=ANALYSIS, content_type="code"),
             Message.tool_result("python", logs, channel=ANALYSIS))  # fmt: skip
 
 
-def _history(items: list, store: ResponseStore | None = None) -> tuple[list[Message], list[str]]:
+def _history(items: list, stored: StoredResponses | None = None) -> tuple[list[Message], list[str]]:
     history: list[Message] = []
     instructions: list[str] = []
     calls: dict[str, str] = {}
     for i, it in enumerate(items):
         where = f"input[{i}]"
-        if not isinstance(it, dict):
-            raise bad_request(f"{where} must be an object", where)
         kind = it.get("type", "message")
         if kind == "message":
             role = it.get("role")
@@ -147,14 +193,12 @@ def _history(items: list, store: ResponseStore | None = None) -> tuple[list[Mess
                 raise bad_request(f"{where}.role must be user, assistant, system or developer, not {role!r}", f"{where}.role")
         elif kind == "reasoning":
             parts = it.get("content") or []
-            if not isinstance(parts, list):
-                raise bad_request(f"{where}.content must be an array", f"{where}.content")
-            text = "".join(p.get("text", "") for p in parts if isinstance(p, dict))
+            text = "".join(p.get("text") or "" for p in parts if isinstance(p, dict)) if isinstance(parts, list) else parts
             if text:
                 history.append(reasoning_message(text))
         elif kind == "function_call":
             name, args, call_id = it.get("name"), it.get("arguments", ""), it.get("call_id")
-            if not isinstance(name, str) or not name or not isinstance(args, str) or not isinstance(call_id, str):
+            if not name or args is None or call_id is None:
                 raise bad_request(f"{where}: a function_call needs string 'name', 'arguments' and 'call_id'", where)
             calls[call_id] = name
             history.append(Message.tool_call(FUNCTIONS + name, args))
@@ -166,7 +210,7 @@ def _history(items: list, store: ResponseStore | None = None) -> tuple[list[Mess
             text = output if isinstance(output, str) else text_of(output, f"{where}.output", ("input_text", "output_text", "text"))
             history.append(Message.tool_result(FUNCTIONS + calls[call_id], text))
         elif kind in ("web_search_call", "code_interpreter_call"):
-            known = store.tool_messages(it.get("id")) if store is not None else None
+            known = stored.tool_messages(it.get("id")) if stored is not None else None
             if known is not None:
                 history.extend(known)
             elif kind == "code_interpreter_call":
@@ -180,45 +224,34 @@ def _history(items: list, store: ResponseStore | None = None) -> tuple[list[Mess
     return history, instructions
 
 
-def parse_request(body: dict, store: ResponseStore, base: SamplingConfig, builtin: ServerTools | None = None) -> ResponsesRequest:
-    """Validate and translate a Responses body (400/404 naming the parameter otherwise). `builtin`:
-    the server's built-in tools (their types are refused without it)."""
-    stream = body.get("stream", False)
-    keep = body.get("store", True)
-    if not isinstance(stream, bool) or not isinstance(keep, bool):
-        raise bad_request("'stream' and 'store' must be booleans", "stream" if not isinstance(stream, bool) else "store")
+def parse_request(body: dict, stored: StoredResponses, base: SamplingConfig, builtin: ServerTools | None = None) -> ResponsesRequest:
+    """Translate a Responses body that passed the RESPONSES schema (server/request_body.py); 400/404
+    naming the parameter for what a schema cannot say. `builtin`: the server's built-in tools (their
+    types are refused without it)."""
+    stream = bool(body.get("stream"))
+    keep = body.get("store") is not False
     if body.get("input") is None:
         raise bad_request("'input' is required", "input")
     items = _as_items(body["input"])
     prev = body.get("previous_response_id")
     if prev is not None:
-        if not isinstance(prev, str):
-            raise bad_request("'previous_response_id' must be a string", "previous_response_id")
-        prev_items, prev_resp = store.get(prev, "previous_response_id")
+        prev_items, prev_resp = stored.get(prev, "previous_response_id")
         items = prev_items + [o for o in prev_resp["output"]] + items
-    history, instructions = _history(items, store)
+    history, instructions = _history(items, stored)
     extra = body.get("instructions")
-    if extra is not None and not isinstance(extra, str):
-        raise bad_request("'instructions' must be a string", "instructions")
     if extra:
         instructions.insert(0, extra)
     include = body.get("include") or []
-    if not isinstance(include, list) or not all(isinstance(x, str) for x in include):
-        raise bad_request("'include' must be an array of strings", "include")
     top = logprobs_setting(body, LOGPROBS in include, f"'include': [{LOGPROBS!r}]")
     tools = parse_tools(body.get("tools"), builtin=builtin)
     choice = tool_choice(body.get("tool_choice"), tools)
     limit = builtin.max_calls if builtin is not None else 0
-    max_calls = min(positive_int(body, "max_tool_calls") or limit, limit)
+    max_calls = min(first_of(body, "max_tool_calls") or limit, limit)
     r = body.get("reasoning") or {}
-    if not isinstance(r, dict):
-        raise bad_request("'reasoning' must be an object", "reasoning")
     text = body.get("text") or {}
-    if not isinstance(text, dict):
-        raise bad_request("'text' must be an object", "text")
     turn = Turn(
         tuple(history), "\n\n".join(instructions) if instructions else None, tools, effort(r.get("effort"), "reasoning.effort"),
-        response_format(text.get("format"), "text.format"), positive_int(body, "max_output_tokens"),
+        response_format(text.get("format"), "text.format"), first_of(body, "max_output_tokens"),
         replace(sampling(body, base), logprobs=top), tool_choice=choice,
     )  # fmt: skip
     echo = {
