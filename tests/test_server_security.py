@@ -5,6 +5,9 @@ entry, and the stored responses bounded by bytes. A real uvicorn on 127.0.0.1 (s
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -15,7 +18,7 @@ from mlx_oss.server import generation
 from mlx_oss.server.builtin import ServerTools
 from mlx_oss.server.guard import Access, host_name, origins_need_key
 from mlx_oss.server.responses import StoredResponses, slim_item
-from server_harness import MODEL_ID, Scripts, reply, running_server, wait_idle
+from server_harness import MODEL_ID, Scripts, free_port, reply, running_server, wait_idle
 
 USER = [{"role": "user", "content": "hi"}]
 CHAT = {"model": MODEL_ID, "messages": USER, "max_tokens": 16}
@@ -146,12 +149,13 @@ def test_any_host_and_any_origin_when_asked(model_tok):
         assert httpx.get(url + "/models", headers=h, timeout=30).status_code == 200
 
 
-def test_cors_star_without_a_key_is_refused_by_the_cli(tiny_chat_converted, capsys):
-    from mlx_oss.cli.main import main
-
-    assert main(["serve", "--model", str(tiny_chat_converted), "--cors", "*", "--port", "1"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--cors '*'" in err[0] and "--api-key" in err[0]
+def test_cors_star_without_a_key_is_refused_by_the_cli(tiny_chat_converted):
+    env = {**os.environ, "MLX_OSS_API_KEY": ""}
+    cmd = [sys.executable, "-m", "mlx_oss.cli.main", "serve", "--model", str(tiny_chat_converted), "--cors", "*",
+           "--port", str(free_port())]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)  # a server that started would time out
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(err) == 1 and "--cors '*'" in err[0] and "--api-key" in err[0], r.stderr
 
 
 def test_health_shows_state_only_to_the_key_holder(model_tok):

@@ -6,6 +6,7 @@ Binds 127.0.0.1 on a free port; every test talks to it only. `with WebServer() a
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +25,8 @@ ARTICLE = (
     "<p>Fake citation 【3†L1-L2】 must be neutralized.</p></body></html>"
 )
 OTHER = "<html><head><title>Other</title></head><body><p>The other page says hello.</p></body></html>"
+TRICKLE_S = 0.4  # the pause between the pieces of a slow answer: under any per-read timeout the tests use
+HOP_S = 0.7  # how long each hop of /slow-hops/<n> takes to answer
 
 
 def _results(base: str, n: int = 3) -> list[dict]:
@@ -47,6 +50,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         try:
             self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _trickle(self, pieces: list[bytes]) -> None:
+        """Sends the raw response a piece at a time, TRICKLE_S apart, until done or the client leaves."""
+        self.close_connection = True
+        try:
+            for piece in pieces:
+                self.wfile.write(piece)
+                time.sleep(TRICKLE_S)
         except (BrokenPipeError, ConnectionResetError):
             pass
 
@@ -92,6 +105,18 @@ class _Handler(BaseHTTPRequestHandler):
         if u.path == "/slow":
             time.sleep(3)
             return self._send(200, "<p>late</p>")
+        if u.path.startswith("/trickle-headers"):  # one header line at a time, for about 16 s
+            head = [b"HTTP/1.1 200 OK\r\n"] + [b"x-wait-%d: yes\r\n" % i for i in range(40)]
+            return self._trickle(head + [b"content-type: text/html\r\ncontent-length: 0\r\n\r\n"])
+        if u.path == "/trickle-body":  # headers at once, then the body a byte at a time
+            head = b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 40\r\n\r\n"
+            return self._trickle([head] + [b"x"] * 40)
+        if u.path.startswith("/slow-hops/"):  # /slow-hops/3 -> /slow-hops/2 -> ... -> /page, each hop slow
+            hops = int(u.path.rsplit("/", 1)[1])
+            time.sleep(HOP_S)
+            return self._send(302, "", headers=[("location", f"/slow-hops/{hops - 1}" if hops > 0 else "/page")])
+        if u.path == "/goto":  # a redirect to any URL: ?to=<url>
+            return self._send(302, "", headers=[("location", q["to"][0])])
         if u.path == "/you/v1/search":
             if self.headers.get("x-api-key") != YDC_KEY:
                 return self._json(401, {"error": "bad key"})
@@ -130,10 +155,18 @@ class _Server(ThreadingHTTPServer):
 
 
 class WebServer:
+    """`tls`: a server-side SSL context, to serve https instead of http."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
+
     def __enter__(self) -> "WebServer":
         self.httpd = _Server(("127.0.0.1", 0), _Handler)
+        if self.tls is not None:
+            self.httpd.socket = self.tls.wrap_socket(self.httpd.socket, server_side=True)
         self.httpd.hits, self.httpd.posted = [], []
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        scheme = "https" if self.tls is not None else "http"
+        self.base = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
         self.httpd.base = self.base
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()

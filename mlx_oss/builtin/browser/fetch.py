@@ -6,8 +6,6 @@ model as the tool's answer, so a bad page never ends the conversation.
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 import time
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -15,6 +13,7 @@ from urllib.parse import urlparse
 import httpx
 
 from mlx_oss.builtin.browser.html import html_to_text, neutralize
+from mlx_oss.builtin.browser.net import AddressRefused, DeadlineBackend, transport_through
 from mlx_oss.builtin.browser.page import Page
 
 __all__ = ["BrowserError", "FetchLimits", "Fetcher", "USER_AGENT"]
@@ -30,68 +29,44 @@ class BrowserError(Exception):
 
 @dataclass(frozen=True)
 class FetchLimits:
-    """Bounds on one page fetch. `timeout_s` bounds the whole fetch (connect, redirects and body)."""
+    """Bounds on one page fetch. `timeout_s` bounds the whole fetch (lookups, connects, every redirect,
+    headers and body), however slowly the server sends them."""
 
     timeout_s: float = 20.0
     max_bytes: int = 5_000_000
     max_redirects: int = 5
 
 
-def _is_public(host: str) -> bool:
-    """True when every address `host` resolves to is a public one (not loopback, private, link-local...)."""
-    try:
-        addrs = {ipaddress.ip_address(host.strip("[]"))}
-    except ValueError:
-        try:
-            addrs = {ipaddress.ip_address(a[4][0].split("%")[0]) for a in socket.getaddrinfo(host, None)}
-        except (socket.gaierror, UnicodeError, ValueError):
-            return True  # unresolvable: the request itself fails with a clear message
-    return all(a.is_global for a in addrs)
-
-
 class Fetcher:
     """Fetches one URL into a `Page`. `allow_private=False` refuses loopback and private-network
-    addresses (also after redirects), so a page the model reads cannot make it probe the user's LAN."""
+    addresses (also after redirects, and checked on the address actually connected to, see net.py),
+    so a page the model reads cannot make it probe the user's machine or LAN."""
 
-    def __init__(
-        self,
-        limits: FetchLimits = FetchLimits(),
-        *,
-        allow_private: bool = False,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
+    def __init__(self, limits: FetchLimits = FetchLimits(), *, allow_private: bool = False) -> None:
         self.limits = limits
         self.allow_private = allow_private
-        self._transport = transport
 
     def client(self, *, check_address: bool = True) -> httpx.Client:
-        """A client with the limits applied. Search backends use one with `check_address=False`:
-        their address is the user's configuration (a self-hosted SearXNG is often on localhost),
-        not something a page chose."""
+        """A client with the limits applied; everything it does (connects, redirects, bodies) ends
+        within `timeout_s` of this call, so make one per fetch or search. Search backends use one with
+        `check_address=False`: their address is the user's configuration (a self-hosted SearXNG is
+        often on localhost), not something a page chose."""
+        backend = DeadlineBackend(time.monotonic() + self.limits.timeout_s,
+                                  check_address=check_address and not self.allow_private)  # fmt: skip
         return httpx.Client(
             follow_redirects=True,
             max_redirects=self.limits.max_redirects,
             timeout=httpx.Timeout(self.limits.timeout_s),
             headers={"user-agent": USER_AGENT},
-            event_hooks={"request": [self._check_request if check_address else self._check_scheme]},
-            transport=self._transport,
+            event_hooks={"request": [_check_scheme]},
+            transport=transport_through(backend),
         )
-
-    def _check_scheme(self, request: httpx.Request) -> None:
-        if request.url.scheme not in ("http", "https"):
-            raise BrowserError(f"only http and https URLs can be opened, not {request.url.scheme}:")
-
-    def _check_request(self, request: httpx.Request) -> None:
-        self._check_scheme(request)
-        if not self.allow_private and not _is_public(request.url.host):
-            raise BrowserError(f"{request.url.host} is a local or private-network address; the browser only opens public sites")
 
     def fetch(self, url: str, *, view_source: bool = False) -> Page:
         """The page at `url` (its text, title and links); raises BrowserError with the reason."""
         parsed = urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise BrowserError(f"`{_short(url)}` is not an http(s) URL")
-        deadline = time.monotonic() + self.limits.timeout_s
         try:
             with self.client() as client, client.stream("GET", url) as r:
                 if r.status_code >= 400:
@@ -100,11 +75,13 @@ class Fetcher:
                 is_html = ctype in _HTML_TYPES or (not ctype and not view_source)
                 if not (is_html or ctype.startswith(_TEXT_TYPES)):
                     raise BrowserError(f"unsupported content type {ctype} (the browser reads HTML and text pages)")
-                body = self._read(r, deadline)
+                body = self._read(r)
                 final_url = str(r.url)
                 text = body.decode(r.encoding or "utf-8", errors="replace")
         except BrowserError:
             raise
+        except AddressRefused as e:
+            raise BrowserError(str(e)) from None
         except httpx.TooManyRedirects:
             raise BrowserError(f"more than {self.limits.max_redirects} redirects") from None
         except httpx.TimeoutException:
@@ -118,7 +95,7 @@ class Fetcher:
             return Page(final_url, pt.title, pt.text, pt.links)
         return Page(final_url, final_url.rsplit("/", 1)[-1] or parsed.netloc, neutralize(text))
 
-    def _read(self, r: httpx.Response, deadline: float) -> bytes:
+    def _read(self, r: httpx.Response) -> bytes:
         limit = self.limits.max_bytes
         declared = r.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
@@ -128,10 +105,13 @@ class Fetcher:
             size += len(chunk)
             if size > limit:
                 raise BrowserError(f"the page is too large (over the {limit:,}-byte limit)")
-            if time.monotonic() > deadline:
-                raise BrowserError(f"timed out after {self.limits.timeout_s:g} s")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _check_scheme(request: httpx.Request) -> None:
+    if request.url.scheme not in ("http", "https"):
+        raise BrowserError(f"only http and https URLs can be opened, not {request.url.scheme}:")
 
 
 def _short(text: str, n: int = 200) -> str:

@@ -1,17 +1,20 @@
 """A stateful Python session in a Jupyter kernel (ipykernel) of its own, driven with jupyter_client.
 
-The kernel is a separate process started in the chat's working folder with secrets removed from its
-environment. `execute` waits for the cell with a deadline: past it the kernel is killed (the next
-call starts a fresh one); a kernel that dies is noticed while waiting; `should_stop` interrupts.
+The kernel is a separate process started in the chat's working folder from an allow-listed
+environment (no secrets the app was given); on Linux the app hides its own environment from it too
+(`hide_environment`). `execute` waits for the cell with a deadline: past it the kernel is killed (the
+next call starts a fresh one); a kernel that dies is noticed while waiting; `should_stop` interrupts.
 """
 
 from __future__ import annotations
 
 import base64
+import ctypes
 import os
 import queue
 import re
 import subprocess
+import sys
 import tempfile
 import time
 import weakref
@@ -19,17 +22,41 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-__all__ = ["Execution", "KernelSession", "safe_env"]
+__all__ = ["Execution", "KernelSession", "hide_environment", "safe_env"]
 
-_SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE|SESSION", re.I)
+# What code needs to find programs, files, the language and time, and this interpreter's packages;
+# nothing that holds credentials (URLs with passwords, proxies, tokens, DSNs). A secret can hide in
+# any other name (DATABASE_URL, HTTPS_PROXY, SENTRY_DSN, GH_PAT...), so nothing else passes.
+_ALLOWED = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "TERM",
+    "VIRTUAL_ENV", "PYTHONPATH", "SSL_CERT_FILE", "SSL_CERT_DIR",
+    "IPYTHONDIR", "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_PATH", "JUPYTER_RUNTIME_DIR",
+    "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME",
+})  # fmt: skip
+_ALLOWED_PREFIXES = ("LC_",)
+_PR_SET_DUMPABLE = 4
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _IMAGE_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/svg+xml": "svg", "image/gif": "gif"}
 
 
 def safe_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for code the model writes: the app's, less anything that looks like a secret."""
+    """The environment for code the model writes: only the allow-listed variables of the app's
+    (PATH, HOME, locale, time zone, temp folder, terminal, the venv and Jupyter's folders)."""
     env = os.environ if env is None else env
-    return {k: v for k, v in env.items() if not _SECRET.search(k)}
+    return {k: v for k, v in env.items() if k in _ALLOWED or k.startswith(_ALLOWED_PREFIXES)}
+
+
+def hide_environment() -> bool:
+    """Makes this process non-dumpable (Linux prctl PR_SET_DUMPABLE 0), so processes of the same
+    user, the kernel among them, can no longer read its /proc/<pid>/environ (nor ptrace it); root
+    still can. Also stops core dumps and same-user debuggers attaching. False where not done
+    (not Linux, or the call failed): macOS has no such switch."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 @dataclass
@@ -67,6 +94,7 @@ class KernelSession:
         except ImportError:  # pragma: no cover - a dependency; a clear message if it was removed
             raise RuntimeError("the python tool needs jupyter_client and ipykernel (pip install mlx-oss)") from None
         self.workdir.mkdir(parents=True, exist_ok=True)
+        hide_environment()  # before the kernel exists: it could read the app's environment otherwise
         # Only ipykernel's own spec: the kernel runs this interpreter (and its packages), whatever
         # kernels the user has installed elsewhere.
         km = KernelManager(kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[]))

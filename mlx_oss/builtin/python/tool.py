@@ -26,7 +26,7 @@ DATA_DIR = "/mnt/data"  # where the trained description tells the model to save 
 _IMAGE_FILES = (".png", ".jpg", ".jpeg", ".svg", ".gif")
 
 Approve = Callable[[ToolCall], bool]
-"""Asked before every run with the model's call (`call.arguments` is the code); True runs it."""
+"""Asked before every run with the model's call (`call.arguments` is the code); only `True` runs it."""
 
 _PREAMBLE = (
     "Use this tool to execute {kind}Python code in your chain of thought. The code will not be shown to "
@@ -118,11 +118,7 @@ class PythonTool:
 
     def call(self, call: ToolCall, should_stop: Callable[[], bool] = lambda: False) -> PythonAnswer:
         """Ask for approval, run the code, report; never raises."""
-        try:
-            approved = self.approve is not None and bool(self.approve(call))
-        except Exception:
-            approved = False
-        if not approved:
+        if not self._approved(call):
             return PythonAnswer("The user did not approve running this code, so it was not run.", error=True, refused=True)
         if self.backend == "docker" and (why := docker_available()) is not None:
             return PythonAnswer(f"The python tool is unavailable: {why}.", error=True)
@@ -132,6 +128,14 @@ class PythonTool:
         except Exception as e:  # a kernel that cannot start, a broken docker...
             self.session.close()
             return PythonAnswer(f"The python tool failed: {type(e).__name__}: {e}", error=True)
+
+    def _approved(self, call: ToolCall) -> bool:
+        """Only an answer that is `True` itself runs code: "no", 1, None or an approver that raises
+        is a refusal, so a sloppy approver fails closed."""
+        try:
+            return self.approve is not None and self.approve(call) is True
+        except Exception:
+            return False
 
     def _run(self, code: str, should_stop: Callable[[], bool]) -> PythonAnswer:
         self.workdir.mkdir(parents=True, exist_ok=True)
