@@ -35,6 +35,19 @@ declare -A MODULES=(
   [tui_session]="tui/session.py|tests/test_tui_session.py tests/test_tui_cli.py tests/test_tui_engine.py"
   # convert: plus the one test that converts an mlx-lm folder (its per-module quantization is carried over)
   [convert]="convert/convert.py|tests/test_convert.py tests/test_mlx_lm_interop.py::test_convert_mlx_lm_folder_to_ours_keeps_per_module_quantization"
+  # the server (issue 25/31): each module against the server tests that reach it (a real uvicorn per test module)
+  [server_guard]="mlx_oss/server/guard.py|tests/test_server_security.py"
+  [server_request_body]="mlx_oss/server/request_body.py|tests/test_server_security.py tests/test_server.py tests/test_server_fuzz.py"
+  [server_app]="mlx_oss/server/app.py|tests/test_server.py tests/test_server_features.py tests/test_server_security.py tests/test_server_builtin.py"
+  [server_responses]="mlx_oss/server/responses.py|tests/test_server.py tests/test_server_security.py tests/test_server_builtin.py tests/test_server_features.py"
+  [server_chat]="mlx_oss/server/chat_completions.py|tests/test_server.py tests/test_server_features.py tests/test_server_security.py"
+  [server_conversation]="mlx_oss/server/conversation.py|tests/test_server.py tests/test_server_features.py tests/test_server_security.py"
+  [server_cli]="mlx_oss/server/cli.py|tests/test_server_cli.py tests/test_server_security.py"
+  # the built-in tools' safety checks (issue 25)
+  [browser_net]="mlx_oss/builtin/browser/net.py|tests/test_builtin_safety.py tests/test_builtin_browser.py"
+  [browser_fetch]="mlx_oss/builtin/browser/fetch.py|tests/test_builtin_safety.py tests/test_builtin_browser.py"
+  [python_kernel]="mlx_oss/builtin/python/kernel.py|tests/test_builtin_safety.py tests/test_builtin_python.py"
+  [python_tool]="mlx_oss/builtin/python/tool.py|tests/test_builtin_safety.py tests/test_builtin_python.py"
 )
 ORDER=(engine cache chat harmony_parser harmony_render cli_args cli_generate cli_main tui_session tui_cli convert)
 [ $# -gt 0 ] && ORDER=("$@")

@@ -362,3 +362,45 @@ def test_stored_responses_unit():
     assert slim_item({"type": "code_interpreter_call", "id": "ci", "code": "1", "x": 1,
                       "outputs": [{"type": "logs", "logs": "L"}, {"type": "image", "url": "data:..."}]}) == \
         {"type": "code_interpreter_call", "id": "ci", "code": "1", "outputs": [{"type": "logs", "logs": "L"}]}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the API key and its near misses
+
+
+@pytest.fixture(scope="module")
+def keyed(model_tok):
+    model, tok = model_tok
+    scripts = Scripts()
+    with running_server(model, tok, scripts, api_key="s3cret-Key") as (url, app):
+        yield url, app, scripts, tok
+
+
+KEY = "s3cret-Key"
+NEAR_MISSES = sorted({KEY[:i] for i in range(1, len(KEY))} | {KEY[i:] for i in range(1, len(KEY))}
+                     | {KEY + "x", "x" + KEY, KEY.upper(), KEY.lower(), KEY.swapcase(), KEY[:-1] + "z", KEY + KEY,
+                        KEY.replace("-", "_"), f"{KEY[:4]} {KEY[4:]}"})  # fmt: skip
+
+
+@pytest.mark.parametrize("given", NEAR_MISSES)
+def test_every_near_miss_of_the_key_is_refused(keyed, given):
+    url, app, scripts, tok = keyed
+    for headers in ({"Authorization": f"Bearer {given}"}, {"Authorization": f"bearer {given}"}):
+        for method, path in (("GET", "/models"), ("POST", "/chat/completions"), ("POST", "/responses"),
+                             ("GET", "/responses/resp_x"), ("GET", "/models/gpt-oss-tiny")):  # fmt: skip
+            r = httpx.request(method, url + path, headers={**JSON, **headers}, timeout=30,
+                              content=json.dumps(CHAT) if method == "POST" else None)  # fmt: skip
+            _refused(r, 401, "invalid_api_key")
+    assert scripts.bodies == []
+
+
+@pytest.mark.parametrize("auth", [KEY, f"Basic {KEY}", f"Token {KEY}", f"Bearer{KEY}", f"Bearer: {KEY}", ""])
+def test_the_key_outside_a_bearer_header_is_refused(keyed, auth):
+    url, app, scripts, tok = keyed
+    _refused(httpx.get(url + "/models", headers={"Authorization": auth}, timeout=30), 401, "invalid_api_key")
+    _refused(httpx.get(url + "/models", headers={"X-Api-Key": KEY}, timeout=30), 401, "invalid_api_key")
+
+
+@pytest.mark.parametrize("auth", [f"Bearer {KEY}", f"bearer {KEY}", f"BEARER {KEY}", f"Bearer  {KEY}"])
+def test_the_key_in_a_bearer_header_is_accepted(keyed, auth):
+    url, app, scripts, tok = keyed
+    assert httpx.get(url + "/models", headers={"Authorization": auth}, timeout=30).status_code == 200

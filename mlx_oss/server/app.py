@@ -34,7 +34,7 @@ from mlx_oss.sampling import SamplingConfig
 from mlx_oss.server import chat_completions, responses
 from mlx_oss.server.backend import Backend, ProcessorHook
 from mlx_oss.server.builtin import ServerTools, Session, Sessions
-from mlx_oss.server.errors import APIError, bad_request, error_body
+from mlx_oss.server.errors import APIError, bad_request, clip, error_body
 from mlx_oss.server.generation import Finished
 from mlx_oss.server.guard import Access, RequestGuard
 from mlx_oss.server.request_body import CHAT, RESPONSES, read_body
@@ -165,7 +165,7 @@ def create_app(
     async def get_model(request: Request):
         srv.check_key(request)
         if request.path_params["model"] not in srv.names:
-            raise APIError(404, f"The model {_short(request.path_params['model'])!r} does not exist on this server.",
+            raise APIError(404, f"The model {clip(request.path_params['model'])!r} does not exist on this server.",
                            param="model", code="model_not_found")  # fmt: skip
         return JSONResponse(srv.model_json())
 
@@ -252,7 +252,7 @@ def create_app(
 
     async def http_error(request: Request, exc: HTTPException):
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return JSONResponse(error_body(f"{exc.detail}: {request.method} {_short(request.url.path)}", kind),
+        return JSONResponse(error_body(f"{exc.detail}: {request.method} {clip(request.url.path)}", kind),
                             status_code=exc.status_code)  # fmt: skip
 
     routes = [
@@ -291,7 +291,7 @@ def _translate(step: Callable[[], Any]) -> Any:
         raise bad_request("The request is too large or too deeply nested to translate.") from None
     except Exception as e:
         log.warning("a request body the schema let through failed in translation", exc_info=True)
-        raise bad_request(f"The request could not be read: {type(e).__name__}: {_short(str(e))}") from None
+        raise bad_request(f"The request could not be read: {type(e).__name__}: {clip(str(e))}") from None
 
 
 class _InternalErrors:
@@ -316,7 +316,7 @@ class _InternalErrors:
             await self.app(scope, receive, watched)
         except Exception as e:
             c = _cause(e)
-            log.error("%s %s: %s: %s", scope["method"], _short(scope["path"]), type(c).__name__, _short(str(c)))
+            log.error("%s %s: %s: %s", scope["method"], clip(scope["path"]), type(c).__name__, clip(str(c)))
             log.debug("traceback", exc_info=True)
             if started:
                 return  # a streamed reply already ended with its error event
@@ -333,16 +333,14 @@ def _cause(e: BaseException) -> BaseException:
 def _failure(e: BaseException) -> dict:
     e = _cause(e)
     first = (str(e).strip().splitlines() or [""])[0]
-    return error_body(f"Internal error: {type(e).__name__}: {_short(first)}", "server_error", None, "server_error")
+    return error_body(f"Internal error: {type(e).__name__}: {clip(first)}", "server_error", None, "server_error")
 
 
 def _log_failure(request: Request, e: BaseException) -> None:
-    log.error("%s %s: stream failed: %s: %s", request.method, _short(request.url.path), type(e).__name__, _short(str(e)))
+    log.error("%s %s: stream failed: %s: %s", request.method, clip(request.url.path), type(e).__name__, clip(str(e)))
     log.debug("traceback", exc_info=True)
 
 
-def _short(text: str, n: int = 200) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _submit_response(srv: _Server, req) -> tuple[Any, responses.ResponseBuilder]:

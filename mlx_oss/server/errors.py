@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["APIError", "bad_request", "error_body"]
+__all__ = ["APIError", "bad_request", "error_body", "clip"]
 
 
 class APIError(Exception):
@@ -43,3 +43,8 @@ def error_body(message: str, type: str = "invalid_request_error", param: str | N
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     """400 invalid_request_error naming the offending parameter."""
     return APIError(400, message, param=param, code=code)
+
+
+def clip(text: str, n: int = 200) -> str:
+    """`text` cut to `n` characters: a client's value quoted in a message must not make it megabytes."""
+    return text if len(text) <= n else text[: n - 1] + "…"

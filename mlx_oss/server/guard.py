@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
 
-from mlx_oss.server.errors import APIError
+from mlx_oss.server.errors import APIError, clip
 
 __all__ = ["Access", "RequestGuard", "LOCAL_NAMES", "host_name"]
 
@@ -91,7 +91,7 @@ class Access:
 def _quote(value: str | None) -> str:
     if value is None:
         return "(none)"
-    return repr(value if len(value) <= 100 else value[:99] + "…")
+    return repr(clip(value, 100))
 
 
 class RequestGuard:

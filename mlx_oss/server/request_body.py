@@ -22,7 +22,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-from mlx_oss.server.errors import APIError, bad_request
+from mlx_oss.server.errors import APIError, bad_request, clip
 
 __all__ = ["CHAT", "RESPONSES", "MAX_DEPTH", "read_body", "field_path"]
 
@@ -164,7 +164,7 @@ def _decode(data: bytes) -> Any:
     except UnicodeDecodeError as e:
         raise bad_request(f"The request body is not UTF-8 text: {e.reason} at byte {e.start}.") from None
     except ValueError as e:  # JSONDecodeError, NaN/Infinity, an integer of more than 4,300 digits
-        raise bad_request(f"The request body is not valid JSON: {_short(str(e))}") from None
+        raise bad_request(f"The request body is not valid JSON: {clip(str(e))}") from None
 
 
 def _check_values(value: Any) -> None:
@@ -240,7 +240,3 @@ def read_body(data: bytes, schema: dict) -> dict[str, Any]:
     if error is not None:
         raise _schema_error(error)
     return body
-
-
-def _short(text: str, n: int = 200) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
