@@ -3,7 +3,8 @@
 Streams tensor by tensor (one expert at a time) with positioned reads, so peak memory does not grow
 with the checkpoint. MXFP4 experts are byte-copied (gate/up rows reordered, see docs/FORMAT.md).
 Everything is written into a hidden sibling folder that is renamed into place only when complete, so
-a failed or interrupted run never leaves a DST that looks valid.
+a failed or interrupted run never leaves a DST that looks valid. An existing DST is replaced only with
+--force and only if it is a complete mlx-oss output outside the source (convert/safe_paths.py).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from typing import Callable, Iterator
 import numpy as np
 
 from mlx_oss.convert import dense_quant
-from mlx_oss.convert.manifest import MANIFEST, read_manifest, sha256_file
+from mlx_oss.config import read_json_object
+from mlx_oss.convert.manifest import read_manifest, write_manifest
 from mlx_oss.convert.reader import FORMAT_NAME, FORMAT_VERSION, SourceCheckpoint, open_source
 from mlx_oss.convert.safetensors_io import nbytes_of
+from mlx_oss.convert.safe_paths import check_destination, overlap, refusal, source_folders
 from mlx_oss.convert.staging import OutTensor, plan_shards, staged_folder, write_shards
 from mlx_oss.errors import ConvertError
 
@@ -41,6 +44,7 @@ class ConvertResult:
     files: int
     dense_errors: dict[str, float] = field(default_factory=dict)
     skipped: bool = False
+    force_refused: str | None = None  # skipped: why --force would not replace DST either (None: it would)
 
 
 def _plan(src: SourceCheckpoint, dense_bits: int | None) -> tuple[list[OutTensor], dict[str, dense_quant.ErrorMeter]]:
@@ -85,12 +89,12 @@ def _quantized_outs(src: SourceCheckpoint, name: str, shape: tuple[int, ...], bi
 def is_complete(dst: Path) -> bool:
     """A finished mlx-oss folder: our config plus a manifest whose files are all present at full size."""
     try:
-        cfg = json.loads((dst / "config.json").read_text())
+        cfg = read_json_object(dst / "config.json")
         man = read_manifest(dst)
         return cfg.get("format") == FORMAT_NAME and all(
             (dst / rel).is_file() and (dst / rel).stat().st_size == meta["bytes"] for rel, meta in man.items()
         )
-    except (OSError, ValueError, ConvertError, AttributeError):
+    except (OSError, ConvertError):
         return False
 
 
@@ -112,14 +116,13 @@ def convert_checkpoint(
         raise ConvertError(f"{source.root}: already an mlx-oss folder; nothing to convert")
     if dense_bits and source.dense_quant:
         raise ConvertError(f"--dense-bits: {source.root} is an mlx-lm folder; its own quantization is kept as it is")
-    if dst.exists():
-        if is_complete(dst) and not force:
-            return ConvertResult(dst, source.layout, 0, 0, skipped=True)
-        if not force and (not dst.is_dir() or any(dst.iterdir())):
-            raise ConvertError(f"{dst}: exists and is not a complete mlx-oss folder; remove it or pass --force")
+    sources = source_folders(src, [source.root / "config.json", *(f for f, _ in source.files.values())])
+    if not force and is_complete(dst) and overlap(dst, sources) is None:
+        return ConvertResult(dst, source.layout, 0, 0, skipped=True, force_refused=refusal(dst, sources))
+    check_destination(dst, sources, force=force)
     outs, meters = _plan(source, dense_bits)
     shards = plan_shards(outs, max_shard_bytes)
-    with staged_folder(dst, sum(o.nbytes for o in outs)) as tmp:
+    with staged_folder(dst, sum(o.nbytes for o in outs), sources) as tmp:
         written = _write(tmp, source, shards, meters, dense_bits, progress)
     errors = {n: m.relative_error for n, m in meters.items()}
     return ConvertResult(dst, source.layout, written, len(shards), errors)
@@ -152,8 +155,5 @@ def _write(tmp: Path, source: SourceCheckpoint, shards: list[list[OutTensor]], m
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     index = {"metadata": {"total_size": sum(f["bytes"] for f in files.values())}, "weight_map": weight_map}
     (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    for rel in ("config.json", "model.safetensors.index.json", f"tokenizer/{TOKENIZER_FILE}"):
-        p = tmp / rel
-        files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-    (tmp / MANIFEST).write_text(json.dumps({"format_version": FORMAT_VERSION, "files": files}, indent=2) + "\n")
+    write_manifest(tmp, files, ["config.json", "model.safetensors.index.json", f"tokenizer/{TOKENIZER_FILE}"])
     return written

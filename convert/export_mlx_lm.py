@@ -5,7 +5,9 @@ words + uint8 scales, dense modules float or affine-quantized as in SRC, a `quan
 entry per quantized dense module) plus the tokenizer files the Hub's gpt-oss repositories ship, so
 mlx-lm, LM Studio and other MLX tools run it. Tensors are streamed (one expert at a time) and only
 sliced (our qkv -> q/k/v rows, our gate_up halves -> gate_proj / up_proj); nothing is requantized.
-Like the converter, it writes into a hidden sibling folder renamed into place only when complete.
+Like the converter, it writes into a hidden sibling folder renamed into place only when complete, and
+lists what it wrote in `.mlx-oss-manifest.json` (mlx-lm folders carry no manifest.json): that record is
+what lets `--force` replace the folder later, and nothing without one is ever replaced.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from pathlib import Path
 from mlx_oss.errors import ConvertError
 from mlx_oss.convert.chat_template import CHAT_TEMPLATE
 from mlx_oss.convert.layouts import Spec
+from mlx_oss.convert.manifest import EXPORT_MANIFEST, write_manifest
 from mlx_oss.convert.mlx_lm_layout import Quant, modules, quantization_block
 from mlx_oss.convert.reader import SourceCheckpoint, open_source
+from mlx_oss.convert.safe_paths import check_destination, source_folders
 from mlx_oss.convert.staging import OutTensor, plan_shards, staged_folder, write_shards
 
 MAX_SHARD_BYTES = 5 * 1024**3  # mlx-lm's own MAX_FILE_SIZE_GB
@@ -135,19 +139,20 @@ def export_mlx_lm(
     source = open_source(src)
     if source.layout == "mlx-lm":
         raise ConvertError(f"{source.root}: already an mlx-lm folder; nothing to export")
-    if dst.exists() and not force and (not dst.is_dir() or any(dst.iterdir())):
-        raise ConvertError(f"{dst}: exists and is not empty; remove it or pass --force")
+    sources = source_folders(src, [source.root / "config.json", *(f for f, _ in source.files.values())])
+    check_destination(dst, sources, force=force)
     dense = _dense_quant({s.name: s for s in source.specs()}, source.dims)
     outs = _plan(source)
     shards = plan_shards(outs, max_shard_bytes)
     copy_from = [Path(tokenizer_dir)] if tokenizer_dir else [source.root] + ([source.root.parent] if source.layout == "original" else [])
-    with staged_folder(dst, sum(o.nbytes for o in outs)) as tmp:
+    with staged_folder(dst, sum(o.nbytes for o in outs), sources) as tmp:
         files, weight_map = write_shards(tmp, shards, "exporting", progress, single_name="model.safetensors")
         written = sum(f["bytes"] for f in files.values())
         index = {"metadata": {"total_size": written}, "weight_map": dict(sorted(weight_map.items()))}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=4) + "\n")
         (tmp / "config.json").write_text(json.dumps(_config(source, dense), indent=4) + "\n")
-        write_tokenizer_files(tmp, copy_from)
+        tokenizer = write_tokenizer_files(tmp, copy_from)
+        write_manifest(tmp, files, ["model.safetensors.index.json", "config.json", *tokenizer], EXPORT_MANIFEST)
     return ExportResult(dst, source.layout, written, len(shards), dense)
 
 

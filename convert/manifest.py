@@ -6,25 +6,40 @@ size, every shard's safetensors header parsing and covering the file exactly. It
 truncated, half-copied or hand-edited folder fails with one line naming the file instead of a raw MLX
 message (or silently wrong weights). `verify_folder` also hashes every byte (`mlx-oss info --verify`,
 `load(..., verify=True)`): flipped bits inside tensor data are only found that way.
+
+`output_problem` says whether a folder is a complete output mlx-oss wrote, the only kind of existing
+folder `--force` replaces (convert/safe_paths.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
 from mlx_oss.errors import ConvertError
+from mlx_oss.convert.reader import FORMAT_VERSION
 from mlx_oss.convert.safetensors_io import read_header
 
 MANIFEST = "manifest.json"
+EXPORT_MANIFEST = ".mlx-oss-manifest.json"  # the same record in an mlx-lm export (mlx-lm folders carry no manifest.json)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_HARMLESS = {".DS_Store"}  # Finder's view settings: never a reason to refuse a folder
 
 
 def repair_hint(folder: Path) -> str:
     """How to check and repair `folder` (the tail of every integrity error)."""
-    return f"run `mlx-oss info --verify {folder}` for a full check, or convert the checkpoint again (--force)"
+    return f"run `mlx-oss info --verify {folder}` for a full check, or {reconvert_hint(folder)}"
+
+
+def reconvert_hint(folder: Path) -> str:
+    """How to convert into `folder` again: with --force only where --force would replace it (a
+    complete output), else the folder must go first."""
+    if output_problem(folder) is None:
+        return "convert the checkpoint again (--force)"
+    return "remove it and convert the checkpoint again"
 
 
 def sha256_file(path: Path) -> str:
@@ -35,17 +50,19 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_manifest(folder: str | Path) -> dict[str, dict]:
-    """{relative path: {"sha256", "bytes"}}; ConvertError naming manifest.json if it is missing or not
+def read_manifest(folder: str | Path, name: str = MANIFEST) -> dict[str, dict]:
+    """{relative path: {"sha256", "bytes"}}; ConvertError naming the manifest if it is missing or not
     the shape `convert` writes."""
     folder = Path(folder)
-    path = folder / MANIFEST
+    path = folder / name
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConvertError(f"{path}: missing (every mlx-oss folder lists its files there)") from None
     except OSError as e:
         raise ConvertError(f"{path}: cannot read ({e.strerror or e})") from None
+    except RecursionError:
+        raise ConvertError(f"{path}: not valid JSON (nested too deeply)") from None
     except (UnicodeDecodeError, ValueError) as e:
         raise ConvertError(f"{path}: not valid JSON ({e})") from None
     files = data.get("files") if isinstance(data, dict) else None
@@ -57,6 +74,45 @@ def read_manifest(folder: str | Path) -> dict[str, dict]:
         if not ok or Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise ConvertError(f"{path}: entry {rel!r} is not {{\"sha256\": 64 hex digits, \"bytes\": size}}")
     return files
+
+
+def write_manifest(folder: Path, files: dict[str, dict], hash_here: list[str], name: str = MANIFEST) -> None:
+    """Record every file a writer put in `folder`: `files` ({path: {"sha256", "bytes"}}, hashed while
+    streamed) plus the small files `hash_here`. What `--force` may later replace is what this lists."""
+    for rel in hash_here:
+        p = folder / rel
+        files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    (folder / name).write_text(json.dumps({"format_version": FORMAT_VERSION, "files": files}, indent=2) + "\n")
+
+
+def output_problem(folder: Path) -> str | None:
+    """Why `folder` is not a complete output that mlx-oss wrote, or None if it is: its manifest
+    (manifest.json, or .mlx-oss-manifest.json in an mlx-lm export) lists every file in it, each present
+    at its size. A file it does not list was put there by someone else."""
+    name = next((n for n in (MANIFEST, EXPORT_MANIFEST) if (folder / n).is_file()), None)
+    if name is None:
+        return f"is not a complete mlx-oss output (no {MANIFEST})"
+    try:
+        files = read_manifest(folder, name)
+    except ConvertError:
+        return f"is not a complete mlx-oss output (its {name} is not valid)"
+    for rel, meta in files.items():
+        p = folder / rel
+        if not p.is_file() or p.stat().st_size != meta["bytes"]:
+            return f"is not a complete mlx-oss output ({rel} is missing or not at its size)"
+    for rel in _entries(folder):
+        if rel not in files and rel != name and Path(rel).name not in _HARMLESS:
+            return f"holds {rel}, which mlx-oss did not write (not in its {name})"
+    return None
+
+
+def _entries(folder: Path) -> list[str]:
+    """Every file and link under `folder` (links not followed), as manifest paths."""
+    out = []
+    for parent, dirs, files in os.walk(folder):
+        links = [d for d in dirs if os.path.islink(os.path.join(parent, d))]
+        out += [Path(parent, n).relative_to(folder).as_posix() for n in sorted(files + links)]
+    return out
 
 
 def problems(folder: str | Path, *, hashes: bool = False) -> list[str]:

@@ -8,7 +8,6 @@ converted, so bad input fails fast with one line and nothing half-written.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -17,7 +16,7 @@ import numpy as np
 
 from mlx_oss.convert import mlx_lm_layout, mxfp4
 from mlx_oss.errors import ConvertError
-from mlx_oss.config import Dims
+from mlx_oss.config import Dims, read_json_object
 from mlx_oss.convert.layouts import Source, Spec, our_specs, source_map, source_specs
 from mlx_oss.convert.safetensors_io import TensorInfo, read_header, read_tensor
 
@@ -26,23 +25,11 @@ FORMAT_VERSION = 1
 DENSE_ROW_CHUNK = 16384  # rows per read for big dense matrices (bounded memory)
 
 
-def _load_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise ConvertError(f"{path}: cannot read ({e.strerror or e})") from None
-    except ValueError as e:
-        raise ConvertError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ConvertError(f"{path}: expected a JSON object")
-    return data
-
-
 def _has_mlx_lm_names(path: Path) -> bool:
     """mlx-lm's sanitized expert names (`experts.gate_proj.*`), from the index or the first shard's header."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        names = (_load_json(index).get("weight_map") or {}).keys()
+        names = (read_json_object(index).get("weight_map") or {}).keys()
     else:
         files = sorted(path.glob("*.safetensors"))
         names = read_header(files[0])[0].keys() if files else ()
@@ -60,7 +47,7 @@ def detect_layout(path: Path) -> tuple[str, Path]:
         raise ConvertError(f"{path}: expected a checkpoint folder, got a file")
     cfg_path = path / "config.json"
     if cfg_path.is_file():
-        cfg = _load_json(cfg_path)
+        cfg = read_json_object(cfg_path)
         has_st = any(path.glob("*.safetensors"))
         if cfg.get("format") == FORMAT_NAME:
             return "mlx-oss", path
@@ -145,22 +132,18 @@ class SourceCheckpoint:
 
 
 def dims_for(layout: str, cfg: dict, cfg_path: Path) -> Dims:
-    try:
-        if layout in ("hf", "mlx-lm"):
-            return Dims.from_hf(cfg, str(cfg_path))
-        if layout == "original":
-            return Dims.from_original(cfg, str(cfg_path))
-        return Dims.from_ours(cfg, str(cfg_path))
-    except KeyError as e:
-        raise ConvertError(str(e.args[0])) from None
-    except (TypeError, ValueError) as e:
-        raise ConvertError(f"{cfg_path}: {e}") from None
+    """The config of a `layout` folder, every value checked (ConvertError naming the file and field)."""
+    if layout in ("hf", "mlx-lm"):
+        return Dims.from_hf(cfg, str(cfg_path))
+    if layout == "original":
+        return Dims.from_original(cfg, str(cfg_path))
+    return Dims.from_ours(cfg, str(cfg_path))
 
 
 def _shard_files(root: Path, layout: str) -> list[Path]:
     index = root / "model.safetensors.index.json"
     if layout in ("hf", "mlx-oss", "mlx-lm") and index.is_file():
-        wm = _load_json(index).get("weight_map")
+        wm = read_json_object(index).get("weight_map")
         if not isinstance(wm, dict):
             raise ConvertError(f"{index}: field weight_map missing")
         files = []
@@ -188,7 +171,7 @@ def open_source(path: str | Path) -> SourceCheckpoint:
     """Detect, read headers, validate every tensor against the config. Raises ConvertError."""
     layout, root = detect_layout(Path(path))
     cfg_path = root / "config.json"
-    cfg = _load_json(cfg_path)
+    cfg = read_json_object(cfg_path)
     if layout == "mlx-oss" and cfg.get("format_version") != FORMAT_VERSION:
         raise ConvertError(f"{cfg_path}: field format_version is {cfg.get('format_version')!r}, expected {FORMAT_VERSION}")
     dims = dims_for(layout, cfg, cfg_path)

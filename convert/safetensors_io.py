@@ -61,6 +61,13 @@ def nbytes_of(dtype: str, shape: Iterable[int]) -> int:
     return n
 
 
+def _whole(v) -> int:
+    """A header's dimension or offset: a JSON integer >= 0 (int() would read 2.7 as 2 and true as 1)."""
+    if type(v) is not int or v < 0:
+        raise ValueError(f"{v!r} is not a whole number")
+    return v
+
+
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Parse and validate a safetensors header; every offset must fit the file."""
     path = Path(path)
@@ -82,6 +89,8 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
         header = json.loads(raw.decode("utf-8"))
         if not isinstance(header, dict):
             raise ValueError("not a JSON object")
+    except RecursionError:
+        raise ConvertError(f"{path}: corrupt safetensors header (JSON nested too deeply)") from None
     except (UnicodeDecodeError, ValueError) as e:
         raise ConvertError(f"{path}: corrupt safetensors header ({e})") from None
     meta = header.pop("__metadata__", None) or {}
@@ -90,8 +99,8 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     for name, entry in header.items():
         try:
             dtype = entry["dtype"]
-            shape = tuple(int(s) for s in entry["shape"])
-            start, end = (int(o) for o in entry["data_offsets"])
+            shape = tuple(_whole(s) for s in entry["shape"])
+            start, end = (_whole(o) for o in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise ConvertError(f"{path}: corrupt safetensors header entry for tensor {name}") from None
         if dtype not in NP_DTYPES:

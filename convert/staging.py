@@ -2,8 +2,8 @@
 
 Both `mlx-oss convert` and `convert --to mlx-lm` write through here, so both get the same guarantees:
 bounded memory (chunks stream through a background writer), a sha256 per shard, and a DST that appears
-only when complete (a hidden sibling renamed into place; on any failure it is removed and the error
-becomes one line).
+only when complete (a new hidden sibling renamed into place; on any failure it is removed and the error
+becomes one line). Nothing here removes a folder it did not make, or one that safe_paths' rule keeps.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from mlx_oss.errors import ConvertError
 from mlx_oss.convert.progress import Progress
+from mlx_oss.convert.safe_paths import MadeFolder, make_folder, new_folder, refusal, remove_folder
 from mlx_oss.convert.safetensors_io import StreamingWriter, nbytes_of
 
 
@@ -89,31 +90,53 @@ def _os_error(e: OSError, dst: Path, need: int) -> ConvertError:
 
 
 @contextmanager
-def staged_folder(dst: Path, need: int) -> Iterator[Path]:
-    """Yield a hidden sibling of `dst` to write into; it becomes `dst` only if the block completes.
+def staged_folder(dst: Path, need: int, sources: Sequence[Path] = ()) -> Iterator[Path]:
+    """Yield a new hidden sibling of `dst` to write into; it becomes `dst` only if the block completes.
 
-    Checks free space for `need` bytes first. An existing `dst` is replaced only after the new one is
-    complete. OSErrors (full or read-only disk) become one-line ConvertErrors; nothing is left behind.
+    Checks free space for `need` bytes first. A `dst` that is a link is the folder it points to (the
+    link stays). An existing non-empty `dst` is replaced only after the new one is complete, and only if
+    the rule of safe_paths still lets it go (`sources` are the folders being read). Only folders made
+    here are removed. OSErrors (full or read-only disk) become one-line ConvertErrors.
     """
-    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
+    real = dst.resolve()
+    tmp: MadeFolder | None = None
     try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if shutil.disk_usage(dst.parent).free < need * 1.02 + (1 << 20):
+        real.parent.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(real.parent).free < need * 1.02 + (1 << 20):
             raise OSError(errno.ENOSPC, "No space left on device")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        yield tmp
-        if dst.exists():
-            old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-            os.replace(dst, old)
-            os.replace(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dst)
+        tmp = make_folder(real.parent, f".{real.name}.partial-{os.getpid()}-")
+        yield tmp.path
+        _put_in_place(tmp.path, real, sources)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _discard(tmp)
         raise _os_error(e, dst, need) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _discard(tmp)
         raise
+
+
+def _put_in_place(tmp: Path, real: Path, sources: Sequence[Path]) -> None:
+    """Rename the finished `tmp` to `real`. New or an empty folder: one rename (onto an empty folder it
+    loses nothing). Otherwise the old folder is moved aside, the new one renamed in, the old removed."""
+    if not (real.is_dir() and any(real.iterdir())):
+        os.replace(tmp, real)
+        return
+    why = refusal(real, sources)
+    if why:
+        raise ConvertError(f"{real}: {why}; nothing was replaced")
+    old = new_folder(real.parent, f".{real.name}.old-{os.getpid()}-")
+    os.replace(real, old)  # onto the empty folder just made for it
+    os.replace(tmp, real)
+    try:
+        remove_folder(old, sources)
+    except (ConvertError, OSError):
+        pass  # the new folder is in place; an old one that will not go is left as it is, never forced
+
+
+def _discard(tmp: MadeFolder | None) -> None:
+    """After a failure: remove the temporary folder if it is still there (the rule checks it is ours)."""
+    if tmp is not None and tmp.path.exists():
+        try:
+            remove_folder(tmp)
+        except (ConvertError, OSError):
+            pass  # left in place: the error being raised is the one to report

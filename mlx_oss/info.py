@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlx_oss.config import Dims
+from mlx_oss.config import Dims, read_json_object
 from mlx_oss.convert.layouts import Spec, our_specs
 from mlx_oss.convert.manifest import check_folder
-from mlx_oss.convert.reader import _load_json, detect_layout, dims_for, open_source
+from mlx_oss.convert.reader import detect_layout, dims_for, open_source
 from mlx_oss.convert.safetensors_io import nbytes_of
 from mlx_oss.errors import ConvertError
 
@@ -85,7 +85,7 @@ def describe(path: str | Path) -> ModelInfo:
     specs: list[Spec]
     integrity = None
     if path.is_file() and path.name.endswith(".json"):
-        cfg = _load_json(path)  # a bad file is named in one line
+        cfg = read_json_object(path)  # a bad file is named in one line
         layout = "mlx-oss" if cfg.get("format") == "mlx-oss" else "hf" if cfg.get("model_type") == "gpt_oss" else "original"
         dims = dims_for(layout, cfg, path)
         specs = list(our_specs(dims))

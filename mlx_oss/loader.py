@@ -53,22 +53,23 @@ def _is_converted(path: Path) -> bool:
     if not cfg.is_file():
         return False
     try:
-        return json.loads(cfg.read_text()).get("format") == "mlx-oss"
-    except ValueError:
-        return False
+        data = json.loads(cfg.read_text())
+    except (ValueError, RecursionError):
+        return False  # the reader then names the file and what is wrong with it
+    return isinstance(data, dict) and data.get("format") == "mlx-oss"
 
 
 def check_converted(path: Path, verify: bool = False) -> None:
     """An mlx-oss folder against its manifest (sizes and headers; sha256 too with `verify`), so a damaged
     folder fails with one line naming the file, not a raw MLX message or silently wrong weights."""
-    from mlx_oss.convert.manifest import check_folder, verify_folder
+    from mlx_oss.convert.manifest import check_folder, reconvert_hint, verify_folder
 
     check_folder(path)
     if verify:
         found = verify_folder(path)
         if found:
             raise ConvertError(f"{found[0]}" + (f" (+{len(found) - 1} more)" if len(found) > 1 else "")
-                               + "; convert the checkpoint again (--force)")  # fmt: skip
+                               + f"; {reconvert_hint(path)}")  # fmt: skip
 
 
 def _converted_weights(path: Path) -> Iterable[tuple[str, mx.array]]:
@@ -114,8 +115,8 @@ def load_model(path: str | Path, dtype: str | mx.Dtype | None = None, verify: bo
     path = Path(path).expanduser()
     dt = resolve_dtype(dtype)
     if _is_converted(path):
+        args = ModelArgs.from_path(path)  # first: an impossible value is named, not just the edit's size
         check_converted(path, verify)
-        args = ModelArgs.from_path(path)
         weights = _converted_weights(path)
     else:
         from mlx_oss.convert.reader import open_source

@@ -269,9 +269,11 @@ def test_refuses_to_overwrite_a_foreign_folder(tiny_hf, tmp_path, capsys):
     dst = tmp_path / "mine"
     dst.mkdir()
     (dst / "precious.txt").write_text("keep me")
-    assert main(["convert", str(tiny_hf), str(dst), "--no-progress"]) == 1
-    assert "not a complete mlx-oss folder" in capsys.readouterr().err
-    assert (dst / "precious.txt").read_text() == "keep me"
+    for force in ([], ["--force"]):  # --force replaces only a complete mlx-oss output: never suggested here
+        assert main(["convert", str(tiny_hf), str(dst), "--no-progress", *force]) == 1
+        err = capsys.readouterr().err
+        assert "not a complete mlx-oss output" in err and "--force" not in err
+        assert (dst / "precious.txt").read_text() == "keep me"
 
 
 def test_small_shard_size_splits_and_the_split_folder_loads_the_same_model(tiny_hf, tiny_converted, tmp_path, capsys):
@@ -468,20 +470,27 @@ def test_is_complete_needs_our_config_and_every_file_at_full_size(tiny_converted
     assert not is_complete(d)
 
 
-def test_an_incomplete_or_foreign_destination_needs_force(tiny_hf, tiny_converted, tmp_path):
+def test_an_incomplete_or_foreign_destination_is_refused_even_with_force(tiny_hf, tiny_converted, tmp_path):
+    """--force replaces only what a manifest shows mlx-oss wrote, complete (convert/safe_paths.py)."""
     dst = tmp_path / "half"
     shutil.copytree(tiny_converted, dst)
-    (dst / "manifest.json").unlink()  # an interrupted copy
-    with pytest.raises(ConvertError) as e:
-        convert_checkpoint(tiny_hf, dst, progress=False)
-    assert str(e.value) == f"{dst}: exists and is not a complete mlx-oss folder; remove it or pass --force"
-    r = convert_checkpoint(tiny_hf, dst, force=True, progress=False)
+    (dst / "manifest.json").unlink()  # an interrupted copy: nothing says mlx-oss wrote these files
+    for force in (False, True):
+        with pytest.raises(ConvertError) as e:
+            convert_checkpoint(tiny_hf, dst, force=force, progress=False)
+        assert str(e.value) == (f"{dst}: exists, is not empty and is not a complete mlx-oss output (no manifest.json); "
+                                "remove it yourself or choose another DST")  # fmt: skip
+    assert sorted(p.name for p in dst.iterdir()) == sorted(p.name for p in tiny_converted.iterdir() if p.name != "manifest.json")
+    shutil.rmtree(dst)
+    shutil.copytree(tiny_converted, dst)
+    r = convert_checkpoint(tiny_hf, dst, force=True, progress=False)  # complete: --force replaces it
     assert not r.skipped and r.files >= 1 and is_complete(dst) and verify_folder(dst) == []
 
     f = tmp_path / "a-file"
     f.write_text("not a folder")
-    with pytest.raises(ConvertError, match="exists and is not a complete mlx-oss folder"):
-        convert_checkpoint(tiny_hf, f, progress=False)
+    for force in (False, True):
+        with pytest.raises(ConvertError, match="exists and is not a folder; choose another DST"):
+            convert_checkpoint(tiny_hf, f, force=force, progress=False)
     assert f.read_text() == "not a folder"
 
     empty = tmp_path / "empty"

@@ -137,8 +137,29 @@ def test_access_rules_directly():
     assert Access("0.0.0.0").host_names() == {"localhost", "127.0.0.1", "::1"}  # a wildcard bind is no name
     assert Access("::").host_names() == {"localhost", "127.0.0.1", "::1"}
     assert host_name("[::1]:80") == "::1" and host_name("Foo.Example.:9") == "foo.example" and host_name("a:b") is None
-    assert origins_need_key(["*"], None) and origins_need_key(["*"], "k") is None
-    assert origins_need_key(["http://a"], None) is None
+    assert host_name("XBOX.lan") == "xbox.lan" and host_name(":80") is None and host_name("") is None
+    assert Access("MAC.LAN").host_names() >= {"mac.lan"} and Access("[fd00::5]").host_names() >= {"fd00::5"}
+    assert origins_need_key(["*"], None) == ("--cors '*' lets every web page you open use this server; it needs "
+                                             "--api-key (or MLX_OSS_API_KEY)")  # fmt: skip
+    assert origins_need_key(["*"], "k") is None and origins_need_key(["http://a"], None) is None
+
+
+def test_refusals_quote_what_was_sent_and_clip_it(srv):
+    url, app, scripts, tok = srv
+    r = httpx.get(url + "/models", headers={"Host": "evil.example"}, timeout=30)
+    assert r.json()["error"]["message"] == ("Host 'evil.example' is not allowed: this server answers 127.0.0.1, ::1, "
+                                            "localhost, mac.local (add names with --allowed-hosts).")  # fmt: skip
+    r = httpx.get(url + "/models", headers={"Host": "h" * 300}, timeout=30)
+    assert r.json()["error"]["message"].startswith(f"Host '{'h' * 99}…' is not allowed")
+    r = httpx.post(url + "/chat/completions", headers={"Origin": "http://evil.example"}, json=CHAT, timeout=30)
+    assert r.json()["error"]["message"] == ("Origin 'http://evil.example' is not allowed: a web page may use this "
+                                            "server only if it was started with --cors ORIGIN.")  # fmt: skip
+    r = httpx.post(url + "/chat/completions", content=json.dumps(CHAT), timeout=30)
+    assert r.json()["error"]["message"] == "Content-Type must be application/json, not (none)."
+    r = httpx.post(url + "/chat/completions", content=json.dumps(CHAT), headers={"Content-Type": "Text/Plain"}, timeout=30)
+    assert r.json()["error"]["message"] == "Content-Type must be application/json, not 'text/plain'."
+    for host in (":8000", "[]:80"):  # no name at all
+        _refused(httpx.get(url + "/models", headers={"Host": host}, timeout=30), 403, "host_not_allowed")
 
 
 def test_any_host_and_any_origin_when_asked(model_tok):

@@ -488,7 +488,8 @@ def test_error_hints(error, hint):
     [
         (ConvertError("/m/x.safetensors: 10 bytes, manifest.json says 20 (truncated or replaced); run `mlx-oss info "
                       "--verify /m` for a full check, or convert the checkpoint again (--force)"), "mlx-oss info --verify /m", "internet"),
-        (ConvertError("/m/manifest.json: missing (every mlx-oss folder lists its files there)"), "--force", "internet"),
+        (ConvertError("/m/manifest.json: missing (every mlx-oss folder lists its files there)"),
+         "To repair it, remove it and convert the checkpoint again", "--force"),  # --force would be refused there
         (VocabularyError("/m: vocabulary of 512 tokens, but the o200k_harmony tokenizer needs 201088 (ids up to 201087); "
                          "this model cannot chat"), "tiny-chat", "DEBUG"),
         (ConvertError("models/x: no such local folder, and the download from the Hugging Face Hub failed (404)"), "Check the path", "DEBUG"),

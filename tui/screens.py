@@ -66,6 +66,7 @@ def error_hints(e: BaseException, model: str) -> list[str]:
     """What the user can do about a failure to find, download, convert or load `model`: hints that fit
     the cause (a damaged local folder never gets "check your internet connection")."""
     from mlx_oss.convert.hub import is_repo_id
+    from mlx_oss.convert.manifest import reconvert_hint
 
     msg = str(e)
     low = msg.lower()
@@ -80,7 +81,7 @@ def error_hints(e: BaseException, model: str) -> list[str]:
     if "manifest.json" in low or "--verify" in low or "safetensors" in low:
         hints += [
             f"The model folder is damaged or incomplete: `mlx-oss info --verify {model}` checks every file.",
-            f"To repair it, convert the checkpoint again: mlx-oss convert SOURCE {model} --force",
+            f"To repair it, {reconvert_hint(Path(model).expanduser())}.",
         ]
     if "cannot chat" in low:
         hints.append("This model's vocabulary is smaller than the harmony tokenizer's (a test preset?); "

@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("dst", help="output folder (created; written to a temporary sibling and renamed at the end)")
     c.add_argument("--to", choices=["mlx-oss", "mlx-lm"], default="mlx-oss", help="output format: mlx-oss (default) or an mlx-lm folder for mlx_lm / LM Studio")
     c.add_argument("--dense-bits", type=int, choices=[4, 8], default=None, help="quantize attention, embedding and lm_head (affine, group 64)")
-    c.add_argument("--force", action="store_true", help="convert even if DST is already a complete mlx-oss folder")
+    c.add_argument("--force", action="store_true", help="replace DST if it is a complete mlx-oss output outside SRC (nothing else is ever replaced)")
     c.add_argument("--verify", action="store_true", help="re-read DST and check every file against manifest.json")
     c.add_argument("--shard-size", type=float, default=2.0, metavar="GB", help="maximum shard size (default 2)")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -34,7 +34,7 @@ def _cmd_convert(a: argparse.Namespace) -> int:
         max_shard_bytes=int(a.shard_size * 1e9), progress=not a.no_progress,
     )  # fmt: skip
     if r.skipped:
-        print(f"{r.dst}: already converted (pass --force to convert again)")
+        print(f"{r.dst}: already converted" + ("" if r.force_refused else " (pass --force to convert again)"))
     else:
         print(f"converted {r.layout} checkpoint into {r.dst} ({r.bytes_written / 1e9:.2f} GB in {r.files} shard(s))")
         for name, err in r.dense_errors.items():

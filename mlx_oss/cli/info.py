@@ -36,7 +36,7 @@ def _verify(path: str, layout: str) -> str:
     """`info --verify`: the sha256 of every file against manifest.json; raises on the first problem."""
     from pathlib import Path
 
-    from mlx_oss.convert.manifest import verify_folder
+    from mlx_oss.convert.manifest import reconvert_hint, verify_folder
 
     if layout != "mlx-oss":
         return f"nothing to verify: a {layout} folder has no manifest.json (headers checked)"
@@ -44,5 +44,5 @@ def _verify(path: str, layout: str) -> str:
     found = verify_folder(folder if folder.is_dir() else folder.parent)
     if found:
         more = f" (+{len(found) - 1} more)" if len(found) > 1 else ""
-        raise ConvertError(f"verify failed: {found[0]}{more}; convert the checkpoint again (--force)")
+        raise ConvertError(f"verify failed: {found[0]}{more}; {reconvert_hint(folder if folder.is_dir() else folder.parent)}")
     return "verified: the sha256 of every file matches manifest.json"

@@ -16,6 +16,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from mlx_oss.config import yarn_correction_range
+
 
 def yarn_inv_freq(
     head_dim: int,
@@ -31,8 +33,7 @@ def yarn_inv_freq(
         return 1.0, (1.0 / freq).astype(np.float32)
     concentration = 0.1 * math.log(scaling_factor) + 1.0
     d_half = head_dim / 2
-    low = d_half * math.log(initial_context_length / (ntk_beta * 2 * math.pi)) / math.log(base)
-    high = d_half * math.log(initial_context_length / (ntk_alpha * 2 * math.pi)) / math.log(base)
+    low, high = yarn_correction_range(head_dim, base, initial_context_length, ntk_alpha, ntk_beta)
     if not 0 < low < high < d_half - 1:
         raise ValueError(f"YaRN correction range {low:.3f}..{high:.3f} is outside (0, {d_half - 1})")
     interpolation = np.float32(1.0) / (np.float32(scaling_factor) * freq)

@@ -8,7 +8,6 @@ exception, a timeout, a crashed kernel, a refusal) the model gets a text it can 
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Callable
 
 from mlx_oss.builtin.python.docker import DockerLimits, DockerSession, docker_available
 from mlx_oss.builtin.python.kernel import Execution, KernelSession
+from mlx_oss.convert.safe_paths import make_folder, remove_folder
+from mlx_oss.errors import UserError
 from mlx_oss.events import ToolCall
 from mlx_oss.harmony import ToolNamespace
 
@@ -92,8 +93,8 @@ class PythonTool:
             raise ValueError(f"python backend must be one of {', '.join(PYTHON_BACKENDS)}, not {backend!r}")
         self.backend = backend
         self.approve = approve
-        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="mlx-oss-python-"))
-        self._temporary = workdir is None
+        self._made = make_folder(Path(tempfile.gettempdir()), "mlx-oss-python-", mode=0o700) if workdir is None else None
+        self.workdir = self._made.path if self._made is not None else Path(workdir)
         self.keep_files = keep_files
         self.timeout_s = timeout_s
         self.max_output_chars = max_output_chars
@@ -109,10 +110,14 @@ class PythonTool:
         return python_namespace(stateful=True, timeout_s=self.timeout_s)
 
     def close(self) -> None:
-        """Stop the session; remove the temporary folder unless it holds files the user keeps."""
+        """Stop the session; remove the temporary folder unless it holds files the user keeps. Never a
+        folder it did not make (a --python-dir, or whatever the code put in place of its own)."""
         self.session.close()
-        if self._temporary and self.workdir.is_dir() and not (self.keep_files and any(self.workdir.iterdir())):
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._made is not None and self.workdir.is_dir() and not (self.keep_files and any(self.workdir.iterdir())):
+            try:
+                remove_folder(self._made)
+            except (UserError, OSError):
+                pass  # not ours (any more), or it will not go: left as it is
 
     # ------------------------------------------------------------------ a call
 
