@@ -19,6 +19,7 @@ import os
 import re
 from pathlib import Path
 
+from mlx_oss.config import read_json_object
 from mlx_oss.errors import ConvertError
 from mlx_oss.convert.reader import FORMAT_VERSION
 from mlx_oss.convert.safetensors_io import read_header
@@ -55,17 +56,9 @@ def read_manifest(folder: str | Path, name: str = MANIFEST) -> dict[str, dict]:
     the shape `convert` writes."""
     folder = Path(folder)
     path = folder / name
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConvertError(f"{path}: missing (every mlx-oss folder lists its files there)") from None
-    except OSError as e:
-        raise ConvertError(f"{path}: cannot read ({e.strerror or e})") from None
-    except RecursionError:
-        raise ConvertError(f"{path}: not valid JSON (nested too deeply)") from None
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ConvertError(f"{path}: not valid JSON ({e})") from None
-    files = data.get("files") if isinstance(data, dict) else None
+    if not path.exists():
+        raise ConvertError(f"{path}: missing (every mlx-oss folder lists its files there)")
+    files = read_json_object(path).get("files")
     if not isinstance(files, dict) or not files:
         raise ConvertError(f"{path}: expected an object with a non-empty 'files' map")
     for rel, meta in files.items():
