@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -60,6 +61,7 @@ def _refused(r: httpx.Response, status: int, code: str) -> None:
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["code"] == code, err
+    assert err["type"] == ("permission_error" if status == 403 else "invalid_request_error") and err["message"], err
 
 
 # ----------------------------------------------------------------------------- who may drive the server
@@ -139,6 +141,8 @@ def test_access_rules_directly():
     assert host_name("[::1]:80") == "::1" and host_name("Foo.Example.:9") == "foo.example" and host_name("a:b") is None
     assert host_name("XBOX.lan") == "xbox.lan" and host_name(":80") is None and host_name("") is None
     assert Access("MAC.LAN").host_names() >= {"mac.lan"} and Access("[fd00::5]").host_names() >= {"fd00::5"}
+    assert Access("XMAC.lan", ("Box.LAN.", "[fd00::7]", "XBOX.lan")).host_names() == {
+        "localhost", "127.0.0.1", "::1", "xmac.lan", "box.lan", "fd00::7", "xbox.lan"}  # fmt: skip
     assert origins_need_key(["*"], None) == ("--cors '*' lets every web page you open use this server; it needs "
                                              "--api-key (or MLX_OSS_API_KEY)")  # fmt: skip
     assert origins_need_key(["*"], "k") is None and origins_need_key(["http://a"], None) is None
@@ -151,6 +155,8 @@ def test_refusals_quote_what_was_sent_and_clip_it(srv):
                                             "localhost, mac.local (add names with --allowed-hosts).")  # fmt: skip
     r = httpx.get(url + "/models", headers={"Host": "h" * 300}, timeout=30)
     assert r.json()["error"]["message"].startswith(f"Host '{'h' * 99}…' is not allowed")
+    r = httpx.get(url + "/models", headers={"Host": "h" * 100}, timeout=30)
+    assert r.json()["error"]["message"].startswith(f"Host '{'h' * 100}' is not allowed")  # 100 characters: whole
     r = httpx.post(url + "/chat/completions", headers={"Origin": "http://evil.example"}, json=CHAT, timeout=30)
     assert r.json()["error"]["message"] == ("Origin 'http://evil.example' is not allowed: a web page may use this "
                                             "server only if it was started with --cors ORIGIN.")  # fmt: skip
@@ -160,6 +166,19 @@ def test_refusals_quote_what_was_sent_and_clip_it(srv):
     assert r.json()["error"]["message"] == "Content-Type must be application/json, not 'text/plain'."
     for host in (":8000", "[]:80"):  # no name at all
         _refused(httpx.get(url + "/models", headers={"Host": host}, timeout=30), 403, "host_not_allowed")
+
+
+def test_a_request_without_host_is_refused(srv):
+    url, app, scripts, tok = srv
+    port = int(url.split(":")[2].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.0\r\n\r\n")  # HTTP/1.0 needs no Host header
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"403", raw
+    assert json.loads(body)["error"]["message"].startswith("Host (none) is not allowed")
 
 
 def test_any_host_and_any_origin_when_asked(model_tok):
