@@ -288,7 +288,8 @@ USER = [{"role": "user", "content": "hi"}]
     ("/chat/completions", {"model": "gpt-5", "messages": USER}, 404, "model"),
     ("/responses", {"model": MODEL_ID, "input": 3}, 400, "input"),
     ("/responses", {"model": MODEL_ID, "input": [{"type": "image_generation_call"}]}, 400, "input[0].type"),
-    ("/responses", {"model": MODEL_ID, "input": "x", "tools": [{"type": "file_search"}]}, 400, "tools[0].type"),
+    ("/responses", {"model": MODEL_ID, "input": "x", "tools": [{"type": "namespace", "name": "ns", "description": "d",
+     "tools": [{"type": "file_search"}]}]}, 400, "tools[0].tools[0].type"),  # a bare file_search is dropped (a warning)
     ("/responses", {"model": MODEL_ID, "input": "x", "tools": [WEATHER_R, {"type": "code_interpreter"}]}, 400,
      "tools[1].type"),  # refused unless the server was started with --allow-python
     ("/chat/completions", {"model": MODEL_ID, "messages": USER, "tools": [{"type": "web_search"}]}, 400,

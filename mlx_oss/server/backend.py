@@ -68,8 +68,9 @@ class Backend:
         return replace(self._sampling, logits_processors=tuple(self._processors(body)))
 
     def prompt(self, turn: Turn) -> tuple[list[int], tuple[int, ...]]:
-        """Render; 400 context_length_exceeded when it does not fit (nothing computed yet)."""
-        tokens, boundaries = turn.render(self.tokenizer)
+        """Render (a `truncation: "auto"` turn drops its oldest turns to fit); 400
+        context_length_exceeded when it does not fit (nothing computed yet)."""
+        tokens, boundaries = turn.render(self.tokenizer, self.max_context)
         if len(tokens) >= self.max_context:
             raise APIError(
                 400,

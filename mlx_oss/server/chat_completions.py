@@ -25,6 +25,7 @@ from mlx_oss.server.conversation import (
     effort,
     logprobs_setting,
     first_of,
+    logit_bias,
     reasoning_message,
     response_format,
     sampling,
@@ -117,7 +118,7 @@ def parse_request(body: dict, base: SamplingConfig) -> ChatRequest:
         tuple(history), instructions, tools, effort(eff, "reasoning_effort"),
         response_format(body.get("response_format"), "response_format"),
         first_of(body, "max_completion_tokens", "max_tokens"), replace(sampling(body, base), logprobs=top),
-        stop_strings(body.get("stop")), tool_choice=choice,
+        stop_strings(body.get("stop")), tool_choice=choice, logit_bias=logit_bias(body.get("logit_bias")),
     )  # fmt: skip
     return ChatRequest(turn, stream, bool(opts.get("include_usage")))
 

@@ -22,6 +22,7 @@ from mlx_oss.harmony import ANALYSIS, UNPARSED, Message, ParserState, Role, Stre
 from mlx_oss.sampling import Sampler, SamplingConfig
 from mlx_oss.server.cache_pool import PromptCachePool
 from mlx_oss.server.conversation import Turn
+from mlx_oss.server.errors import APIError
 from mlx_oss.server.token_output import TokenOutput, strip_markup
 from mlx_oss.server.tools import call_name
 
@@ -37,6 +38,7 @@ class ItemStarted:
     kind: str  # REASONING, MESSAGE, FUNCTION_CALL, BROWSER_CALL or PYTHON_CALL
     name: str | None = None  # the function's name for a call (`browser.search`, `python` for built-ins)
     channel: str | None = None
+    recipient: str | None = None  # a call's harmony recipient (`functions.get_weather`, `multi_agent_v1.spawn_agent`)
 
 
 @dataclass(frozen=True)
@@ -183,8 +185,12 @@ def run_generation(
             emit(Finished(Usage(*totals), "cancelled"))
             return
         history += [*r.messages, reply]
-        prompt, boundaries = replace(turn, history=tuple(history)).render(encoding)
-        if len(prompt) >= engine.max_context:
+        try:
+            prompt, boundaries = replace(turn, history=tuple(history)).render(encoding, engine.max_context)
+            fits = len(prompt) < engine.max_context
+        except APIError:  # `truncation: "auto"`, and not even the last turn fits any more
+            fits = False
+        if not fits:
             emit(Finished(Usage(*totals), "context"))
             return
 
@@ -267,7 +273,7 @@ def _round(engine, pool, encoding, prompt, boundaries, sampler, max_tokens, stop
             if ev.header_done:
                 close(True)
                 name = call_name(ev.recipient) if ev.recipient is not None else None
-                open_item = ItemStarted(_kind(ev.channel, ev.recipient, tools), name, ev.channel)
+                open_item = ItemStarted(_kind(ev.channel, ev.recipient, tools), name, ev.channel, ev.recipient)
                 text = []
                 emit(open_item)
                 continue

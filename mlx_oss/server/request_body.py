@@ -24,11 +24,12 @@ from jsonschema.exceptions import ValidationError, best_match
 
 from mlx_oss.server.errors import APIError, bad_request, clip
 
-__all__ = ["CHAT", "RESPONSES", "MAX_DEPTH", "read_body", "field_path"]
+__all__ = ["CHAT", "RESPONSES", "MAX_DEPTH", "SUMMARIES", "read_body", "field_path"]
 
 MAX_DEPTH = 64  # objects/arrays nested deeper than this are refused (tool schemas need far less)
 MAX_INT = 2**64  # |integers| at or beyond this are refused wherever they appear
 MAX_TOKENS = 2**31 - 1
+SUMMARIES = ("auto", "concise", "detailed", "none")  # `reasoning.summary` ("none": no summary, as Codex sends it)
 
 
 # ----------------------------------------------------------------------------- schema helpers
@@ -66,14 +67,25 @@ _SAMPLING = {
 _FUNCTION = _obj({"name": {"type": "string", "minLength": 1}, "description": _STR, "parameters": _SCHEMA_OBJECT,
                   "strict": _BOOL})  # fmt: skip
 _TOOL_CHOICE = _t("string", "object", "null",
-                  properties={"type": _STR, "name": _STR, "function": _obj({"name": _STR})})  # fmt: skip
+                  properties={"type": _STR, "name": _STR, "namespace": _STR, "function": _obj({"name": _STR})})  # fmt: skip
 _EFFORT = _STR  # values: conversation.effort
+# `logit_bias`: token id (decimal, no leading zeros) -> a bias of -100..100 (ids are checked against the
+# vocabulary when the prompt is rendered: server/conversation.py)
+_LOGIT_BIAS = _obj(maxProperties=1024, propertyNames={"pattern": "^(0|[1-9][0-9]{0,8})$"},
+                   additionalProperties=_t("number", minimum=-100, maximum=100))  # fmt: skip
+# a custom (freeform) tool's input format: `text`, or a `grammar` (`lark` / `regex`) quoted to the model
+_CUSTOM_FORMAT = _obj({"type": _STR, "syntax": _STR, "definition": _STR})
+_TOOL_FIELDS = {"type": _STR, **_FUNCTION["properties"], "format": _CUSTOM_FORMAT}  # function and custom tools
 
 
 def _tools(nested_function: bool) -> dict:
-    """Chat Completions nests a function under `function`; the Responses API does not."""
-    props = {"type": _STR, "function": _FUNCTION} if nested_function else {"type": _STR, **_FUNCTION["properties"]}
-    return _t("array", "null", items=_obj(props, nullable=False))
+    """Chat Completions nests a function under `function`; the Responses API does not, and also takes
+    `custom` tools (`format`), `namespace` tools (`tools`: function / custom tools) and `web_search`'s
+    `external_web_access` (server/tools.py)."""
+    if nested_function:
+        return _t("array", "null", items=_obj({"type": _STR, "function": _FUNCTION}, nullable=False))
+    inner = _t("array", "null", items=_obj(_TOOL_FIELDS, nullable=False))
+    return _t("array", "null", items=_obj({**_TOOL_FIELDS, "tools": inner, "external_web_access": _BOOL}, nullable=False))
 
 
 CHAT: dict = _obj(
@@ -99,6 +111,7 @@ CHAT: dict = _obj(
         "max_completion_tokens": _COUNT,
         "max_tokens": _COUNT,
         "stop": _t("string", "array", "null", minLength=1, maxItems=4, items={"type": "string", "minLength": 1}),
+        "logit_bias": _LOGIT_BIAS,
     },
     required=("messages",), nullable=False,
 )  # fmt: skip
@@ -108,13 +121,17 @@ _ITEM = _obj(
         "type": _STR, "id": _STR, "role": _STR, "status": _STR,
         "content": _TEXT_PARTS,  # message text parts; a reasoning item's reasoning_text parts
         "reasoning": _STR, "reasoning_content": _STR, "thinking": _STR,
-        "summary": _t("array", "null", items=_t("object", properties={"text": _STR})),
-        "encrypted_content": _STR,
-        "name": _STR, "arguments": _STR, "call_id": _STR,
+        "summary": _t("array", "null", items=_t("object", properties={"type": _STR, "text": _STR})),
+        "encrypted_content": _STR,  # a reasoning item's text as this server sealed it (server/responses.py)
+        "name": _STR, "namespace": _STR, "arguments": _STR, "call_id": _STR,
+        "input": _STR,  # a custom_tool_call's input
         "output": _TEXT_PARTS,
         "code": _STR, "container_id": _STR,
         "outputs": _t("array", "null", items=_t("object", properties={"type": _STR, "logs": _STR, "url": _STR})),
-        "action": _t("object", "null"),
+        # a web_search_call's action (not read: the server's own record is) or a local_shell_call's
+        "action": _obj({"type": _STR, "command": _t("array", "null", items={"type": "string"}),
+                        "working_directory": _STR, "timeout_ms": _t("integer", "null", minimum=0, maximum=MAX_INT - 1),
+                        "env": _obj(additionalProperties={"type": "string"}), "user": _STR}),
     },
     nullable=False,
 )  # fmt: skip
@@ -131,9 +148,11 @@ RESPONSES: dict = _obj(
         "tool_choice": _TOOL_CHOICE,
         "max_output_tokens": _COUNT,
         "max_tool_calls": _COUNT,
-        "reasoning": _obj({"effort": _EFFORT, "summary": _STR}),
+        "reasoning": _obj({"effort": _EFFORT, "summary": _t("string", "null", enum=[*SUMMARIES, None])}),
         "text": _obj({"format": _obj({"type": _STR, "name": _STR, "description": _STR, "schema": _SCHEMA_OBJECT,
                                       "strict": _BOOL})}),
+        "truncation": _t("string", "null", enum=["auto", "disabled", None]),
+        "logit_bias": _LOGIT_BIAS,
     },
     nullable=False,
 )  # fmt: skip
@@ -211,7 +230,8 @@ def _expected(e: ValidationError) -> str:
     words = {"minimum": f"must be >= {v}", "maximum": f"must be <= {v}", "exclusiveMinimum": f"must be > {v}",
              "minLength": f"must have at least {v} character(s)", "maxLength": f"must have at most {v} characters",
              "maxProperties": f"must have at most {v} keys", "minItems": f"must have at least {v} item(s)",
-             "maxItems": f"must have at most {v} items"}  # fmt: skip
+             "maxItems": f"must have at most {v} items",
+             "enum": "must be one of " + ", ".join(json.dumps(x) for x in v) if isinstance(v, list) else ""}  # fmt: skip
     return words.get(e.validator, f"fails the {e.validator!r} rule")
 
 
@@ -222,6 +242,8 @@ def _schema_error(e: ValidationError) -> APIError:
         return bad_request(f"'{field_path([*path, missing])}' is required", field_path([*path, missing]))
     if e.validator == "propertyNames":  # a metadata key over 64 characters
         return bad_request(f"'{field_path(path)}' keys must have at most 64 characters", field_path(path))
+    if e.validator == "pattern" and path and path[-1] == "logit_bias":  # a key that is not a token id
+        return bad_request("'logit_bias' keys must be token ids (decimal integers, no leading zeros)", "logit_bias")
     where = field_path(path) or "the request body"
     got = type(e.instance).__name__ if e.validator == "type" else None
     got = {"str": "a string", "int": "an integer", "float": "a number", "bool": "a boolean", "dict": "an object",

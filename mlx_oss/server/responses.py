@@ -13,14 +13,32 @@ Responses event sequence (`response.created`, `response.in_progress`, `response.
 `response.content_part.added`, `response.reasoning_text.delta`/`response.output_text.delta`/
 `response.function_call_arguments.delta`, their `.done`, `response.content_part.done`,
 `response.output_item.done`, then `response.completed`, `response.incomplete` or `response.failed`).
-`StoredResponses` keeps stored responses (bounded by bytes) for `previous_response_id` and `GET /v1/responses/{id}`.
+`StoredResponses` keeps stored responses (bounded by bytes) for `previous_response_id`, `item_reference`
+input items and `GET /v1/responses/{id}`.
+
+Client tools other than plain functions (server/tools.py): a call to a namespaced function comes back as a
+`function_call` with `name` and `namespace`; to a custom tool as a `custom_tool_call` (`input`); to
+`local_shell` as a `local_shell_call` (`action`). Input items of those types, and their `*_output` items,
+render back as the same harmony call and tool result.
+
+Reasoning for stateless clients: with `include: ["reasoning.encrypted_content"]` a reasoning item carries
+`encrypted_content`, its analysis text sealed by `ReasoningSeal` (HMAC-SHA256 under the server's state
+key: integrity-protected, not secret: the same text is the item's `content`). An input reasoning item
+with `encrypted_content` is rendered from it (a tampered or foreign one is a 400 naming the field), so
+`store: false` clients that send back only that (Codex, the Vercel AI SDK) keep their reasoning across
+tool calls. `reasoning.summary` (`auto`/`concise`/`detailed`) fills `summary` with the raw analysis as one
+`summary_text` part (not a model-written summary), streamed as `response.reasoning_summary_*` events.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import copy
+import hashlib
+import hmac
 import json
+import secrets
 import time
 import uuid
 from collections import OrderedDict
@@ -36,6 +54,7 @@ from mlx_oss.server.conversation import (
     effort,
     logprobs_setting,
     first_of,
+    logit_bias,
     reasoning_message,
     response_format,
     sampling,
@@ -55,11 +74,84 @@ from mlx_oss.server.generation import (
     ItemStarted,
     ToolDone,
 )
-from mlx_oss.server.tools import FUNCTIONS, parse_tools, tool_choice
+from mlx_oss.server.tools import (
+    CUSTOM,
+    FUNCTIONS,
+    LOCAL_SHELL,
+    LOCAL_SHELL_NAME,
+    CallKind,
+    custom_arguments,
+    custom_input,
+    parse_tools,
+    shell_action,
+    shell_arguments,
+    tool_choice,
+)
 
-__all__ = ["ResponsesRequest", "StoredResponses", "ResponseBuilder", "parse_request", "slim_item"]
+__all__ = ["ResponsesRequest", "StoredResponses", "ReasoningSeal", "OutputOptions", "ResponseBuilder", "parse_request",
+           "slim_item"]  # fmt: skip
 
 LOGPROBS = "message.output_text.logprobs"  # the `include` value that asks for the answer's logprobs
+ENCRYPTED = "reasoning.encrypted_content"  # the `include` value that asks for reasoning items' encrypted_content
+
+
+class ReasoningSeal:
+    """`encrypted_content` of reasoning items: the analysis text with an HMAC-SHA256 tag under this
+    server's state key (`key`, any length; a random one per server start when None), base64url.
+    `open` gives the text back only for a value this key sealed. Integrity, not secrecy: the text is
+    what the reasoning item's `content` already shows."""
+
+    PREFIX = "mlxoss-r1."
+
+    def __init__(self, key: bytes | str | None = None) -> None:
+        raw = secrets.token_bytes(32) if key is None else (key.encode("utf-8") if isinstance(key, str) else bytes(key))
+        self._key = hmac.new(raw, b"mlx-oss reasoning encrypted_content v1", hashlib.sha256).digest()
+
+    def _tag(self, data: bytes) -> bytes:
+        return hmac.new(self._key, data, hashlib.sha256).digest()
+
+    def seal(self, text: str) -> str:
+        data = text.encode("utf-8")
+        return self.PREFIX + base64.urlsafe_b64encode(self._tag(data) + data).decode("ascii")
+
+    def open(self, value: str) -> str | None:
+        """The text `value` seals, or None (not sealed by this key, altered, or not this format)."""
+        if not value.startswith(self.PREFIX):
+            return None
+        try:
+            raw = base64.b64decode(value[len(self.PREFIX) :].encode("ascii"), altchars=b"-_", validate=True)
+        except (binascii.Error, ValueError, UnicodeEncodeError):
+            return None
+        tag, data = raw[:32], raw[32:]
+        if len(tag) < 32 or not hmac.compare_digest(tag, self._tag(data)):
+            return None
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """How a response builds its output items (not echoed): `seal` set when reasoning items carry
+    `encrypted_content`, `summary` when they carry the analysis as their `summary`, `calls` the
+    client tools by harmony recipient (what a call comes back as)."""
+
+    seal: ReasoningSeal | None = None
+    summary: bool = False
+    calls: tuple[tuple[str, CallKind], ...] = ()
+
+    def call(self, recipient: str | None) -> CallKind | None:
+        return next((k for r, k in self.calls if r == recipient), None) if recipient is not None else None
+
+
+class Echo(dict):
+    """The request fields echoed in the response object, carrying (as `options`, not echoed) the
+    OutputOptions its ResponseBuilder uses."""
+
+    def __init__(self, fields: dict, options: OutputOptions) -> None:
+        super().__init__(fields)
+        self.options = options
 
 
 @dataclass(frozen=True)
@@ -79,13 +171,17 @@ class StoredResponses:
     id -> call + result, to render them again). Input items keep only what a later turn renders
     (unknown keys and image data dropped, see `slim_item`); `metadata` is capped by the request schema.
     The oldest responses go first once their JSON size passes `max_bytes`; one larger than that is
-    not kept at all."""
+    not kept at all. `item(id)` finds an item by its id (an output item of a stored response, or an
+    input item that had one) for `item_reference` inputs. `seal` is the server's `ReasoningSeal`
+    (`state_key`: its key; None: a random key for this server's life)."""
 
-    def __init__(self, max_bytes: int = 256 << 20) -> None:
+    def __init__(self, max_bytes: int = 256 << 20, state_key: bytes | str | None = None) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
+        self.seal = ReasoningSeal(state_key)
         self._items: OrderedDict[str, tuple[list, dict, tuple[str, ...], int]] = OrderedDict()
         self._tools: dict[str, tuple[Message, ...]] = {}
+        self._by_item: dict[str, str] = {}  # item id -> the (newest) stored response holding it
 
     def __len__(self) -> int:
         return len(self._items)
@@ -100,6 +196,9 @@ class StoredResponses:
             return False
         self._items[response["id"]] = (kept, copy.deepcopy(response), tuple(tools), size)
         self._tools.update(tools)
+        for it in [*kept, *(response.get("output") or [])]:
+            if isinstance(it, dict) and isinstance(it.get("id"), str):
+                self._by_item[it["id"]] = response["id"]
         self.bytes += size
         while self.bytes > self.max_bytes:
             self._drop(next(iter(self._items)))
@@ -111,6 +210,18 @@ class StoredResponses:
             self.bytes -= entry[3]
             for item_id in entry[2]:
                 self._tools.pop(item_id, None)
+            for it in [*entry[0], *(entry[1].get("output") or [])]:
+                if isinstance(it, dict) and self._by_item.get(it.get("id")) == response_id:
+                    del self._by_item[it["id"]]
+
+    def item(self, item_id: str) -> dict | None:
+        """A copy of the stored item with this id (the newest response's, output before input), or None."""
+        owner = self._by_item.get(item_id)
+        if owner is None:
+            return None
+        kept, response, _, _ = self._items[owner]
+        items = [*(response.get("output") or []), *kept]
+        return copy.deepcopy(next((it for it in items if isinstance(it, dict) and it.get("id") == item_id), None))
 
     def tool_messages(self, item_id: Any) -> tuple[Message, ...] | None:
         return self._tools.get(item_id) if isinstance(item_id, str) else None
@@ -130,10 +241,14 @@ def _json_size(value: Any) -> int:
 
 
 _ITEM_KEYS = {
-    "message": ("type", "role", "content", *REASONING_FIELDS),
-    "reasoning": ("type", "id", "content"),
-    "function_call": ("type", "id", "name", "arguments", "call_id", "status"),
-    "function_call_output": ("type", "call_id", "output"),
+    "message": ("type", "id", "role", "content", *REASONING_FIELDS),
+    "reasoning": ("type", "id", "content"),  # its text: `_inputs` moved encrypted_content / summary here
+    "function_call": ("type", "id", "name", "namespace", "arguments", "call_id", "status"),
+    "function_call_output": ("type", "id", "call_id", "output"),
+    "custom_tool_call": ("type", "id", "name", "namespace", "input", "call_id", "status"),
+    "custom_tool_call_output": ("type", "id", "call_id", "output"),
+    "local_shell_call": ("type", "id", "call_id", "status", "action"),
+    "local_shell_call_output": ("type", "id", "call_id", "output"),
     "web_search_call": ("type", "id", "status", "action"),
     "code_interpreter_call": ("type", "id", "status", "code", "container_id", "outputs"),
 }
@@ -154,12 +269,59 @@ def slim_item(item: Any) -> Any:
     return out
 
 
-def _as_items(value: Any) -> list:
+def _as_items(value: Any, previous: bool) -> list:
+    """`input` as items; `[]` (or no input) only continues a previous response."""
     if isinstance(value, str):
         return [{"type": "message", "role": "user", "content": value}]
-    if not isinstance(value, list) or not value:
-        raise bad_request("'input' must be a string or a non-empty array of items", "input")
+    if value is None and previous:
+        return []
+    if value is None:
+        raise bad_request("'input' is required", "input")
+    if not isinstance(value, list) or not (value or previous):
+        raise bad_request("'input' must be a string or a non-empty array of items (an empty one only with "
+                          "'previous_response_id')", "input")  # fmt: skip
     return list(value)
+
+
+def _is_reference(it: dict) -> bool:
+    return it.get("type") == "item_reference" or ("type" not in it and "role" not in it and "id" in it)
+
+
+def _inputs(items: list, stored: StoredResponses) -> list:
+    """The client's input items, each `item_reference` replaced by the stored item it names and each
+    reasoning item's text put in its `content` (from `encrypted_content`, checked with the server's
+    seal, else from `summary` when there is no content): what `_history` renders and a stored
+    response keeps. 400 naming `input[i].id` / `input[i].encrypted_content` otherwise."""
+    out = []
+    for i, it in enumerate(items):
+        where = f"input[{i}]"
+        if _is_reference(it):
+            ref = it.get("id")
+            found = stored.item(ref) if isinstance(ref, str) else None
+            if found is None:
+                raise APIError(400, f"{where}: no item with id {str(ref)[:100]!r} is stored on this server (store=true "
+                               "keeps the newest responses' input and output items)", param=f"{where}.id",
+                               code="item_not_found")  # fmt: skip
+            it = found
+        if it.get("type") == "reasoning":
+            it = _reasoning_item(it, stored.seal, where)
+        out.append(it)
+    return out
+
+
+def _reasoning_item(it: dict, seal: ReasoningSeal, where: str) -> dict:
+    sealed = it.get("encrypted_content")
+    if sealed is not None:
+        text = seal.open(sealed)
+        if text is None:
+            raise APIError(400, f"{where}.encrypted_content was not made by this server, or was altered (reasoning "
+                           "sealed by a server with another state key, e.g. before a restart without --state-key)",
+                           param=f"{where}.encrypted_content", code="invalid_encrypted_content")  # fmt: skip
+        return {"type": "reasoning", "id": it.get("id"), "content": [{"type": "reasoning_text", "text": text}]}
+    if not it.get("content") and it.get("summary"):
+        text = "".join(p.get("text") or "" for p in it["summary"] if isinstance(p, dict))
+        return {**it, "content": [{"type": "reasoning_text", "text": text}]}
+    return it
 
 
 def _code_messages(it: dict, where: str) -> tuple[Message, ...]:
@@ -170,12 +332,31 @@ def _code_messages(it: dict, where: str) -> tuple[Message, ...]:
             Message.tool_result("python", logs, channel=ANALYSIS))  # fmt: skip
 
 
-def _history(items: list, stored: StoredResponses | None = None) -> tuple[list[Message], list[str]]:
+def _recipient(name: str, namespace: Any) -> str:
+    return f"{namespace}.{name}" if isinstance(namespace, str) and namespace and namespace != "functions" else FUNCTIONS + name
+
+
+def _call_output(it: dict, calls: dict[str, str], where: str) -> Message:
+    """A `*_output` item -> the tool message answering the call its `call_id` (or, for a local shell
+    call, `id`) names."""
+    call_id = it.get("call_id")
+    if call_id is None and it.get("type") == "local_shell_call_output":
+        call_id = it.get("id")
+    if call_id not in calls:
+        raise bad_request(f"{where}.call_id {call_id!r} does not match any earlier function_call", f"{where}.call_id")
+    output = it.get("output")
+    text = output if isinstance(output, str) else text_of(output, f"{where}.output", ("input_text", "output_text", "text"))
+    return Message.tool_result(calls[call_id], text)
+
+
+def _history(items: list, stored: StoredResponses | None = None, first: int = 0) -> tuple[list[Message], list[str]]:
+    """Input items -> harmony history and instructions. Items before `first` came from the previous
+    response (errors name `previous_response_id`); item `first + i` is the client's `input[i]`."""
     history: list[Message] = []
     instructions: list[str] = []
-    calls: dict[str, str] = {}
+    calls: dict[str, str] = {}  # call_id (a local shell call's id too) -> the call's harmony recipient
     for i, it in enumerate(items):
-        where = f"input[{i}]"
+        where = f"input[{i - first}]" if i >= first else "previous_response_id"
         kind = it.get("type", "message")
         if kind == "message":
             role = it.get("role")
@@ -200,15 +381,24 @@ def _history(items: list, stored: StoredResponses | None = None) -> tuple[list[M
             name, args, call_id = it.get("name"), it.get("arguments", ""), it.get("call_id")
             if not name or args is None or call_id is None:
                 raise bad_request(f"{where}: a function_call needs string 'name', 'arguments' and 'call_id'", where)
-            calls[call_id] = name
-            history.append(Message.tool_call(FUNCTIONS + name, args))
-        elif kind == "function_call_output":
-            call_id = it.get("call_id")
-            if call_id not in calls:
-                raise bad_request(f"{where}.call_id {call_id!r} does not match any earlier function_call", f"{where}.call_id")
-            output = it.get("output")
-            text = output if isinstance(output, str) else text_of(output, f"{where}.output", ("input_text", "output_text", "text"))
-            history.append(Message.tool_result(FUNCTIONS + calls[call_id], text))
+            calls[call_id] = _recipient(name, it.get("namespace"))
+            history.append(Message.tool_call(calls[call_id], args))
+        elif kind == "custom_tool_call":
+            name, text, call_id = it.get("name"), it.get("input"), it.get("call_id")
+            if not name or text is None or call_id is None:
+                raise bad_request(f"{where}: a custom_tool_call needs string 'name', 'input' and 'call_id'", where)
+            calls[call_id] = _recipient(name, it.get("namespace"))
+            history.append(Message.tool_call(calls[call_id], custom_arguments(text)))
+        elif kind == "local_shell_call":
+            call_id, item_id = it.get("call_id"), it.get("id")
+            if call_id is None and item_id is None:
+                raise bad_request(f"{where}: a local_shell_call needs a 'call_id'", f"{where}.call_id")
+            for key in (call_id, item_id):
+                if key is not None:
+                    calls[key] = FUNCTIONS + LOCAL_SHELL_NAME
+            history.append(Message.tool_call(FUNCTIONS + LOCAL_SHELL_NAME, shell_arguments(it.get("action"))))
+        elif kind in ("function_call_output", "custom_tool_call_output", "local_shell_call_output"):
+            history.append(_call_output(it, calls, where))
         elif kind in ("web_search_call", "code_interpreter_call"):
             known = stored.tool_messages(it.get("id")) if stored is not None else None
             if known is not None:
@@ -218,7 +408,9 @@ def _history(items: list, stored: StoredResponses | None = None) -> tuple[list[M
             # an unknown web search (not stored here): what the page said is gone, so it is left out
         else:
             raise bad_request(f"{where}.type {kind!r} is not supported (message, reasoning, function_call, "
-                              "function_call_output, web_search_call, code_interpreter_call)", f"{where}.type")  # fmt: skip
+                              "function_call_output, custom_tool_call, custom_tool_call_output, local_shell_call, "
+                              "local_shell_call_output, web_search_call, code_interpreter_call, item_reference)",
+                              f"{where}.type")  # fmt: skip
     if not history:
         raise bad_request("'input' needs at least one user, assistant or tool item", "input")
     return history, instructions
@@ -230,38 +422,42 @@ def parse_request(body: dict, stored: StoredResponses, base: SamplingConfig, bui
     types are refused without it)."""
     stream = bool(body.get("stream"))
     keep = body.get("store") is not False
-    if body.get("input") is None:
-        raise bad_request("'input' is required", "input")
-    items = _as_items(body["input"])
     prev = body.get("previous_response_id")
+    items = _inputs(_as_items(body.get("input"), prev is not None), stored)
+    first = 0
     if prev is not None:
         prev_items, prev_resp = stored.get(prev, "previous_response_id")
-        items = prev_items + [o for o in prev_resp["output"]] + items
-    history, instructions = _history(items, stored)
+        earlier = prev_items + [o for o in prev_resp["output"]]
+        items, first = earlier + items, len(earlier)
+    history, instructions = _history(items, stored, first)
     extra = body.get("instructions")
     if extra:
         instructions.insert(0, extra)
     include = body.get("include") or []
     top = logprobs_setting(body, LOGPROBS in include, f"'include': [{LOGPROBS!r}]")
-    tools = parse_tools(body.get("tools"), builtin=builtin)
+    tools = parse_tools(body.get("tools"), builtin=builtin, responses=True)
     choice = tool_choice(body.get("tool_choice"), tools)
     limit = builtin.max_calls if builtin is not None else 0
     max_calls = min(first_of(body, "max_tool_calls") or limit, limit)
     r = body.get("reasoning") or {}
     text = body.get("text") or {}
+    truncation = body.get("truncation") or "disabled"
     turn = Turn(
         tuple(history), "\n\n".join(instructions) if instructions else None, tools, effort(r.get("effort"), "reasoning.effort"),
         response_format(text.get("format"), "text.format"), first_of(body, "max_output_tokens"),
-        replace(sampling(body, base), logprobs=top), tool_choice=choice,
+        replace(sampling(body, base), logprobs=top), tool_choice=choice, logit_bias=logit_bias(body.get("logit_bias")),
+        truncate=truncation == "auto",
     )  # fmt: skip
-    echo = {
+    summary = r.get("summary") if r.get("summary") != "none" else None
+    options = OutputOptions(stored.seal if ENCRYPTED in include else None, summary is not None, tools.calls)
+    echo = Echo({
         "instructions": extra, "max_output_tokens": body.get("max_output_tokens"), "previous_response_id": prev,
-        "reasoning": {"effort": turn.effort.value, "summary": None}, "temperature": turn.sampling.temperature,
+        "reasoning": {"effort": turn.effort.value, "summary": summary}, "temperature": turn.sampling.temperature,
         "top_p": turn.sampling.top_p, "text": {"format": text.get("format") or {"type": "text"}},
         "tool_choice": body.get("tool_choice") or "auto", "tools": body.get("tools") or [],
         "parallel_tool_calls": body.get("parallel_tool_calls", True), "metadata": body.get("metadata") or {},
-        "store": keep, "truncation": "disabled", "user": body.get("user"), "max_tool_calls": body.get("max_tool_calls"),
-    }  # fmt: skip
+        "store": keep, "truncation": truncation, "user": body.get("user"), "max_tool_calls": body.get("max_tool_calls"),
+    }, options)  # fmt: skip
     return ResponsesRequest(turn, stream, keep, items, echo, prev, max_calls)
 
 
@@ -323,13 +519,15 @@ def url_citation(c) -> dict:
 
 class ResponseBuilder:
     """Generation events -> the response object and, for streaming, the (type, payload) events.
-    `container_id` names the python session of this conversation (code_interpreter_call items)."""
+    `container_id` names the python session of this conversation (code_interpreter_call items);
+    `options` (default: the request's, carried by its `Echo`) how the output items are built."""
 
-    def __init__(self, model: str, echo: dict, container_id: str = "") -> None:
+    def __init__(self, model: str, echo: dict, container_id: str = "", options: OutputOptions | None = None) -> None:
         self.id = f"resp_{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model = model
         self.echo = echo
+        self.options = options or getattr(echo, "options", None) or OutputOptions()
         self.container_id = container_id
         self.output: list[dict] = []
         self.seq = 0
@@ -391,9 +589,8 @@ class ResponseBuilder:
             item = {"id": f"rs_{hexid}", "type": "reasoning", "summary": [], "content": [], "status": "in_progress"}
             part = {"type": "reasoning_text", "text": ""}
         elif ev.kind == FUNCTION_CALL:
-            item = {"id": f"fc_{hexid}", "type": "function_call", "status": "in_progress", "name": ev.name,
-                    "arguments": "", "call_id": f"call_{hexid[:24]}"}  # fmt: skip
-            part = None
+            item, part = self._call_item(ev, hexid), None
+            self._args = ""
         else:
             item = {"id": f"msg_{hexid}", "type": "message", "role": "assistant", "status": "in_progress", "content": []}
             part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
@@ -403,7 +600,29 @@ class ResponseBuilder:
         if part is not None:
             item["content"].append(part)
             out.append(self._event("response.content_part.added", **self._where(), content_index=0, part=dict(part)))
+        if item["type"] == "reasoning" and self.options.summary:
+            item["summary"].append({"type": "summary_text", "text": ""})
+            out.append(self._event("response.reasoning_summary_part.added", **self._where(), summary_index=0,
+                                   part={"type": "summary_text", "text": ""}))  # fmt: skip
         return out
+
+    def _call_item(self, ev: ItemStarted, hexid: str) -> dict:
+        """The output item of a call to a client tool: function_call (`namespace` for a namespaced
+        one), custom_tool_call or local_shell_call, per the tool the recipient names."""
+        call_id = f"call_{hexid[:24]}"
+        known = self.options.call(ev.recipient)
+        if known is not None and known.kind == CUSTOM:
+            item = {"id": f"ctc_{hexid}", "type": "custom_tool_call", "status": "in_progress", "call_id": call_id,
+                    "name": known.name, "input": ""}  # fmt: skip
+        elif known is not None and known.kind == LOCAL_SHELL:
+            return {"id": f"lsh_{hexid}", "type": "local_shell_call", "status": "in_progress", "call_id": call_id,
+                    "action": shell_action("")}  # fmt: skip
+        else:
+            item = {"id": f"fc_{hexid}", "type": "function_call", "status": "in_progress",
+                    "name": known.name if known is not None else ev.name, "arguments": "", "call_id": call_id}  # fmt: skip
+        if known is not None and known.namespace is not None:
+            item["namespace"] = known.namespace
+        return item
 
     def _delta(self, text: str, logprobs: tuple = ()) -> list[tuple[str, dict]]:
         item = self._item
@@ -416,12 +635,19 @@ class ResponseBuilder:
         if item["type"] == "function_call":
             item["arguments"] += text
             return [self._event("response.function_call_arguments.delta", **self._where(), delta=text)]
+        if item["type"] in ("custom_tool_call", "local_shell_call"):  # shown once the arguments are complete
+            self._args += text
+            return []
         item["content"][0]["text"] += text
         kind = "response.reasoning_text.delta" if item["type"] == "reasoning" else "response.output_text.delta"
         extra = {} if item["type"] == "reasoning" else {"logprobs": list(logprobs)}
         if logprobs and item["type"] == "message":
             item["content"][0]["logprobs"] += logprobs
-        return [self._event(kind, **self._where(), content_index=0, delta=text, **extra)]
+        out = [self._event(kind, **self._where(), content_index=0, delta=text, **extra)]
+        if item["type"] == "reasoning" and self.options.summary:
+            item["summary"][0]["text"] += text
+            out.append(self._event("response.reasoning_summary_text.delta", **self._where(), summary_index=0, delta=text))
+        return out
 
     def _close(self, ev: ItemDone) -> list[tuple[str, dict]]:
         item = self._item
@@ -447,6 +673,12 @@ class ResponseBuilder:
         out = []
         if item["type"] == "function_call":
             out.append(self._event("response.function_call_arguments.done", **where, arguments=item["arguments"]))
+        elif item["type"] == "custom_tool_call":
+            item["input"] = custom_input(self._args)
+            out.append(self._event("response.custom_tool_call_input.delta", **where, delta=item["input"]))
+            out.append(self._event("response.custom_tool_call_input.done", **where, input=item["input"]))
+        elif item["type"] == "local_shell_call":
+            item["action"] = shell_action(self._args)
         else:
             part = item["content"][0]
             for i, c in enumerate(ev.citations):
@@ -457,8 +689,21 @@ class ResponseBuilder:
             extra = {} if item["type"] == "reasoning" else {"logprobs": list(part["logprobs"])}
             out.append(self._event(done, **where, content_index=0, text=part["text"], **extra))
             out.append(self._event("response.content_part.done", **where, content_index=0, part=dict(part)))
+            if item["type"] == "reasoning":
+                out += self._reasoning_done(item, where)
         out.append(self._event("response.output_item.done", output_index=where["output_index"], item=copy.deepcopy(item)))
         self._item = None
+        return out
+
+    def _reasoning_done(self, item: dict, where: dict) -> list[tuple[str, dict]]:
+        """A reasoning item's summary (the raw analysis) and encrypted_content, when asked for."""
+        out = []
+        if self.options.summary:
+            summary = dict(item["summary"][0])
+            out.append(self._event("response.reasoning_summary_text.done", **where, summary_index=0, text=summary["text"]))
+            out.append(self._event("response.reasoning_summary_part.done", **where, summary_index=0, part=summary))
+        if self.options.seal is not None:
+            item["encrypted_content"] = self.options.seal.seal(item["content"][0]["text"])
         return out
 
     def _tool_done(self, ev: ToolDone) -> list[tuple[str, dict]]:
