@@ -71,13 +71,13 @@ def test_codex_config_matches_printout_and_works(server):
     (toml_text,) = blocks("toml")
     cfg = tomllib.loads(toml_text)
     provider = cfg["model_providers"]["mlx-oss"]
-    assert provider["wire_api"] == "responses" and cfg["profiles"]["mlx-oss"]["model_provider"] == "mlx-oss"
+    assert provider["wire_api"] == "responses" and cfg["model_provider"] == "mlx-oss" and "profiles" not in cfg
     printed = client_settings(BASE, "gpt-oss-20b", has_key=False)
     for line in toml_text.strip().splitlines():
         assert line.strip() in printed
     # What Codex sends: streaming Responses, store=false, the whole conversation each time.
     client = openai.OpenAI(base_url=here(provider["base_url"], url), api_key="none", max_retries=0)
-    model = cfg["profiles"]["mlx-oss"]["model"]
+    model = cfg["model"]
     tool = {"type": "function", "name": "shell", "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}}
     scripts.push(reply(tok, analysis="list files", call=("shell", '{"cmd": "ls"}')))
     items = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "what is here?"}]}]

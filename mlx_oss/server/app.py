@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from mlx_oss.engine import Engine
 from mlx_oss.sampling import SamplingConfig
-from mlx_oss.server import chat_completions, responses
+from mlx_oss.server import access_log, chat_completions, responses
 from mlx_oss.server.backend import Backend, ProcessorHook
 from mlx_oss.server.builtin import ServerTools, Session, Sessions
 from mlx_oss.server.errors import APIError, bad_request, clip, error_body
@@ -55,7 +55,7 @@ class _Server:
     """State shared by the routes."""
 
     def __init__(self, backend: Backend, model_id: str, aliases: Sequence[str], api_key: str | None, body_limit: int,
-                 builtin: ServerTools, stored_bytes: int):  # fmt: skip
+                 builtin: ServerTools, stored_bytes: int, state_key: str | bytes | None):  # fmt: skip
         self.backend = backend
         self.builtin = builtin
         self.sessions = Sessions()
@@ -63,7 +63,7 @@ class _Server:
         self.names = {model_id, *aliases}
         self.api_key = api_key
         self.body_limit = body_limit
-        self.stored = responses.StoredResponses(stored_bytes)
+        self.stored = responses.StoredResponses(stored_bytes, state_key=state_key)
         self.created = int(time.time())
 
     def has_key(self, request: Request) -> bool:
@@ -99,6 +99,14 @@ class _Server:
         return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "mlx-oss"}
 
 
+async def _events(job) -> AsyncIterator[object]:
+    """The job's events (`Backend.events`); its `Finished` also goes on the request's access-log line."""
+    async for ev in Backend.events(job):
+        if isinstance(ev, Finished):
+            access_log.note(ev)
+        yield ev
+
+
 async def _collect(job, request: Request, feed) -> None:
     """Feed a job's events to `feed` until it ends, cancelling it if the client disconnects."""
     async with anyio.create_task_group() as tg:
@@ -109,7 +117,7 @@ async def _collect(job, request: Request, feed) -> None:
 
         tg.start_soon(watch)
         try:
-            async for ev in Backend.events(job):
+            async for ev in _events(job):
                 feed(ev)
         finally:
             tg.cancel_scope.cancel()
@@ -130,6 +138,7 @@ def create_app(
     bind: str = "127.0.0.1",
     body_limit: int = DEFAULT_BODY_LIMIT,
     stored_bytes: int = DEFAULT_STORED_BYTES,
+    state_key: str | bytes | None = None,
     sampling: SamplingConfig | None = None,
     max_tokens: int | None = None,
     processors: ProcessorHook | None = None,
@@ -140,7 +149,8 @@ def create_app(
     """The OpenAI-compatible app for a loaded model. `sampling`: defaults a request's temperature,
     top_p and seed override (top_k/min_p apply to every request); `max_tokens`: the reply cap when a
     request sets none. `cors` / `allowed_hosts` / `bind`: the browser origins and Host names it answers
-    (server/guard.py). `stored_bytes`: the memory kept for stored responses (`previous_response_id`).
+    (server/guard.py). `stored_bytes`: the memory kept for stored responses (`previous_response_id`);
+    `state_key`: the key that signs reasoning handed to stateless clients (None: random per start).
     `builtin`: the built-in tools the Responses API runs (default: the browser
     without search, no python; see server/builtin.py). `processors` is a test-only sampling hook
     (request body -> logits processors); leave it None in production. `app.state.backend.shutdown()`
@@ -150,7 +160,7 @@ def create_app(
     backend = Backend(model, tokenizer, max_context=max_context, cache_bytes=cache_bytes, max_queue=max_queue,
                       sampling=sampling, max_tokens=max_tokens, processors=processors, engine_class=engine_class,
                       end_group=end_group)  # fmt: skip
-    srv = _Server(backend, model_id, aliases, api_key, body_limit, builtin or ServerTools(), stored_bytes)
+    srv = _Server(backend, model_id, aliases, api_key, body_limit, builtin or ServerTools(), stored_bytes, state_key)
 
     async def health(request: Request):
         if not srv.has_key(request):  # with a key set, state is for those who hold it
@@ -183,7 +193,7 @@ def create_app(
         async def chunks() -> AsyncIterator[bytes]:
             try:
                 yield data_line(acc.first_chunk())
-                async for ev in Backend.events(job):
+                async for ev in _events(job):
                     chunk = acc.feed(ev)
                     if chunk is not None:
                         yield data_line(chunk)
@@ -225,7 +235,7 @@ def create_app(
             try:
                 for kind, ev in b.start():
                     yield named_event(kind, ev)
-                async for item in Backend.events(job):
+                async for item in _events(job):
                     for kind, ev in b.feed(item):
                         yield named_event(kind, ev)
                 if b.status == "in_progress":  # the job was cancelled before it started
@@ -264,7 +274,7 @@ def create_app(
         Route("/v1/responses/{response_id}", get_response, methods=["GET"]),
     ]
     access = Access(bind, tuple(allowed_hosts), tuple(cors))
-    middleware = [Middleware(RequestGuard, access=access)]
+    middleware = [Middleware(access_log.AccessLog), Middleware(RequestGuard, access=access)]
     if cors:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(cors), allow_methods=["*"], allow_headers=["*"]))
     middleware.append(Middleware(_InternalErrors))

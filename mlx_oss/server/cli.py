@@ -8,6 +8,7 @@ the process exits 0.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import signal
@@ -27,6 +28,11 @@ from mlx_oss.cli.args import (
     sampling_config,
 )
 from mlx_oss.errors import UserError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+STATE_KEY_ENV = "MLX_OSS_STATE_KEY"
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 
 def byte_size(s: str) -> int:
     """'8G', '512M', '1.5GB', '1000000' -> bytes (powers of 1024 for K/M/G/T)."""
@@ -63,6 +69,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument("--stored-bytes", type=byte_size, default=byte_size("256M"),
                    help="memory for stored responses (store=true, for previous_response_id); the oldest go first "
                         "(default 256M)")  # fmt: skip
+    s.add_argument("--state-key", default=None, metavar="KEY",
+                   help="the key that signs the reasoning handed to clients (Responses encrypted_content), so it is "
+                        "accepted after a restart or by another server with the same key (hex or any string; default: "
+                        f"env {STATE_KEY_ENV}, else a random key per start; never printed or logged)")  # fmt: skip
+    s.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                   help="what the server logs to stderr (default info: one access line per request with its "
+                        "status, duration and token counts; never bodies, header values or keys)")  # fmt: skip
     add_sampling(s)
     add_hosts(s)
     g = s.add_argument_group("built-in tools (Responses API; see docs/SERVER.md 'Built-in tools')")
@@ -75,6 +88,23 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="built-in tool calls the server runs within one response (default 8; a request's max_tool_calls may lower it)")  # fmt: skip
     s.set_defaults(func=run)
     return s
+
+
+def configure_logging(level: str) -> str:
+    """Send the server's loggers (`mlx_oss.*`, the access log `mlx_oss.server.access` among them) to
+    stderr at `level`; -> the level for uvicorn's own loggers: the same at debug and error, else
+    warning (its startup lines would repeat the printed settings). uvicorn's access log stays off:
+    ours replaces it. Called again (a test runs the CLI twice in one process) it replaces its handler.
+    Records still propagate (the CLI's root logger has no handler, so nothing is written twice)."""
+    logger = logging.getLogger("mlx_oss")
+    for h in [h for h in logger.handlers if getattr(h, "_mlx_oss_serve", False)]:
+        logger.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+    handler._mlx_oss_serve = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    return level if level in ("debug", "error") else "warning"
 
 
 def server_tools(a: argparse.Namespace, count_tokens=None):
@@ -135,6 +165,8 @@ def _serve(a: argparse.Namespace, session, uvicorn, create_app, processors) -> i
     from mlx_oss.server.settings import KEY_ENV, client_settings
 
     key = a.api_key or os.environ.get(KEY_ENV) or None
+    state_key = a.state_key or os.environ.get(STATE_KEY_ENV) or None  # None: create_app draws a random one
+    uvicorn_level = configure_logging(a.log_level)
     refusal = origins_need_key(a.cors, key)
     if refusal:
         raise UserError(refusal)
@@ -160,7 +192,7 @@ def _serve(a: argparse.Namespace, session, uvicorn, create_app, processors) -> i
     app = create_app(
         model, tokenizer, model_id=mid, aliases=[a.model, model_id(str(folder))], api_key=key,
         max_context=a.max_context, cache_bytes=a.cache_bytes, max_queue=a.max_queue, cors=a.cors,
-        allowed_hosts=a.allowed_hosts, bind=a.host, body_limit=a.max_body, stored_bytes=a.stored_bytes, sampling=sampling_config(a), max_tokens=a.max_tokens, processors=processors,
+        allowed_hosts=a.allowed_hosts, bind=a.host, body_limit=a.max_body, stored_bytes=a.stored_bytes, state_key=state_key, sampling=sampling_config(a), max_tokens=a.max_tokens, processors=processors,
         engine_class=engine_class, end_group=end_group, builtin=tools,
     )  # fmt: skip
     backend = app.state.backend
@@ -178,7 +210,7 @@ def _serve(a: argparse.Namespace, session, uvicorn, create_app, processors) -> i
             self.should_exit = True
 
     host = f"[{a.host}]" if ":" in a.host else a.host
-    config = uvicorn.Config(app, host=a.host, port=a.port, log_level="warning", lifespan="on",
+    config = uvicorn.Config(app, host=a.host, port=a.port, log_level=uvicorn_level, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=10)  # fmt: skip
     server = Server(config)
     print(client_settings(f"http://{host}:{a.port}/v1", mid, bool(key)), flush=True)

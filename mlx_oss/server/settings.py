@@ -1,18 +1,42 @@
 """What `mlx-oss serve` prints once the model is loaded: the base URL and ready-to-paste settings
 for the clients people plug in (the openai SDK, curl, Codex, Open WebUI). The API key itself is
-never printed: the settings refer to the environment variable that holds it."""
+never printed: the settings refer to the environment variable that holds it.
+
+Codex: a profile file, `~/.codex/mlx-oss.config.toml`, used with `codex --profile mlx-oss`, as Codex
+wants it since profiles became files (checked with @openai/codex 0.171.0, which refuses a
+`[profiles.NAME]` table in config.toml once --profile is given). tests/clients/test_client_codex.py
+runs the real Codex with exactly this file (docs/CLIENTS.md).
+"""
 
 from __future__ import annotations
 
-__all__ = ["client_settings", "KEY_ENV"]
+__all__ = ["client_settings", "codex_config", "CODEX_PROFILE", "CODEX_VERSION", "KEY_ENV"]
 
 KEY_ENV = "MLX_OSS_API_KEY"
+CODEX_PROFILE = "mlx-oss"  # the file ~/.codex/mlx-oss.config.toml, selected by `codex --profile mlx-oss`
+CODEX_VERSION = "0.171.0"  # the Codex CLI the printed config was checked with (tests/clients/package.json)
+
+
+def codex_config(base_url: str, model_id: str, has_key: bool) -> str:
+    """The Codex profile file (TOML): mlx-oss as a Responses API provider and the model to ask for.
+    With a key, Codex reads it from the environment variable named by `env_key`."""
+    key = f'env_key = "{KEY_ENV}"\n' if has_key else ""
+    return f"""\
+model = "{model_id}"
+model_provider = "mlx-oss"
+
+[model_providers.mlx-oss]
+name = "mlx-oss"
+base_url = "{base_url}"
+wire_api = "responses"
+{key}"""
 
 
 def client_settings(base_url: str, model_id: str, has_key: bool) -> str:
     key = f"${KEY_ENV}" if has_key else "none (any string works)"
     sdk_key = f'os.environ["{KEY_ENV}"]' if has_key else '"none"'
-    codex_key = f'env_key = "{KEY_ENV}"\n' if has_key else ""
+    codex = "".join(f"    {line}\n" if line else "\n" for line in codex_config(base_url, model_id, has_key).splitlines())
+    codex_env = f" (with {KEY_ENV} set in its environment)" if has_key else ""
     return f"""\
 mlx-oss serve: {model_id} at {base_url}  (Ctrl+C to stop)
 
@@ -24,17 +48,8 @@ curl:
     curl {base_url}/chat/completions -H "Content-Type: application/json"{' -H "Authorization: Bearer $' + KEY_ENV + '"' if has_key else ''} \\
       -d '{{"model": "{model_id}", "messages": [{{"role": "user", "content": "Hello"}}]}}'
 
-Codex (~/.codex/config.toml), then `codex --profile mlx-oss`:
-    [model_providers.mlx-oss]
-    name = "mlx-oss"
-    base_url = "{base_url}"
-    wire_api = "responses"
-    {codex_key.rstrip() or '# no API key set'}
-
-    [profiles.mlx-oss]
-    model_provider = "mlx-oss"
-    model = "{model_id}"
-
+Codex {CODEX_VERSION} (~/.codex/{CODEX_PROFILE}.config.toml), then `codex --profile {CODEX_PROFILE}`{codex_env}:
+{codex}
 Open WebUI: Admin Settings > Connections > OpenAI API > add
     URL {base_url}   key {key}
 """

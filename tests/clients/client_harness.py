@@ -1,0 +1,83 @@
+"""What the client conformance tests share (tests/clients/conftest.py holds the fixtures): a real
+uvicorn server around the tiny chat model with the scripted-replies hook, behind a recorder of each
+request's method, path, User-Agent and Authorization header, and running the Node scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+
+from mlx_oss.server.app import create_app
+from server_harness import MODEL_ID, Scripts, free_port
+
+CLIENTS = Path(__file__).resolve().parent
+
+
+@dataclass
+class Served:
+    url: str  # the base URL clients are given: http://127.0.0.1:PORT/v1
+    app: object
+    scripts: Scripts
+    tok: object
+    requests: list[dict] = field(default_factory=list)  # {"method", "path", "user_agent", "authorization"}
+
+    def push(self, tokens) -> None:
+        self.scripts.push(tokens)
+
+
+class _Recorder:
+    """ASGI wrapper: notes each HTTP request's method, path, User-Agent and Authorization header."""
+
+    def __init__(self, app, requests: list[dict]) -> None:
+        self.app, self.requests = app, requests
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            self.requests.append({"method": scope["method"], "path": scope["path"],
+                                  "user_agent": headers.get("user-agent", ""),
+                                  "authorization": headers.get("authorization")})  # fmt: skip
+        return await self.app(scope, receive, send)
+
+
+@contextmanager
+def serve(model, tok, scripts: Scripts, requests: list[dict]):
+    app = create_app(model, tok, model_id=MODEL_ID, processors=scripts, max_context=32768)
+    port = free_port()
+    config = uvicorn.Config(_Recorder(app, requests), host="127.0.0.1", port=port, log_level="warning",
+                            access_log=False, lifespan="on")  # fmt: skip
+    server = uvicorn.Server(config)
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not t.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}/v1", app
+    finally:
+        app.state.backend.worker.cancel_all()
+        server.should_exit = True
+        t.join(30)
+
+
+def pinned(package: str) -> str:
+    """The exact version package.json pins for an npm package."""
+    return json.loads((CLIENTS / "package.json").read_text())["dependencies"][package]
+
+
+def run_node(script: str, *args: str, env: dict | None = None, timeout: float = 120) -> dict:
+    """Run tests/clients/<script> with node; it prints one JSON object (its last stdout line)."""
+    r = subprocess.run(["node", str(CLIENTS / script), *args], cwd=CLIENTS, capture_output=True, text=True,
+                       timeout=timeout, env={**os.environ, **(env or {})})  # fmt: skip
+    assert r.returncode == 0, f"{script} {' '.join(args)} exited {r.returncode}:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    return json.loads(r.stdout.strip().splitlines()[-1])
