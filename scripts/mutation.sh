@@ -35,6 +35,14 @@ declare -A MODULES=(
   [tui_session]="tui/session.py|tests/test_tui_session.py tests/test_tui_cli.py tests/test_tui_engine.py"
   # convert: plus the one test that converts an mlx-lm folder (its per-module quantization is carried over)
   [convert]="convert/convert.py|tests/test_convert.py tests/test_mlx_lm_interop.py::test_convert_mlx_lm_folder_to_ours_keeps_per_module_quantization"
+  # the chat database and the keeper: their own fast tests (a real SQLite file each, no model); the app's
+  # chat-list tests (test_tui_chats.py) cover the same calls through the TUI, at seconds per test
+  [tui_storage]="tui/storage.py|tests/test_chat_store.py tests/test_storage_search.py tests/test_keeper.py"
+  [tui_keeper]="tui/keeper.py|tests/test_keeper.py"
+  [constraint]="mlx_oss/constraint.py|tests/test_constraint.py"
+  # watchdog: real sockets, a second process and timeouts of 1-2 s (a mutant that never reports a hung
+  # peer fails within 3x the limit); the multi-process group tests of test_distributed.py stay out
+  [watchdog]="mlx_oss/distributed/watchdog.py|tests/test_watchdog.py"
   # the server (issue 25/31): each module against the server tests that reach it (a real uvicorn per test module)
   [server_guard]="mlx_oss/server/guard.py|tests/test_server_security.py"
   [server_request_body]="mlx_oss/server/request_body.py|tests/test_server_security.py tests/test_server.py tests/test_server_fuzz.py"
@@ -42,12 +50,16 @@ declare -A MODULES=(
   [server_responses]="mlx_oss/server/responses.py|tests/test_server.py tests/test_server_security.py tests/test_server_builtin.py tests/test_server_features.py"
   [server_chat]="mlx_oss/server/chat_completions.py|tests/test_server.py tests/test_server_features.py tests/test_server_security.py"
   [server_conversation]="mlx_oss/server/conversation.py|tests/test_server.py tests/test_server_features.py tests/test_server_security.py"
-  [server_cli]="mlx_oss/server/cli.py|tests/test_server_cli.py tests/test_server_security.py"
+  [server_cli]="mlx_oss/server/cli.py|tests/test_server_cli.py tests/test_server_security.py tests/test_server_cli_flags.py"
+  [server_access_log]="mlx_oss/server/access_log.py|tests/test_server_access_log.py"
   # the built-in tools' safety checks (issue 25)
   [browser_net]="mlx_oss/builtin/browser/net.py|tests/test_builtin_safety.py tests/test_builtin_browser.py"
   [browser_fetch]="mlx_oss/builtin/browser/fetch.py|tests/test_builtin_safety.py tests/test_builtin_browser.py"
   [python_kernel]="mlx_oss/builtin/python/kernel.py|tests/test_builtin_safety.py tests/test_builtin_python.py"
   [python_tool]="mlx_oss/builtin/python/tool.py|tests/test_builtin_safety.py tests/test_builtin_python.py"
+  # what may be removed or replaced, and the config values (issue 25)
+  [safe_paths]="convert/safe_paths.py|tests/test_safe_paths.py"
+  [config]="mlx_oss/config.py|tests/test_config_validation.py tests/test_convert.py"
 )
 ORDER=(engine cache chat harmony_parser harmony_render cli_args cli_generate cli_main tui_session tui_cli convert)
 [ $# -gt 0 ] && ORDER=("$@")
