@@ -62,6 +62,7 @@ def _refused(r: httpx.Response, status: int, code: str) -> None:
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["code"] == code, err
     assert err["type"] == ("permission_error" if status == 403 else "invalid_request_error") and err["message"], err
+    assert r.headers["content-type"] == "application/json" and int(r.headers["content-length"]) == len(r.content)
 
 
 # ----------------------------------------------------------------------------- who may drive the server
