@@ -260,3 +260,39 @@ def test_the_model_cache_never_writes_into_or_over_the_source(src, tmp_path, mon
     with pytest.raises(ConvertError, match="lies inside the source"):
         resolve_model(str(src), progress=False)
     assert snapshot(src) == before
+
+
+def test_new_folders_are_fresh_named_and_moded(tmp_path, monkeypatch):
+    umask = os.umask(0)
+    os.umask(umask)
+    plain = safe_paths.new_folder(tmp_path, "plain-")
+    assert plain.name.startswith("plain-") and len(plain.name) == len("plain-") + 8
+    assert plain.stat().st_mode & 0o7777 == 0o777 & ~umask
+    made = safe_paths.make_folder(tmp_path, "made-")
+    assert made.path.name.startswith("made-") and made.path.stat().st_mode & 0o7777 == 0o777 & ~umask
+    private = safe_paths.make_folder(tmp_path, "private-", mode=0o700)
+    assert private.path.stat().st_mode & 0o7777 == 0o700 & ~umask
+    # a name that is taken (a leftover, or planted) is skipped, never adopted
+    taken = tmp_path / "x-aaaaaaaa"
+    taken.mkdir()
+    (taken / "theirs").write_text("keep")
+    names = iter(["aaaaaaaa", "bbbbbbbb"])
+    monkeypatch.setattr(safe_paths.secrets, "token_hex", lambda n: next(names))
+    fresh = safe_paths.make_folder(tmp_path, "x-")
+    assert fresh.path == tmp_path / "x-bbbbbbbb" and (taken / "theirs").read_text() == "keep"
+
+
+def test_a_made_folder_that_is_gone_is_no_longer_ours(tmp_path):
+    made = safe_paths.make_folder(tmp_path, "gone-")
+    assert made.still_ours()
+    made.path.rmdir()
+    assert not made.still_ours()
+
+
+def test_remove_folder_keeps_the_sources_rule_for_made_folders(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    inner = safe_paths.make_folder(src, "x-")
+    with pytest.raises(ConvertError, match="lies inside the source"):
+        safe_paths.remove_folder(inner, sources=[src])
+    assert inner.path.is_dir()
