@@ -296,3 +296,27 @@ def test_remove_folder_keeps_the_sources_rule_for_made_folders(tmp_path):
     with pytest.raises(ConvertError, match="lies inside the source"):
         safe_paths.remove_folder(inner, sources=[src])
     assert inner.path.is_dir()
+
+
+def test_the_sources_are_the_given_folder_and_where_its_files_really_live(tmp_path):
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    (blobs / "a").write_text("x")
+    (blobs / "b").write_text("y")
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    (snap / "a").symlink_to(blobs / "a")
+    (snap / "b").symlink_to(blobs / "b")
+    (snap / "c").write_text("z")
+    found = safe_paths.source_folders(snap, [snap / "a", snap / "b", snap / "c"])
+    assert found == [snap.absolute(), blobs.resolve()]  # each folder once, the blobs too
+    with pytest.raises(ConvertError, match="is the source checkpoint"):
+        safe_paths.check_destination(blobs, found, force=True)
+
+
+def test_removing_something_that_is_not_a_folder(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ConvertError) as e:
+        safe_paths.remove_folder(f)
+    assert str(e.value) == f"{f}: not removed: it is not a folder" and f.read_text() == "x"
