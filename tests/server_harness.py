@@ -119,3 +119,86 @@ def running_server(model, tokenizer, scripts: Scripts, **kw) -> Iterator[tuple[s
         app.state.backend.worker.cancel_all()
         server.should_exit = True
         t.join(30)
+
+
+# ----------------------------------------------------------------------------- helpers for raw HTTP tests
+
+
+class FirstLogits:
+    """A logits processor (put before the scripted tokens) that records, at every sampling step, the
+    length of the context, and at the first step of each round (a generation's prefill) the context and
+    the logits the sampler received: compare them with a from-scratch forward pass over the context."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.firsts: list[tuple[list[int], "object"]] = []  # (context tokens, logits as numpy) per round
+
+    def __call__(self, context, logits):
+        import numpy as np
+
+        size = int(context.size)
+        if not self.sizes or size != self.sizes[-1] + 1:
+            self.firsts.append((context.tolist(), np.array(logits.reshape(-1).astype(mx.float32))))
+        self.sizes.append(size)
+        return logits
+
+    @property
+    def round_prompts(self) -> list[int]:
+        """The prompt length of each round (a round starts where the context does not grow by one)."""
+        return [len(ctx) for ctx, _ in self.firsts]
+
+
+def wait_until(condition, what: str, timeout: float = 60.0) -> None:
+    """Poll `condition()` until true (an event, not a duration: the timeout only stops a hang)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
+        time.sleep(0.01)
+
+
+def join_all(threads, timeout: float = 60.0) -> bool:
+    """Join every thread within one shared deadline; -> True when none is still running (none hung)."""
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    return not any(t.is_alive() for t in threads)
+
+
+def post_json(url: str, path: str, body, timeout: float = 120, **kw):
+    """POST a body (a dict, or bytes sent as they are) as application/json with httpx."""
+    import httpx
+
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return httpx.post(url + path, content=data, headers={"Content-Type": "application/json"}, timeout=timeout, **kw)
+
+
+def sse_frames(raw: str) -> list[str]:
+    return [f for f in raw.split("\n\n") if f]
+
+
+def stream_chat(url: str, body: dict, timeout: float = 120) -> tuple[int, list[dict], bool]:
+    """A streamed chat completion read to its end: (status, every `data:` JSON object, ended with [DONE])."""
+    import httpx
+
+    with httpx.stream("POST", url + "/chat/completions", json=body, timeout=timeout) as r:
+        raw = r.read().decode()
+        status = r.status_code
+    frames = sse_frames(raw)
+    done = bool(frames) and frames[-1] == "data: [DONE]"
+    return status, [json.loads(f[6:]) for f in frames if f.startswith("data: {")], done
+
+
+def stream_responses(url: str, body: dict, timeout: float = 120) -> tuple[int, list[dict]]:
+    """A streamed response read to its end: (status, the events' JSON objects, each checked against its `event:` line)."""
+    import httpx
+
+    with httpx.stream("POST", url + "/responses", json=body, timeout=timeout) as r:
+        raw = r.read().decode()
+        status = r.status_code
+    events = []
+    for f in sse_frames(raw):
+        head, data = f.split("\n", 1)
+        ev = json.loads(data[len("data: "):])
+        assert head == f"event: {ev['type']}"
+        events.append(ev)
+    return status, events

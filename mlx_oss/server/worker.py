@@ -78,16 +78,22 @@ class GenerationWorker:
         """Queue a job; raises QueueFull when `max_queue` jobs are already waiting."""
         job = Job(fn, loop, cleanup)
         with self._lock:
-            if len(self._waiting) >= self.max_queue:
-                raise QueueFull(f"{len(self._waiting)} requests are already waiting")
+            waiting = self._live()
+            if waiting >= self.max_queue:
+                raise QueueFull(f"{waiting} requests are already waiting")
             self._waiting.append(job)
         self._queue.put(job)
         return job
 
+    def _live(self) -> int:
+        """Waiting jobs not cancelled (a client that left keeps no place in the queue; its job stays
+        only until the worker runs its cleanup). Call with the lock held."""
+        return sum(not j.cancelled.is_set() for j in self._waiting)
+
     @property
     def waiting(self) -> int:
         with self._lock:
-            return len(self._waiting)
+            return self._live()
 
     @property
     def busy(self) -> bool:
