@@ -445,3 +445,60 @@ def test_the_key_outside_a_bearer_header_is_refused(keyed, auth):
 def test_the_key_in_a_bearer_header_is_accepted(keyed, auth):
     url, app, scripts, tok = keyed
     assert httpx.get(url + "/models", headers={"Authorization": auth}, timeout=30).status_code == 200
+
+
+# ----------------------------------------------------------------------------- the schema's words
+
+
+M = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize("schema,body,message,param", [
+    ("CHAT", {"messages": M, "temperature": "hot"}, "'temperature' must be a number, got a string", "temperature"),
+    ("CHAT", {"messages": M, "temperature": -1}, "'temperature' must be >= 0", "temperature"),
+    ("CHAT", {"messages": M, "temperature": 3}, "'temperature' must be <= 2", "temperature"),
+    ("CHAT", {"messages": M, "top_p": 0}, "'top_p' must be > 0", "top_p"),
+    ("CHAT", {"messages": M, "stop": ""}, "'stop' must have at least 1 character(s)", "stop"),
+    ("CHAT", {"messages": M, "stop": ["a"] * 5}, "'stop' must have at most 4 items", "stop"),
+    ("CHAT", {"messages": []}, "'messages' must have at least 1 item(s)", "messages"),
+    ("CHAT", {"messages": M, "metadata": {f"k{i}": "v" for i in range(17)}}, "'metadata' must have at most 16 keys",
+     "metadata"),
+    ("CHAT", {"messages": M, "metadata": {"k": "v" * 513}}, "'metadata.k' must have at most 512 characters", "metadata.k"),
+    ("CHAT", {"messages": M, "metadata": {"k" * 65: "v"}}, "'metadata' keys must have at most 64 characters", "metadata"),
+    ("CHAT", {}, "'messages' is required", "messages"),
+    ("CHAT", {"messages": M, "tools": [{"type": "function", "function": {"name": ""}}]},
+     "'tools[0].function.name' must have at least 1 character(s)", "tools[0].function.name"),
+    ("CHAT", {"messages": M, "seed": True}, "'seed' must be an integer, got a boolean", "seed"),
+    ("CHAT", {"messages": M, "stream": 1}, "'stream' must be a boolean, got an integer", "stream"),
+    ("CHAT", {"messages": M, "n": 1.5}, "'n' must be an integer, got a number", "n"),
+    ("CHAT", {"messages": M, "stream_options": None, "tool_choice": 3},
+     "'tool_choice' must be a string or an object, got an integer", "tool_choice"),
+    ("CHAT", {"messages": [None]}, "'messages[0]' must be an object, got null", "messages[0]"),
+    ("CHAT", {"messages": M, "stream_options": {"include_usage": "yes"}},
+     "'stream_options.include_usage' must be a boolean, got a string", "stream_options.include_usage"),
+    ("CHAT", {"messages": M, "tools": [{"function": {"name": "f", "parameters": []}}]},
+     "'tools[0].function.parameters' must be an object, got an array", "tools[0].function.parameters"),
+    ("RESPONSES", {"input": {"a": 1}}, "'input' must be a string or an array, got an object", "input"),
+    ("RESPONSES", {"input": "x", "metadata": []}, "'metadata' must be an object, got an array", "metadata"),
+    ("RESPONSES", {"input": "x", "reasoning": {"summary": "weird"}},
+     "'reasoning.summary' must be one of \"auto\", \"concise\", \"detailed\", \"none\", null", "reasoning.summary"),
+    ("RESPONSES", {"input": "x", "tools": [{"type": "function", "name": "f", "parameters": "x"}]},
+     "'tools[0].parameters' must be an object, got a string", "tools[0].parameters"),
+    ("RESPONSES", {"input": "x", "max_output_tokens": 0}, "'max_output_tokens' must be >= 1", "max_output_tokens"),
+    ("RESPONSES", {"input": "x", "max_output_tokens": 2**31}, "'max_output_tokens' must be <= 2147483647",
+     "max_output_tokens"),
+])  # fmt: skip
+def test_each_schema_rule_reads_as_one_line_naming_the_field(schema, body, message, param):
+    from mlx_oss.server import request_body
+    from mlx_oss.server.errors import APIError
+
+    with pytest.raises(APIError) as e:
+        request_body.read_body(json.dumps(body).encode(), getattr(request_body, schema))
+    assert (e.value.status, e.value.message, e.value.param) == (400, message, param)
+
+
+def test_read_body_returns_the_body_it_checked():
+    from mlx_oss.server.request_body import CHAT, read_body
+
+    body = {"messages": M, "temperature": 0.5, "seed": 2**64 - 1, "metadata": {"k" * 64: "v" * 512}, "extra": [1]}
+    assert read_body(json.dumps(body).encode(), CHAT) == body

@@ -240,8 +240,8 @@ def _schema_error(e: ValidationError) -> APIError:
     if e.validator == "required":
         missing = next((r for r in e.validator_value if isinstance(e.instance, dict) and r not in e.instance), "?")
         return bad_request(f"'{field_path([*path, missing])}' is required", field_path([*path, missing]))
-    if e.validator == "propertyNames":  # a metadata key over 64 characters
-        return bad_request(f"'{field_path(path)}' keys must have at most 64 characters", field_path(path))
+    if "propertyNames" in e.schema_path:  # a metadata key over 64 characters (the error is the key's maxLength)
+        return bad_request(f"'{field_path(path)}' keys {_expected(e)}", field_path(path))
     if e.validator == "pattern" and path and path[-1] == "logit_bias":  # a key that is not a token id
         return bad_request("'logit_bias' keys must be token ids (decimal integers, no leading zeros)", "logit_bias")
     where = field_path(path) or "the request body"
