@@ -101,11 +101,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(model, tokenizer, scripts: Scripts, **kw) -> Iterator[tuple[str, object]]:
-    """Serve on 127.0.0.1:<free port> in a thread; yields (base URL …/v1, the app)."""
+def running_server(model, tokenizer, scripts: Scripts, wrap=None, **kw) -> Iterator[tuple[str, object]]:
+    """Serve on 127.0.0.1:<free port> in a thread; yields (base URL …/v1, the app). `wrap(app)`: an ASGI
+    app around it (e.g. one that records the requests)."""
     app = create_app(model, tokenizer, model_id=MODEL_ID, processors=scripts, **kw)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    served = wrap(app) if wrap is not None else app
+    server = uvicorn.Server(uvicorn.Config(served, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                                           lifespan="on"))  # fmt: skip
     t = threading.Thread(target=server.run, daemon=True)
     t.start()
     deadline = time.monotonic() + 60

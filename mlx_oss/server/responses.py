@@ -65,7 +65,6 @@ from mlx_oss.server.builtin import ServerTools
 from mlx_oss.server.generation import (
     BROWSER_CALL,
     FUNCTION_CALL,
-    MESSAGE,
     PYTHON_CALL,
     REASONING,
     Finished,

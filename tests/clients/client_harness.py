@@ -7,16 +7,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import uvicorn
-
-from mlx_oss.server.app import create_app
-from server_harness import MODEL_ID, Scripts, free_port
+from server_harness import Scripts, running_server
 
 CLIENTS = Path(__file__).resolve().parent
 
@@ -50,24 +45,9 @@ class _Recorder:
 
 @contextmanager
 def serve(model, tok, scripts: Scripts, requests: list[dict]):
-    app = create_app(model, tok, model_id=MODEL_ID, processors=scripts, max_context=32768)
-    port = free_port()
-    config = uvicorn.Config(_Recorder(app, requests), host="127.0.0.1", port=port, log_level="warning",
-                            access_log=False, lifespan="on")  # fmt: skip
-    server = uvicorn.Server(config)
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not t.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}/v1", app
-    finally:
-        app.state.backend.worker.cancel_all()
-        server.should_exit = True
-        t.join(30)
+    """The harness's server (a context long enough for Codex's prompt), recording every request."""
+    with running_server(model, tok, scripts, wrap=lambda app: _Recorder(app, requests), max_context=32768) as served:
+        yield served
 
 
 def pinned(package: str) -> str:
