@@ -240,10 +240,10 @@ def _schema_error(e: ValidationError) -> APIError:
     if e.validator == "required":
         missing = next((r for r in e.validator_value if isinstance(e.instance, dict) and r not in e.instance), "?")
         return bad_request(f"'{field_path([*path, missing])}' is required", field_path([*path, missing]))
-    if "propertyNames" in e.schema_path:  # a metadata key over 64 characters (the error is the key's maxLength)
-        return bad_request(f"'{field_path(path)}' keys {_expected(e)}", field_path(path))
     if e.validator == "pattern" and path and path[-1] == "logit_bias":  # a key that is not a token id
         return bad_request("'logit_bias' keys must be token ids (decimal integers, no leading zeros)", "logit_bias")
+    if "propertyNames" in e.schema_path:  # a metadata key over 64 characters (the error is the key's maxLength)
+        return bad_request(f"'{field_path(path)}' keys {_expected(e)}", field_path(path))
     where = field_path(path) or "the request body"
     got = type(e.instance).__name__ if e.validator == "type" else None
     got = {"str": "a string", "int": "an integer", "float": "a number", "bool": "a boolean", "dict": "an object",
