@@ -507,3 +507,14 @@ def test_read_body_returns_the_body_it_checked():
 
     body = {"messages": M, "temperature": 0.5, "seed": 2**64 - 1, "metadata": {"k" * 64: "v" * 512}, "extra": [1]}
     assert read_body(json.dumps(body).encode(), CHAT) == body
+
+
+def test_a_lone_surrogate_reads_as_such():
+    from mlx_oss.server.errors import APIError
+    from mlx_oss.server.request_body import RESPONSES, read_body
+
+    with pytest.raises(APIError) as e:
+        read_body(b'{"input": "x", "metadata": {"k": "a\\udfffb"}}', RESPONSES)
+    assert (e.value.message, e.value.param) == (
+        "Text holds a lone UTF-16 surrogate (\\ud800-\\udfff escape without its pair), which is not a character.",
+        "metadata.k")  # fmt: skip
