@@ -518,3 +518,29 @@ def test_a_lone_surrogate_reads_as_such():
     assert (e.value.message, e.value.param) == (
         "Text holds a lone UTF-16 surrogate (\\ud800-\\udfff escape without its pair), which is not a character.",
         "metadata.k")  # fmt: skip
+
+
+def test_what_translation_raises_is_the_bodys_fault(caplog):
+    from mlx_oss.server.app import _failure, _translate
+    from mlx_oss.server.errors import APIError
+
+    def deep():
+        raise RecursionError("maximum recursion depth exceeded")
+
+    def odd():
+        raise KeyError("tools")
+
+    with pytest.raises(APIError) as e:
+        _translate(deep)
+    assert (e.value.status, e.value.message, e.value.param) == (
+        400, "The request is too large or too deeply nested to translate.", None)  # fmt: skip
+    with caplog.at_level("WARNING", logger="mlx_oss.server"), pytest.raises(APIError) as e:
+        _translate(odd)
+    assert (e.value.status, e.value.message) == (400, "The request could not be read: KeyError: 'tools'")
+    [record] = [r for r in caplog.records if r.name == "mlx_oss.server"]
+    assert record.getMessage() == "a request body the schema let through failed in translation"
+    assert record.exc_info and record.exc_info[0] is KeyError  # the log says where, to add the rule
+    with pytest.raises(APIError) as e:
+        _translate(lambda: (_ for _ in ()).throw(APIError(429, "busy")))
+    assert e.value.status == 429  # an API error passes as it is
+    assert _failure(RuntimeError())["error"]["message"] == "Internal error: RuntimeError: "
