@@ -196,22 +196,17 @@ class ChatStore:
 
     def _open(self) -> sqlite3.Connection:
         existed = self.path.exists() and self.path.stat().st_size > 0
+        if existed and self.path.with_name(self.path.name + "-wal").exists():
+            # Messages may be in the journal only (an app killed mid-chat): check read-only first, since
+            # closing a read-write connection to a damaged file deletes the journal it must be moved with.
+            probe = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+            try:
+                self._check(probe, existed)
+            finally:
+                probe.close()
         conn = self._connect()
         try:
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            if existed and tables and app_id != APPLICATION_ID:
-                raise ChatStoreError(f"{self.path}: an SQLite file, but not an mlx-oss chat database; left it untouched "
-                                     "(choose another folder with --data-dir or MLX_OSS_DATA_DIR)")  # fmt: skip
-            if version > SCHEMA_VERSION:
-                raise ChatStoreError(f"{self.path}: written by a newer mlx-oss (chat database schema {version}, this "
-                                     f"version reads up to {SCHEMA_VERSION}); left it untouched: upgrade mlx-oss, "
-                                     "or use another folder with --data-dir")  # fmt: skip
-            if existed:
-                check = conn.execute("PRAGMA quick_check").fetchone()[0]
-                if check != "ok":
-                    raise sqlite3.DatabaseError(f"database disk image is malformed: {check}")
+            version = self._check(conn, existed)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across a killed process
             conn.execute("PRAGMA foreign_keys=ON")
@@ -220,6 +215,24 @@ class ChatStore:
             conn.close()
             raise
         return conn
+
+    def _check(self, conn: sqlite3.Connection, existed: bool) -> int:
+        """Refuse a file that is not ours or is newer, raise sqlite3.DatabaseError for a damaged one; -> its version."""
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if existed and tables and app_id != APPLICATION_ID:
+            raise ChatStoreError(f"{self.path}: an SQLite file, but not an mlx-oss chat database; left it untouched "
+                                 "(choose another folder with --data-dir or MLX_OSS_DATA_DIR)")  # fmt: skip
+        if version > SCHEMA_VERSION:
+            raise ChatStoreError(f"{self.path}: written by a newer mlx-oss (chat database schema {version}, this "
+                                 f"version reads up to {SCHEMA_VERSION}); left it untouched: upgrade mlx-oss, "
+                                 "or use another folder with --data-dir")  # fmt: skip
+        if existed:
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed: {check}")
+        return version
 
     def _migrate(self, conn: sqlite3.Connection, version: int) -> None:
         if version == SCHEMA_VERSION:
@@ -465,15 +478,16 @@ class ChatStore:
         msgs = list(messages)
         now = time.time()
         with self._write() as c:
+            # first: a chat deleted meanwhile (by another process) is this error, not a foreign key failure
+            row = c.execute("SELECT title_set FROM chats WHERE id = ?", (chat_id,)).fetchone()
+            if row is None:
+                raise ChatStoreError(f"no chat {chat_id} in {self.path}")
             c.execute("DELETE FROM messages WHERE chat_id = ? AND position >= ?", (chat_id, start))
             c.executemany(
                 "INSERT INTO messages(chat_id, position, role, channel, body, text, created_at) VALUES (?,?,?,?,?,?,?)",
                 [(chat_id, start + i, m.get("role", ""), m.get("channel"), json.dumps(m, ensure_ascii=False),
                   _search_text(m), now) for i, m in enumerate(msgs)],  # fmt: skip
             )
-            row = c.execute("SELECT title_set FROM chats WHERE id = ?", (chat_id,)).fetchone()
-            if row is None:
-                raise ChatStoreError(f"no chat {chat_id} in {self.path}")
             if not row[0]:
                 first = c.execute("SELECT body FROM messages WHERE chat_id = ? AND role = 'user' ORDER BY position LIMIT 1",
                                   (chat_id,)).fetchone()  # fmt: skip
