@@ -46,7 +46,7 @@ declare -A MODULES=(
   # the server (issue 25/31): each module against the server tests that reach it (a real uvicorn per test module)
   [server_guard]="mlx_oss/server/guard.py|tests/test_server_security.py"
   [server_request_body]="mlx_oss/server/request_body.py|tests/test_server_security.py tests/test_server.py tests/test_server_fuzz.py"
-  [server_app]="mlx_oss/server/app.py|tests/test_server.py tests/test_server_features.py tests/test_server_security.py tests/test_server_builtin.py"
+  [server_app]="mlx_oss/server/app.py|tests/test_server.py tests/test_server_features.py tests/test_server_security.py tests/test_server_settings.py tests/test_server_builtin.py"
   [server_responses]="mlx_oss/server/responses.py|tests/test_server.py tests/test_server_security.py tests/test_server_builtin.py tests/test_server_features.py"
   [server_chat]="mlx_oss/server/chat_completions.py|tests/test_server.py tests/test_server_features.py tests/test_server_security.py"
   [server_conversation]="mlx_oss/server/conversation.py|tests/test_server.py tests/test_server_features.py tests/test_server_security.py"

@@ -191,6 +191,9 @@ def test_body_limit_passes_exactly_at_the_limit_and_refuses_one_byte_more(model_
             assert chunked.status_code == status, (size, chunked.text)
             if status == 413:
                 assert r.json()["error"]["code"] == chunked.json()["error"]["code"] == "request_too_large"
+                # with Content-Length the size is known before a byte is read, and said
+                assert r.json()["error"]["message"] == f"Request body is {size} bytes; the limit is {LIMIT}."
+                assert chunked.json()["error"]["message"] == f"Request body is over the {LIMIT}-byte limit."
 
 
 def test_a_queued_request_whose_client_left_frees_its_queue_slot(model_tok):
