@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -264,12 +265,13 @@ def test_a_peer_that_said_goodbye_must_be_followed_within_the_timeout():
     listener = threading.Thread(target=dog._listen, args=(1, dog._peers[1]), daemon=True)
     listener.start()
     theirs.sendall(wd.BEAT + wd.BYE)
-    bye = time.monotonic()
+    bye, cpu = time.monotonic(), time.process_time()
     theirs.close()
     assert seen.got.wait(3 * T)
     at, msg = seen.items[0]
     assert msg == "rank 1 ended the session 2 s ago but this rank is still waiting"
     assert 0.9 * T <= at - bye <= 3 * T and seen.messages == [msg]
+    assert time.process_time() - cpu < 0.5 * T  # it waited, it did not spin on the closed socket
     listener.join(3 * T)
     assert not listener.is_alive()
 
@@ -317,14 +319,15 @@ def test_rank0_accepts_only_each_expected_rank_once():
     port = _free_port()
     dog, rep, starting = _rank0(port, size=3)
     rejected = []
+    silent = _connect(port)
+    silent.shutdown(socket.SHUT_WR)  # says nothing at all, and first
+    rejected.append(silent)
+    time.sleep(0.2)
     one = _connect(port)
-    one.sendall(b"1       ")
-    for hello in (b"1       ", b"0       ", b"3       ", b"-1      ", b"abc     ", b""):
+    one.sendall(b"1       " + wd.BEAT)  # its first heartbeat right behind its rank: read as a beat, not as its rank
+    for hello in (b"1       ", b"0       ", b"3       ", b"-1      ", b"abc     "):
         s = _connect(port)
-        if hello:
-            s.sendall(hello)
-        else:
-            s.shutdown(socket.SHUT_WR)  # says nothing at all
+        s.sendall(hello)
         rejected.append(s)
     two = _connect(port)
     two.sendall(b"2")  # no padding needed
@@ -556,3 +559,42 @@ def test_the_last_line_in_this_process():
     finally:
         os.close(r)
     assert got == b"[ring] Socket 3 was\nmlx-oss: error: rank 0: lost rank 1\n"
+
+
+def test_a_connection_reset_is_a_lost_peer():
+    """A peer whose link drops hard (a reset, not a close) is lost at once, not silent for the timeout."""
+    port = _free_port()
+    dog, rep, starting = _rank0(port, timeout=30)
+    peer = _connect(port)
+    peer.sendall(b"1       ")
+    starting.join(30)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()  # linger 0: the connection is reset
+    assert rep.got.wait(10), "a reset connection was not reported"
+    assert rep.messages == ["lost rank 1 (its process exited or the link dropped); stopping"]
+    dog.close()
+
+
+EXITING = (
+    "import sys\n"
+    "from mlx_oss.distributed.watchdog import Watchdog\n"
+    "Watchdog(1, 2, ('127.0.0.1', int(sys.argv[1])), timeout=600, connect_timeout=60, interval=0.1).start()\n"
+    "print('up', flush=True)\n"
+    "sys.exit(3)\n"  # ends without close(): e.g. an error the front end did not catch
+)
+
+
+def test_the_watchdogs_threads_never_keep_a_process_alive():
+    port = _free_port()
+    peer = subprocess.Popen([sys.executable, "-c", EXITING, str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        dog, rep, starting = _rank0(port, connect_timeout=60, timeout=600)
+        starting.join(60)
+        assert peer.stdout.readline() == "up\n"
+        assert peer.wait(30) == 3  # not held by the heartbeat or the listener thread
+        assert rep.got.wait(10) and rep.messages == ["lost rank 1 (its process exited or the link dropped); stopping"]
+        dog.close()
+    finally:
+        peer.kill()
+        peer.wait(30)
+        peer.stdout.close()
