@@ -14,9 +14,9 @@ from typing import Iterator
 import mlx.core as mx
 import uvicorn
 
-from mlx_oss import tokenizer as tk
 
 from mlx_oss.sampling import ScriptedTokens
+from scripted import AfterHeader  # noqa: F401  (the tests import it from here too)
 from mlx_oss.server.app import create_app
 from test_chat import reply  # noqa: F401  (harmony reply tokens, as gpt-oss writes them)
 
@@ -62,27 +62,6 @@ class Gate:
             self.entered.set()
             self.release.wait(60)
         return logits
-
-
-class AfterHeader:
-    """Test-only: once a `<|constrain|>json<|message|>` header is complete (the tool_choice
-    constraint forced one), writes `text` and `end`: the arguments a real model would write, which
-    a random one never does."""
-
-    def __init__(self, tok, text: str, end: int = tk.CALL) -> None:
-        self.script = tok.encode_ordinary(text) + [end]
-        self.at: int | None = None
-
-    def __call__(self, context, logits):
-        if self.at is None and context.size >= 3:
-            last = context[-3:].tolist()
-            if last[-1] == tk.MESSAGE and last[0] == tk.CONSTRAIN:
-                self.at = 0
-        if self.at is None or self.at >= len(self.script):
-            return logits
-        tok = self.script[self.at]
-        self.at += 1
-        return mx.where(mx.arange(logits.shape[-1]) == tok, 0.0, -mx.inf).reshape(logits.shape).astype(logits.dtype)
 
 
 def wait_idle(app, timeout: float = 60.0) -> None:

@@ -14,30 +14,10 @@ from mlx_oss import tokenizer as tk
 from mlx_oss.constraint import tool_choice_constraint
 from mlx_oss.harmony import Message, Role, parse_completion, render_message
 from mlx_oss.sampling import ScriptedTokens
+from scripted import AfterHeader
 
 ENC = tk.load_tokenizer()
 ASSISTANT = ENC.encode_ordinary("assistant")
-
-
-class AfterHeader:
-    """Once a `<|constrain|>json<|message|>` header is complete (the constraint forced one), writes
-    `text` and `end`: the arguments a real model would write, which random logits never do. (As
-    tests/server_harness.py's, without importing the server.)"""
-
-    def __init__(self, tok, text: str, end: int = tk.CALL) -> None:
-        self.script = tok.encode_ordinary(text) + [end]
-        self.at: int | None = None
-
-    def __call__(self, context, logits):
-        if self.at is None and context.size >= 3:
-            last = context[-3:].tolist()
-            if last[-1] == tk.MESSAGE and last[0] == tk.CONSTRAIN:
-                self.at = 0
-        if self.at is None or self.at >= len(self.script):
-            return logits
-        tok = self.script[self.at]
-        self.at += 1
-        return mx.where(mx.arange(logits.shape[-1]) == tok, 0.0, -mx.inf).reshape(logits.shape).astype(logits.dtype)
 
 
 def generate(processors, steps=80, seed=0):
