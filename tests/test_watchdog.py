@@ -307,6 +307,8 @@ def test_after_a_normal_end_a_closing_peer_is_not_reported():
     dog, theirs = _dog(fail=seen)
     listener = threading.Thread(target=dog._listen, args=(1, dog._peers[1]), daemon=True)
     listener.start()
+    theirs.sendall(wd.BEAT)
+    time.sleep(0.3)  # listening
     dog.close()
     theirs.close()
     listener.join(10)

@@ -231,7 +231,7 @@ class ChatStore:
         if existed:
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
-                raise sqlite3.DatabaseError(f"database disk image is malformed: {check}")
+                raise sqlite3.DatabaseError(f"database disk image is malformed: {' '.join(check.split())}")  # one line
         return version
 
     def _migrate(self, conn: sqlite3.Connection, version: int) -> None:
