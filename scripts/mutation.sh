@@ -19,7 +19,8 @@ PY=${PYTHON:-python}
 WORK=${MUTATION_DIR:-/tmp/mlx-oss-mutation}
 NICE=${NICE:-15}
 
-# module -> "file to mutate|tests that cover it"
+# module -> "file(s) to mutate|tests that cover it"; a group of files shares one stats pass (minutes for
+# the server tests) and its summary has a line per file
 declare -A MODULES=(
   [engine]="mlx_oss/engine.py|tests/test_engine.py"
   [cache]="mlx_oss/nn/cache.py|tests/test_cache.py"
@@ -52,11 +53,14 @@ declare -A MODULES=(
   [server_conversation]="mlx_oss/server/conversation.py|tests/test_server.py tests/test_server_features.py tests/test_server_security.py"
   [server_cli]="mlx_oss/server/cli.py|tests/test_server_cli.py tests/test_server_security.py tests/test_server_cli_flags.py"
   [server_access_log]="mlx_oss/server/access_log.py|tests/test_server_access_log.py"
-  # the built-in tools' safety checks (issue 25)
-  [browser_net]="mlx_oss/builtin/browser/net.py|tests/test_builtin_safety.py tests/test_builtin_browser.py"
-  [browser_fetch]="mlx_oss/builtin/browser/fetch.py|tests/test_builtin_safety.py tests/test_builtin_browser.py"
-  [python_kernel]="mlx_oss/builtin/python/kernel.py|tests/test_builtin_safety.py tests/test_builtin_python.py"
-  [python_tool]="mlx_oss/builtin/python/tool.py|tests/test_builtin_safety.py tests/test_builtin_python.py"
+  # the rest of the server (issue 31), in two groups over the server tests
+  [server_core]="mlx_oss/server/cache_pool.py mlx_oss/server/worker.py mlx_oss/server/generation.py mlx_oss/server/token_output.py mlx_oss/server/sse.py mlx_oss/server/errors.py mlx_oss/server/settings.py mlx_oss/server/backend.py|tests/test_cache_pool.py tests/test_cache_pool_branches.py tests/test_server.py tests/test_server_features.py tests/test_server_paths.py tests/test_server_settings.py tests/test_server_security.py tests/test_server_builtin.py tests/test_readme_server.py tests/test_token_output.py tests/test_server_errors.py tests/test_server_sse.py"
+  [server_api]="mlx_oss/server/conversation.py mlx_oss/server/tools.py mlx_oss/server/builtin.py|tests/test_cache_pool_branches.py tests/test_server.py tests/test_server_features.py tests/test_server_paths.py tests/test_server_settings.py tests/test_server_security.py tests/test_server_builtin.py tests/test_server_responses_clients.py"
+  # the built-in tools (issues 25 and 31), one group: a local web server, a real kernel per python test
+  [builtin]="mlx_oss/builtin/registry.py mlx_oss/builtin/browser/tool.py mlx_oss/builtin/browser/page.py mlx_oss/builtin/browser/fetch.py mlx_oss/builtin/browser/net.py mlx_oss/builtin/browser/html.py mlx_oss/builtin/browser/search.py mlx_oss/builtin/python/tool.py mlx_oss/builtin/python/kernel.py mlx_oss/builtin/python/docker.py|tests/test_builtin_safety.py tests/test_builtin_browser.py tests/test_builtin_python.py tests/test_builtin_chat.py tests/test_server_builtin.py"
+  # the two-Mac group but its watchdog (above): the in-process tests, and the ranks the slow tests start
+  # (the script's PYTHONPATH puts the mutated package first there too)
+  [distributed]="mlx_oss/distributed/plan.py mlx_oss/distributed/hosts.py mlx_oss/distributed/layers.py mlx_oss/distributed/load.py mlx_oss/distributed/mirror.py mlx_oss/distributed/session.py mlx_oss/distributed/launch.py mlx_oss/distributed/cli.py mlx_oss/distributed/engine.py|tests/test_distributed.py"
   # what may be removed or replaced, and the config values (issue 25)
   [safe_paths]="convert/safe_paths.py|tests/test_safe_paths.py"
   [config]="mlx_oss/config.py|tests/test_config_validation.py tests/test_convert.py"
@@ -105,12 +109,14 @@ for name in "${ORDER[@]}"; do
   for sub in convert tui; do
     if [ -d "$dir/$sub" ]; then mkdir -p "$dir/mlx_oss/$sub"; cp -r "$dir/$sub/." "$dir/mlx_oss/$sub/"; rm -rf "$dir/$sub"; fi
   done
-  case $file in convert/*|tui/*) file=mlx_oss/$file;; esac
+  files=""  # a group: several files, one stats pass; convert/ and tui/ live under mlx_oss/ here
+  for f in $file; do case $f in convert/*|tui/*) f=mlx_oss/$f;; esac; files="$files $f"; done
+  files=${files# }; file=$files
   src_dirs="mlx_oss"
   {
     echo "[mutmut]"
     echo "source_paths = $src_dirs"
-    echo "only_mutate = $file"
+    echo "only_mutate = $(echo $files | tr ' ' '\n' | sed 's/^/    /' | sed '1s/^    //')"
     echo "also_copy = tests/"
     echo "    scripts/"  # scripts/mutation_order.py
     echo "pytest_add_cli_args = -p no:cacheprovider -q -x -p scripts.mutation_order"  # fastest tests first
@@ -122,17 +128,28 @@ for name in "${ORDER[@]}"; do
     echo "pytest_add_cli_args_test_selection = $(echo $tests | tr ' ' '\n' | sed 's/^/    /' | sed '1s/^    //')"
   } > "$dir/setup.cfg"
   echo "== $name: $file against $tests"
-  case $file in */convert/*) prebuilt=;; *) prebuilt=$TINY_CHAT/converted;; esac
-  (cd "$dir" && MLX_OSS_TEST_TINY_CHAT=$prebuilt nice -n "$NICE" "$MUTMUT" run --max-children "${JOBS:-1}" ${MUTANTS:-} > mutmut.log 2>&1) || true
+  case $file in *mlx_oss/convert/*) prebuilt=;; *) prebuilt=$TINY_CHAT/converted;; esac
+  # PYTHONPATH: a process the tests start (a rank, `mlx-oss serve`) imports the mutated package too, and
+  # inherits the mutant's name from the environment
+  (cd "$dir" && PYTHONPATH="$dir/mutants${PYTHONPATH:+:$PYTHONPATH}" MLX_OSS_TEST_TINY_CHAT=$prebuilt nice -n "$NICE" "$MUTMUT" run --max-children "${JOBS:-1}" ${MUTANTS:-} > mutmut.log 2>&1) || true
   (cd "$dir" && "$MUTMUT" results --all true > results.txt 2>&1) || true
-  line=$("$PY" - "$dir/results.txt" "$name" <<'PYEOF'
+  line=$("$PY" - "$dir/results.txt" "$name" $files <<'PYEOF'
 import collections, sys
-counts = collections.Counter(l.rsplit(":", 1)[1].strip() for l in open(sys.argv[1]) if ":" in l and "__mutmut_" in l)
-total = sum(counts.values())
-killed = counts.get("killed", 0)
-pct = 100 * killed / total if total else 0.0
-rest = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()) if k != "killed")
-print(f"{sys.argv[2]:16s} killed {killed}/{total} ({pct:.1f}%)" + (f"  [{rest}]" if rest else ""))
+results, name, files = sys.argv[1], sys.argv[2], sys.argv[3:]
+modules = {f[:-3].replace("/", "."): f for f in files}  # mutmut names start with the dotted module
+counts = {f: collections.Counter() for f in files}
+for l in open(results):
+    if ":" in l and "__mutmut_" in l:
+        mutant, verdict = l.rsplit(":", 1)
+        module = max((m for m in modules if mutant.strip().startswith(m + ".")), key=len, default=None)
+        if module:
+            counts[modules[module]][verdict.strip()] += 1
+for f, c in counts.items():
+    total = sum(c.values()); killed = c.get("killed", 0)
+    pct = 100 * killed / total if total else 0.0
+    rest = ", ".join(f"{v} {k}" for k, v in sorted(c.items()) if k != "killed")
+    label = name if len(files) == 1 else f"{name}:{f.rsplit('/', 1)[-1]}"
+    print(f"{label:16s} killed {killed}/{total} ({pct:.1f}%)" + (f"  [{rest}]" if rest else ""))
 PYEOF
 )
   echo "$line"; summary+=("$line")

@@ -16,7 +16,7 @@ import pytest
 
 from mlx_oss.builtin.browser import Browser, ExaSearch, FetchLimits, Fetcher
 from mlx_oss.builtin.python import PythonTool
-from mlx_oss.server.builtin import ServerTools, allow_all
+from mlx_oss.server.builtin import ServerTools, Session, Sessions, allow_all
 from server_harness import MODEL_ID, Scripts, running_server
 from test_builtin_chat import builtin_reply, model_tok, web  # noqa: F401 - shared fixtures
 from tests.web_fixture import EXA_KEY
@@ -172,7 +172,9 @@ def test_call_limit_ends_the_response_incomplete(client, srv):
     assert resp.status == "incomplete" and resp.incomplete_details.reason == "max_tool_calls"
     calls = [o for o in resp.output if o.type == "web_search_call"]
     assert [o.status for o in calls] == ["completed", "failed", "incomplete"]  # the third was never run
-    assert "limit of 1 built-in tool calls" in app.state.stored.tool_messages(calls[1].id)[1].text
+    assert app.state.stored.tool_messages(calls[1].id)[1].text == (  # what the model is told
+        "Error: the limit of 1 built-in tool calls for this response is reached, so this call was not run. "
+        "Answer now with what you have.")  # fmt: skip
     assert len([p for p in web.posted if p.get("query") == "mlx"]) == 1  # the second call was not run
 
 
@@ -193,6 +195,52 @@ def test_previous_response_keeps_the_pages_so_old_citations_resolve(client, srv)
     items = [o.model_dump(exclude_none=True) for o in first.output] + [{"role": "user", "content": "more"}]
     third = client.responses.create(model=MODEL_ID, input=items, tools=TOOLS, store=False)
     assert third.output_text == "ok【1†L2】" and third.output[-1].content[0].annotations[0].url == web.url("/page")
+
+
+def test_previous_response_keeps_the_python_state_past_a_refused_request(client, srv):
+    """The python kernel goes on with `previous_response_id` (same container, same variables), also after a
+    continuation that was refused before it ran (its prompt over the context): the conversation keeps its
+    session. A response that does not continue one starts a kernel of its own."""
+    url, app, scripts, tok, _, web = srv
+    scripts.push(steps(tok, ("call", ("python", "x = 6 * 7")), ("final", "x is set.")))
+    first = client.responses.create(model=MODEL_ID, input="set x", tools=TOOLS)
+    (set_x,) = [o for o in first.output if o.type == "code_interpreter_call"]
+    with pytest.raises(openai.BadRequestError, match="maximum context length"):
+        client.responses.create(model=MODEL_ID, input="go " * 5000, tools=TOOLS, previous_response_id=first.id)
+    scripts.push(steps(tok, ("call", ("python", "print(x)")), ("final", "x is 42.")))
+    second = client.responses.create(model=MODEL_ID, input="print x", tools=TOOLS, previous_response_id=first.id)
+    (print_x,) = [o for o in second.output if o.type == "code_interpreter_call"]
+    assert [(o.type, o.logs) for o in print_x.outputs] == [("logs", "42")]
+    assert print_x.container_id == set_x.container_id
+    scripts.push(steps(tok, ("call", ("python", "print(x)")), ("final", "no x here.")))
+    other = client.responses.create(model=MODEL_ID, input="print x", tools=TOOLS)
+    (fresh,) = [o for o in other.output if o.type == "code_interpreter_call"]
+    assert "NameError" in app.state.stored.tool_messages(fresh.id)[1].text and fresh.container_id != set_x.container_id
+
+
+class _Tools:
+    """Stands in for a session's BuiltinTools: records `close()`."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_sessions_past_their_limit_close_the_oldest():
+    """`Sessions` filled past `max_items`: the oldest put is closed (its kernel stopped) and gone, the newest
+    stay; a session taken and put back under the next response's id counts as new."""
+    sessions = Sessions(max_items=2)
+    made = {rid: Session(_Tools()) for rid in ("r1", "r2", "r3")}
+    for rid, session in made.items():
+        sessions.put(rid, session)
+    assert len(sessions) == 2 and [made[r].tools.closed for r in ("r1", "r2", "r3")] == [True, False, False]
+    assert sessions.take("r1") is None
+    sessions.put("r4", sessions.take("r2"))  # r2's conversation continued by r4
+    sessions.put("r5", Session(_Tools()))
+    assert made["r3"].tools.closed and not made["r2"].tools.closed
+    assert sessions.take("r3") is None and sessions.take("r4") is made["r2"] and len(sessions) == 1
 
 
 def test_python_refused_without_allow_python_and_web_tools_refused_in_chat_completions(model_tok):

@@ -1,8 +1,9 @@
 """`mlx-oss serve` on the paths a single happy request does not take: a branch of an earlier
 conversation and its resume (logits against a from-scratch pass), the context limit reached while
 generating (every API, streamed or not), assistant turns of several parts sent back (the prompt checked
-token by token), several requests in flight when the server cancels or shuts down, usage and
-`max_output_tokens` over built-in tool rounds, and what a stop string may cut.
+token by token), several requests in flight when the server cancels, shuts down or fails them all (a
+lost rank), usage and `max_output_tokens` over built-in tool rounds, what a stop string may cut, and the
+operator's built-in tool-call limit against a request asking for more.
 
 A real uvicorn on 127.0.0.1 around the tiny chat model (tests/server_harness.py); replies are scripted
 harmony, the model runs every forward pass."""
@@ -10,6 +11,7 @@ harmony, the model runs every forward pass."""
 from __future__ import annotations
 
 import threading
+import time
 
 import httpx
 import mlx.core as mx
@@ -19,6 +21,7 @@ import pytest
 import mlx_oss
 from mlx_oss.sampling import SamplingConfig
 from mlx_oss.server import chat_completions, responses
+from mlx_oss.server.builtin import ServerTools
 from server_harness import (
     MODEL_ID,
     FirstLogits,
@@ -319,6 +322,30 @@ def test_chat_two_rounds_of_calls_in_one_turn_keep_both_reasonings(srv):
         "<|start|>assistant"))  # fmt: skip
 
 
+def test_an_earlier_turns_reasoning_stays_out_while_a_later_turn_calls_tools(srv):
+    """The reasoning sent back with an answered turn is dropped (harmony's rule), also while a later turn is
+    in the middle of a tool call, where openai-harmony's renderer alone would bring it back: the prompt then
+    differs from the one the cache was built from (`prune_analysis`, conversation.py)."""
+    url, app, scripts, tok = srv
+    call = {"id": "w", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "reasoning": "Greet back.", "content": "Hello!"},
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "reasoning": "Call it.", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "w", "content": "sunny"},
+    ]  # fmt: skip
+    scripts.push(reply(tok, final="Sunny."))
+    r = post_json(url, "/chat/completions", _chat(msgs, tools=TOOLS))
+    assert r.status_code == 200, r.text
+    weather, sunny = CALLS.split("<|call|>")[0], RESULTS.split("<|end|>")[1]
+    _check_prompt(app, tok, r.json()["usage"]["prompt_tokens"], (
+        SYSTEM + DEVELOPER + "<|start|>user<|message|>Hi<|end|><|start|>assistant<|channel|>final<|message|>Hello!<|end|>"
+        "<|start|>user<|message|>Weather?<|end|><|start|>assistant<|channel|>analysis<|message|>Call it.<|end|>"
+        + weather + "<|call|>" + sunny + "<|end|><|start|>assistant"))  # fmt: skip
+
+
 def test_responses_items_of_one_turn_with_parallel_calls_answered_out_of_order(srv):
     """Responses input items: a reasoning item, an assistant message (rendered on `final`, as OpenAI's
     gpt-oss reference server does, see responses.py), two function calls, their outputs in the other order."""
@@ -448,6 +475,77 @@ def test_shutdown_ends_the_running_and_every_queued_request(model_tok, running):
         _check_final_events(results, running)
 
 
+@pytest.mark.parametrize("running", ["chat stream", "responses"])
+def test_a_lost_rank_ends_the_running_and_every_queued_request_with_its_reason(model_tok, running):
+    """`Backend.fail_all` (the watchdog's report in a group): every request, running or queued, ends now
+    with a server error naming the reason, while the running step is still held; the call waits until
+    the requests have their events, within its bound."""
+    model, tok = model_tok
+    scripts = Scripts()
+    reason = "The server is stopping: rank 1 (10.0.0.2) stopped answering"
+    with running_server(model, tok, scripts, max_context=1024, max_queue=4) as (url, app):
+        gate = Gate()
+        try:
+            results, threads = _in_flight(url, scripts, app, gate, running)
+            job = app.state.backend.worker._running
+            t0 = time.monotonic()
+            app.state.backend.fail_all(reason)
+            took = time.monotonic() - t0
+            assert job.cancelled.is_set()
+            assert join_all(threads), "a request hung while the running step was held"
+        finally:
+            gate.release.set()
+        assert 0.2 <= took < 3 * 3.0  # it waited for the events to be taken, within 3x its 3 s bound
+        for name in ("chat stream", "running") if running == "chat stream" else ("chat stream",):
+            status, chunks, done = results[name]
+            assert status == 200 and done, name
+            assert chunks[-1]["error"] == {"message": reason, "type": "server_error", "param": None, "code": "server_error"}
+        r = results["chat"]
+        assert r.status_code == 500 and r.json()["error"]["message"] == reason
+        status, events = results["responses stream"]
+        assert status == 200 and [e["type"] for e in events] == ["response.created", "response.in_progress", "response.failed"]
+        assert events[-1]["response"]["error"] == {"code": "server_error", "message": reason}
+        for name in ("responses", "running") if running == "responses" else ("responses",):
+            r = results[name]
+            assert r.status_code == 500 and r.json()["error"]["message"] == reason, name
+
+
+REASON = "The server is stopping: lost rank 1"
+
+
+@pytest.mark.parametrize("running", ["chat stream", "responses"])
+def test_fail_all_ends_the_running_and_every_queued_request(model_tok, running):
+    """`Backend.fail_all` (a rank of a group lost, called from the watchdog's thread): the running request
+    and the four queued behind it, one per API and mode, end at once with a server error naming the reason;
+    none of the queued ones is run."""
+    model, tok = model_tok
+    scripts = Scripts()
+    with running_server(model, tok, scripts, max_context=1024, max_queue=4) as (url, app):
+        gate = Gate()
+        try:
+            results, threads = _in_flight(url, scripts, app, gate, running)
+            app.state.backend.fail_all(REASON)
+        finally:
+            gate.release.set()
+        assert join_all(threads), "a request hung"
+        kinds = {**{k: k for k in results if k != "running"}, "running": running}
+        for name, kind in kinds.items():
+            if kind == "chat stream":
+                status, chunks, done = results[name]
+                assert status == 200 and done and chunks[-1]["error"]["message"] == REASON, name
+                assert not [c for ch in chunks for c in ch.get("choices", []) if c["delta"].get("content")], name
+            elif kind == "responses stream":
+                status, events = results[name]
+                assert status == 200 and events[-1]["type"] == "response.failed", name
+                assert events[-1]["response"]["error"]["message"] == REASON, name
+            else:
+                r = results[name]
+                assert r.status_code == 500 and r.json()["error"]["message"] == REASON, (name, r.text)
+        assert gate.calls <= 2  # the running one stopped at its next step
+        wait_idle(app)
+        assert sum(_health(url)["generations"].values()) <= 1  # only the running one generated
+
+
 # ----------------------------------------------------------------------------- built-in tool rounds, stop strings
 
 
@@ -567,3 +665,20 @@ def test_context_limit_reached_by_a_builtin_round(model_tok):
             assert (u["input_tokens"], u["output_tokens"]) == (p1 + (p2 if second else 0), len(r1) + second)
             assert [o["type"] for o in resp["output"]][:2] == ["reasoning", "web_search_call"]
             assert _health(url)["generations"] == {"context": 1}
+
+
+def test_a_request_cannot_raise_the_servers_tool_call_limit(model_tok):
+    """The operator's limit (`--max-tool-calls`, here 1) holds against a request asking for more
+    (`max_tool_calls: 5`): the first call runs, the second is answered with the limit, and calling
+    again ends the response incomplete."""
+    model, tok = model_tok
+    body = {"model": MODEL_ID, "input": "search mlx", "tools": [{"type": "web_search"}], "max_tool_calls": 5}
+    scripts = Scripts()
+    with running_server(model, tok, scripts, max_context=2048, builtin=ServerTools(max_calls=1)) as (url, app):
+        scripts.push(builtin_reply(tok, call=SEARCH) * 3 + builtin_reply(tok, final="never"))
+        resp = post_json(url, "/responses", body).json()
+        assert resp["status"] == "incomplete" and resp["incomplete_details"] == {"reason": "max_tool_calls"}, resp
+        calls = [o for o in resp["output"] if o["type"] == "web_search_call"]
+        assert [o["status"] for o in calls] == ["failed", "failed", "incomplete"]  # no search backend: a failed result
+        seen = [app.state.stored.tool_messages(o["id"])[1].text for o in calls[:2]]
+        assert "limit of 1 built-in tool calls" not in seen[0] and "limit of 1 built-in tool calls" in seen[1]

@@ -40,9 +40,9 @@ def error_body(message: str, type: str = "invalid_request_error", param: str | N
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+def bad_request(message: str, param: str | None = None) -> APIError:
     """400 invalid_request_error naming the offending parameter."""
-    return APIError(400, message, param=param, code=code)
+    return APIError(400, message, param=param)
 
 
 def clip(text: str, n: int = 200) -> str:

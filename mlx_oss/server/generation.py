@@ -92,8 +92,6 @@ class StopMatcher:
 
     def feed(self, delta: str) -> tuple[str, bool]:
         """-> (text safe to emit now, stopped)."""
-        if not self.stops:
-            return delta, False
         text = self._held + delta
         cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:

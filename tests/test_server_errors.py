@@ -1,0 +1,26 @@
+"""The server's error values, unit by unit (`mlx_oss/server/errors.py`): the exact OpenAI error object,
+what `str()` of an error says (logs and the CLI print it), and the quoting bound of `clip` at its edge."""
+
+from __future__ import annotations
+
+from mlx_oss.server.errors import APIError, bad_request, clip, error_body
+
+
+def test_an_api_error_is_openais_error_object_and_reads_as_its_message():
+    e = APIError(429, "busy", type="rate_limit_error", param="model", code="rate_limit_exceeded", headers={"Retry-After": "1"})
+    assert str(e) == "busy" and e.args == ("busy",)
+    assert (e.status, e.headers) == (429, {"Retry-After": "1"})
+    assert e.body() == {"error": {"message": "busy", "type": "rate_limit_error", "param": "model", "code": "rate_limit_exceeded"}}
+    plain = APIError(404, "nope")
+    assert plain.body() == {"error": {"message": "nope", "type": "invalid_request_error", "param": None, "code": None}}
+    assert plain.headers == {}
+    bad = bad_request("temperature must be a number", "temperature")
+    assert (bad.status, str(bad), bad.body()["error"]["param"], bad.body()["error"]["code"]) == (
+        400, "temperature must be a number", "temperature", None)  # fmt: skip
+    assert error_body("m") == {"error": {"message": "m", "type": "invalid_request_error", "param": None, "code": None}}
+
+
+def test_clip_keeps_200_characters_and_cuts_201_to_199_and_an_ellipsis():
+    assert clip("x" * 200) == "x" * 200
+    assert clip("x" * 201) == "x" * 199 + "…" and len(clip("y" * 10_000)) == 200
+    assert clip("abcdef", 4) == "abc…" and clip("abcd", 4) == "abcd"
