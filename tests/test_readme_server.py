@@ -103,3 +103,66 @@ def test_open_webui_settings(server):
     c = openai.OpenAI(base_url=here(BASE, url), api_key="anything", max_retries=0)
     stream = c.chat.completions.create(model=models[0]["id"], messages=[{"role": "user", "content": "hi"}], stream=True)
     assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices) == "hi"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tiny_chat_converted):
+    model, tok = mlx_oss.load(tiny_chat_converted, dtype="float32")
+    scripts = Scripts()
+    with running_server(model, tok, scripts, aliases=["gpt-oss-20b"], api_key="sk-printed-test") as (url, app):
+        yield url, scripts, tok
+
+
+def _printed_blocks(text: str) -> dict[str, str]:
+    """The printout's sections by their title line (the indented lines under it, unindented)."""
+    sections: dict[str, list[str]] = {}
+    title = None
+    for line in text.splitlines()[1:]:
+        if line and not line.startswith(" "):
+            title = line
+            sections[title] = []
+        elif title is not None:
+            sections[title].append(line[4:])
+    return {t: "\n".join(b).strip() + "\n" for t, b in sections.items()}
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_the_printed_settings_work_as_printed(server, keyed_server, monkeypatch, keyed):
+    """What `mlx-oss serve` prints, run as printed (only the port differs): the SDK snippet, the curl
+    command, the Codex profile and the Open WebUI line, with and without a key. With a key, every one
+    names the environment variable and none holds the key itself."""
+    url, scripts, tok = keyed_server if keyed else server
+    key = "sk-printed-test"
+    if keyed:
+        monkeypatch.setenv("MLX_OSS_API_KEY", key)
+    text = client_settings(BASE, "gpt-oss-20b", has_key=keyed)
+    assert text.splitlines()[0] == f"mlx-oss serve: gpt-oss-20b at {BASE}  (Ctrl+C to stop)"
+    assert key not in text
+    b = _printed_blocks(text)
+    assert list(b) == ["openai SDK (Python):", "curl:", next(t for t in b if t.startswith("Codex ")),
+                       "Open WebUI: Admin Settings > Connections > OpenAI API > add"]  # fmt: skip
+
+    scripts.push(reply(tok, final="sdk ok"))
+    *setup, call = here(b["openai SDK (Python):"], url).strip().splitlines()
+    namespace: dict = {}
+    exec(compile("\n".join(["import os", "from openai import OpenAI", *setup, f"resp = {call}"]), "printout", "exec"), namespace)
+    assert namespace["resp"].output_text == "sdk ok"
+
+    scripts.push(reply(tok, final="curl ok"))
+    cmd = here(b["curl:"], url)
+    assert ("Authorization: Bearer $MLX_OSS_API_KEY" in cmd) is keyed
+    done = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(done.stdout)["choices"][0]["message"]["content"] == "curl ok"
+
+    codex_title = next(t for t in b if t.startswith("Codex "))
+    assert codex_title == ("Codex 0.171.0 (~/.codex/mlx-oss.config.toml), then `codex --profile mlx-oss`"
+                           + (" (with MLX_OSS_API_KEY set in its environment):" if keyed else ":"))  # fmt: skip
+    cfg = tomllib.loads(b[codex_title])
+    assert cfg == {"model": "gpt-oss-20b", "model_provider": "mlx-oss", "model_providers": {"mlx-oss": {
+        "name": "mlx-oss", "base_url": BASE, "wire_api": "responses", **({"env_key": "MLX_OSS_API_KEY"} if keyed else {})}}}
+
+    webui = b["Open WebUI: Admin Settings > Connections > OpenAI API > add"]
+    assert webui == f"URL {BASE}   key {'$MLX_OSS_API_KEY' if keyed else 'none (any string works)'}\n"
+    if keyed:  # the key the printout names is the one the server wants
+        assert httpx.get(here(BASE, url) + "/models", timeout=30).status_code == 401
+        assert httpx.get(here(BASE, url) + "/models", headers={"Authorization": f"Bearer {key}"}, timeout=30).status_code == 200

@@ -74,6 +74,12 @@ class Page:
     def lines(self) -> list[str]:
         return wrap_lines(self.text)
 
+    @cached_property
+    def nbytes(self) -> int:
+        """What holding this page costs, about: its text and link URLs in UTF-8."""
+        links = [*self.links.values(), *(x for s in (self.snippets or {}).values() for x in (s.url, s.title))]
+        return len(self.text.encode()) + sum(len(u.encode()) for u in links)
+
     @property
     def cited_url(self) -> str:
         """What a citation of this page refers to (a find page cites the page it searched)."""

@@ -48,7 +48,13 @@ def _approx_tokens(text: str) -> int:
 
 
 class Browser:
-    """One chat's browser: its page stack, its page cache, a search backend and a fetcher."""
+    """One chat's browser: its page stack, its page cache, a search backend and a fetcher.
+
+    The pages it holds (shown or cached) stay within `max_page_bytes`: a conversation continued for
+    hours must not keep every page it ever fetched. Past the limit, cached pages no cursor shows go
+    first (oldest first), then the text of the oldest pages shown; their cursors, URLs and titles
+    stay, so earlier citations still resolve (without their quoted lines). The page just shown is
+    always kept whole."""
 
     name = "browser"
 
@@ -60,6 +66,7 @@ class Browser:
         count_tokens: Callable[[str], int] | None = None,
         view_tokens: int = 1024,
         max_results: int = 10,
+        max_page_bytes: int = 32 << 20,
     ) -> None:
         self.backend = make_search_backend(search) if isinstance(search, str) else search
         self.fetcher = fetcher or Fetcher()
@@ -67,6 +74,7 @@ class Browser:
         self.counts_exactly = count_tokens is not None  # False: a chat may give it its tokenizer's count
         self.view_tokens = view_tokens
         self.max_results = max_results
+        self.max_page_bytes = max_page_bytes
         self.stack: list[Page] = []  # cursor i shows stack[i]
         self._cache: dict[str, Page] = {}
 
@@ -201,6 +209,7 @@ class Browser:
                 self._cache[key] = self.fetcher.fetch(url, view_source=view_source)
             except BrowserError as e:
                 raise BrowserError(f"Error fetching URL `{url[:300]}`: {e}") from None
+        self._cache[key] = self._cache.pop(key)  # the most recently used last
         return self._cache[key]
 
     def _show(self, page: Page, loc: int, num_lines: int) -> BrowserAnswer:
@@ -210,7 +219,27 @@ class Browser:
         except ValueError as e:
             raise BrowserError(str(e)) from None
         self.stack.append(page)
+        self._bound()
         return BrowserAnswer(text, page=page)
+
+    def _bound(self) -> None:
+        """Hold at most `max_page_bytes` of pages (see the class docstring)."""
+        sizes = {id(p): p.nbytes for p in (*self.stack, *self._cache.values())}
+        total = sum(sizes.values())
+        shown = {id(p) for p in self.stack}
+        for key in list(self._cache):
+            if total <= self.max_page_bytes:
+                return
+            page = self._cache.pop(key)
+            if id(page) not in shown:
+                total -= sizes.pop(id(page), 0)
+        for page in self.stack[:-1]:
+            if total <= self.max_page_bytes:
+                return
+            if id(page) in sizes and page.text:
+                total -= sizes.pop(id(page))
+                light = Page(page.url, page.title, "", source_url=page.source_url)
+                self.stack = [light if q is page else q for q in self.stack]
 
     # ------------------------------------------------------------------ citations
 
