@@ -1,0 +1,220 @@
+"""The generation worker (`mlx_oss/server/worker.py`) and the backend's ends (`backend.py`), without HTTP:
+one thread running jobs in order, each job's events ending with END (after the exception a job raised),
+cleanups that always run, the bounded queue (a cancelled waiting job keeps no place), cancel_all, stop
+(with the last function run on the worker thread, and the answer when a job is stuck) and fail_all.
+An asyncio loop in a thread stands in for the server's."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+import mlx_oss
+from mlx_oss.server.backend import Backend
+from mlx_oss.server.generation import Finished
+from mlx_oss.server.worker import END, GenerationWorker, QueueFull
+
+WORKER_THREAD = "mlx-oss-generation"
+
+
+@pytest.fixture
+def loop():
+    loop = asyncio.new_event_loop()
+    t = threading.Thread(target=loop.run_forever, daemon=True)
+    t.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    t.join(5)
+    loop.close()
+
+
+def events(job, loop, timeout: float = 10.0) -> list:
+    """Every item of the job's event queue through END."""
+    out = []
+    while True:
+        item = asyncio.run_coroutine_threadsafe(job.events.get(), loop).result(timeout)
+        out.append(item)
+        if item is END:
+            return out
+
+
+@pytest.fixture
+def worker():
+    w = GenerationWorker(max_queue=2)
+    w.start()
+    yield w
+    w.stop(timeout=5)
+
+
+def blocker():
+    """A job that waits for `release`; `entered` is set once it runs."""
+    entered, release = threading.Event(), threading.Event()
+
+    def fn(emit, cancelled):
+        entered.set()
+        release.wait(10)
+        emit("held")
+
+    return fn, entered, release
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_a_queue_of_no_places_is_refused_in_one_line(bad):
+    with pytest.raises(ValueError, match=rf"^max_queue must be at least 1, got {bad}$"):
+        GenerationWorker(bad)
+    assert GenerationWorker(1).max_queue == 1
+
+
+def test_jobs_run_in_order_on_the_worker_thread_and_end_with_end(worker, loop):
+    ran: list[tuple[int, str]] = []
+
+    def job(i):
+        def fn(emit, cancelled):
+            ran.append((i, threading.current_thread().name))
+            emit(f"event {i}")
+
+        return fn
+
+    jobs = [worker.submit(job(i), loop) for i in range(2)]
+    assert [events(j, loop) for j in jobs] == [["event 0", END], ["event 1", END]]
+    assert ran == [(0, WORKER_THREAD), (1, WORKER_THREAD)]
+    assert not worker.busy and worker.waiting == 0
+
+
+def test_an_exception_is_the_jobs_last_event_and_the_worker_goes_on(worker, loop):
+    cleaned: list[str] = []
+
+    def bad(emit, cancelled):
+        raise RuntimeError("boom")
+
+    def bad_cleanup():
+        cleaned.append("bad")
+        raise OSError("cleanup failed")
+
+    first = worker.submit(bad, loop, bad_cleanup)
+    got = events(first, loop)
+    assert len(got) == 2 and isinstance(got[0], RuntimeError) and str(got[0]) == "boom" and got[1] is END
+    second = worker.submit(lambda emit, c: emit("fine"), loop, lambda: cleaned.append("ok"))
+    assert events(second, loop) == ["fine", END] and cleaned == ["bad", "ok"]
+
+
+def test_the_queue_holds_max_queue_waiting_and_a_cancelled_one_frees_its_place(worker, loop):
+    fn, entered, release = blocker()
+    running = worker.submit(fn, loop)
+    assert entered.wait(10) and worker.busy
+    waiting = [worker.submit(lambda emit, c: emit("ran"), loop) for _ in range(2)]
+    assert worker.waiting == 2
+    with pytest.raises(QueueFull, match="^2 requests are already waiting$"):
+        worker.submit(lambda emit, c: None, loop)
+    waiting[0].cancel()  # its client left
+    assert worker.waiting == 1
+    cleaned = threading.Event()
+    third = worker.submit(lambda emit, c: emit("ran"), loop, cleaned.set)
+    release.set()
+    assert events(running, loop) == ["held", END]
+    assert events(waiting[0], loop) == [END]  # cancelled before it ran: never run, still ended
+    assert events(waiting[1], loop) == ["ran", END] and events(third, loop) == ["ran", END] and cleaned.is_set()
+
+
+def test_cancel_all_cancels_the_running_and_every_waiting_job(worker, loop):
+    fn, entered, release = blocker()
+    running = worker.submit(fn, loop)
+    assert entered.wait(10)
+    waiting = worker.submit(lambda emit, c: emit("ran"), loop)
+    worker.cancel_all()
+    assert running.cancelled.is_set() and waiting.cancelled.is_set()
+    release.set()
+    assert events(waiting, loop) == [END]
+
+
+def test_stop_runs_the_last_function_on_the_worker_thread_then_ends_it(loop):
+    w = GenerationWorker()
+    assert w.stop() is True  # never started
+    w.start()
+    seen: list[str] = []
+    assert w.stop(timeout=10, last=lambda: seen.append(threading.current_thread().name)) is True
+    assert seen == [WORKER_THREAD]
+    assert w.stop() is True and seen == [WORKER_THREAD]  # a second stop: nothing left to end
+
+
+def test_stop_says_so_when_a_job_does_not_end(loop):
+    w = GenerationWorker()
+    w.start()
+    fn, entered, release = blocker()
+    job = w.submit(fn, loop)
+    assert entered.wait(10)
+    t0 = time.monotonic()
+    assert w.stop(timeout=0.3) is False  # stuck in a step that ignores cancellation
+    assert time.monotonic() - t0 < 3 * 0.3 + 1 and job.cancelled.is_set()
+    release.set()
+
+
+def test_fail_all_ends_each_job_with_the_error_then_end(worker, loop):
+    assert worker.fail_all("nothing to fail", timeout=5) is None  # no job: returns at once
+    fn, entered, release = blocker()
+    running = worker.submit(fn, loop)
+    assert entered.wait(10)
+    waiting = worker.submit(lambda emit, c: emit("never"), loop)
+    got: dict[str, list] = {}
+    readers = [threading.Thread(target=lambda n=n, j=j: got.update({n: events(j, loop)}), daemon=True)
+               for n, j in (("running", running), ("waiting", waiting))]  # fmt: skip
+    for r in readers:
+        r.start()
+    t0 = time.monotonic()
+    worker.fail_all("lost rank 1", timeout=5)
+    took = time.monotonic() - t0
+    for r in readers:
+        r.join(10)
+    assert got == {"running": ["lost rank 1", END], "waiting": ["lost rank 1", END]}
+    assert running.cancelled.is_set() and waiting.cancelled.is_set()
+    assert 0.2 <= took < 3.0  # the events were taken at once: it did not wait its whole bound
+    release.set()
+
+
+def test_fail_all_waits_no_longer_than_its_bound_for_events_nobody_takes(worker, loop):
+    fn, entered, release = blocker()
+    worker.submit(fn, loop)
+    assert entered.wait(10)
+    t0 = time.monotonic()
+    worker.fail_all("lost", timeout=0.5)
+    assert 0.5 <= time.monotonic() - t0 < 3 * 0.5
+    release.set()
+
+
+def test_an_event_after_the_loop_closed_is_dropped(loop):
+    w = GenerationWorker()
+    dead = asyncio.new_event_loop()
+    dead.close()
+    job = w.submit(lambda emit, c: None, dead)
+    job.emit("late")  # no exception: the request is gone
+
+
+def test_backend_shutdown_runs_end_group_once_on_the_worker_thread(tiny_chat_converted):
+    model, tok = mlx_oss.load(tiny_chat_converted, dtype="float32")
+    seen: list[str] = []
+    backend = Backend(model, tok, end_group=lambda: seen.append(threading.current_thread().name))
+    assert backend.shutdown() is True and seen == [WORKER_THREAD]
+    assert backend.shutdown() is True and seen == [WORKER_THREAD]
+
+
+def test_backend_fail_all_sends_a_server_error_with_the_message(tiny_chat_converted, loop):
+    model, tok = mlx_oss.load(tiny_chat_converted, dtype="float32")
+    backend = Backend(model, tok, end_group=lambda: None)
+    try:
+        fn, entered, release = blocker()
+        job = backend.worker.submit(fn, loop)
+        assert entered.wait(10)
+        got: list = []
+        reader = threading.Thread(target=lambda: got.extend(events(job, loop)), daemon=True)
+        reader.start()
+        backend.fail_all("The server is stopping: lost rank 1")
+        reader.join(10)
+        (finished, end) = got
+        assert isinstance(finished, Finished) and end is END
+        assert (finished.stop_reason, finished.error) == ("error", "The server is stopping: lost rank 1")
+        release.set()
+    finally:
+        backend.shutdown()
