@@ -73,6 +73,18 @@ def wait_idle(app, timeout: float = 60.0) -> None:
         time.sleep(0.02)
 
 
+def fresh(served: tuple) -> tuple:
+    """A module's served (url, app, scripts, ...) made ready for the next test: no script left from the last
+    one, no body recorded, the worker idle."""
+    app, scripts = served[1], served[2]
+    with scripts.lock:
+        scripts.queue.clear()
+        scripts.keyed.clear()
+        scripts.bodies.clear()
+    wait_idle(app)
+    return served
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

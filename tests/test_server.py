@@ -14,7 +14,7 @@ import pytest
 
 import mlx_oss
 from mlx_oss import tokenizer as tk
-from server_harness import MODEL_ID, Gate, Scripts, reply, running_server, wait_idle
+from server_harness import MODEL_ID, Gate, Scripts, fresh, reply, running_server
 
 WEATHER = {
     "type": "function",
@@ -42,11 +42,7 @@ def served(model_tok):
 
 @pytest.fixture
 def srv(served):
-    url, app, scripts, tok = served
-    scripts.queue.clear()
-    scripts.keyed.clear()
-    wait_idle(app)
-    return served
+    return fresh(served)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 
 import mlx_oss
 from mlx_oss import tokenizer as tk
-from server_harness import MODEL_ID, AfterHeader, Gate, Scripts, reply, running_server, wait_idle
+from server_harness import MODEL_ID, AfterHeader, Gate, Scripts, fresh, reply, running_server
 
 USER = [{"role": "user", "content": "Weather in Paris?"}]
 
@@ -38,10 +38,7 @@ def served(tiny_chat_converted):
 
 @pytest.fixture
 def srv(served):
-    url, app, scripts, tok = served
-    scripts.queue.clear()
-    wait_idle(app)
-    return served
+    return fresh(served)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from server_harness import (
     FirstLogits,
     Gate,
     Scripts,
+    fresh,
     join_all,
     post_json,
     reply,
@@ -53,11 +54,7 @@ def served(model_tok):
 
 @pytest.fixture
 def srv(served):
-    url, app, scripts, tok = served
-    scripts.queue.clear()
-    scripts.keyed.clear()
-    wait_idle(app)
-    return served
+    return fresh(served)
 
 
 def _tool(name: str, description: str) -> dict:

@@ -18,7 +18,7 @@ import pytest
 import mlx_oss
 from mlx_oss.harmony import DeveloperContent, Message, ToolDescription, ToolNamespace, render_conversation
 from mlx_oss.server.responses import ReasoningSeal
-from server_harness import MODEL_ID, AfterHeader, Scripts, reply, running_server, wait_idle
+from server_harness import MODEL_ID, AfterHeader, Scripts, fresh, reply, running_server
 
 SPAWN = {"type": "function", "name": "spawn_agent", "description": "Spawn a sub-agent.\nIt runs in parallel.",
          "strict": False, "parameters": {"type": "object", "properties": {"message": {"type": "string"}},
@@ -47,11 +47,7 @@ def served(tiny_chat_converted):
 
 @pytest.fixture
 def srv(served):
-    url, app, scripts, tok = served
-    scripts.queue.clear()
-    scripts.keyed.clear()
-    wait_idle(app)
-    return served
+    return fresh(served)
 
 
 def post(url: str, path: str, body: dict) -> httpx.Response:

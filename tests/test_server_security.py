@@ -19,7 +19,7 @@ from mlx_oss.server import generation
 from mlx_oss.server.builtin import ServerTools
 from mlx_oss.server.guard import Access, host_name, origins_need_key
 from mlx_oss.server.responses import StoredResponses, slim_item
-from server_harness import MODEL_ID, Scripts, free_port, reply, running_server, wait_idle
+from server_harness import MODEL_ID, Scripts, free_port, fresh, reply, running_server
 
 USER = [{"role": "user", "content": "hi"}]
 CHAT = {"model": MODEL_ID, "messages": USER, "max_tokens": 16}
@@ -45,11 +45,7 @@ def guarded(model_tok):
 
 @pytest.fixture
 def srv(guarded):
-    url, app, scripts, tok = guarded
-    scripts.queue.clear()
-    scripts.bodies.clear()
-    wait_idle(app)
-    return guarded
+    return fresh(guarded)
 
 
 def _post(url, path, body, headers=None):
