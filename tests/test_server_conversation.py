@@ -1,0 +1,198 @@
+"""The API-independent request (`mlx_oss/server/conversation.py`), function by function, without HTTP:
+each field's translation with its edges and its one-line 400, the header messages, `logit_bias` as a
+logits processor, the processors a generation gets, and `truncation: "auto"` (the fewest turns dropped).
+The server tests cover the same through both APIs; these make a broken line fail in milliseconds."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_oss.constraint import HeaderConstraint
+from mlx_oss.harmony import ANALYSIS, Message, ReasoningEffort, ResponseFormat, Role, ToolDescription
+from mlx_oss.sampling import SamplingConfig
+from mlx_oss.server.conversation import (
+    JSON_OBJECT,
+    LogitBias,
+    Turn,
+    effort,
+    first_of,
+    logit_bias,
+    logprobs_setting,
+    reasoning_message,
+    response_format,
+    sampling,
+    stop_strings,
+    text_of,
+)
+from mlx_oss.server.errors import APIError
+from mlx_oss.server.tools import ToolChoice, ToolSet
+from mlx_oss.tokenizer import load_tokenizer
+
+ENC = load_tokenizer(None)
+
+
+def refused(fn, *args) -> APIError:
+    with pytest.raises(APIError) as e:
+        fn(*args)
+    assert e.value.status == 400 and e.value.type == "invalid_request_error"
+    return e.value
+
+
+@pytest.mark.parametrize("value, want", [(None, "medium"), ("none", "low"), ("minimal", "low"), ("low", "low"),
+                                         ("medium", "medium"), ("high", "high"), ("HIGH", "high"), ("Low", "low")])  # fmt: skip
+def test_effort_maps_openais_values_onto_gpt_oss_levels(value, want):
+    assert effort(value, "reasoning.effort") is ReasoningEffort(want)
+
+
+@pytest.mark.parametrize("value", ["max", "", 3, ["low"]])
+def test_an_unknown_effort_is_one_line_naming_the_parameter(value):
+    e = refused(effort, value, "reasoning.effort")
+    assert str(e) == f"reasoning.effort must be one of low, medium, high (none/minimal mean low), not {value!r}"
+    assert e.param == "reasoning.effort"
+
+
+def test_first_of_takes_the_first_key_set():
+    body = {"max_completion_tokens": None, "max_tokens": 7, "other": 9}
+    assert first_of(body, "max_completion_tokens", "max_tokens") == 7
+    assert first_of({"a": 0, "b": 5}, "a", "b") == 0  # 0 is set
+    assert first_of({}, "a", "b") is None
+
+
+def test_sampling_takes_each_field_set_over_the_servers_defaults():
+    base = SamplingConfig(temperature=0.7, top_p=0.9, seed=3, top_k=5)
+    assert sampling({}, base) == base
+    got = sampling({"temperature": 0, "top_p": 1, "seed": 11}, base)
+    assert (got.temperature, got.top_p, got.seed, got.top_k) == (0.0, 1.0, 11, 5)
+    assert isinstance(got.temperature, float) and isinstance(got.top_p, float)
+    assert sampling({"temperature": None, "top_p": None, "seed": None}, base) == base
+    assert sampling({"top_p": 0.5}, base).temperature == 0.7
+
+
+def test_response_format_in_both_apis_shapes():
+    schema = {"type": "object", "properties": {"x": {"type": "integer"}}}
+    assert response_format(None, "text.format") is None
+    assert response_format({"type": "text"}, "text.format") is None
+    assert response_format({}, "text.format") is None  # no type: text
+    assert response_format({"type": "json_object"}, "response_format") is JSON_OBJECT
+    assert JSON_OBJECT == ResponseFormat("json_object", {"type": "object"}, "Reply with one JSON object.")
+    chat = {"type": "json_schema", "json_schema": {"name": "point", "schema": schema, "description": "A point."}}
+    assert response_format(chat, "response_format") == ResponseFormat("point", schema, "A point.")
+    flat = {"type": "json_schema", "name": "point", "schema": schema}  # the Responses API's text.format
+    assert response_format(flat, "text.format") == ResponseFormat("point", schema, None)
+    assert response_format({"type": "json_schema", "schema": schema}, "text.format").name == "response"
+
+
+def test_response_format_refusals_name_the_field():
+    e = refused(response_format, {"type": "yaml"}, "text.format")
+    assert (str(e), e.param) == ("text.format.type 'yaml' is not supported (use 'text', 'json_object' or 'json_schema')",
+                                 "text.format.type")  # fmt: skip
+    e = refused(response_format, {"type": "json_schema", "json_schema": {"name": "x"}}, "response_format")
+    assert (str(e), e.param) == ("response_format needs a 'schema' object", "response_format.schema")
+    e = refused(response_format, {"type": "json_schema", "schema": ["not", "a", "dict"]}, "text.format")
+    assert e.param == "text.format.schema"
+
+
+def test_text_of_joins_text_parts_and_refuses_others_by_index():
+    assert text_of(None, "content") == "" and text_of("hi", "content") == "hi"
+    parts = ["a", {"type": "text", "text": "b"}, {"type": "input_text", "text": "c"}, {"type": "output_text", "text": "d"}]
+    assert text_of(parts, "messages[0].content") == "abcd"
+    assert text_of([{"type": "refusal", "text": "x"}], "c", kinds=("refusal",)) == "x"
+    e = refused(text_of, {"type": "text"}, "messages[0].content")
+    assert (str(e), e.param) == ("messages[0].content must be a string or an array of content parts", "messages[0].content")
+    e = refused(text_of, ["ok", {"type": "image_url", "image_url": {}}], "messages[1].content")
+    assert (str(e), e.param) == ("messages[1].content[1]: only text parts are supported (got 'image_url')",
+                                 "messages[1].content[1]")  # fmt: skip
+    assert str(refused(text_of, [{"type": "text", "text": 5}], "c")) == "c[0]: only text parts are supported (got 'text')"
+    assert str(refused(text_of, [7], "c")) == "c[0]: only text parts are supported (got 'int')"
+
+
+def test_stop_strings_and_logit_bias_and_logprobs_settings():
+    assert stop_strings(None) == () and stop_strings("END") == ("END",) and stop_strings(["a", "b"]) == ("a", "b")
+    assert logit_bias(None) == () and logit_bias({}) == ()
+    assert logit_bias({"50": 5, "7": -100}) == ((7, -100.0), (50, 5.0))
+    assert all(isinstance(t, int) and isinstance(v, float) for t, v in logit_bias({"3": 1}))
+    assert logprobs_setting({}, False, "logprobs") is None
+    assert logprobs_setting({"top_logprobs": 0}, False, "logprobs") is None
+    e = refused(logprobs_setting, {"top_logprobs": 2}, False, "'logprobs': true")
+    assert (str(e), e.param) == ("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    assert logprobs_setting({}, True, "logprobs") == 0 and logprobs_setting({"top_logprobs": 5}, True, "logprobs") == 5
+
+
+def test_logit_bias_adds_to_its_tokens_only_and_follows_the_vocabulary_size():
+    p = LogitBias(((1, 2.5), (3, -100.0), (10, 7.0)))  # id 10 is past a 5-token vocabulary: ignored
+    logits = mx.array([[0.0, 1.0, 2.0, 3.0, 4.0]], dtype=mx.float16)
+    out = p(mx.array([], dtype=mx.int32), logits)
+    assert out.dtype == mx.float16
+    np.testing.assert_allclose(np.array(out.astype(mx.float32)), [[0.0, 3.5, 2.0, -97.0, 4.0]])
+    wider = p(mx.array([], dtype=mx.int32), mx.zeros((1, 12)))  # another vocabulary: built again
+    assert np.array(wider)[0, 10] == 7.0 and np.array(wider)[0, 1] == 2.5
+    assert np.array(p(mx.array([]), mx.zeros((1, 3))))[0].tolist() == [0.0, 2.5, 0.0]
+
+
+def test_reasoning_message_is_an_analysis_message():
+    m = reasoning_message("thinking")
+    assert (m.role, m.channel, m.text) == (Role.ASSISTANT, ANALYSIS, "thinking")
+
+
+def test_header_has_a_developer_message_only_when_something_goes_in_it():
+    tool = ToolDescription("get", "Get it.", {"type": "object", "properties": {}})
+    assert [m.role for m in Turn(()).header()] == [Role.SYSTEM]
+    for turn in (Turn((), instructions=""), Turn((), tools=ToolSet(functions=(tool,))),
+                 Turn((), response_format=JSON_OBJECT)):  # fmt: skip
+        assert [m.role for m in turn.header()] == [Role.SYSTEM, Role.DEVELOPER]
+    sys, dev = Turn((), instructions="Be brief.", effort=ReasoningEffort.HIGH, tools=ToolSet(functions=(tool,)),
+                    response_format=JSON_OBJECT).header()  # fmt: skip
+    assert sys.content.reasoning_effort is ReasoningEffort.HIGH
+    d = dev.content
+    assert (d.instructions, tuple(d.functions), tuple(d.response_formats)) == ("Be brief.", (tool,), (JSON_OBJECT,))
+
+
+def test_a_generation_gets_the_bias_then_the_constraint_last():
+    base = SamplingConfig(temperature=0.5, logits_processors=(LogitBias(((1, 1.0),)),))
+    assert Turn((), sampling=base).generation_sampling(ENC) is base  # nothing to add
+    tools = ToolSet(calls=(("functions.get", None),))
+    turn = Turn((), sampling=base, logit_bias=((5, 2.0),), tool_choice=ToolChoice("required", ("functions.get",)), tools=tools)
+    procs = turn.generation_sampling(ENC).logits_processors
+    assert procs[0] is base.logits_processors[0] and isinstance(procs[1], LogitBias) and procs[1].bias == ((5, 2.0),)
+    assert isinstance(procs[2], HeaderConstraint) and len(procs) == 3
+    again = turn.generation_sampling(ENC).logits_processors[2]
+    assert again is not procs[2]  # stateful: a fresh one per generation
+    assert Turn((), logit_bias=((5, 2.0),)).generation_sampling(ENC).temperature == SamplingConfig().temperature
+
+
+def test_a_logit_bias_id_past_the_vocabulary_is_refused_when_rendered():
+    n = ENC.n_vocab
+    assert Turn((Message.user("hi"),), logit_bias=((n - 1, 1.0),)).render(ENC)
+    e = refused(Turn((Message.user("hi"),), logit_bias=((n, 1.0),)).render, ENC)
+    assert (str(e), e.param) == (f"logit_bias names token {n}; the vocabulary has {n} tokens (ids 0-{n - 1})", "logit_bias")
+
+
+def _turns(n: int) -> tuple[Message, ...]:
+    out: list[Message] = []
+    for i in range(n):
+        out += [Message.user(f"question {i} " + "word " * 20), Message.assistant(f"answer {i} " + "word " * 20, channel="final")]
+    return (*out, Message.user("the last question"))
+
+
+def test_truncation_drops_the_fewest_oldest_turns_that_make_it_fit():
+    history = _turns(6)
+    whole, _ = Turn(history, instructions="Be brief.").render(ENC)
+    assert Turn(history, truncate=True).render(ENC, len(whole) + 100)[0] == Turn(history).render(ENC)[0]  # fits: as is
+    without = {k: Turn((history[2 * k :]), instructions="Be brief.").render(ENC)[0] for k in range(7)}
+    for limit in (len(without[1]) + 1, len(without[2]) + 1, len(without[5]) + 1, len(without[3])):
+        tokens, points = Turn(history, instructions="Be brief.", truncate=True).render(ENC, limit)
+        k = min(k for k in range(7) if len(without[k]) < limit)
+        assert tokens == without[k] and len(tokens) < limit
+        assert points[-1] == len(tokens) - 2  # the last message's end, before <|start|>assistant
+    assert Turn(history, instructions="Be brief.").render(ENC, len(without[6]))[0] == whole  # without truncate: as is
+    e = refused(Turn(history, instructions="Be brief.", truncate=True).render, ENC, len(without[6]))
+    assert e.code == "context_length_exceeded" and e.param == "input"
+    assert str(e).startswith(f"This model's maximum context length is {len(without[6])} tokens; with truncation 'auto'")
+
+
+def test_a_conversation_that_is_not_harmony_is_a_400():
+    bad = Turn((Message.user("hi"), Message(Role.TOOL, [], recipient=None)))
+    e = refused(bad.render, ENC)
+    assert e.param == "messages" and str(e).startswith("the conversation cannot be rendered as harmony: ")
