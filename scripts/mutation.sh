@@ -55,7 +55,7 @@ declare -A MODULES=(
   [server_access_log]="mlx_oss/server/access_log.py|tests/test_server_access_log.py"
   # the rest of the server (issue 31), in two groups over the server tests
   [server_core]="mlx_oss/server/cache_pool.py mlx_oss/server/worker.py mlx_oss/server/generation.py mlx_oss/server/token_output.py mlx_oss/server/sse.py mlx_oss/server/errors.py mlx_oss/server/settings.py mlx_oss/server/backend.py|tests/test_cache_pool.py tests/test_cache_pool_branches.py tests/test_server.py tests/test_server_features.py tests/test_server_paths.py tests/test_server_settings.py tests/test_server_security.py tests/test_server_builtin.py tests/test_readme_server.py tests/test_token_output.py tests/test_server_errors.py tests/test_server_sse.py tests/test_worker.py"
-  [server_api]="mlx_oss/server/conversation.py mlx_oss/server/tools.py mlx_oss/server/builtin.py|tests/test_server_conversation.py tests/test_cache_pool_branches.py tests/test_server.py tests/test_server_features.py tests/test_server_paths.py tests/test_server_settings.py tests/test_server_security.py tests/test_server_builtin.py tests/test_server_responses_clients.py"
+  [server_api]="mlx_oss/server/conversation.py mlx_oss/server/tools.py mlx_oss/server/builtin.py|tests/test_server_conversation.py tests/test_server_tools.py tests/test_cache_pool_branches.py tests/test_server.py tests/test_server_features.py tests/test_server_paths.py tests/test_server_settings.py tests/test_server_security.py tests/test_server_builtin.py tests/test_server_responses_clients.py"
   # the built-in tools (issues 25 and 31), one group: a local web server, a real kernel per python test
   [builtin]="mlx_oss/builtin/registry.py mlx_oss/builtin/browser/tool.py mlx_oss/builtin/browser/page.py mlx_oss/builtin/browser/fetch.py mlx_oss/builtin/browser/net.py mlx_oss/builtin/browser/html.py mlx_oss/builtin/browser/search.py mlx_oss/builtin/python/tool.py mlx_oss/builtin/python/kernel.py mlx_oss/builtin/python/docker.py|tests/test_builtin_safety.py tests/test_builtin_browser.py tests/test_builtin_python.py tests/test_builtin_chat.py tests/test_server_builtin.py"
   # the two-Mac group but its watchdog (above): the in-process tests, and the ranks the slow tests start
@@ -119,6 +119,9 @@ for name in "${ORDER[@]}"; do
     echo "only_mutate = $(echo $files | tr ' ' '\n' | sed 's/^/    /' | sed '1s/^    //')"
     echo "also_copy = tests/"
     echo "    scripts/"  # scripts/mutation_order.py
+    echo "    README.md"  # tests/test_readme_*.py run its examples
+    echo "    docs/"
+    echo "    pyproject.toml"
     echo "pytest_add_cli_args = -p no:cacheprovider -q -x -p scripts.mutation_order"  # fastest tests first
     echo "process_isolation = forkserver"  # MLX is not fork-safe once it has run
     # the limit is CPU seconds: (the tests' recorded time + constant) x multiplier x 2; a mutant that
