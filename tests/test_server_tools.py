@@ -238,6 +238,8 @@ def test_call_names_and_custom_and_shell_arguments_both_ways():
         assert (a["timeout_ms"], a["working_directory"]) == (None, None), bad
         assert a["command"] == [] and a["type"] == "exec"
     assert shell_action('{"timeout_ms": 0}')["timeout_ms"] == 0
+    assert shell_action(f'{{"timeout_ms": {2**63 - 1}}}')["timeout_ms"] == 2**63 - 1  # the largest a client can take
+    assert shell_action(f'{{"timeout_ms": {2**63}}}')["timeout_ms"] is None
     assert json.loads(shell_arguments(full)) == {"command": ["ls", "-l"], "workdir": "/tmp", "timeout_ms": 1500}
     assert json.loads(shell_arguments({"command": ["é"]})) == {"command": ["é"]} and "é" in shell_arguments({"command": ["é"]})
     assert json.loads(shell_arguments(None)) == {"command": []}

@@ -137,9 +137,9 @@ class LogitBias:
         if self._dense is None or self._dense.shape[-1] != logits.shape[-1]:
             n = logits.shape[-1]
             kept = [(t, v) for t, v in self.bias if t < n]
-            dense = mx.zeros((n,), dtype=mx.float32)
+            dense = mx.zeros((n,))  # float32
             if kept:
-                dense = dense.at[mx.array([t for t, _ in kept])].add(mx.array([v for _, v in kept], dtype=mx.float32))
+                dense = dense.at[mx.array([t for t, _ in kept])].add(mx.array([v for _, v in kept]))
             self._dense = dense
         return logits + self._dense.astype(logits.dtype)
 

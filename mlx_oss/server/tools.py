@@ -264,9 +264,9 @@ def custom_input(arguments: str) -> str:
 def shell_action(arguments: str) -> dict:
     """A local_shell_call's `action` from the model's arguments (`command` as a list of strings)."""
     try:
-        args = json.loads(arguments) if arguments.strip() else {}
-    except ValueError:
-        args = {}
+        args = json.loads(arguments)
+    except ValueError:  # "" too
+        args = None
     args = args if isinstance(args, dict) else {}
     command = args.get("command")
     if isinstance(command, str):
