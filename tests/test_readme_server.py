@@ -138,7 +138,10 @@ def test_the_printed_settings_work_as_printed(server, keyed_server, monkeypatch,
     text = client_settings(BASE, "gpt-oss-20b", has_key=keyed)
     assert text.splitlines()[0] == f"mlx-oss serve: gpt-oss-20b at {BASE}  (Ctrl+C to stop)"
     assert key not in text
+    assert all(line == line.rstrip() for line in text.splitlines())  # pastes cleanly
     b = _printed_blocks(text)
+    sdk_key = 'os.environ["MLX_OSS_API_KEY"]' if keyed else '"none"'
+    assert b["openai SDK (Python):"].splitlines()[0] == f'client = OpenAI(base_url="{BASE}", api_key={sdk_key})'
     assert list(b) == ["openai SDK (Python):", "curl:", next(t for t in b if t.startswith("Codex ")),
                        "Open WebUI: Admin Settings > Connections > OpenAI API > add"]  # fmt: skip
 

@@ -75,9 +75,6 @@ class PromptCachePool:
         self._evict()
         return reuse
 
-    def clear(self) -> None:
-        self._entries = []
-
     def _stash(self, state: EngineState, prompt_end: int) -> None:
         if not state.tokens or self.max_bytes == 0:
             return
