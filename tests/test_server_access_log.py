@@ -218,3 +218,112 @@ def test_serve_log_level_warning_has_no_access_lines(tiny_chat_converted):
     out, err = _one_request_then_stop(_serve(tiny_chat_converted, port, "--log-level", "warning", key_env=KEY), port)
     assert LOGGER not in err and "mlx-oss serve: stopped" in err
     assert KEY not in out + err and MARKER not in out + err
+
+
+# ----------------------------------------------------------------------------- the line and the middleware alone
+
+
+def _finished(reason: str = "stop"):
+    from mlx_oss.server.generation import Finished, Usage
+
+    return Finished(Usage(prompt_tokens=7, cached_tokens=3, completion_tokens=2), reason)
+
+
+def test_the_line_of_each_kind_of_request():
+    from mlx_oss.server.access_log import line
+
+    scope = {"client": ("10.1.2.3", 5555), "method": "POST", "path": "/v1/responses"}
+    assert line(scope, 200, 1.23456) == '10.1.2.3 "POST /v1/responses" 200 1.235s'
+    assert line(scope, None, 0.0004) == '10.1.2.3 "POST /v1/responses" - 0.000s'  # the client left first
+    assert line(scope, 200, 2, _finished("length")) == (
+        '10.1.2.3 "POST /v1/responses" 200 2.000s prompt_tokens=7 cached_tokens=3 completion_tokens=2 finish=length')
+    assert line({"method": "GET", "path": "/"}, 404, 0) == '- "GET /" 404 0.000s'  # no client address
+    assert line({}, 400, 0) == '- " " 400 0.000s'
+    long_path = "/v1/" + "a" * 300
+    assert line({"method": "GET", "path": long_path}, 404, 0) == f'- "GET /v1/{"a" * 195}…" 404 0.000s'
+    assert line({"method": "G" * 20, "path": "/"}, 405, 0) == f'- "{"G" * 15}… /" 405 0.000s'
+    assert line({"client": ("x" * 70, 1), "method": "GET", "path": "/"}, 200, 0).startswith("x" * 63 + "… ")
+    assert line({"method": "GET", "path": "/a b\"\n€"}, 404, 0) == '- "GET /a%20b%22%0A%E2%82%AC" 404 0.000s'
+
+
+class _Sent:
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+
+    async def __call__(self, message: dict) -> None:
+        self.messages.append(message)
+
+
+def _run(app, scope: dict) -> tuple[list[dict], Exception | None]:
+    import anyio
+
+    from mlx_oss.server.access_log import AccessLog
+
+    sent = _Sent()
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def main():
+        try:
+            await AccessLog(app)(scope, receive, sent)
+        except Exception as e:  # noqa: BLE001 - what the middleware re-raised
+            return e
+        return None
+
+    return sent.messages, anyio.run(main)
+
+
+HTTP = {"type": "http", "client": ("127.0.0.1", 1), "method": "POST", "path": "/v1/chat/completions"}
+
+
+def _access_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER]
+
+
+def test_the_middleware_logs_once_after_the_response_with_the_generations_usage(caplog):
+    from mlx_oss.server.access_log import note
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        note(_finished("tool_call"))
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    sent, err = _run(app, HTTP)
+    assert err is None and [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    (text,) = _access_lines(caplog)
+    assert re.fullmatch(r'127\.0\.0\.1 "POST /v1/chat/completions" 201 0\.\d{3}s prompt_tokens=7 cached_tokens=3 '
+                        r"completion_tokens=2 finish=tool_call", text)  # fmt: skip
+    note(_finished())  # outside a request: nothing to note, no error
+
+
+def test_a_failing_app_is_logged_as_500_and_its_error_goes_on(caplog):
+    async def app(scope, receive, send):
+        raise RuntimeError("boom")
+
+    async def late(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("mid-stream")
+
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    _, err = _run(app, HTTP)
+    assert isinstance(err, RuntimeError) and str(err) == "boom"
+    _, err = _run(late, HTTP)
+    assert isinstance(err, RuntimeError)
+    first, second = _access_lines(caplog)
+    assert ' 500 ' in first and ' 200 ' in second  # a status already sent stays
+
+
+def test_nothing_is_logged_for_other_scopes_or_below_info(caplog):
+    seen: list[str] = []
+
+    async def app(scope, receive, send):
+        seen.append(scope["type"])
+
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    _run(app, {"type": "lifespan"})
+    assert seen == ["lifespan"] and _access_lines(caplog) == []
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    _run(app, HTTP)
+    assert seen == ["lifespan", "http"] and _access_lines(caplog) == []
