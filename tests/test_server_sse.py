@@ -14,11 +14,15 @@ from mlx_oss.server.sse import DONE, EventStream, data_line, named_event
 
 
 class Chunks:
-    """An async generator of chunks that records whether it was closed; `hold` makes it wait after the
-    first chunk (a generation still running)."""
+    """An async generator of chunks that records whether it was closed (with `awaits`, its `finally`
+    awaits, as a cleanup may); `hold` makes it wait after the first chunk (a generation still running).
+    `closed_on_return`: whether it was closed when the response returned, not later by the event
+    loop's shutdown (which closes every generator left open)."""
 
-    def __init__(self, chunks: list[bytes], hold: anyio.Event | None = None) -> None:
+    def __init__(self, chunks: list[bytes], hold: anyio.Event | None = None, awaits: bool = False) -> None:
         self.closed = False
+        self.awaits = awaits
+        self.closed_on_return: bool | None = None
         self.gen = self._gen(chunks, hold)
 
     async def _gen(self, chunks, hold):
@@ -28,20 +32,26 @@ class Chunks:
                 if hold is not None and i == 0:
                     await hold.wait()
         finally:
+            if self.awaits:
+                await anyio.sleep(0)
             self.closed = True
 
 
-def run(stream: EventStream, receive, fail_send: bool = False) -> list[dict]:
+def run(stream: EventStream, receive, fail_send: bool = False, slow_send: float = 0.0, chunks: Chunks | None = None) -> list[dict]:
     sent: list[dict] = []
 
     async def send(message: dict) -> None:
         if fail_send and message.get("body"):
             raise OSError("broken pipe")
+        if slow_send and message.get("body"):
+            await anyio.sleep(slow_send)
         sent.append(message)
 
     async def main() -> None:
         with anyio.fail_after(10):
             await stream({"type": "http"}, receive, send)
+        if chunks is not None:
+            chunks.closed_on_return = chunks.closed
 
     anyio.run(main)
     return sent
@@ -106,11 +116,25 @@ def test_other_messages_before_the_disconnect_are_ignored():
 
 
 def test_a_socket_that_fails_mid_send_counts_as_the_client_leaving():
-    chunks = Chunks([b"a", b"b"])
+    chunks = Chunks([b"a", b"b"], awaits=True)
     left: list[bool] = []
-    sent = run(EventStream(chunks.gen, lambda: left.append(True)), never_disconnects(), fail_send=True)
-    assert left == [True] and chunks.closed
+    sent = run(EventStream(chunks.gen, lambda: left.append(True)), never_disconnects(), fail_send=True, chunks=chunks)
+    assert left == [True] and chunks.closed_on_return  # closed then, even though it waits in its cleanup
     assert [m["type"] for m in sent] == ["http.response.start"]
+
+
+def test_a_client_leaving_while_a_chunk_is_sent_still_closes_the_chunks_then():
+    """The disconnect cancels the response while it is inside `send` (the generator waits at a `yield`):
+    closing it must not be cancelled too."""
+    chunks = Chunks([b"a", b"b"], awaits=True)
+    left: list[bool] = []
+
+    async def receive() -> dict:
+        await anyio.sleep(0.05)
+        return {"type": "http.disconnect"}
+
+    run(EventStream(chunks.gen, lambda: left.append(True)), receive, slow_send=5.0, chunks=chunks)
+    assert left == [True] and chunks.closed_on_return
 
 
 @pytest.mark.parametrize("obj", [{"delta": "héllo → 世界", "n": [1, 2]}])
