@@ -129,6 +129,26 @@ def test_reasoning_items_from_content_summary_or_encrypted_content():
     assert r.items[5] == {"type": "reasoning", "id": "rs_5", "summary": [], "content": []}
 
 
+def test_a_code_call_that_never_ran_is_left_out_when_sent_back():
+    """A python call cut off or past the call limit (status incomplete, no outputs) never ran: sent back, it
+    must not read as code that printed nothing."""
+    code = {"type": "code_interpreter_call", "id": "ci_1", "code": "import os", "outputs": None, "container_id": "c"}
+    r = req([USER, {**code, "status": "incomplete"}, {"role": "assistant", "content": "A."}])
+    assert r.turn.history == (Message.user("q"), Message.assistant("A."))
+    ran = req([USER, {**code, "status": "completed", "outputs": [{"type": "logs", "logs": "ok"}]}]).turn.history
+    assert [m.text for m in ran[1:]] == ["import os", "ok"]
+
+
+def test_a_null_type_is_a_message_and_string_parts_of_reasoning_count():
+    """Fields the schema lets through as null or as strings read as OpenAI reads them."""
+    r = req([{"type": None, "role": "user", "content": "hi"},
+             {"type": "reasoning", "content": ["thought ", {"type": "reasoning_text", "text": "more"}],
+              "summary": [{"type": "summary_text", "text": "not this"}]}])  # fmt: skip
+    assert r.turn.history == (Message.user("hi"), Message.assistant("thought more", channel=ANALYSIS))
+    assert req("q", parallel_tool_calls=None).echo["parallel_tool_calls"] is True  # a boolean, as OpenAI's object has
+    assert req("q", parallel_tool_calls=False).echo["parallel_tool_calls"] is False
+
+
 @pytest.mark.parametrize("bad", ["", "garbage", "mlxoss-r1.!!!", "mlxoss-r1.AAAA", "mlxoss-r1.é",
                                  ReasoningSeal("another").seal("x"), "gAAAAABo-openai-blob"])  # fmt: skip
 def test_a_foreign_or_altered_encrypted_content_is_refused(bad):

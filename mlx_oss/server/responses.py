@@ -356,7 +356,7 @@ def _history(items: list, stored: StoredResponses | None = None, first: int = 0)
     calls: dict[str, str] = {}  # call_id (a local shell call's id too) -> the call's harmony recipient
     for i, it in enumerate(items):
         where = f"input[{i - first}]" if i >= first else "previous_response_id"
-        kind = it.get("type", "message")
+        kind = it.get("type") or "message"  # `type: null` too, as OpenAI reads it
         if kind == "message":
             role = it.get("role")
             text = text_of(it.get("content"), f"{where}.content", ("input_text", "output_text", "text", "refusal"))
@@ -373,7 +373,8 @@ def _history(items: list, stored: StoredResponses | None = None, first: int = 0)
                 raise bad_request(f"{where}.role must be user, assistant, system or developer, not {role!r}", f"{where}.role")
         elif kind == "reasoning":
             parts = it.get("content") or []
-            text = "".join(p.get("text") or "" for p in parts if isinstance(p, dict)) if isinstance(parts, list) else parts
+            text = "".join(p if isinstance(p, str) else p.get("text") or "" for p in parts if isinstance(p, (str, dict))) \
+                if isinstance(parts, list) else parts  # fmt: skip
             if text:
                 history.append(reasoning_message(text))
         elif kind == "function_call":
@@ -402,9 +403,10 @@ def _history(items: list, stored: StoredResponses | None = None, first: int = 0)
             known = stored.tool_messages(it.get("id")) if stored is not None else None
             if known is not None:
                 history.extend(known)
-            elif kind == "code_interpreter_call":
+            elif kind == "code_interpreter_call" and it.get("status") != "incomplete":
                 history.extend(_code_messages(it, where))
-            # an unknown web search (not stored here): what the page said is gone, so it is left out
+            # left out: an unknown web search (not stored here: what the page said is gone), and a code
+            # call that never ran (cut off, or past the call limit): the model must not read "no output"
         else:
             raise bad_request(f"{where}.type {kind!r} is not supported (message, reasoning, function_call, "
                               "function_call_output, custom_tool_call, custom_tool_call_output, local_shell_call, "
@@ -454,7 +456,7 @@ def parse_request(body: dict, stored: StoredResponses, base: SamplingConfig, bui
         "reasoning": {"effort": turn.effort.value, "summary": summary}, "temperature": turn.sampling.temperature,
         "top_p": turn.sampling.top_p, "text": {"format": text.get("format") or {"type": "text"}},
         "tool_choice": body.get("tool_choice") or "auto", "tools": body.get("tools") or [],
-        "parallel_tool_calls": body.get("parallel_tool_calls", True), "metadata": body.get("metadata") or {},
+        "parallel_tool_calls": body.get("parallel_tool_calls") is not False, "metadata": body.get("metadata") or {},
         "store": keep, "truncation": truncation, "user": body.get("user"), "max_tool_calls": body.get("max_tool_calls"),
     }, options)  # fmt: skip
     return ResponsesRequest(turn, stream, keep, items, echo, prev, max_calls)
