@@ -244,6 +244,10 @@ def test_the_line_of_each_kind_of_request():
     assert line({"method": "G" * 20, "path": "/"}, 405, 0) == f'- "{"G" * 15}… /" 405 0.000s'
     assert line({"client": ("x" * 70, 1), "method": "GET", "path": "/"}, 200, 0).startswith("x" * 63 + "… ")
     assert line({"method": "GET", "path": "/a b\"\n€"}, 404, 0) == '- "GET /a%20b%22%0A%E2%82%AC" 404 0.000s'
+    kept = "/v1/a:b@c!$&'()*+,;=-._~"  # what a path may hold unencoded stays as it is
+    assert line({"method": "GET", "path": kept}, 404, 0) == f'- "GET {kept}" 404 0.000s'
+    exact = "/" + "b" * 199  # exactly the limit: whole
+    assert line({"method": "GET", "path": exact}, 404, 0) == f'- "GET {exact}" 404 0.000s'
 
 
 class _Sent:
