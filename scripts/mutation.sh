@@ -57,7 +57,7 @@ declare -A MODULES=(
   [server_core]="mlx_oss/server/cache_pool.py mlx_oss/server/worker.py mlx_oss/server/generation.py mlx_oss/server/token_output.py mlx_oss/server/sse.py mlx_oss/server/errors.py mlx_oss/server/settings.py mlx_oss/server/backend.py|tests/test_cache_pool.py tests/test_cache_pool_branches.py tests/test_server.py tests/test_server_features.py tests/test_server_paths.py tests/test_server_settings.py tests/test_server_security.py tests/test_server_builtin.py tests/test_readme_server.py tests/test_token_output.py tests/test_server_errors.py tests/test_server_sse.py tests/test_worker.py tests/test_stop_matcher.py"
   [server_api]="mlx_oss/server/conversation.py mlx_oss/server/tools.py mlx_oss/server/builtin.py|tests/test_server_conversation.py tests/test_server_tools.py tests/test_cache_pool_branches.py tests/test_server.py tests/test_server_features.py tests/test_server_paths.py tests/test_server_settings.py tests/test_server_security.py tests/test_server_builtin.py tests/test_server_responses_clients.py"
   # the built-in tools (issues 25 and 31), one group: a local web server, a real kernel per python test
-  [builtin]="mlx_oss/builtin/registry.py mlx_oss/builtin/browser/tool.py mlx_oss/builtin/browser/page.py mlx_oss/builtin/browser/fetch.py mlx_oss/builtin/browser/net.py mlx_oss/builtin/browser/html.py mlx_oss/builtin/browser/search.py mlx_oss/builtin/python/tool.py mlx_oss/builtin/python/kernel.py mlx_oss/builtin/python/docker.py|tests/test_builtin_safety.py tests/test_builtin_browser.py tests/test_builtin_python.py tests/test_builtin_chat.py tests/test_server_builtin.py"
+  [builtin]="mlx_oss/builtin/registry.py mlx_oss/builtin/browser/tool.py mlx_oss/builtin/browser/page.py mlx_oss/builtin/browser/fetch.py mlx_oss/builtin/browser/net.py mlx_oss/builtin/browser/html.py mlx_oss/builtin/browser/search.py mlx_oss/builtin/python/tool.py mlx_oss/builtin/python/kernel.py mlx_oss/builtin/python/docker.py|tests/test_builtin_search.py tests/test_builtin_safety.py tests/test_builtin_browser.py tests/test_builtin_python.py tests/test_builtin_chat.py tests/test_server_builtin.py"
   # the two-Mac group but its watchdog (above): the in-process tests (ranks as threads over an in-memory
   # mx.distributed, what mutmut sees), and the ranks the slow tests start (the script's PYTHONPATH puts the
   # mutated package first there too)
@@ -98,7 +98,8 @@ for name in "${ORDER[@]}"; do
     # file again and re-runs only the mutants of functions that changed, and runs its stats for new tests
     rm -rf "$dir/tests" "$dir/mutants/tests"
     git ls-files -z | (cd "$ROOT" && xargs -0 cp --parents -t "$dir")
-    cp -r "$ROOT/tests" "$dir/mutants/tests"
+    # the whole folder (test files git does not track yet too), but not the clients' node_modules
+    (cd "$ROOT" && tar -c --exclude=node_modules tests) | (cd "$dir/mutants" && tar -x)
   else
     rm -rf "$dir"; mkdir -p "$dir"
     git ls-files -z | (cd "$ROOT" && xargs -0 cp --parents -t "$dir")

@@ -18,6 +18,7 @@ from mlx_oss.builtin.browser import (
     YouSearch,
     make_search_backend,
 )
+from mlx_oss.builtin.browser.html import html_to_text
 from mlx_oss.tokenizer import load_tokenizer
 from tests.web_fixture import EXA_KEY, PARAGRAPHS, YDC_KEY, WebServer
 
@@ -114,6 +115,14 @@ def test_cursor_stack_and_citations_resolve_to_urls(web):
     assert cites[3].line_start is None  # 【1†x】: the page, no lines
     bad = call(b, "open", cursor=7, loc=0)
     assert bad.error and "Cursor `7` is out of range" in bad.text
+
+
+def test_images_are_numbered_placeholders_named_by_alt_or_title():
+    """An image is `[Image n: alt]` in the page text (its title when it has no alt, whitespace collapsed;
+    bare `[Image n]` without either), numbered from 0 in page order, so the model knows it is there."""
+    page = html_to_text("<p>Before <img src='a.png' alt=' A\n  chart ' title='not this'> and "
+                        "<img src='b.png' title='The  logo'> then <img src='c.png' alt=''> end.</p>", "https://x.example/")  # fmt: skip
+    assert page.text == "Before [Image 0: A chart] and [Image 1: The logo] then [Image 2] end."
 
 
 def test_loc_past_the_end_and_plain_text_and_view_source(web):

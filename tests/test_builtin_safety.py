@@ -21,9 +21,11 @@ import threading
 import time
 import warnings
 
+import httpcore
 import pytest
 
 from mlx_oss.builtin.browser import Browser, BrowserError, FetchLimits, Fetcher, NoSearch, SearxngSearch
+from mlx_oss.builtin.browser.net import DeadlineBackend
 from mlx_oss.builtin.python import DockerSession, KernelSession, PythonTool
 from mlx_oss.builtin.python.kernel import Execution
 from mlx_oss.events import ToolCall
@@ -78,6 +80,69 @@ def test_a_slow_name_lookup_is_held_to_the_same_limit(web, monkeypatch):
     with pytest.raises(BrowserError, match="timed out"):
         Fetcher(LIMIT, allow_private=True).fetch(f"http://slow-dns.test:{port(web)}/page")
     assert time.monotonic() - start < BOUND_S
+
+
+def test_a_read_waits_only_for_the_time_left():
+    """Every read gets at most the time left until the deadline, whatever timeout httpx passes for it: a peer
+    that accepts and never answers holds a read given 10 s for the 1 s left, not for 10 s."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # connects (the kernel's backlog), never sends
+        backend = DeadlineBackend(time.monotonic() + LIMIT.timeout_s, check_address=False)
+        stream = backend.connect_tcp("127.0.0.1", silent.getsockname()[1], timeout=10)
+        start = time.monotonic()
+        try:
+            with pytest.raises(httpcore.ReadTimeout):
+                stream.read(1024, timeout=10)
+        finally:
+            stream.close()
+        assert time.monotonic() - start < BOUND_S
+
+
+def test_a_tls_handshake_waits_only_for_its_timeout_and_the_time_left():
+    """A TLS handshake gets the shorter of its own timeout and the time left, like a read: a peer that
+    accepts and never answers holds a handshake given 0.5 s (of 30 s left) for 0.5 s (within 3x), and a
+    handshake begun after the deadline fails at once as a timeout. (A handshake that ignored both would
+    wait until the peer hangs up, BOUND_S later.)"""
+    ctx = ssl.create_default_context()
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        for left, timeout, bound in ((30, 0.5, 3 * 0.5), (0.3, 10, 0.5)):
+            backend = DeadlineBackend(time.monotonic() + left, check_address=False)
+            stream = backend.connect_tcp("127.0.0.1", silent.getsockname()[1], timeout=10)
+            peer, _ = silent.accept()
+            hang_up = threading.Timer(BOUND_S, peer.close)
+            hang_up.start()
+            try:
+                while left < 1 and time.monotonic() <= backend.deadline:  # the short deadline: let it pass
+                    time.sleep(0.05)
+                start = time.monotonic()
+                with pytest.raises(httpcore.ConnectTimeout):
+                    stream.start_tls(ctx, "localhost", timeout=timeout)
+                assert time.monotonic() - start < bound
+            finally:
+                hang_up.cancel()
+                stream.close()
+                peer.close()
+
+
+def test_waiting_between_retries_never_outlasts_the_deadline():
+    """The backend's sleep (httpcore waits with it between connection retries) is cut to the time left:
+    nothing at all once the deadline has passed, and a short wait stays as asked."""
+    backend = DeadlineBackend(time.monotonic() + 0.5, check_address=False)
+    start = time.monotonic()
+    backend.sleep(0.05)
+    assert 0.05 <= time.monotonic() - start < 0.5
+    backend.sleep(30)
+    assert time.monotonic() - start < 3 * 0.5  # cut to the deadline, not 30 s
+    late = time.monotonic()
+    backend.sleep(30)
+    assert time.monotonic() - late < 0.3  # past the deadline: no wait (not a second more)
+
+
+def test_the_browser_backend_opens_no_unix_sockets():
+    """A unix-socket connection (httpx's `uds`) is refused, with a message that says so."""
+    backend = DeadlineBackend(time.monotonic() + 1, check_address=False)
+    with pytest.raises(httpcore.ConnectError) as e:
+        backend.connect_unix_socket("/var/run/docker.sock")
+    assert str(e.value) == "the browser does not open unix sockets"
 
 
 def test_a_timed_out_fetch_leaves_no_socket_or_thread_behind(web):
@@ -228,6 +293,17 @@ def test_a_public_site_on_a_checked_address_still_opens(web, net):
     net.answers["site.test"] = [[PUBLIC_IP]]
     page = Fetcher(LIMIT).fetch(f"http://site.test:{port(web)}/redirect")
     assert page.title == "MLX Release Notes" and page.url == f"http://site.test:{port(web)}/page"
+
+
+@pytest.mark.parametrize("ip", ["2606:4700:4700::1111", "64:ff9b::5db8:d822", "::ffff:93.184.216.34"],
+                         ids=["ipv6", "nat64-of-public-ipv4", "mapped-public-ipv4"])  # fmt: skip
+def test_a_public_site_on_an_ipv6_address_still_opens(web, net, ip):
+    """Refusing IPv6 forms of private addresses refuses no public site: a global IPv6 address, and the
+    NAT64 and IPv4-mapped forms of a public IPv4 address (93.184.216.34), still open."""
+    net.routes.add(ip)
+    net.answers["v6.test"] = [[ip]]
+    page = Fetcher(LIMIT).fetch(f"http://v6.test:{port(web)}/page")
+    assert page.title == "MLX Release Notes" and net.connects == [ip]
 
 
 @pytest.fixture(scope="module")
