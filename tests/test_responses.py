@@ -48,6 +48,7 @@ from mlx_oss.server.responses import (
     web_search_action,
 )
 from mlx_oss.server.tools import CUSTOM, FUNCTION, LOCAL_SHELL, CallKind, ToolChoice, shell_action
+from refusals import refusal_line
 
 BASE = SamplingConfig(temperature=0.6, top_p=0.95)
 GET = {"type": "function", "name": "get", "parameters": {"type": "object", "properties": {}}}
@@ -59,10 +60,8 @@ def req(input, stored: StoredResponses | None = None, builtin: ServerTools | Non
 
 
 def refusal(body: dict, stored: StoredResponses | None = None, builtin: ServerTools | None = None, status: int = 400):
-    with pytest.raises(APIError) as e:
-        parse_request({"model": "m", **body}, stored if stored is not None else StoredResponses(), BASE, builtin)
-    assert e.value.status == status
-    return str(e.value), e.value.param
+    stored = stored if stored is not None else StoredResponses()
+    return refusal_line(parse_request, {"model": "m", **body}, stored, BASE, builtin, status=status)
 
 
 # ----------------------------------------------------------------------------- parse_request: input items

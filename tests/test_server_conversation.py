@@ -26,18 +26,11 @@ from mlx_oss.server.conversation import (
     stop_strings,
     text_of,
 )
-from mlx_oss.server.errors import APIError
 from mlx_oss.server.tools import ToolChoice, ToolSet
 from mlx_oss.tokenizer import load_tokenizer
+from refusals import refusal
 
 ENC = load_tokenizer(None)
-
-
-def refused(fn, *args) -> APIError:
-    with pytest.raises(APIError) as e:
-        fn(*args)
-    assert e.value.status == 400 and e.value.type == "invalid_request_error"
-    return e.value
 
 
 @pytest.mark.parametrize("value, want", [(None, "medium"), ("none", "low"), ("minimal", "low"), ("low", "low"),
@@ -48,7 +41,7 @@ def test_effort_maps_openais_values_onto_gpt_oss_levels(value, want):
 
 @pytest.mark.parametrize("value", ["max", "", 3, ["low"]])
 def test_an_unknown_effort_is_one_line_naming_the_parameter(value):
-    e = refused(effort, value, "reasoning.effort")
+    e = refusal(effort, value, "reasoning.effort")
     assert str(e) == f"reasoning.effort must be one of low, medium, high (none/minimal mean low), not {value!r}"
     assert e.param == "reasoning.effort"
 
@@ -85,12 +78,12 @@ def test_response_format_in_both_apis_shapes():
 
 
 def test_response_format_refusals_name_the_field():
-    e = refused(response_format, {"type": "yaml"}, "text.format")
+    e = refusal(response_format, {"type": "yaml"}, "text.format")
     assert (str(e), e.param) == ("text.format.type 'yaml' is not supported (use 'text', 'json_object' or 'json_schema')",
                                  "text.format.type")  # fmt: skip
-    e = refused(response_format, {"type": "json_schema", "json_schema": {"name": "x"}}, "response_format")
+    e = refusal(response_format, {"type": "json_schema", "json_schema": {"name": "x"}}, "response_format")
     assert (str(e), e.param) == ("response_format needs a 'schema' object", "response_format.schema")
-    e = refused(response_format, {"type": "json_schema", "schema": ["not", "a", "dict"]}, "text.format")
+    e = refusal(response_format, {"type": "json_schema", "schema": ["not", "a", "dict"]}, "text.format")
     assert e.param == "text.format.schema"
 
 
@@ -99,13 +92,13 @@ def test_text_of_joins_text_parts_and_refuses_others_by_index():
     parts = ["a", {"type": "text", "text": "b"}, {"type": "input_text", "text": "c"}, {"type": "output_text", "text": "d"}]
     assert text_of(parts, "messages[0].content") == "abcd"
     assert text_of([{"type": "refusal", "text": "x"}], "c", kinds=("refusal",)) == "x"
-    e = refused(text_of, {"type": "text"}, "messages[0].content")
+    e = refusal(text_of, {"type": "text"}, "messages[0].content")
     assert (str(e), e.param) == ("messages[0].content must be a string or an array of content parts", "messages[0].content")
-    e = refused(text_of, ["ok", {"type": "image_url", "image_url": {}}], "messages[1].content")
+    e = refusal(text_of, ["ok", {"type": "image_url", "image_url": {}}], "messages[1].content")
     assert (str(e), e.param) == ("messages[1].content[1]: only text parts are supported (got 'image_url')",
                                  "messages[1].content[1]")  # fmt: skip
-    assert str(refused(text_of, [{"type": "text", "text": 5}], "c")) == "c[0]: only text parts are supported (got 'text')"
-    assert str(refused(text_of, [7], "c")) == "c[0]: only text parts are supported (got 'int')"
+    assert str(refusal(text_of, [{"type": "text", "text": 5}], "c")) == "c[0]: only text parts are supported (got 'text')"
+    assert str(refusal(text_of, [7], "c")) == "c[0]: only text parts are supported (got 'int')"
 
 
 def test_stop_strings_and_logit_bias_and_logprobs_settings():
@@ -115,7 +108,7 @@ def test_stop_strings_and_logit_bias_and_logprobs_settings():
     assert all(isinstance(t, int) and isinstance(v, float) for t, v in logit_bias({"3": 1}))
     assert logprobs_setting({}, False, "logprobs") is None
     assert logprobs_setting({"top_logprobs": 0}, False, "logprobs") is None
-    e = refused(logprobs_setting, {"top_logprobs": 2}, False, "'logprobs': true")
+    e = refusal(logprobs_setting, {"top_logprobs": 2}, False, "'logprobs': true")
     assert (str(e), e.param) == ("'top_logprobs' needs 'logprobs': true", "top_logprobs")
     assert logprobs_setting({}, True, "logprobs") == 0 and logprobs_setting({"top_logprobs": 5}, True, "logprobs") == 5
 
@@ -165,7 +158,7 @@ def test_a_generation_gets_the_bias_then_the_constraint_last():
 def test_a_logit_bias_id_past_the_vocabulary_is_refused_when_rendered():
     n = ENC.n_vocab
     assert Turn((Message.user("hi"),), logit_bias=((n - 1, 1.0),)).render(ENC)
-    e = refused(Turn((Message.user("hi"),), logit_bias=((n, 1.0),)).render, ENC)
+    e = refusal(Turn((Message.user("hi"),), logit_bias=((n, 1.0),)).render, ENC)
     assert (str(e), e.param) == (f"logit_bias names token {n}; the vocabulary has {n} tokens (ids 0-{n - 1})", "logit_bias")
 
 
@@ -187,12 +180,12 @@ def test_truncation_drops_the_fewest_oldest_turns_that_make_it_fit():
         assert tokens == without[k] and len(tokens) < limit
         assert points[-1] == len(tokens) - 2  # the last message's end, before <|start|>assistant
     assert Turn(history, instructions="Be brief.").render(ENC, len(without[6]))[0] == whole  # without truncate: as is
-    e = refused(Turn(history, instructions="Be brief.", truncate=True).render, ENC, len(without[6]))
+    e = refusal(Turn(history, instructions="Be brief.", truncate=True).render, ENC, len(without[6]))
     assert e.code == "context_length_exceeded" and e.param == "input"
     assert str(e).startswith(f"This model's maximum context length is {len(without[6])} tokens; with truncation 'auto'")
 
 
 def test_a_conversation_that_is_not_harmony_is_a_400():
     bad = Turn((Message.user("hi"), Message(Role.TOOL, [], recipient=None)))
-    e = refused(bad.render, ENC)
+    e = refusal(bad.render, ENC)
     assert e.param == "messages" and str(e).startswith("the conversation cannot be rendered as harmony: ")

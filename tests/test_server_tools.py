@@ -12,7 +12,6 @@ import pytest
 
 from mlx_oss.harmony import ToolDescription, ToolNamespace
 from mlx_oss.server.builtin import BROWSER_TYPES, PYTHON_TYPES, ServerTools
-from mlx_oss.server.errors import APIError
 from mlx_oss.server.tools import (
     CUSTOM,
     FUNCTION,
@@ -29,15 +28,9 @@ from mlx_oss.server.tools import (
     shell_arguments,
     tool_choice,
 )
+from refusals import refusal_line
 
 OBJ = {"type": "object", "properties": {"city": {"type": "string"}}}
-
-
-def refusal(fn, *args, **kw) -> tuple[str, str | None]:
-    with pytest.raises(APIError) as e:
-        fn(*args, **kw)
-    assert e.value.status == 400
-    return str(e.value), e.value.param
 
 
 def test_function_tools_in_both_apis_shapes():
@@ -69,13 +62,13 @@ def test_function_tools_in_both_apis_shapes():
                                "or a function tool here)", "tools[0].type"),
 ])  # fmt: skip
 def test_chat_completions_tool_refusals(tools, message, param):
-    assert refusal(parse_tools, tools) == (message, param)
+    assert refusal_line(parse_tools, tools) == (message, param)
 
 
 def test_an_unsupported_type_names_the_servers_builtin_types_when_it_has_them():
-    msg, _ = refusal(parse_tools, [{"type": "x"}], builtin=ServerTools(allow_python=True))
+    msg, _ = refusal_line(parse_tools, [{"type": "x"}], builtin=ServerTools(allow_python=True))
     assert msg == f"tool type 'x' is not supported (supported: {', '.join(('function', *BROWSER_TYPES, *PYTHON_TYPES))})"
-    msg, _ = refusal(parse_tools, [{"type": "x"}], builtin=ServerTools())
+    msg, _ = refusal_line(parse_tools, [{"type": "x"}], builtin=ServerTools())
     assert msg == f"tool type 'x' is not supported (supported: {', '.join(('function', *BROWSER_TYPES))})"
 
 
@@ -84,7 +77,7 @@ def test_builtin_types_name_browser_and_python_once_each():
     assert ts.builtin_names == ("browser", "python") and not ts.client_tools and ts.functions == ()
     assert parse_tools([{"type": PYTHON_TYPES[0]}, {"type": BROWSER_TYPES[0]}],
                        builtin=ServerTools(allow_python=True)).builtin_names == ("browser", "python")  # fmt: skip
-    msg, param = refusal(parse_tools, [{"name": "f"}, {"type": PYTHON_TYPES[0]}], builtin=ServerTools())
+    msg, param = refusal_line(parse_tools, [{"name": "f"}, {"type": PYTHON_TYPES[0]}], builtin=ServerTools())
     assert param == "tools[1].type" and msg == (f"tool type {PYTHON_TYPES[0]!r} runs code on the server, which this server "
                                                 "does not allow (start it with --allow-python to allow it)")  # fmt: skip
 
@@ -161,22 +154,22 @@ def test_a_namespace_seen_twice_keeps_its_first_description_and_all_tools():
      "custom tool 'c': format.type must be 'text' or 'grammar', not 'json'", "tools[0].format.type"),
 ])  # fmt: skip
 def test_responses_tool_refusals(tool, message, param):
-    assert refusal(parse_tools, [tool], responses=True) == (message, param)
+    assert refusal_line(parse_tools, [tool], responses=True) == (message, param)
 
 
 def test_a_namespace_named_like_a_listed_builtin_is_refused():
     tools = [{"type": "web_search"}, {"type": "namespace", "name": "browser", "tools": [{"name": "x"}]}]
-    assert refusal(parse_tools, tools, builtin=ServerTools(), responses=True) == (
+    assert refusal_line(parse_tools, tools, builtin=ServerTools(), responses=True) == (
         "a namespace tool is named 'browser', like the built-in tool this request also lists", "tools")
     assert parse_tools(tools[1:], builtin=ServerTools(), responses=True).namespaces[0].name == "browser"
 
 
 def test_check_schema_accepts_json_schema_and_names_where_it_is_wrong():
     check_schema({"type": "object", "properties": {"a": {"type": "array", "items": {"type": "integer"}}}}, "x", "p")
-    msg, param = refusal(check_schema, {"type": "object", "properties": {"a": {"minLength": -1}}}, "the format", "text.format")
+    msg, param = refusal_line(check_schema, {"type": "object", "properties": {"a": {"minLength": -1}}}, "the format", "text.format")
     assert param == "text.format" and msg.startswith("the format schema is not a valid JSON Schema: ")
     assert msg.endswith("(at properties/a/minLength)")
-    msg, _ = refusal(check_schema, {"type": 5}, "w", "p")
+    msg, _ = refusal_line(check_schema, {"type": 5}, "w", "p")
     assert msg.endswith("(at type)")
 
 
@@ -217,7 +210,7 @@ def test_tool_choice_none_without_tools_needs_no_constraint():
     ({"type": "file_search"}, None, "tool_choice must be 'auto', 'none', 'required' or a named function, not {'type': 'file_search'}"),
 ])  # fmt: skip
 def test_tool_choice_refusals(value, tools, message):
-    assert refusal(tool_choice, value, _tools() if tools is None else tools) == (message, "tool_choice")
+    assert refusal_line(tool_choice, value, _tools() if tools is None else tools) == (message, "tool_choice")
 
 
 def test_call_names_and_custom_and_shell_arguments_both_ways():
