@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 import mlx.core as mx
 
 from mlx_oss.builtin import BuiltinTools
+from mlx_oss.constraint import ReplyConstraint, reply_constraint
 from mlx_oss.errors import VocabularyError
 from mlx_oss.engine import ContextLengthError, Engine
 from mlx_oss.events import AnswerDelta, Done, Event, Progress, ReasoningDelta, Reply, Stats, ToolCall, ToolResult, UnparsedDelta
@@ -37,6 +38,7 @@ from mlx_oss.harmony import (
     prune_analysis,
     render_with_spans,
 )
+from mlx_oss.grammar import Grammar, Grammars
 from mlx_oss.sampling import Sampler, SamplingConfig
 from mlx_oss.tools import Tool, as_tools, parse_arguments, run_tool
 
@@ -121,6 +123,8 @@ class Chat:
         tools: Sequence[Any] | None = None,
         auto_tools: bool = True,
         response_format: dict[str, Any] | None = None,
+        strict: bool = True,
+        max_reasoning_tokens: int | None = None,
         sampling: SamplingConfig | None = None,
         max_tokens: int | None = None,
         max_context: int | None = None,
@@ -142,6 +146,10 @@ class Chat:
         self.tools = tools
         self.auto_tools = auto_tools
         self.response_format = response_format
+        self.strict = strict
+        self.max_reasoning_tokens = max_reasoning_tokens
+        self._grammars: Grammars | None = None
+        self._turn_format: tuple[ResponseFormat | None, bool] | None = None  # send(response_format=...): this turn only
         self.sampling = sampling or SamplingConfig()
         self.max_tokens = max_tokens
         self.max_tool_rounds = max_tool_rounds
@@ -184,6 +192,37 @@ class Chat:
         self._response_format = _response_format(value)
 
     @property
+    def strict(self) -> bool:
+        """True (the default): the answer is enforced to match `response_format` while sampling, not
+        only asked for (see README "Structured output"); False: the format is only described."""
+        return self._strict
+
+    @strict.setter
+    def strict(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"strict must be True or False, not {value!r}")
+        self._strict = value
+
+    @property
+    def max_reasoning_tokens(self) -> int | None:
+        """Analysis tokens per reply before the analysis is closed and the answer (or a call) begins;
+        None: no limit."""
+        return self._max_reasoning
+
+    @max_reasoning_tokens.setter
+    def max_reasoning_tokens(self, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError(f"max_reasoning_tokens must be an integer >= 0 or None, got {value!r}")
+        self._max_reasoning = value
+
+    @property
+    def grammars(self) -> Grammars:
+        """The chat's compiled schemas (llguidance reads the vocabulary once, on first use)."""
+        if self._grammars is None:
+            self._grammars = Grammars(self.tokenizer)
+        return self._grammars
+
+    @property
     def max_tokens(self) -> int | None:
         return self._max_tokens
 
@@ -223,19 +262,45 @@ class Chat:
 
     # ------------------------------------------------------------------ conversation
 
+    def _format(self) -> tuple[ResponseFormat | None, bool]:
+        """(the response format of the turn being generated, enforced?)."""
+        return self._turn_format if self._turn_format is not None else (self._response_format, self._strict)
+
     def _header_messages(self) -> list[Message]:
         """System (+ developer when there are instructions, tools or a response format) for the settings."""
         system = SystemContent(reasoning_effort=self._effort, conversation_start_date=self.date)
         out = [Message.system(system.with_tools(*self.builtins.namespaces()))]
-        if self.instructions is not None or self._tools or self._response_format is not None:
+        fmt = self._format()[0]
+        if self.instructions is not None or self._tools or fmt is not None:
             out.append(
                 Message.developer(
                     self.instructions,
                     functions=[t.description for t in self._tools],
-                    response_formats=[self._response_format] if self._response_format else [],
+                    response_formats=[fmt] if fmt else [],
                 )
             )
         return out
+
+    def _grammars_of_turn(self) -> tuple[Grammar | None, dict[str, Grammar]]:
+        """(the answer's grammar, strict functions' argument grammars by recipient), compiled (cached)
+        before any compute: a schema that cannot be enforced is a GrammarError naming the keyword."""
+        fmt, strict = self._format()
+        answer = self.grammars.json_schema(fmt.schema, f"response_format {fmt.name!r}") if fmt and strict else None
+        args = {
+            _FUNCTIONS + t.name: self.grammars.json_schema(t.description.parameters or {"type": "object"},
+                                                           f"tool {t.name!r}: its parameters")
+            for t in self._tools if t.strict
+        }  # fmt: skip
+        return answer, args
+
+    def _constraint(self, turn: _Turn) -> ReplyConstraint | None:
+        """The round's constraint (fresh each round): the strict answer format, strict functions'
+        arguments and what is left of the reasoning budget."""
+        answer, args = self._grammars_of_turn()
+        budget = None if self._max_reasoning is None else max(0, self._max_reasoning - turn.reasoning_tokens)
+        recipients = tuple(_FUNCTIONS + t.name for t in self._tools)
+        return reply_constraint(self.tokenizer, recipients=recipients, answer=answer, arguments=args,
+                                grammars=self._grammars, reasoning_budget=budget)  # fmt: skip
 
     @property
     def history(self) -> list[Message]:
@@ -346,13 +411,22 @@ class Chat:
                 raise RuntimeError("a reply is being generated in another thread; cancel() it first") from None
             self._active = None
 
-    def send(self, text: str | None = None) -> Iterator[Event]:
+    def send(self, text: str | None = None, *, response_format: Any = ..., strict: bool | None = None) -> Iterator[Event]:
         """Add a user message (None: continue after `add_tool_result`) and stream the reply's events.
+        `response_format` / `strict` apply to this reply only (the chat's settings otherwise).
 
-        Raises ContextLengthError now, before any compute, if the prompt does not fit; the history is
-        then unchanged. The stream always ends with `Done`.
+        Raises ContextLengthError now, before any compute, if the prompt does not fit, and GrammarError
+        if a strict schema cannot be enforced; the history is then unchanged. The stream always ends
+        with `Done`.
         """
         self._close_active()
+        self._turn_format = None
+        if response_format is not ... or strict is not None:
+            fmt = self._response_format if response_format is ... else _response_format(response_format)
+            if strict is not None and not isinstance(strict, bool):
+                raise TypeError(f"strict must be True or False, not {strict!r}")
+            self._turn_format = (fmt, self._strict if strict is None else strict)
+        self._grammars_of_turn()
         if text is None:
             if not self._history or self._history[-1].role not in (Role.USER, Role.TOOL):
                 raise ValueError("send() without text continues after a user message or a tool result")
@@ -366,10 +440,10 @@ class Chat:
         self._active = self._stream(prompt, boundaries)
         return self._active
 
-    def ask(self, text: str | None = None) -> Reply:
-        """Blocking `send()`: the Reply (answer, reasoning, tool calls, stats)."""
+    def ask(self, text: str | None = None, **turn: Any) -> Reply:
+        """Blocking `send()` (same arguments): the Reply (answer, reasoning, tool calls, stats)."""
         done = None
-        for ev in self.send(text):
+        for ev in self.send(text, **turn):
             if isinstance(ev, Done):
                 done = ev
         assert done is not None
@@ -408,7 +482,7 @@ class Chat:
         stats = self._stats(turn, stop_reason, error, detail if stop_reason == "tool_call" else None)
         answer = "".join(turn.answer)
         parsed = None
-        if self._response_format is not None and answer.strip():
+        if self._format()[0] is not None and answer.strip() and stop_reason == "stop":
             parsed, _ = parse_arguments(answer)
         reasoning = "\n\n".join(r for r in turn.reasoning if r)
         citations = self.builtins.citations(answer)
@@ -420,6 +494,8 @@ class Chat:
         self, prompt: list[int], boundaries: tuple[int, ...], sampler: Sampler, max_tokens: int | None, turn: _Turn, t0: float
     ):
         """One prefill + decode round; yields events, returns the round's stop reason."""
+        constraint = self._constraint(turn)
+        sampler.extra = (constraint,) if constraint is not None else ()
         gen = self.engine.generate(
             prompt, sampler, max_tokens=max_tokens, should_stop=self._cancel.is_set, boundaries=boundaries
         )
@@ -604,6 +680,8 @@ class Chat:
             "tools": [t.to_dict() for t in self._tools],
             "auto_tools": self.auto_tools,
             "response_format": None if rf is None else {"name": rf.name, "schema": rf.schema, "description": rf.description},
+            "strict": self._strict,
+            "max_reasoning_tokens": self._max_reasoning,
             "sampling": self.sampling.to_dict(),
             "max_tokens": self._max_tokens,
             "max_context": self.engine.max_context,

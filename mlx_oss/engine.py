@@ -387,7 +387,7 @@ class Engine:
             gen.prefill_s = time.perf_counter() - t0
             gen.stop_reason = "cancelled"
             return
-        ctx = (lambda: mx.array(self._tokens, dtype=mx.int32)) if sampler.config.logits_processors else None
+        ctx = (lambda: mx.array(self._tokens, dtype=mx.int32)) if sampler.processors else None
         y = sampler(logits, ctx)
         mx.async_eval(y)
         gen.prefill_s = time.perf_counter() - t0

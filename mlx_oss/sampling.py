@@ -117,6 +117,14 @@ class Sampler:
         self._key = mx.random.key(seed)
         self._filters = self._make_filters(config)
         self.records: list[_Record] = []
+        # after the config's processors: per round of a reply (a fresh `ReplyConstraint` each round),
+        # while the random key carries on across rounds
+        self.extra: tuple[LogitsProcessor, ...] = ()
+
+    @property
+    def processors(self) -> tuple[LogitsProcessor, ...]:
+        """The logits processors of the next step: the config's, then `extra`."""
+        return self.config.logits_processors + self.extra
 
     @staticmethod
     def _make_filters(c: SamplingConfig) -> list[Callable[[mx.array], mx.array]]:
@@ -159,9 +167,10 @@ class Sampler:
         return _Record(token, chosen, ids, mx.take_along_axis(lp, ids, axis=-1))
 
     def _sample(self, logits: mx.array, context: Callable[[], mx.array] | None) -> mx.array:
-        if self.config.logits_processors:
+        processors = self.processors
+        if processors:
             ctx = context() if context is not None else mx.array([], dtype=mx.int32)
-            for p in self.config.logits_processors:
+            for p in processors:
                 logits = p(ctx, logits)
         logits = logits.astype(mx.float32)
         if self.config.temperature == 0:

@@ -27,6 +27,7 @@ class Tool:
 
     description: ToolDescription
     fn: Callable[..., Any] | None = None
+    strict: bool = False  # the arguments are enforced to match `parameters` while sampling (grammar.py)
 
     @property
     def name(self) -> str:
@@ -34,7 +35,8 @@ class Tool:
 
     def to_dict(self) -> dict[str, Any]:
         d = self.description
-        return {"name": d.name, "description": d.description, "parameters": d.parameters}
+        out = {"name": d.name, "description": d.description, "parameters": d.parameters}
+        return {**out, "strict": True} if self.strict else out
 
 
 _SIMPLE = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null",
@@ -140,7 +142,8 @@ def schema_from_callable(fn: Callable[..., Any]) -> ToolDescription:
 
 def as_tool(spec: Any) -> Tool:
     """A Tool from a callable, a ToolDescription, a Tool, or a JSON-schema dict
-    (`{"name", "description", "parameters"}` or OpenAI's `{"type": "function", "function": {...}}`)."""
+    (`{"name", "description", "parameters", "strict"}` or OpenAI's `{"type": "function", "function": {...}}`;
+    `"strict": true` enforces the arguments; for a callable: `Tool(schema_from_callable(fn), fn, strict=True)`)."""
     if isinstance(spec, Tool):
         return spec
     if isinstance(spec, ToolDescription):
@@ -149,7 +152,10 @@ def as_tool(spec: Any) -> Tool:
         d = spec.get("function", spec) if spec.get("type") == "function" else spec
         if not isinstance(d.get("name"), str) or not d["name"]:
             raise ValueError(f"a tool schema needs a 'name': {json.dumps(spec)[:80]}")
-        return Tool(ToolDescription(d["name"], d.get("description") or "", d.get("parameters")))
+        if d.get("strict") is not None and not isinstance(d["strict"], bool):
+            raise ValueError(f"tool {d['name']!r}: 'strict' must be true or false, not {d['strict']!r}")
+        desc = ToolDescription(d["name"], d.get("description") or "", d.get("parameters"))
+        return Tool(desc, strict=bool(d.get("strict")))
     if callable(spec):
         return Tool(schema_from_callable(spec), spec)
     raise TypeError(f"a tool must be a callable or a JSON-schema dict, not {type(spec).__name__}")

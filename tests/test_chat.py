@@ -442,7 +442,7 @@ def test_runtime_error_ends_stream_with_error(model_tok):
 def test_structured_output(model_tok):
     model, tok = model_tok
     schema = {"title": "person", "type": "object", "properties": {"name": {"type": "string"}}}
-    chat = mlx_oss.Chat(model, tok, response_format=schema)
+    chat = mlx_oss.Chat(model, tok, response_format=schema, strict=False)  # described only: the script stands
     assert "# Response Formats" in tok.decode(chat.prompt_tokens([mlx_oss.chat.Message.user("x")]))
     use(chat, reply(tok, final='{"name": "Ada"}'))
     assert chat.ask("who?").parsed == {"name": "Ada"}
@@ -461,13 +461,15 @@ def test_seed_reproduces_sampling(model_tok):
 def test_save_and_reopen(model_tok):
     model, tok = model_tok
     chat = mlx_oss.Chat(model, tok, reasoning_effort="high", instructions="Be brief.", tools=[get_weather],
-                        response_format={"title": "r", "type": "object"}, max_tokens=500, date="2025-01-02")  # fmt: skip
+                        response_format={"title": "r", "type": "object"}, strict=False, max_tokens=500,
+                        max_reasoning_tokens=64, date="2025-01-02")  # fmt: skip
     use(chat, reply(tok, analysis="hm", final="Hi!"))
     chat.ask("hello")
     data = json.loads(json.dumps(chat.to_json()))
     again = mlx_oss.Chat.from_json(data, model, tok, tools=[get_weather])
     assert again.history == chat.history and again.settings()["reasoning_effort"] == "high"
     assert again.tools[0].fn is get_weather and again.max_tokens == 500
+    assert (again.strict, again.max_reasoning_tokens) == (False, 64)
     nxt = [mlx_oss.chat.Message.user("next")]
     assert again.prompt_tokens(again.history + nxt) == chat.prompt_tokens(chat.history + nxt)
     assert "\nCurrent date: 2025-01-02\n" in tok.decode(again.prompt_tokens(nxt))  # the date reaches the prompt
@@ -747,17 +749,17 @@ def test_settings_and_saved_form_exactly(model_tok):
     chat = mlx_oss.Chat(model, tok, reasoning_effort="low", instructions="Be brief.", tools=[get_weather],
                         auto_tools=False, response_format={"name": "r", "schema": {"type": "object"}, "description": "d"},
                         sampling=SamplingConfig(temperature=0.5, seed=4), max_tokens=7, max_context=900,
-                        max_tool_rounds=3, date="2025-01-02")  # fmt: skip
+                        max_tool_rounds=3, date="2025-01-02", strict=False, max_reasoning_tokens=9)  # fmt: skip
     settings = chat.settings()
     builtin = {k: v for k, v in settings.items() if k not in {
         "reasoning_effort", "instructions", "tools", "auto_tools", "response_format", "sampling", "max_tokens",
-        "max_context", "max_tool_rounds", "date"}}  # fmt: skip
+        "max_context", "max_tool_rounds", "date", "strict", "max_reasoning_tokens"}}  # fmt: skip
     assert builtin == chat.builtins.settings()
     assert {k: v for k, v in settings.items() if k not in builtin} == {
         "reasoning_effort": "low", "instructions": "Be brief.", "tools": [chat.tools[0].to_dict()], "auto_tools": False,
         "response_format": {"name": "r", "schema": {"type": "object"}, "description": "d"},
         "sampling": SamplingConfig(temperature=0.5, seed=4).to_dict(), "max_tokens": 7, "max_context": 900,
-        "max_tool_rounds": 3, "date": "2025-01-02",
+        "max_tool_rounds": 3, "date": "2025-01-02", "strict": False, "max_reasoning_tokens": 9,
     }  # fmt: skip
     chat.history = [Message.user("hi")]
     assert chat.to_json() == {"version": 1, "settings": settings, "messages": [Message.user("hi").to_dict()]}

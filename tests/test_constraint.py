@@ -1,4 +1,4 @@
-"""HeaderConstraint (tool_choice) without a model: random logits, optionally overridden by a script
+"""ReplyConstraint's headers (tool_choice) without a model: random logits, optionally overridden by a script
 that tries to write something else first; the constraint must win, and what it lets through must
 parse as the right message and re-render token-exact."""
 
@@ -91,7 +91,7 @@ def test_refuses_an_empty_choice():
 
 # ----------------------------------------------------------------------------- step by step
 
-from mlx_oss.constraint import Header, HeaderConstraint, call_header, channel_header  # noqa: E402
+from mlx_oss.constraint import Header, ReplyConstraint, call_header, channel_header  # noqa: E402
 from mlx_oss.harmony import ANALYSIS, FINAL  # noqa: E402
 
 TEXT = set(range(tk.FIRST_SPECIAL))  # every ordinary token
@@ -101,7 +101,7 @@ class Driver:
     """Runs a constraint the way the sampler does: one call per step with the context so far; `step`
     appends the token sampled at the previous step first. Logits are random; -> what came out."""
 
-    def __init__(self, c: HeaderConstraint, vocab: int = tk.N_VOCAB, dtype=mx.float32) -> None:
+    def __init__(self, c: ReplyConstraint, vocab: int = tk.N_VOCAB, dtype=mx.float32) -> None:
         self.c, self.vocab, self.dtype = c, vocab, dtype
         self.ctx = [tk.START, *ASSISTANT]  # the prompt ends in <|start|>assistant
         self.rng = np.random.default_rng(1)
@@ -244,7 +244,7 @@ def test_a_constraint_needs_headers_and_a_known_choice():
     h = [channel_header(FINAL, ENC)]
     for first, then in (([], h), (h, []), ([], [])):
         with pytest.raises(ValueError, match="^a header constraint needs at least one header to allow$"):
-            HeaderConstraint(first, then, ENC)
+            ReplyConstraint(ENC, first=first, then=then)
     with pytest.raises(ValueError, match=r"^no constraint for tool_choice 'auto' with recipients \('functions.f',\)$"):
         tool_choice_constraint("auto", ("functions.f",), ENC)
     with pytest.raises(ValueError, match=r"^no constraint for tool_choice 'required' with recipients \(\)$"):
