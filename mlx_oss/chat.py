@@ -300,7 +300,8 @@ class Chat:
         budget = None if self._max_reasoning is None else max(0, self._max_reasoning - turn.reasoning_tokens)
         recipients = tuple(_FUNCTIONS + t.name for t in self._tools)
         return reply_constraint(self.tokenizer, recipients=recipients, answer=answer, arguments=args,
-                                grammars=self._grammars, reasoning_budget=budget)  # fmt: skip
+                                grammars=self._grammars, reasoning_budget=budget,
+                                builtin_calls=bool(self.builtins.names))  # fmt: skip
 
     @property
     def history(self) -> list[Message]:

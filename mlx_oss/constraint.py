@@ -226,6 +226,7 @@ def reply_constraint(
     arguments: Mapping[str, Grammar] | None = None,
     grammars: Grammars | None = None,
     reasoning_budget: int | None = None,
+    builtin_calls: bool = False,
 ) -> ReplyConstraint | None:
     """The constraint for a request (None when it demands nothing):
 
@@ -234,13 +235,16 @@ def reply_constraint(
     - `answer`: the final answer's grammar (a strict response format): headers are constrained too
       (analysis, then the answer or, with `auto`, a call to one of `recipients`);
     - `arguments`: grammars of strict functions' arguments, by recipient;
-    - `reasoning_budget`: analysis tokens before the analysis is closed (0: no analysis message)."""
+    - `reasoning_budget`: analysis tokens before the analysis is closed (0: no analysis message);
+    - `builtin_calls`: the reply may call built-in tools (browser, python), whose headers the model
+      writes its own way: a strict `answer` then leaves the headers to the model (the answer is still
+      enforced once the model opens it; after a spent budget the reply goes on with `then`)."""
     if tool_choice not in ("auto", "none", "required") or tool_choice == "required" and not recipients:
         raise ValueError(f"no constraint for tool_choice {tool_choice!r} with recipients {recipients!r}")
     final = channel_header(FINAL, encoding)
     calls = [call_header(r, encoding) for r in recipients] if tool_choice != "none" else []
     then = calls if tool_choice == "required" else [final, *calls]
-    forced = tool_choice != "auto" or answer is not None
+    forced = tool_choice != "auto" or answer is not None and not builtin_calls
     content = {**(arguments or {}), **({FINAL: answer} if answer is not None else {})}
     if not forced and not content and reasoning_budget is None:
         return None

@@ -364,3 +364,23 @@ def test_chat_settings_are_checked(model_tok):
     chat = mlx_oss.Chat(model, tok)
     with pytest.raises(TypeError, match="strict must be True or False"):
         chat.send("x", strict=1)
+
+
+def test_with_built_in_tools_a_strict_answer_leaves_the_headers_to_the_model(grammars):
+    """gpt-oss writes built-in calls (browser, python) in headers of its own: they stay possible; the
+    answer is still enforced once the model opens it."""
+    c = reply_constraint(ENC, answer=grammars.json_schema(CITY), grammars=grammars, builtin_calls=True)
+    d = Driver(c)
+    tok = None
+    for t in _ids("<|channel|>analysis to=browser.search code<|message|>"):
+        assert d.allowed(tok).all()
+        tok = t
+    assert d.allowed(tok)[: tk.FIRST_SPECIAL].all() and c.matcher is None  # the call's content is free
+    d = Driver(reply_constraint(ENC, answer=grammars.json_schema(CITY), grammars=grammars, builtin_calls=True))
+    tok = None
+    for t in _ids("<|channel|>final<|message|>"):
+        d.allowed(tok)
+        tok = t
+    out = d.run(tok)
+    jsonschema.validate(json.loads(ENC.decode(out[:-1])), CITY)
+    assert out[-1] == tk.RETURN
