@@ -3,7 +3,8 @@
 The filters are mlx-lm's (`apply_top_p`, `apply_min_p`, `apply_top_k`, in mlx-lm's order), imported
 only when a filter is on because importing mlx-lm costs about a second. Randomness comes from an
 explicit key split once per token instead of MLX's global generator, so a `seed` reproduces a
-reply exactly whatever else the process samples in between (another chat, another thread).
+reply exactly whatever else the process samples in between (another chat, another thread). A draw is
+Gumbel-max, so a logits processor that masks tokens changes a draw only if it masked the one drawn.
 """
 
 from __future__ import annotations
@@ -176,12 +177,16 @@ class Sampler:
         if self.config.temperature == 0:
             return mx.argmax(logits, axis=-1)
         logprobs = logits
-        if self._filters:  # they expect normalized log-probabilities; categorical does not
+        if self._filters:  # they expect normalized log-probabilities; the draw does not
             logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         for f in self._filters:
             logprobs = f(logprobs)
         self._key, sub = mx.random.split(self._key)
-        return mx.random.categorical(logprobs * (1 / self.config.temperature), key=sub)
+        # Gumbel-max: argmax(logits / T + Gumbel noise) is a draw from softmax(logits / T), and with the
+        # noise fixed by the key, masking tokens the draw did not pick leaves it unchanged, so a
+        # constraint changes a reply only where it must (MLX's `categorical` shifts every draw).
+        scaled = logprobs * (1 / self.config.temperature)
+        return mx.argmax(scaled + mx.random.gumbel(scaled.shape, key=sub), axis=-1)
 
 
 

@@ -384,3 +384,26 @@ def test_with_built_in_tools_a_strict_answer_leaves_the_headers_to_the_model(gra
     out = d.run(tok)
     jsonschema.validate(json.loads(ENC.decode(out[:-1])), CITY)
     assert out[-1] == tk.RETURN
+
+
+def test_the_analysis_is_the_unconstrained_samplers_own(model_tok):
+    """Same seed, the analysis header scripted: the analysis tokens of a strict reply are exactly those
+    of a reply with the format only described (the mask starts after the final header)."""
+    model, tok = model_tok
+    head = _ids("<|channel|>analysis<|message|>")
+
+    def analysis(strict: bool) -> list[int]:
+        chat = mlx_oss.Chat(model, tok, response_format=CITY, strict=strict, max_reasoning_tokens=12,
+                            max_tokens=len(head) + 12 if not strict else 200,
+                            sampling=SamplingConfig(seed=5, logits_processors=(ScriptedTokens(head),)))  # fmt: skip
+        prompt = chat.prompt_tokens([mlx_oss.chat.Message.user("hi")])
+        r = chat.ask("hi")
+        out = chat.engine.tokens[len(prompt) :]
+        assert out[: len(head)] == head
+        if strict:
+            assert r.stats.stop_reason == "stop" and _valid(r.answer, CITY)
+        return out[len(head) : len(head) + 12]
+
+    free = analysis(False)
+    assert len(free) == 12 and not any(t >= tk.FIRST_SPECIAL for t in free)
+    assert analysis(True) == free
