@@ -127,6 +127,8 @@ class Grammars:
 def _describe(error: str) -> str:
     """llguidance's error as one line that names the keyword (`Unimplemented keys: ["uniqueItems"]`)."""
     line = _first_line(error)
+    if line.startswith("oneOf constraints are not supported"):  # its advice names an option of ours to set
+        return 'keyword(s) ["oneOf"] not supported (anyOf is: a oneOf whose branches cannot overlap can be one)'
     if "Unimplemented keys" in line:
         names = line[line.index("[") :] if "[" in line else line
         return f"keyword(s) {names} not supported (see the README's 'Structured output' for the subset)"

@@ -262,6 +262,7 @@ def test_schemas_are_compiled_once_by_hash_and_the_cache_is_bounded():
 @pytest.mark.parametrize("schema, says", [
     ({"type": "array", "uniqueItems": True}, 'keyword(s) ["uniqueItems"] not supported'),
     ({"not": {"type": "string"}}, 'keyword(s) ["not"] not supported'),
+    ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, 'keyword(s) ["oneOf"] not supported (anyOf is'),
     ({"type": "string", "format": "bogus"}, "Unknown format: bogus"),
     ({"type": "string", "pattern": "[a-"}, "regex parse error"),
     ({"type": "objekt"}, "Invalid type: objekt"),
