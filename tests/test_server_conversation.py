@@ -9,7 +9,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_oss.constraint import HeaderConstraint
+from mlx_oss.constraint import ReplyConstraint
 from mlx_oss.harmony import ANALYSIS, Message, ReasoningEffort, ResponseFormat, Role, ToolDescription
 from mlx_oss.sampling import SamplingConfig
 from mlx_oss.server.conversation import (
@@ -82,7 +82,7 @@ def test_response_format_refusals_name_the_field():
     assert (str(e), e.param) == ("text.format.type 'yaml' is not supported (use 'text', 'json_object' or 'json_schema')",
                                  "text.format.type")  # fmt: skip
     e = refusal(response_format, {"type": "json_schema", "json_schema": {"name": "x"}}, "response_format")
-    assert (str(e), e.param) == ("response_format needs a 'schema' object", "response_format.schema")
+    assert (str(e), e.param) == ("response_format needs a 'schema' object", "response_format.json_schema.schema")
     e = refusal(response_format, {"type": "json_schema", "schema": ["not", "a", "dict"]}, "text.format")
     assert e.param == "text.format.schema"
 
@@ -142,17 +142,21 @@ def test_header_has_a_developer_message_only_when_something_goes_in_it():
     assert (d.instructions, tuple(d.functions), tuple(d.response_formats)) == ("Be brief.", (tool,), (JSON_OBJECT,))
 
 
-def test_a_generation_gets_the_bias_then_the_constraint_last():
+def test_a_generation_gets_the_bias_and_each_round_a_fresh_constraint():
     base = SamplingConfig(temperature=0.5, logits_processors=(LogitBias(((1, 1.0),)),))
-    assert Turn((), sampling=base).generation_sampling(ENC) is base  # nothing to add
+    assert Turn((), sampling=base).generation_sampling() is base  # nothing to add
+    assert Turn((), sampling=base).constraint(ENC, None) is None  # nothing demanded
     tools = ToolSet(calls=(("functions.get", None),))
     turn = Turn((), sampling=base, logit_bias=((5, 2.0),), tool_choice=ToolChoice("required", ("functions.get",)), tools=tools)
-    procs = turn.generation_sampling(ENC).logits_processors
+    procs = turn.generation_sampling().logits_processors
     assert procs[0] is base.logits_processors[0] and isinstance(procs[1], LogitBias) and procs[1].bias == ((5, 2.0),)
-    assert isinstance(procs[2], HeaderConstraint) and len(procs) == 3
-    again = turn.generation_sampling(ENC).logits_processors[2]
-    assert again is not procs[2]  # stateful: a fresh one per generation
-    assert Turn((), logit_bias=((5, 2.0),)).generation_sampling(ENC).temperature == SamplingConfig().temperature
+    assert len(procs) == 2  # the constraint is the sampler's `extra`, set per round by the generation
+    c = turn.constraint(ENC, None)
+    assert isinstance(c, ReplyConstraint) and turn.constraint(ENC, None) is not c  # stateful: a fresh one per round
+    assert Turn((), logit_bias=((5, 2.0),)).generation_sampling().temperature == SamplingConfig().temperature
+    budget = Turn((), reasoning_budget=10).constraint(ENC, None)
+    assert isinstance(budget, ReplyConstraint) and budget.budget == 10
+    assert Turn((), reasoning_budget=10).constraint(ENC, None, reasoning_used=25).budget == 0  # spent in earlier rounds
 
 
 def test_a_logit_bias_id_past_the_vocabulary_is_refused_when_rendered():

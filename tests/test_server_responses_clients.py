@@ -412,11 +412,11 @@ def test_json_object_format_is_rendered_in_both_apis(srv):
     url, app, scripts, tok = srv
     client = openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=120)
     expected = '# Response Formats\n\n## json_object\n\n// Reply with one JSON object.\n{"type":"object"}<|end|>'
-    scripts.push(reply(tok, final='{"a": 1}'))
+    scripts.push(reply(tok, final='{"a":1}'))  # compact: json_object is enforced, and its documents have no spaces
     r = client.responses.create(model=MODEL_ID, input="JSON please", text={"format": {"type": "json_object"}})
     assert json.loads(r.output_text) == {"a": 1} and r.text.format.type == "json_object"
     assert expected in prompt_text(app, tok)
-    scripts.push(reply(tok, final='{"b": 2}'))
+    scripts.push(reply(tok, final='{"b":2}'))
     c = client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "JSON please"}],
                                        response_format={"type": "json_object"})  # fmt: skip
     assert json.loads(c.choices[0].message.content) == {"b": 2}

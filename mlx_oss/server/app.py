@@ -183,6 +183,7 @@ def create_app(
         srv.check_key(request)
         body = await srv.body(request, CHAT)
         req = _translate(lambda: chat_completions.parse_request(body, backend.sampling(body)))
+        req = replace(req, turn=await _compiled(backend, req.turn))
         prompt, boundaries = _translate(lambda: backend.prompt(req.turn))
         job = backend.submit(req.turn, prompt, boundaries)
         acc = chat_completions.ChatAccumulator(srv.model_id, req.turn.sampling.logprobs is not None)
@@ -216,6 +217,7 @@ def create_app(
         srv.check_key(request)
         body = await srv.body(request, RESPONSES)
         req = _translate(lambda: responses.parse_request(body, srv.stored, backend.sampling(body), srv.builtin))
+        req = replace(req, turn=await _compiled(backend, req.turn))
         job, b = _submit_response(srv, req)
 
         def save() -> None:
@@ -302,6 +304,14 @@ def _translate(step: Callable[[], Any]) -> Any:
     except Exception as e:
         log.warning("a request body the schema let through failed in translation", exc_info=True)
         raise bad_request(f"The request could not be read: {type(e).__name__}: {clip(str(e))}") from None
+
+
+async def _compiled(backend: Backend, turn):
+    """The turn with its strict schemas compiled (a 400 for one that cannot be enforced), in a worker
+    thread: compiling blocks (the first schema also reads the vocabulary, about a second)."""
+    if not turn.schemas():
+        return turn
+    return await anyio.to_thread.run_sync(lambda: _translate(lambda: backend.compile(turn)))
 
 
 class _InternalErrors:

@@ -1,7 +1,9 @@
 """The model side of the server: one engine, its prompt-cache pool and the generation worker.
 
-Routes hand it a `Turn`; it renders the prompt (so a context overflow is refused before any
-compute), queues the generation and gives back the job whose events the route streams.
+Routes hand it a `Turn`; it compiles the turn's strict schemas (`compile`, with the one `Grammars`
+of this tokenizer, so a schema that cannot be enforced is refused before anything is queued), renders
+the prompt (so a context overflow is refused before any compute), queues the generation and gives
+back the job whose events the route streams.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, AsyncIterator, Callable, Sequence
 
 from mlx_oss.builtin import BuiltinTools
 from mlx_oss.engine import Engine
+from mlx_oss.grammar import Grammars
 from mlx_oss.sampling import LogitsProcessor, SamplingConfig
 from mlx_oss.server.cache_pool import PromptCachePool
 from mlx_oss.server.conversation import Turn
@@ -55,7 +58,24 @@ class Backend:
         self._sampling = sampling or SamplingConfig()
         self._max_tokens = max_tokens
         self.outcomes: Counter[str] = Counter()  # finished generations by stop reason (GET /health)
+        self._grammars: Grammars | None = None
+        self._grammars_lock = threading.Lock()
         self.worker.start()
+
+    @property
+    def grammars(self) -> Grammars:
+        """The compiled JSON schemas of this tokenizer (made on first use: llguidance's view of the
+        vocabulary takes about a second to build, the first time a schema is compiled)."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                self._grammars = Grammars(self.tokenizer)
+            return self._grammars
+
+    def compile(self, turn: Turn) -> Turn:
+        """The turn with its strict schemas compiled (cached by hash); 400 naming the parameter and
+        the keyword for one that cannot be enforced. Blocking (the first time about a second): call
+        it off the event loop. A turn without strict schemas is returned as it is."""
+        return turn.compile(self.grammars) if turn.schemas() else turn
 
     @property
     def max_context(self) -> int:
@@ -96,8 +116,9 @@ class Backend:
 
             try:
                 run_generation(
-                    self.engine, self.pool, self.tokenizer, prompt, boundaries, turn.generation_sampling(self.tokenizer),
+                    self.engine, self.pool, self.tokenizer, prompt, boundaries, turn.generation_sampling(),
                     turn.max_tokens or self._max_tokens, turn.stop, cancelled, counted, turn, tools, max_calls,
+                    self.grammars if turn.schemas() else None,
                 )  # fmt: skip
             except Exception:
                 # In a group, a collective fails when a rank is lost; the watchdog notices it too,

@@ -27,9 +27,11 @@ from mlx_oss.server.conversation import (
     first_of,
     logit_bias,
     reasoning_message,
+    reasoning_budget,
     response_format,
     sampling,
     stop_strings,
+    strict_answer,
     text_of,
 )
 from mlx_oss.server.errors import bad_request
@@ -111,14 +113,16 @@ def parse_request(body: dict, base: SamplingConfig) -> ChatRequest:
     history, instructions = _messages(body["messages"])
     tools = parse_tools(body.get("tools"))
     choice = tool_choice(body.get("tool_choice"), tools)
+    reasoning = body.get("reasoning") or {}
     eff = body.get("reasoning_effort")
     if eff is None:
-        eff = (body.get("reasoning") or {}).get("effort")
+        eff = reasoning.get("effort")
+    fmt = body.get("response_format")
     turn = Turn(
-        tuple(history), instructions, tools, effort(eff, "reasoning_effort"),
-        response_format(body.get("response_format"), "response_format"),
+        tuple(history), instructions, tools, effort(eff, "reasoning_effort"), response_format(fmt, "response_format"),
         first_of(body, "max_completion_tokens", "max_tokens"), replace(sampling(body, base), logprobs=top),
         stop_strings(body.get("stop")), tool_choice=choice, logit_bias=logit_bias(body.get("logit_bias")),
+        answer_schema=strict_answer(fmt, "response_format"), reasoning_budget=reasoning_budget(reasoning),
     )  # fmt: skip
     return ChatRequest(turn, stream, bool(opts.get("include_usage")))
 

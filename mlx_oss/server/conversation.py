@@ -11,6 +11,15 @@ user message and what follows it up to the next one) are dropped, as few as need
 developer messages and the last user turn always stay (if even that does not fit: 400
 `context_length_exceeded`). `logit_bias` (both APIs): `LogitBias`, a logits processor that adds each
 bias to its token's logit (ids checked against the vocabulary when the prompt is rendered).
+
+Structured output (docs/SERVER.md): a strict response format (`json_schema` with `strict: true`, or
+`json_object`) and the parameters of `strict: true` function tools are `StrictSchema`s of the turn
+(`Turn.schemas`). `Turn.compile` compiles them (`mlx_oss.grammar.Grammars`, cached by hash) before the
+request is queued, a schema that cannot be enforced being a 400 that names its parameter and the
+keyword; `Turn.constraint` then makes the `ReplyConstraint` of one generation round (fresh each
+round: it is stateful), which also applies `tool_choice` and the reasoning budget
+(`reasoning.max_tokens`). The prompt is the same with or without them (the schemas are described to
+the model either way): the constraint acts on sampling only, so cache reuse is untouched.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import tiktoken
 
 from mlx_oss.harmony import (
     ANALYSIS,
+    FINAL,
     Message,
     ReasoningEffort,
     ResponseFormat,
@@ -31,13 +41,14 @@ from mlx_oss.harmony import (
     prune_analysis,
     render_with_spans,
 )
+from mlx_oss.constraint import ReplyConstraint, reply_constraint
+from mlx_oss.grammar import ANY_JSON_OBJECT, Grammar, GrammarError, Grammars
 from mlx_oss.sampling import SamplingConfig
 from mlx_oss.server.errors import APIError, bad_request
-from mlx_oss.constraint import tool_choice_constraint
-from mlx_oss.server.tools import ToolChoice, ToolSet, check_schema
+from mlx_oss.server.tools import StrictSchema, ToolChoice, ToolSet, check_schema
 
 __all__ = ["Turn", "LogitBias", "logprobs_setting", "effort", "reasoning_message", "sampling", "first_of", "response_format",
-           "text_of", "stop_strings", "logit_bias"]  # fmt: skip
+           "strict_answer", "reasoning_budget", "text_of", "stop_strings", "logit_bias"]  # fmt: skip
 
 # "none"/"minimal" exist in OpenAI's API for other models; gpt-oss's lowest effort is low.
 _EFFORTS = {"none": "low", "minimal": "low", "low": "low", "medium": "medium", "high": "high"}
@@ -59,6 +70,45 @@ class Turn:
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias): `logit_bias`, checked by the request schema
     truncate: bool = False  # `truncation: "auto"`: drop the oldest turns to fit the context
+    answer_schema: StrictSchema | None = None  # a strict response format / json_object: the answer must follow it
+    reasoning_budget: int | None = None  # `reasoning.max_tokens`: analysis tokens before the analysis is closed
+    grammars: tuple[tuple[str, Grammar], ...] = ()  # `schemas()` compiled, by target (`compile`)
+
+    def schemas(self) -> tuple[StrictSchema, ...]:
+        """What the reply must follow: the answer's schema, then strict functions' arguments."""
+        return ((self.answer_schema,) if self.answer_schema is not None else ()) + self.tools.strict
+
+    def compile(self, grammars: Grammars) -> Turn:
+        """This turn with its schemas compiled (llguidance; cached by hash, so a client that sends the
+        same schema each time compiles it once); 400 naming the parameter and the keyword for a schema
+        that cannot be enforced. Slow the first time (the vocabulary is read): call it off the event loop."""
+        out = []
+        for s in self.schemas():
+            try:
+                out.append((s.target, grammars.json_schema(s.schema, s.param)))
+            except GrammarError as e:
+                raise bad_request(f"{e}; with strict false it would only be described to the model", s.param) from None
+        return replace(self, grammars=tuple(out))
+
+    def constraint(
+        self, encoding: tiktoken.Encoding, grammars: Grammars | None, reasoning_used: int = 0
+    ) -> ReplyConstraint | None:
+        """A fresh `ReplyConstraint` for one generation round (None when the turn demands nothing):
+        `tool_choice`, the answer's and strict calls' grammars (compiled now if `compile` was not
+        called), and what is left of the reasoning budget after `reasoning_used` analysis tokens of
+        earlier rounds (built-in tool calls)."""
+        compiled = dict(self.grammars)
+        if self.schemas() and not compiled:
+            if grammars is None:
+                raise ValueError("a turn with strict schemas needs the Grammars to compile them")
+            compiled = dict(self.compile(grammars).grammars)
+        answer = compiled.pop(FINAL, None) if self.answer_schema is not None else None
+        c = self.tool_choice
+        budget = None if self.reasoning_budget is None else max(0, self.reasoning_budget - reasoning_used)
+        recipients = c.recipients if c.mode == "required" else self.tools.recipients()
+        return reply_constraint(encoding, tool_choice=c.mode, recipients=recipients if c.mode != "none" else (),
+                                answer=answer, arguments=compiled, grammars=grammars, reasoning_budget=budget,
+                                builtin_calls=bool(self.tools.builtin))  # fmt: skip
 
     def header(self) -> list[Message]:
         sys = Message.system(SystemContent(reasoning_effort=self.effort, tools=self.tools.builtin))
@@ -75,17 +125,12 @@ class Turn:
             )
         return out
 
-    def generation_sampling(self, encoding: tiktoken.Encoding) -> SamplingConfig:
-        """`sampling` plus `logit_bias` and, for a constrained `tool_choice`, a fresh `HeaderConstraint`
-        (stateful: one per generation), last so that it overrides anything before it. `auto` without a
-        bias adds nothing."""
-        added: tuple = (LogitBias(self.logit_bias),) if self.logit_bias else ()
-        c = self.tool_choice
-        if c.constrained:
-            added += (tool_choice_constraint(c.mode, c.recipients, encoding),)
-        if not added:
+    def generation_sampling(self) -> SamplingConfig:
+        """`sampling` plus `logit_bias`. The constraint (`constraint`) is not part of it: it is stateful,
+        so the generation sets a fresh one per round as the sampler's `extra`, after these."""
+        if not self.logit_bias:
             return self.sampling
-        return replace(self.sampling, logits_processors=(*self.sampling.logits_processors, *added))
+        return replace(self.sampling, logits_processors=(*self.sampling.logits_processors, LogitBias(self.logit_bias)))
 
     def render(self, encoding: tiktoken.Encoding, max_context: int | None = None) -> tuple[list[int], tuple[int, ...]]:
         """(prompt tokens ending in `<|start|>assistant`, snapshot points: end of the system message,
@@ -176,10 +221,18 @@ def sampling(body: dict, base: SamplingConfig) -> SamplingConfig:
                    seed=pick("seed", base.seed))  # fmt: skip
 
 
+def _format_fields(spec: dict, param: str) -> tuple[dict, str]:
+    """(the json_schema fields, where they are): Chat Completions nests them under `json_schema`."""
+    if isinstance(spec.get("json_schema"), dict):
+        return spec["json_schema"], f"{param}.json_schema"
+    return spec, param
+
+
 def response_format(spec: Any, param: str) -> ResponseFormat | None:
-    """`{"type": "json_schema", "json_schema"|…: {"name", "schema", "description"}}` -> ResponseFormat.
-    `text` is the default; `json_object` (JSON mode) is rendered as a format whose schema is any
-    object (not enforced while sampling: the model is asked, as with a schema)."""
+    """`{"type": "json_schema", "json_schema"|…: {"name", "schema", "description"}}` -> ResponseFormat,
+    what the developer message describes to the model. `text` is the default; `json_object` (JSON
+    mode) is described as a format whose schema is any object. Whether it is also enforced:
+    `strict_answer`."""
     if spec is None:
         return None
     kind = spec.get("type") or "text"
@@ -190,14 +243,32 @@ def response_format(spec: Any, param: str) -> ResponseFormat | None:
     if kind != "json_schema":
         raise bad_request(f"{param}.type {kind!r} is not supported (use 'text', 'json_object' or 'json_schema')",
                           f"{param}.type")  # fmt: skip
-    d = spec.get("json_schema") if isinstance(spec.get("json_schema"), dict) else spec
+    d, where = _format_fields(spec, param)
     schema = d.get("schema")
     if not isinstance(schema, dict):
-        raise bad_request(f"{param} needs a 'schema' object", f"{param}.schema")
+        raise bad_request(f"{param} needs a 'schema' object", f"{where}.schema")
     name = d.get("name") or "response"
     desc = d.get("description")
-    check_schema(schema, param, f"{param}.schema")
+    check_schema(schema, param, f"{where}.schema")
     return ResponseFormat(name, schema, desc)
+
+
+def strict_answer(spec: Any, param: str) -> StrictSchema | None:
+    """The schema the answer must follow, for a format `response_format` accepted: `json_object`
+    (any object), or `json_schema` with `strict: true`; None otherwise (described only)."""
+    kind = (spec.get("type") or "text") if spec is not None else "text"
+    if kind == "json_object":
+        return StrictSchema(FINAL, ANY_JSON_OBJECT, f"{param}.type")
+    if kind != "json_schema":
+        return None
+    d, where = _format_fields(spec, param)
+    return StrictSchema(FINAL, d.get("schema"), f"{where}.schema") if d.get("strict") is True else None
+
+
+def reasoning_budget(reasoning: Any) -> int | None:
+    """`reasoning.max_tokens` (OpenRouter's convention; an integer >= 0, checked by the request schema)."""
+    value = reasoning.get("max_tokens") if isinstance(reasoning, dict) else None
+    return None if value is None else int(value)  # (2.0 passes the schema as an integer)
 
 
 JSON_OBJECT = ResponseFormat("json_object", {"type": "object"}, "Reply with one JSON object.")

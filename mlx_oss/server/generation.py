@@ -5,6 +5,10 @@ built-in call), each opened when its harmony header is complete, fed with deltas
 full text; a built-in call the server ran is followed by `ToolDone` and the next round's items; then
 `Finished` with the usage the engine measured (summed over rounds). The API modules turn them into their own
 chunks/events. Runs in `GenerationWorker`'s thread only.
+
+Each round gets a fresh `ReplyConstraint` from its turn (`Turn.constraint`: tool_choice, strict schemas,
+the reasoning budget left) as the sampler's `extra` processor, after the request's own; the sampler (and
+its random key) carries across rounds.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import tiktoken
 from mlx_oss.builtin import BuiltinTools
 from mlx_oss.engine import Engine
 from mlx_oss.events import Citation, ToolCall, ToolResult
+from mlx_oss.grammar import Grammars
 from mlx_oss.harmony import ANALYSIS, UNPARSED, Message, ParserState, Role, StreamParser
 from mlx_oss.sampling import Sampler, SamplingConfig
 from mlx_oss.server.cache_pool import PromptCachePool
@@ -148,11 +153,13 @@ def run_generation(
     turn: Turn | None = None,
     tools: BuiltinTools | None = None,
     max_calls: int = 8,
+    grammars: Grammars | None = None,
 ) -> None:
     """Generate a reply to `prompt`, emitting ItemStarted/ItemDelta/ItemDone, then Finished. With
     `tools` (and the `turn` that made `prompt`), a call to a built-in tool is run here, its result
     emitted as ToolDone and fed back, and generation goes on, all in one reply: at most `max_calls`
-    calls are run (later ones are answered with an error text; one round more ends the reply)."""
+    calls are run (later ones are answered with an error text; one round more ends the reply).
+    The `turn`'s constraint (with `grammars`, which compiled its schemas) applies to every round."""
     sampler = Sampler(sampling)
     history = list(turn.history) if turn is not None else []
     totals = [0, 0, 0, 0, 0]  # prompt, cached, completion, reasoning, unparsed tokens over all rounds
@@ -162,6 +169,8 @@ def run_generation(
         if budget is not None and budget < 1:
             emit(Finished(Usage(*totals), "length"))
             return
+        c = turn.constraint(encoding, grammars, totals[3]) if turn is not None else None
+        sampler.extra = (c,) if c is not None else ()  # fresh each round: a constraint is stateful
         r = _round(engine, pool, encoding, prompt, boundaries, sampler, budget, stops, cancelled, emit, tools)
         totals = [a + b for a, b in zip(totals, r.counts)]
         last = r.messages[-1] if r.messages else None

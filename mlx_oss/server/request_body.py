@@ -69,6 +69,7 @@ _FUNCTION = _obj({"name": {"type": "string", "minLength": 1}, "description": _ST
 _TOOL_CHOICE = _t("string", "object", "null",
                   properties={"type": _STR, "name": _STR, "namespace": _STR, "function": _obj({"name": _STR})})  # fmt: skip
 _EFFORT = _STR  # values: conversation.effort
+_BUDGET = _t("integer", "null", minimum=0, maximum=MAX_TOKENS)  # `reasoning.max_tokens`: analysis tokens (0: none)
 # `logit_bias`: token id (decimal, no leading zeros) -> a bias of -100..100 (ids are checked against the
 # vocabulary when the prompt is rendered: server/conversation.py)
 _LOGIT_BIAS = _obj(maxProperties=1024, propertyNames={"pattern": "^(0|[1-9][0-9]{0,8})$"},
@@ -105,7 +106,7 @@ CHAT: dict = _obj(
         "tools": _tools(nested_function=True),
         "tool_choice": _TOOL_CHOICE,
         "reasoning_effort": _EFFORT,
-        "reasoning": _obj({"effort": _EFFORT}),
+        "reasoning": _obj({"effort": _EFFORT, "max_tokens": _BUDGET}),
         "response_format": _obj({"type": _STR, "json_schema": _obj({"name": _STR, "description": _STR,
                                                                      "schema": _SCHEMA_OBJECT, "strict": _BOOL})}),
         "max_completion_tokens": _COUNT,
@@ -148,7 +149,8 @@ RESPONSES: dict = _obj(
         "tool_choice": _TOOL_CHOICE,
         "max_output_tokens": _COUNT,
         "max_tool_calls": _COUNT,
-        "reasoning": _obj({"effort": _EFFORT, "summary": _t("string", "null", enum=[*SUMMARIES, None])}),
+        "reasoning": _obj({"effort": _EFFORT, "summary": _t("string", "null", enum=[*SUMMARIES, None]),
+                           "max_tokens": _BUDGET}),
         "text": _obj({"format": _obj({"type": _STR, "name": _STR, "description": _STR, "schema": _SCHEMA_OBJECT,
                                       "strict": _BOOL})}),
         "truncation": _t("string", "null", enum=["auto", "disabled", None]),

@@ -55,9 +55,11 @@ from mlx_oss.server.conversation import (
     logprobs_setting,
     first_of,
     logit_bias,
+    reasoning_budget,
     reasoning_message,
     response_format,
     sampling,
+    strict_answer,
     text_of,
 )
 from mlx_oss.server.errors import APIError, bad_request
@@ -447,13 +449,16 @@ def parse_request(body: dict, stored: StoredResponses, base: SamplingConfig, bui
         tuple(history), "\n\n".join(instructions) if instructions else None, tools, effort(r.get("effort"), "reasoning.effort"),
         response_format(text.get("format"), "text.format"), first_of(body, "max_output_tokens"),
         replace(sampling(body, base), logprobs=top), tool_choice=choice, logit_bias=logit_bias(body.get("logit_bias")),
-        truncate=truncation == "auto",
+        truncate=truncation == "auto", answer_schema=strict_answer(text.get("format"), "text.format"),
+        reasoning_budget=reasoning_budget(r),
     )  # fmt: skip
     summary = r.get("summary") if r.get("summary") != "none" else None
     options = OutputOptions(stored.seal if ENCRYPTED in include else None, summary is not None, tools.calls)
     echo = Echo({
         "instructions": extra, "max_output_tokens": body.get("max_output_tokens"), "previous_response_id": prev,
-        "reasoning": {"effort": turn.effort.value, "summary": summary}, "temperature": turn.sampling.temperature,
+        "reasoning": {"effort": turn.effort.value, "summary": summary,
+                      **({"max_tokens": turn.reasoning_budget} if turn.reasoning_budget is not None else {})},
+        "temperature": turn.sampling.temperature,
         "top_p": turn.sampling.top_p, "text": {"format": text.get("format") or {"type": "text"}},
         "tool_choice": body.get("tool_choice") or "auto", "tools": body.get("tools") or [],
         "parallel_tool_calls": body.get("parallel_tool_calls") is not False, "metadata": body.get("metadata") or {},

@@ -23,6 +23,13 @@ The Responses API also takes (what Codex and agent frameworks send):
   `shell`, `apply_patch`, ..., or a type this server does not know) is a tool the model cannot use
   here: it is dropped, with one warning line in the server log (`mlx_oss.server`), so that a client
   that lists it is still served. Chat Completions keeps refusing anything but `function`.
+
+`strict: true` on a function tool (either API's shape, in a namespace too) asks for its arguments to be
+enforced: the tool's `parameters` are kept as a `StrictSchema` (target: its recipient; `param`: where
+the request set them, for the 400 when they cannot be enforced); the server compiles them and the
+sampler keeps each call's arguments to them (server/conversation.py, mlx_oss/constraint.py). Only an
+explicit `true` counts: when `strict` is absent or false the schema is described to the model, never
+enforced (docs/SERVER.md, "Structured output").
 """
 
 from __future__ import annotations
@@ -37,9 +44,9 @@ from mlx_oss.harmony import ToolDescription, ToolNamespace, json_schema_to_types
 from mlx_oss.server.builtin import BROWSER_TYPES, PYTHON_TYPES, ServerTools
 from mlx_oss.server.errors import bad_request, clip
 
-__all__ = ["FUNCTIONS", "ToolSet", "CallKind", "check_schema", "parse_tools", "tool_choice", "ToolChoice", "call_name",
-           "FUNCTION", "CUSTOM", "LOCAL_SHELL", "LOCAL_SHELL_NAME", "custom_arguments", "custom_input",
-           "shell_arguments", "shell_action"]  # fmt: skip
+__all__ = ["FUNCTIONS", "ToolSet", "StrictSchema", "NO_ARGUMENTS", "CallKind", "check_schema", "parse_tools",
+           "tool_choice", "ToolChoice", "call_name", "FUNCTION", "CUSTOM", "LOCAL_SHELL", "LOCAL_SHELL_NAME",
+           "custom_arguments", "custom_input", "shell_arguments", "shell_action"]  # fmt: skip
 
 FUNCTIONS = "functions."
 FUNCTION, CUSTOM, LOCAL_SHELL = "function", "custom", "local_shell"  # what a call to a client tool comes back as
@@ -59,6 +66,20 @@ class CallKind:
 
 
 @dataclass(frozen=True)
+class StrictSchema:
+    """A JSON schema a message of the reply must follow: `target` is the message (`final` for the
+    answer, a call's recipient for its arguments), `param` where the request set it."""
+
+    target: str
+    schema: dict[str, Any]
+    param: str
+
+
+NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}  # a strict
+# function without `parameters` takes none: `{}`
+
+
+@dataclass(frozen=True)
 class ToolSet:
     """Function tools for the developer message and built-in namespaces for the system message."""
 
@@ -67,6 +88,7 @@ class ToolSet:
     builtin_names: tuple[str, ...] = ()  # `browser` / `python`: the built-in tools the request lists
     namespaces: tuple[ToolNamespace, ...] = ()  # the client's own namespaces (developer message), not `functions`
     calls: tuple[tuple[str, CallKind], ...] = ()  # recipient -> CallKind, for every client tool
+    strict: tuple[StrictSchema, ...] = ()  # the arguments of `strict: true` functions, by recipient
 
     def recipients(self) -> tuple[str, ...]:
         """Every recipient a call to a client tool may have (`functions.x`, `ns.y`), in order."""
@@ -96,6 +118,16 @@ def _function(spec: dict[str, Any], param: str) -> ToolDescription:
         check_schema(params, f"tool {name!r}: its parameters", param)
         json_schema_to_typescript(params)
     return ToolDescription(name, desc, params)
+
+
+def _strict(spec: dict[str, Any], where: str) -> tuple[dict[str, Any], str] | None:
+    """A function tool's (parameters, their param) when it says `strict: true` (else None: described only)."""
+    d = spec.get("function") if isinstance(spec.get("function"), dict) else spec
+    if d.get("strict") is not True:
+        return None
+    params = d.get("parameters")
+    param = f"{where}.function.parameters" if d is not spec else f"{where}.parameters"
+    return (params if params is not None else NO_ARGUMENTS), param
 
 
 def _custom(spec: dict[str, Any], param: str) -> ToolDescription:
@@ -156,12 +188,16 @@ class _Collector:
         self.functions: list[ToolDescription] = []
         self.spaces: dict[str, tuple[str | None, list[ToolDescription]]] = {}
         self.calls: dict[str, CallKind] = {}
+        self.strict: list[StrictSchema] = []
 
-    def add(self, tool: ToolDescription, kind: str, namespace: str | None, param: str) -> None:
+    def add(self, tool: ToolDescription, kind: str, namespace: str | None, param: str,
+            strict: tuple[dict[str, Any], str] | None = None) -> None:  # fmt: skip
         recipient = f"{namespace}.{tool.name}" if namespace else FUNCTIONS + tool.name
         if recipient in self.calls:
             raise bad_request(f"two tools are named {recipient if namespace else tool.name!r}", param)
         self.calls[recipient] = CallKind(kind, tool.name, namespace)
+        if strict is not None:
+            self.strict.append(StrictSchema(recipient, *strict))
         (self.spaces[namespace][1] if namespace else self.functions).append(tool)
 
     def namespace(self, spec: dict[str, Any], param: str) -> None:
@@ -178,7 +214,7 @@ class _Collector:
             where = f"{param}.tools[{j}]"
             kind = t.get("type") or "function"
             if kind == "function":
-                self.add(_function(t, where), FUNCTION, ns, where)
+                self.add(_function(t, where), FUNCTION, ns, where, _strict(t, where))
             elif kind == "custom":
                 self.add(_custom(t, where), CUSTOM, ns, where)
             else:
@@ -202,7 +238,7 @@ def parse_tools(tools: Any, param: str = "tools", builtin: ServerTools | None = 
             raise bad_request("each tool must be an object", where)
         kind = spec.get("type", "function")
         if kind == "function":
-            got.add(_function(spec, where), FUNCTION, None, param)
+            got.add(_function(spec, where), FUNCTION, None, param, _strict(spec, where))
         elif builtin is not None and (owner := builtin.kind(kind)) is not None:
             if owner == "python" and not builtin.allow_python:
                 raise bad_request(f"tool type {kind!r} runs code on the server, which this server does not allow "
@@ -233,7 +269,7 @@ def parse_tools(tools: Any, param: str = "tools", builtin: ServerTools | None = 
     if clash:
         raise bad_request(f"a namespace tool is named {clash!r}, like the built-in tool this request also lists", param)
     spaces = tuple(ToolNamespace(n, d, tuple(ts)) for n, (d, ts) in got.spaces.items() if ts)
-    return ToolSet(tuple(got.functions), (), builtin_names, spaces, tuple(got.calls.items()))
+    return ToolSet(tuple(got.functions), (), builtin_names, spaces, tuple(got.calls.items()), tuple(got.strict))
 
 
 _BUILTIN_TYPES = BROWSER_TYPES + PYTHON_TYPES

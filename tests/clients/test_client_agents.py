@@ -109,7 +109,8 @@ def test_agent_two_tools_run_streamed(server, kind):
 
 @pytest.mark.parametrize("kind", ["responses", "chat"])
 def test_agent_output_type(server, kind):
-    server.push(reply(server.tok, analysis="Fill the schema.", final='{"city": "Paris", "temperature_c": 21}'))
+    # compact JSON: the SDK sends a strict schema, which the server enforces (its documents have no spaces)
+    server.push(reply(server.tok, analysis="Fill the schema.", final='{"city":"Paris","temperature_c":21}'))
     agent = Agent(name="structured", instructions="Report the weather.", output_type=Weather, model=_model(kind, server.url))
     result = Runner.run_sync(agent, "Weather in Paris?")
     assert result.final_output == Weather(city="Paris", temperature_c=21)
