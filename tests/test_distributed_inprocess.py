@@ -474,6 +474,130 @@ def test_follower_runs_detach_attach_fork_by_id(pair):
         f.run(Command(ATTACH, state=11, **base), [])
 
 
+
+def _stops_cuts_and_reuse(new_engine, stop=None):
+    """Commands with every payload part: a dropped engine, prompts, stop tokens, boundaries; prefills
+    that reuse; a generation without max_tokens that ends on `stop`. -> each step's result, and the
+    tokens and snapshot positions `eng` holds (None: the first greedy tokens, to pick `stop` from)."""
+    log = []
+    eng, other = new_engine(), new_engine()
+    g = other.generate(TOKENS[:4], GREEDY, max_tokens=1, stop_tokens=())  # 1 is allowed
+    log.append((list(g), g.stop_reason))
+    del other, g  # its id rides with the next command, before that command's prompt and cuts
+    gc.collect()
+    logits, keep = eng.prefill(TOKENS[:6], boundaries=[3])
+    log.append((keep, eng.tokens))
+    logits, keep = eng.prefill(TOKENS[:8])  # reuses the 6 held tokens
+    log.append(keep)
+    prompt = TOKENS[:8] + [40, 41, 42, 43, 44, 45, 46, 10]  # ends in an id that is also a position inside
+    if stop is None:
+        return list(eng.generate(prompt, GREEDY, max_tokens=6, stop_tokens=(), boundaries=[12]))
+    g = eng.generate(prompt, GREEDY, stop_tokens=[stop], boundaries=[12])
+    log.append((list(g), g.reused_tokens, g.stop_reason))
+    return log, eng, prompt
+
+
+def test_stops_cuts_drops_and_reuse_reach_the_follower(pair, reference, monkeypatch):
+    """The follower reads each part of a payload (drops, prompt, stops, cuts) from its place: it
+    stops on rank 0's stop token (no max_tokens), takes the same snapshots, reuses what rank 0
+    reuses; the headers say -1 for no max_tokens and 0 for fields a command does not use."""
+    lead, fol = pair
+    first = _stops_cuts_and_reuse(lambda: Engine(reference))
+    stop = next(t for i, t in enumerate(first) if i >= 2 and t not in first[:i])
+    ref_log, ref_eng, prompt = _stops_cuts_and_reuse(lambda: Engine(reference), stop)
+    assert ref_log[0][1] == "length" and ref_log[2] == 6 and ref_log[3][1:] == (8, "stop") and len(ref_log[3][0]) > 2
+    seen, mine = [], []
+
+    class Recorder(Follower):
+        def __init__(self, *a) -> None:
+            super().__init__(*a)
+            mine.append(self)
+
+        def run(self, c, body):
+            seen.append((c, list(body)))
+            return super().run(c, body)
+
+    monkeypatch.setattr(deng, "Follower", Recorder)
+
+    def rank0():
+        log, eng, _ = _stops_cuts_and_reuse(lambda: LeaderEngine(lead), stop)
+        res = log, eng.tokens, [s.position for s in eng.snapshots], eng.id, eng
+        end_followers(lead.comm)
+        return res
+
+    (log, held, snaps, eid, eng), _ = _ranks([lead.comm, fol.comm], rank0, _follow(fol))
+    assert log == ref_log and held == ref_eng.tokens
+    assert snaps == [s.position for s in ref_eng.snapshots] == [3, 6, 8, 12, 16]
+    f = mine[0].engines[eid]
+    assert (f.tokens, [s.position for s in f.snapshots]) == (held, snaps)
+    other = eid + 1
+    settings = dict(max_context=eng.max_context, prefill_chunk=eng.prefill_chunk, max_snapshots=eng.max_snapshots)
+    assert seen[1:] == [
+        (Command(PREFILL, eid, n_drop=1, n_prompt=6, n_cut=1, **settings), [other] + TOKENS[:6] + [3]),
+        (Command(PREFILL, eid, n_prompt=8, held=6, reuse=6, **settings), TOKENS[:8]),
+        (Command(GENERATE, eid, n_prompt=16, n_stop=1, n_cut=1, held=8, reuse=8, **settings), prompt + [stop, 12]),
+        (Command(EXIT), []),
+    ]
+    assert seen[0] == (Command(GENERATE, other, n_prompt=4, max_tokens=1, **settings), TOKENS[:4])
+
+
+def test_states_rank_0_lets_go_of_are_dropped_on_the_follower(pair, followers):
+    """A detached state and a fork of it that rank 0 no longer holds are dropped on the follower with
+    the next command; the one rank 0 keeps stays."""
+    lead, fol = pair
+
+    def rank0():
+        eng = LeaderEngine(lead)
+        list(eng.generate(TOKENS[:6], GREEDY, max_tokens=2, stop_tokens=()))
+        keep = eng.detach()
+        gone = keep.fork()
+        ids = keep.id, gone.id
+        del gone
+        gc.collect()
+        assert lead.comm.mirror._dropped == [ids[1]]
+        end_followers(lead.comm)
+        return ids, keep
+
+    ((kid, gid), keep), _ = _ranks([lead.comm, fol.comm], rank0, _follow(fol))
+    assert kid != gid and list(followers[0].states) == [kid]
+    assert followers[0].states[kid].tokens == keep.tokens
+
+
+def test_logits_processors_see_the_context_on_rank_0(pair, reference):
+    """A sampler with a logits processor that reads the token context (here: the next token is the
+    context's length) gives the tokens one Engine gives; the follower follows without running it."""
+    lead, fol = pair
+
+    def sampler(calls):
+        def count(tokens, logits):
+            calls.append(np.array(tokens).tolist())
+            return mx.where(mx.arange(logits.shape[-1]) == tokens.size, 1e4, logits)
+
+        return Sampler(SamplingConfig(temperature=0, logits_processors=(count,)))
+
+    prompt = TOKENS[:12]
+    ref_calls, calls = [], []
+    ref = list(Engine(reference).generate(prompt, sampler(ref_calls), max_tokens=6, stop_tokens=()))
+    assert ref == list(range(12, 18)) and ref_calls == [prompt + ref[:i] for i in range(6)]
+
+    def rank0():
+        out = list(LeaderEngine(lead).generate(prompt, sampler(calls), max_tokens=6, stop_tokens=()))
+        end_followers(lead.comm)
+        return out
+
+    got, _ = _ranks([lead.comm, fol.comm], rank0, _follow(fol))
+    assert got == ref and calls == ref_calls
+
+
+def test_a_follower_checks_a_new_engine_s_context_limit(pair):
+    """The settings in a header make the follower's engine as rank 0's constructor would: a
+    context limit the model cannot hold is refused."""
+    fol = pair[1]
+    limit = fol.args.max_position_embeddings
+    with pytest.raises(ValueError, match=rf"^max_context must be between 2 and the model's {limit} tokens, got 1$"):
+        Follower(fol, fol.comm).run(Command(RESET, engine=4, max_context=1, prefill_chunk=8), [])
+
+
 # ---------------------------------------------------------------------------------- session broadcasts
 
 
@@ -764,6 +888,15 @@ def test_comm_suspended_and_groups_of_one():
     c = _comms(2)
     got = _ranks(c, *[(lambda r=r: np.array(c[r].gather_last(mx.array([[r + 1.0, r + 10.0]]) * (r + 1)))) for r in range(2)])
     assert got[0].tolist() == got[1].tolist() == [[1.0, 10.0, 4.0, 22.0]]
+
+
+def test_suspended_gather_joins_logits_along_the_vocabulary():
+    """[B, T, vocab part] logits (what the benchmark's timing run gathers) are joined on the last axis."""
+    two = Comm(FakeGroup(0, 2))
+    x = mx.arange(6, dtype=mx.float32).reshape(1, 2, 3)
+    with two.suspended():
+        got = np.array(two.gather_last(x))
+    assert got.tolist() == [[[0, 1, 2, 0, 1, 2], [3, 4, 5, 3, 4, 5]]]
 
 
 @pytest.mark.parametrize("layers", [0, 1, 2])

@@ -27,7 +27,7 @@ from mlx_oss.chat import Chat
 from mlx_oss.distributed.layers import Comm
 from mlx_oss.distributed.session import broadcast_ints
 from mlx_oss.engine import Engine, EngineState, Generation
-from mlx_oss.sampling import Sampler, SamplingConfig
+from mlx_oss.sampling import LogitsProcessor, Sampler
 
 EXIT, RESET, GENERATE, PREFILL, DETACH, ATTACH, FORK = range(1, 8)
 
@@ -88,10 +88,14 @@ class _Step:
     def __init__(self, comm: Comm, sampler: Sampler | None, should_stop: Callable[[], bool]) -> None:
         self.comm = comm
         self.inner = sampler
-        self.config = sampler.config if sampler is not None else SamplingConfig()
         self.user_stop = should_stop  # rank 0 only; followers read rank 0's answer
         self.closing = False
         self.packet: mx.array | None = None
+
+    @property
+    def processors(self) -> tuple[LogitsProcessor, ...]:
+        """Rank 0's sampler's (the engine builds their token context only if there are any)."""
+        return self.inner.processors if self.inner is not None else ()
 
     def _wants_stop(self) -> bool:
         return self.comm.rank == 0 and (self.closing or bool(self.user_stop()))
