@@ -20,7 +20,8 @@ Three demands, in any combination, one processor per generation (`ReplyConstrain
 Inside constrained content no harmony special token is possible except the one that ends this kind
 of message, so a call cannot be ended as an answer and no markup is written into text. The reply is
 read with the harmony `StreamParser` (free headers are classified as the parser classifies them).
-Only the last context token is read per step (the processor is called once per sampled token).
+Only the last context token is read per step (the processor is called once per sampled token), on the
+host, so the next mask is computed while the device runs the forward pass the engine queued before.
 When an earlier processor left nothing allowed possible (a test script forcing a banned token), the
 preferred allowed token is taken instead, so the constraint always wins.
 """
@@ -196,7 +197,9 @@ class ReplyConstraint:
 
     def __call__(self, context: mx.array, logits: mx.array) -> mx.array:
         if self._calls > 0 and context.size:
-            self._feed(int(context[-1].item()))
+            # read on the host: `context[-1].item()` would queue behind the forward pass the engine has
+            # just started, and the mask would wait for it instead of being computed meanwhile
+            self._feed(int(np.asarray(context)[-1]))
         self._calls += 1
         if self._mode in ("open", "done"):
             return logits

@@ -40,7 +40,10 @@ declare -A MODULES=(
   # chat-list tests (test_tui_chats.py) cover the same calls through the TUI, at seconds per test
   [tui_storage]="tui/storage.py|tests/test_chat_store.py tests/test_storage_search.py tests/test_keeper.py"
   [tui_keeper]="tui/keeper.py|tests/test_keeper.py"
-  [constraint]="mlx_oss/constraint.py|tests/test_constraint.py"
+  # the reply constraint and the grammars (issue 27): the processor over random logits (ms per test), then
+  # Chat on the random-weight model, where only the constraint makes a reply valid
+  [constraint]="mlx_oss/constraint.py|tests/test_constraint.py tests/test_structured.py"
+  [grammar]="mlx_oss/grammar.py|tests/test_structured.py tests/test_constraint.py"
   # watchdog: real sockets, a second process and timeouts of 1-2 s (a mutant that never reports a hung
   # peer fails within 3x the limit); the multi-process group tests of test_distributed.py stay out
   [watchdog]="mlx_oss/distributed/watchdog.py|tests/test_watchdog.py"

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+import jsonschema
 import numpy as np
 import pytest
 
@@ -324,8 +325,16 @@ def test_help_says_what_each_generate_option_does(capsys, monkeypatch):
         "[prompt] Generate a reply to one prompt. The prompt is read from stdin when not given. positional arguments:",
         "prompt the user message (default: read stdin)",
         "--show-reasoning stream the chain of thought (to stderr unless --reasoning-to stdout)",
-        "--reasoning-to {stderr,stdout} --tools FILE JSON file: a list of function tool schemas the model may call",
-        "--response-format SCHEMA structured output: a JSON schema (inline JSON or a file)",
+        "--reasoning-to {stderr,stdout} where --show-reasoning writes (stdout is refused with --json-schema)",
+        "--tools FILE JSON file: a list of function tool schemas the model may call",
+        "--max-reasoning-tokens N reasoning (analysis) tokens per reply: then the reasoning is closed and the answer "
+        "begins (default: no limit; 0: answer at once)",
+        "--json-schema FILE enforce the answer's format: a JSON schema, or OpenAI's {name, schema, strict} wrapper (a "
+        "file, or inline JSON). stdout is exactly the JSON document and a newline, printed once it is complete; "
+        "reasoning never goes to stdout; a reply that stops before the document is complete",  # (--max-tokens) wraps
+        "prints nothing there and exits 1; a schema that cannot be enforced exits 2 naming the keyword.",
+        "--response-format SCHEMA describe the answer's format to the model, not enforced: the same schema as "
+        "--json-schema (inline JSON or a file); the answer streams as the model writes it",
         "--json print one JSON object: answer, reasoning, tool_calls, stats",
         "--stats print a statistics line to stderr",
         "--hosts HOSTFILE",
@@ -352,7 +361,8 @@ def _stream(monkeypatch, *events, times: list[float] | None = None, **flags) -> 
 
     clock = iter(times) if times is not None else None
     monkeypatch.setattr(time, "monotonic", (lambda: next(clock)) if clock is not None else (lambda: 0.0))
-    a = argparse.Namespace(**{"json": False, "show_reasoning": False, "reasoning_to": "stderr", "stats": False, **flags})
+    a = argparse.Namespace(**{"json": False, "show_reasoning": False, "reasoning_to": "stderr", "stats": False,
+                              "json_schema": None, **flags})  # fmt: skip
     out, err = io.StringIO(), io.StringIO()
     rc = generate._stream(a, _Said(*events), "q", out, err)
     return rc, out.getvalue(), err.getvalue()
@@ -685,3 +695,246 @@ def test_the_command_list_says_what_generate_does(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "generate answer one prompt (stdout: the answer; --json for everything)" in " ".join(capsys.readouterr().out.split())
+
+
+# ------------------------------------------------------------------ structured output (issue 27): --json-schema
+# The tiny model has random weights and nothing is scripted unless a test says so: it never writes harmony by
+# itself, so a document that validates can only come from the constraint. Every string of PET has a maxLength or
+# an enum, its integer is bounded and its array has maxItems, so a random model's document always ends; a
+# reasoning budget (--max-reasoning-tokens) makes its analysis end too.
+
+PET = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "kind": {"enum": ["cat", "dog"]},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 5}, "maxItems": 3},
+    },
+    "required": ["name", "age", "kind", "tags"],
+    "additionalProperties": False,
+}
+SEEDS = ("1", "2", "3", "4", "5")
+
+
+def _valid(text: str, schema: dict = PET) -> bool:
+    try:
+        jsonschema.validate(json.loads(text), schema)
+        return True
+    except (ValueError, jsonschema.ValidationError):
+        return False
+
+
+@pytest.fixture
+def pet_file(tmp_path):
+    """PET in OpenAI's wrapper, as `client.responses.parse` sends it."""
+    f = tmp_path / "pet.json"
+    f.write_text(json.dumps({"name": "pet", "strict": True, "schema": PET}))
+    return str(f)
+
+
+def test_json_schema_stdout_is_exactly_a_valid_document_on_every_seed(tiny_chat_converted, fast_load, capsys, pet_file):
+    m = ["--model", str(tiny_chat_converted), "--max-reasoning-tokens", "4", "--max-tokens", "200"]
+    reasoned = 0
+    for seed in SEEDS:
+        rc, out, err = run(capsys, *m, "--json-schema", pet_file, "--seed", seed, "--show-reasoning", "A pet?")
+        assert rc == 0 and out.endswith("\n") and out.count("\n") == 1, (seed, out, err)
+        assert _valid(out), (seed, out)  # stdout is the document alone: the reasoning went to stderr
+        reasoned += bool(err.strip())
+    assert reasoned  # some seeds did reason (on stderr), so "never on stdout" was put to the test
+    # the same seeds, the schema only described: the random model writes nothing that validates
+    for seed in SEEDS:
+        rc, out, err = run(capsys, *m[:-1], "40", "--response-format", json.dumps(PET), "--seed", seed, "A pet?")
+        assert rc == 0 and not _valid(out), (seed, out)
+
+
+def test_json_schema_with_json_gives_the_document_as_parsed(tiny_chat_converted, fast_load, capsys):
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 1, "maximum": 9}},
+              "required": ["ok", "n"], "additionalProperties": False}  # fmt: skip
+    rc, out, err = run(capsys, "--model", str(tiny_chat_converted), "--json-schema", json.dumps(schema),
+                       "--max-reasoning-tokens", "2", "--seed", "3", "--json", "q")  # fmt: skip
+    data = json.loads(out)
+    assert rc == 0 and data["stats"]["stop_reason"] == "stop" and data["parsed"] == json.loads(data["answer"])
+    jsonschema.validate(data["parsed"], schema)
+
+
+def test_a_strict_reply_cut_off_prints_no_document_and_exits_1(tiny_chat_converted, fast_load, capsys, pet_file):
+    m = ["--model", str(tiny_chat_converted), "--json-schema", pet_file, "--max-reasoning-tokens", "4", "--seed", "2"]
+    rc, out, err = run(capsys, *m, "--max-tokens", "12", "q")
+    assert (rc, out) == (1, "")
+    assert err.splitlines()[-1] == ("mlx-oss: error: no JSON document: the reply reached --max-tokens before it was "
+                                    "complete (raise --max-tokens, or bound the reasoning with --max-reasoning-tokens)")  # fmt: skip
+    assert "(stopped at --max-tokens)" not in err  # one line says it
+    # --json: the reply object (stopped at length, nothing parsed) and the same exit code and line
+    rc, out, err = run(capsys, *m, "--max-tokens", "12", "--json", "q")
+    data = json.loads(out)
+    assert rc == 1 and data["parsed"] is None and data["stats"]["stop_reason"] == "length"
+    assert err.splitlines()[-1].startswith("mlx-oss: error: no JSON document: the reply reached --max-tokens")
+
+
+def test_a_schema_that_cannot_be_enforced_is_a_usage_error_naming_the_keyword(tiny_chat_converted, fast_load, capsys):
+    m = ["--model", str(tiny_chat_converted)]
+    rc, out, err = run(capsys, *m, "--json-schema", '{"type": "array", "uniqueItems": true}', "q")
+    assert (rc, out) == (2, "") and err.count("\n") == 1, err
+    assert err.startswith('mlx-oss generate: error: --json-schema cannot be enforced: keyword(s) ["uniqueItems"] not supported')
+    rc, out, err = run(capsys, *m, "--json", "--json-schema", '{"type": "array", "uniqueItems": true}', "q")
+    assert rc == 2 and json.loads(out)["error"]["type"] == "invalid_argument" and "uniqueItems" in json.loads(out)["error"]["message"]
+    # only described, it is not compiled: nothing to refuse
+    script_free = run(capsys, *m, "--response-format", '{"type": "array", "uniqueItems": true}', "--max-tokens", "2", "q")
+    assert script_free[0] == 0
+    # a strict tool's parameters are checked alike, named by --tools
+    tool = json.dumps([{"name": "f", "strict": True, "parameters": {"type": "object", "properties": {"x": {"not": {}}}}}])
+    rc, out, err = run(capsys, *m, "--tools", tool, "q")
+    assert (rc, out) == (2, "") and err.startswith("mlx-oss generate: error: --tools: tool 'f'") and err.count("\n") == 1, err
+
+
+def test_json_schema_and_response_format_are_read_alike_and_exclusive(tiny_chat_converted, fast_load, capsys, pet_file):
+    m = ["--model", str(tiny_chat_converted)]
+    for flag in ("--json-schema", "--response-format"):
+        assert _gen([*m, flag, "[1]", "x"]) == (2, "", f"mlx-oss generate: error: {flag}: expected a JSON schema object\n")
+        rc, out, err = _gen([*m, flag, "{bad", "x"])
+        assert rc == 2 and err.startswith(f"mlx-oss generate: error: {flag}: invalid JSON (Expecting property name")
+        rc, out, err = _gen([*m, flag, "/nowhere/schema.json", "x"])
+        assert rc == 2 and err == f"mlx-oss generate: error: {flag}: no such file '/nowhere/schema.json'\n"
+    # the wrapper's own "strict" must agree with the flag: neither is silently overridden
+    described = json.dumps({"name": "pet", "strict": False, "schema": PET})
+    assert _gen([*m, "--json-schema", described, "x"]) == (
+        2, "", 'mlx-oss generate: error: --json-schema: the schema says "strict": false; use --response-format to only describe it\n')
+    assert _gen([*m, "--response-format", pet_file, "x"]) == (
+        2, "", 'mlx-oss generate: error: --response-format: the schema says "strict": true; use --json-schema to enforce it\n')
+    assert _gen([*m, "--json-schema", pet_file, "--show-reasoning", "--reasoning-to", "stdout", "x"]) == (
+        2, "", "mlx-oss generate: error: --reasoning-to stdout: with --json-schema stdout is only the JSON document\n")
+    with pytest.raises(SystemExit) as e:
+        main(["generate", *m, "--json-schema", pet_file, "--response-format", pet_file, "x"])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_both_flags_describe_the_format_in_the_prompt_and_only_json_schema_enforces_it(
+    tiny_chat_converted, loaded, fast_load, monkeypatch, capsys
+):
+    """The rendered prompt is the same for both flags (the constraint acts on sampling only, so the cache is
+    reused alike); the sampler gets a constraint only with --json-schema."""
+    from mlx_oss.constraint import ReplyConstraint
+
+    tok = loaded[1]
+    prompts, extras = {}, {}
+    for flag in ("--json-schema", "--response-format"):
+        seen = record(monkeypatch, tok, "<|channel|>final<|message|>{}<|return|>")
+        real = mlx_oss.chat.Chat._round
+
+        def spy(self, prompt, boundaries, sampler, *rest, _flag=flag, _real=real):
+            result = yield from _real(self, prompt, boundaries, sampler, *rest)
+            extras[_flag] = sampler.extra
+            return result
+
+        monkeypatch.setattr(mlx_oss.chat.Chat, "_round", spy)
+        schema = json.dumps({"title": "answer", "type": "object"})
+        rc, out, err = run(capsys, "--model", str(tiny_chat_converted), flag, schema, "--max-tokens", "30", "q")
+        assert rc == 0 and out == "{}\n", (flag, out, err)
+        prompts[flag] = seen["prompts"][0]
+        monkeypatch.setattr(mlx_oss.chat.Chat, "_round", real)
+    assert prompts["--json-schema"] == prompts["--response-format"]
+    assert "# Response Formats" in tok.decode(prompts["--json-schema"]) and "## answer" in tok.decode(prompts["--json-schema"])
+    assert [type(p) for p in extras["--json-schema"]] == [ReplyConstraint] and extras["--response-format"] == ()
+
+
+def test_max_reasoning_tokens_bounds_the_reasoning(tiny_chat_converted, loaded, fast_load, monkeypatch, capsys, pet_file):
+    m = ["--model", str(tiny_chat_converted), "--json"]
+    # a model that reasons (scripted): the analysis is closed after the budget, then the answer follows
+    for budget, reasoning in (("1", "Think"), ("0", "")):
+        script(monkeypatch, loaded[1], HARMONY)
+        rc, out, err = run(capsys, *m, "--max-reasoning-tokens", budget, "q")
+        data = json.loads(out)
+        assert rc == 0 and data["reasoning"] == reasoning and data["stats"]["reasoning_tokens"] == int(budget), data
+    # with --json-schema on the random model (some seeds reason with a budget of 4: the first test), 0: none at all
+    for seed in SEEDS[1:4]:
+        rc, out, err = run(capsys, *m, "--json-schema", pet_file, "--max-reasoning-tokens", "0", "--seed", seed,
+                           "--max-tokens", "200", "q")  # fmt: skip
+        data = json.loads(out)
+        assert rc == 0 and data["reasoning"] == "" and data["stats"]["reasoning_tokens"] == 0, (seed, data)
+        assert _valid(data["answer"]), (seed, data)
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--max-reasoning-tokens", "-1", "x"])
+    assert e.value.code == 2 and "argument --max-reasoning-tokens: must be at least 0, got -1" in capsys.readouterr().err
+
+
+def test_max_reasoning_tokens_is_one_flag_that_reaches_the_chat_of_generate_and_of_chat(
+    tiny_chat_converted, loaded, monkeypatch, tmp_path
+):
+    """The shared flag (mlx_oss/cli/args.py): generate's Chat and every Chat the TUI makes get it; without
+    it the Chat's default (no limit) holds."""
+    import mlx_oss.tui.app
+    import mlx_oss.tui.cli
+    from mlx_oss.cli.main import build_parser
+    from mlx_oss.tui import session as door
+
+    p = build_parser()
+    assert p.parse_args(["generate", "--max-reasoning-tokens", "7", "x"]).max_reasoning_tokens == 7
+    assert p.parse_args(["chat", "--max-reasoning-tokens", "7"]).max_reasoning_tokens == 7
+    assert p.parse_args(["generate", "x"]).max_reasoning_tokens is None and p.parse_args(["chat"]).max_reasoning_tokens is None
+
+    made = []
+
+    class Spy(mlx_oss.chat.Chat):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(mlx_oss.chat, "Chat", Spy)
+    monkeypatch.setattr(mlx_oss.loader, "load", lambda path, dtype=None: loaded)
+    monkeypatch.setattr(mlx_oss.sampling, "SamplingConfig",
+                        lambda **kw: SamplingConfig(**kw, logits_processors=(ScriptedTokens([200002]),)))  # fmt: skip
+    assert _gen(["--model", str(tiny_chat_converted), "--max-reasoning-tokens", "7", "x"])[0] == 0
+    assert made[-1].max_reasoning_tokens == 7
+
+    options = []
+
+    class App:
+        return_code = 0
+
+        def __init__(self, loader, **kw):
+            self.model_thread = type("T", (), {"join": lambda self, timeout=None: True})()
+
+        def run(self):
+            pass
+
+    monkeypatch.setattr(mlx_oss.tui.app, "ChatApp", App)
+    monkeypatch.setattr(door, "model_loader", lambda model, o, group=None: options.append(o))
+    monkeypatch.setattr(mlx_oss.tui.cli.sys.stdin, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(mlx_oss.tui.cli.sys.stdout, "isatty", lambda: True, raising=False)
+    for argv, expected in ((["--max-reasoning-tokens", "7"], 7), ([], None)):
+        assert main(["chat", "--data-dir", str(tmp_path), *argv]) == 0
+        chat = mlx_oss.chat.Chat(*loaded, **options[-1].chat_kwargs())
+        assert chat.max_reasoning_tokens == expected
+    assert "max_reasoning_tokens" not in options[-1].chat_kwargs()  # not given: not passed
+
+
+def test_stream_with_json_schema_prints_the_document_whole_or_nothing(monkeypatch):
+    """--json-schema without a model: the answer is held back until Done, then printed alone (reasoning on
+    stderr); every stop short of a complete document is one error line and exit 1, stdout empty."""
+    from mlx_oss.events import AnswerDelta, Done, ReasoningDelta, Reply, Stats, ToolCall
+
+    doc = '{"a":1}'
+    events = (ReasoningDelta("think"), AnswerDelta('{"a"'), AnswerDelta(":1}"))
+    rc, out, err = _stream(monkeypatch, *events, Done(Stats(stop_reason="stop"), Reply(answer=doc)),
+                           json_schema="f", show_reasoning=True)  # fmt: skip
+    assert (rc, out, err) == (0, doc + "\n", "think\n")
+    call = ToolCall("f", {}, "{}", recipient="functions.f")
+    for stats, reply, why in (
+        (Stats(stop_reason="length"), Reply(answer='{"a"'), "the reply reached --max-tokens before it was complete (raise "
+         "--max-tokens, or bound the reasoning with --max-reasoning-tokens)"),
+        (Stats(stop_reason="context"), Reply(answer='{"a"'), "the context filled up before it was complete"),
+        (Stats(stop_reason="cancelled"), Reply(answer='{"a"'), "cancelled"),
+        (Stats(stop_reason="tool_call"), Reply(tool_calls=(call,)),
+         "stopped at a tool call to functions.f: generate does not run tools; --json has the arguments"),
+        (Stats(stop_reason="stop"), Reply(answer=""), "the answer is not valid JSON"),
+    ):  # fmt: skip
+        assert _stream(monkeypatch, *events, Done(stats, reply), json_schema="f") == (
+            1, "", f"mlx-oss: error: no JSON document: {why}\n"), stats.stop_reason
+    # an error is reported as every error is; --json prints the reply object and still exits 1 when cut
+    assert _stream(monkeypatch, Done(Stats(stop_reason="error", error="boom"), Reply()), json_schema="f") == (
+        1, "", "mlx-oss: error: boom\n")
+    rc, out, err = _stream(monkeypatch, Done(Stats(stop_reason="length"), Reply(answer="{")), json_schema="f", json=True)
+    assert rc == 1 and json.loads(out)["answer"] == "{" and err.startswith("mlx-oss: error: no JSON document: the reply")
+    rc, out, err = _stream(monkeypatch, Done(Stats(stop_reason="stop"), Reply(answer=doc)), json_schema="f", json=True)
+    assert (rc, err) == (0, "") and json.loads(out)["answer"] == doc

@@ -111,7 +111,8 @@ class FakeChat:
             self._cancel.wait(self.delay)
         return self._cancel.is_set()
 
-    def send(self, text: str | None = None) -> Iterator[Any]:
+    def send(self, text: str | None = None, *, response_format: Any = ..., strict: bool | None = None) -> Iterator[Any]:
+        """(`response_format` / `strict`: the real Chat's per-reply format; the TUI never sets them.)"""
         self._cancel.clear()
         self._n = 0
         if text is None:  # answer the last user message again (regenerate)

@@ -72,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--hide-reasoning", action="store_true", help="do not show the reasoning (analysis channel)")
     args.add_sampling(c)
     args.add_limits(c, max_context_help="context limit in tokens (default: the model's, 131072); lower it to bound memory")
+    args.add_reasoning_budget(c)
     args.add_dtype(c)
     which = c.add_mutually_exclusive_group()
     which.add_argument("--list", action="store_true", help="list the stored chats (id, last change, title) and exit")
@@ -159,6 +160,7 @@ def run_chat(a: argparse.Namespace) -> int:
         sampling=args.sampling_config(a),
         max_tokens=a.max_tokens,
         max_context=a.max_context,
+        max_reasoning_tokens=a.max_reasoning_tokens,
         dtype=a.dtype,
     )
     try:

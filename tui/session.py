@@ -68,6 +68,7 @@ class ChatOptions:
     sampling: Any = None  # mlx_oss.SamplingConfig
     max_tokens: int | None = None
     max_context: int | None = None
+    max_reasoning_tokens: int | None = None  # None: no limit (and not passed, so Chat's default holds)
     dtype: str | None = None  # for mlx_oss.load; None: the device default
     builtin: Callable[[], dict[str, Any]] | None = None  # fresh built-in tool kwargs for each Chat
 
@@ -81,6 +82,8 @@ class ChatOptions:
             kw["tools"] = list(self.tools)
         if self.sampling is not None:
             kw["sampling"] = self.sampling
+        if self.max_reasoning_tokens is not None:
+            kw["max_reasoning_tokens"] = self.max_reasoning_tokens
         kw.update(self.builtin_kwargs())
         return kw
 

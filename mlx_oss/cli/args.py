@@ -125,6 +125,16 @@ def add_limits(p: argparse.ArgumentParser, max_context_help: str = "context limi
     p.add_argument("--max-context", type=context_int, default=None, help=max_context_help)
 
 
+MAX_REASONING_HELP = ("reasoning (analysis) tokens per reply: then the reasoning is closed and the answer begins "
+                      "(default: no limit; 0: answer at once)")
+
+
+def add_reasoning_budget(p: argparse.ArgumentParser, help: str = MAX_REASONING_HELP) -> None:
+    """--max-reasoning-tokens N -> `a.max_reasoning_tokens`, passed on as `Chat(max_reasoning_tokens=N)`
+    (None when not given: no limit)."""
+    p.add_argument("--max-reasoning-tokens", type=non_negative_int, default=None, metavar="N", help=help)
+
+
 def sampling_config(a: argparse.Namespace) -> Any:
     """The `SamplingConfig` of the parsed `add_sampling` flags."""
     from mlx_oss.sampling import SamplingConfig

@@ -1,8 +1,11 @@
 """`mlx-oss generate`: one prompt in, the answer out (stdout is only the answer).
 
 Reasoning goes to stderr with --show-reasoning, so `mlx-oss generate ... > answer.txt` keeps the file
-clean; --json prints one object (answer, reasoning, tool calls, stats) instead. Exit codes follow the
-CLI's: 0 success, 2 bad arguments, 1 model/runtime errors (one line on stderr).
+clean; --json prints one object (answer, reasoning, tool calls, stats) instead. --json-schema enforces
+the answer's format: stdout is then exactly the JSON document, printed once it is complete, or nothing
+(exit 1) when the reply stopped before it was; --response-format only describes the format. Exit codes
+follow the CLI's: 0 success, 2 bad arguments (a schema that cannot be enforced included), 1
+model/runtime errors (one line on stderr).
 """
 
 from __future__ import annotations
@@ -31,10 +34,21 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     args.add_instructions(g)
     args.add_sampling(g)
     args.add_limits(g)
+    args.add_reasoning_budget(g)
     g.add_argument("--show-reasoning", action="store_true", help="stream the chain of thought (to stderr unless --reasoning-to stdout)")
-    g.add_argument("--reasoning-to", choices=["stderr", "stdout"], default="stderr")
+    g.add_argument("--reasoning-to", choices=["stderr", "stdout"], default="stderr",
+                   help="where --show-reasoning writes (stdout is refused with --json-schema)")  # fmt: skip
     g.add_argument("--tools", metavar="FILE", help="JSON file: a list of function tool schemas the model may call")
-    g.add_argument("--response-format", metavar="SCHEMA", help="structured output: a JSON schema (inline JSON or a file)")
+    fmt = g.add_mutually_exclusive_group()
+    fmt.add_argument("--json-schema", metavar="FILE",
+                     help="enforce the answer's format: a JSON schema, or OpenAI's {name, schema, strict} wrapper (a "
+                          "file, or inline JSON). stdout is exactly the JSON document and a newline, printed once it "
+                          "is complete; reasoning never goes to stdout; a reply that stops before the document is "
+                          "complete (--max-tokens) prints nothing there and exits 1; a schema that cannot be enforced "
+                          "exits 2 naming the keyword. Pair it with --max-reasoning-tokens")  # fmt: skip
+    fmt.add_argument("--response-format", metavar="SCHEMA",
+                     help="describe the answer's format to the model, not enforced: the same schema as --json-schema "
+                          "(inline JSON or a file); the answer streams as the model writes it")  # fmt: skip
     g.add_argument("--json", action="store_true", help="print one JSON object: answer, reasoning, tool_calls, stats")
     g.add_argument("--stats", action="store_true", help="print a statistics line to stderr")
     args.add_dtype(g)
@@ -56,6 +70,23 @@ def _read_json(value: str, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise UsageError(f"{what}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+
+
+def _answer_format(a: argparse.Namespace) -> tuple[dict[str, Any] | None, bool]:
+    """(the schema of --json-schema or --response-format, enforced?): one reading for both flags. A
+    `strict` in OpenAI's wrapper must agree with the flag, so neither flag is silently overridden."""
+    strict = a.json_schema is not None
+    flag, value = ("--json-schema", a.json_schema) if strict else ("--response-format", a.response_format)
+    if value is None:
+        return None, False
+    schema = _read_json(value, flag)
+    if not isinstance(schema, dict):
+        raise UsageError(f"{flag}: expected a JSON schema object")
+    said = schema.get("strict") if isinstance(schema.get("schema"), dict) else None
+    if isinstance(said, bool) and said != strict:
+        other = "use --response-format to only describe it" if strict else "use --json-schema to enforce it"
+        raise UsageError(f'{flag}: the schema says "strict": {str(said).lower()}; {other}')
+    return schema, strict
 
 
 def _prompt(a: argparse.Namespace, stdin: TextIO) -> str:
@@ -157,9 +188,9 @@ def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO, session
     tools = _read_json(a.tools, "--tools") if a.tools else None
     if tools is not None and not isinstance(tools, list):
         tools = [tools]
-    response_format = _read_json(a.response_format, "--response-format") if a.response_format else None
-    if response_format is not None and not isinstance(response_format, dict):
-        raise UsageError("--response-format: expected a JSON schema object")
+    response_format, strict = _answer_format(a)
+    if strict and a.reasoning_to == "stdout":
+        raise UsageError("--reasoning-to stdout: with --json-schema stdout is only the JSON document")
     from mlx_oss.tools import as_tools
 
     try:
@@ -169,6 +200,7 @@ def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO, session
 
     from mlx_oss.errors import VocabularyError
     from mlx_oss.chat import Chat, vocabulary_problem
+    from mlx_oss.grammar import GrammarError
     from mlx_oss.loader import load
     from mlx_oss.store import resolve_model
 
@@ -190,26 +222,56 @@ def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO, session
     try:
         chat = chat_class(
             model, tokenizer, reasoning_effort=a.reasoning_effort, instructions=a.instructions, tools=tools,
-            auto_tools=bool(builtin), response_format=response_format, sampling=sampling, max_tokens=a.max_tokens,
-            max_context=a.max_context, **builtin,
+            auto_tools=bool(builtin), response_format=response_format, strict=strict, sampling=sampling,
+            max_tokens=a.max_tokens, max_context=a.max_context, max_reasoning_tokens=a.max_reasoning_tokens,
+            **builtin,
         )  # fmt: skip
     except ValueError as e:  # settings the model rejects, e.g. --max-context beyond its limit
         raise UsageError(str(e).splitlines()[0]) from None
 
     try:
+        if strict:  # compiled now (send() finds it cached) to name the flag when llguidance cannot enforce it
+            try:
+                chat.grammars.json_schema(chat.response_format.schema, "--json-schema")
+            except GrammarError as e:
+                raise UsageError(str(e)) from None
         return _stream(a, chat, prompt, out, err)
     finally:
         chat.close()  # stops the python session, if one started
 
 
+def _document_problem(s, reply) -> str | None:
+    """Why a --json-schema reply has no JSON document to print (None: it has one)."""
+    if s.stop_reason == "error":
+        return None  # reported as every error is
+    if s.stop_reason == "stop":
+        try:
+            json.loads(reply.answer)
+            return None
+        except ValueError:
+            return "no JSON document: the answer is not valid JSON"
+    if s.stop_reason == "length":
+        return ("no JSON document: the reply reached --max-tokens before it was complete (raise --max-tokens, or "
+                "bound the reasoning with --max-reasoning-tokens)")  # fmt: skip
+    why = {"context": "the context filled up before it was complete", "cancelled": "cancelled",
+           "tool_call": _tool_stop_note(reply.tool_calls)}  # fmt: skip
+    return f"no JSON document: {why.get(s.stop_reason, s.stop_reason)}"
+
+
 def _stream(a: argparse.Namespace, chat, prompt: str, out: TextIO, err: TextIO) -> int:
     from mlx_oss.events import AnswerDelta, Done, Progress, ReasoningDelta, ToolCall, ToolResult, UnparsedDelta
+    from mlx_oss.grammar import GrammarError
 
-    rstream = out if a.reasoning_to == "stdout" else err
+    document = a.json_schema is not None  # the answer is printed whole, once complete
+    rstream = out if a.reasoning_to == "stdout" and not document else err
     done = None
     in_reasoning = in_unparsed = False
     quiet = Silence(err, hint="" if a.show_reasoning else " (the reasoning is hidden: --show-reasoning shows it)")
-    for ev in chat.send(prompt):
+    try:
+        events = chat.send(prompt)
+    except GrammarError as e:  # a strict tool whose parameters cannot be enforced (--json-schema was checked before)
+        raise UsageError(f"--tools: {e}") from None
+    for ev in events:
         if a.json:
             if isinstance(ev, Done):
                 done = ev
@@ -236,9 +298,11 @@ def _stream(a: argparse.Namespace, chat, prompt: str, out: TextIO, err: TextIO) 
             quiet.clear()
             if in_reasoning:
                 rstream.write("\n")
+                rstream.flush()
                 in_reasoning = False
-            out.write(ev.text)
-            out.flush()
+            if not document:
+                out.write(ev.text)
+                out.flush()
         elif isinstance(ev, ToolCall):
             quiet.clear()
             print(f"tool call: {ev.recipient} {ev.raw}", file=err)
@@ -253,8 +317,12 @@ def _stream(a: argparse.Namespace, chat, prompt: str, out: TextIO, err: TextIO) 
     quiet.clear()
     assert done is not None  # every turn ends with Done, which also ended an unparsed line above
     s = done.stats
+    problem = _document_problem(s, done.reply) if document else None
     if a.json:
         print(json.dumps(done.reply.to_dict(), ensure_ascii=False), file=out)
+    elif document:
+        if problem is None and s.stop_reason != "error":
+            out.write(done.reply.answer + "\n")
     elif done.reply.answer and not done.reply.answer.endswith("\n"):
         out.write("\n")
     notes = {"length": "stopped at --max-tokens", "context": "stopped: the context is full",
@@ -263,7 +331,7 @@ def _stream(a: argparse.Namespace, chat, prompt: str, out: TextIO, err: TextIO) 
     if not a.json and s.unparsed_tokens:
         print(f"({s.unparsed_tokens} of {s.generated_tokens} generated tokens were not in harmony format: shown above "
               "as unparsed text, not taken as the answer)", file=err)  # fmt: skip
-    if not a.json and s.stop_reason in notes:
+    if not a.json and s.stop_reason in notes and problem is None:
         print(f"({notes[s.stop_reason]})", file=err)
     if not a.json and done.reply.citations:
         print("sources:", file=err)
@@ -274,6 +342,9 @@ def _stream(a: argparse.Namespace, chat, prompt: str, out: TextIO, err: TextIO) 
         print(_stats_line(s), file=err)
     if s.stop_reason == "error":
         print(f"mlx-oss: error: {s.error}", file=err)
+        return 1
+    if problem is not None:
+        print(f"mlx-oss: error: {problem}", file=err)
         return 1
     return 0
 
