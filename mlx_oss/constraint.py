@@ -71,6 +71,9 @@ def channel_header(channel: str, encoding: tiktoken.Encoding) -> Header:
 
 
 _RESTART = (tk.START,)  # + the role tokens, filled in per encoding
+# Far below any real logit (a logit_bias of -100 included) and finite in float16: what an allowed token
+# an earlier processor made impossible (-inf) gets, so the constraint always leaves a token to draw.
+_FLOOR, _PREFERRED = -30000.0, -20000.0
 _ENDS = (tk.END, tk.RETURN, tk.CALL)
 
 
@@ -185,14 +188,25 @@ class ReplyConstraint:
 
     # processor -----------------------------------------------------------------------------
 
-    def _bias_content(self, vocab: int, end: int) -> mx.array:
+    def _masks(self, allowed: np.ndarray, preferred: int) -> tuple[mx.array, mx.array]:
+        """(bias: 0 where allowed, -inf elsewhere; floor: _FLOOR where allowed, _PREFERRED at `preferred`,
+        -inf elsewhere) for `max(logits + bias, floor)`: the allowed tokens keep their logits, unless an
+        earlier processor made them -inf (a test script forcing a banned token), in which case the floor
+        makes them possible again, the preferred one first."""
+        bias = np.where(allowed, np.float32(0), np.float32(-np.inf))
+        floor = np.where(allowed, np.float32(_FLOOR), np.float32(-np.inf))
+        if 0 <= preferred < floor.shape[0]:
+            floor[preferred] = _PREFERRED
+        return mx.array(bias), mx.array(floor)
+
+    def _content_masks(self, vocab: int, end: int) -> tuple[mx.array, mx.array]:
         key = (vocab, end)
         if key not in self._content_bias:
-            b = np.zeros(vocab, dtype=np.float32)
-            b[min(tk.FIRST_SPECIAL, vocab) :] = -np.inf
+            allowed = np.ones(vocab, dtype=bool)
+            allowed[min(tk.FIRST_SPECIAL, vocab) :] = False
             if end < vocab:
-                b[end] = 0.0
-            self._content_bias[key] = mx.array(b)
+                allowed[end] = True
+            self._content_bias[key] = self._masks(allowed, end)
         return self._content_bias[key]
 
     def __call__(self, context: mx.array, logits: mx.array) -> mx.array:
@@ -208,16 +222,13 @@ class ReplyConstraint:
         if allowed is None:
             if self._end is None:  # the model's own message: nothing to enforce
                 return logits
-            bias = self._bias_content(vocab, self._end)
-        elif isinstance(allowed, np.ndarray):
-            bias = mx.array(np.where(allowed, np.float32(0), np.float32(-np.inf)))
+            bias, floor = self._content_masks(vocab, self._end)
         else:
-            b = np.full(vocab, -np.inf, dtype=np.float32)
-            b[allowed] = 0.0
-            bias = mx.array(b)
-        masked = logits + bias.astype(logits.dtype)
-        fallback = mx.where(mx.arange(vocab) == preferred, mx.array(0.0, logits.dtype), mx.array(-mx.inf, logits.dtype))
-        return mx.where(mx.isfinite(mx.max(masked, axis=-1, keepdims=True)), masked, fallback)
+            if not isinstance(allowed, np.ndarray):
+                ids, allowed = allowed, np.zeros(vocab, dtype=bool)
+                allowed[ids] = True
+            bias, floor = self._masks(allowed, preferred)
+        return mx.maximum(logits + bias.astype(logits.dtype), floor.astype(logits.dtype))
 
 
 def reply_constraint(

@@ -174,8 +174,11 @@ def test_none_allows_a_final_answer_ended_by_return():
 
 
 def test_with_nothing_allowed_left_the_preferred_header_wins():
-    """An earlier processor that bans everything (-inf everywhere): the constraint writes its first
-    header (the first recipient's call, or the final answer for "none") and ends it at once."""
+    """An earlier processor that bans everything (-inf everywhere): the allowed tokens get a finite floor,
+    the preferred one a higher one, so the constraint writes its first header (the first recipient's call,
+    or the final answer for "none") and ends it at once."""
+    from mlx_oss.constraint import _FLOOR, _PREFERRED
+
     for mode, recipients, header in (
         ("required", ("functions.b", "functions.a"), call_header("functions.b", ENC)),
         ("none", (), channel_header(FINAL, ENC)),
@@ -185,9 +188,10 @@ def test_with_nothing_allowed_left_the_preferred_header_wins():
         tok = None
         for _ in range(len(header.tokens) + 1):
             _, out = d.step(tok, logits=mx.full((1, tk.N_VOCAB), -mx.inf))
-            kept = np.flatnonzero(np.isfinite(np.array(out[0])))
-            assert len(kept) == 1 and float(out[0, int(kept[0])].item()) == 0.0
-            tok = int(kept[0])
+            row = np.array(out[0])
+            tok = int(np.argmax(row))
+            assert row[tok] == _PREFERRED and set(np.unique(row[np.isfinite(row)])) <= {_FLOOR, _PREFERRED}
+            assert np.count_nonzero(row == _PREFERRED) == 1
             out_tokens.append(tok)
         assert out_tokens == [*header.tokens, header.end]
 
