@@ -55,3 +55,20 @@ def tiny_chat_converted(tmp_path_factory) -> Path:
 
     src = write_checkpoint(root / "src", preset("tiny-chat"), "hf", seed=0)
     return convert_checkpoint(src, root / "converted", progress=False).dst
+
+
+@pytest.fixture
+def srv(served):
+    """A server test's clean slate over its module's `served` fixture (tests/server_harness.py:
+    `serve_folder` or `running_server`): no scripts, requests or bodies left from the last test."""
+    from server_harness import fresh
+
+    return fresh(served)
+
+
+@pytest.fixture
+def client(srv):
+    """The openai SDK's client on `srv` (no retries)."""
+    from server_harness import sdk_client
+
+    return sdk_client(srv)

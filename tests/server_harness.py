@@ -196,3 +196,21 @@ def stream_responses(url: str, body: dict, timeout: float = 120) -> tuple[int, l
         assert head == f"event: {ev['type']}"
         events.append(ev)
     return status, events
+
+
+def serve_folder(model_dir, **kw) -> Iterator[tuple]:
+    """The body of a module fixture: (base URL, app, Scripts, tokenizer) of a server on the converted
+    model at `model_dir` (float32), for the module's tests (`fresh()` gives each test a clean slate)."""
+    import mlx_oss
+
+    model, tok = mlx_oss.load(model_dir, dtype="float32")
+    scripts = Scripts()
+    with running_server(model, tok, scripts, **kw) as (url, app):
+        yield url, app, scripts, tok
+
+
+def sdk_client(srv: tuple):
+    """The openai SDK's client on a `fresh()` server: no retries (a retry would hide a failure)."""
+    import openai
+
+    return openai.OpenAI(base_url=srv[0], api_key="unused", max_retries=0, timeout=120)

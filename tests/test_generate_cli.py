@@ -703,17 +703,8 @@ def test_the_command_list_says_what_generate_does(capsys, monkeypatch):
 # an enum, its integer is bounded and its array has maxItems, so a random model's document always ends; a
 # reasoning budget (--max-reasoning-tokens) makes its analysis end too.
 
-PET = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 12},
-        "age": {"type": "integer", "minimum": 0, "maximum": 120},
-        "kind": {"enum": ["cat", "dog"]},
-        "tags": {"type": "array", "items": {"type": "string", "maxLength": 5}, "maxItems": 3},
-    },
-    "required": ["name", "age", "kind", "tags"],
-    "additionalProperties": False,
-}
+from bounded_schemas import PET  # noqa: E402
+
 SEEDS = ("1", "2", "3", "4", "5")
 
 

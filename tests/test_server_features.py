@@ -8,12 +8,9 @@ import socket
 import time
 
 import httpx
-import openai
 import pytest
 
-import mlx_oss
-from mlx_oss import tokenizer as tk
-from server_harness import MODEL_ID, AfterHeader, Gate, Scripts, fresh, reply, running_server
+from server_harness import MODEL_ID, AfterHeader, Gate, reply, serve_folder
 
 USER = [{"role": "user", "content": "Weather in Paris?"}]
 
@@ -30,20 +27,7 @@ MARKUP = ("<|channel|>", "<|message|>", "<|end|>", "<|call|>", "<|start|>", "<|r
 
 @pytest.fixture(scope="module")
 def served(tiny_chat_converted):
-    model, tok = mlx_oss.load(tiny_chat_converted, dtype="float32")
-    scripts = Scripts()
-    with running_server(model, tok, scripts, max_context=1024) as (url, app):
-        yield url, app, scripts, tok
-
-
-@pytest.fixture
-def srv(served):
-    return fresh(served)
-
-
-@pytest.fixture
-def client(srv):
-    return openai.OpenAI(base_url=srv[0], api_key="unused", max_retries=0, timeout=120)
+    yield from serve_folder(tiny_chat_converted, max_context=1024)
 
 
 def _final_then_args(scripts, tok, args='{"city": "Paris"}'):

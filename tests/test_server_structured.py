@@ -19,9 +19,8 @@ import pydantic
 import pytest
 from pydantic import BaseModel, Field
 
-import mlx_oss
 from mlx_oss.sampling import SamplingConfig
-from server_harness import MODEL_ID, Scripts, fresh, post_json, reply, running_server, stream_chat, stream_responses
+from server_harness import MODEL_ID, post_json, reply, serve_folder, stream_chat, stream_responses
 
 BASE = SamplingConfig()
 SEEDS = (1, 2, 3, 4, 5)
@@ -49,20 +48,7 @@ UNENFORCEABLE = ({"type": "array", "uniqueItems": True}, "uniqueItems"), ({"not"
 
 @pytest.fixture(scope="module")
 def served(tiny_chat_converted):
-    model, tok = mlx_oss.load(tiny_chat_converted, dtype="float32")
-    scripts = Scripts()
-    with running_server(model, tok, scripts, max_context=2048) as (url, app):
-        yield url, app, scripts, tok
-
-
-@pytest.fixture
-def srv(served):
-    return fresh(served)
-
-
-@pytest.fixture
-def client(srv):
-    return openai.OpenAI(base_url=srv[0], api_key="unused", max_retries=0, timeout=120)
+    yield from serve_folder(tiny_chat_converted, max_context=2048)
 
 
 def _valid(model: type[BaseModel], text: str | None) -> bool:

@@ -27,21 +27,7 @@ from mlx_oss.tools import Tool, schema_from_callable
 ENC = tk.load_tokenizer()
 ASSISTANT = ENC.encode_ordinary("assistant")
 
-# Every string bounded (maxLength or enum), integers bounded, arrays bounded: a random model ends.
-PERSON = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 12},
-        "age": {"type": "integer", "minimum": 0, "maximum": 120},
-        "kind": {"enum": ["cat", "dog"]},
-        "tags": {"type": "array", "items": {"type": "string", "maxLength": 5}, "maxItems": 3},
-        "ok": {"type": "boolean"},
-    },
-    "required": ["name", "age", "kind", "tags", "ok"],
-    "additionalProperties": False,
-}
-CITY = {"type": "object", "properties": {"city": {"enum": ["Paris", "Oslo"]}, "days": {"type": "integer", "minimum": 1,
-        "maximum": 9}}, "required": ["city", "days"], "additionalProperties": False}  # fmt: skip
+from bounded_schemas import CITY, PERSON  # noqa: E402
 
 
 @pytest.fixture(scope="module")
