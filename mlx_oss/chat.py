@@ -135,6 +135,8 @@ class Chat:
         python_backend: Any = "jupyter",
         approve: Callable[[ToolCall], bool] | None = None,
         python_workdir: str | None = None,
+        kv_bits: int | None = None,
+        kv_group_size: int = 64,
     ) -> None:
         problem = vocabulary_problem(model, tokenizer)
         if problem:
@@ -154,7 +156,8 @@ class Chat:
         self.max_tokens = max_tokens
         self.max_tool_rounds = max_tool_rounds
         self.date = date
-        self.engine = self.engine_class(model, max_context=max_context)
+        kv = {} if kv_bits is None else {"kv_bits": kv_bits, "kv_group_size": kv_group_size}  # quantized KV cache
+        self.engine = self.engine_class(model, max_context=max_context, **kv)
         self.builtins = BuiltinTools(
             builtin_tools, browser=browser_backend, python=python_backend, approve=approve,
             workdir=python_workdir, count_tokens=lambda text: len(tokenizer.encode_ordinary(text)),
@@ -689,7 +692,13 @@ class Chat:
             "max_tool_rounds": self.max_tool_rounds,
             "date": self.date,
             **self.builtins.settings(),
+            **self._kv_settings(),
         }
+
+    def _kv_settings(self) -> dict[str, int]:
+        """kv_bits / kv_group_size, only for a quantized cache (an unquantized chat saves what it always did)."""
+        e = self.engine
+        return {} if e.kv_bits is None else {"kv_bits": e.kv_bits, "kv_group_size": e.kv_group_size}
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-compatible dict (settings + history); `json.dumps` it to save."""

@@ -132,9 +132,9 @@ class EngineState:
         extra = 0
         for snap in self.snapshots:
             for st in snap.states:
-                if st is not None and st.keys is not None and id(st.keys) not in seen:
-                    seen.update((id(st.keys), id(st.values)))
-                    extra += st.keys.nbytes + st.values.nbytes
+                held = [] if st is None else [a for a in st.arrays if id(a) not in seen]
+                seen.update(id(a) for a in held)
+                extra += sum(a.nbytes for a in held)
         return sum(c.nbytes for c in self.cache) + extra
 
     def fork(self) -> EngineState:
@@ -176,7 +176,8 @@ class Engine:
     """Caches + the token sequence they hold; `generate(prompt, sampler)` reuses what it can.
 
     Not thread-safe: one generation at a time (the `should_stop` callback may be driven by another
-    thread, which is how cancel works).
+    thread, which is how cancel works). `kv_bits` 8 or 4 keeps the caches quantized (`kv_group_size`
+    32, 64 or 128 values per scale and bias; docs/MODEL.md, "Quantized KV cache"); None (default): not.
     """
 
     def __init__(
@@ -186,6 +187,8 @@ class Engine:
         max_context: int | None = None,
         max_snapshots: int = 16,
         prefill_chunk: int | None = None,
+        kv_bits: int | None = None,
+        kv_group_size: int = 64,
     ) -> None:
         self.model = model
         limit = model.args.max_position_embeddings
@@ -194,7 +197,9 @@ class Engine:
             raise ValueError(f"max_context must be between 2 and the model's {limit} tokens, got {self.max_context}")
         self.max_snapshots = max_snapshots
         self.prefill_chunk = prefill_chunk or DEFAULT_PREFILL_CHUNK
-        self.cache = model.make_cache()
+        self.kv_bits = kv_bits  # None: unquantized caches; 8 or 4: quantized (mlx_oss.nn.cache, docs/MODEL.md)
+        self.kv_group_size = kv_group_size
+        self.cache = self._new_cache()  # raises here on bits / group size that cannot apply
         self._tokens: list[int] = []
         self._snapshots: list[Snapshot] = []
 
@@ -209,9 +214,14 @@ class Engine:
     def snapshots(self) -> list[Snapshot]:
         return list(self._snapshots)
 
+    def _new_cache(self) -> list:
+        if self.kv_bits is None:
+            return self.model.make_cache()
+        return self.model.make_cache(kv_bits=self.kv_bits, kv_group_size=self.kv_group_size)
+
     def reset(self) -> None:
         """Forget everything (fresh caches)."""
-        self.cache = self.model.make_cache()
+        self.cache = self._new_cache()
         self._tokens = []
         self._snapshots = []
 
@@ -268,7 +278,7 @@ class Engine:
         elif drop:
             snap = self._snapshot_at_or_before(keep)
             if snap is None or snap.position == 0:
-                self.cache = self.model.make_cache()
+                self.cache = self._new_cache()
                 keep = 0
             else:
                 keep = snap.position
@@ -371,8 +381,8 @@ class Engine:
         """Evaluate every pending cache write. MLX streams are per thread: a lazy array left for
         another thread (the next turn may run in a different worker) fails there, so nothing lazy
         outlives a generation."""
-        pending = [c.state for c in self.cache] + [[s.keys, s.values] for snap in self._snapshots
-                                                   for s in snap.states if s is not None and s.keys is not None]
+        pending = [c.state for c in self.cache] + [s.arrays for snap in self._snapshots
+                                                   for s in snap.states if s is not None]
         mx.eval(pending)
 
     def _decode(

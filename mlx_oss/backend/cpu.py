@@ -37,7 +37,8 @@ import numpy as np
 
 from mlx_oss.backend import device
 from mlx_oss.config import ModelArgs
-from mlx_oss.nn.attention import Attention, Mask
+from mlx_oss.nn.attention import Attention, Mask, quantized_attention
+from mlx_oss.nn.cache import QArray, map_kv
 from mlx_oss.nn.moe import MoE, dequantize_mxfp4, swiglu
 
 MAX_STREAMS = 8  # measured with 2 (this machine); more cores share the same memory bandwidth
@@ -184,16 +185,25 @@ class CPUAttention(Attention):
         return new
 
     def attend(self, q: mx.array, k: mx.array, v: mx.array, mask: Mask) -> mx.array:
+        return self._by_kv_heads(attention_with_sinks, q, k, v, mask)
+
+    def attend_quantized(self, q: mx.array, k: QArray, v: QArray, mask: Mask) -> mx.array:
+        """A quantized cache: `quantized_attention`, its kv heads shared among the streams alike."""
+        return self._by_kv_heads(quantized_attention, q, k, v, mask)
+
+    def _by_kv_heads(self, attention: Callable, q: mx.array, k, v, mask: Mask) -> mx.array:
+        """attention(q, k, v, scale, mask, sinks), each stream its kv heads and their query groups."""
         streams = self.streams.get()
-        nkv = k.shape[1]
+        nkv = (k.data if isinstance(k, QArray) else k).shape[1]
         rep = q.shape[1] // nkv
         n = min(len(streams), nkv)
         if n < 2:
-            return attention_with_sinks(q, k, v, self._scale, mask, self.sinks)
+            return attention(q, k, v, self._scale, mask, self.sinks)
 
         def part(a: int, b: int) -> mx.array:
             qs = slice(a * rep, b * rep)
-            return attention_with_sinks(q[:, qs], k[:, a:b], v[:, a:b], self._scale, mask, self.sinks[qs])
+            heads = lambda t: t[:, a:b]  # noqa: E731
+            return attention(q[:, qs], map_kv(heads, k), map_kv(heads, v), self._scale, mask, self.sinks[qs])
 
         return mx.concatenate(per_stream(streams[:n], nkv, part), axis=1)
 

@@ -142,6 +142,8 @@ class LeaderEngine(Engine):
     """Rank 0's engine: every command is broadcast to the followers before it runs here."""
 
     def __init__(self, model, **kw) -> None:
+        if kw.get("kv_bits") is not None:  # the followers' engines would not quantize theirs
+            raise ValueError("a quantized KV cache (kv_bits) is not supported across distributed ranks yet")
         super().__init__(model, **kw)
         self.comm: Comm = model.comm
         self.id = self.comm.mirror.new_id()

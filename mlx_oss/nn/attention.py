@@ -4,6 +4,8 @@ One fused QKV projection (rows q, k, v: the checkpoint's own layout), half-split
 fused `scaled_dot_product_attention(..., sinks=)`: each head's sink is one extra, unscaled softmax
 column whose probability mass is dropped, exactly the reference's `torch.cat([QK, S])`.
 Query head h reads kv head h // (n_heads / n_kv_heads), as the reference's `view(-1, n_kv, q_mult, d)`.
+A quantized cache (`mlx_oss.nn.cache.QArray` keys/values) is attended by `quantized_attention`: the
+same steps with both products as `mx.quantized_matmul` on the stored codes, the same sinks and masks.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlx_oss.config import ModelArgs
+from mlx_oss.nn.cache import QArray
 from mlx_oss.nn.rope import YarnRoPE
 
 Mask = None | str | mx.array
@@ -41,14 +44,44 @@ class Attention(nn.Module):
         q = self._rope(q, offset)
         k = self._rope(k, offset)
         if cache is not None:
-            k, v = cache.update_and_fetch(k, v)  # [B, nkv, S, d]
-        o = self.attend(q, k, v, mask)
+            k, v = cache.update_and_fetch(k, v)  # [B, nkv, S, d] (QArrays from a quantized cache)
+        o = self.attend_quantized(q, k, v, mask) if isinstance(k, QArray) else self.attend(q, k, v, mask)
         return self.out(o.transpose(0, 2, 1, 3).reshape(B, T, nq * d))  # [B, T, H]
 
     def attend(self, q: mx.array, k: mx.array, v: mx.array, mask: Mask) -> mx.array:
         """q [B, nq, T, d], k/v [B, nkv, S, d] -> [B, nq, T, d]: MLX's fused kernel (a backend may
         swap in its own, `mlx_oss.backend.cpu.CPUAttention`)."""
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=self._scale, mask=mask, sinks=self.sinks)
+
+    def attend_quantized(self, q: mx.array, k: QArray, v: QArray, mask: Mask) -> mx.array:
+        """`attend` on a quantized cache's keys/values (a backend may swap in its own)."""
+        return quantized_attention(q, k, v, self._scale, mask, self.sinks)
+
+
+def quantized_attention(q: mx.array, k: QArray, v: QArray, scale: float, mask: Mask, sinks: mx.array) -> mx.array:
+    """q [B, nq, T, d], quantized k/v [B, nkv, S, d] -> [B, nq, T, d]: the sink attention of `attend`
+    (scaled q, scores, mask, each head's unscaled sink as one extra softmax column whose mass is
+    dropped, precise softmax) with q @ K^T and p @ V as `mx.quantized_matmul` on the stored codes, as
+    mlx-lm's `quantized_scaled_dot_product_attention` (nothing dequantized; the rep query heads of a
+    kv head are one [rep*T, d] operand). Bits and group size follow from the shapes and d."""
+    B, nq, T, d = q.shape
+    nkv, S = k.data.shape[1], k.data.shape[2]
+    rep = nq // nkv
+    group_size = d // k.scales.shape[-1]
+    bits = 32 * k.data.shape[-1] // d
+    q = (mx.array(scale, q.dtype) * q).reshape(B, nkv, rep * T, d)
+    scores = mx.quantized_matmul(q, *k, transpose=True, group_size=group_size, bits=bits).reshape(B, nkv, rep, T, S)
+    if isinstance(mask, str):  # "causal", lower-right aligned like MLX's
+        mask = mx.arange(S - T, S)[:, None] >= mx.arange(S)[None]
+    if mask is not None:
+        if mask.dtype == mx.bool_:
+            scores = mx.where(mask, scores, mx.array(mx.finfo(scores.dtype).min, scores.dtype))
+        else:
+            scores = scores + mask
+    col = mx.broadcast_to(sinks.astype(scores.dtype).reshape(1, nkv, rep, 1, 1), (B, nkv, rep, T, 1))
+    p = mx.softmax(mx.concatenate([col, scores], axis=-1), axis=-1, precise=True)[..., 1:]
+    o = mx.quantized_matmul(p.reshape(B, nkv, rep * T, S), *v, transpose=False, group_size=group_size, bits=bits)
+    return o.reshape(B, nq, T, d)
 
 
 def sliding_mask(T: int, retained: int, window: int) -> Mask:

@@ -17,7 +17,7 @@ import mlx.nn as nn
 
 from mlx_oss.config import ModelArgs
 from mlx_oss.nn.attention import Attention, full_mask, sliding_mask
-from mlx_oss.nn.cache import KVCache, RotatingKVCache, make_cache
+from mlx_oss.nn.cache import KVCache, RotatingKVCache, check_kv_quant, make_cache
 from mlx_oss.nn.moe import MoE
 from mlx_oss.nn.rope import YarnRoPE
 
@@ -70,9 +70,11 @@ class Model(nn.Module):
 
     # ------------------------------------------------------------------ caches
 
-    def make_cache(self) -> list[KVCache | RotatingKVCache]:
-        """Rotating `sliding_window`-slot caches on sliding layers, growing caches on full layers."""
-        return make_cache(self.args.layer_types, self.args.sliding_window)
+    def make_cache(self, kv_bits: int | None = None, kv_group_size: int = 64) -> list[KVCache | RotatingKVCache]:
+        """Rotating `sliding_window`-slot caches on sliding layers, growing caches on full layers;
+        `kv_bits` 8 or 4: quantized ones (ValueError, one line, if bits or group size cannot apply)."""
+        check_kv_quant(kv_bits, kv_group_size, self.args.head_dim)
+        return make_cache(self.args.layer_types, self.args.sliding_window, kv_bits, kv_group_size)
 
     # ------------------------------------------------------------------ forward
 
