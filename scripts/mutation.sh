@@ -23,7 +23,8 @@ NICE=${NICE:-15}
 # the server tests) and its summary has a line per file
 declare -A MODULES=(
   [engine]="mlx_oss/engine.py|tests/test_engine.py"
-  [cache]="mlx_oss/nn/cache.py|tests/test_cache.py"
+  # cache: plus the quantized caches (issue 30: codes, ring order, snapshots; the long fidelity case is ~30 s)
+  [cache]="mlx_oss/nn/cache.py|tests/test_cache.py tests/test_kv_quant.py"
   [chat]="mlx_oss/chat.py|tests/test_chat.py tests/test_chat_history.py tests/test_unparsed.py tests/test_builtin_chat.py --deselect tests/test_builtin_chat.py::test_scripted_chat_searches_opens_finds_runs_code_and_cites --deselect tests/test_builtin_chat.py::test_refused_python_and_bad_browser_calls_are_results_and_the_chat_goes_on"
   [harmony_parser]="mlx_oss/harmony/parser.py|tests/test_harmony.py tests/test_harmony_properties.py tests/test_harmony_oracle.py"
   [harmony_render]="mlx_oss/harmony/render.py|tests/test_harmony.py tests/test_harmony_oracle.py"
