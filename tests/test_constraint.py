@@ -272,3 +272,16 @@ def test_headers_are_the_tokens_of_the_encoding_given():
     for t in head.tokens[1:]:
         assert d.allowed(tok) == {t}
         tok = t
+
+
+def test_a_token_off_the_headers_after_an_analysis_sets_the_reply_free():
+    """After an analysis message (whose end the constraint knew) a header token it did not allow frees
+    the reply: nothing of the analysis content's mask lingers."""
+    d = Driver(tool_choice_constraint("required", ("functions.a",), ENC))
+    tok = _walk_header(d, channel_header(ANALYSIS, ENC), [call_header("functions.a", ENC)], None)
+    for t in (ENC.encode_ordinary("hm")[0], tk.END, tk.START, *ASSISTANT):
+        d.allowed(tok)
+        tok = t
+    assert d.allowed(tok) == {call_header("functions.a", ENC).tokens[0]}
+    logits, out = d.step(tk.RETURN)  # not the call header's first token
+    assert mx.array_equal(out, logits)
