@@ -394,3 +394,21 @@ def test_the_analysis_is_the_unconstrained_samplers_own(model_tok):
     free = analysis(False)
     assert len(free) == 12 and not any(t >= tk.FIRST_SPECIAL for t in free)
     assert analysis(True) == free
+
+
+def test_after_a_free_analysis_message_a_strict_call_is_still_enforced(grammars):
+    """Headers left to the model: an analysis message first, then the call to the strict function in a
+    later message of the same reply; its arguments follow the schema."""
+    c = reply_constraint(ENC, recipients=("functions.book",), grammars=grammars,
+                         arguments={"functions.book": grammars.json_schema(CITY)})  # fmt: skip
+    d = Driver(c)
+    head = _ids("<|channel|>analysis<|message|>I will book.<|end|><|start|>assistant"
+                "<|channel|>commentary to=functions.book <|constrain|>json<|message|>")  # fmt: skip
+    tok = None
+    for t in head:
+        assert d.allowed(tok).all()  # the model's own headers and analysis
+        tok = t
+    out = d.run(tok)
+    call = parse_completion([*head, *out], Role.ASSISTANT, ENC)[-1]
+    assert call.recipient == "functions.book" and out[-1] == tk.CALL
+    jsonschema.validate(json.loads(call.text), CITY)
