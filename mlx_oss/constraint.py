@@ -184,7 +184,7 @@ class ReplyConstraint:
             mask = self._matcher.allowed(vocab)
             preferred = self._end if self._end < vocab and mask[self._end] else int(np.argmax(mask))
             return mask, preferred
-        return None, self._end if self._end is not None else -1
+        return None, -1  # the content's own end is preferred (`_content_masks`)
 
     # processor -----------------------------------------------------------------------------
 

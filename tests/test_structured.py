@@ -412,3 +412,21 @@ def test_after_a_free_analysis_message_a_strict_call_is_still_enforced(grammars)
     call = parse_completion([*head, *out], Role.ASSISTANT, ENC)[-1]
     assert call.recipient == "functions.book" and out[-1] == tk.CALL
     jsonschema.validate(json.loads(call.text), CITY)
+
+
+def test_with_nothing_allowed_left_a_complete_document_ends_rather_than_grows(grammars):
+    """An earlier processor that bans everything while the answer is a complete but extendable
+    document ("1" of 0..99): the constraint's fallback is the end, not one more digit."""
+    from mlx_oss.constraint import _PREFERRED
+
+    c = reply_constraint(ENC, answer=grammars.json_schema({"type": "integer", "minimum": 0, "maximum": 99}),
+                         grammars=grammars, reasoning_budget=0)  # fmt: skip
+    d = Driver(c)
+    tok = None
+    for t in (*channel_header(FINAL, ENC).tokens, *ENC.encode_ordinary("1")):
+        d.allowed(tok)
+        tok = t
+    assert c.matcher.accepting  # "1" is a document; "12" would be one too
+    out = np.array(c(mx.array([*d.ctx, tok], dtype=mx.int32), mx.full((1, tk.N_VOCAB), -mx.inf))[0])
+    assert int(np.argmax(out)) == tk.RETURN and out[tk.RETURN] == _PREFERRED
+    assert np.isfinite(out[ENC.encode_ordinary("2")[0]])  # another digit stays possible, below the end
