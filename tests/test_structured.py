@@ -426,7 +426,7 @@ def test_with_nothing_allowed_left_a_complete_document_ends_rather_than_grows(gr
     for t in (*channel_header(FINAL, ENC).tokens, *ENC.encode_ordinary("1")):
         d.allowed(tok)
         tok = t
-    assert c.matcher.accepting  # "1" is a document; "12" would be one too
     out = np.array(c(mx.array([*d.ctx, tok], dtype=mx.int32), mx.full((1, tk.N_VOCAB), -mx.inf))[0])
+    assert c.matcher.accepting  # "1" is a document; "12" would be one too
     assert int(np.argmax(out)) == tk.RETURN and out[tk.RETURN] == _PREFERRED
     assert np.isfinite(out[ENC.encode_ordinary("2")[0]])  # another digit stays possible, below the end
