@@ -22,7 +22,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-import mlx.core as mx
 import numpy as np
 import tiktoken
 
@@ -136,15 +135,14 @@ def _describe(error: str) -> str:
 
 
 class ContentMatcher:
-    """One message's content against a grammar. `bias(vocab)` is the additive mask for the next
-    token (0 allowed, -inf not): the grammar's tokens, never a harmony special token, and `end` only
-    where the document is complete. `feed(token)` advances it; `end` itself is not fed."""
+    """One message's content against a grammar. `allowed(vocab)` is the mask of the next token: the
+    grammar's tokens, never a harmony special token, and `end` only where the document is complete.
+    `feed(token)` advances it; `end` itself is not fed."""
 
     def __init__(self, matcher: Any, end: int, n_vocab: int) -> None:
         self._m = matcher
         self.end = end
         self._words = np.zeros((n_vocab + 31) // 32, dtype=np.int32)
-        self.steps = 0
 
     @property
     def accepting(self) -> bool:
@@ -166,10 +164,6 @@ class ContentMatcher:
             bits[self.end] = True
         return bits
 
-    def bias(self, vocab: int) -> mx.array:
-        return mx.array(np.where(self.allowed(vocab), np.float32(0), np.float32(-np.inf)))
-
     def feed(self, token: int) -> bool:
         """Advance by a sampled content token; False if the grammar refused it (it then stays in error)."""
-        self.steps += 1
         return bool(self._m.consume_token(token))
