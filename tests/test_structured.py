@@ -430,3 +430,18 @@ def test_with_nothing_allowed_left_a_complete_document_ends_rather_than_grows(gr
     assert c.matcher.accepting  # "1" is a document; "12" would be one too
     assert int(np.argmax(out)) == tk.RETURN and out[tk.RETURN] == _PREFERRED
     assert np.isfinite(out[ENC.encode_ordinary("2")[0]])  # another digit stays possible, below the end
+
+
+def test_with_nothing_allowed_left_inside_a_string_the_lowest_allowed_token_is_preferred(grammars):
+    """Token 0 ("!") is a preferred token like any other: inside a JSON string it is the first allowed."""
+    from mlx_oss.constraint import _FLOOR, _PREFERRED
+
+    c = reply_constraint(ENC, answer=grammars.json_schema({"type": "string", "maxLength": 5}), grammars=grammars,
+                         reasoning_budget=0)  # fmt: skip
+    d = Driver(c)
+    tok = None
+    for t in (*channel_header(FINAL, ENC).tokens, *ENC.encode_ordinary('"')):
+        d.allowed(tok)
+        tok = t
+    out = np.array(c(mx.array([*d.ctx, tok], dtype=mx.int32), mx.full((1, tk.N_VOCAB), -mx.inf))[0])
+    assert ENC.decode([0]) == "!" and out[0] == _PREFERRED and out[1] == _FLOOR
