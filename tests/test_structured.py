@@ -445,3 +445,26 @@ def test_with_nothing_allowed_left_inside_a_string_the_lowest_allowed_token_is_p
         tok = t
     out = np.array(c(mx.array([*d.ctx, tok], dtype=mx.int32), mx.full((1, tk.N_VOCAB), -mx.inf))[0])
     assert ENC.decode([0]) == "!" and out[0] == _PREFERRED and out[1] == _FLOOR
+
+
+def test_grammar_errors_are_one_bounded_line_and_the_cache_keeps_64_schemas():
+    from mlx_oss.grammar import _first_line
+
+    assert _first_line("a\n\n  b \nc\nd") == "a b c" and _first_line(" \n ") == "llguidance refused it"
+    assert len(_first_line("x" * 400)) == 300
+    with pytest.raises(GrammarError) as e:
+        Grammars(ENC).json_schema({"oneOf": [{"type": "integer"}, {"type": "number"}]}, "w")
+    assert str(e.value) == ('w cannot be enforced: keyword(s) ["oneOf"] not supported (anyOf is: a oneOf whose '
+                            'branches cannot overlap can be one)')  # fmt: skip
+    g = Grammars(ENC)
+    first = g.json_schema({"const": 0})
+    for i in range(1, 65):
+        g.json_schema({"const": i})
+    assert len(g._cache) == 64 and g.json_schema({"const": 0}) is not first  # the 65th pushed the first out
+
+
+def test_a_padded_vocabulary_never_allows_the_padding_in_constrained_content(grammars):
+    m = grammars.matcher(grammars.json_schema(CITY), tk.RETURN)
+    mask = m.allowed(tk.N_VOCAB + 64)
+    assert mask.shape == (tk.N_VOCAB + 64,) and mask.dtype == bool and not mask[tk.FIRST_SPECIAL :].any()
+    assert set(ENC.decode([int(i)]) for i in np.flatnonzero(mask)) == {'{"'}
