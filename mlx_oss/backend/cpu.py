@@ -37,7 +37,7 @@ import numpy as np
 
 from mlx_oss.backend import device
 from mlx_oss.config import ModelArgs
-from mlx_oss.nn.attention import Attention, Mask, quantized_attention
+from mlx_oss.nn.attention import Attention, Mask, quantized_attention, sink_softmax
 from mlx_oss.nn.cache import QArray, map_kv
 from mlx_oss.nn.moe import MoE, dequantize_mxfp4, swiglu
 
@@ -155,17 +155,7 @@ def attention_with_sinks(q: mx.array, k: mx.array, v: mx.array, scale: float, ma
     rep = nq // nkv
     q = (mx.array(scale, q.dtype) * q).reshape(B, nkv, rep * T, d)
     kt = mx.contiguous(k.swapaxes(-1, -2))  # [B, nkv, d, S]
-    scores = (q @ kt).reshape(B, nkv, rep, T, S)
-    if isinstance(mask, str):  # "causal", lower-right aligned like MLX's
-        qi = mx.arange(S - T, S)[:, None]
-        mask = qi >= mx.arange(S)[None]
-    if mask is not None:
-        if mask.dtype == mx.bool_:
-            scores = mx.where(mask, scores, mx.array(mx.finfo(scores.dtype).min, scores.dtype))
-        else:
-            scores = scores + mask
-    col = mx.broadcast_to(sinks.astype(scores.dtype).reshape(1, nkv, rep, 1, 1), (B, nkv, rep, T, 1))
-    p = mx.softmax(mx.concatenate([col, scores], axis=-1), axis=-1, precise=True)[..., 1:]
+    p = sink_softmax((q @ kt).reshape(B, nkv, rep, T, S), mask, sinks)
     return (p.reshape(B, nkv, rep * T, S) @ v).reshape(B, nq, T, d)
 
 

@@ -71,7 +71,17 @@ def quantized_attention(q: mx.array, k: QArray, v: QArray, scale: float, mask: M
     bits = 32 * k.data.shape[-1] // d
     q = (mx.array(scale, q.dtype) * q).reshape(B, nkv, rep * T, d)
     scores = mx.quantized_matmul(q, *k, transpose=True, group_size=group_size, bits=bits).reshape(B, nkv, rep, T, S)
-    if isinstance(mask, str):  # "causal", lower-right aligned like MLX's
+    p = sink_softmax(scores, mask, sinks)
+    o = mx.quantized_matmul(p.reshape(B, nkv, rep * T, S), *v, transpose=False, group_size=group_size, bits=bits)
+    return o.reshape(B, nq, T, d)
+
+
+def sink_softmax(scores: mx.array, mask: Mask, sinks: mx.array) -> mx.array:
+    """scores [B, nkv, rep, T, S] (scaled q @ K^T) -> probabilities [B, nkv, rep, T, S]: the mask applied
+    ("causal" lower-right aligned like MLX's; a bool mask, or an additive one), each head's unscaled sink
+    as one extra softmax column whose mass is dropped, a precise softmax (float32 inside)."""
+    B, nkv, rep, T, S = scores.shape
+    if isinstance(mask, str):
         mask = mx.arange(S - T, S)[:, None] >= mx.arange(S)[None]
     if mask is not None:
         if mask.dtype == mx.bool_:
@@ -79,9 +89,7 @@ def quantized_attention(q: mx.array, k: QArray, v: QArray, scale: float, mask: M
         else:
             scores = scores + mask
     col = mx.broadcast_to(sinks.astype(scores.dtype).reshape(1, nkv, rep, 1, 1), (B, nkv, rep, T, 1))
-    p = mx.softmax(mx.concatenate([col, scores], axis=-1), axis=-1, precise=True)[..., 1:]
-    o = mx.quantized_matmul(p.reshape(B, nkv, rep * T, S), *v, transpose=False, group_size=group_size, bits=bits)
-    return o.reshape(B, nq, T, d)
+    return mx.softmax(mx.concatenate([col, scores], axis=-1), axis=-1, precise=True)[..., 1:]
 
 
 def sliding_mask(T: int, retained: int, window: int) -> Mask:
