@@ -218,7 +218,7 @@ def test_a_forced_call_to_a_strict_function_gets_valid_arguments_over_a_script_t
 
 
 def test_bad_constraint_arguments_are_errors(grammars):
-    with pytest.raises(ValueError, match="need the Grammars"):
+    with pytest.raises(ValueError, match="^content grammars need the Grammars that compiled them$"):
         ReplyConstraint(ENC, content={FINAL: grammars.json_schema(CITY)})
     with pytest.raises(ValueError, match="reasoning_budget must be >= 0"):
         ReplyConstraint(ENC, then=[channel_header(FINAL, ENC)], reasoning_budget=-1)
