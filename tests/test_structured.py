@@ -468,3 +468,20 @@ def test_a_padded_vocabulary_never_allows_the_padding_in_constrained_content(gra
     mask = m.allowed(tk.N_VOCAB + 64)
     assert mask.shape == (tk.N_VOCAB + 64,) and mask.dtype == bool and not mask[tk.FIRST_SPECIAL :].any()
     assert set(ENC.decode([int(i)]) for i in np.flatnonzero(mask)) == {'{"'}
+
+
+def test_a_model_with_its_own_vocabulary_gets_its_strict_calls_read_with_it():
+    """The reply is read with the model's encoding (here ".quiz" and "z" swap ids): the call's recipient,
+    and so its grammar, are found."""
+    import tiktoken
+
+    ranks = dict(ENC._mergeable_ranks)
+    ranks[b".quiz"], ranks[b"z"] = ranks[b"z"], ranks[b".quiz"]
+    swapped = tiktoken.Encoding("swapped", pat_str=ENC._pat_str, mergeable_ranks=ranks, special_tokens=ENC._special_tokens)
+    g = Grammars(swapped)
+    c = reply_constraint(swapped, tool_choice="required", recipients=("functions.quiz",), grammars=g,
+                         arguments={"functions.quiz": g.json_schema(CITY)}, reasoning_budget=0)  # fmt: skip
+    out = Driver(c).run()
+    call = parse_completion(out, Role.ASSISTANT, swapped)[-1]
+    assert call.recipient == "functions.quiz" and out[-1] == tk.CALL
+    jsonschema.validate(json.loads(call.text), CITY)
