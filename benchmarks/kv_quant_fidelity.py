@@ -78,10 +78,15 @@ class _Bf16RotatingKVCache(RotatingKVCache):
     _encode = _Bf16KVCache._encode
 
 
-def make_cache(model, bits: int | str | None, group_size: int = 64) -> list:
-    """The model's caches: unquantized (None), `bits`-bit, or "bf16" (rounded to bfloat16)."""
-    if bits != "bf16":
-        return model.make_cache() if bits is None else model.make_cache(kv_bits=bits, kv_group_size=group_size)
+def make_cache(model, setting: int | str | None, group_size: int = 64) -> list:
+    """The model's caches: unquantized (None); 8 or 4: `kv_bits` as the commands set it (the full layers
+    quantized, the sliding window in full precision); "8+window" / "4+window": the window quantized too;
+    "bf16": rounded to bfloat16."""
+    if setting is None:
+        return model.make_cache()
+    if setting != "bf16":
+        bits, _, window = str(setting).partition("+")
+        return model.make_cache(kv_bits=int(bits), kv_group_size=group_size, quantize_window=bool(window))
     a = model.args
     return [_Bf16RotatingKVCache(a.sliding_window) if t == "sliding_attention" else _Bf16KVCache() for t in a.layer_types]
 
@@ -124,7 +129,7 @@ def same_prefix(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def measure(model, case: Case, n_new: int, bits: tuple[int, ...] = (8, 4), group_size: int = 64, free: bool = True) -> dict:
+def measure(model, case: Case, n_new: int, bits: tuple[int | str, ...] = (8, 4), group_size: int = 64, free: bool = True) -> dict:
     """The unquantized cache decodes `n_new` greedy tokens after the prompt; each quantized cache is
     fed the same prompt and tokens (teacher forcing) and, from a clone of its state after the prompt,
     decodes its own greedy tokens (`free`). Logits compared at all prompt + n_new positions.
@@ -172,10 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         for case in (short_case(), long_case(a.long)):
             model = load_model(checkpoint(Path(tmp), case.window), "float32")
             t0 = time.perf_counter()
-            r = measure(model, case, a.new, (8, 4, "bf16"), a.group_size)
-            for b in (8, 4, "bf16"):
+            settings = (8, 4, "8+window", "4+window", "bf16")
+            r = measure(model, case, a.new, settings, a.group_size)
+            for b in settings:
                 m = r[b]
-                label = "bfloat16-rounded (for scale)" if b == "bf16" else f"{b}-bit"
+                label = {"bf16": "bfloat16-rounded (for scale)", "8+window": "8-bit, window quantized too",
+                         "4+window": "4-bit, window quantized too"}.get(b, f"{b}-bit (`--kv-bits {b}`)")  # fmt: skip
                 print(f"| {case.name} | {label} | {m['positions']} | {m['rel']:.2e} | {m['kl_median']:.2e} | "
                       f"{m['kl_max']:.2e} | {m['forced']}/{m['n']} | {m['same']}/{m['n']} |")  # fmt: skip
             notes.append(f"{case.name}: smallest top-2 gap of the unquantized greedy steps {r['margin']:.3g}, "

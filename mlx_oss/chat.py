@@ -136,7 +136,7 @@ class Chat:
         approve: Callable[[ToolCall], bool] | None = None,
         python_workdir: str | None = None,
         kv_bits: int | None = None,
-        kv_group_size: int = 64,
+        kv_group_size: int | None = None,
     ) -> None:
         problem = vocabulary_problem(model, tokenizer)
         if problem:
@@ -156,7 +156,8 @@ class Chat:
         self.max_tokens = max_tokens
         self.max_tool_rounds = max_tool_rounds
         self.date = date
-        kv = {} if kv_bits is None else {"kv_bits": kv_bits, "kv_group_size": kv_group_size}  # quantized KV cache
+        # a quantized KV cache (None: as the model was loaded, `load(..., kv_bits=)`)
+        kv = {} if kv_bits is None else {"kv_bits": kv_bits, "kv_group_size": 64 if kv_group_size is None else kv_group_size}
         self.engine = self.engine_class(model, max_context=max_context, **kv)
         self.builtins = BuiltinTools(
             builtin_tools, browser=browser_backend, python=python_backend, approve=approve,

@@ -457,3 +457,37 @@ class ModelArgs(Dims):
         d = asdict(self)
         d["layer_types"] = list(self.layer_types)
         return d
+
+
+# ---------------------------------------------------------------- quantized KV cache (docs/MODEL.md)
+# Here, not in mlx_oss.nn.cache, so that the CLI's flags and `mlx-oss info` need no MLX import.
+
+KV_BITS = (4, 8)
+KV_GROUP_SIZES = (32, 64, 128)  # what mx.quantize supports
+# Bytes of float32 scores one block of queries may build in `mlx_oss.nn.attention.quantized_attention`: a
+# 2048-token prefill chunk over a 32k-token quantized cache would otherwise build 64 heads x 2048 x 32768
+# scores (16 GiB in float32) at once, more than the cache saves; in blocks, each evaluated before the next,
+# the transient stays ~3x this (scores, their masked copy, the softmax's float32) at any depth (measured:
+# tests/test_kv_quant.py; `mlx-oss info` counts it).
+SCORE_BLOCK_BYTES = 64 << 20
+
+
+def check_kv_quant(bits: int | None, group_size: int, head_dim: int | None = None) -> None:
+    """Raise ValueError (one line) unless `bits`/`group_size` can quantize a cache with this head_dim."""
+    if bits is None:
+        return
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in KV_BITS:
+        raise ValueError(f"kv_bits must be 4 or 8 (None: an unquantized cache), got {bits!r}")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size not in KV_GROUP_SIZES:
+        raise ValueError(f"kv_group_size must be 32, 64 or 128, got {group_size!r}")
+    if head_dim is not None and head_dim % group_size:
+        raise ValueError(f"kv_group_size {group_size} does not divide the model's head_dim {head_dim}")
+
+
+def slot_bytes(n_kv_heads: int, head_dim: int, dtype_size: int, bits: int | None = None, group_size: int = 64) -> int:
+    """Bytes of one cache slot (one position's key and value) in one layer: 2 x n_kv_heads x head_dim x s
+    unquantized, s the compute dtype's bytes; quantized, 2 x n_kv_heads x (head_dim x bits / 8 codes +
+    2 x s x head_dim / group_size for the scales and biases)."""
+    if bits is None:
+        return 2 * n_kv_heads * head_dim * dtype_size
+    return 2 * n_kv_heads * (head_dim * bits // 8 + 2 * dtype_size * (head_dim // group_size))

@@ -177,7 +177,8 @@ class Engine:
 
     Not thread-safe: one generation at a time (the `should_stop` callback may be driven by another
     thread, which is how cancel works). `kv_bits` 8 or 4 keeps the caches quantized (`kv_group_size`
-    32, 64 or 128 values per scale and bias; docs/MODEL.md, "Quantized KV cache"); None (default): not.
+    32, 64 or 128 values per scale and bias; docs/MODEL.md, "Quantized KV cache"); None (default): as the
+    model was loaded (`load(..., kv_bits=)`; unquantized unless it said otherwise).
     """
 
     def __init__(
@@ -188,7 +189,7 @@ class Engine:
         max_snapshots: int = 16,
         prefill_chunk: int | None = None,
         kv_bits: int | None = None,
-        kv_group_size: int = 64,
+        kv_group_size: int | None = None,
     ) -> None:
         self.model = model
         limit = model.args.max_position_embeddings
@@ -197,8 +198,9 @@ class Engine:
             raise ValueError(f"max_context must be between 2 and the model's {limit} tokens, got {self.max_context}")
         self.max_snapshots = max_snapshots
         self.prefill_chunk = prefill_chunk or DEFAULT_PREFILL_CHUNK
-        self.kv_bits = kv_bits  # None: unquantized caches; 8 or 4: quantized (mlx_oss.nn.cache, docs/MODEL.md)
-        self.kv_group_size = kv_group_size
+        # None: unquantized caches; 8 or 4: quantized (mlx_oss.nn.cache, docs/MODEL.md)
+        self.kv_bits = getattr(model, "kv_bits", None) if kv_bits is None else kv_bits
+        self.kv_group_size = (getattr(model, "kv_group_size", 64) if kv_group_size is None else kv_group_size)
         self.cache = self._new_cache()  # raises here on bits / group size that cannot apply
         self._tokens: list[int] = []
         self._snapshots: list[Snapshot] = []

@@ -135,14 +135,26 @@ def load_model(path: str | Path, dtype: str | mx.Dtype | None = None, verify: bo
     return model
 
 
-def load(path: str | Path, dtype: str | mx.Dtype | None = None, verify: bool = False):
+def load(
+    path: str | Path,
+    dtype: str | mx.Dtype | None = None,
+    verify: bool = False,
+    *,
+    kv_bits: int | None = None,
+    kv_group_size: int = 64,
+):
     """-> (model, tokenizer). The tokenizer is o200k_harmony from the folder, else the bundled copy.
     `verify=True` hashes every file of an mlx-oss folder against its manifest (a damaged folder raises
-    ConvertError naming the file); without it only sizes and headers are checked."""
+    ConvertError naming the file); without it only sizes and headers are checked. `kv_bits` 8 or 4:
+    every cache made for this model is quantized (`Chat`, `Engine`, the server; docs/MODEL.md,
+    "Quantized KV cache"); a bad value raises ValueError before any weight is read."""
+    from mlx_oss.config import check_kv_quant
     from mlx_oss.tokenizer import load_tokenizer
 
     path = Path(path).expanduser()
+    check_kv_quant(kv_bits, kv_group_size)
     model = load_model(path, dtype, verify)
+    model.set_kv_quant(kv_bits, kv_group_size)
     try:
         tok = load_tokenizer(path)
     except ValueError:

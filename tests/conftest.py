@@ -57,6 +57,17 @@ def tiny_chat_converted(tmp_path_factory) -> Path:
     return convert_checkpoint(src, root / "converted", progress=False).dst
 
 
+@pytest.fixture(scope="session")
+def tiny_chat_hd64_converted(tmp_path_factory) -> Path:
+    """tiny-chat at gpt-oss's head_dim 64, so MLX can quantize its KV cache (groups of 32, 64 or 128
+    values; tiny-chat's head_dim 16 cannot be grouped). Do not modify."""
+    root = tmp_path_factory.mktemp("chat-hd64")
+    from mlx_oss.convert.synthetic import write_checkpoint
+
+    src = write_checkpoint(root / "src", preset("tiny-chat", head_dim=64), "hf", seed=0)
+    return convert_checkpoint(src, root / "converted", progress=False).dst
+
+
 @pytest.fixture
 def srv(served):
     """A server test's clean slate over its module's `served` fixture (tests/server_harness.py:

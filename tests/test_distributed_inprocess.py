@@ -400,15 +400,15 @@ def test_leader_refusals_send_nothing():
 
 
 def test_commands_header_payload_and_order(monkeypatch):
-    """A command is a fixed 14-int header then one payload in the order drops, prompt, stops, cuts;
+    """A command is a fixed 16-int header then one payload in the order drops, prompt, stops, cuts;
     a command on no engine first finishes the running generation and carries the drops."""
     sent = []
     monkeypatch.setattr(deng, "broadcast_ints", lambda comm, values, n: sent.append((list(values), n)))
-    c = Command(GENERATE, engine=3, n_drop=1, n_prompt=2, n_stop=1, n_cut=1, max_tokens=5)
-    assert HEADER == Command.size() == 14 and c.payload == 5
-    assert c.ints() == [GENERATE, 3, 0, 0, 1, 2, 5, 1, 1, 0, 0, 0, 0, 0]
+    c = Command(GENERATE, engine=3, n_drop=1, n_prompt=2, n_stop=1, n_cut=1, max_tokens=5, kv_bits=8, kv_group_size=32)
+    assert HEADER == Command.size() == 16 and c.payload == 5
+    assert c.ints() == [GENERATE, 3, 0, 0, 1, 2, 5, 1, 1, 0, 0, 0, 0, 0, 8, 32]
     assert Command(*c.ints()) == c
-    assert Command(EXIT).ints() == [EXIT, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0]  # -1: no max_tokens
+    assert Command(EXIT).ints() == [EXIT, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0]  # -1: no max_tokens
     comm = Comm(FakeGroup(0, 2))
     deng.send(comm, c, [9], [1, 2], [7], [4])
     assert sent == [(c.ints(), HEADER), ([9, 1, 2, 7, 4], 5)]
@@ -531,7 +531,8 @@ def test_stops_cuts_drops_and_reuse_reach_the_follower(pair, reference, monkeypa
     f = mine[0].engines[eid]
     assert (f.tokens, [s.position for s in f.snapshots]) == (held, snaps)
     other = eid + 1
-    settings = dict(max_context=eng.max_context, prefill_chunk=eng.prefill_chunk, max_snapshots=eng.max_snapshots)
+    settings = dict(max_context=eng.max_context, prefill_chunk=eng.prefill_chunk, max_snapshots=eng.max_snapshots,
+                    kv_bits=0, kv_group_size=64)  # fmt: skip
     assert seen[1:] == [
         (Command(PREFILL, eid, n_drop=1, n_prompt=6, n_cut=1, **settings), [other] + TOKENS[:6] + [3]),
         (Command(PREFILL, eid, n_prompt=8, held=6, reuse=6, **settings), TOKENS[:8]),
@@ -1303,3 +1304,225 @@ def test_dense_quantized_folder_shards_to_the_same_logits(tiny_hf, tmp_path_fact
     ref = np.array(load(folder, "float32")[0](tokens))
     assert np.array_equal(got[0], got[1])
     assert np.abs(got[0] - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+# ---------------------------------------------------------------------------------- quantized KV cache (issue 30)
+
+
+@pytest.fixture(scope="module")
+def kv_folder(tmp_path_factory):
+    """The tiny preset at gpt-oss's head_dim 64 (the golden tiny's 16 cannot be grouped by
+    `mx.quantize`), 8-slot window, converted."""
+    from mlx_oss.convert.convert import convert_checkpoint
+    from mlx_oss.convert.synthetic import preset, write_checkpoint
+
+    root = tmp_path_factory.mktemp("kvq")
+    src = write_checkpoint(root / "src", preset("tiny", head_dim=64), "hf", seed=0)
+    return convert_checkpoint(src, root / "converted", progress=False).dst
+
+
+def _sessions(n: int) -> list[Session]:
+    c = _comms(n)
+    return [Session(c[r], _Dog(r, n, None)) for r in range(n)]
+
+
+def _quantized_turns(new_engine):
+    """Turns whose 8-slot rings wrap: a prefill with a boundary (snapshots at 10 and 14), a turn that
+    reuses all of it, a turn that leaves the conversation at 12 (the rings cannot be trimmed back: they
+    come back from the snapshot at 10), a prefill that does so again, then the server pool's moves
+    (detach, fork, attach, a turn on each copy). -> (each step's result, the prefills' logits, the engines)."""
+    log, logits = [], []
+    eng = new_engine()
+    lg, keep = eng.prefill(TOKENS[:14], boundaries=[10])
+    logits.append(np.array(lg))
+    log.append((keep, eng.tokens, [s.position for s in eng.snapshots]))
+    for prompt in (TOKENS[:14] + [33, 44], TOKENS[:12] + [61, 62, 63]):
+        g = eng.generate(prompt, GREEDY, max_tokens=4, stop_tokens=())
+        log.append((list(g), g.reused_tokens))
+    lg, keep = eng.prefill(TOKENS[:11] + [70, 71, 72])
+    logits.append(np.array(lg))
+    log.append((keep, [s.position for s in eng.snapshots]))
+    s = eng.detach()
+    f = s.fork()
+    eng.attach(s)
+    other = new_engine()
+    other.attach(f)
+    for e, extra in ((eng, 80), (other, 81)):
+        g = e.generate(TOKENS[:11] + [70, 71, 72, extra], GREEDY, max_tokens=3, stop_tokens=())
+        log.append((list(g), g.reused_tokens))
+    return log, logits, (eng, other)
+
+
+def _kinds(engine) -> list:
+    return [(type(c).__name__, getattr(c, "bits", None), getattr(c, "group_size", None)) for c in engine.cache]
+
+
+@pytest.mark.parametrize("bits,group", [(8, 64), (4, 32)])
+def test_a_quantized_kv_cache_on_two_ranks_equals_one_engine(kv_folder, monkeypatch, followers, bits, group):
+    """`load(kv_bits=)` on rank 0, a follower given no setting of its own (it takes rank 0's): every
+    rank's caches are the quantized ones, and the turns (snapshot restores after the rings wrapped,
+    detach / fork / attach) give one quantized Engine's tokens, reuse and logits, which differ from
+    an unquantized cache's."""
+    from mlx_oss.loader import load
+
+    monkeypatch.setattr(dcli, "resolve_once_per_host", lambda name, status: kv_folder)
+    s = _sessions(2)
+
+    def rank0():
+        model, _ = dcli.load(s[0], "kv", "float32", status=print, kv_bits=bits, kv_group_size=group)
+        log, logits, engines = _quantized_turns(lambda: LeaderEngine(model))
+        held = [(e.tokens, e.snapshots) for e in engines]
+        res = log, logits, [e.id for e in engines], held, [_kinds(e) for e in engines]
+        dcli.end(s[0])
+        return res, (model.kv_bits, model.kv_group_size)
+
+    ((log, logits, ids, held, kinds), setting), code = _ranks(
+        [x.comm for x in s], rank0, lambda: dcli.follow_rank_0(s[1], "kv", "float32"))  # fmt: skip
+    ref_model, _ = load(kv_folder, "float32", kv_bits=bits, kv_group_size=group)
+    ref_log, ref_logits, _ = _quantized_turns(lambda: Engine(ref_model))
+    assert code == 0 and log == ref_log
+    assert log[0] == (0, TOKENS[:14], [10, 14]) and log[1][1] == 14 and log[2][1] == 10 and log[3] == (10, [10, 14])
+    assert log[4][1] == log[5][1] == 14  # both copies of the pool's state reused their prefix
+    for got, ref in zip(logits, ref_logits):
+        assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+    plain = _quantized_turns(lambda: Engine(load(kv_folder, "float32")[0]))[1]
+    for got, ref in zip(logits, plain):  # the quantization is there on every rank (the heads are split)
+        assert np.abs(got - ref).max() > 1e-3 * np.abs(ref).max()
+    want = [("RotatingKVCache", None, None), ("QuantizedKVCache", bits, group)] * 2  # the window in full precision
+    f = followers[0]
+    assert setting == (f.model.kv_bits, f.model.kv_group_size) == (bits, group)
+    for eid, (toks, snaps), k in zip(ids, held, kinds):
+        assert k == _kinds(f.engines[eid]) == want
+        assert f.engines[eid].tokens == toks
+        assert [(x.position, x.kind) for x in f.engines[eid].snapshots] == [(x.position, x.kind) for x in snaps]
+
+
+def test_an_engine_s_own_kv_setting_reaches_the_follower(pair, reference, followers):
+    """`LeaderEngine(kv_bits=)` (a `DistributedChat(kv_bits=)`) on a model loaded unquantized: the header
+    carries the engine's setting, so the follower's engine quantizes alike; the golden tiny (head_dim
+    16) takes 16-value groups nowhere, so here the check is the cache kinds and the same refusal."""
+    lead, fol = pair
+    with pytest.raises(ValueError, match=r"^kv_group_size 32 does not divide the model's head_dim 16$"):
+        LeaderEngine(lead, kv_bits=8, kv_group_size=32)  # refused before any command goes out
+    f = Follower(fol, fol.comm)
+    base = {"max_context": 64, "prefill_chunk": 8, "max_snapshots": 4}
+    f.run(Command(RESET, engine=2, **base), [])  # an old header (no kv fields): the model's setting
+    assert _kinds(f.engines[2])[:2] == [("RotatingKVCache", None, None), ("KVCache", None, None)]
+    f.run(Command(RESET, engine=3, kv_bits=0, kv_group_size=64, **base), [])
+    assert f.engines[3].kv_bits is None and _kinds(f.engines[3])[1] == ("KVCache", None, None)
+    with pytest.raises(ValueError, match=r"^kv_group_size 32 does not divide the model's head_dim 16$"):
+        f.run(Command(RESET, engine=4, kv_bits=8, kv_group_size=32, **base), [])
+
+
+def test_an_engine_s_own_kv_setting_is_mirrored_on_a_head_dim_64_model(kv_folder, followers):
+    """An unquantized load, then `LeaderEngine(kv_bits=8, kv_group_size=32)` next to a plain one: the
+    follower's twin of each engine has the same kind of caches, and the quantized one's tokens are one
+    Engine(kv_bits=8, kv_group_size=32)'s."""
+    c = _comms(2)
+    models = [load_sharded(kv_folder, c[r], "float32") for r in range(2)]
+    prompt = TOKENS[:14]
+
+    def rank0():
+        q, plain = LeaderEngine(models[0], kv_bits=8, kv_group_size=32), LeaderEngine(models[0])
+        out = [list(e.generate(prompt, GREEDY, max_tokens=4, stop_tokens=())) for e in (q, plain)]
+        q.reset()  # fresh caches of the same kind on every rank
+        out.append(list(q.generate(prompt, GREEDY, max_tokens=4, stop_tokens=())))
+        res = out, [(e.id, _kinds(e)) for e in (q, plain)]
+        end_followers(models[0].comm)
+        return res
+
+    (out, kinds), _ = _ranks(c, rank0, _follow(models[1]))
+    from mlx_oss.loader import load
+
+    ref = load(kv_folder, "float32")[0]
+    one = Engine(ref, kv_bits=8, kv_group_size=32)
+    assert out[0] == out[2] == list(one.generate(prompt, GREEDY, max_tokens=4, stop_tokens=()))
+    assert out[1] == list(Engine(ref).generate(prompt, GREEDY, max_tokens=4, stop_tokens=()))
+    (qid, qk), (pid, pk) = kinds
+    want = [("RotatingKVCache", None, None), ("QuantizedKVCache", 8, 32)] * 2
+    assert qk == _kinds(followers[0].engines[qid]) == want
+    assert pk == _kinds(followers[0].engines[pid]) == [("RotatingKVCache", None, None), ("KVCache", None, None)] * 2
+
+
+@pytest.mark.parametrize("mine,theirs,msg0,msg1", [
+    ((8, 64), (4, 64), "--kv-bits 8 --kv-group-size 64", "--kv-bits 4 --kv-group-size 64"),
+    ((8, 64), (8, 32), "--kv-bits 8 --kv-group-size 64", "--kv-bits 8 --kv-group-size 32"),
+    ((None, 64), (8, 64), "unquantized", "--kv-bits 8 --kv-group-size 64"),
+    ((4, 128), (None, 128), "--kv-bits 4 --kv-group-size 128", "unquantized"),
+])  # fmt: skip
+def test_ranks_whose_kv_settings_differ_stop_with_one_line(kv_folder, monkeypatch, mine, theirs, msg0, msg1):
+    """Every rank's own --kv-bits / --kv-group-size against rank 0's: a difference stops every rank with
+    one line (none is left in a collective), before any weight is read."""
+    import mlx_oss.distributed.load as dload
+
+    monkeypatch.setattr(dcli, "resolve_once_per_host", lambda name, status: kv_folder)
+    monkeypatch.setattr(dload, "load_sharded", lambda *a: pytest.fail("weights read despite the mismatch"))
+    s = _sessions(2)
+
+    def rank(r, kv):
+        try:
+            dcli.load(s[r], "kv", "float32", status=print, kv_bits=kv[0], kv_group_size=kv[1])
+        except PeerMismatch as e:
+            return str(e)
+
+    got = _ranks([x.comm for x in s], lambda: rank(0, mine), lambda: rank(1, theirs))
+    tail = f"differs from rank 0's ({msg0}); run every rank with the same --kv-bits and --kv-group-size"
+    assert got == [f"1 other rank(s)' KV cache {tail}", f"this rank's KV cache ({msg1}) {tail}"]
+    assert not s[0].ready and not s[1].ready
+
+
+def test_kv_agreement_takes_rank_0s_setting_and_ignores_an_unused_group_size():
+    """Three ranks: one with its own equal setting, one with none (it takes rank 0's); the group size of
+    an unquantized cache is not compared; two differing ranks are counted on the others."""
+    c = _comms(3)
+    got = _ranks(c, lambda: dsession.agree_kv_cache(c[0], 8, 32), lambda: dsession.agree_kv_cache(c[1], 8, 32),
+                 lambda: dsession.agree_kv_cache(c[2], None, 64, own=False))  # fmt: skip
+    assert got == [(8, 32)] * 3
+    c = _comms(2)
+    got = _ranks(c, lambda: dsession.agree_kv_cache(c[0], None, 32), lambda: dsession.agree_kv_cache(c[1], None, 64))
+    assert got == [(None, 32)] * 2
+    c = _comms(3)
+
+    def agree(r, bits):
+        try:
+            return dsession.agree_kv_cache(c[r], bits, 64)
+        except PeerMismatch as e:
+            return str(e)
+
+    got = _ranks(c, lambda: agree(0, None), lambda: agree(1, 8), lambda: agree(2, 8))
+    assert got[0] == ("2 other rank(s)' KV cache differs from rank 0's (unquantized); run every rank with the same "
+                      "--kv-bits and --kv-group-size")  # fmt: skip
+    assert got[1] == got[2] and got[1].startswith("this rank's KV cache (--kv-bits 8 --kv-group-size 64) differs")
+    solo = Comm(FakeGroup(0, 1))
+    assert dsession.agree_kv_cache(solo, 4, 128) == (4, 128) and dsession.agree_kv_cache(solo, None, 64) == (None, 64)
+
+
+def test_kv_settings_that_cannot_apply_are_refused_on_every_rank(tiny_converted, monkeypatch):
+    """A bad value of this rank's own is refused before anything else; a group size the model's head_dim
+    (16 here) cannot take is refused on every rank alike, before any weight is read."""
+    import mlx_oss.distributed.load as dload
+
+    monkeypatch.setattr(dcli, "resolve_once_per_host", lambda name, status: tiny_converted)
+    solo = Session(Comm(FakeGroup(0, 1)), _Dog(0, 1, None))
+    with pytest.raises(ValueError, match=r"^kv_bits must be 4 or 8 \(None: an unquantized cache\), got 6$"):
+        dcli.load(solo, "tiny", "float32", status=print, kv_bits=6)
+    with pytest.raises(ValueError, match=r"^kv_group_size must be 32, 64 or 128, got 16$"):
+        dcli.load(solo, "tiny", "float32", status=print, kv_bits=8, kv_group_size=16)
+    monkeypatch.setattr(dload, "load_sharded", lambda *a: pytest.fail("weights read for a setting that cannot apply"))
+    s = _sessions(2)
+
+    def rank(r, **kw):
+        try:
+            dcli.load(s[r], "tiny", "float32", status=print, **kw)
+        except ValueError as e:
+            return str(e)
+
+    got = _ranks([x.comm for x in s], lambda: rank(0, kv_bits=8), lambda: rank(1, own_kv=False))
+    assert got == ["kv_group_size 64 does not divide the model's head_dim 16"] * 2
+
+
+def test_load_without_kv_arguments_leaves_the_cache_unquantized(tiny_converted, monkeypatch):
+    monkeypatch.setattr(dcli, "resolve_once_per_host", lambda name, status: tiny_converted)
+    solo = Session(Comm(FakeGroup(0, 1)), _Dog(0, 1, None))
+    model, _ = dcli.load(solo, "tiny", "float32", status=print, kv_group_size=None)
+    assert (model.kv_bits, model.kv_group_size) == (None, 64) and _kinds(Engine(model))[0][0] == "RotatingKVCache"

@@ -27,7 +27,7 @@ def loaded(tiny_chat_converted):
 @pytest.fixture
 def fast_load(loaded, monkeypatch):
     """Reuse one loaded model across CLI runs (loading is tested once, in test_real_load)."""
-    monkeypatch.setattr(mlx_oss.loader, "load", lambda path, dtype=None: loaded)
+    monkeypatch.setattr(mlx_oss.loader, "load", lambda path, dtype=None, **kv: loaded)
 
 
 def script(monkeypatch, tok, text: str) -> None:
@@ -489,7 +489,7 @@ def test_the_model_is_resolved_and_loaded_as_asked(tiny_chat_converted, loaded, 
         return tiny_chat_converted
 
     monkeypatch.setattr(mlx_oss.store, "resolve_model", resolve)
-    monkeypatch.setattr(mlx_oss.loader, "load", lambda path, dtype=None: (seen.append(("load", path, dtype)), loaded)[1])
+    monkeypatch.setattr(mlx_oss.loader, "load", lambda path, dtype=None, **kv: (seen.append(("load", path, dtype)), loaded)[1])
     for json_flag in ([], ["--json"]):
         script(monkeypatch, loaded[1], HARMONY)
         rc, out, err = _gen(["--model", "gpt-oss-20b", "--dtype", "float16", *json_flag, "q"])
@@ -510,7 +510,7 @@ def test_errors_escaping_generate_reach_json_readers_only_with_json(tiny_chat_co
     exception's name when it has no text), without --json nothing on stdout; the CLI prints the line."""
 
     def failing(message):
-        def load(path, dtype=None):
+        def load(path, dtype=None, **kv):
             raise OSError(message)
 
         return load
@@ -559,23 +559,24 @@ def test_generate_in_a_group_follows_or_leads(tiny_chat_converted, loaded, monke
             seen.append(("chat", kw["max_tokens"]))
             super().__init__(*args, **kw)
 
-    def load(s, name, dtype, status):
-        seen.append(("load", s is session, name, dtype))
+    def load(s, name, dtype, status, kv_bits=None, kv_group_size=64):
+        seen.append(("load", s is session, name, dtype, kv_bits, kv_group_size))
         status("rank 0: slice loaded")
         return loaded
 
     monkeypatch.setattr(dist, "group", group)
-    monkeypatch.setattr(dist, "follow_rank_0", lambda s, name, dtype: (seen.append(("follow", s is session, name, dtype)), 7)[1])
+    monkeypatch.setattr(dist, "follow_rank_0", lambda s, name, dtype, **kv: (seen.append(("follow", s is session, name, dtype, kv)), 7)[1])
     monkeypatch.setattr(dist, "load", load)
     monkeypatch.setattr(dist_engine, "DistributedChat", Leading)
-    argv = ["--model", "gpt-oss-120b", "--dtype", "float16", "--max-tokens", "50", "q"]
+    argv = ["--model", "gpt-oss-120b", "--dtype", "float16", "--max-tokens", "50", "--kv-bits", "8", "q"]
     assert _gen(argv) == (7, "", "")
-    assert seen == [("group", "gpt-oss-120b"), ("follow", True, "gpt-oss-120b", "float16")]
+    kv = {"kv_bits": 8, "kv_group_size": 64}  # its own flags, checked against rank 0's
+    assert seen == [("group", "gpt-oss-120b"), ("follow", True, "gpt-oss-120b", "float16", kv)]
     seen.clear()
     session.leader = True
     script(monkeypatch, loaded[1], HARMONY)
     assert _gen(argv) == (0, "Forty-two.\n", "rank 0: slice loaded\n")
-    assert seen == [("group", "gpt-oss-120b"), ("load", True, "gpt-oss-120b", "float16"), ("chat", 50)]
+    assert seen == [("group", "gpt-oss-120b"), ("load", True, "gpt-oss-120b", "float16", 8, 64), ("chat", 50)]
 
 
 def test_stream_says_on_stderr_when_nothing_shows_for_long(monkeypatch):
@@ -872,7 +873,7 @@ def test_max_reasoning_tokens_is_one_flag_that_reaches_the_chat_of_generate_and_
             made.append(self)
 
     monkeypatch.setattr(mlx_oss.chat, "Chat", Spy)
-    monkeypatch.setattr(mlx_oss.loader, "load", lambda path, dtype=None: loaded)
+    monkeypatch.setattr(mlx_oss.loader, "load", lambda path, dtype=None, **kv: loaded)
     monkeypatch.setattr(mlx_oss.sampling, "SamplingConfig",
                         lambda **kw: SamplingConfig(**kw, logits_processors=(ScriptedTokens([200002]),)))  # fmt: skip
     assert _gen(["--model", str(tiny_chat_converted), "--max-reasoning-tokens", "7", "x"])[0] == 0

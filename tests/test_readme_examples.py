@@ -63,7 +63,7 @@ class Brain(ScriptedTokens):
 def test_python_api_examples_run(tiny_chat_converted, monkeypatch):
     model, tok = mlx_oss.loader.load(tiny_chat_converted, dtype="float32")
     loads = []
-    monkeypatch.setattr(mlx_oss.loader, "load", lambda path, dtype=None: loads.append(path) or (model, tok))
+    monkeypatch.setattr(mlx_oss.loader, "load", lambda path, dtype=None, **kv: loads.append(path) or (model, tok))
 
     class BrainSampler(Sampler):
         def __init__(self, config: SamplingConfig) -> None:

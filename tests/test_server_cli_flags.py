@@ -68,3 +68,26 @@ def test_state_key_and_log_level_reach_the_app_and_uvicorn(tiny_chat_converted, 
     assert config["log_level"] == uvicorn_level and config["access_log"] is False
     out, err = capsys.readouterr()
     assert "mlx-oss serve:" in out and SECRET not in out + err
+
+
+@pytest.mark.parametrize(("argv", "want"), [([], None), (["--kv-bits", "8"], (8, 64)), (["--kv-bits", "4", "--kv-group-size", "32"], (4, 32))])
+def test_kv_bits_reach_every_cache_the_server_makes(tiny_chat_hd64_converted, monkeypatch, capsys, keep_logging, argv, want):
+    """`serve --kv-bits B --kv-group-size G` (issue 30): the engine's caches, and so the pool's states, are
+    quantized with B bits in groups of G; without the flag they are not."""
+    from mlx_oss.nn.cache import KVCache, QuantizedKVCache, RotatingKVCache
+
+    monkeypatch.delenv(cli.STATE_KEY_ENV, raising=False)
+    apps = []
+
+    def recording_create_app(*args, **kw):
+        apps.append(create_app(*args, **kw))
+        return apps[-1]
+
+    a = build_parser().parse_args(["serve", "--model", str(tiny_chat_hd64_converted), *argv])
+    assert cli._serve(a, None, _Uvicorn, recording_create_app, None) == 1  # the stand-in never listens
+    cache = apps[0].state.backend.engine.cache
+    # tiny-chat: sliding, full, sliding, full; the window stays in full precision
+    assert [type(c) for c in cache] == [RotatingKVCache, KVCache if want is None else QuantizedKVCache] * 2
+    if want is not None:
+        assert {(c.bits, c.group_size) for c in cache[1::2]} == {want}
+    capsys.readouterr()

@@ -63,13 +63,16 @@ SHARED_FLAG_ERRORS = [
     (["--max-context", "1"], "--max-context: must be at least 2, got 1"),
     (["--reasoning-effort", "max"], "invalid choice: 'max' (choose from"),
     (["--dtype", "int8"], "--dtype: invalid choice"),
+    (["--kv-bits", "3"], "--kv-bits: invalid choice: 3 (choose from 8, 4)"),
+    (["--kv-group-size", "48"], "--kv-group-size: invalid choice: 48 (choose from 32, 64, 128)"),
 ]
 
 
 @pytest.mark.parametrize(
     ("command", "argv", "message"),
     [(c, argv, m) for c in ("chat", "generate") for argv, m in SHARED_FLAG_ERRORS]
-    + [("bench", argv, m) for argv, m in SHARED_FLAG_ERRORS if argv[0] == "--dtype"],
+    + [("bench", argv, m) for argv, m in SHARED_FLAG_ERRORS if argv[0] in ("--dtype", "--kv-bits", "--kv-group-size")]
+    + [("serve", argv, m) for argv, m in SHARED_FLAG_ERRORS if argv[0] in ("--dtype", "--kv-bits", "--kv-group-size")],
 )
 def test_shared_flags_are_validated_alike_by_every_command(command, argv, message, capsys):
     """One definition of the shared flags (mlx_oss/cli/args.py): the same bad value is the same
@@ -165,7 +168,7 @@ def test_chat_options_reach_the_chat_and_its_prompt(tiny_chat_converted, monkeyp
 
     loads, apps = [], []
     real_load = mlx_oss.load
-    monkeypatch.setattr(mlx_oss, "load", lambda path, dtype=None: loads.append(dtype) or real_load(path, dtype="float32"))
+    monkeypatch.setattr(mlx_oss, "load", lambda path, dtype=None, **kv: loads.append(dtype) or real_load(path, dtype="float32"))
 
     class FakeApp:
         return_code = 0
@@ -295,7 +298,8 @@ def test_run_chat_hands_the_app_its_options_and_closes_the_store(recorded, capsy
     loaders, data = recorded
     (data.parent / "home" / "t.py").write_text("def ping(host: str) -> str:\n    return host\n")
     argv = ["chat", "--data-dir", str(data), "-m", "org/some-model", "--tools", "~/t.py", "--chats-dir", "~/saved",
-            "--approve-python", "never", "-r", "high", "--max-tokens", "8", "--max-context", "99", "--dtype", "float16"]  # fmt: skip
+            "--approve-python", "never", "-r", "high", "--max-tokens", "8", "--max-context", "99", "--dtype", "float16",
+            "--kv-bits", "8", "--kv-group-size", "32"]  # fmt: skip
     assert main(argv) == 0
     (app,) = RecordingApp.made
     assert app.calls == ["run"] and app.joins == [5]  # the model is freed on its own thread before exiting
@@ -311,6 +315,7 @@ def test_run_chat_hands_the_app_its_options_and_closes_the_store(recorded, capsy
     assert app.loader == ("loader", "org/some-model") and group is None
     assert isinstance(options, ChatOptions) and options.builtin_kwargs() == {}  # no built-in tool flag
     assert (options.reasoning_effort, options.max_tokens, options.max_context, options.dtype) == ("high", 8, 99, "float16")
+    assert (options.kv_bits, options.kv_group_size) == (8, 32)
     assert [f.__name__ for f in options.tools] == ["ping"] and options.sampling is not None
     assert capsys.readouterr().err == ""
 

@@ -93,8 +93,9 @@ def fake_load(monkeypatch):
         seen["resolve"] = (name, kw)
         return f"/resolved/{name}"
 
-    def load(path, dtype=None):
+    def load(path, dtype=None, kv_bits=None, kv_group_size=64):
         seen["load"] = (path, dtype)
+        seen["kv"] = (kv_bits, kv_group_size)
         return model, "tok"
 
     FakeChat.made = []
@@ -115,6 +116,7 @@ def test_model_loader_resolves_loads_and_builds_chats_with_the_options(fake_load
     backend = door.model_loader("org/some-model", opts)(stages.append)
     assert seen["resolve"] == ("org/some-model", {"progress": True, "status": stages.append, "download_bars": True})
     assert seen["load"] == ("/resolved/org/some-model", "float16")
+    assert seen["kv"] == (None, 64)  # the cache as it always was, unless --kv-bits says otherwise
     assert stages == ["Loading weights from /resolved/org/some-model", "Ready"]
     assert backend.name == "some-model" and backend.context_limit == 4321  # the model's own limit
     assert backend.memory_bytes is door._mlx_memory and backend.close is None
@@ -126,6 +128,8 @@ def test_model_loader_resolves_loads_and_builds_chats_with_the_options(fake_load
     assert backend.open_chat({"saved": 1}) == "reopened"
     assert FakeChat.made[-1] == ("open", {"saved": 1}, model, "tok", {"tools": [ping], "python": "p"})
 
+    door.model_loader("m", ChatOptions(kv_bits=4, kv_group_size=32))(lambda s: None)
+    assert seen["kv"] == (4, 32)  # `chat --kv-bits 4 --kv-group-size 32`: every chat's cache, through load
     assert door.model_loader("m", ChatOptions(max_context=77))(lambda s: None).context_limit == 77  # --max-context wins
     model.args = None
     assert door.model_loader("m", ChatOptions())(lambda s: None).context_limit is None
@@ -146,8 +150,8 @@ def fake_dist(monkeypatch):
     class FakeDistributedChat(FakeChat):
         pass
 
-    def load(group, name, dtype, status):
-        calls.append(("load", group, name, dtype))
+    def load(group, name, dtype, status, kv_bits=None, kv_group_size=64):
+        calls.append(("load", group, name, dtype, kv_bits, kv_group_size))
         status("slice loaded")
         return model, "tok"
 
@@ -173,8 +177,8 @@ def test_model_loader_in_a_group_loads_rank_0s_slice_and_ends_the_followers(fake
     monkeypatch.setattr(mlx_oss, "load", lambda *a, **k: pytest.fail("a group loads through dist.load"))
     group = types.SimpleNamespace(size=3)
     stages = []
-    backend = door.model_loader("org/m", ChatOptions(dtype="bfloat16", max_tokens=4), group)(stages.append)
-    assert calls == [("load", group, "org/m", "bfloat16")]
+    backend = door.model_loader("org/m", ChatOptions(dtype="bfloat16", max_tokens=4, kv_bits=8), group)(stages.append)
+    assert calls == [("load", group, "org/m", "bfloat16", 8, 64)]  # rank 0's --kv-bits, agreed by the others
     assert stages == ["Loading rank 0's slice of 3 ranks", "slice loaded", "Ready"]
     assert backend.name == "m" and backend.context_limit == 64
     chat = backend.new_chat()

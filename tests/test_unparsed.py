@@ -92,7 +92,7 @@ def test_a_random_model_cut_at_max_tokens_is_all_unparsed(model_tok):
 
 @pytest.fixture
 def fast_load(model_tok, monkeypatch):
-    monkeypatch.setattr(mlx_oss.loader, "load", lambda path, dtype=None: model_tok)
+    monkeypatch.setattr(mlx_oss.loader, "load", lambda path, dtype=None, **kv: model_tok)
     monkeypatch.setattr(
         mlx_oss.sampling, "SamplingConfig",
         lambda **kw: SamplingConfig(**kw, logits_processors=(ScriptedTokens(WORDS[:32]),)),

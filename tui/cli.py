@@ -74,6 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     args.add_limits(c, max_context_help="context limit in tokens (default: the model's, 131072); lower it to bound memory")
     args.add_reasoning_budget(c)
     args.add_dtype(c)
+    args.add_kv_cache(c)
     which = c.add_mutually_exclusive_group()
     which.add_argument("--list", action="store_true", help="list the stored chats (id, last change, title) and exit")
     which.add_argument("--resume", nargs="?", const="last", default=None, metavar="ID",
@@ -162,6 +163,8 @@ def run_chat(a: argparse.Namespace) -> int:
         max_context=a.max_context,
         max_reasoning_tokens=a.max_reasoning_tokens,
         dtype=a.dtype,
+        kv_bits=a.kv_bits,
+        kv_group_size=a.kv_group_size,
     )
     try:
         with door.join_group(a) as group:  # --hosts: the other ranks start now; None on one machine

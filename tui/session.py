@@ -70,6 +70,8 @@ class ChatOptions:
     max_context: int | None = None
     max_reasoning_tokens: int | None = None  # None: no limit (and not passed, so Chat's default holds)
     dtype: str | None = None  # for mlx_oss.load; None: the device default
+    kv_bits: int | None = None  # for mlx_oss.load: a quantized KV cache (8 or 4); None: not quantized
+    kv_group_size: int = 64
     builtin: Callable[[], dict[str, Any]] | None = None  # fresh built-in tool kwargs for each Chat
 
     def builtin_kwargs(self) -> dict[str, Any]:
@@ -106,14 +108,15 @@ def model_loader(model: str, options: ChatOptions, group: Any = None) -> Loader:
 
             path = resolve_model(model, progress=True, status=say, download_bars=True)
             say(f"Loading weights from {path}")
-            m, tok = mlx_oss.load(path, dtype=options.dtype)
+            m, tok = mlx_oss.load(path, dtype=options.dtype, kv_bits=options.kv_bits, kv_group_size=options.kv_group_size)
             chat_class: Any = mlx_oss.Chat
         else:
             from mlx_oss.distributed import cli as dist
             from mlx_oss.distributed.engine import DistributedChat
 
             say(f"Loading rank 0's slice of {group.size} ranks")
-            m, tok = dist.load(group, model, options.dtype, status=say)
+            m, tok = dist.load(group, model, options.dtype, status=say, kv_bits=options.kv_bits,
+                               kv_group_size=options.kv_group_size)
             chat_class = DistributedChat
 
         def new_chat() -> ChatSession:

@@ -85,7 +85,8 @@ def format_report(rep: dict) -> str:
 def cmd(session: Session, a, say) -> int:
     from mlx_oss.distributed import cli as dist
 
-    model, tok = dist.load(session, a.model, a.dtype, status=say if session.leader else (lambda m: None))
+    kv = {"kv_bits": getattr(a, "kv_bits", None), "kv_group_size": getattr(a, "kv_group_size", 64)}  # --kv-bits
+    model, tok = dist.load(session, a.model, a.dtype, status=say if session.leader else (lambda m: None), **kv)
     if session.leader and (a.turns or a.effort_tokens or a.compare):
         say("tensor parallel bench: multi-turn, effort and --compare runs are single-machine only; skipped")
     rep = measure(session, model, tok, a, say if session.leader else (lambda m: None))

@@ -125,6 +125,23 @@ def add_limits(p: argparse.ArgumentParser, max_context_help: str = "context limi
     p.add_argument("--max-context", type=context_int, default=None, help=max_context_help)
 
 
+def add_kv_cache(p: argparse.ArgumentParser) -> None:
+    """--kv-bits 8|4 and --kv-group-size 32|64|128 -> `load(..., kv_bits=, kv_group_size=)`: every cache of
+    the loaded model quantized (docs/MODEL.md, "Quantized KV cache"); `a.kv_bits` None when not given."""
+    from mlx_oss.config import KV_BITS, KV_GROUP_SIZES
+
+    p.add_argument("--kv-bits", type=int, choices=sorted(KV_BITS, reverse=True), default=None,
+                   help="quantize the KV cache to 8 or 4 bits: ~0.53x / ~0.28x its bfloat16 bytes, so longer "
+                        "contexts fit (default: not quantized; docs/MODEL.md)")  # fmt: skip
+    p.add_argument("--kv-group-size", type=int, choices=KV_GROUP_SIZES, default=64,
+                   help="values per scale and bias of the quantized KV cache (default 64)")
+
+
+def kv_cache_kwargs(a: argparse.Namespace) -> dict[str, Any]:
+    """`load(...)` keyword arguments for the parsed `add_kv_cache` flags."""
+    return {"kv_bits": a.kv_bits, "kv_group_size": a.kv_group_size}
+
+
 MAX_REASONING_HELP = ("reasoning (analysis) tokens per reply: then the reasoning is closed and the answer begins "
                       "(default: no limit; 0: answer at once)")
 

@@ -52,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print one JSON object: answer, reasoning, tool_calls, stats")
     g.add_argument("--stats", action="store_true", help="print a statistics line to stderr")
     args.add_dtype(g)
+    args.add_kv_cache(g)
     args.add_hosts(g)
     args.add_builtin_tools(g)
     g.set_defaults(func=run)
@@ -163,7 +164,7 @@ def run(a: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | No
     try:
         with dist.group(a) as session:
             if session is not None and not session.leader:
-                return dist.follow_rank_0(session, a.model, a.dtype)
+                return dist.follow_rank_0(session, a.model, a.dtype, **args.kv_cache_kwargs(a))  # the same argv: checked
             return _run(a, out, err, stdin or sys.stdin, session)
     except UsageError as e:
         if a.json:
@@ -208,12 +209,12 @@ def _run(a: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO, session
     chat_class = Chat
     if session is None:
         folder = resolve_model(a.model, progress=not a.json, status=lambda m: print(m, file=err))
-        model, tokenizer = load(folder, a.dtype)
+        model, tokenizer = load(folder, a.dtype, **args.kv_cache_kwargs(a))
     else:  # rank 0 of a group: this rank's slice, and a Chat whose engine leads the others
         from mlx_oss.distributed import cli as dist
         from mlx_oss.distributed.engine import DistributedChat
 
-        model, tokenizer = dist.load(session, a.model, a.dtype, status=lambda m: print(m, file=err))
+        model, tokenizer = dist.load(session, a.model, a.dtype, status=lambda m: print(m, file=err), **args.kv_cache_kwargs(a))
         chat_class = DistributedChat
     problem = vocabulary_problem(model, tokenizer)
     if problem:  # a model problem (exit 1), not one of the settings Chat() rejects below (exit 2)

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from mlx_oss.distributed import launch
-from mlx_oss.distributed.session import Session, broadcast_text, check_same_checkpoint, in_group, is_follower, join
+from mlx_oss.distributed.session import (
+    Session, agree_kv_cache, broadcast_text, check_same_checkpoint, in_group, is_follower, join,
+)  # fmt: skip
 
 # How long an error leaving a group waits for the watchdog to report a lost peer (it sees a closed
 # socket at once; this is for a loaded machine), before the error itself is reported.
@@ -67,14 +69,28 @@ def resolve_once_per_host(name: str, status: Callable[[str], None]) -> Path:
         return resolve_model(name, progress=False, status=status)
 
 
-def load(session: Session, name: str, dtype: str | None, status: Callable[[str], None]):
-    """-> (this rank's model, tokenizer), after the same-checkpoint check."""
+def load(
+    session: Session, name: str, dtype: str | None, status: Callable[[str], None], *, kv_bits: int | None = None,
+    kv_group_size: int | None = 64, own_kv: bool = True,
+):  # fmt: skip
+    """-> (this rank's model, tokenizer), after the same-checkpoint check. `kv_bits` 8 or 4: every cache
+    made for the model is quantized (`mlx_oss.loader.load`'s meaning), on every rank alike: rank 0's
+    setting is the group's, and a rank whose own setting (`own_kv`) differs stops the group with one
+    line before any weight is read; a follower given none (`own_kv=False`) takes rank 0's."""
+    from mlx_oss.config import ModelArgs, check_kv_quant
     from mlx_oss.distributed.load import load_sharded, manifest_digest
     from mlx_oss.tokenizer import load_tokenizer
 
+    kv_group_size = 64 if kv_group_size is None else kv_group_size
+    if own_kv:
+        check_kv_quant(kv_bits, kv_group_size)  # this rank's own flags, before the others hear of them
     folder = resolve_once_per_host(name, status)
     check_same_checkpoint(session.comm, manifest_digest(folder))
+    kv_bits, kv_group_size = agree_kv_cache(session.comm, kv_bits, kv_group_size, own_kv)
+    if kv_bits is not None:  # the same setting and head_dim on every rank: all of them raise here, or none
+        check_kv_quant(kv_bits, kv_group_size, ModelArgs.from_path(folder).head_dim)
     model = load_sharded(folder, session.comm, dtype)
+    model.set_kv_quant(kv_bits, kv_group_size)
     model.source = folder
     session.ready = True
     try:
@@ -84,11 +100,13 @@ def load(session: Session, name: str, dtype: str | None, status: Callable[[str],
     return model, tok
 
 
-def follow_rank_0(session: Session, name: str, dtype: str | None) -> int:
-    """A rank other than 0: load its slice and run rank 0's commands until it ends the run."""
+def follow_rank_0(session: Session, name: str, dtype: str | None, **kv_cache) -> int:
+    """A rank other than 0: load its slice and run rank 0's commands until it ends the run.
+    `kv_cache`: this rank's own `kv_bits` / `kv_group_size` (its parsed flags), checked against rank
+    0's; without them it takes rank 0's (a follower's engines follow rank 0's engines' settings anyway)."""
     from mlx_oss.distributed.engine import follow
 
-    model, _ = load(session, name, dtype, status=lambda m: None)
+    model, _ = load(session, name, dtype, status=lambda m: None, own_kv=bool(kv_cache), **kv_cache)
     follow(model, session.comm)
     return 0
 

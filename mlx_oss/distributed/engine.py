@@ -50,6 +50,8 @@ class Command:
     max_snapshots: int = 0
     held: int = 0  # tokens rank 0's engine holds before the command, and (prefill, generate) the ones
     reuse: int = 0  # it will reuse: a follower whose engine disagrees stops with an error, not a hang
+    kv_bits: int = 0  # the engine's KV cache: 8 or 4 quantized, 0 unquantized (or, with kv_group_size 0:
+    kv_group_size: int = 0  # the model's setting, which every rank agreed on when loading)
 
     @classmethod
     def size(cls) -> int:
@@ -139,11 +141,10 @@ def _mirrored(state: EngineState, sid: int, comm: Comm) -> MirroredState:
 
 
 class LeaderEngine(Engine):
-    """Rank 0's engine: every command is broadcast to the followers before it runs here."""
+    """Rank 0's engine: every command is broadcast to the followers before it runs here (with the
+    engine's settings, its KV cache quantization included: each rank's caches hold its own heads)."""
 
     def __init__(self, model, **kw) -> None:
-        if kw.get("kv_bits") is not None:  # the followers' engines would not quantize theirs
-            raise ValueError("a quantized KV cache (kv_bits) is not supported across distributed ranks yet")
         super().__init__(model, **kw)
         self.comm: Comm = model.comm
         self.id = self.comm.mirror.new_id()
@@ -157,7 +158,7 @@ class LeaderEngine(Engine):
         cmd = Command(
             op, self.id, state, 0, len(drops), len(prompt), -1 if max_tokens is None else max_tokens, len(stops),
             len(cuts), self.max_context, self.prefill_chunk, self.max_snapshots, len(self._tokens),
-            self.reusable(list(prompt)) if prompt else 0,
+            self.reusable(list(prompt)) if prompt else 0, self.kv_bits or 0, self.kv_group_size,
         )  # fmt: skip
         send(self.comm, cmd, drops, prompt, stops, cuts)
 
@@ -233,9 +234,12 @@ class Follower:
 
     def engine(self, c: Command, prompt: list[int] = ()) -> Engine:
         eng = self.engines.get(c.engine)
+        kv = {"kv_bits": c.kv_bits or None, "kv_group_size": c.kv_group_size} if c.kv_group_size else {}
         if eng is None:
-            eng = self.engines[c.engine] = Engine(self.model, max_context=c.max_context)
+            eng = self.engines[c.engine] = Engine(self.model, max_context=c.max_context, **kv)
         eng.max_context, eng.prefill_chunk, eng.max_snapshots = c.max_context, c.prefill_chunk, c.max_snapshots
+        if kv:
+            eng.kv_bits, eng.kv_group_size = kv["kv_bits"], kv["kv_group_size"]  # used by its next fresh caches
         held, reuse = len(eng.tokens), eng.reusable(list(prompt)) if prompt else 0
         if (held, reuse) != (c.held, c.reuse):
             raise DivergedError(

@@ -17,7 +17,7 @@ from mlx_oss.distributed.watchdog import Watchdog
 
 
 class PeerMismatch(UserError):
-    """The ranks disagree on something that must be equal (the checkpoint)."""
+    """The ranks disagree on something that must be equal (the checkpoint, the KV cache setting)."""
 
 
 @dataclass
@@ -95,6 +95,29 @@ def check_same_checkpoint(comm: Comm, digest: str) -> None:
             f"{who} checkpoint differs from rank 0's (manifest.json sha256 {digest[:12]} vs {first}); "
             f"give every host the same converted folder"
         )
+
+
+def kv_cache_label(bits: int | None, group_size: int) -> str:
+    """A KV cache setting as the command line gives it."""
+    return f"--kv-bits {bits} --kv-group-size {group_size}" if bits else "unquantized"
+
+
+def agree_kv_cache(comm: Comm, bits: int | None, group_size: int, own: bool = True) -> tuple[int | None, int]:
+    """Rank 0's KV cache setting (kv_bits, kv_group_size) on every rank. A rank that has a setting of
+    its own (`own`: its --kv-bits / --kv-group-size) must have rank 0's: otherwise every rank raises
+    PeerMismatch (one line), none is left waiting. A rank without one (`own=False`) takes rank 0's.
+    The group size of an unquantized cache means nothing and is not compared."""
+    rank0 = broadcast_ints(comm, [bits or 0, group_size], 2)
+    differs = own and (rank0[0] or None, rank0[1] if rank0[0] else 0) != (bits, group_size if bits else 0)
+    bad = broadcast_ints_sum(comm, int(differs))
+    if bad:
+        mine = kv_cache_label(bits, group_size)
+        who = f"this rank's KV cache ({mine})" if differs else f"{bad} other rank(s)' KV cache"
+        raise PeerMismatch(
+            f"{who} differs from rank 0's ({kv_cache_label(rank0[0], rank0[1])}); "
+            f"run every rank with the same --kv-bits and --kv-group-size"
+        )
+    return rank0[0] or None, rank0[1]
 
 
 def broadcast_ints_sum(comm: Comm, value: int) -> int:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_oss.config import ModelArgs
-from mlx_oss.nn.cache import QArray
+from mlx_oss.config import SCORE_BLOCK_BYTES, ModelArgs
+from mlx_oss.nn.cache import QArray, map_kv
 from mlx_oss.nn.rope import YarnRoPE
 
 Mask = None | str | mx.array
@@ -62,8 +62,34 @@ def quantized_attention(q: mx.array, k: QArray, v: QArray, scale: float, mask: M
     """q [B, nq, T, d], quantized k/v [B, nkv, S, d] -> [B, nq, T, d]: the sink attention of `attend`
     (scaled q, scores, mask, each head's unscaled sink as one extra softmax column whose mass is
     dropped, precise softmax) with q @ K^T and p @ V as `mx.quantized_matmul` on the stored codes, as
-    mlx-lm's `quantized_scaled_dot_product_attention` (nothing dequantized; the rep query heads of a
-    kv head are one [rep*T, d] operand). Bits and group size follow from the shapes and d."""
+    mlx-lm's `quantized_scaled_dot_product_attention` (nothing dequantized; the rep query heads of a kv
+    head are one [rep*T, d] operand). Bits and group size follow from the shapes and d. The queries go
+    in blocks whose scores fit `SCORE_BLOCK_BYTES` (a decode step is one block)."""
+    B, nq, T, d = q.shape
+    S = k.data.shape[2]
+    block = max(1, score_block_bytes() // (4 * B * nq * S))
+    if block >= T:
+        return _quantized_block(q, k, v, scale, mask, sinks)
+    outs = []
+    for a in range(0, T, block):
+        b = min(a + block, T)
+        if isinstance(mask, str):  # causal, lower-right aligned: the block's last query sees keys < S - T + b
+            keys = S - T + b
+            kb, vb = (map_kv(lambda t, n=keys: t[:, :, :n], x) for x in (k, v))
+            outs.append(_quantized_block(q[:, :, a:b], kb, vb, scale, "causal", sinks))
+        else:  # an array mask: its rows of the block (None: every key visible)
+            mb = mask if mask is None else mask[..., a:b, :]
+            outs.append(_quantized_block(q[:, :, a:b], k, v, scale, mb, sinks))
+        mx.eval(outs[-1])  # MLX would otherwise schedule every block's scores at once: then no bound
+    return mx.concatenate(outs, axis=2)
+
+
+def score_block_bytes() -> int:
+    """`SCORE_BLOCK_BYTES` (a function, so that tests can make the blocks small)."""
+    return SCORE_BLOCK_BYTES
+
+
+def _quantized_block(q: mx.array, k: QArray, v: QArray, scale: float, mask: Mask, sinks: mx.array) -> mx.array:
     B, nq, T, d = q.shape
     nkv, S = k.data.shape[1], k.data.shape[2]
     rep = nq // nkv

@@ -8,8 +8,8 @@ prompt reuse, and roll a full-layer cache back with `trim`.
 
 Shapes: keys/values are [B, n_kv_heads, slots, head_dim]; all batch rows share one offset.
 
-Quantized caches (`QuantizedKVCache`, `QuantizedRotatingKVCache`, opt-in: `make_cache(..., kv_bits=)`)
-are the same caches whose buffers are `QArray`s: each key/value row quantized on the way in with MLX's
+Quantized caches (`QuantizedKVCache`, opt-in: `make_cache(..., kv_bits=)`, on the full-attention
+layers; `QuantizedRotatingKVCache` for the sliding window only with `quantize_window`) are the same caches whose buffers are `QArray`s: each key/value row quantized on the way in with MLX's
 affine `mx.quantize` along head_dim (`bits` 8 or 4, one scale and one bias per `group_size` values), so
 every buffer operation acts on the three parts alike, and a row's codes do not depend on any other
 row (a chunked, a token-by-token and a from-scratch pass store the same codes). Attention then runs on
@@ -27,10 +27,10 @@ from typing import Callable, NamedTuple, TypeVar
 
 import mlx.core as mx
 
+from mlx_oss.config import KV_BITS, KV_GROUP_SIZES, check_kv_quant, slot_bytes
+
 _C = TypeVar("_C", bound="_Buffers")
 
-KV_BITS = (4, 8)
-KV_GROUP_SIZES = (32, 64, 128)  # what mx.quantize supports
 
 
 class QArray(NamedTuple):
@@ -80,27 +80,6 @@ def _arrays(buf: Buffer | None) -> list[mx.array]:
     if buf is None:
         return []
     return list(buf) if isinstance(buf, QArray) else [buf]
-
-
-def check_kv_quant(bits: int | None, group_size: int, head_dim: int | None = None) -> None:
-    """Raise ValueError (one line) unless `bits`/`group_size` can quantize a cache with this head_dim."""
-    if bits is None:
-        return
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in KV_BITS:
-        raise ValueError(f"kv_bits must be 4 or 8 (None: an unquantized cache), got {bits!r}")
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size not in KV_GROUP_SIZES:
-        raise ValueError(f"kv_group_size must be 32, 64 or 128, got {group_size!r}")
-    if head_dim is not None and head_dim % group_size:
-        raise ValueError(f"kv_group_size {group_size} does not divide the model's head_dim {head_dim}")
-
-
-def slot_bytes(n_kv_heads: int, head_dim: int, dtype_size: int, bits: int | None = None, group_size: int = 64) -> int:
-    """Bytes of one cache slot (one position's key and value) in one layer: 2 x n_kv_heads x head_dim x s
-    unquantized, s the compute dtype's bytes; quantized, 2 x n_kv_heads x (head_dim x bits / 8 codes +
-    2 x s x head_dim / group_size for the scales and biases)."""
-    if bits is None:
-        return 2 * n_kv_heads * head_dim * dtype_size
-    return 2 * n_kv_heads * (head_dim * bits // 8 + 2 * dtype_size * (head_dim // group_size))
 
 
 @dataclass(frozen=True)
@@ -336,18 +315,28 @@ class QuantizedRotatingKVCache(_Quantized, RotatingKVCache):
 
 
 def make_cache(
-    layer_types: tuple[str, ...] | list[str], window: int, kv_bits: int | None = None, kv_group_size: int = 64
+    layer_types: tuple[str, ...] | list[str],
+    window: int,
+    kv_bits: int | None = None,
+    kv_group_size: int = 64,
+    quantize_window: bool = False,
 ) -> list[KVCache | RotatingKVCache]:
-    """One cache per layer: rotating on sliding layers, growing on full ones; `kv_bits` 8 or 4:
-    their quantized forms (`kv_group_size` values per scale and bias)."""
-    if kv_bits is None:
-        return [RotatingKVCache(window) if t == "sliding_attention" else KVCache() for t in layer_types]
+    """One cache per layer: rotating on sliding layers, growing on full ones. `kv_bits` 8 or 4: the
+    full layers' caches quantized (`kv_group_size` values per scale and bias); the sliding window stays
+    in full precision unless `quantize_window`: its `window` slots per layer are a fixed few MiB (20b:
+    12 layers x 128 slots), and quantizing them costs most of the error (8-bit median KL 1.2e-4 with the
+    window quantized, 6.8e-7 without: docs/MODEL.md, "Quantized KV cache")."""
     check_kv_quant(kv_bits, kv_group_size)
-    return [
-        QuantizedRotatingKVCache(window, kv_bits, kv_group_size) if t == "sliding_attention"
-        else QuantizedKVCache(kv_bits, kv_group_size)
-        for t in layer_types
-    ]  # fmt: skip
+
+    def sliding() -> RotatingKVCache:
+        if kv_bits is not None and quantize_window:
+            return QuantizedRotatingKVCache(window, kv_bits, kv_group_size)
+        return RotatingKVCache(window)
+
+    def full() -> KVCache:
+        return KVCache() if kv_bits is None else QuantizedKVCache(kv_bits, kv_group_size)
+
+    return [sliding() if t == "sliding_attention" else full() for t in layer_types]
 
 
 def trim_cache(cache: list, n: int) -> int:

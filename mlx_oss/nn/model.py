@@ -17,7 +17,8 @@ import mlx.nn as nn
 
 from mlx_oss.config import ModelArgs
 from mlx_oss.nn.attention import Attention, full_mask, sliding_mask
-from mlx_oss.nn.cache import KVCache, RotatingKVCache, check_kv_quant, make_cache
+from mlx_oss.config import check_kv_quant
+from mlx_oss.nn.cache import KVCache, RotatingKVCache, make_cache
 from mlx_oss.nn.moe import MoE
 from mlx_oss.nn.rope import YarnRoPE
 
@@ -67,14 +68,29 @@ class Model(nn.Module):
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.unembed = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         self._first_sliding = next((i for i, l in enumerate(self.layers) if l.sliding), None)
+        self.kv_bits: int | None = None  # the caches `make_cache()` makes: `load(..., kv_bits=)` sets them
+        self.kv_group_size = 64
 
     # ------------------------------------------------------------------ caches
 
-    def make_cache(self, kv_bits: int | None = None, kv_group_size: int = 64) -> list[KVCache | RotatingKVCache]:
+    def make_cache(
+        self, kv_bits: int | None = None, kv_group_size: int | None = None, quantize_window: bool = False
+    ) -> list[KVCache | RotatingKVCache]:
         """Rotating `sliding_window`-slot caches on sliding layers, growing caches on full layers;
-        `kv_bits` 8 or 4: quantized ones (ValueError, one line, if bits or group size cannot apply)."""
+        `kv_bits` 8 or 4: the full layers' quantized (the window too with `quantize_window`; see
+        `mlx_oss.nn.cache.make_cache`), ValueError (one line) if bits or group size cannot apply.
+        Without arguments, what the model was loaded for (`self.kv_bits`, `self.kv_group_size`), so every
+        caller of `make_cache()` (Engine, Chat, the server, mlx-lm's generate) gets the same kind."""
+        if kv_bits is None:
+            kv_bits = self.kv_bits
+        group = self.kv_group_size if kv_group_size is None else kv_group_size
+        check_kv_quant(kv_bits, group, self.args.head_dim)
+        return make_cache(self.args.layer_types, self.args.sliding_window, kv_bits, group, quantize_window)
+
+    def set_kv_quant(self, kv_bits: int | None, kv_group_size: int = 64) -> None:
+        """Make `make_cache()` return quantized caches from now on (None: unquantized); checked first."""
         check_kv_quant(kv_bits, kv_group_size, self.args.head_dim)
-        return make_cache(self.args.layer_types, self.args.sliding_window, kv_bits, kv_group_size)
+        self.kv_bits, self.kv_group_size = kv_bits, kv_group_size
 
     # ------------------------------------------------------------------ forward
 

@@ -19,10 +19,12 @@ from mlx_oss.cli.args import (
     add_browser_flags,
     add_dtype,
     add_hosts,
+    add_kv_cache,
     add_limits,
     add_model,
     add_python_flags,
     add_sampling,
+    kv_cache_kwargs,
     make_browser,
     positive_int,
     sampling_config,
@@ -51,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     add_model(s)
     add_dtype(s)
+    add_kv_cache(s)  # the pool's --cache-bytes then hold ~2x (8-bit) / ~3.5x (4-bit) the conversations
     add_limits(s)  # --max-tokens: the per-reply cap when a request sets none
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000)
@@ -155,7 +158,7 @@ def run(a: argparse.Namespace, processors=None) -> int:
 
     with dist.group(a) as session:
         if session is not None and not session.leader:
-            return dist.follow_rank_0(session, a.model, a.dtype)
+            return dist.follow_rank_0(session, a.model, a.dtype, **kv_cache_kwargs(a))  # the same argv: checked
         return _serve(a, session, uvicorn, create_app, processors)
 
 
@@ -180,12 +183,12 @@ def _serve(a: argparse.Namespace, session, uvicorn, create_app, processors) -> i
         from mlx_oss.store import resolve_model
 
         folder = resolve_model(a.model, status=say)
-        model, tokenizer = load(folder, a.dtype)
+        model, tokenizer = load(folder, a.dtype, **kv_cache_kwargs(a))
     else:  # rank 0 of a group: this rank's slice; the engine leads the others, stopped from the worker thread
         from mlx_oss.distributed import cli as dist
         from mlx_oss.distributed.engine import LeaderEngine
 
-        model, tokenizer = dist.load(session, a.model, a.dtype, status=say)
+        model, tokenizer = dist.load(session, a.model, a.dtype, status=say, **kv_cache_kwargs(a))
         folder, engine_class, end_group = model.source, LeaderEngine, lambda: dist.end(session)
     mid = model_id(a.model)
     tools = server_tools(a, lambda text: len(tokenizer.encode_ordinary(text)))
