@@ -40,10 +40,9 @@ class GrammarError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class Grammar:
-    """One compiled schema: `key` is the hash of its canonical JSON; `template` a fresh matcher that
-    each use copies (llguidance's matchers are stateful)."""
+    """One compiled schema (cached under the hash of its canonical JSON, `schema_key`): `template` a
+    fresh matcher that each use copies (llguidance's matchers are stateful)."""
 
-    key: str
     template: Any  # llguidance.LLMatcher, never advanced
     nbytes: int  # the schema's JSON size, what the cache bound counts
 
@@ -95,7 +94,7 @@ class Grammars:
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        grammar = self._compile(schema, key, where)
+        grammar = self._compile(schema, where)
         with self._lock:
             self._cache[key] = grammar
             self.compiled += 1
@@ -105,7 +104,7 @@ class Grammars:
                 self._cache.popitem(last=False)
         return grammar
 
-    def _compile(self, schema: dict[str, Any], key: str, where: str) -> Grammar:
+    def _compile(self, schema: dict[str, Any], where: str) -> Grammar:
         import llguidance
 
         tokenizer = self.tokenizer
@@ -116,7 +115,7 @@ class Grammars:
         matcher = llguidance.LLMatcher(tokenizer, text, log_level=0)
         if matcher.is_error():
             raise GrammarError(f"{where} cannot be enforced: {_describe(matcher.get_error())}")
-        return Grammar(key, matcher, len(text))
+        return Grammar(matcher, len(text))
 
     def matcher(self, grammar: Grammar, end: int) -> ContentMatcher:
         """A fresh walk of `grammar` whose content ends with the special token `end`."""

@@ -463,6 +463,46 @@ def test_grammar_errors_are_one_bounded_line_and_the_cache_keeps_64_schemas():
     assert len(g._cache) == 64 and g.json_schema({"const": 0}) is not first  # the 65th pushed the first out
 
 
+def test_the_cache_key_ignores_key_order_and_the_byte_bound_is_inclusive():
+    """The same schema with its keys in another order is one cache entry (not compiled twice); the byte
+    bound keeps the schemas whose sizes add up to exactly `max_bytes`, and one byte less evicts the oldest."""
+    from mlx_oss.grammar import schema_key
+
+    a = {"type": "object", "properties": {"x": {"type": "integer"}, "y": {"type": "string"}}, "required": ["x"]}
+    b = {"required": ["x"], "properties": {"y": {"type": "string"}, "x": {"type": "integer"}}, "type": "object"}
+    assert schema_key(a) == schema_key(b) != schema_key({**a, "required": ["y"]})
+    g = Grammars(ENC)
+    assert g.json_schema(a) is g.json_schema(b) and g.compiled == 1
+    one, two = {"const": 1}, {"const": 22}
+    sizes = [Grammars(ENC).json_schema(s).nbytes for s in (one, two)]
+    for limit, kept in ((sum(sizes), 2), (sum(sizes) - 1, 1)):
+        g = Grammars(ENC, max_bytes=limit)
+        first = g.json_schema(one)
+        g.json_schema(two)
+        assert len(g._cache) == kept
+        assert (g.json_schema(one) is first) == (kept == 2)  # evicted: compiled again
+
+
+def test_errors_before_compiling_name_the_schema(monkeypatch):
+    """Not a dict, not JSON, or refused by llguidance's schema reader: one line naming `where`
+    ("schema" unless the caller says)."""
+    import llguidance
+
+    with pytest.raises(GrammarError, match=r"^schema must be a JSON schema object, not int$"):
+        Grammars(ENC).json_schema(5)
+    with pytest.raises(GrammarError) as e:
+        Grammars(ENC).json_schema({"const": {1, 2}})
+    assert str(e.value) == "schema is not JSON: Object of type set is not JSON serializable"
+
+    def refuse(schema, defaults=None):
+        raise ValueError("bad schema\n  at line 2")
+
+    monkeypatch.setattr(llguidance.LLMatcher, "grammar_from_json_schema", staticmethod(refuse))
+    with pytest.raises(GrammarError) as e:
+        Grammars(ENC).json_schema({"type": "string"}, "response_format")
+    assert str(e.value) == "response_format: bad schema at line 2"
+
+
 def test_a_padded_vocabulary_never_allows_the_padding_in_constrained_content(grammars):
     m = grammars.matcher(grammars.json_schema(CITY), tk.RETURN)
     mask = m.allowed(tk.N_VOCAB + 64)
