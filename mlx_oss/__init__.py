@@ -9,6 +9,8 @@ _EXPORTS = {
     "Engine": "mlx_oss.engine",
     "ContextLengthError": "mlx_oss.engine",
     "SamplingConfig": "mlx_oss.sampling",
+    "BatchGenerator": "mlx_oss.batch",
+    "generate_batch": "mlx_oss.batch",
     "ReasoningDelta": "mlx_oss.events",
     "AnswerDelta": "mlx_oss.events",
     "UnparsedDelta": "mlx_oss.events",

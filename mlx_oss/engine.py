@@ -111,6 +111,24 @@ def _reusable(tokens: list[int] | tuple[int, ...], cache: list, snapshots: Itera
     return snap.position if snap else 0
 
 
+def take_snapshot(snapshots: list[Snapshot], cache: list, pos: int, kind: str, limit: int) -> None:
+    """Append the sliding rings of `cache` at `pos` to `snapshots` (none if one is there already),
+    keeping the newest `limit` (message ones go first): the one rule for the engine and a batch."""
+    if snapshots and snapshots[-1].position == pos:
+        return
+    states = tuple(c.snapshot() if isinstance(c, RotatingKVCache) else None for c in cache)
+    snapshots.append(Snapshot(pos, states, kind))
+    while len(snapshots) > limit:
+        victims = [i for i, s in enumerate(snapshots[:-1]) if s.kind == "message"]
+        del snapshots[victims[0] if victims else 0]
+
+
+def settle(cache: Iterable, snapshots: Iterable[Snapshot]) -> None:
+    """Evaluate every pending write of `cache` and the rings `snapshots` hold (`Engine.settle`)."""
+    pending = [c.state for c in cache] + [s.arrays for snap in snapshots for s in snap.states if s is not None]
+    mx.eval(pending)
+
+
 @dataclass(frozen=True)
 class EngineState:
     """Everything an engine's cache reuse depends on (caches, their tokens, snapshots), detached
@@ -258,14 +276,7 @@ class Engine:
 
     def snapshot(self, kind: str = "prompt") -> None:
         """Remember the sliding rings at the current position (cheap: references, no copy)."""
-        pos = len(self._tokens)
-        if self._snapshots and self._snapshots[-1].position == pos:
-            return
-        states = tuple(c.snapshot() if isinstance(c, RotatingKVCache) else None for c in self.cache)
-        self._snapshots.append(Snapshot(pos, states, kind))
-        while len(self._snapshots) > self.max_snapshots:
-            victims = [i for i, s in enumerate(self._snapshots[:-1]) if s.kind == "message"]
-            del self._snapshots[victims[0] if victims else 0]
+        take_snapshot(self._snapshots, self.cache, len(self._tokens), kind, self.max_snapshots)
 
     def _snapshot_at_or_before(self, pos: int) -> Snapshot | None:
         return next((s for s in reversed(self._snapshots) if s.position <= pos), None)
@@ -383,9 +394,7 @@ class Engine:
         """Evaluate every pending cache write. MLX streams are per thread: a lazy array left for
         another thread (the next turn may run in a different worker) fails there, so nothing lazy
         outlives a generation."""
-        pending = [c.state for c in self.cache] + [s.arrays for snap in self._snapshots
-                                                   for s in snap.states if s is not None]
-        mx.eval(pending)
+        settle(self.cache, self._snapshots)
 
     def _decode(
         self, gen: Generation, prompt: list[int], sampler: Sampler, max_tokens: int | None,

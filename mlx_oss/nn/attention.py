@@ -34,7 +34,13 @@ class Attention(nn.Module):
         self._rope = rope  # shared by all layers; holds no parameters
 
     def __call__(self, x: mx.array, mask: Mask, cache=None, offset: int = 0) -> mx.array:
-        """x [B, T, H] (already normed), positions offset..offset+T-1 -> [B, T, H]."""
+        """x [B, T, H] (already normed), positions offset..offset+T-1 -> [B, T, H].
+
+        `cache` a list of B caches (one per row, each its own sequence) with `offset` an array of their
+        B offsets: a batched decode step, `decode_rows` (through `__call__`, so a subclass that wraps
+        the output, e.g. the sharded one's all-sum, wraps it too)."""
+        if isinstance(cache, list):
+            return self.decode_rows(x, cache, offset)
         B, T, _ = x.shape
         nq, nkv, d = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.qkv(x)  # [B, T, (nq + 2 nkv) d]
@@ -47,6 +53,30 @@ class Attention(nn.Module):
             k, v = cache.update_and_fetch(k, v)  # [B, nkv, S, d] (QArrays from a quantized cache)
         o = self.attend_quantized(q, k, v, mask) if isinstance(k, QArray) else self.attend(q, k, v, mask)
         return self.out(o.transpose(0, 2, 1, 3).reshape(B, T, nq * d))  # [B, T, H]
+
+    def decode_rows(self, x: mx.array, caches: list, offsets: mx.array) -> mx.array:
+        """x [B, 1, H], row b one new token of its own sequence at position offsets[b] with cache
+        caches[b] -> [B, 1, H]. The projections and RoPE (per-row offsets) run once for all rows, so
+        their weights are read once per step; only the attention itself runs row by row, each against
+        its own cache (full or ring, plain or quantized: one new token needs no mask on either)."""
+        B, T, _ = x.shape
+        if T != 1 or len(caches) != B:
+            raise ValueError(
+                f"a batched step takes one token per row and one cache per row, got x {x.shape}, {len(caches)} caches"
+            )
+        nq, nkv, d = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv = self.qkv(x)  # [B, 1, (nq + 2 nkv) d]
+        q = self._rope(qkv[..., : nq * d].reshape(B, 1, nq, d).transpose(0, 2, 1, 3), offsets)  # [B, nq, 1, d]
+        k = self._rope(qkv[..., nq * d : (nq + nkv) * d].reshape(B, 1, nkv, d).transpose(0, 2, 1, 3), offsets)
+        v = qkv[..., (nq + nkv) * d :].reshape(B, 1, nkv, d).transpose(0, 2, 1, 3)  # [B, nkv, 1, d]
+        outs = []
+        for b, c in enumerate(caches):
+            kb, vb = c.update_and_fetch(k[b : b + 1], v[b : b + 1])
+            qb = q[b : b + 1]
+            attend = self.attend_quantized if isinstance(kb, QArray) else self.attend
+            outs.append(attend(qb, kb, vb, None))
+        o = mx.concatenate(outs, axis=0) if B > 1 else outs[0]  # [B, nq, 1, d]
+        return self.out(o.transpose(0, 2, 1, 3).reshape(B, 1, nq * d))
 
     def attend(self, q: mx.array, k: mx.array, v: mx.array, mask: Mask) -> mx.array:
         """q [B, nq, T, d], k/v [B, nkv, S, d] -> [B, nq, T, d]: MLX's fused kernel (a backend may

@@ -8,6 +8,9 @@ Module names follow our converted format (docs/FORMAT.md), so a folder's tensors
 on the layer (masks, the position offset) is done once per call, not once per layer, and
 `last_only=True` sends only the final position through the 201088-row lm_head. Long prompts are fed in
 chunks by the caller (`mlx_oss.engine.prefill_chunks`, the one chunk loop).
+
+`model.step(tokens [B], caches [B][layers]) -> logits [B, vocab]`: one decode token for each of B
+independent sequences (own caches, offsets, rings) in one forward pass (`mlx_oss.batch`).
 """
 
 from __future__ import annotations
@@ -109,6 +112,27 @@ class Model(nn.Module):
         for i, (layer, c) in enumerate(zip(self.layers, cache or [None] * n)):
             x = layer(x, masks, c, offset, last_only and i == n - 1)
         return x
+
+    def step(self, tokens: mx.array | list[int], caches: list[list]) -> mx.array:
+        """One decode step of B independent sequences: tokens [B] (sequence b's next token) and
+        caches[b] (sequence b's per-layer caches, each with its own offset and ring state) -> logits
+        [B, vocab]; every cache advances one position.
+
+        One forward pass for all B: the embedding, norms, projections, MoE (routed per token) and the
+        lm_head run once on [B, 1, H], so each weight is read once per step, not once per sequence;
+        only attention runs per sequence (`Attention.decode_rows`). Row b equals `model(tokens[b:b+1],
+        caches[b], last_only=True)` up to float rounding (tests/test_batch.py)."""
+        tokens = mx.array(tokens, dtype=mx.int32) if isinstance(tokens, list) else tokens
+        B = tokens.size
+        if len(caches) != B or any(len(c) != len(self.layers) for c in caches):
+            raise ValueError(
+                f"step needs one cache list of {len(self.layers)} layers per token, got {len(caches)} for {B} tokens"
+            )
+        offsets = mx.array([c[0].offset for c in caches], dtype=mx.int32)  # per sequence, read before the writes
+        x = self.embed(tokens.reshape(B, 1))  # [B, 1, H]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, (None, None), [c[i] for c in caches], offsets)  # a decode step needs no mask
+        return self.logits(x).reshape(B, -1)
 
     def logits(self, h: mx.array) -> mx.array:
         """Hidden [B, T, H] -> logits [B, T, vocab]."""

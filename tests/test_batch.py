@@ -1,0 +1,337 @@
+"""Batched decode (issue 28, first slice): every sequence of a batch gets what it gets alone.
+
+The oracle is `Engine.generate` on the same prompt and sampler settings, one sequence at a time. A
+recording logits processor (first in both runs) sees the raw logits of every step, so logits are
+compared step by step (float32, relative error <= 1e-5) besides the tokens. The synthetic models have
+an 8-slot sliding window, so decoding a few tokens wraps the rings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlx_oss
+from mlx_oss.batch import BatchEvent, BatchGenerator, generate_batch
+from mlx_oss.engine import ContextLengthError, Engine
+from mlx_oss.loader import load_model
+from mlx_oss.nn.moe import MoE
+from mlx_oss.sampling import Sampler, SamplingConfig, ScriptedTokens
+
+GREEDY = SamplingConfig(temperature=0)
+NO_STOP: tuple[int, ...] = ()
+
+
+@pytest.fixture(scope="module")
+def chat_model(tiny_chat_converted):
+    m = load_model(tiny_chat_converted, dtype="float32")
+    assert m.args.sliding_window == 8
+    return m
+
+
+@pytest.fixture(scope="module")
+def golden_model(tiny_converted):
+    return load_model(tiny_converted, dtype="float32")
+
+
+class Recorder:
+    """A logits processor that keeps (context length, logits) of every step and changes nothing."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, np.ndarray]] = []
+
+    def __call__(self, context: mx.array, logits: mx.array) -> mx.array:
+        self.seen.append((context.size, np.array(logits.astype(mx.float32)).reshape(-1)))
+        return logits
+
+
+def recorded(config: SamplingConfig) -> tuple[Sampler, Recorder]:
+    """A fresh sampler for `config` with a `Recorder` in front of its processors."""
+    rec = Recorder()
+    return Sampler(replace(config, logits_processors=(rec, *config.logits_processors))), rec
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def prompt_of(seed: int, n: int, vocab: int) -> list[int]:
+    return np.random.default_rng(seed).integers(0, min(vocab, 199_000), n).tolist()
+
+
+def solo(model, prompt, config, max_tokens, stop_tokens=NO_STOP, **engine_kw):
+    """-> (tokens, recorder, stop reason, engine tokens) of `prompt` alone through `Engine.generate`."""
+    sampler, rec = recorded(config)
+    engine = Engine(model, **engine_kw)
+    gen = engine.generate(prompt, sampler, max_tokens=max_tokens, stop_tokens=stop_tokens)
+    toks = list(gen)
+    return toks, rec, gen.stop_reason, engine.tokens
+
+
+def assert_same(batch_tokens, batch_rec: Recorder, solo_tokens, solo_rec: Recorder) -> None:
+    """The same tokens; every step's logits within 1e-5 relative, with the same context length."""
+    assert batch_tokens == solo_tokens
+    n = len(batch_rec.seen)
+    assert n >= len(batch_tokens) - 1 and solo_rec.seen[:n] and len(solo_rec.seen) >= n
+    for (cb, lb), (cs, ls) in zip(batch_rec.seen, solo_rec.seen):
+        assert cb == cs
+        assert rel_err(lb, ls) <= 1e-5
+
+
+class Run:
+    """Drives a BatchGenerator and collects each sequence's tokens and end."""
+
+    def __init__(self, batch: BatchGenerator) -> None:
+        self.batch = batch
+        self.tokens: dict[int, list[int]] = {}
+        self.done: dict[int, str] = {}
+        self.recs: dict[int, Recorder] = {}
+
+    def add(self, prompt, config, max_tokens=None, **kw) -> int:
+        sampler, rec = recorded(config)
+        sid = self.batch.add(prompt, sampler, max_tokens=max_tokens, stop_tokens=kw.pop("stop_tokens", NO_STOP), **kw)
+        self.tokens[sid], self.recs[sid] = [], rec
+        return sid
+
+    def step(self) -> list[BatchEvent]:
+        events = self.batch.step()
+        assert len({e.seq_id for e in events}) == len(events)
+        for e in events:
+            if e.token is not None:
+                self.tokens[e.seq_id].append(e.token)
+            if e.done is not None:
+                assert e.seq_id not in self.done
+                self.done[e.seq_id] = e.done
+        return events
+
+    def finish(self) -> None:
+        while len(self.batch):
+            self.step()
+
+
+# ---------------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("which", ["golden", "chat"])
+def test_prompts_of_different_lengths_match_solo(which, golden_model, chat_model):
+    """Three sequences (prompts 3, 17 and 40 tokens) decoded together, 20 tokens each, so every ring
+    wraps during decode (the 3-token one only there): each equals its solo run, logits step by step."""
+    model = golden_model if which == "golden" else chat_model
+    V = model.args.vocab_size
+    prompts = [prompt_of(1, 3, V), prompt_of(2, 17, V), prompt_of(3, 40, V)]
+    run = Run(BatchGenerator(model))
+    ids = [run.add(p, GREEDY, max_tokens=20, keep_state=True) for p in prompts]
+    run.finish()
+    for sid, p in zip(ids, prompts):
+        toks, rec, reason, engine_tokens = solo(model, p, GREEDY, 20)
+        assert_same(run.tokens[sid], run.recs[sid], toks, rec)
+        assert run.done[sid] == reason == "length"
+        state = run.batch.take_state(sid)
+        assert list(state.tokens) == engine_tokens == p + toks
+        ring = state.cache[0 if model.args.is_sliding(0) else 1]
+        assert ring.offset == len(p) + 20 > 2 * ring.window  # the window wrapped during decode
+
+
+def test_join_finish_and_cancel_mid_stream(chat_model):
+    """A decodes from the start; B joins at step 3 and finishes (max_tokens) at its 4th token; C joins
+    at step 5; A is cancelled after step 9; C runs on alone. Each equals its solo run (A: up to the
+    cancel), and a sequence that left costs nothing after it left."""
+    V = chat_model.args.vocab_size
+    pa, pb, pc = prompt_of(10, 12, V), prompt_of(11, 5, V), prompt_of(12, 30, V)
+    run = Run(BatchGenerator(chat_model))
+    a = run.add(pa, GREEDY, max_tokens=40)
+    sizes = []
+    for i in range(14):
+        if i == 3:
+            b = run.add(pb, GREEDY, max_tokens=4)
+        if i == 5:
+            c = run.add(pc, GREEDY, max_tokens=16)
+        if i == 9:
+            run.batch.cancel(a)
+        sizes.append(len(run.batch))
+        events = run.step()
+        if i == 9:
+            assert events[0] == BatchEvent(a, None, "cancelled") and a not in run.batch.ids
+    assert sizes[:8] == [1, 1, 1, 2, 2, 3, 3, 2]  # B left right after its 4th token
+    assert run.done == {b: "length", a: "cancelled"} and run.batch.ids == [c]
+    run.finish()
+    assert run.done[c] == "length"
+    for sid, p, n in [(a, pa, 40), (b, pb, 4), (c, pc, 16)]:
+        toks, rec, _, _ = solo(chat_model, p, GREEDY, n)
+        got = run.tokens[sid]
+        assert len(got) == (9 if sid == a else n)
+        assert_same(got, run.recs[sid], toks[: len(got)], rec)
+
+
+def test_seeded_sampling_is_the_same_as_alone(chat_model):
+    """Temperature 1 with seeds (and filters on one of them): each sequence's samples equal its solo
+    run's, whatever else shares the batch (its own PRNG key)."""
+    V = chat_model.args.vocab_size
+    configs = [
+        SamplingConfig(temperature=1.0, seed=7),
+        SamplingConfig(temperature=1.0, seed=7),  # the same seed in another sequence: its own key
+        SamplingConfig(temperature=0.8, top_p=0.9, top_k=50, seed=123),
+    ]
+    prompts = [prompt_of(20, 9, V), prompt_of(21, 14, V), prompt_of(22, 6, V)]
+    run = Run(BatchGenerator(chat_model))
+    ids = [run.add(p, c, max_tokens=15) for p, c in zip(prompts, configs)]
+    run.finish()
+    for sid, p, c in zip(ids, prompts, configs):
+        toks, rec, _, _ = solo(chat_model, p, c, 15)
+        assert_same(run.tokens[sid], run.recs[sid], toks, rec)
+
+
+def test_a_logits_processor_affects_only_its_sequence(chat_model):
+    """One sequence is forced by `ScriptedTokens`, its neighbours are greedy: they get their solo
+    greedy tokens, it gets the script then its own continuation (as alone)."""
+    V = chat_model.args.vocab_size
+    script = [100, 200, 300, 400, 500]
+    forced = replace(GREEDY, logits_processors=(ScriptedTokens(script),))
+    prompts = [prompt_of(30, 7, V), prompt_of(31, 11, V), prompt_of(32, 4, V)]
+    run = Run(BatchGenerator(chat_model))
+    ids = [run.add(prompts[0], GREEDY, 10), run.add(prompts[1], forced, 10), run.add(prompts[2], GREEDY, 10)]
+    run.finish()
+    assert run.tokens[ids[1]][:5] == script
+    for sid, p, c in zip(ids, prompts, [GREEDY, replace(GREEDY, logits_processors=(ScriptedTokens(script),)), GREEDY]):
+        toks, rec, _, _ = solo(chat_model, p, c, 10)
+        assert_same(run.tokens[sid], run.recs[sid], toks, rec)
+
+
+def test_quantized_caches_match_solo(tiny_chat_hd64_converted):
+    """`kv_bits=8`: full layers on quantized caches, per sequence, as the quantized engine alone."""
+    model = load_model(tiny_chat_hd64_converted, dtype="float32")
+    V = model.args.vocab_size
+    prompts = [prompt_of(40, 5, V), prompt_of(41, 19, V)]
+    run = Run(BatchGenerator(model, kv_bits=8))
+    ids = [run.add(p, GREEDY, max_tokens=12) for p in prompts]
+    run.finish()
+    for sid, p in zip(ids, prompts):
+        toks, rec, _, _ = solo(model, p, GREEDY, 12, kv_bits=8)
+        assert_same(run.tokens[sid], run.recs[sid], toks, rec)
+
+
+def test_stop_tokens_and_context_limit_end_a_sequence_as_alone(chat_model):
+    """The engine's stop rules per sequence: a scripted stop token ("stop", "tool_call") and the context."""
+    V = chat_model.args.vocab_size
+    from mlx_oss import tokenizer as tk
+
+    p = prompt_of(50, 6, V)
+    run = Run(BatchGenerator(chat_model, max_context=12))
+    stops = tk.STOP_TOKENS_FOR_ASSISTANT_ACTIONS
+    s_return = run.add(p, replace(GREEDY, logits_processors=(ScriptedTokens([1, tk.RETURN]),)), stop_tokens=stops)
+    s_call = run.add(p, replace(GREEDY, logits_processors=(ScriptedTokens([1, 2, tk.CALL]),)), stop_tokens=stops)
+    s_ctx = run.add(p, GREEDY)
+    run.finish()
+    assert run.done == {s_return: "stop", s_call: "tool_call", s_ctx: "context"}
+    assert run.tokens[s_return] == [1, tk.RETURN] and run.tokens[s_call] == [1, 2, tk.CALL]
+    assert len(run.tokens[s_ctx]) == 6
+
+
+def test_a_finished_state_resumes_in_an_engine(chat_model):
+    """`keep_state`: an ended sequence's `EngineState` (for a prompt-cache pool) continues exactly in
+    an `Engine`: the next prompt extends it and only its new tokens are prefilled."""
+    V = chat_model.args.vocab_size
+    p = prompt_of(60, 13, V)
+    run = Run(BatchGenerator(chat_model))
+    sid = run.add(p, GREEDY, max_tokens=9, keep_state=True)
+    run.add(prompt_of(61, 4, V), GREEDY, max_tokens=20)
+    run.finish()
+    state = run.batch.take_state(sid)
+    assert run.batch.take_state(sid) is None
+    engine = Engine(chat_model)
+    engine.attach(state)
+    nxt = p + run.tokens[sid] + prompt_of(62, 5, V)
+    logits, reused = engine.prefill(nxt)
+    assert reused == len(p) + 9
+    scratch = np.array(chat_model(mx.array([nxt]), None, last_only=True)).reshape(-1)
+    assert rel_err(np.array(logits).reshape(-1), scratch) <= 1e-5
+    # and a batch can start from a state too: only the new part is prefilled
+    b2 = BatchGenerator(chat_model)
+    sid2 = b2.add(nxt + [7], Sampler(GREEDY), max_tokens=1, state=engine.detach(), keep_state=True)
+    assert b2._live[sid2].reused_tokens == len(nxt)
+
+
+# ---------------------------------------------------------------------- one forward pass
+
+
+def test_a_step_is_one_forward_pass_for_the_whole_batch(chat_model, monkeypatch):
+    """B = 4 sequences: one step runs the lm_head once on 4 rows and each layer's MoE once on 4
+    tokens; a batch that looped over its sequences would call them 4 times."""
+    V = chat_model.args.vocab_size
+    calls: dict[str, list] = {"moe": [], "lm_head": [], "qkv": []}
+    lm_head_cls = type(chat_model.unembed)
+    qkv_cls = type(chat_model.layers[0].attn.qkv)
+    moe_call, lin_call = MoE.__call__, lm_head_cls.__call__
+    lm_head, qkv0 = chat_model.unembed, chat_model.layers[0].attn.qkv
+
+    def counting_moe(self, x):
+        calls["moe"].append(x.shape)
+        return moe_call(self, x)
+
+    def counting_linear(self, x):
+        if self is lm_head:
+            calls["lm_head"].append(x.shape)
+        if self is qkv0:
+            calls["qkv"].append(x.shape)
+        return lin_call(self, x)
+
+    batch = BatchGenerator(chat_model)
+    for i in range(4):
+        batch.add(prompt_of(70 + i, 3 + 4 * i, V), Sampler(GREEDY), max_tokens=5)
+    monkeypatch.setattr(MoE, "__call__", counting_moe)
+    monkeypatch.setattr(lm_head_cls, "__call__", counting_linear)
+    assert qkv_cls is lm_head_cls
+    events = batch.step()
+    assert len(events) == 4 and all(e.done is None for e in events)
+    H = chat_model.args.hidden_size
+    assert calls["lm_head"] == [(4, 1, H)]
+    assert calls["moe"] == [(4, 1, H)] * len(chat_model.layers)
+    assert calls["qkv"] == [(4, 1, H)]
+
+
+# ---------------------------------------------------------------------- API
+
+
+def test_step_without_sequences_and_errors(chat_model):
+    V = chat_model.args.vocab_size
+    batch = BatchGenerator(chat_model, max_context=16)
+    assert batch.step() == [] and len(batch) == 0
+    engine = Engine(chat_model)
+    engine.prefill(prompt_of(80, 5, V))
+    state = engine.detach()
+    with pytest.raises(ContextLengthError):
+        batch.add(prompt_of(81, 16, V), Sampler(GREEDY), state=state)
+    assert state.cache[0].offset == 5  # a prompt that does not fit leaves the state to its owner
+    with pytest.raises(ValueError, match="max_tokens"):
+        batch.add([1, 2], Sampler(GREEDY), max_tokens=0)
+    sid = batch.add([1, 2], Sampler(GREEDY))
+    batch.cancel(sid)
+    batch.cancel(12345)  # unknown ids are ignored
+    assert batch.step() == [BatchEvent(sid, None, "cancelled")]
+    assert batch.add([1, 2, 3], Sampler(GREEDY), should_stop=lambda: True) is None and len(batch) == 0
+    with pytest.raises(ValueError, match="one cache per row"):
+        chat_model.layers[0].attn(mx.zeros((2, 1, chat_model.args.hidden_size)), None, [None], mx.array([0, 0]))
+
+
+def test_generate_batch_equals_solo_runs(chat_model):
+    """`mlx_oss.generate_batch`: three prompts (a string and token ids) through at most two slots,
+    each the tokens it gets alone, in order."""
+    from mlx_oss.harmony import Message, Role, render_conversation_for_completion
+    from mlx_oss.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(None)
+    V = chat_model.args.vocab_size
+    prompts = ["What is 2 + 2?", prompt_of(90, 8, V), prompt_of(91, 21, V)]
+    results = mlx_oss.generate_batch(
+        chat_model, tok, prompts, sampling=GREEDY, max_tokens=6, max_batch=2, reasoning_effort="low"
+    )
+    assert mlx_oss.generate_batch is generate_batch and mlx_oss.BatchGenerator is BatchGenerator
+    conv = [Message.system(reasoning_effort="low"), Message(Role.USER, prompts[0])]
+    rendered = render_conversation_for_completion(conv, encoding=tok)
+    for r, p in zip(results, [rendered, prompts[1], prompts[2]]):
+        toks, _, reason, _ = solo(chat_model, p, GREEDY, 6, stop_tokens=(200002, 200012))
+        assert r.tokens == toks and r.stop_reason == reason and r.text == tok.decode(toks)
