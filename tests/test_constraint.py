@@ -73,10 +73,14 @@ def test_analysis_content_cannot_end_as_answer_or_call():
     assert msgs[0].text == "hm"
 
 
-def test_none_turns_a_call_into_a_final_answer_without_markup():
-    c = tool_choice_constraint("none", (), ENC)
-    call = ENC.encode('<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"x": 1}<|call|>',
-                      allowed_special="all")  # fmt: skip
+@pytest.mark.parametrize("order", ["channel first", "recipient first"])
+def test_none_turns_a_call_into_a_final_answer_without_markup(order):
+    """"none" with the tool among the request's functions (as a client sends it): no call, whichever
+    order the model writes the call's header in (the second is the constraint's own call header)."""
+    c = tool_choice_constraint("none", ("functions.get_weather",), ENC)
+    header = ("<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>" if order == "channel first"
+              else "<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json<|message|>")  # fmt: skip
+    call = ENC.encode(header.removeprefix("<|start|>assistant") + '{"x": 1}<|call|>', allowed_special="all")
     out = generate([ScriptedTokens(call), c])
     assert tk.CALL not in out and out[-1] == tk.RETURN
     msgs = parse_completion(out, Role.ASSISTANT, ENC)
