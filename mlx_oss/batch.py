@@ -107,6 +107,10 @@ class BatchGenerator:
     def ids(self) -> list[int]:
         return list(self._live)
 
+    def check_prompt(self, prompt: list[int]) -> None:
+        """Raise ContextLengthError (or ValueError) now if `add(prompt, ...)` would, as `Engine.check_prompt`."""
+        self._engine.check_prompt(prompt)
+
     def tokens(self, seq_id: int) -> list[int]:
         """What sequence `seq_id`'s caches hold (prompt + yielded tokens), a copy."""
         return list(self._live[seq_id].tokens)

@@ -64,6 +64,32 @@ class Gate:
         return logits
 
 
+class Hold:
+    """A logits processor that writes a whole reply and keeps it going, without blocking the worker, until
+    released: it forces `head`, then `filler` while `release` is not set (at most `limit` times), then
+    `tail`, then lets the model go on. For servers with `max_batch` > 1, where a `Gate` would block the one
+    worker thread and so every sequence of the batch. `entered` is set at the first filler token."""
+
+    def __init__(self, head: list[int], filler: int, tail: list[int], limit: int = 20000) -> None:
+        self.head, self.filler, self.tail, self.limit = list(head), filler, list(tail), limit
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.step = self.held = self.done = 0
+
+    def __call__(self, context, logits):
+        if self.step < len(self.head):
+            tok, self.step = self.head[self.step], self.step + 1
+        elif not self.release.is_set() and self.held < self.limit:
+            tok, self.held = self.filler, self.held + 1
+            self.entered.set()
+        elif self.done < len(self.tail):
+            tok, self.done = self.tail[self.done], self.done + 1
+        else:
+            return logits
+        zero = mx.minimum(mx.abs(mx.max(logits, axis=-1, keepdims=True)), 0.0)  # as ScriptedTokens
+        return mx.where(mx.arange(logits.shape[-1]) == tok, zero, mx.array(-mx.inf, logits.dtype))
+
+
 def wait_idle(app, timeout: float = 60.0) -> None:
     """Wait until the app's generation worker has nothing running or queued (between tests)."""
     w = app.state.backend.worker

@@ -133,6 +133,7 @@ def create_app(
     max_context: int | None = None,
     cache_bytes: int = 8 << 30,
     max_queue: int = 16,
+    max_batch: int = 1,
     cors: Sequence[str] = (),
     allowed_hosts: Sequence[str] = (),
     bind: str = "127.0.0.1",
@@ -149,7 +150,8 @@ def create_app(
     """The OpenAI-compatible app for a loaded model. `sampling`: defaults a request's temperature,
     top_p and seed override (top_k/min_p apply to every request); `max_tokens`: the reply cap when a
     request sets none. `cors` / `allowed_hosts` / `bind`: the browser origins and Host names it answers
-    (server/guard.py). `stored_bytes`: the memory kept for stored responses (`previous_response_id`);
+    (server/guard.py). `max_batch`: generations run at once (batched decode; 1: one at a time, as
+    before; more is not supported with a LeaderEngine). `stored_bytes`: the memory kept for stored responses (`previous_response_id`);
     `state_key`: the key that signs reasoning handed to stateless clients (None: random per start).
     `builtin`: the built-in tools the Responses API runs (default: the browser
     without search, no python; see server/builtin.py). `processors` is a test-only sampling hook
@@ -158,7 +160,7 @@ def create_app(
     of a group (`mlx-oss serve --hosts`) passes its LeaderEngine and how the other ranks are stopped
     (run on the worker thread as it stops)."""
     backend = Backend(model, tokenizer, max_context=max_context, cache_bytes=cache_bytes, max_queue=max_queue,
-                      sampling=sampling, max_tokens=max_tokens, processors=processors, engine_class=engine_class,
+                      max_batch=max_batch, sampling=sampling, max_tokens=max_tokens, processors=processors, engine_class=engine_class,
                       end_group=end_group)  # fmt: skip
     srv = _Server(backend, model_id, aliases, api_key, body_limit, builtin or ServerTools(), stored_bytes, state_key)
 

@@ -21,7 +21,7 @@ from mlx_oss.sampling import LogitsProcessor, SamplingConfig
 from mlx_oss.server.cache_pool import PromptCachePool
 from mlx_oss.server.conversation import Turn
 from mlx_oss.server.errors import APIError
-from mlx_oss.server.generation import Finished, Usage, run_generation
+from mlx_oss.server.generation import BatchRunner, Finished, Usage, generation_program, run_generation
 from mlx_oss.server.worker import END, GenerationWorker, Job, QueueFull
 
 __all__ = ["Backend", "ProcessorHook"]
@@ -42,16 +42,23 @@ class Backend:
         max_context: int | None = None,
         cache_bytes: int = 8 << 30,
         max_queue: int = 16,
+        max_batch: int = 1,
         sampling: SamplingConfig | None = None,
         max_tokens: int | None = None,
         processors: ProcessorHook | None = None,
         engine_class: type[Engine] = Engine,
         end_group: Callable[[], None] | None = None,
     ) -> None:
+        if max_batch > 1 and engine_class is not Engine:
+            raise ValueError("batched generation (max_batch > 1) is not supported in a group (--hosts) yet")
         self.tokenizer = tokenizer
         self.engine = engine_class(model, max_context=max_context)  # LeaderEngine: rank 0 of a group
         self.pool = PromptCachePool(cache_bytes)
-        self.worker = GenerationWorker(max_queue)
+        self.max_batch = max_batch
+        runner = None
+        if max_batch > 1:  # made on the worker thread; the engine above stays unused (the batch prefills)
+            runner = lambda: BatchRunner(model, self.pool, max_context=self.engine.max_context, tool_threads=max_batch)  # noqa: E731
+        self.worker = GenerationWorker(max_queue, max_batch, runner)
         self._end_group = end_group  # rank 0 of a group: run on the worker thread as it stops
         self._lost = threading.Event()  # a rank of the group was lost: fail_all answers the requests
         self._processors = processors
@@ -106,14 +113,21 @@ class Backend:
         max_calls: int = 8, done: Callable[[], None] | None = None,
     ) -> Job:  # fmt: skip
         """Queue the generation (built-in calls run by `tools`, at most `max_calls`; `done` is called on
-        the worker when it ends, run or cancelled); 429 with Retry-After when the queue is full."""
+        the worker when it ends, run or cancelled); 429 with Retry-After when the queue is full.
+        With `max_batch` > 1 it runs alongside up to `max_batch - 1` others (one `BatchRunner`)."""
 
-        def fn(emit, cancelled) -> None:
+        def fn(emit, cancelled):
             def counted(ev: object) -> None:
                 if isinstance(ev, Finished):
                     self.outcomes[ev.stop_reason] += 1
                 emit(ev)
 
+            if self.max_batch > 1:  # the program, for the worker's BatchRunner to drive with the others
+                return generation_program(
+                    self.tokenizer, prompt, boundaries, turn.generation_sampling(), turn.max_tokens or self._max_tokens,
+                    turn.stop, cancelled, counted, turn, tools, max_calls, self.grammars if turn.schemas() else None,
+                    self.engine.max_context,
+                )  # fmt: skip
             try:
                 run_generation(
                     self.engine, self.pool, self.tokenizer, prompt, boundaries, turn.generation_sampling(),

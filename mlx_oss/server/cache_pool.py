@@ -13,6 +13,12 @@ the engine:
 
 The pool's states are bounded by `max_bytes` (least recently used evicted first); the state in the
 engine is not counted. Not thread-safe: used only from the generation worker thread.
+
+Batched generation (`--max-batch` > 1, issue 28) has no engine state: `take(prompt)` hands out the best
+state for a prompt (moved or forked by the same rule as `prepare`) for `BatchGenerator.add(state=)`, and
+`release(state, prompt_end)` takes an ended sequence's state back; the newest released state is not
+counted (it plays the engine state's part), the others are bounded as above.
+
 """
 
 from __future__ import annotations
@@ -75,12 +81,40 @@ class PromptCachePool:
         self._evict()
         return reuse
 
+    def take(self, prompt: list[int]) -> tuple[EngineState | None, int]:
+        """The best state for `prompt`, handed out (batched generation): moved out of the pool when
+        `prompt` diverges at or after the prompt it was built for, else a fork (the pool keeps it);
+        -> (state or None when nothing is reusable, the tokens it will reuse)."""
+        self._clock += 1
+        best = max(self._entries, key=lambda e: (e.state.reusable(prompt), e.last_used), default=None)
+        reuse = best.state.reusable(prompt) if best is not None else 0
+        if best is None or reuse == 0:
+            return None, 0
+        if reuse >= best.prompt_end:
+            self._entries.remove(best)
+            return best.state, reuse
+        best.last_used = self._clock
+        return best.state.fork(), reuse
+
+    def release(self, state: EngineState, prompt_end: int) -> None:
+        """Take back an ended sequence's state, built for a prompt of `prompt_end` tokens (batched
+        generation). It is the newest: kept even past `max_bytes` (as the engine's state would be)
+        until a newer one comes back; older ones are evicted first."""
+        self._clock += 1
+        if not state.tokens:
+            return
+        self._entries.append(_Entry(state, prompt_end, state.nbytes, self._clock))
+        self._evict(spare_newest=True)
+
     def _stash(self, state: EngineState, prompt_end: int) -> None:
         if not state.tokens or self.max_bytes == 0:
             return
         self._entries.append(_Entry(state, prompt_end, state.nbytes, self._clock))
 
-    def _evict(self) -> None:
+    def _evict(self, spare_newest: bool = False) -> None:
         self._entries.sort(key=lambda e: e.last_used)
-        while self._entries and self.nbytes > self.max_bytes:
+        newest = self._entries[-1] if spare_newest and self._entries else None
+        while self._entries and self.nbytes - (newest.nbytes if newest is not None else 0) > self.max_bytes:
+            if self._entries[0] is newest:
+                break
             self._entries.pop(0)

@@ -29,7 +29,7 @@ from mlx_oss.cli.args import (
     positive_int,
     sampling_config,
 )
-from mlx_oss.errors import UserError
+from mlx_oss.errors import UsageError, UserError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 STATE_KEY_ENV = "MLX_OSS_STATE_KEY"
@@ -67,7 +67,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="Host names the server answers besides localhost, 127.0.0.1, ::1 and the --host address "
                         "(e.g. host.docker.internal for Open WebUI in Docker); '*' answers any (no DNS-rebinding "
                         "protection)")  # fmt: skip
-    s.add_argument("--max-queue", type=positive_int, default=16, help="requests waiting beyond which the server answers 429")
+    s.add_argument("--max-queue", type=positive_int, default=16,
+                   help="requests waiting beyond the running ones, beyond which the server answers 429")  # fmt: skip
+    s.add_argument("--max-batch", type=positive_int, default=1, metavar="N",
+                   help="generations run at once, decoded together (default 1: one at a time; not with --hosts yet)")  # fmt: skip
     s.add_argument("--max-body", type=byte_size, default=byte_size("32M"), help="request body size limit (413 above)")
     s.add_argument("--stored-bytes", type=byte_size, default=byte_size("256M"),
                    help="memory for stored responses (store=true, for previous_response_id); the oldest go first "
@@ -145,6 +148,12 @@ def host_warnings(host: str, key: str | None, allowed_hosts: list[str] = ()) -> 
     return out
 
 
+def check_max_batch(a: argparse.Namespace, group: bool = False) -> None:
+    """UsageError (exit 2): batched generation is not supported in a group (--hosts, mlx.launch) yet."""
+    if getattr(a, "max_batch", 1) > 1 and (group or getattr(a, "hosts", None)):
+        raise UsageError("--max-batch above 1 is not supported with --hosts (a group of machines) yet")
+
+
 def run(a: argparse.Namespace, processors=None) -> int:
     """The `serve` command. With `--hosts` (or under `mlx.launch`) rank 0 serves and the other ranks
     follow its engine. `processors`: the test-only sampling hook of `create_app` (tests/serve_worker.py)."""
@@ -156,6 +165,7 @@ def run(a: argparse.Namespace, processors=None) -> int:
         raise UserError(f"mlx-oss serve needs the 'serve' extra ({e.name} is missing): pip install 'mlx-oss[serve]'") from None
     from mlx_oss.distributed import cli as dist
 
+    check_max_batch(a)
     with dist.group(a) as session:
         if session is not None and not session.leader:
             return dist.follow_rank_0(session, a.model, a.dtype, **kv_cache_kwargs(a))  # the same argv: checked
@@ -185,6 +195,7 @@ def _serve(a: argparse.Namespace, session, uvicorn, create_app, processors) -> i
         folder = resolve_model(a.model, status=say)
         model, tokenizer = load(folder, a.dtype, **kv_cache_kwargs(a))
     else:  # rank 0 of a group: this rank's slice; the engine leads the others, stopped from the worker thread
+        check_max_batch(a, group=True)
         from mlx_oss.distributed import cli as dist
         from mlx_oss.distributed.engine import LeaderEngine
 
@@ -194,7 +205,7 @@ def _serve(a: argparse.Namespace, session, uvicorn, create_app, processors) -> i
     tools = server_tools(a, lambda text: len(tokenizer.encode_ordinary(text)))
     app = create_app(
         model, tokenizer, model_id=mid, aliases=[a.model, model_id(str(folder))], api_key=key,
-        max_context=a.max_context, cache_bytes=a.cache_bytes, max_queue=a.max_queue, cors=a.cors,
+        max_context=a.max_context, cache_bytes=a.cache_bytes, max_queue=a.max_queue, max_batch=a.max_batch, cors=a.cors,
         allowed_hosts=a.allowed_hosts, bind=a.host, body_limit=a.max_body, stored_bytes=a.stored_bytes, state_key=state_key, sampling=sampling_config(a), max_tokens=a.max_tokens, processors=processors,
         engine_class=engine_class, end_group=end_group, builtin=tools,
     )  # fmt: skip

@@ -6,6 +6,11 @@ full text; a built-in call the server ran is followed by `ToolDone` and the next
 `Finished` with the usage the engine measured (summed over rounds). The API modules turn them into their own
 chunks/events. Runs in `GenerationWorker`'s thread only.
 
+The request's logic is one `generation_program` (a generator that asks for rounds of decode and for
+built-in calls); `run_generation` drives it on the engine, one request at a time (`--max-batch 1`), and
+`BatchRunner` drives several at once through a `BatchGenerator` (`--max-batch N`): the same code decides
+what each request emits, whichever way its tokens are produced.
+
 Each round gets a fresh `ReplyConstraint` from its turn (`Turn.constraint`: tool_choice, strict schemas,
 the reasoning budget left) as the sampler's `extra` processor, after the request's own; the sampler (and
 its random key) carries across rounds.
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Generator
 
 import tiktoken
 
@@ -32,7 +37,8 @@ from mlx_oss.server.token_output import TokenOutput, strip_markup
 from mlx_oss.server.tools import call_name
 
 __all__ = ["REASONING", "MESSAGE", "FUNCTION_CALL", "BROWSER_CALL", "PYTHON_CALL", "ItemStarted", "ItemDelta",
-           "ItemDone", "ToolDone", "Finished", "Usage", "StopMatcher", "run_generation", "run_tool"]  # fmt: skip
+           "ItemDone", "ToolDone", "Finished", "Usage", "StopMatcher", "BatchRunner", "generation_program",
+           "run_generation", "run_tool"]  # fmt: skip
 
 REASONING, MESSAGE, FUNCTION_CALL = "reasoning", "message", "function_call"
 BROWSER_CALL, PYTHON_CALL = "browser_call", "python_call"  # calls the server runs itself
@@ -139,6 +145,39 @@ def run_tool(tools: BuiltinTools, recipient: str, raw: str, should_stop: Callabl
         return ToolResult(recipient, f"Error: the {owner} tool failed: {type(e).__name__}: {first}", "", True, tool=owner)
 
 
+@dataclass
+class _Decode:
+    """What a generation program asks its driver for: one prefill + decode of `prompt`, each token fed
+    to `out` (`out.feed` -> True: stop now); the driver answers with `_Decoded`."""
+
+    prompt: list[int]
+    boundaries: tuple[int, ...]
+    sampler: Sampler
+    max_tokens: int | None
+    out: "_RoundOutput"
+    should_stop: Callable[[], bool]
+
+
+@dataclass
+class _Decoded:
+    reason: str | None  # the engine's stop reason (None: the consumer stopped it, or it failed)
+    reused: int
+    generated: int
+    error: str | None = None
+
+
+@dataclass
+class _RunTool:
+    """What a generation program asks its driver for: run a built-in call (blocking; not MLX), answer its ToolResult."""
+
+    run: Callable[[], ToolResult]
+
+
+def _error_text(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 def run_generation(
     engine: Engine,
     pool: PromptCachePool,
@@ -159,7 +198,59 @@ def run_generation(
     `tools` (and the `turn` that made `prompt`), a call to a built-in tool is run here, its result
     emitted as ToolDone and fed back, and generation goes on, all in one reply: at most `max_calls`
     calls are run (later ones are answered with an error text; one round more ends the reply).
-    The `turn`'s constraint (with `grammars`, which compiled its schemas) applies to every round."""
+    The `turn`'s constraint (with `grammars`, which compiled its schemas) applies to every round.
+
+    This is the one-at-a-time driver (the engine, the pool's `prepare`) of `generation_program`;
+    `BatchRunner` drives the same program through a `BatchGenerator`."""
+    prog = generation_program(encoding, prompt, boundaries, sampling, max_tokens, stops, cancelled, emit, turn,
+                              tools, max_calls, grammars, engine.max_context)  # fmt: skip
+    answer: object = None
+    while True:
+        try:
+            ask = prog.send(answer)
+        except StopIteration:
+            return
+        if isinstance(ask, _RunTool):
+            answer = ask.run()
+            continue
+        answer = _decode_alone(engine, pool, ask)
+
+
+def _decode_alone(engine: Engine, pool: PromptCachePool, ask: _Decode) -> _Decoded:
+    """One round on the engine: the pool's best state moved in, prefill + decode."""
+    engine.check_prompt(ask.prompt)
+    pool.prepare(engine, ask.prompt)
+    gen = engine.generate(ask.prompt, ask.sampler, max_tokens=ask.max_tokens, boundaries=ask.boundaries,
+                          should_stop=ask.should_stop)  # fmt: skip
+    error = None
+    try:
+        for tok in gen:
+            if ask.out.feed(tok):
+                break
+    except Exception as e:  # the cache state is unknown after a failure: start clean
+        engine.reset()
+        error = _error_text(e)
+    return _Decoded(gen.stop_reason, gen.reused_tokens, len(gen.generated), error)
+
+
+def generation_program(
+    encoding: tiktoken.Encoding,
+    prompt: list[int],
+    boundaries: tuple[int, ...],
+    sampling: SamplingConfig,
+    max_tokens: int | None,
+    stops: tuple[str, ...],
+    cancelled: threading.Event,
+    emit: Callable[[object], None],
+    turn: Turn | None,
+    tools: BuiltinTools | None,
+    max_calls: int,
+    grammars: Grammars | None,
+    max_context: int,
+) -> Generator[object, object, None]:
+    """`run_generation`'s request logic, apart from where its tokens come from: a generator that
+    yields `_Decode` (answered with `_Decoded`) for each round and `_RunTool` (answered with its
+    ToolResult) for each built-in call, and emits the request's events itself."""
     sampler = Sampler(sampling)
     history = list(turn.history) if turn is not None else []
     totals = [0, 0, 0, 0, 0]  # prompt, cached, completion, reasoning, unparsed tokens over all rounds
@@ -171,7 +262,11 @@ def run_generation(
             return
         c = turn.constraint(encoding, grammars, totals[3]) if turn is not None else None
         sampler.extra = (c,) if c is not None else ()  # fresh each round: a constraint is stateful
-        r = _round(engine, pool, encoding, prompt, boundaries, sampler, budget, stops, cancelled, emit, tools)
+        out = _RoundOutput(encoding, sampler, stops, emit, tools)
+        done = yield _Decode(prompt, boundaries, sampler, budget, out,
+                             lambda out=out: cancelled.is_set() or out.stop_hit)  # fmt: skip
+        assert isinstance(done, _Decoded)
+        r = out.result(prompt, done)
         totals = [a + b for a, b in zip(totals, r.counts)]
         last = r.messages[-1] if r.messages else None
         if (r.reason != "tool_call" or tools is None or turn is None or last is None or last.recipient is None
@@ -184,7 +279,8 @@ def run_generation(
         if calls >= max_calls:
             result = ToolResult(last.recipient, _call_limit_text(max_calls), "", True, tool=tools.owner(last.recipient) or "")
         else:
-            result = run_tool(tools, last.recipient, last.text, cancelled.is_set)
+            recipient, raw = last.recipient, last.text
+            result = yield _RunTool(lambda: run_tool(tools, recipient, raw, cancelled.is_set))
         calls += 1
         reply = Message.tool_result(last.recipient, result.content, channel=last.channel)
         emit(ToolDone(last, reply, result))
@@ -193,8 +289,8 @@ def run_generation(
             return
         history += [*r.messages, reply]
         try:
-            prompt, boundaries = replace(turn, history=tuple(history)).render(encoding, engine.max_context)
-            fits = len(prompt) < engine.max_context
+            prompt, boundaries = replace(turn, history=tuple(history)).render(encoding, max_context)
+            fits = len(prompt) < max_context
         except APIError:  # `truncation: "auto"`, and not even the last turn fits any more
             fits = False
         if not fits:
@@ -210,113 +306,263 @@ class _Round:
     counts: tuple[int, int, int, int, int]
 
 
-def _round(engine, pool, encoding, prompt, boundaries, sampler, max_tokens, stops, cancelled, emit, tools) -> _Round:
-    """One prefill + decode; emits the items the model writes."""
-    engine.check_prompt(prompt)
-    pool.prepare(engine, prompt)
-    stop_hit = threading.Event()
-    out = TokenOutput(encoding, sampler)
-    gen = engine.generate(
-        prompt, sampler, max_tokens=max_tokens, boundaries=boundaries,
-        should_stop=lambda: cancelled.is_set() or stop_hit.is_set(),
-    )  # fmt: skip
-    parser = StreamParser(Role.ASSISTANT, encoding=encoding)
-    matcher = StopMatcher(stops)
-    open_item: ItemStarted | None = None
-    text: list[str] = []
-    messages: list[Message] = []
-    reasoning_tokens = 0
-    headers_unparsed = 0  # tokens of headers ended without <|message|> (their words are shown as unparsed)
-    error = None
-    logprobs: list[dict] = []  # entries of answer tokens whose text is not emitted yet
+class _RoundOutput:
+    """One round's output side: each token through the harmony parser into the items it emits."""
 
-    def send(delta: str, flush: bool = False) -> None:
+    def __init__(self, encoding, sampler: Sampler, stops: tuple[str, ...], emit, tools) -> None:
+        self.encoding = encoding
+        self.emit = emit
+        self.tools = tools
+        self.stops = stops
+        self.stop_hit = False
+        self.out = TokenOutput(encoding, sampler)
+        self.parser = StreamParser(Role.ASSISTANT, encoding=encoding)
+        self.matcher = StopMatcher(stops)
+        self.open_item: ItemStarted | None = None
+        self.text: list[str] = []
+        self.messages: list[Message] = []
+        self.reasoning_tokens = 0
+        self.headers_unparsed = 0  # tokens of headers ended without <|message|> (their words are shown as unparsed)
+        self.logprobs: list[dict] = []  # entries of answer tokens whose text is not emitted yet
+        self.step = 0
+
+    def send(self, delta: str, flush: bool = False) -> None:
         """Emit `delta` with the logprob entries of the tokens whose text it releases (text the
         stop matcher holds back keeps its entries pending)."""
-        nonlocal logprobs
         keep, n = 0, 0
-        while keep < len(logprobs) and (flush or n + len(logprobs[keep]["token"]) <= len(delta)):
-            n += len(logprobs[keep]["token"])
+        lp = self.logprobs
+        while keep < len(lp) and (flush or n + len(lp[keep]["token"]) <= len(delta)):
+            n += len(lp[keep]["token"])
             keep += 1
-        lps, logprobs = tuple(logprobs[:keep]), logprobs[keep:]
+        lps, self.logprobs = tuple(lp[:keep]), lp[keep:]
         if delta or lps:
-            text.append(delta)
-            emit(ItemDelta(delta, lps))
+            self.text.append(delta)
+            self.emit(ItemDelta(delta, lps))
 
-    def close(complete: bool) -> None:
-        nonlocal open_item
-        if open_item is not None:
-            if open_item.kind == MESSAGE:
+    def close(self, complete: bool) -> None:
+        item = self.open_item
+        if item is not None:
+            if item.kind == MESSAGE:
                 if complete:
-                    send(matcher.flush(), flush=True)
-                logprobs.clear()  # of text cut off (stop string, max tokens): never shown
-            body = "".join(text)
-            cites = tools.citations(body) if tools is not None and open_item.kind == MESSAGE else ()
-            emit(ItemDone(open_item.kind, body, open_item.name, complete, open_item.channel, cites))
-            open_item = None
+                    self.send(self.matcher.flush(), flush=True)
+                self.logprobs.clear()  # of text cut off (stop string, max tokens): never shown
+            body = "".join(self.text)
+            cites = self.tools.citations(body) if self.tools is not None and item.kind == MESSAGE else ()
+            self.emit(ItemDone(item.kind, body, item.name, complete, item.channel, cites))
+            self.open_item = None
 
-    def show_unparsed(raw: str) -> None:
+    def show_unparsed(self, raw: str) -> None:
         """Text that is not harmony: shown as answer text (markup removed), in its own message."""
-        nonlocal open_item, text
         shown = strip_markup(raw)
         if not shown:
             return
-        if open_item is None or open_item.channel != UNPARSED:
-            close(True)
-            open_item, text = ItemStarted(MESSAGE, None, UNPARSED), []
-            emit(open_item)
-        send(shown)
+        if self.open_item is None or self.open_item.channel != UNPARSED:
+            self.close(True)
+            self.open_item, self.text = ItemStarted(MESSAGE, None, UNPARSED), []
+            self.emit(self.open_item)
+        self.send(shown)
 
-    try:
-        for step, tok in enumerate(gen):
-            ev = parser.process(tok)
-            if ev.unparsed:  # outside any message, or an abandoned "header" (the parser counts its tokens)
-                show_unparsed(ev.unparsed)
-                continue
-            if ev.header_tokens:  # a "message" that ended before <|message|>: its header's words, shown
-                show_unparsed(ev.message.text)  # (after other unparsed text too: an item may be open)
-                headers_unparsed += ev.header_tokens  # not kept in `messages`: no prompt is rendered with it
-                continue
-            if ev.header_done:
-                close(True)
-                name = call_name(ev.recipient) if ev.recipient is not None else None
-                open_item = ItemStarted(_kind(ev.channel, ev.recipient, tools), name, ev.channel, ev.recipient)
-                text = []
-                emit(open_item)
-                continue
-            if ev.state is ParserState.CONTENT and ev.channel == ANALYSIS and ev.recipient is None:
-                reasoning_tokens += 1
-            if open_item is not None and open_item.kind == MESSAGE and out.want_logprobs \
-                    and ev.state is ParserState.CONTENT and ev.message is None and not out.is_markup(tok):  # fmt: skip
-                logprobs.append(out.logprob(step))
-            if ev.delta and open_item is not None:
-                delta = out.content(tok, ev.delta)
-                if open_item.kind == MESSAGE and stops:
-                    delta, hit = matcher.feed(delta)
-                    if hit:
-                        stop_hit.set()
-                send(delta)
-                if stop_hit.is_set():
-                    close(False)
-                    break
-            if ev.message is not None:
-                messages.append(ev.message)
-                close(not ev.message.incomplete)
-    except Exception as e:  # the cache state is unknown after a failure: start clean
-        engine.reset()
-        first = (str(e).strip().splitlines() or [""])[0]
-        error = f"{type(e).__name__}: {first}" if first else type(e).__name__
-    if open_item is None and parser.state is ParserState.HEADER and not error:
-        seen = len(parser.unparsed_text)
-        parser.finish()  # a reply cut inside what was not a header: its text is still shown
-        show_unparsed(parser.unparsed_text[seen:])
-    close(False)
-    reason = gen.stop_reason or ("error" if error else "stop")
-    if stop_hit.is_set():
-        reason = "stop"
-    elif error:
-        reason = "error"
-    counts = (len(prompt), gen.reused_tokens, len(gen.generated), reasoning_tokens,
-              out.unparsed_tokens + parser.unparsed_tokens + headers_unparsed)  # fmt: skip
-    return _Round(messages, reason, error, counts)
+    def feed(self, tok: int) -> bool:
+        """One generated token; -> True when a stop string was hit (generation must stop now)."""
+        step, self.step = self.step, self.step + 1
+        ev = self.parser.process(tok)
+        if ev.unparsed:  # outside any message, or an abandoned "header" (the parser counts its tokens)
+            self.show_unparsed(ev.unparsed)
+            return False
+        if ev.header_tokens:  # a "message" that ended before <|message|>: its header's words, shown
+            self.show_unparsed(ev.message.text)  # (after other unparsed text too: an item may be open)
+            self.headers_unparsed += ev.header_tokens  # not kept in `messages`: no prompt is rendered with it
+            return False
+        if ev.header_done:
+            self.close(True)
+            name = call_name(ev.recipient) if ev.recipient is not None else None
+            self.open_item = ItemStarted(_kind(ev.channel, ev.recipient, self.tools), name, ev.channel, ev.recipient)
+            self.text = []
+            self.emit(self.open_item)
+            return False
+        if ev.state is ParserState.CONTENT and ev.channel == ANALYSIS and ev.recipient is None:
+            self.reasoning_tokens += 1
+        out, item = self.out, self.open_item
+        if item is not None and item.kind == MESSAGE and out.want_logprobs \
+                and ev.state is ParserState.CONTENT and ev.message is None and not out.is_markup(tok):  # fmt: skip
+            self.logprobs.append(out.logprob(step))
+        if ev.delta and item is not None:
+            delta = out.content(tok, ev.delta)
+            if item.kind == MESSAGE and self.stops:
+                delta, hit = self.matcher.feed(delta)
+                if hit:
+                    self.stop_hit = True
+            self.send(delta)
+            if self.stop_hit:
+                self.close(False)
+                return True
+        if ev.message is not None:
+            self.messages.append(ev.message)
+            self.close(not ev.message.incomplete)
+        return False
 
+    def result(self, prompt: list[int], done: _Decoded) -> _Round:
+        """The round once its decode ended (`done`): the open item closed, the reason and the counts."""
+        error, parser = done.error, self.parser
+        if self.open_item is None and parser.state is ParserState.HEADER and not error:
+            seen = len(parser.unparsed_text)
+            parser.finish()  # a reply cut inside what was not a header: its text is still shown
+            self.show_unparsed(parser.unparsed_text[seen:])
+        self.close(False)
+        reason = done.reason or ("error" if error else "stop")
+        if self.stop_hit:
+            reason = "stop"
+        elif error:
+            reason = "error"
+        counts = (len(prompt), done.reused, done.generated, self.reasoning_tokens,
+                  self.out.unparsed_tokens + parser.unparsed_tokens + self.headers_unparsed)  # fmt: skip
+        return _Round(self.messages, reason, error, counts)
+
+
+@dataclass
+class _Task:
+    """A request's generation program in a `BatchRunner`: its round in the batch (`seq_id`) or its tool call."""
+
+    key: object
+    prog: Generator[object, object, None]
+    ask: _Decode | None = None
+    seq_id: int | None = None
+    reused: int = 0
+    generated: int = 0
+
+
+class BatchRunner:
+    """Drives several requests' `generation_program`s at once through one `BatchGenerator`
+    (`mlx-oss serve --max-batch N`, N > 1; docs/SERVER.md "Several clients at once"). Each round is one
+    `add` with the state `pool.take` hands out for its prompt; an ended sequence's state goes back with
+    `pool.release`. A built-in call runs on a helper thread (it is not MLX work) while the others decode.
+    `start(key, prog)`, then `step()` until `busy` is False; `step()` -> the keys of the programs that
+    ended, each with the exception that ended it or None. Create and use it on one thread."""
+
+    def __init__(self, model, pool: PromptCachePool, *, max_context: int | None = None, tool_threads: int = 4) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from mlx_oss.batch import BatchGenerator
+
+        self._new_batch = lambda: BatchGenerator(model, max_context=max_context)
+        self.batch = self._new_batch()
+        self.pool = pool
+        self._tasks: dict[int, _Task] = {}  # seq_id -> the task decoding it
+        self._tools: list[tuple[_Task, object]] = []  # (task, Future of its ToolResult)
+        self._ended: list[tuple[object, BaseException | None]] = []
+        self._prompt_end: dict[int, int] = {}  # seq_id -> its prompt's length (for `pool.release`); absent: drop its state
+        self._executor = ThreadPoolExecutor(max(1, tool_threads), thread_name_prefix="mlx-oss-tool")
+
+    @property
+    def max_context(self) -> int:
+        return self.batch.max_context
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._tasks or self._tools or self._ended or len(self.batch))
+
+    def __len__(self) -> int:
+        """Programs in the runner (decoding or running a tool)."""
+        return len(self._tasks) + len(self._tools)
+
+    def start(self, key: object, prog: Generator[object, object, None]) -> None:
+        self._advance(_Task(key, prog), None)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False)
+
+    def _advance(self, task: _Task, answer: object) -> None:
+        """Resume `task`'s program with `answer` until it waits on the batch or a tool, or ends."""
+        while True:
+            try:
+                ask = task.prog.send(answer)
+            except StopIteration:
+                self._ended.append((task.key, None))
+                return
+            except BaseException as e:  # noqa: BLE001 - reported to the request, as the engine path raises it
+                self._ended.append((task.key, e))
+                return
+            if isinstance(ask, _RunTool):
+                self._tools.append((task, self._executor.submit(ask.run)))
+                return
+            assert isinstance(ask, _Decode)
+            try:
+                self.batch.check_prompt(ask.prompt)  # raised to the request, as `_decode_alone` does
+            except Exception as e:
+                task.prog.close()
+                self._ended.append((task.key, e))
+                return
+            state, reuse = self.pool.take(ask.prompt)
+            try:
+                sid = self.batch.add(ask.prompt, ask.sampler, max_tokens=ask.max_tokens, state=state,
+                                     boundaries=ask.boundaries, keep_state=True, should_stop=ask.should_stop)  # fmt: skip
+            except Exception as e:  # prefill or the first sampling failed: this round ends with the error
+                answer = _Decoded(None, reuse, 0, _error_text(e))
+                continue
+            if sid is None:  # cancelled during its prefill
+                answer = _Decoded("cancelled", reuse, 0)
+                continue
+            task.ask, task.seq_id, task.reused, task.generated = ask, sid, reuse, 0
+            self._tasks[sid] = task
+            self._prompt_end[sid] = len(ask.prompt)
+            return
+
+    def _end_round(self, task: _Task, reason: str | None, error: str | None = None) -> None:
+        del self._tasks[task.seq_id]
+        done = _Decoded(reason, task.reused, task.generated, error)
+        task.ask = task.seq_id = None
+        self._advance(task, done)
+
+    def _ended_sequence(self, seq_id: int) -> None:
+        """A sequence left the batch: its state back to the pool (or dropped after a failure)."""
+        state = self.batch.take_state(seq_id)
+        end = self._prompt_end.pop(seq_id, None)
+        if state is not None and end is not None:
+            self.pool.release(state, end)
+
+    def step(self) -> list[tuple[object, BaseException | None]]:
+        for sid, task in list(self._tasks.items()):
+            if task.ask.should_stop():  # cancelled (client gone, server stopping): ends before the next pass
+                self.batch.cancel(sid)
+        if self._tools and not len(self.batch):
+            from concurrent.futures import FIRST_COMPLETED, wait
+
+            wait([f for _, f in self._tools], timeout=0.05, return_when=FIRST_COMPLETED)
+        for entry in [t for t in self._tools if t[1].done()]:
+            self._tools.remove(entry)
+            task, fut = entry
+            try:
+                result = fut.result()
+            except Exception as e:  # run_tool does not raise; a bug must not end the others
+                self._ended.append((task.key, e))
+                continue
+            self._advance(task, result)
+        if len(self.batch):
+            try:
+                events = self.batch.step()
+            except Exception as e:  # the whole batch's state is unknown: every live round fails, start clean
+                error = _error_text(e)
+                self.batch, self._prompt_end = self._new_batch(), {}
+                for task in list(self._tasks.values()):
+                    self._end_round(task, None, error)
+                events = []
+            for ev in events:
+                task = self._tasks.get(ev.seq_id)
+                stop, error = False, None
+                if task is not None and ev.token is not None:
+                    task.generated += 1
+                    try:
+                        stop = task.ask.out.feed(ev.token)
+                    except Exception as e:  # the state is unknown after a failure: dropped
+                        error = _error_text(e)
+                        self._prompt_end.pop(ev.seq_id, None)
+                if ev.done is not None:
+                    self._ended_sequence(ev.seq_id)
+                if task is None:  # its round already ended (a stop string, a failure)
+                    continue
+                if ev.done is not None or stop or error:
+                    if ev.done is None:
+                        self.batch.cancel(ev.seq_id)  # leaves before the next pass; its state follows then
+                    self._end_round(task, ev.done, error)
+        ended, self._ended = self._ended, []
+        return ended

@@ -5,6 +5,11 @@ generation runs on the single worker thread, in arrival order. A job hands its e
 asyncio side through `loop.call_soon_threadsafe`; cancelling a job (client gone, server stopping)
 sets its event, which the engine checks between decode steps. A full queue is refused at once
 (`QueueFull`, answered 429 with Retry-After) instead of making clients wait without bound.
+
+With `max_batch` > 1 (`mlx-oss serve --max-batch N`) the same thread runs up to N jobs at once: a job's
+`fn(emit, cancelled)` then returns its generation program, which a runner made on this thread
+(`runner()`, a `generation.BatchRunner`) advances one batched step at a time; a job joins as soon as a
+place is free, and `max_queue` counts the jobs waiting beyond the N running.
 """
 
 from __future__ import annotations
@@ -59,10 +64,17 @@ class Job:
 class GenerationWorker:
     """The thread that runs jobs one after another."""
 
-    def __init__(self, max_queue: int = 16) -> None:
+    def __init__(self, max_queue: int = 16, max_batch: int = 1, runner: Callable[[], Any] | None = None) -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, got {max_queue}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if max_batch > 1 and runner is None:
+            raise ValueError("max_batch > 1 needs a runner")
         self.max_queue = max_queue
+        self.max_batch = max_batch
+        self._runner = runner
+        self._batch: list[Job] = []  # the jobs running together (max_batch > 1)
         self._queue: queue.Queue[Job | _Last] = queue.Queue()
         self._lock = threading.Lock()
         self._waiting: list[Job] = []
@@ -97,12 +109,18 @@ class GenerationWorker:
 
     @property
     def busy(self) -> bool:
-        return self._running is not None
+        return self._running is not None or bool(self._batch)
+
+    @property
+    def running(self) -> int:
+        """Jobs running now (at most `max_batch`)."""
+        with self._lock:
+            return len(self._batch) + (self._running is not None)
 
     def cancel_all(self) -> None:
         """Cancel the running job and every waiting one (server shutdown)."""
         with self._lock:
-            jobs = list(self._waiting) + ([self._running] if self._running else [])
+            jobs = list(self._waiting) + ([self._running] if self._running else []) + list(self._batch)
         for j in jobs:
             j.cancel()
 
@@ -124,7 +142,7 @@ class GenerationWorker:
         the running and waiting jobs end now with `error` then END; waits up to `timeout` for their
         requests to take the events (the caller is about to end the process)."""
         with self._lock:
-            jobs = ([self._running] if self._running else []) + list(self._waiting)
+            jobs = ([self._running] if self._running else []) + list(self._batch) + list(self._waiting)
         for j in jobs:
             j.cancel()
             j.emit(error)
@@ -139,7 +157,7 @@ class GenerationWorker:
 
     def _loop(self) -> None:
         try:
-            self._serve()
+            self._serve() if self.max_batch == 1 else self._serve_batch()
         finally:
             # MLX (0.32+) aborts the process at exit unless a thread that ran it frees its streams.
             import mlx.core as mx
@@ -172,3 +190,56 @@ class GenerationWorker:
                 with self._lock:
                     self._running = None
                 job.emit(END)
+
+    def _end(self, job: Job) -> None:
+        if job.cleanup is not None:
+            try:
+                job.cleanup()
+            except Exception:  # a cleanup that fails must not stop the worker
+                pass
+        with self._lock:
+            if job in self._batch:
+                self._batch.remove(job)
+        job.emit(END)
+
+    def _serve_batch(self) -> None:
+        runner = self._runner()  # made here: MLX streams belong to this thread
+        last: _Last | None = None
+        try:
+            while True:
+                while last is None and len(self._batch) < self.max_batch:
+                    try:  # wait for work only when nothing runs
+                        item = self._queue.get(block=not runner.busy)
+                    except queue.Empty:
+                        break
+                    if isinstance(item, _Last):
+                        last = item
+                        break
+                    with self._lock:
+                        self._waiting.remove(item)
+                        self._batch.append(item)
+                    item.started.set()
+                    if item.cancelled.is_set():
+                        self._end(item)
+                        continue
+                    try:
+                        runner.start(item, item.fn(item.emit, item.cancelled))
+                    except BaseException as e:  # reported to the request; the worker goes on
+                        item.emit(e)
+                        self._end(item)
+                if last is not None and not runner.busy:
+                    if last.fn is not None:
+                        last.fn()
+                    return
+                try:
+                    ended = runner.step()
+                except BaseException as e:  # a bug in the runner: its jobs end with it, a fresh runner goes on
+                    ended = [(job, e) for job in list(self._batch)]
+                    runner.close()
+                    runner = self._runner()
+                for job, error in ended:
+                    if error is not None:
+                        job.emit(error)
+                    self._end(job)
+        finally:
+            runner.close()
