@@ -182,21 +182,13 @@ class GenerationWorker:
             except BaseException as e:  # reported to the request; the worker goes on
                 job.emit(e)
             finally:
-                if job.cleanup is not None:
-                    try:
-                        job.cleanup()
-                    except Exception:  # a cleanup that fails must not stop the worker
-                        pass
+                _cleanup(job)
                 with self._lock:
                     self._running = None
                 job.emit(END)
 
     def _end(self, job: Job) -> None:
-        if job.cleanup is not None:
-            try:
-                job.cleanup()
-            except Exception:  # a cleanup that fails must not stop the worker
-                pass
+        _cleanup(job)
         with self._lock:
             if job in self._batch:
                 self._batch.remove(job)
@@ -243,3 +235,12 @@ class GenerationWorker:
                     self._end(job)
         finally:
             runner.close()
+
+
+def _cleanup(job: Job) -> None:
+    """The job's cleanup, if any; one that fails must not stop the worker."""
+    if job.cleanup is not None:
+        try:
+            job.cleanup()
+        except Exception:
+            pass
