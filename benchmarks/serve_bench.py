@@ -99,15 +99,18 @@ def thread_cpu(thread: threading.Thread | None) -> float:
     return time.clock_gettime(time.pthread_getcpuclockid(thread.ident)) if thread is not None else 0.0
 
 
-def stream_request(client: httpx.Client, body: dict, loop_thread: threading.Thread | None = None) -> dict:
+def stream_request(client: httpx.Client, body: dict, loop_thread: threading.Thread | None = None,
+                   keep_times: bool = False) -> dict:  # fmt: skip
     """One streamed Chat Completions request on the client's kept-alive connection (a new
     `httpx.Client` per request would cost ~50 ms of TLS-context setup in every TTFT, even for
     http://); with `loop_thread` (our server's event-loop thread, in this process) also that
-    thread's CPU seconds over the whole request."""
+    thread's CPU seconds over the whole request; with `keep_times` also the send time `t0`, the
+    arrival time of every token delta (`times`) and the end of the stream (`end`), perf_counter."""
     c0 = thread_cpu(loop_thread)
     t0 = time.perf_counter()
     first = last = None
     n = 0
+    times: list[float] = []
     usage = None
     with client.stream("POST", "chat/completions", json=body) as r:
         if r.status_code != 200:
@@ -123,11 +126,13 @@ def stream_request(client: httpx.Client, body: dict, loop_thread: threading.Thre
                     first = first or time.perf_counter()
                     last = time.perf_counter()
                     n += 1
+                    times.append(last)
     loop_cpu = thread_cpu(loop_thread) - c0
     cached = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
     prompt = (usage or {}).get("prompt_tokens")
     completion = (usage or {}).get("completion_tokens")
-    return {"ttft": (first if first else time.perf_counter()) - t0, "prompt": prompt, "cached": cached,
+    kept = {"t0": t0, "times": times, "end": time.perf_counter()} if keep_times else {}
+    return {**kept, "ttft": (first if first else time.perf_counter()) - t0, "prompt": prompt, "cached": cached,
             "prefilled": None if prompt is None or cached is None else prompt - cached, "completion": completion,
             "per_token": (last - first) / (n - 1) if n > 1 else None,  # wall, first to last delta
             "loop_cpu_per_token": loop_cpu / completion if loop_thread is not None and completion else None}  # fmt: skip
@@ -194,19 +199,25 @@ def agent_loop(client: httpx.Client, enc, turns: int, user: int, reply: int, mod
 
 
 def start_peer(folder: str, port: int) -> subprocess.Popen:
+    """`python -m mlx_lm.server` on `folder`, once it answers /v1/models."""
     p = subprocess.Popen([sys.executable, "-m", "mlx_lm.server", "--model", folder, "--host", "127.0.0.1",
                           "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 600
+    return wait_up(p, port, f"mlx_lm.server on {folder}")
+
+
+def wait_up(p: subprocess.Popen, port: int, what: str, timeout: float = 600) -> subprocess.Popen:
+    """Wait until the server process `p` answers GET /v1/models on 127.0.0.1:`port`; -> p."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5)
             return p
         except httpx.HTTPError:
             if p.poll() is not None:
-                raise SystemExit(f"mlx_lm.server exited with {p.returncode} while loading {folder}")
+                raise SystemExit(f"{what} exited with {p.returncode} while loading")
             time.sleep(0.5)
     p.kill()
-    raise SystemExit("mlx_lm.server did not start")
+    raise SystemExit(f"{what} did not start")
 
 
 def medians(runs: list[list[dict]]) -> list[dict]:

@@ -1,5 +1,5 @@
 """The README's `## Server` examples, run as written against a real server on 127.0.0.1 (only the port
-differs): the curl command through bash, the openai SDK snippet with exec, the Codex config parsed and
+differs): the curl command through bash, the openai and anthropic SDK snippets with exec, the Codex config parsed and
 used the way Codex uses it (streaming Responses, whole conversation resent), the Open WebUI URL."""
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def test_curl_example(server):
 
 def test_sdk_example(server):
     url, scripts, tok = server
-    (code,) = blocks("python")
+    (code,) = [b for b in blocks("python") if "from openai" in b]
     scripts.push(reply(tok, analysis="short", final="Hello from responses"))
     scripts.push(reply(tok, analysis="think", final="Hello from chat"))
     out = io.StringIO()
@@ -64,6 +64,18 @@ def test_sdk_example(server):
         exec(compile(here(code, url), "README.md", "exec"), {})
     assert out.getvalue().splitlines() == ["Hello from responses", "think -> Hello from chat"]
     assert scripts.bodies[-2]["reasoning"] == {"effort": "low"}
+
+
+def test_anthropic_sdk_example(server):
+    url, scripts, tok = server
+    (code,) = [b for b in blocks("python") if "import anthropic" in b]
+    assert 'base_url="http://127.0.0.1:8000"' in code
+    scripts.push(reply(tok, analysis="think", final="Hello from messages"))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code.replace("http://127.0.0.1:8000", url[: -len("/v1")]), "README.md", "exec"), {})
+    assert out.getvalue().splitlines() == ["Hello from messages"]
+    assert scripts.bodies[-1]["model"] == "gpt-oss-20b" and scripts.bodies[-1]["max_tokens"] == 1024
 
 
 def test_codex_config_matches_printout_and_works(server):

@@ -1,4 +1,5 @@
 """The ASGI app: routes, API key, body limit, OpenAI-shaped errors. `create_app(...)` builds it.
+Anthropic's Messages API (`/v1/messages`, server/messages.py) answers its errors in Anthropic's shape.
 
 Every request passes `RequestGuard` first (Host, Origin, content type: server/guard.py); a body is
 read once, within the byte limit, and checked against its API's schema (server/request_body.py)
@@ -14,6 +15,7 @@ would only add a dependency and a second error format.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hmac
 import logging
 import time
@@ -31,13 +33,13 @@ from starlette.routing import Route
 
 from mlx_oss.engine import Engine
 from mlx_oss.sampling import SamplingConfig
-from mlx_oss.server import access_log, chat_completions, responses
+from mlx_oss.server import access_log, chat_completions, messages, responses
 from mlx_oss.server.backend import Backend, ProcessorHook
 from mlx_oss.server.builtin import ServerTools, Session, Sessions
-from mlx_oss.server.errors import APIError, bad_request, clip, error_body
+from mlx_oss.server.errors import APIError, anthropic_body, bad_request, clip, error_body
 from mlx_oss.server.generation import Finished
 from mlx_oss.server.guard import Access, RequestGuard
-from mlx_oss.server.request_body import CHAT, RESPONSES, read_body
+from mlx_oss.server.request_body import CHAT, COUNT_TOKENS, MESSAGES, RESPONSES, read_body
 from mlx_oss.server.sse import DONE, EventStream, data_line, named_event, watch_disconnect
 
 __all__ = ["create_app", "DEFAULT_BODY_LIMIT", "DEFAULT_STORED_BYTES"]
@@ -55,29 +57,39 @@ class _Server:
     """State shared by the routes."""
 
     def __init__(self, backend: Backend, model_id: str, aliases: Sequence[str], api_key: str | None, body_limit: int,
-                 builtin: ServerTools, stored_bytes: int, state_key: str | bytes | None):  # fmt: skip
+                 builtin: ServerTools, stored_bytes: int, state_key: str | bytes | None,
+                 model_aliases: Sequence[str] = ()):  # fmt: skip
         self.backend = backend
         self.builtin = builtin
         self.sessions = Sessions()
         self.model_id = model_id
         self.names = {model_id, *aliases}
+        self.patterns = tuple(model_aliases)  # `--model-alias`: more names, `*` matching any text (claude-*)
         self.api_key = api_key
         self.body_limit = body_limit
         self.stored = responses.StoredResponses(stored_bytes, state_key=state_key)
         self.created = int(time.time())
 
-    def has_key(self, request: Request) -> bool:
-        """True when no key is set, or the request carries it (compared in constant time)."""
+    def has_key(self, request: Request, x_api_key: bool = False) -> bool:
+        """True when no key is set, or the request carries it (compared in constant time): as
+        `Authorization: Bearer`, or with `x_api_key` (the Anthropic routes) also as `x-api-key`."""
         if not self.api_key:
             return True
         auth = request.headers.get("authorization", "")
         given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        return hmac.compare_digest(given.encode(), self.api_key.encode())
+        other = request.headers.get("x-api-key", "").strip() if x_api_key else ""  # Anthropic's header
+        key = self.api_key.encode()
+        return hmac.compare_digest(given.encode(), key) | (x_api_key and hmac.compare_digest(other.encode(), key))
 
-    def check_key(self, request: Request) -> None:
-        if not self.has_key(request):
-            raise APIError(401, "Missing or incorrect API key: send it as 'Authorization: Bearer <key>'.",
+    def check_key(self, request: Request, x_api_key: bool = False) -> None:
+        if not self.has_key(request, x_api_key):
+            also = " or 'x-api-key: <key>'" if x_api_key else ""
+            raise APIError(401, f"Missing or incorrect API key: send it as 'Authorization: Bearer <key>'{also}.",
                            code="invalid_api_key")  # fmt: skip
+
+    def serves(self, name: str) -> bool:
+        """True when a request's `model` names this server's model (its id, an alias, a --model-alias)."""
+        return name in self.names or any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
 
     async def body(self, request: Request, schema: dict) -> dict[str, Any]:
         size = request.headers.get("content-length")
@@ -90,7 +102,7 @@ class _Server:
                 raise APIError(413, f"Request body is over the {self.body_limit}-byte limit.", code="request_too_large")
         body = read_body(bytes(data), schema)
         model = body.get("model")
-        if model is not None and model not in self.names:
+        if model is not None and not (isinstance(model, str) and self.serves(model)):
             raise APIError(404, f"The model {model!r} does not exist on this server (it serves {self.model_id!r}).",
                            param="model", code="model_not_found")  # fmt: skip
         return body
@@ -129,6 +141,7 @@ def create_app(
     *,
     model_id: str = "gpt-oss",
     aliases: Sequence[str] = (),
+    model_aliases: Sequence[str] = (),
     api_key: str | None = None,
     max_context: int | None = None,
     cache_bytes: int = 8 << 30,
@@ -147,7 +160,8 @@ def create_app(
     end_group: Callable[[], None] | None = None,
     builtin: ServerTools | None = None,
 ) -> Starlette:
-    """The OpenAI-compatible app for a loaded model. `sampling`: defaults a request's temperature,
+    """The OpenAI-compatible app for a loaded model (and Anthropic's Messages API). `model_aliases`: more
+    names a request's `model` may give (`*` matches any text: `claude-*`). `sampling`: defaults a request's temperature,
     top_p and seed override (top_k/min_p apply to every request); `max_tokens`: the reply cap when a
     request sets none. `cors` / `allowed_hosts` / `bind`: the browser origins and Host names it answers
     (server/guard.py). `max_batch`: generations run at once (batched decode; 1: one at a time, as
@@ -162,7 +176,8 @@ def create_app(
     backend = Backend(model, tokenizer, max_context=max_context, cache_bytes=cache_bytes, max_queue=max_queue,
                       max_batch=max_batch, sampling=sampling, max_tokens=max_tokens, processors=processors, engine_class=engine_class,
                       end_group=end_group)  # fmt: skip
-    srv = _Server(backend, model_id, aliases, api_key, body_limit, builtin or ServerTools(), stored_bytes, state_key)
+    srv = _Server(backend, model_id, aliases, api_key, body_limit, builtin or ServerTools(), stored_bytes, state_key,
+                  model_aliases)  # fmt: skip
 
     async def health(request: Request):
         if not srv.has_key(request):  # with a key set, state is for those who hold it
@@ -176,7 +191,7 @@ def create_app(
 
     async def get_model(request: Request):
         srv.check_key(request)
-        if request.path_params["model"] not in srv.names:
+        if not srv.serves(request.path_params["model"]):
             raise APIError(404, f"The model {clip(request.path_params['model'])!r} does not exist on this server.",
                            param="model", code="model_not_found")  # fmt: skip
         return JSONResponse(srv.model_json())
@@ -256,6 +271,67 @@ def create_app(
 
         return EventStream(events(), job.cancel)
 
+    async def anthropic_messages(request: Request):
+        """Anthropic's Messages API: every error in Anthropic's shape (`_anthropic`)."""
+        try:
+            srv.check_key(request, x_api_key=True)
+            body = await srv.body(request, MESSAGES)
+            req = _translate(lambda: messages.parse_request(body, backend.sampling(body), srv.stored.seal))
+            req = replace(req, turn=await _compiled(backend, req.turn))
+            prompt, boundaries = _translate(lambda: backend.prompt(req.turn))
+            job = backend.submit(req.turn, prompt, boundaries)
+        except APIError as e:
+            return _anthropic(e)
+        except Exception as e:
+            log.error("POST %s: %s: %s", request.url.path, type(_cause(e)).__name__, clip(str(_cause(e))))
+            return JSONResponse(anthropic_body(500, _failure(e)["error"]["message"]), status_code=500)
+        b = messages.MessageBuilder(srv.model_id, srv.stored.seal, len(prompt))
+        if not req.stream:
+            try:
+                await _collect(job, request, b.feed)
+            except Exception as e:
+                log.error("POST %s: %s: %s", request.url.path, type(_cause(e)).__name__, clip(str(_cause(e))))
+                return JSONResponse(anthropic_body(500, _failure(e)["error"]["message"]), status_code=500)
+            f = b.finished
+            if f is None or f.stop_reason in ("error", "cancelled"):
+                status = 500 if f is not None and f.stop_reason == "error" else 503
+                text = (f.error if f is not None else None) or _stopped(status)
+                return JSONResponse(anthropic_body(status, text), status_code=status)
+            return JSONResponse(b.message())
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                for kind, ev in b.start():
+                    yield named_event(kind, ev)
+                async for item in _events(job):
+                    for kind, ev in b.feed(item):
+                        yield named_event(kind, ev)
+                f = b.finished
+                if f is None or f.stop_reason in ("error", "cancelled"):
+                    status = 500 if f is not None and f.stop_reason == "error" else 503
+                    yield named_event("error", anthropic_body(status, (f.error if f is not None else None) or _stopped(status)))
+                else:
+                    for kind, ev in b.end():
+                        yield named_event(kind, ev)
+            except Exception as e:  # the stream has started: it ends with an error event
+                _log_failure(request, e)
+                yield named_event("error", anthropic_body(500, _failure(e)["error"]["message"]))
+            finally:
+                job.cancel()
+
+        return EventStream(events(), job.cancel)
+
+    async def count_tokens(request: Request):
+        """`{"input_tokens": N}`: the tokens of the prompt the same Messages request renders."""
+        try:
+            srv.check_key(request, x_api_key=True)
+            body = await srv.body(request, COUNT_TOKENS)
+            req = _translate(lambda: messages.parse_request(body, backend.sampling(body), srv.stored.seal))
+            tokens, _ = _translate(lambda: req.turn.render(backend.tokenizer))
+        except APIError as e:
+            return _anthropic(e)
+        return JSONResponse({"input_tokens": len(tokens)})
+
     async def get_response(request: Request):
         srv.check_key(request)
         _, resp = srv.stored.get(request.path_params["response_id"])
@@ -276,6 +352,8 @@ def create_app(
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/responses", create_response, methods=["POST"]),
         Route("/v1/responses/{response_id}", get_response, methods=["GET"]),
+        Route("/v1/messages", anthropic_messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
     ]
     access = Access(bind, tuple(allowed_hosts), tuple(cors))
     middleware = [Middleware(access_log.AccessLog), Middleware(RequestGuard, access=access)]
@@ -291,6 +369,14 @@ def create_app(
     app.state.stored = srv.stored  # stored responses and their built-in calls' messages
     app.state.sessions = srv.sessions  # the conversations' browser/python sessions
     return app
+
+
+def _anthropic(e: APIError) -> JSONResponse:
+    return JSONResponse(e.anthropic(), status_code=e.status, headers=e.headers)
+
+
+def _stopped(status: int) -> str:
+    return "generation failed" if status == 500 else "The generation was cancelled (the server is shutting down)."
 
 
 def _translate(step: Callable[[], Any]) -> Any:

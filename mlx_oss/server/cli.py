@@ -67,6 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="Host names the server answers besides localhost, 127.0.0.1, ::1 and the --host address "
                         "(e.g. host.docker.internal for Open WebUI in Docker); '*' answers any (no DNS-rebinding "
                         "protection)")  # fmt: skip
+    s.add_argument("--model-alias", action="append", default=[], metavar="NAME",
+                   help="another model name requests may ask for (repeatable); '*' matches any text, e.g. "
+                        "'claude-*' for Claude Code, which asks for Claude models by name")  # fmt: skip
     s.add_argument("--max-queue", type=positive_int, default=16,
                    help="requests waiting beyond the running ones, beyond which the server answers 429")  # fmt: skip
     s.add_argument("--max-batch", type=positive_int, default=1, metavar="N",
@@ -204,7 +207,7 @@ def _serve(a: argparse.Namespace, session, uvicorn, create_app, processors) -> i
     mid = model_id(a.model)
     tools = server_tools(a, lambda text: len(tokenizer.encode_ordinary(text)))
     app = create_app(
-        model, tokenizer, model_id=mid, aliases=[a.model, model_id(str(folder))], api_key=key,
+        model, tokenizer, model_id=mid, aliases=[a.model, model_id(str(folder))], model_aliases=a.model_alias, api_key=key,
         max_context=a.max_context, cache_bytes=a.cache_bytes, max_queue=a.max_queue, max_batch=a.max_batch, cors=a.cors,
         allowed_hosts=a.allowed_hosts, bind=a.host, body_limit=a.max_body, stored_bytes=a.stored_bytes, state_key=state_key, sampling=sampling_config(a), max_tokens=a.max_tokens, processors=processors,
         engine_class=engine_class, end_group=end_group, builtin=tools,

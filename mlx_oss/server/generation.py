@@ -92,6 +92,7 @@ class Finished:
     usage: Usage
     stop_reason: str  # stop, tool_call, length, context, cancelled, error, tool_limit
     error: str | None = None
+    stop_sequence: str | None = None  # the client stop string that ended it (stop_reason "stop")
 
 
 class StopMatcher:
@@ -100,11 +101,12 @@ class StopMatcher:
     def __init__(self, stops: tuple[str, ...]) -> None:
         self.stops = stops
         self._held = ""
+        self.hit: str | None = None  # the stop string found (the earliest in the text)
 
     def feed(self, delta: str) -> tuple[str, bool]:
         """-> (text safe to emit now, stopped)."""
         text = self._held + delta
-        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+        cut, self.hit = min(((i, s) for s in self.stops if (i := text.find(s)) >= 0), default=(-1, None))
         if cut >= 0:
             self._held = ""
             return text[:cut], True
@@ -271,7 +273,7 @@ def generation_program(
         last = r.messages[-1] if r.messages else None
         if (r.reason != "tool_call" or tools is None or turn is None or last is None or last.recipient is None
                 or tools.owner(last.recipient) is None):  # fmt: skip
-            emit(Finished(Usage(*totals), r.reason, r.error))
+            emit(Finished(Usage(*totals), r.reason, r.error, r.stop_sequence))
             return
         if calls >= max_calls + 1:  # the model was told the limit and called again
             emit(Finished(Usage(*totals), "tool_limit"))
@@ -304,6 +306,7 @@ class _Round:
     reason: str
     error: str | None
     counts: tuple[int, int, int, int, int]
+    stop_sequence: str | None = None
 
 
 class _RoundOutput:
@@ -416,7 +419,7 @@ class _RoundOutput:
             reason = "error"
         counts = (len(prompt), done.reused, done.generated, self.reasoning_tokens,
                   self.out.unparsed_tokens + parser.unparsed_tokens + self.headers_unparsed)  # fmt: skip
-        return _Round(self.messages, reason, error, counts)
+        return _Round(self.messages, reason, error, counts, self.matcher.hit if self.stop_hit else None)
 
 
 @dataclass

@@ -1,13 +1,13 @@
 """A request body, read once: JSON within limits, then checked against its API's JSON Schema.
 
 This is the one place where a request field's type and range are checked, so no body can reach
-the translation code (chat_completions.py, responses.py) with a shape it does not expect; the
+the translation code (chat_completions.py, responses.py, messages.py) with a shape it does not expect; the
 translation only adds rules a schema cannot state (a `tool_call_id` naming an earlier call, ...).
 
 - JSON: Python's `json` accepts `NaN`, `Infinity`, `1e999` (inf), lone surrogates (`"\\ud800"`, which
   no response can echo as UTF-8), integers of thousands of digits and nesting deep enough to exhaust the
   stack. Each is refused here with a 400 naming where it is.
-- The schemas (`CHAT`, `RESPONSES`) list the fields the two APIs read, with their types and OpenAI's
+- The schemas (`CHAT`, `RESPONSES`, `MESSAGES` / `COUNT_TOKENS` for Anthropic's API) list the fields the two APIs read, with their types and OpenAI's
   ranges (`seed` 0..2^64-1, `metadata` 16 keys of at most 64 characters with string values of at most
   512). Unknown fields are allowed (clients send many that change nothing here). `jsonschema` validates;
   its first error becomes one line naming the field as a path (`messages[2].tool_call_id`).
@@ -24,7 +24,7 @@ from jsonschema.exceptions import ValidationError, best_match
 
 from mlx_oss.server.errors import APIError, bad_request, clip
 
-__all__ = ["CHAT", "RESPONSES", "MAX_DEPTH", "SUMMARIES", "read_body", "field_path"]
+__all__ = ["CHAT", "RESPONSES", "MESSAGES", "COUNT_TOKENS", "MAX_DEPTH", "SUMMARIES", "read_body", "field_path"]
 
 MAX_DEPTH = 64  # objects/arrays nested deeper than this are refused (tool schemas need far less)
 MAX_INT = 2**64  # |integers| at or beyond this are refused wherever they appear
@@ -159,7 +159,37 @@ RESPONSES: dict = _obj(
     nullable=False,
 )  # fmt: skip
 
-_VALIDATORS = {id(CHAT): Draft202012Validator(CHAT), id(RESPONSES): Draft202012Validator(RESPONSES)}
+# Anthropic's Messages API (server/messages.py). Content blocks are loose objects here: their `type`
+# decides which fields count, and messages.py refuses an unknown type naming its path.
+_BLOCK_TEXTS = _t("string", "array", "null", items=_obj({"type": _STR, "text": _STR}, nullable=False))
+_BLOCK = _obj({
+    "type": _STR, "text": _STR, "thinking": _STR, "signature": _STR, "data": _STR,
+    "id": _STR, "name": _STR, "input": _t("object", "null"),  # tool_use
+    "tool_use_id": _STR, "content": _BLOCK_TEXTS, "is_error": _BOOL,  # tool_result
+    "cache_control": _obj({"type": _STR, "ttl": _STR}),  # accepted, ignored (the pool caches every prefix)
+}, nullable=False)  # fmt: skip
+_MESSAGES_FIELDS = {
+    "model": _STR,
+    "system": _BLOCK_TEXTS,
+    "messages": _t("array", minItems=1, items=_obj({"role": _STR, "content": _t("string", "array", items=_BLOCK)},
+                                                   required=("role", "content"), nullable=False)),
+    "max_tokens": _t("integer", minimum=1, maximum=MAX_TOKENS),
+    "stop_sequences": _t("array", "null", maxItems=16, items={"type": "string", "minLength": 1}),
+    "temperature": _t("number", "null", minimum=0, maximum=2),
+    "top_p": _t("number", "null", exclusiveMinimum=0, maximum=1),
+    "top_k": _t("integer", "null", minimum=0, maximum=MAX_TOKENS),
+    "stream": _BOOL,
+    "metadata": _obj({"user_id": _STR}),
+    "tools": _t("array", "null", items=_obj({"type": _STR, "name": {"type": "string", "minLength": 1},
+                                             "description": _STR, "input_schema": _SCHEMA_OBJECT, "strict": _BOOL},
+                                            nullable=False)),
+    "tool_choice": _obj({"type": _STR, "name": _STR, "disable_parallel_tool_use": _BOOL}),
+    "thinking": _obj({"type": _STR, "budget_tokens": _BUDGET}),
+}  # fmt: skip
+MESSAGES: dict = _obj(_MESSAGES_FIELDS, required=("model", "messages", "max_tokens"), nullable=False)
+COUNT_TOKENS: dict = _obj(_MESSAGES_FIELDS, required=("model", "messages"), nullable=False)  # max_tokens not needed
+
+_VALIDATORS = {id(s): Draft202012Validator(s) for s in (CHAT, RESPONSES, MESSAGES, COUNT_TOKENS)}
 
 
 # ----------------------------------------------------------------------------- reading
@@ -254,7 +284,7 @@ def _schema_error(e: ValidationError) -> APIError:
 
 
 def read_body(data: bytes, schema: dict) -> dict[str, Any]:
-    """The JSON object in `data`, checked against `schema` (CHAT or RESPONSES); a 400 naming the
+    """The JSON object in `data`, checked against `schema` (CHAT, RESPONSES, MESSAGES, COUNT_TOKENS); a 400 naming the
     field otherwise."""
     body = _decode(data)
     if not isinstance(body, dict):

@@ -1,7 +1,7 @@
 """Server-sent events: the two framings the APIs use, and a response that notices a client leaving.
 
 Chat Completions sends `data: {json}` lines and ends with `data: [DONE]`; the Responses API sends
-`event: <type>` + `data: {json}` pairs and no terminator. `EventStream` is a plain ASGI response
+`event: <type>` + `data: {json}` pairs and no terminator, as Anthropic's Messages API does. `EventStream` is a plain ASGI response
 that streams chunks while it listens for `http.disconnect`, whatever ASGI version the server speaks,
 and calls `on_disconnect` (which cancels the generation) the moment the client is gone.
 """

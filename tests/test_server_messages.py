@@ -1,0 +1,207 @@
+"""Anthropic's Messages API (`POST /v1/messages`, issue 29) through the official anthropic SDK, against a real
+uvicorn on 127.0.0.1 around the tiny chat model, replies scripted as harmony (server_harness); raw httpx for
+the error shapes and the headers. The server has an API key and `--model-alias claude-*`, as Claude Code
+needs it."""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import httpx
+import jsonschema
+import pytest
+
+import mlx_oss
+from mlx_oss.harmony import ReasoningEffort
+from mlx_oss.server.messages import thinking_settings
+from server_harness import MODEL_ID, Scripts, fresh, reply, running_server
+
+KEY = "sekret-key"
+MODEL = "claude-sonnet-4-5"  # served through the alias pattern claude-*
+USER = [{"role": "user", "content": "What is the weather in Oslo?"}]
+PARAMS = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 10}, "unit": {"enum": ["c", "f"]}},
+          "required": ["city", "unit"], "additionalProperties": False}  # fmt: skip
+WEATHER = {"name": "get_weather", "description": "Weather in a city", "input_schema": PARAMS}
+
+
+@pytest.fixture(scope="module")
+def served(tiny_chat_converted):
+    model, tok = mlx_oss.load(tiny_chat_converted, dtype="float32")
+    scripts = Scripts()
+    with running_server(model, tok, scripts, max_context=2048, api_key=KEY, model_aliases=("claude-*",)) as (url, app):
+        yield url, app, scripts, tok
+
+
+@pytest.fixture
+def srv(served):
+    return fresh(served)
+
+
+@pytest.fixture
+def client(srv):
+    return anthropic.Anthropic(base_url=srv[0][: -len("/v1")], api_key=KEY, max_retries=0, timeout=120)
+
+
+def prompt_text(app, tok) -> str:
+    return tok.decode(app.state.backend.engine.tokens)
+
+
+def raw(srv, path: str, body: dict, **headers) -> httpx.Response:
+    return httpx.post(srv[0] + path, json=body, headers={"x-api-key": KEY, **headers}, timeout=120)
+
+
+def anthropic_error(r: httpx.Response, status: int, kind: str) -> str:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["type"] == "error" and body["error"]["type"] == kind, body
+    return body["error"]["message"]
+
+
+# ----------------------------------------------------------------------------- replies
+
+
+def test_a_text_reply_with_thinking_and_usage(srv, client):
+    url, app, scripts, tok = srv
+    scripts.push(reply(tok, analysis="A greeting.", final="Hello there."))
+    m = client.messages.create(model=MODEL, max_tokens=100, system="Be brief.", messages=[{"role": "user", "content": "Hi"}],
+                               metadata={"user_id": "u1"})  # fmt: skip
+    assert (m.type, m.role, m.model, m.stop_reason, m.stop_sequence) == ("message", "assistant", MODEL_ID, "end_turn", None)
+    assert m.id.startswith("msg_")
+    assert [b.type for b in m.content] == ["thinking", "text"]
+    assert (m.content[0].thinking, m.content[1].text) == ("A greeting.", "Hello there.")
+    assert app.state.stored.seal.open(m.content[0].signature) == "A greeting."
+    assert "Be brief." in prompt_text(app, tok)
+    u = m.usage
+    assert u.output_tokens == len(reply(tok, analysis="A greeting.", final="Hello there."))
+    assert u.cache_creation_input_tokens == 0 and u.cache_read_input_tokens >= 0
+    counted = client.messages.count_tokens(model=MODEL, system="Be brief.", messages=[{"role": "user", "content": "Hi"}])
+    assert counted.input_tokens == u.input_tokens + u.cache_read_input_tokens  # the whole prompt
+
+
+def test_a_streamed_reply_sends_anthropics_events_in_order(srv, client):
+    url, app, scripts, tok = srv
+    scripts.push(reply(tok, analysis="Think about it.", final="Streamed answer."))
+    events = list(client.messages.create(model=MODEL, max_tokens=100, messages=USER, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"]
+    blocks = [e.content_block.type for e in events if e.type == "content_block_start"]
+    assert blocks == ["thinking", "text"]
+    assert kinds.count("content_block_stop") == 2
+    deltas = {i: "" for i in range(2)}
+    signature = None
+    for e in events:
+        if e.type == "content_block_delta":
+            d = e.delta
+            if d.type == "signature_delta":
+                signature = d.signature
+            else:
+                deltas[e.index] += d.thinking if d.type == "thinking_delta" else d.text
+    assert deltas == {0: "Think about it.", 1: "Streamed answer."}
+    assert app.state.stored.seal.open(signature) == "Think about it."
+    assert events[-2].delta.stop_reason == "end_turn" and events[-2].usage.output_tokens > 0
+    # the SDK's own accumulation gives the same message
+    scripts.push(reply(tok, analysis="Think about it.", final="Streamed answer."))
+    with client.messages.stream(model=MODEL, max_tokens=100, messages=USER) as s:
+        final = s.get_final_message()
+    assert [(b.type, getattr(b, "thinking", None) or getattr(b, "text", None)) for b in final.content] == [
+        ("thinking", "Think about it."), ("text", "Streamed answer.")]
+    # the wire: each `event:` line names its JSON's type
+    scripts.push(reply(tok, final="ok"))
+    r = raw(srv, "/messages", {"model": MODEL, "max_tokens": 50, "messages": USER, "stream": True})
+    frames = [f.split("\n") for f in r.text.split("\n\n") if f]
+    assert all(f[0] == f"event: {json.loads(f[1][6:])['type']}" for f in frames)
+    assert [f[0] for f in frames][:2] == ["event: message_start", "event: ping"]
+
+
+def test_a_tool_loop_with_thinking_sent_back(srv, client):
+    url, app, scripts, tok = srv
+    scripts.push(reply(tok, analysis="Need the weather.", call=("get_weather", '{"city":"Oslo","unit":"c"}')))
+    first = client.messages.create(model=MODEL, max_tokens=200, messages=USER, tools=[WEATHER])
+    assert first.stop_reason == "tool_use"
+    assert [b.type for b in first.content] == ["thinking", "tool_use"]
+    call = first.content[1]
+    assert call.id.startswith("toolu_") and call.name == "get_weather" and call.input == {"city": "Oslo", "unit": "c"}
+    scripts.push(reply(tok, final="It is 21C in Oslo."))
+    messages = [*USER, {"role": "assistant", "content": first.content},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,
+                                              "content": [{"type": "text", "text": "sunny, 21C"}]}]}]  # fmt: skip
+    second = client.messages.create(model=MODEL, max_tokens=200, messages=messages, tools=[WEATHER])
+    assert second.stop_reason == "end_turn" and second.content[-1].text == "It is 21C in Oslo."
+    prompt = prompt_text(app, tok)
+    assert "<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>sunny, 21C<|end|>" in prompt
+    assert "<|channel|>analysis<|message|>Need the weather.<|end|>" in prompt  # kept: the call continues
+    assert '<|constrain|>json<|message|>{"city":"Oslo","unit":"c"}<|call|>' in prompt
+    assert second.usage.cache_read_input_tokens > 0  # the first request's state was reused
+    counted = client.messages.count_tokens(model=MODEL, messages=messages, tools=[WEATHER])
+    assert counted.input_tokens == second.usage.input_tokens + second.usage.cache_read_input_tokens
+    # a signature that this server did not make is refused, naming the block
+    tampered = [*USER, {"role": "assistant", "content": [{"type": "thinking", "thinking": "x", "signature": "forged"},
+                                                         {"type": "tool_use", "id": call.id, "name": "get_weather",
+                                                          "input": {}}]}, messages[2]]  # fmt: skip
+    r = raw(srv, "/messages", {"model": MODEL, "max_tokens": 10, "messages": tampered})
+    assert "messages[1].content[0].signature" in anthropic_error(r, 400, "invalid_request_error")
+
+
+def test_tool_choice_any_makes_random_weights_call_a_tool(srv, client):
+    strict = {**WEATHER, "strict": True}
+    for _ in range(2):  # no script: the constraint alone makes the call (and its strict input)
+        m = client.messages.create(model=MODEL, max_tokens=160, messages=USER, tools=[strict], tool_choice={"type": "any"},
+                                   thinking={"type": "enabled", "budget_tokens": 8})  # fmt: skip
+        assert m.stop_reason == "tool_use", m.content
+        calls = [b for b in m.content if b.type == "tool_use"]
+        assert len(calls) == 1 and calls[0].name == "get_weather"
+        jsonschema.validate(calls[0].input, PARAMS)
+    m = client.messages.create(model=MODEL, max_tokens=160, messages=USER, tools=[strict],
+                               tool_choice={"type": "tool", "name": "get_weather"}, thinking={"type": "disabled"})  # fmt: skip
+    assert m.stop_reason == "tool_use" and [b.type for b in m.content] == ["tool_use"]  # disabled: no thinking
+
+
+def test_stop_sequences_and_max_tokens(srv, client):
+    url, app, scripts, tok = srv
+    scripts.push(reply(tok, final="one two STOP three"))
+    m = client.messages.create(model=MODEL, max_tokens=100, messages=USER, stop_sequences=["NEVER", "STOP"])
+    assert (m.stop_reason, m.stop_sequence, m.content[-1].text) == ("stop_sequence", "STOP", "one two ")
+    scripts.push(reply(tok, final="a rather long answer that does not fit"))
+    m = client.messages.create(model=MODEL, max_tokens=5, messages=USER)
+    assert m.stop_reason == "max_tokens" and m.usage.output_tokens == 5
+    scripts.push(reply(tok, final="a rather long answer that does not fit"))
+    events = list(client.messages.create(model=MODEL, max_tokens=5, messages=USER, stream=True))
+    assert events[-2].delta.stop_reason == "max_tokens"
+
+
+# ----------------------------------------------------------------------------- errors and settings
+
+
+def test_errors_in_anthropics_shape(srv, client):
+    r = raw(srv, "/messages", {"model": MODEL, "messages": USER})
+    assert "max_tokens" in anthropic_error(r, 400, "invalid_request_error")
+    image = [{"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image", "source": {}}]}]
+    r = raw(srv, "/messages", {"model": MODEL, "max_tokens": 10, "messages": image})
+    assert "messages[0].content[1].type" in anthropic_error(r, 400, "invalid_request_error")
+    r = raw(srv, "/messages/count_tokens", {"model": MODEL, "messages": image})
+    assert "messages[0].content[1].type" in anthropic_error(r, 400, "invalid_request_error")
+    orphan = [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_x", "content": "?"}]}]
+    r = raw(srv, "/messages", {"model": MODEL, "max_tokens": 10, "messages": orphan})
+    assert "messages[0].content[0].tool_use_id" in anthropic_error(r, 400, "invalid_request_error")
+    r = raw(srv, "/messages", {"model": "gpt-4o", "max_tokens": 10, "messages": USER})
+    anthropic_error(r, 404, "not_found_error")
+    for headers in ({"x-api-key": "wrong"}, {"x-api-key": "", "Authorization": "Bearer wrong"}, {"x-api-key": ""}):
+        r = raw(srv, "/messages", {"model": MODEL, "max_tokens": 10, "messages": USER}, **headers)
+        anthropic_error(r, 401, "authentication_error")
+    r = raw(srv, "/messages/count_tokens", {"model": MODEL, "messages": USER}, **{"x-api-key": "", "Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 200 and r.json()["input_tokens"] > 0
+    with pytest.raises(anthropic.AuthenticationError):
+        anthropic.Anthropic(base_url=srv[0][:-3], api_key="wrong", max_retries=0).messages.create(
+            model=MODEL, max_tokens=10, messages=USER)
+    with pytest.raises(anthropic.BadRequestError) as e:
+        client.messages.create(model=MODEL, max_tokens=10, messages=USER, tool_choice={"type": "any"})
+    assert e.value.body["error"]["type"] == "invalid_request_error"
+
+
+def test_thinking_settings_rule():
+    assert thinking_settings(None) == (ReasoningEffort.MEDIUM, None)
+    assert thinking_settings({"type": "disabled"}) == (ReasoningEffort.LOW, 0)
+    assert thinking_settings({"type": "enabled", "budget_tokens": 1024}) == (ReasoningEffort.LOW, 1024)
+    assert thinking_settings({"type": "enabled", "budget_tokens": 4000}) == (ReasoningEffort.MEDIUM, 4000)
+    assert thinking_settings({"type": "enabled", "budget_tokens": 16000}) == (ReasoningEffort.HIGH, 16000)
