@@ -471,3 +471,129 @@ def test_bench_rejects_bad_arguments(tiny_converted):
     assert main(["bench", "--model", str(tiny_converted), "-r", "0", "--quiet"]) == 1
     with pytest.raises(SystemExit):
         main(["bench", "-p", "a,b"])
+
+
+# ------------------------------------------------------------------------------ quantized KV cache (issue 30)
+
+
+@pytest.fixture(scope="module")
+def tiny_hd64(tmp_path_factory):
+    """The tiny preset at gpt-oss's head_dim 64 and 128-slot window (head_dim 16 cannot be grouped),
+    HF layout converted, so `--compare mlx-lm` finds its source."""
+    from mlx_oss.convert.convert import convert_checkpoint
+    from mlx_oss.convert.synthetic import preset, write_checkpoint
+
+    root = tmp_path_factory.mktemp("kvbench")
+    src = write_checkpoint(root / "hf", preset("tiny", head_dim=64, sliding_window=128), "hf", seed=0)
+    return convert_checkpoint(src, root / "mlx", progress=False).dst
+
+
+def _bench_json(capsys, model, *extra: str) -> dict:
+    from mlx_oss.cli.main import main
+
+    argv = ["bench", "--model", str(model), "-p", "8", "-g", "2", "-d", "0,300", "-r", "1", "--turns", "0",
+            "--bandwidth", "100", "--json", "--quiet", *extra]  # fmt: skip
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_bench_kv_bits_reports_cache_bytes_against_the_formula(tiny_hd64, capsys):
+    """`--kv-bits 8`: each decode depth reports the cache's allocated bytes after its prefill next to
+    the formula for exactly those positions; mlx-lm's row runs unquantized and says why."""
+    from mlx_oss.bench.runners import cache_bytes_at
+    from mlx_oss.config import ModelArgs
+
+    q = _bench_json(capsys, tiny_hd64, "--kv-bits", "8", "--compare", "mlx-lm")
+    plain = _bench_json(capsys, tiny_hd64, "--no-graph")
+    assert (q["settings"]["kv_bits"], q["settings"]["kv_group_size"]) == (8, 64)
+    assert (plain["settings"]["kv_bits"], plain["settings"]["kv_group_size"]) == (None, 64)
+    ours, peer = q["engines"]["mlx-oss"], q["engines"]["mlx-lm"]
+    assert ours["kv_cache"] == {"bits": 8, "group_size": 64, "window_bits": None}  # the window stays unquantized
+    assert peer["kv_cache"]["bits"] is None and "NotImplementedError" in peer["kv_cache"]["note"]
+    # by hand: 4 layers, 2 full (300 positions, quantized) + 2 sliding (a 128-slot ring, allocated whole,
+    # unquantized); 2 kv heads x head_dim 64, float32 (4 bytes)
+    q_slot = 2 * 2 * (64 * 8 // 8 + 2 * 4 * (64 // 64))  # K and V: 8-bit codes + a float32 scale and bias per 64 values
+    f_slot = 2 * 2 * 64 * 4
+    ring = 2 * 128 * f_slot
+    c = ours["decode"][1]["kv_cache"]
+    assert (c["positions"], c["bits"], c["group_size"], c["window_bits"]) == (300, 8, 64, None)
+    assert c["formula_bytes"] == 2 * 300 * q_slot + ring == 434944
+    assert c["formula_bytes"] <= c["bytes"] <= 2 * c["formula_bytes"] and c["ratio"] == c["bytes"] / c["formula_bytes"]
+    p = plain["engines"]["mlx-oss"]["decode"][1]["kv_cache"]
+    assert p["formula_bytes"] == 2 * 300 * f_slot + ring and p["formula_bytes"] <= p["bytes"] <= 2 * p["formula_bytes"]
+    assert c["bytes"] < p["bytes"] and q_slot / f_slot == 0.28125  # per full-layer slot; float32 scales: not bf16's 0.53
+    assert c["formula_bytes"] / p["formula_bytes"] == pytest.approx(0.4962, abs=1e-4)  # with the ring unquantized
+    assert peer["decode"][1]["kv_cache"]["formula_bytes"] == p["formula_bytes"] and peer["decode"][1]["kv_cache"]["bits"] is None
+    assert ours["decode"][0]["kv_cache"]["positions"] == 1  # depth 0: the one token prefilled
+    # the model-free fill (what docs/BENCH.md uses at 32k) allocates exactly what the bench measured
+    dims = ModelArgs.from_path(tiny_hd64)
+    assert cache_bytes_at(dims, 300, "float32", 8) == c["bytes"] and cache_bytes_at(dims, 300, "float32") == p["bytes"]
+    assert cache_bytes_at(dims, 1, "float32", 8) == ours["decode"][0]["kv_cache"]["bytes"]
+    # the roofline reads the quantized cache at that depth
+    d = ours["decode"][1]
+    assert d["bytes_per_token"] == pytest.approx(ours["traffic"]["bytes_per_token_d0"] + 2 * 300 * q_slot + ring)
+    assert ours["graph_nodes"]["total"] > 0  # the Metal twin with a quantized cache
+    table = rep.format_table(q)
+    kv_line = next(x for x in table.splitlines() if x.startswith("kv cache  "))
+    assert "mlx-oss: 8-bit, groups of 64 (full-attention layers; sliding window unquantized)" in kv_line
+    assert "mlx-lm: unquantized (--kv-bits does not apply" in kv_line
+    line = next(x for x in table.splitlines() if "KV cache @ 300" in x)
+    assert "424.75 KiB (" in line and "856.00 KiB (" in line
+    rows = list(csv.DictReader(io.StringIO(rep.to_csv(q))))
+    assert {float(x["mean"]) for x in rows if x["metric"] == "kv_cache_formula" and x["test"] == "kv@300"} == {434944.0, 876544.0}
+
+
+def test_cache_kind_and_formula_follow_a_quantized_window():
+    """`make_cache(quantize_window=True)` (not what `load` makes): the report names the ring's bits and
+    the formula counts it quantized, still equal to what a prefill allocates."""
+    from mlx_oss.bench.runners import cache_bytes_at, cache_kind
+    from mlx_oss.convert.synthetic import preset
+    from mlx_oss.nn.cache import make_cache
+
+    dims = preset("tiny", head_dim=64, sliding_window=128).dims
+    assert cache_kind(make_cache(dims.layer_types, 128, 4, 32, quantize_window=True)) == {"bits": 4, "group_size": 32, "window_bits": 4}
+    assert cache_kind(make_cache(dims.layer_types, 128)) == {"bits": None, "group_size": None, "window_bits": None}
+    assert cache_kind([]) == {"bits": None, "group_size": None, "window_bits": None}
+    for n in (256, 512):  # multiples of the full layers' 256-slot steps: allocated == formula
+        for window in (False, True):
+            got = cache_bytes_at(dims, n, "float32", 4, 32, quantize_window=window)
+            assert got == rep.kv_cache_bytes(dims, n, "float32", 4, 32, window_bits=4 if window else None)
+
+
+def test_bench_kv_flags_rejected(tiny_converted, tiny_hd64, capsys):
+    from mlx_oss.cli.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--model", str(tiny_hd64), "--kv-bits", "3"])
+    assert e.value.code == 2
+    capsys.readouterr()
+    assert main(["bench", "--model", str(tiny_converted), "--kv-bits", "8", "--quiet"]) == 2  # head_dim 16
+    assert "kv_group_size 64 does not divide the model's head_dim 16" in capsys.readouterr().err
+    assert main(["bench", "--model", str(tiny_hd64), "--kv-bits", "4", "--kv-group-size", "128", "--quiet"]) == 2
+    assert main(["bench", "--model", str(tiny_hd64), "--kv-bits", "8", "--hosts", "h.json", "--quiet"]) == 2
+    assert "tensor-parallel" in capsys.readouterr().err
+
+
+def test_paper_roofline_20b(tiny_converted):
+    """The roofline on paper: weights as a converted folder holds them plus the cache at that depth."""
+    from mlx_oss.config import ModelArgs
+    from mlx_oss.convert.synthetic import PRESETS
+    from mlx_oss.info import describe
+
+    tiny = ModelArgs.from_path(tiny_converted)
+    t = rep.paper_traffic(tiny)
+    assert t.dense + t.experts + t.embedding == describe(tiny_converted).weight_bytes
+    d20 = PRESETS["20b"]
+    rows = rep.paper_roofline(d20, 400.0, [131072], kv_bits=(None, 8))
+    ring = 12 * 128 * 2 * 8 * 64 * 2  # 12 sliding layers: a 128-slot bf16 ring each, never quantized
+    assert [r["kv_bytes"] for r in rows] == [12 * 131072 * 2 * 8 * 64 * 2 + ring, 12 * 131072 * 2 * 8 * (64 + 2 * 2) + ring]
+    for r in rows:
+        assert r["roofline_tps"] == pytest.approx(400e9 / (rep.paper_traffic(d20).per_token(0) + r["kv_bytes"]))
+    assert rows[1]["roofline_tps"] > rows[0]["roofline_tps"]
+    assert "| 131072 | 8-bit |" in rep.format_paper_roofline(rows, 400.0)
+    # the unfused attention of a quantized cache: 6 passes over [64 heads x keys] bf16 scores per layer
+    unfused = rep.paper_roofline(d20, 400.0, [131072], kv_bits=(None, 8), score_passes=6)
+    assert [r["score_bytes"] for r in unfused] == [0, 6 * 64 * 12 * 131072 * 2]  # full layers only
+    assert unfused[0] == rows[0] and unfused[1]["roofline_tps"] < rows[1]["roofline_tps"]
+    assert "scores / token" in rep.format_paper_roofline(unfused, 400.0)
+    assert rep.kv_cache_bytes(d20, 0, "bfloat16") == 0

@@ -2,6 +2,7 @@
 roofline, optionally side by side with mlx-lm's own gpt_oss model on the same checkpoint.
 
     mlx-oss bench --model openai/gpt-oss-20b -p 512,2048 -g 128 -d 0,4096,32768 -r 3 --compare mlx-lm
+    mlx-oss bench --model openai/gpt-oss-20b -d 0,4096,32768 --kv-bits 8   # quantized KV cache
 
 Modules: runners (what is timed, timing), multiturn (chat scenario), report (roofline,
 table/JSON/CSV/plot), machine (machine info, bandwidth table). See docs/BENCH.md.
@@ -21,9 +22,12 @@ from mlx_oss.backend import cpu, device
 from mlx_oss.bench import machine as mach
 from mlx_oss.bench import report as rep
 from mlx_oss.bench import runners as run
-from mlx_oss.cli.args import add_dtype, add_hosts, add_model, int_list
+from mlx_oss.cli.args import add_dtype, add_hosts, add_kv_cache, add_model, int_list, kv_cache_kwargs
+from mlx_oss.errors import UsageError
 
 REEXEC_ENV = "MLX_OSS_BENCH_REEXEC"
+MLX_LM_UNQUANTIZED = ("--kv-bits does not apply: mlx-lm cannot quantize gpt_oss's sliding-window cache "
+                      "(RotatingKVCache.to_quantized raises NotImplementedError)")  # fmt: skip
 
 
 def register(sub) -> None:
@@ -35,6 +39,7 @@ def register(sub) -> None:
     b.add_argument("-d", "--depth", type=int_list, default=[0], help="context depths for decode, e.g. 0,4096,32768 (default 0)")
     b.add_argument("-r", "--reps", type=int, default=3, help="repetitions after one warm-up (default 3)")
     add_dtype(b, help="default: the device's")
+    add_kv_cache(b)
     b.add_argument("--seed", type=int, default=0, help="seed of the random prompt tokens, the same for every engine (default 0)")
     b.add_argument("--compare", choices=["mlx-lm"], default=None, help="also run mlx-lm's gpt_oss model, same tokens")
     b.add_argument("--compare-model", default=None, help="checkpoint for mlx-lm (HF layout); default: the source of --model")
@@ -100,12 +105,16 @@ def _compare_source(model_arg: str, converted: Path, explicit: str | None) -> Pa
 
 def run_bench(a: argparse.Namespace, say) -> dict:
     """Everything the command measures, as one JSON-able dict."""
-    from mlx_oss.config import ModelArgs
+    from mlx_oss.config import ModelArgs, check_kv_quant
     from mlx_oss.info import describe
     from mlx_oss.store import resolve_model
 
     path = resolve_model(a.model, status=say)
     args = ModelArgs.from_path(path)
+    try:
+        check_kv_quant(a.kv_bits, a.kv_group_size, args.head_dim)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     info = describe(path)
     metal = device.metal_available()
     dtype = a.dtype or device.default_dtype(metal)
@@ -119,30 +128,39 @@ def run_bench(a: argparse.Namespace, say) -> dict:
         "machine": machine,
         "model": {"path": str(path), "layers": args.num_hidden_layers, "dtype": dtype, "vocab": args.vocab_size},
         "settings": {"prompt": a.prompt, "gen": a.gen, "depth": a.depth, "reps": a.reps, "seed": a.seed,
-                     "turns": a.turns, "turn_tokens": a.turn_tokens, "effort_tokens": a.effort_tokens},  # fmt: skip
+                     "turns": a.turns, "turn_tokens": a.turn_tokens, "effort_tokens": a.effort_tokens,
+                     **kv_cache_kwargs(a)},  # fmt: skip
         "engines": {},
     }
-    kv_dtype = "float32" if dtype == "float32" else "bfloat16"
 
-    def finish(eng, r: dict, peak: int) -> None:
+    def finish(eng, r: dict, peak: int, dtype: str) -> None:
+        """Traffic and roofline per decode depth; the KV cache measured after each depth's prefill
+        against the formula for exactly its positions, as the engine's caches really are."""
+        kv_dtype = "float32" if dtype == "float32" else "bfloat16"
+        kind = r["kv_cache"]
         t = rep.traffic(eng.named_bytes(), args.experts_per_token, args.num_experts, args.vocab_size)
         r["traffic"] = {**t.__dict__, "bytes_per_token_d0": t.per_token(0)}
         for d in r.get("decode", []):
-            b = t.per_token(info.kv_bytes(d["depth"], kv_dtype))
+            b = t.per_token(rep.kv_cache_bytes(info.dims, d["depth"], kv_dtype, kind["bits"], kind["group_size"], kind["window_bits"]))
             d["bytes_per_token"] = b
             d["roofline_tps"] = rep.roofline_tps(machine["bandwidth_gbs"], b)
             d["roofline_share"] = d["tps"]["mean"] / d["roofline_tps"]
+            c = d.get("kv_cache")
+            if c:
+                c["formula_bytes"] = rep.kv_cache_bytes(info.dims, c["positions"], kv_dtype, c["bits"], c["group_size"], c["window_bits"])
+                c["ratio"] = c["bytes"] / c["formula_bytes"]
         r["peak_memory_bytes"] = peak
 
     mx.reset_peak_memory()
     say(f"loading {path} ({dtype})")
     blas_threads = cpu.openblas_threads()  # OpenBLAS's own default, for mlx-lm's run
     t0 = time.perf_counter()
-    ours = run.OursRunner(path, dtype)
+    ours = run.OursRunner(path, dtype, **kv_cache_kwargs(a))
     r = {"load_s": time.perf_counter() - t0, "blas_threads": cpu.openblas_threads()}
+    r["kv_cache"] = run.cache_kind(ours.make_cache())
     r.update(run.measure_runner(ours, a.prompt, a.depth, a.gen, a.reps, args.vocab_size, a.seed, say))
     if not a.no_graph:
-        twin = run.MetalTwin(args)  # the Metal layout
+        twin = run.MetalTwin(args, **kv_cache_kwargs(a))  # the Metal layout
         r["graph_nodes"] = run.count_graph_nodes(twin, vocab=twin.model.args.vocab_size)
     peak = mx.get_peak_memory()
     turns = None
@@ -166,7 +184,7 @@ def run_bench(a: argparse.Namespace, say) -> dict:
 
         r["efforts"] = mt.run_efforts(ours.model, ours.tokenizer, "Why is the sky blue?", a.effort_tokens, say)
         peak = max(peak, mx.get_peak_memory())
-    finish(ours, r, peak)
+    finish(ours, r, peak, dtype)
     result["engines"]["mlx-oss"] = r
     del ours
     run.release()
@@ -180,6 +198,10 @@ def run_bench(a: argparse.Namespace, say) -> dict:
         cpu.openblas_threads(blas_threads)  # mlx-lm runs one stream: it gets OpenBLAS's threads
         peer = run.MlxLmRunner(src, cdtype)
         r = {"load_s": time.perf_counter() - t0, "dtype": cdtype, "blas_threads": cpu.openblas_threads()}
+        r["kv_cache"] = run.cache_kind(peer.make_cache())
+        if a.kv_bits is not None and not r["kv_cache"]["bits"]:
+            r["kv_cache"]["note"] = MLX_LM_UNQUANTIZED
+            say(f"mlx-lm runs unquantized: {MLX_LM_UNQUANTIZED}")
         r.update(run.measure_runner(peer, a.prompt, a.depth, a.gen, a.reps, args.vocab_size, a.seed, say))
         if not a.no_graph:
             r["graph_nodes"] = run.count_graph_nodes(peer, vocab=args.vocab_size)
@@ -187,7 +209,7 @@ def run_bench(a: argparse.Namespace, say) -> dict:
             from mlx_oss.bench import multiturn as mt
 
             r["multiturn"] = mt.run_mlx_lm(peer.model, turns, say)
-        finish(peer, r, mx.get_peak_memory())
+        finish(peer, r, mx.get_peak_memory(), cdtype)
         result["engines"]["mlx-lm"] = r
         del peer
         run.release()
@@ -201,8 +223,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
     say = _progress(a.quiet)
     from mlx_oss.distributed import cli as dist
 
+    if a.kv_bits is not None and a.hosts:
+        raise UsageError("--kv-bits: the tensor-parallel bench (--hosts) runs unquantized caches only")
     with dist.group(a) as session:
         if session is not None:
+            if a.kv_bits is not None:
+                raise UsageError("--kv-bits: the tensor-parallel bench runs unquantized caches only")
             from mlx_oss.bench.distributed import cmd
 
             return cmd(session, a, say)

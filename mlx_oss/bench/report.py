@@ -3,7 +3,8 @@
 Roofline: a decode step reads every dense weight once (in the format it is held: float32 or
 bfloat16 or affine-quantized), the MXFP4 experts of the k routed experts only (k/E of them), one
 embedding row, and the KV cache at that depth (full-attention layers: every token; sliding layers:
-at most the window). tokens/s can not exceed bandwidth / those bytes.
+at most the window; `kv_cache_bytes`, quantized when the run's cache is). tokens/s can not exceed
+bandwidth / those bytes.
 """
 
 from __future__ import annotations
@@ -58,6 +59,77 @@ def roofline_tps(bandwidth_gbs: float, bytes_per_token: float) -> float:
     return bandwidth_gbs * 1e9 / bytes_per_token
 
 
+def kv_cache_bytes(dims, positions: int, dtype: str = "bfloat16", bits: int | None = None, group_size: int | None = 64,
+                   window_bits: int | None = None) -> int:  # fmt: skip
+    """The KV cache's bytes at `positions` tokens, the formula measured bytes are held to:
+    `mlx_oss.info.ModelInfo.kv_bytes` (full-attention layers every position, `bits`-quantized when
+    set; sliding layers their whole `sliding_window`-slot ring, in `dtype`, as `make_cache` keeps it).
+    `window_bits`: a ring quantized too (`make_cache(quantize_window=True)`). `dims`: a `Dims`/`ModelArgs`."""
+    from mlx_oss.info import ModelInfo
+
+    info, g = ModelInfo(dims, "dims"), group_size or 64
+    n = info.kv_bytes(positions, dtype, bits, g)
+    if window_bits is not None and positions > 0:
+        n += info.sliding_layers * dims.sliding_window * (info.slot_bytes(dtype, window_bits, g) - info.slot_bytes(dtype))
+    return n
+
+
+def paper_traffic(dims) -> Traffic:
+    """A decode step's weight bytes for a model of these dimensions as a converted folder holds it (bf16
+    dense, MXFP4 experts: the Metal layout), without any weights: a roofline on paper."""
+    from mlx_oss.convert.layouts import our_specs
+    from mlx_oss.convert.safetensors_io import nbytes_of
+
+    named = [(s.name, nbytes_of(s.dtype, s.shape)) for s in our_specs(dims)]
+    return traffic(named, dims.experts_per_token, dims.num_experts, dims.vocab_size)
+
+
+def score_bytes(dims, depth: int, dtype: str = "bfloat16", passes: int = 6) -> int:
+    """Memory traffic of the attention scores a decode step writes and reads outside a fused kernel:
+    `passes` trips over [n_heads x depth] values in each full-attention layer, the layers whose cache
+    `--kv-bits` quantizes. A quantized cache is attended unfused (`nn.attention.quantized_attention`:
+    quantized_matmul writes the scores, the sink concatenation and the softmax read and write them,
+    the second quantized_matmul reads them: 6 passes, 8 if the sliced probabilities are copied);
+    MLX's fused `scaled_dot_product_attention` (an unquantized cache, the sliding window) keeps them
+    on chip: 0."""
+    from mlx_oss.info import DTYPE_BYTES
+
+    full = sum(t == "full_attention" for t in dims.layer_types)
+    return passes * dims.num_attention_heads * full * depth * DTYPE_BYTES[dtype]
+
+
+def paper_roofline(dims, bandwidth_gbs: float, depths: Iterable[int], kv_bits: Iterable[int | None] = (None, 8, 4),
+                   group_size: int = 64, dtype: str = "bfloat16", score_passes: int = 0) -> list[dict]:  # fmt: skip
+    """Decode tokens/s a bandwidth-bound step could reach at each depth and cache setting:
+    bandwidth / (weights read per token + the whole KV cache at that depth [+ for a quantized cache,
+    `score_bytes` with `score_passes`]). -> rows of {depth, kv_bits, weight_bytes, kv_bytes,
+    score_bytes, bytes_per_token, roofline_tps}."""
+    t = paper_traffic(dims)
+    out = []
+    for d in depths:
+        for bits in kv_bits:
+            kv = kv_cache_bytes(dims, d, dtype, bits, group_size)
+            sc = score_bytes(dims, d, dtype, score_passes) if bits else 0
+            b = t.per_token(kv + sc)
+            out.append({"depth": d, "kv_bits": bits, "weight_bytes": t.per_token(0), "kv_bytes": kv, "score_bytes": sc,
+                        "bytes_per_token": b, "roofline_tps": roofline_tps(bandwidth_gbs, b)})  # fmt: skip
+    return out
+
+
+def format_paper_roofline(rows_: list[dict], bandwidth_gbs: float) -> str:
+    """`paper_roofline`'s rows as a markdown table (x: against the unquantized row at that depth)."""
+    scores = any(r["score_bytes"] for r in rows_)
+    lines = ["| depth | KV cache | weights read / token | cache read / token | " + ("scores / token | " if scores else "")
+             + f"roofline at {bandwidth_gbs:g} GB/s |", "| ---: | --- | ---: | ---: | " + ("---: | " if scores else "") + "---: |"]  # fmt: skip
+    base = {r["depth"]: r["roofline_tps"] for r in rows_ if not r["kv_bits"]}
+    for r in rows_:
+        kind = f"{r['kv_bits']}-bit" if r["kv_bits"] else "unquantized"
+        x = f" ({r['roofline_tps'] / base[r['depth']]:.2f}x)" if r["kv_bits"] and r["depth"] in base else ""
+        sc = f"{_size(r['score_bytes'])} | " if scores else ""
+        lines.append(f"| {r['depth']} | {kind} | {_size(r['weight_bytes'])} | {_size(r['kv_bytes'])} | {sc}{r['roofline_tps']:.1f} tok/s{x} |")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------- formatting
 
 
@@ -86,6 +158,11 @@ def rows(result: dict) -> list[dict]:
             if d.get("roofline_share") is not None:
                 out.append(dict(engine=eng, test=f"tg{d['tokens']}@d{d['depth']}", metric="roofline_share", unit="%",
                                 mean=100 * d["roofline_share"], std=100 * d["roofline_share"] * _cv(d["tps"])))  # fmt: skip
+        for d in r.get("decode", []):
+            c = d.get("kv_cache") or {}
+            for metric, key in (("kv_cache", "bytes"), ("kv_cache_formula", "formula_bytes")):
+                if c.get(key) is not None:
+                    out.append({"engine": eng, "test": f"kv@{c['positions']}", "metric": metric, "unit": "bytes", "mean": float(c[key]), "std": 0.0})
         if r.get("peak_memory_bytes"):
             out.append(dict(engine=eng, test="all", metric="peak_memory", unit="GiB", mean=r["peak_memory_bytes"] / 2**30, std=0.0))
         if r.get("graph_nodes"):
@@ -120,6 +197,30 @@ def _gib(n: float | None) -> str:
     return "-" if not n else f"{n / 2**30:.2f} GiB"
 
 
+def _size(n: float) -> str:
+    """Binary units, the largest that keeps the number >= 1 (KV caches of the tiny model are KiB)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def kv_kind(c: dict | None) -> str:
+    """How an engine's KV cache is held, in words."""
+    if not c or not c.get("bits"):
+        return "unquantized"
+    window = f"{c['window_bits']}-bit" if c.get("window_bits") else "unquantized"
+    return f"{c['bits']}-bit, groups of {c['group_size']} (full-attention layers; sliding window {window})"
+
+
+def _kv_cell(c: dict | None) -> str:
+    if not c or c.get("bytes") is None:
+        return "-"
+    if c.get("formula_bytes"):
+        return f"{_size(c['bytes'])} / {_size(c['formula_bytes'])} ({c['bytes'] / c['formula_bytes']:.2f}x)"
+    return _size(c["bytes"])
+
+
 def format_table(result: dict) -> str:
     """The readable report: machine, model, then ours vs mlx-lm side by side with ratios."""
     m, mo = result["machine"], result["model"]
@@ -139,6 +240,9 @@ def format_table(result: dict) -> str:
         if t:
             lines.append(f"          {eng}: {t['dense'] / 2**30:.2f} GiB dense + {t['experts'] / 2**30:.2f} GiB experts "
                          f"(x{t['active_fraction']:.3f} per token) + embedding; {t['bytes_per_token_d0'] / 2**30:.3f} GiB read per decode token")  # fmt: skip
+    kv = {e: result["engines"][e]["kv_cache"] for e in engines if result["engines"][e].get("kv_cache")}
+    if kv:
+        lines.append("kv cache  " + "; ".join(f"{e}: {kv_kind(c)}" + (f" ({c['note']})" if c.get("note") else "") for e, c in kv.items()))
     lines.append("")
     head = ["test", *engines] + (["ratio"] if len(engines) == 2 else [])
     table = []
@@ -164,6 +268,11 @@ def format_table(result: dict) -> str:
         add(f"tg{g} @ d{d} (tok/s)", [_fmt_stat(x and x["tps"]) for x in xs], _ratio(*(x and x["tps"]["mean"] for x in xs)) if len(xs) == 2 else "")
         if any(x and x.get("roofline_share") is not None for x in xs):
             add("  roofline share", [f"{100 * x['roofline_share']:.1f}% of {x['roofline_tps']:.2f} tok/s" if x and x.get("roofline_share") is not None else "-" for x in xs])
+        cs = [x and x.get("kv_cache") for x in xs]
+        if any(c and c.get("bytes") is not None for c in cs):
+            n = next(c["positions"] for c in cs if c and c.get("positions") is not None)
+            add(f"  KV cache @ {n} (measured / formula)", [_kv_cell(c) for c in cs],
+                _ratio(*(c and c.get("bytes") for c in cs), higher_is_better=False) if len(cs) == 2 else "")  # fmt: skip
     mem = [result["engines"][e].get("peak_memory_bytes") for e in engines]
     add("peak memory", [_gib(x) for x in mem], _ratio(*mem, higher_is_better=False) if len(mem) == 2 else "")
     nodes = [(result["engines"][e].get("graph_nodes") or {}).get("total") for e in engines]

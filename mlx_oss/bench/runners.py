@@ -53,11 +53,11 @@ class OursRunner:
 
     name = "mlx-oss"
 
-    def __init__(self, path: str | Path, dtype: str | None = None) -> None:
+    def __init__(self, path: str | Path, dtype: str | None = None, kv_bits: int | None = None, kv_group_size: int = 64) -> None:
         import mlx_oss
 
         self.path = Path(path)
-        self.model, self.tokenizer = mlx_oss.load(path, dtype)
+        self.model, self.tokenizer = mlx_oss.load(path, dtype, kv_bits=kv_bits, kv_group_size=kv_group_size)
 
     def make_cache(self) -> list:
         return self.model.make_cache()
@@ -77,9 +77,10 @@ class OursRunner:
 class MetalTwin(OursRunner):
     """Our model laid out as on Metal (`cpu.prepare(metal=True)`: no CPU stream splitting), at small
     sizes with the same layers, routing and dense format: what one decode step dispatches on an Apple
-    GPU. The count of operations does not depend on the sizes, only the work in each."""
+    GPU. The count of operations does not depend on the sizes, only the work in each. With `kv_bits` its
+    caches are quantized as the real model's (head_dim kept then: a group must divide it)."""
 
-    def __init__(self, args) -> None:
+    def __init__(self, args, kv_bits: int | None = None, kv_group_size: int = 64) -> None:
         from dataclasses import replace
 
         from mlx_oss.backend import cpu
@@ -87,11 +88,12 @@ class MetalTwin(OursRunner):
 
         q_per_kv = args.num_attention_heads // args.num_key_value_heads
         small = replace(
-            args, hidden_size=128, intermediate_size=128, head_dim=16, num_attention_heads=2 * q_per_kv,
-            num_key_value_heads=2, vocab_size=512,
+            args, hidden_size=128, intermediate_size=128, head_dim=args.head_dim if kv_bits else 16,
+            num_attention_heads=2 * q_per_kv, num_key_value_heads=2, vocab_size=512,
         )  # fmt: skip
         self.path = None
         self.model = build_model(small)
+        self.model.set_kv_quant(kv_bits, kv_group_size)
         cpu.prepare(self.model, metal=True)
         mx.eval(self.model.parameters())
 
@@ -167,11 +169,35 @@ def time_prefill(runner: Runner, tokens: list[int]) -> tuple[float, float]:
     return t1 - t0, time.perf_counter() - t0
 
 
-def time_decode(runner: Runner, context: list[int], n: int) -> float:
-    """Decode `n` greedy tokens after `context` (prefilled untimed) -> seconds for the n steps."""
+def cache_nbytes(cache: list) -> int:
+    """Bytes the caches hold allocated (ours and mlx-lm's: both have an `nbytes` property)."""
+    return sum(int(c.nbytes) for c in cache)
+
+
+def cache_kind(cache: list) -> dict:
+    """What a runner's caches really are: {"bits": 8|4|None, "group_size"} of the full-attention
+    (growing) layers' caches and "window_bits" of the sliding-window ones (ours: `window`, mlx-lm's:
+    `max_size`; quantized ones, ours or mlx-lm's, carry `bits` and `group_size`)."""
+
+    def kinds(cs: list) -> set:
+        return {(getattr(c, "bits", None), getattr(c, "group_size", None)) for c in cs} or {(None, None)}
+
+    ring = [hasattr(c, "window") or hasattr(c, "max_size") for c in cache]
+    full, window = kinds([c for c, r in zip(cache, ring) if not r]), kinds([c for c, r in zip(cache, ring) if r])
+    if len(full) != 1 or len(window) != 1:
+        raise ValueError(f"layers of one kind with different caches: {sorted(map(str, full | window))}")
+    (bits, group), ((window_bits, _),) = full.pop(), window
+    return {"bits": bits, "group_size": group, "window_bits": window_bits}
+
+
+def time_decode(runner: Runner, context: list[int], n: int, kv: dict | None = None) -> float:
+    """Decode `n` greedy tokens after `context` (prefilled untimed) -> seconds for the n steps. `kv`: a
+    dict to receive the cache after the prefill (`positions`, allocated `bytes`, and `cache_kind`'s keys)."""
     cache = runner.make_cache()
     y = _greedy(runner.prefill(context, cache))
     mx.eval(y)
+    if kv is not None:
+        kv.update(positions=len(context), bytes=cache_nbytes(cache), **cache_kind(cache))
     t0 = time.perf_counter()
     for _ in range(n):
         logits = runner.step(y, cache)
@@ -206,7 +232,8 @@ def measure_runner(
     progress: Progress | None = None,
 ) -> dict:
     """Prefill tokens/s and TTFT at each prompt size, decode tokens/s at each depth; `reps` runs
-    each after one warm-up. -> {"prefill": [...], "decode": [...]}."""
+    each after one warm-up. -> {"prefill": [...], "decode": [...]}; each decode entry also has
+    "kv_cache": the cache right after the prefill to that depth (`time_decode`'s `kv`)."""
     say = progress or (lambda _m: None)
     base = random_tokens(max(prompts + depths + [1]) + 1, vocab, seed)
     # warm-up: compile, first touch of every weight, allocator pools
@@ -222,13 +249,43 @@ def measure_runner(
             say(f"{runner.name}: prefill {p} tokens, run {r + 1}/{reps}: {p / s:.2f} tok/s, TTFT {t:.2f} s")
         out["prefill"].append({"tokens": p, "tps": Stat.of(tps).__dict__, "ttft_s": Stat.of(ttft).__dict__})
     for d in depths:
-        tps = []
+        tps, kv = [], {}
         for r in range(reps):
-            s = time_decode(runner, base[: max(d, 1)], gen)
+            s = time_decode(runner, base[: max(d, 1)], gen, kv)
             tps.append(gen / s)
             say(f"{runner.name}: decode {gen} tokens at depth {d}, run {r + 1}/{reps}: {gen / s:.2f} tok/s")
-        out["decode"].append({"depth": d, "tokens": gen, "tps": Stat.of(tps).__dict__})
+        out["decode"].append({"depth": d, "tokens": gen, "tps": Stat.of(tps).__dict__, "kv_cache": kv})
     return out
+
+
+class _KVWriter:
+    """Stands in for the model in `engine.prefill_chunks`: each call writes keys and values of the
+    model's attention shape into every layer's cache, no weights involved."""
+
+    def __init__(self, dims, dtype: str) -> None:
+        self.heads, self.head_dim, self.dtype = dims.num_key_value_heads, dims.head_dim, getattr(mx, dtype)
+
+    def __call__(self, tokens: mx.array, cache: list, last_only: bool = True) -> mx.array:
+        kv = mx.random.normal((tokens.shape[0], self.heads, tokens.shape[1], self.head_dim)).astype(self.dtype)
+        for c in cache:
+            c.update_and_fetch(kv, kv)
+        return mx.zeros((tokens.shape[0], 1, 1))
+
+
+def cache_bytes_at(dims, positions: int, dtype: str = "float32", kv_bits: int | None = None, kv_group_size: int = 64,
+                   quantize_window: bool = False) -> int:  # fmt: skip
+    """The caches' allocated bytes after a prefill of `positions` tokens, without running the model:
+    the same caches (`mlx_oss.nn.cache.make_cache`) filled by the same chunk loop and reserve as a
+    bench prefill (`engine.prefill_chunks`), so the result equals what `bench -d positions` reports
+    for a model with these attention dimensions, at depths a CPU cannot prefill in minutes."""
+    from mlx_oss.config import check_kv_quant
+    from mlx_oss.engine import prefill_chunks
+    from mlx_oss.nn.cache import make_cache
+
+    check_kv_quant(kv_bits, kv_group_size, dims.head_dim)
+    cache = make_cache(dims.layer_types, dims.sliding_window, kv_bits, kv_group_size, quantize_window)
+    prefill_chunks(_KVWriter(dims, dtype), cache, mx.zeros((1, positions), dtype=mx.int32))
+    return cache_nbytes(cache)
 
 
 def count_graph_nodes(runner: Runner, depth: int = 8, vocab: int = 201088) -> dict:
