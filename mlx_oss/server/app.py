@@ -283,20 +283,16 @@ def create_app(
         except APIError as e:
             return _anthropic(e)
         except Exception as e:
-            log.error("POST %s: %s: %s", request.url.path, type(_cause(e)).__name__, clip(str(_cause(e))))
-            return JSONResponse(anthropic_body(500, _failure(e)["error"]["message"]), status_code=500)
+            return _anthropic_500(request, e)
         b = messages.MessageBuilder(srv.model_id, srv.stored.seal, len(prompt))
         if not req.stream:
             try:
                 await _collect(job, request, b.feed)
             except Exception as e:
-                log.error("POST %s: %s: %s", request.url.path, type(_cause(e)).__name__, clip(str(_cause(e))))
-                return JSONResponse(anthropic_body(500, _failure(e)["error"]["message"]), status_code=500)
-            f = b.finished
-            if f is None or f.stop_reason in ("error", "cancelled"):
-                status = 500 if f is not None and f.stop_reason == "error" else 503
-                text = (f.error if f is not None else None) or _stopped(status)
-                return JSONResponse(anthropic_body(status, text), status_code=status)
+                return _anthropic_500(request, e)
+            failed = _anthropic_failure(b.finished)
+            if failed is not None:
+                return JSONResponse(failed[1], status_code=failed[0])
             return JSONResponse(b.message())
 
         async def events() -> AsyncIterator[bytes]:
@@ -306,10 +302,9 @@ def create_app(
                 async for item in _events(job):
                     for kind, ev in b.feed(item):
                         yield named_event(kind, ev)
-                f = b.finished
-                if f is None or f.stop_reason in ("error", "cancelled"):
-                    status = 500 if f is not None and f.stop_reason == "error" else 503
-                    yield named_event("error", anthropic_body(status, (f.error if f is not None else None) or _stopped(status)))
+                failed = _anthropic_failure(b.finished)
+                if failed is not None:
+                    yield named_event("error", failed[1])
                 else:
                     for kind, ev in b.end():
                         yield named_event(kind, ev)
@@ -370,6 +365,21 @@ def create_app(
     app.state.sessions = srv.sessions  # the conversations' browser/python sessions
     return app
 
+
+
+def _anthropic_500(request: Request, e: Exception) -> JSONResponse:
+    """An unexpected failure of a Messages request before its reply started: logged, a 500 in Anthropic's shape."""
+    log.error("POST %s: %s: %s", request.url.path, type(_cause(e)).__name__, clip(str(_cause(e))))
+    return JSONResponse(anthropic_body(500, _failure(e)["error"]["message"]), status_code=500)
+
+
+def _anthropic_failure(f) -> tuple[int, dict] | None:
+    """(status, Anthropic's error body) for a Messages reply that failed (500) or was cancelled or never
+    finished (503); None for one that ended."""
+    if f is not None and f.stop_reason not in ("error", "cancelled"):
+        return None
+    status = 500 if f is not None and f.stop_reason == "error" else 503
+    return status, anthropic_body(status, (f.error if f is not None else None) or _stopped(status))
 
 def _anthropic(e: APIError) -> JSONResponse:
     return JSONResponse(e.anthropic(), status_code=e.status, headers=e.headers)
