@@ -271,12 +271,16 @@ def create_app(
 
         return EventStream(events(), job.cancel)
 
+    async def messages_request(request: Request, schema) -> messages.MessagesRequest:
+        """A Messages (or count_tokens) request: the key (`x-api-key` too), the body, its translation."""
+        srv.check_key(request, x_api_key=True)
+        body = await srv.body(request, schema)
+        return _translate(lambda: messages.parse_request(body, backend.sampling(body), srv.stored.seal))
+
     async def anthropic_messages(request: Request):
         """Anthropic's Messages API: every error in Anthropic's shape (`_anthropic`)."""
         try:
-            srv.check_key(request, x_api_key=True)
-            body = await srv.body(request, MESSAGES)
-            req = _translate(lambda: messages.parse_request(body, backend.sampling(body), srv.stored.seal))
+            req = await messages_request(request, MESSAGES)
             req = replace(req, turn=await _compiled(backend, req.turn))
             prompt, boundaries = _translate(lambda: backend.prompt(req.turn))
             job = backend.submit(req.turn, prompt, boundaries)
@@ -319,9 +323,7 @@ def create_app(
     async def count_tokens(request: Request):
         """`{"input_tokens": N}`: the tokens of the prompt the same Messages request renders."""
         try:
-            srv.check_key(request, x_api_key=True)
-            body = await srv.body(request, COUNT_TOKENS)
-            req = _translate(lambda: messages.parse_request(body, backend.sampling(body), srv.stored.seal))
+            req = await messages_request(request, COUNT_TOKENS)
             tokens, _ = _translate(lambda: req.turn.render(backend.tokenizer))
         except APIError as e:
             return _anthropic(e)
