@@ -1,11 +1,11 @@
-"""Bounded property-based fuzzing of both APIs on a real server (issue 25, class 3).
+"""Bounded property-based fuzzing of the three APIs on a real server (issue 25, class 3; issue 29: Messages).
 
 Bodies are generated from the fields the two APIs accept (every property path of the request schemas in
 mlx_oss/server/request_body.py, array items included), each starting from a valid request with one to
 three fields replaced by hostile JSON: wrong types, NaN/Infinity/1e999, integers of thousands of digits,
 seeds below 0 or past 2^64, lone surrogates, 100,000-deep nesting, long strings, plus the values that reach
-deeper code (roles, item types, tool types). For every body: no 5xx, every error in OpenAI's shape, a
-200 stream ends with its documented final event. Afterwards the server still answers on the same
+deeper code (roles, item types, tool types). For every body: no 5xx, every error in its API's shape
+(OpenAI's; Anthropic's for /messages), a 200 stream ends with its documented final event. Afterwards the server still answers on the same
 keep-alive connection.
 
 `FUZZ_EXAMPLES=5000 python -m pytest tests/test_server_fuzz.py` runs a longer campaign by hand (the
@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 import mlx_oss
 from mlx_oss.sampling import ScriptedTokens
-from mlx_oss.server.request_body import CHAT, RESPONSES
+from mlx_oss.server.request_body import CHAT, MESSAGES, RESPONSES
 from server_harness import MODEL_ID, reply, running_server
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
@@ -49,7 +49,8 @@ def schema_paths(schema: dict, prefix: tuple = ()) -> list[tuple]:
 WORDS = ["user", "assistant", "system", "developer", "tool", "function", "message", "reasoning", "function_call",
          "function_call_output", "web_search_call", "code_interpreter_call", "web_search", "code_interpreter",
          "json_schema", "json_object", "text", "auto", "none", "required", "low", "high", "call_1", MODEL_ID,
-         "input_text", "output_text", "namespace", "object", "string"]  # fmt: skip
+         "input_text", "output_text", "namespace", "object", "string", "tool_use", "tool_result", "thinking", "any",
+         "tool", "enabled", "disabled", "toolu_1"]  # fmt: skip
 leaf = (
     st.none() | st.booleans() | st.integers(-(2**70), 2**70)
     | st.sampled_from([-1, 0, 1, 2, 2**31, 2**63, 2**64 - 1, 2**64, -(2**64), HUGE_INT, DEEP])
@@ -64,7 +65,9 @@ value = st.recursive(
 
 CHAT_BASE = {"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 RESPONSES_BASE = {"model": MODEL_ID, "input": [{"type": "message", "role": "user", "content": "hi"}], "max_output_tokens": 8}
-APIS = {"/chat/completions": (CHAT_BASE, schema_paths(CHAT)), "/responses": (RESPONSES_BASE, schema_paths(RESPONSES))}
+MESSAGES_BASE = {"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+APIS = {"/chat/completions": (CHAT_BASE, schema_paths(CHAT)), "/responses": (RESPONSES_BASE, schema_paths(RESPONSES)),
+        "/messages": (MESSAGES_BASE, schema_paths(MESSAGES))}  # fmt: skip
 
 
 def put(body: dict, path: tuple, v) -> None:
@@ -112,9 +115,15 @@ def dump(body) -> bytes:
     return text.encode()
 
 
-def check_error(r: httpx.Response) -> None:
-    err = r.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"}, err
+def check_error(path: str, r: httpx.Response) -> None:
+    body = r.json()
+    if path == "/messages":  # Anthropic's shape
+        assert body["type"] == "error" and set(body) == {"type", "error"}, body
+        err = body["error"]
+        assert set(err) == {"type", "message"} and err["type"].endswith("_error"), err
+    else:
+        err = body["error"]
+        assert set(err) == {"message", "type", "param", "code"}, err
     assert isinstance(err["message"], str) and err["message"] and "Traceback" not in err["message"]
     assert "\n" not in err["message"] and len(err["message"]) < 2000
 
@@ -126,6 +135,9 @@ def check_stream(path: str, text: str) -> None:
         assert frames[-1] == "data: [DONE]", frames[-1][:300]
         last = json.loads(frames[-2][len("data: "):])
         assert "error" in last or last.get("choices") == [] or last["choices"][0]["finish_reason"], last
+    elif path == "/messages":
+        kind = frames[-1].split("\n")[0]
+        assert kind in ("event: message_stop", "event: error"), kind
     else:
         kind = frames[-1].split("\n")[0]
         assert kind in ("event: response.completed", "event: response.incomplete", "event: response.failed"), kind
@@ -144,6 +156,7 @@ def fuzz_server(tiny_chat_converted):
 def test_fuzzed_bodies_never_get_a_5xx_and_the_server_keeps_answering(fuzz_server):
     url, app, client = fuzz_server
     seen: dict[int, int] = {}
+    by_api: dict[str, set[int]] = {}  # status classes each API answered
 
     @seed(25)
     @settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -153,14 +166,16 @@ def test_fuzzed_bodies_never_get_a_5xx_and_the_server_keeps_answering(fuzz_serve
         path, body = req
         r = client.post(url + path, content=dump(body), headers={"Content-Type": "application/json"})
         seen[r.status_code] = seen.get(r.status_code, 0) + 1
+        by_api.setdefault(path, set()).add(r.status_code // 100)
         assert r.status_code < 500, (r.status_code, r.text[:500], dump(body)[:500])
         if r.status_code >= 400:
-            check_error(r)
+            check_error(path, r)
         elif isinstance(body, dict) and body.get("stream") is True:
             check_stream(path, r.text)
 
     one()
     assert seen.get(200, 0) > 10 and sum(v for k, v in seen.items() if 400 <= k < 500) > 50, seen
+    assert by_api == {path: {2, 4} for path in APIS}, by_api  # every API both served and refused
     # the same keep-alive connection still works, and so does a fresh one
     assert client.get(url + "/models").status_code == 200
     ok = client.post(url + "/chat/completions", json={**CHAT_BASE, "stream": False})
