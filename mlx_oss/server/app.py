@@ -252,11 +252,8 @@ def create_app(
 
         async def events() -> AsyncIterator[bytes]:
             try:
-                for kind, ev in b.start():
-                    yield named_event(kind, ev)
-                async for item in _events(job):
-                    for kind, ev in b.feed(item):
-                        yield named_event(kind, ev)
+                async for chunk in _built_events(b, job):
+                    yield chunk
                 if b.status == "in_progress":  # the job was cancelled before it started
                     for kind, ev in b.fail("cancelled", "the server is shutting down"):
                         yield named_event(kind, ev)
@@ -301,11 +298,8 @@ def create_app(
 
         async def events() -> AsyncIterator[bytes]:
             try:
-                for kind, ev in b.start():
-                    yield named_event(kind, ev)
-                async for item in _events(job):
-                    for kind, ev in b.feed(item):
-                        yield named_event(kind, ev)
+                async for chunk in _built_events(b, job):
+                    yield chunk
                 failed = _anthropic_failure(b.finished)
                 if failed is not None:
                     yield named_event("error", failed[1])
@@ -368,6 +362,16 @@ def create_app(
     return app
 
 
+
+
+async def _built_events(b, job) -> AsyncIterator[bytes]:
+    """A builder's opening events, then its events for each item the job emits (Responses and Messages
+    streams alike; each ends its stream its own way)."""
+    for kind, ev in b.start():
+        yield named_event(kind, ev)
+    async for item in _events(job):
+        for kind, ev in b.feed(item):
+            yield named_event(kind, ev)
 
 def _anthropic_500(request: Request, e: Exception) -> JSONResponse:
     """An unexpected failure of a Messages request before its reply started: logged, a 500 in Anthropic's shape."""
