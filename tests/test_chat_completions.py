@@ -93,8 +93,8 @@ def test_the_settings_of_a_request():
     (body([{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [{"id": "a"}]}]),
      "messages[1].tool_calls[0] needs a 'function' with a 'name'", "messages[1].tool_calls[0]"),
     (body([{"role": "user", "content": "q"}], top_logprobs=2), "'top_logprobs' needs 'logprobs': true", "top_logprobs"),
-    (body([{"role": "user", "content": "q"}], reasoning_effort="max"),
-     "reasoning_effort must be one of low, medium, high (none/minimal mean low), not 'max'", "reasoning_effort"),
+    (body([{"role": "user", "content": "q"}], reasoning_effort="ultra"),
+     "reasoning_effort must be one of low, medium, high (none/minimal mean low, xhigh/max high), not 'ultra'", "reasoning_effort"),
 ])  # fmt: skip
 def test_refusals_name_the_parameter(b, message, param):
     assert refusal(b) == (message, param)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import subprocess
+import sys
 
 from pathlib import Path
 
@@ -154,7 +156,7 @@ def test_the_printed_settings_work_as_printed(server, keyed_server, monkeypatch,
     b = _printed_blocks(text)
     sdk_key = 'os.environ["MLX_OSS_API_KEY"]' if keyed else '"none"'
     assert b["openai SDK (Python):"].splitlines()[0] == f'client = OpenAI(base_url="{BASE}", api_key={sdk_key})'
-    assert list(b) == ["openai SDK (Python):", "curl:", next(t for t in b if t.startswith("Codex ")),
+    assert list(b) == ["openai SDK (Python):", "curl:", next(t for t in b if t.startswith("Codex ")), "Claude Code 2.1.337:",
                        "Open WebUI: Admin Settings > Connections > OpenAI API > add"]  # fmt: skip
 
     scripts.push(reply(tok, final="sdk ok"))
@@ -175,6 +177,18 @@ def test_the_printed_settings_work_as_printed(server, keyed_server, monkeypatch,
     cfg = tomllib.loads(b[codex_title])
     assert cfg == {"model": "gpt-oss-20b", "model_provider": "mlx-oss", "model_providers": {"mlx-oss": {
         "name": "mlx-oss", "base_url": BASE, "wire_api": "responses", **({"env_key": "MLX_OSS_API_KEY"} if keyed else {})}}}
+
+    # Claude Code's variables, as printed, in front of a program that reads them as Claude Code does: the
+    # anthropic SDK takes ANTHROPIC_BASE_URL and ANTHROPIC_AUTH_TOKEN from the environment.
+    claude = b["Claude Code 2.1.337:"].replace("http://127.0.0.1:8000", url[: -len("/v1")])
+    assert claude.endswith("\nclaude\n") and ("ANTHROPIC_AUTH_TOKEN=$MLX_OSS_API_KEY" in claude) is keyed
+    probe = ("import anthropic, os; m = anthropic.Anthropic(max_retries=0).messages.create(model=os.environ['ANTHROPIC_MODEL'], "
+             "max_tokens=50, messages=[{'role': 'user', 'content': 'hi'}]); print(m.content[-1].text)")  # fmt: skip
+    scripts.push(reply(tok, final="claude ok"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    done = subprocess.run(["bash", "-c", claude.removesuffix("claude\n") + f'{sys.executable} -c "{probe}"'], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0 and done.stdout == "claude ok\n", done.stderr[-2000:]
 
     webui = b["Open WebUI: Admin Settings > Connections > OpenAI API > add"]
     assert webui == f"URL {BASE}   key {'$MLX_OSS_API_KEY' if keyed else 'none (any string works)'}\n"

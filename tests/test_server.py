@@ -291,7 +291,7 @@ USER = [{"role": "user", "content": "hi"}]
      "tools[1].type"),  # refused unless the server was started with --allow-python
     ("/chat/completions", {"model": MODEL_ID, "messages": USER, "tools": [{"type": "web_search"}]}, 400,
      "tools[0].type"),  # built-in tools run only in the Responses API
-    ("/responses", {"model": MODEL_ID, "input": "x", "reasoning": {"effort": "max"}}, 400, "reasoning.effort"),
+    ("/responses", {"model": MODEL_ID, "input": "x", "reasoning": {"effort": "ultra"}}, 400, "reasoning.effort"),
     ("/responses", {"model": MODEL_ID, "input": "x", "previous_response_id": "resp_missing"}, 404, "previous_response_id"),
 ])  # fmt: skip
 def test_bad_input_matrix(srv, path, body, status, param):

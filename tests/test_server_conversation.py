@@ -34,15 +34,16 @@ ENC = load_tokenizer(None)
 
 
 @pytest.mark.parametrize("value, want", [(None, "medium"), ("none", "low"), ("minimal", "low"), ("low", "low"),
-                                         ("medium", "medium"), ("high", "high"), ("HIGH", "high"), ("Low", "low")])  # fmt: skip
+                                         ("medium", "medium"), ("high", "high"), ("HIGH", "high"), ("Low", "low"),
+                                         ("xhigh", "high"), ("max", "high")])  # fmt: skip
 def test_effort_maps_openais_values_onto_gpt_oss_levels(value, want):
     assert effort(value, "reasoning.effort") is ReasoningEffort(want)
 
 
-@pytest.mark.parametrize("value", ["max", "", 3, ["low"]])
+@pytest.mark.parametrize("value", ["maximum", "", 3, ["low"]])
 def test_an_unknown_effort_is_one_line_naming_the_parameter(value):
     e = refusal(effort, value, "reasoning.effort")
-    assert str(e) == f"reasoning.effort must be one of low, medium, high (none/minimal mean low), not {value!r}"
+    assert str(e) == f"reasoning.effort must be one of low, medium, high (none/minimal mean low, xhigh/max high), not {value!r}"
     assert e.param == "reasoning.effort"
 
 

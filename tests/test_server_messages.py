@@ -201,7 +201,126 @@ def test_errors_in_anthropics_shape(srv, client):
 
 def test_thinking_settings_rule():
     assert thinking_settings(None) == (ReasoningEffort.MEDIUM, None)
+    assert thinking_settings({"type": "adaptive"}) == (ReasoningEffort.MEDIUM, None)
+    assert thinking_settings({"type": "adaptive"}, {"effort": "low"}) == (ReasoningEffort.LOW, None)
+    assert thinking_settings(None, {"effort": "max"}) == (ReasoningEffort.HIGH, None)
+    assert thinking_settings({"type": "enabled", "budget_tokens": 16000}, {"effort": "low"}) == (ReasoningEffort.LOW, 16000)
+    assert thinking_settings({"type": "disabled"}, {"effort": "high"}) == (ReasoningEffort.LOW, 0)
     assert thinking_settings({"type": "disabled"}) == (ReasoningEffort.LOW, 0)
     assert thinking_settings({"type": "enabled", "budget_tokens": 1024}) == (ReasoningEffort.LOW, 1024)
     assert thinking_settings({"type": "enabled", "budget_tokens": 4000}) == (ReasoningEffort.MEDIUM, 4000)
     assert thinking_settings({"type": "enabled", "budget_tokens": 16000}) == (ReasoningEffort.HIGH, 16000)
+
+
+# ----------------------------------------------------------------------------- what Claude Code sends (2.1.337)
+
+
+def _render(app, tok, body: dict) -> str:
+    """The prompt a Messages body renders (count_tokens' path, no generation)."""
+    from mlx_oss.server.messages import parse_request
+
+    backend = app.state.backend
+    req = parse_request(body, backend.sampling(body), app.state.stored.seal)
+    return tok.decode(req.turn.render(tok)[0])
+
+
+def test_system_messages_render_in_place_and_the_billing_header_is_left_out(srv, client):
+    """Claude Code's `system` messages inside `messages` are developer messages where they stand (so the
+    prefix before them stays cached); its billing-header system block is not instructions."""
+    url, app, scripts, tok = srv
+    system = [{"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.337.933; cc_entrypoint=sdk-cli;"},
+              {"type": "text", "text": "You are an agent.", "cache_control": {"type": "ephemeral"}}]  # fmt: skip
+    messages = [{"role": "user", "content": [{"type": "text", "text": "<system-reminder>r</system-reminder>"},
+                                             {"type": "text", "text": "Run it."}]},
+                {"role": "system", "content": [{"type": "text", "text": "# Environment\ncwd: /w"}]}]  # fmt: skip
+    text = _render(app, tok, {"model": MODEL, "system": system, "messages": messages})
+    assert "billing" not in text and "<|start|>developer<|message|># Instructions\n\nYou are an agent.<|end|>" in text
+    assert text.endswith("<|start|>user<|message|><system-reminder>r</system-reminder>Run it.<|end|>"
+                         "<|start|>developer<|message|># Instructions\n\n# Environment\ncwd: /w<|end|>"
+                         "<|start|>assistant")  # fmt: skip
+    scripts.push(reply(tok, final="ok"))
+    m = client.messages.create(model=MODEL, max_tokens=20, system=system, messages=messages)
+    assert m.content[-1].text == "ok" and prompt_text(app, tok).startswith(text)
+    bad = [*messages, {"role": "system", "content": [{"type": "image", "source": {}}]}]
+    r = raw(srv, "/messages", {"model": MODEL, "max_tokens": 10, "messages": bad})
+    assert "messages[2].content[0].type" in anthropic_error(r, 400, "invalid_request_error")
+    r = raw(srv, "/messages", {"model": MODEL, "max_tokens": 10, "messages": [*messages, {"role": "tool", "content": "x"}]})
+    assert "messages[2].role" in anthropic_error(r, 400, "invalid_request_error")
+
+
+def test_adaptive_thinking_with_output_config_effort(srv, client):
+    url, app, scripts, tok = srv
+    for effort, level in (("low", "low"), ("medium", "medium"), ("high", "high"), ("max", "high")):
+        body = {"model": MODEL, "messages": USER, "thinking": {"type": "adaptive"}, "output_config": {"effort": effort}}
+        assert f"Reasoning: {level}" in _render(app, tok, body)
+    r = raw(srv, "/messages", {"model": MODEL, "max_tokens": 10, "messages": USER, "output_config": {"effort": "huge"}})
+    assert "output_config.effort" in anthropic_error(r, 400, "invalid_request_error")
+    r = raw(srv, "/messages", {"model": MODEL, "max_tokens": 10, "messages": USER, "thinking": {"type": "sometimes"}})
+    assert "thinking.type" in anthropic_error(r, 400, "invalid_request_error")
+    r = raw(srv, "/messages", {"model": MODEL, "max_tokens": 10, "messages": USER, "temperature": 1.5})
+    assert "temperature" in anthropic_error(r, 400, "invalid_request_error")  # Anthropic's range is 0..1
+
+
+def test_omitted_thinking_comes_back_empty_with_a_signature_that_carries_it(srv, client):
+    """`thinking.display: "omitted"` (Claude Code's default): no thinking text in the reply or the stream,
+    but the signature seals it, so sent back with the call it is rendered as the model wrote it."""
+    url, app, scripts, tok = srv
+    omitted = {"type": "adaptive", "display": "omitted"}
+    scripts.push(reply(tok, analysis="Need the weather.", call=("get_weather", '{"city":"Oslo","unit":"c"}')))
+    first = client.messages.create(model=MODEL, max_tokens=200, messages=USER, tools=[WEATHER], extra_body={"thinking": omitted})
+    thinking, call = first.content
+    assert (thinking.type, thinking.thinking) == ("thinking", "") and app.state.stored.seal.open(thinking.signature) == "Need the weather."
+    scripts.push(reply(tok, analysis="Need the weather.", call=("get_weather", '{"city":"Oslo","unit":"c"}')))
+    events = list(client.messages.create(model=MODEL, max_tokens=200, messages=USER, tools=[WEATHER], stream=True,
+                                         extra_body={"thinking": omitted}))  # fmt: skip
+    deltas = [e.delta.type for e in events if e.type == "content_block_delta"]
+    assert "thinking_delta" not in deltas and "signature_delta" in deltas and "input_json_delta" in deltas
+    scripts.push(reply(tok, final="21C."))
+    messages = [*USER, {"role": "assistant", "content": first.content},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "21C"}]}]  # fmt: skip
+    client.messages.create(model=MODEL, max_tokens=50, messages=messages, tools=[WEATHER], extra_body={"thinking": omitted})
+    assert "<|channel|>analysis<|message|>Need the weather.<|end|>" in prompt_text(app, tok)
+
+
+def test_deferred_tools_are_not_in_the_prompt(srv):
+    url, app, scripts, tok = srv
+    deferred = {"name": "DeferredToolPlaceholder", "description": "loaded by tool search", "defer_loading": True,
+                "input_schema": {"type": "object"}}  # fmt: skip
+    with_it = _render(app, tok, {"model": MODEL, "messages": USER, "tools": [WEATHER, deferred]})
+    assert with_it == _render(app, tok, {"model": MODEL, "messages": USER, "tools": [WEATHER]})
+    assert "get_weather" in with_it and "DeferredToolPlaceholder" not in with_it
+
+
+@pytest.mark.parametrize("where", ["output_config", "output_format"])
+def test_output_format_is_enforced_on_random_weights(srv, client, where):
+    """Anthropic's structured outputs: the answer follows the schema because the grammar makes it, with
+    nothing scripted (a random-weight model writes no JSON by itself)."""
+    fmt = {"type": "json_schema", "schema": PARAMS}
+    body = {"output_config": {"format": fmt}} if where == "output_config" else {"output_format": fmt}
+    for _ in range(2):
+        m = client.messages.create(model=MODEL, max_tokens=300, messages=USER, thinking={"type": "enabled", "budget_tokens": 8},
+                                   extra_body=body)  # fmt: skip
+        assert m.stop_reason == "end_turn", m.content
+        jsonschema.validate(json.loads(m.content[-1].text), PARAMS)
+    param = "output_config.format" if where == "output_config" else "output_format"
+    bad = {"output_config": {"format": {"type": "json_object"}}} if where == "output_config" else {"output_format": {"type": "json_object"}}
+    r = raw(srv, "/messages", {"model": MODEL, "max_tokens": 10, "messages": USER, **bad})
+    assert f"{param}.type" in anthropic_error(r, 400, "invalid_request_error")
+    unenforceable = {"type": "json_schema", "schema": {"type": "object", "not": {"required": ["a"]}}}
+    bad = {"output_config": {"format": unenforceable}} if where == "output_config" else {"output_format": unenforceable}
+    r = raw(srv, "/messages", {"model": MODEL, "max_tokens": 10, "messages": USER, **bad})
+    assert f"{param}.schema" in anthropic_error(r, 400, "invalid_request_error")
+
+
+def test_models_in_both_sdks_shapes(srv, client):
+    """`/v1/models` answers the anthropic SDK (x-api-key) and the openai SDK (Bearer) alike."""
+    import openai
+
+    page = client.models.list()
+    assert [m.id for m in page.data] == [MODEL_ID] and page.has_more is False and page.first_id == MODEL_ID
+    info = client.models.retrieve(MODEL_ID)
+    assert (info.type, info.display_name) == ("model", MODEL_ID) and info.created_at.year >= 2026
+    oai = openai.OpenAI(base_url=srv[0], api_key=KEY, max_retries=0)
+    assert [(m.id, m.owned_by) for m in oai.models.list().data] == [(MODEL_ID, "mlx-oss")]
+    assert httpx.get(srv[0] + "/models", headers={"x-api-key": "wrong"}, timeout=30).status_code == 401
+    assert httpx.get(srv[0] + "/models", timeout=30).status_code == 401

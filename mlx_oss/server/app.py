@@ -108,7 +108,11 @@ class _Server:
         return body
 
     def model_json(self) -> dict:
-        return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "mlx-oss"}
+        """The model as both APIs describe one: OpenAI's fields and Anthropic's (`type`, `display_name`,
+        `created_at`), so the openai and the anthropic SDKs (and Claude Code) read the same answer."""
+        created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created))
+        return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "mlx-oss", "type": "model",
+                "display_name": self.model_id, "created_at": created_at}  # fmt: skip
 
 
 async def _events(job) -> AsyncIterator[object]:
@@ -186,11 +190,13 @@ def create_app(
                              "queued": backend.worker.waiting, "generations": dict(backend.outcomes)})  # fmt: skip
 
     async def list_models(request: Request):
-        srv.check_key(request)
-        return JSONResponse({"object": "list", "data": [srv.model_json()]})
+        """OpenAI's list, with Anthropic's page fields (`has_more`, `first_id`, `last_id`) beside it."""
+        srv.check_key(request, x_api_key=True)
+        return JSONResponse({"object": "list", "data": [srv.model_json()], "has_more": False, "first_id": srv.model_id,
+                             "last_id": srv.model_id})  # fmt: skip
 
     async def get_model(request: Request):
-        srv.check_key(request)
+        srv.check_key(request, x_api_key=True)
         if not srv.serves(request.path_params["model"]):
             raise APIError(404, f"The model {clip(request.path_params['model'])!r} does not exist on this server.",
                            param="model", code="model_not_found")  # fmt: skip
@@ -285,7 +291,7 @@ def create_app(
             return _anthropic(e)
         except Exception as e:
             return _anthropic_500(request, e)
-        b = messages.MessageBuilder(srv.model_id, srv.stored.seal, len(prompt))
+        b = messages.MessageBuilder(srv.model_id, srv.stored.seal, len(prompt), req.show_thinking)
         if not req.stream:
             try:
                 await _collect(job, request, b.feed)

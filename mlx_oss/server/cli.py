@@ -230,7 +230,7 @@ def _serve(a: argparse.Namespace, session, uvicorn, create_app, processors) -> i
     config = uvicorn.Config(app, host=a.host, port=a.port, log_level=uvicorn_level, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=10)  # fmt: skip
     server = Server(config)
-    print(client_settings(f"http://{host}:{a.port}/v1", mid, bool(key)), flush=True)
+    print(client_settings(f"http://{host}:{a.port}/v1", mid, bool(key), backend.max_context), flush=True)
     server.run()
     backend.shutdown()  # done by the lifespan already, unless the server never started
     if session is not None and session.ready:  # the worker never reached end_group: it is stuck in a step

@@ -50,8 +50,10 @@ from mlx_oss.server.tools import StrictSchema, ToolChoice, ToolSet, check_schema
 __all__ = ["Turn", "LogitBias", "logprobs_setting", "effort", "reasoning_message", "sampling", "first_of", "response_format",
            "strict_answer", "reasoning_budget", "text_of", "stop_strings", "logit_bias"]  # fmt: skip
 
-# "none"/"minimal" exist in OpenAI's API for other models; gpt-oss's lowest effort is low.
-_EFFORTS = {"none": "low", "minimal": "low", "low": "low", "medium": "medium", "high": "high"}
+# "none"/"minimal" exist in OpenAI's API for other models; gpt-oss's lowest effort is low. "xhigh"
+# (OpenAI's newer models) and "max" (Anthropic's `output_config.effort`) ask for the most: high.
+_EFFORTS = {"none": "low", "minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "high",
+            "max": "high"}  # fmt: skip
 REASONING_FIELDS = ("reasoning", "reasoning_content", "thinking")
 
 
@@ -200,7 +202,8 @@ def effort(value: Any, param: str) -> ReasoningEffort:
     if value is None:
         return ReasoningEffort.MEDIUM
     if not isinstance(value, str) or value.lower() not in _EFFORTS:
-        raise bad_request(f"{param} must be one of low, medium, high (none/minimal mean low), not {value!r}", param)
+        raise bad_request(f"{param} must be one of low, medium, high (none/minimal mean low, xhigh/max high), "
+                          f"not {value!r}", param)  # fmt: skip
     return ReasoningEffort(_EFFORTS[value.lower()])
 
 

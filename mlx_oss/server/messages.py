@@ -1,20 +1,29 @@
 """`POST /v1/messages`: Anthropic's Messages API <-> harmony (what Claude Code and the anthropic SDK speak).
 
 Request (checked by the MESSAGES schema, server/request_body.py): `system` (a string or text blocks) ->
-the developer instructions; `user` messages -> harmony user messages (text blocks joined) and tool
+the developer instructions (a block that is Claude Code's `x-anthropic-billing-header: …` line is
+left out: it is metadata, and it would make the prompt differ between Claude Code versions);
+`system` messages inside `messages` (Claude Code sends its environment that way) -> harmony
+developer messages in their place, so what follows them stays a cached prefix; `user` messages -> harmony user messages (text blocks joined) and tool
 messages (`tool_result` blocks, answered to the call their `tool_use_id` names; `is_error` prefixes
 `Error: `); `assistant` messages -> `thinking` blocks as analysis (kept only where harmony keeps it:
 the turn a tool call continues), `text` blocks as the answer (commentary when the message also calls
 a tool), `tool_use` blocks as `functions.<name>` calls (input as compact JSON). `tools`
-(`input_schema`) and `tool_choice` go through tools.py like the other APIs' (`any` -> required,
-`tool` -> that function); `thinking` sets the reasoning effort and budget (`thinking_settings`).
+(`input_schema`; a tool with `defer_loading` is not in the model's context, as on Anthropic's API
+until a tool search loads it, which this server does not run) and `tool_choice` go through tools.py
+like the other APIs' (`any` -> required, `tool` -> that function); `thinking` and
+`output_config.effort` set the reasoning effort and budget (`thinking_settings`);
+`output_config.format` (or the older `output_format`) `{"type": "json_schema", "schema": …}` is
+enforced on the answer by the grammar, as Anthropic's structured outputs are; `context_management`
+is accepted and changes nothing (the pool keeps every prefix; thinking is dropped by harmony's rule).
 A block type this server does not take is a 400 naming its path (`messages[1].content[0].type`).
 
 A thinking block's `signature` is the analysis text sealed by the server's `ReasoningSeal` (the
 Responses API's `encrypted_content`, same key): one sent back must open (else a 400 naming it), and
 the text it seals is what is rendered. A thinking block without a signature is taken as it is.
 
-Response: `content` blocks in the order the model wrote them (thinking, text, tool_use with a
+Response: `content` blocks in the order the model wrote them (with `thinking.display: "omitted"`
+a thinking block's text is empty and only its signature carries it, as Anthropic does) (thinking, text, tool_use with a
 `toolu_…` id and the parsed `input`), `stop_reason` (end_turn, tool_use, max_tokens, stop_sequence),
 `usage` as Anthropic counts it: `input_tokens` the prompt tokens not read from the cache,
 `cache_read_input_tokens` those the prompt-cache pool reused (their sum is the prompt,
@@ -31,44 +40,57 @@ from typing import Any
 
 from mlx_oss.harmony import COMMENTARY, FINAL, Message, ReasoningEffort
 from mlx_oss.sampling import SamplingConfig
-from mlx_oss.server.conversation import Turn, reasoning_message, sampling, stop_strings
+from mlx_oss.server.conversation import Turn, effort, reasoning_message, response_format, sampling, stop_strings
 from mlx_oss.server.errors import APIError, bad_request, clip
 from mlx_oss.server.generation import FUNCTION_CALL, MESSAGE, REASONING, Finished, ItemDelta, ItemDone, ItemStarted
 from mlx_oss.server.responses import ReasoningSeal
-from mlx_oss.server.tools import FUNCTIONS, parse_tools, tool_choice
+from mlx_oss.server.tools import FUNCTIONS, StrictSchema, parse_tools, tool_choice
 
-__all__ = ["MessagesRequest", "parse_request", "MessageBuilder", "thinking_settings", "STOP_REASONS"]
+__all__ = ["MessagesRequest", "parse_request", "MessageBuilder", "thinking_settings", "STOP_REASONS", "BILLING_HEADER"]
 
 log = logging.getLogger("mlx_oss.server")
 STOP_REASONS = {"stop": "end_turn", "tool_call": "tool_use", "length": "max_tokens", "context": "max_tokens",
                 "tool_limit": "end_turn"}  # fmt: skip
 # `thinking.budget_tokens` -> effort: below 2048 low, below 8192 medium, else high (Anthropic's minimum is 1024)
 LOW_BELOW, MEDIUM_BELOW = 2048, 8192
+BILLING_HEADER = "x-anthropic-billing-header:"  # Claude Code's first system block: metadata, not instructions
 
 
 @dataclass(frozen=True)
 class MessagesRequest:
     turn: Turn
     stream: bool
+    show_thinking: bool = True  # False: `thinking.display: "omitted"`
 
 
-def thinking_settings(value: Any) -> tuple[ReasoningEffort, int | None]:
-    """`thinking` -> (effort, reasoning budget). Absent: medium, no budget (gpt-oss always reasons);
-    `{"type": "enabled", "budget_tokens": N}`: budget N, effort by N (LOW_BELOW, MEDIUM_BELOW);
-    `{"type": "disabled"}`: low with a budget of 0 (no analysis message at all)."""
-    if value is None:
-        return ReasoningEffort.MEDIUM, None
-    kind = value.get("type")
+def thinking_settings(value: Any, config: Any = None) -> tuple[ReasoningEffort, int | None]:
+    """`thinking` and `output_config` -> (effort, reasoning budget). `output_config.effort` (low, medium,
+    high; xhigh and max mean high, gpt-oss's most) sets the effort, medium when absent (gpt-oss always
+    reasons); `thinking` `{"type": "adaptive"}` or absent: that effort, no budget;
+    `{"type": "enabled", "budget_tokens": N}`: budget N, effort by N (LOW_BELOW, MEDIUM_BELOW) unless
+    `output_config.effort` names one; `{"type": "disabled"}`: low with a budget of 0 (no analysis at all)."""
+    named = (config or {}).get("effort")
+    eff = effort(named, "output_config.effort")
+    kind = value.get("type") if value is not None else None
+    if kind in (None, "adaptive"):
+        return eff, None
     if kind == "disabled":
         return ReasoningEffort.LOW, 0
     if kind != "enabled":
-        raise bad_request(f"thinking.type must be 'enabled' or 'disabled', not {clip(str(kind))!r}", "thinking.type")
+        raise bad_request(f"thinking.type must be 'enabled', 'adaptive' or 'disabled', not {clip(str(kind))!r}",
+                          "thinking.type")  # fmt: skip
     n = value.get("budget_tokens")
     if n is None:
         raise bad_request("thinking of type 'enabled' needs 'budget_tokens'", "thinking.budget_tokens")
     n = int(n)
-    eff = ReasoningEffort.LOW if n < LOW_BELOW else ReasoningEffort.MEDIUM if n < MEDIUM_BELOW else ReasoningEffort.HIGH
+    if named is None:
+        eff = ReasoningEffort.LOW if n < LOW_BELOW else ReasoningEffort.MEDIUM if n < MEDIUM_BELOW else ReasoningEffort.HIGH
     return eff, n
+
+
+def thinking_shown(value: Any) -> bool:
+    """False for `thinking.display: "omitted"`: thinking blocks come back empty, with their signature."""
+    return not (value is not None and value.get("display") == "omitted")
 
 
 def _texts(content: Any, param: str) -> str:
@@ -82,6 +104,13 @@ def _texts(content: Any, param: str) -> str:
                               f"{param}[{i}].type")  # fmt: skip
         out.append(block["text"])
     return "".join(out)
+
+
+def _system(content: Any) -> str | None:
+    """`system` -> the developer instructions, without Claude Code's billing-header block."""
+    if isinstance(content, list):
+        content = [b for b in content if not (b.get("type") == "text" and (b.get("text") or "").startswith(BILLING_HEADER))]
+    return _texts(content, "system") or None
 
 
 def _blocks(content: Any) -> list[dict]:
@@ -155,8 +184,13 @@ def _messages(raw: list, seal: ReasoningSeal) -> list[Message]:
                 else:
                     raise bad_request(f"{bw}.type {clip(str(kind))!r} is not supported in an assistant message "
                                       "(supported: thinking, text, tool_use)", f"{bw}.type")  # fmt: skip
+        elif role == "system":
+            text = _texts(m.get("content"), f"{where}.content")
+            if text:
+                history.append(Message.developer(text))
         else:
-            raise bad_request(f"{where}.role must be 'user' or 'assistant', not {clip(str(role))!r}", f"{where}.role")
+            raise bad_request(f"{where}.role must be 'user', 'assistant' or 'system', not {clip(str(role))!r}",
+                              f"{where}.role")  # fmt: skip
     if not history:
         raise bad_request("'messages' holds no content", "messages")
     return history
@@ -170,6 +204,8 @@ def _tools(tools: Any) -> list[dict] | None:
         return None
     out, dropped = [], []
     for i, t in enumerate(tools):
+        if t.get("defer_loading"):
+            continue
         if t.get("type") not in (None, "custom"):
             dropped.append(f"tools[{i}] {clip(str(t.get('type')))!r}")
             continue
@@ -197,20 +233,34 @@ def _tool_choice(value: Any) -> Any:
     raise bad_request(f"tool_choice.type must be auto, any, tool or none, not {clip(str(kind))!r}", "tool_choice.type")
 
 
+def _answer_format(body: dict) -> tuple[Any, str]:
+    """(the format spec, its parameter): `output_config.format`, or the older `output_format`."""
+    config = body.get("output_config") or {}
+    if config.get("format") is not None:
+        return config["format"], "output_config.format"
+    return body.get("output_format"), "output_format"
+
+
 def parse_request(body: dict, base: SamplingConfig, seal: ReasoningSeal) -> MessagesRequest:
     """Translate a Messages body that passed the MESSAGES (or COUNT_TOKENS) schema; 400 naming the path
     for what a schema cannot say."""
     history = _messages(body["messages"], seal)
-    instructions = _texts(body.get("system"), "system") or None
+    instructions = _system(body.get("system"))
     tools = parse_tools(_tools(body.get("tools")))
     choice = tool_choice(_tool_choice(body.get("tool_choice")), tools)
-    eff, budget = thinking_settings(body.get("thinking"))
+    eff, budget = thinking_settings(body.get("thinking"), body.get("output_config"))
+    spec, param = _answer_format(body)
+    fmt = response_format(spec, param)
+    if fmt is not None and spec.get("type") != "json_schema":
+        raise bad_request(f"{param}.type must be 'json_schema', not {clip(str(spec.get('type')))!r}", f"{param}.type")
+    answer = StrictSchema(FINAL, fmt.schema, f"{param}.schema") if fmt is not None else None
     s = sampling(body, base)
     if body.get("top_k") is not None:
         s = replace(s, top_k=int(body["top_k"]))
-    turn = Turn(tuple(history), instructions, tools, eff, None, body.get("max_tokens"), s,
-                stop_strings(body.get("stop_sequences")), tool_choice=choice, reasoning_budget=budget)  # fmt: skip
-    return MessagesRequest(turn, bool(body.get("stream")))
+    turn = Turn(tuple(history), instructions, tools, eff, fmt, body.get("max_tokens"), s,
+                stop_strings(body.get("stop_sequences")), tool_choice=choice, answer_schema=answer,
+                reasoning_budget=budget)  # fmt: skip
+    return MessagesRequest(turn, bool(body.get("stream")), thinking_shown(body.get("thinking")))
 
 
 def usage_json(u) -> dict:
@@ -231,8 +281,10 @@ class MessageBuilder:
     """Turns generation events into a Message object, or into Anthropic's stream events as they come
     (`start`, `feed`, `end`: lists of (event name, JSON))."""
 
-    def __init__(self, model: str, seal: ReasoningSeal, prompt_tokens: int) -> None:
+    def __init__(self, model: str, seal: ReasoningSeal, prompt_tokens: int, show_thinking: bool = True) -> None:
         self.id = f"msg_{uuid.uuid4().hex[:24]}"
+        self.show_thinking = show_thinking
+        self._thought = ""  # the open thinking block's text (sealed into its signature; shown unless omitted)
         self.model = model
         self.seal = seal
         self.prompt_tokens = prompt_tokens
@@ -261,6 +313,7 @@ class MessageBuilder:
             block: dict | None = None
             if ev.kind == REASONING:
                 block = {"type": "thinking", "thinking": "", "signature": ""}
+                self._thought = ""
             elif ev.kind == MESSAGE:
                 block = {"type": "text", "text": ""}
             elif ev.kind == FUNCTION_CALL:
@@ -278,6 +331,9 @@ class MessageBuilder:
             if not ev.text:
                 return []
             if b["type"] == "thinking":
+                self._thought += ev.text
+                if not self.show_thinking:
+                    return []
                 b["thinking"] += ev.text
                 delta = {"type": "thinking_delta", "thinking": ev.text}
             elif b["type"] == "text":
@@ -290,7 +346,7 @@ class MessageBuilder:
         if isinstance(ev, ItemDone):
             out = []
             if b["type"] == "thinking":
-                b["signature"] = self.seal.seal(b["thinking"])
+                b["signature"] = self.seal.seal(self._thought)
                 out.append(("content_block_delta", {"type": "content_block_delta", "index": index,
                                                     "delta": {"type": "signature_delta", "signature": b["signature"]}}))  # fmt: skip
             elif b["type"] == "tool_use":

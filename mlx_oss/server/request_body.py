@@ -175,16 +175,20 @@ _MESSAGES_FIELDS = {
                                                    required=("role", "content"), nullable=False)),
     "max_tokens": _t("integer", minimum=1, maximum=MAX_TOKENS),
     "stop_sequences": _t("array", "null", maxItems=16, items={"type": "string", "minLength": 1}),
-    "temperature": _t("number", "null", minimum=0, maximum=2),
+    "temperature": _t("number", "null", minimum=0, maximum=1),  # Anthropic's range
     "top_p": _t("number", "null", exclusiveMinimum=0, maximum=1),
     "top_k": _t("integer", "null", minimum=0, maximum=MAX_TOKENS),
     "stream": _BOOL,
     "metadata": _obj({"user_id": _STR}),
     "tools": _t("array", "null", items=_obj({"type": _STR, "name": {"type": "string", "minLength": 1},
-                                             "description": _STR, "input_schema": _SCHEMA_OBJECT, "strict": _BOOL},
+                                             "description": _STR, "input_schema": _SCHEMA_OBJECT, "strict": _BOOL,
+                                             "defer_loading": _BOOL},
                                             nullable=False)),
     "tool_choice": _obj({"type": _STR, "name": _STR, "disable_parallel_tool_use": _BOOL}),
-    "thinking": _obj({"type": _STR, "budget_tokens": _BUDGET}),
+    "thinking": _obj({"type": _STR, "budget_tokens": _BUDGET, "display": _t("string", "null", enum=["summarized", "omitted", None])}),
+    "output_config": _obj({"effort": _EFFORT, "format": _obj({"type": _STR, "schema": _SCHEMA_OBJECT})}),
+    "output_format": _obj({"type": _STR, "schema": _SCHEMA_OBJECT}),
+    "context_management": _obj(),  # accepted, changes nothing (messages.py)
 }  # fmt: skip
 MESSAGES: dict = _obj(_MESSAGES_FIELDS, required=("model", "messages", "max_tokens"), nullable=False)
 COUNT_TOKENS: dict = _obj(_MESSAGES_FIELDS, required=("model", "messages"), nullable=False)  # max_tokens not needed

@@ -6,15 +6,22 @@ Codex: a profile file, `~/.codex/mlx-oss.config.toml`, used with `codex --profil
 wants it since profiles became files (checked with @openai/codex 0.171.0, which refuses a
 `[profiles.NAME]` table in config.toml once --profile is given). tests/clients/test_client_codex.py
 runs the real Codex with exactly this file (docs/CLIENTS.md).
+
+Claude Code: environment variables in front of `claude` (`claude_code_env`): the server's root URL
+(Anthropic's SDK adds /v1/messages), the key's variable, our model for every model Claude Code asks
+for (main and background), compaction before the server's context is full, and no traffic to
+Anthropic's services. tests/clients/test_client_claude.py runs the real Claude Code with exactly these.
 """
 
 from __future__ import annotations
 
-__all__ = ["client_settings", "codex_config", "CODEX_PROFILE", "CODEX_VERSION", "KEY_ENV"]
+__all__ = ["client_settings", "codex_config", "claude_code_env", "CODEX_PROFILE", "CODEX_VERSION", "CLAUDE_CODE_VERSION",
+           "KEY_ENV"]  # fmt: skip
 
 KEY_ENV = "MLX_OSS_API_KEY"
 CODEX_PROFILE = "mlx-oss"  # the file ~/.codex/mlx-oss.config.toml, selected by `codex --profile mlx-oss`
 CODEX_VERSION = "0.171.0"  # the Codex CLI the printed config was checked with (tests/clients/package.json)
+CLAUDE_CODE_VERSION = "2.1.337"  # the Claude Code the printed variables were checked with (the same file)
 
 
 def codex_config(base_url: str, model_id: str, has_key: bool) -> str:
@@ -32,11 +39,25 @@ wire_api = "responses"
 {key}"""
 
 
-def client_settings(base_url: str, model_id: str, has_key: bool) -> str:
+def claude_code_env(base_url: str, model_id: str, has_key: bool, context: int) -> dict[str, str]:
+    """Claude Code's settings, as environment variables (values as the shell line shows them): with a
+    key, `ANTHROPIC_AUTH_TOKEN` is the variable that holds it, expanded by the shell."""
+    return {
+        "ANTHROPIC_BASE_URL": base_url.removesuffix("/v1"),
+        "ANTHROPIC_AUTH_TOKEN": f"${KEY_ENV}" if has_key else "none",
+        "ANTHROPIC_MODEL": model_id,
+        "ANTHROPIC_DEFAULT_HAIKU_MODEL": model_id,  # its background work (titles, summaries)
+        "CLAUDE_CODE_AUTO_COMPACT_WINDOW": str(context),  # compact before the server's context is full
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",  # no telemetry, error reports or update checks
+    }
+
+
+def client_settings(base_url: str, model_id: str, has_key: bool, context: int = 131072) -> str:
     key = f"${KEY_ENV}" if has_key else "none (any string works)"
     sdk_key = f'os.environ["{KEY_ENV}"]' if has_key else '"none"'
     codex = "".join(f"    {line}\n" if line else "\n" for line in codex_config(base_url, model_id, has_key).splitlines())
     codex_env = f" (with {KEY_ENV} set in its environment)" if has_key else ""
+    claude = "".join(f"    {k}={v} \\\n" for k, v in claude_code_env(base_url, model_id, has_key, context).items())
     return f"""\
 mlx-oss serve: {model_id} at {base_url}  (Ctrl+C to stop)
 
@@ -50,6 +71,9 @@ curl:
 
 Codex {CODEX_VERSION} (~/.codex/{CODEX_PROFILE}.config.toml), then `codex --profile {CODEX_PROFILE}`{codex_env}:
 {codex}
+Claude Code {CLAUDE_CODE_VERSION}:
+{claude}    claude
+
 Open WebUI: Admin Settings > Connections > OpenAI API > add
     URL {base_url}   key {key}
 """
