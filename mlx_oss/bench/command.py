@@ -3,9 +3,10 @@ roofline, optionally side by side with mlx-lm's own gpt_oss model on the same ch
 
     mlx-oss bench --model openai/gpt-oss-20b -p 512,2048 -g 128 -d 0,4096,32768 -r 3 --compare mlx-lm
     mlx-oss bench --model openai/gpt-oss-20b -d 0,4096,32768 --kv-bits 8   # quantized KV cache
+    mlx-oss bench --model openai/gpt-oss-20b --batch 1,2,4,8 -g 32           # batched decode (BatchGenerator)
 
-Modules: runners (what is timed, timing), multiturn (chat scenario), report (roofline,
-table/JSON/CSV/plot), machine (machine info, bandwidth table). See docs/BENCH.md.
+Modules: runners (what is timed, timing), multiturn (chat scenario), batch (batched decode), report
+(roofline, table/JSON/CSV/plot), machine (machine info, bandwidth table). See docs/BENCH.md.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from mlx_oss.backend import cpu, device
+from mlx_oss.bench import batch as bat
 from mlx_oss.bench import machine as mach
 from mlx_oss.bench import report as rep
 from mlx_oss.bench import runners as run
@@ -26,6 +28,7 @@ from mlx_oss.cli.args import add_dtype, add_hosts, add_kv_cache, add_model, int_
 from mlx_oss.errors import UsageError
 
 REEXEC_ENV = "MLX_OSS_BENCH_REEXEC"
+BATCH_WARMUP = 3  # --batch: untimed batched steps before the -g timed ones, per B
 MLX_LM_UNQUANTIZED = ("--kv-bits does not apply: mlx-lm cannot quantize gpt_oss's sliding-window cache "
                       "(RotatingKVCache.to_quantized raises NotImplementedError)")  # fmt: skip
 
@@ -48,6 +51,11 @@ def register(sub) -> None:
     b.add_argument("--turn-tokens", type=int_list, default=[32, 16, 16], metavar="USER,REASONING,ANSWER",
                    help="tokens per turn: user message, reasoning, answer (default 32,16,16)")  # fmt: skip
     b.add_argument("--effort-tokens", type=int, default=0, help="per-reasoning-effort run: max tokens per effort (default 0: skip)")
+    b.add_argument("--batch", type=int_list, default=None, metavar="B,B,...",
+                   help="batched decode: B sequences decoded together by BatchGenerator (mlx-lm's BatchGenerator with "
+                        "--compare), aggregate and per-sequence tok/s and peak memory for each B, e.g. 1,2,4,8; "
+                        f"-g steps after {BATCH_WARMUP} warm-up steps, prompts of 16 + 3 i random tokens, not -p "
+                        "(default none: skip)")  # fmt: skip
     b.add_argument("--no-graph", action="store_true", help="skip counting graph nodes per decode step")
     b.add_argument("--bandwidth", type=float, default=None, metavar="GB/S", help="memory bandwidth for the roofline (default: table on Apple, else measured)")
     b.add_argument("--blas", choices=["auto", "openblas", "reference"], default=os.environ.get("MLX_OSS_BLAS", "auto"),
@@ -129,7 +137,7 @@ def run_bench(a: argparse.Namespace, say) -> dict:
         "model": {"path": str(path), "layers": args.num_hidden_layers, "dtype": dtype, "vocab": args.vocab_size},
         "settings": {"prompt": a.prompt, "gen": a.gen, "depth": a.depth, "reps": a.reps, "seed": a.seed,
                      "turns": a.turns, "turn_tokens": a.turn_tokens, "effort_tokens": a.effort_tokens,
-                     **kv_cache_kwargs(a)},  # fmt: skip
+                     "batch": a.batch, "batch_warmup": BATCH_WARMUP if a.batch else None, **kv_cache_kwargs(a)},  # fmt: skip
         "engines": {},
     }
 
@@ -163,6 +171,9 @@ def run_bench(a: argparse.Namespace, say) -> dict:
         twin = run.MetalTwin(args, **kv_cache_kwargs(a))  # the Metal layout
         r["graph_nodes"] = run.count_graph_nodes(twin, vocab=twin.model.args.vocab_size)
     peak = mx.get_peak_memory()
+    if a.batch:  # resets the peak per B: read the runs' peak first
+        r["batch"] = bat.measure_batch(ours.model, a.batch, a.gen, BATCH_WARMUP, say, seed=a.seed)
+        peak = max([peak] + [x["peak_memory_bytes"] for x in r["batch"]])
     turns = None
     from mlx_oss.chat import vocabulary_problem
 
@@ -209,7 +220,11 @@ def run_bench(a: argparse.Namespace, say) -> dict:
             from mlx_oss.bench import multiturn as mt
 
             r["multiturn"] = mt.run_mlx_lm(peer.model, turns, say)
-        finish(peer, r, mx.get_peak_memory(), cdtype)
+        peak = mx.get_peak_memory()
+        if a.batch:  # the model already loaded, not a second copy
+            r["batch"] = bat.measure_batch(peer.model, a.batch, a.gen, BATCH_WARMUP, say, peer=True, seed=a.seed)
+            peak = max([peak] + [x["peak_memory_bytes"] for x in r["batch"]])
+        finish(peer, r, peak, cdtype)
         result["engines"]["mlx-lm"] = r
         del peer
         run.release()
@@ -223,12 +238,18 @@ def cmd_bench(a: argparse.Namespace) -> int:
     say = _progress(a.quiet)
     from mlx_oss.distributed import cli as dist
 
+    if a.batch is not None and any(x < 1 for x in a.batch):
+        raise UsageError(f"--batch: every batch size must be >= 1, got {','.join(map(str, a.batch))}")
     if a.kv_bits is not None and a.hosts:
         raise UsageError("--kv-bits: the tensor-parallel bench (--hosts) runs unquantized caches only")
+    if a.batch and a.hosts:
+        raise UsageError("--batch: the tensor-parallel bench (--hosts) does not batch")
     with dist.group(a) as session:
         if session is not None:
             if a.kv_bits is not None:
                 raise UsageError("--kv-bits: the tensor-parallel bench runs unquantized caches only")
+            if a.batch:
+                raise UsageError("--batch: the tensor-parallel bench does not batch")
             from mlx_oss.bench.distributed import cmd
 
             return cmd(session, a, say)

@@ -169,6 +169,11 @@ def rows(result: dict) -> list[dict]:
             out.append(dict(engine=eng, test="decode step", metric="graph_nodes", unit="ops", mean=float(r["graph_nodes"]["total"]), std=0.0))
         for t in r.get("multiturn", []):
             out.append(dict(engine=eng, test=f"turn{t['turn']}", metric="ttft", unit="s", mean=t["ttft_s"], std=0.0))
+        for b in r.get("batch", []):
+            for metric, unit, v in (("batch_aggregate", "tok/s", b["aggregate_tps"]),
+                                    ("batch_per_sequence", "tok/s", b["per_sequence_tps"]),
+                                    ("batch_peak_memory", "GiB", b["peak_memory_bytes"] / 2**30)):  # fmt: skip
+                out.append(dict(engine=eng, test=f"batch{b['B']}x{b['steps']}", metric=metric, unit=unit, mean=float(v), std=0.0))
     return out
 
 
@@ -307,10 +312,47 @@ def format_table(result: dict) -> str:
         lines.append("|---|---:|---:|---:|---:|---|")
         for r in v:
             lines.append(f"| {r['effort']} | {r['prompt']} | {r['generated']} | {r['reasoning']} | {r['answer']} | {r['stop']} |")
+    lines += format_batch(result)
     skipped = result.get("skipped")
     if skipped:
         lines += ["", f"skipped {' and '.join(skipped['parts'])}: {skipped['reason']}"]
     return "\n".join(lines)
+
+
+def format_batch(result: dict) -> list[str]:
+    """`--batch`: one row per B, ours (the first engine) and, compared, mlx-lm's BatchGenerator beside it."""
+    engines = [e for e in result["engines"] if result["engines"][e].get("batch")]
+    if not engines:
+        return []
+    first = result["engines"][engines[0]]["batch"]
+    steps, warmup = first[0]["steps"], first[0]["warmup"]
+    lines = ["", f"batched decode ({steps} steps after {warmup} warm-up, greedy, B prompts of 16 + 3 i tokens; "
+             "aggregate = tokens of all B sequences / s)"]  # fmt: skip
+    head = ["B"]
+    for i, e in enumerate(engines):
+        head += [f"{e} aggregate tok/s", "per-sequence tok/s", "ms/step", "x B=1", "peak memory"] if i == 0 else \
+            [f"{e} aggregate tok/s", "x B=1", "peak memory"]  # fmt: skip
+    if len(engines) == 2:
+        head.append("ratio")
+    by = [{x["B"]: x for x in result["engines"][e]["batch"]} for e in engines]
+    table = []
+    x1 = lambda x: f"{x['x_b1']:.2f}x" if x and x.get("x_b1") else "-"  # noqa: E731
+    for B in [x["B"] for x in first]:
+        row = [str(B)]
+        for i, rs in enumerate(by):
+            x = rs.get(B)
+            agg = f"{x['aggregate_tps']:.2f}" if x else "-"
+            mem = _size(x["peak_memory_bytes"]) if x else "-"
+            row += [agg, f"{x['per_sequence_tps']:.2f}", f"{x['ms_per_step']:.1f}", x1(x), mem] if i == 0 else [agg, x1(x), mem]
+        if len(by) == 2:
+            a, b = (rs.get(B) for rs in by)
+            row.append(_ratio(a and a["aggregate_tps"], b and b["aggregate_tps"]))
+        table.append(row)
+    widths = [max(len(r[i]) for r in [head, *table]) for i in range(len(head))]
+    lines.append("| " + " | ".join(c.rjust(w) for c, w in zip(head, widths)) + " |")
+    lines.append("|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
+    lines += ["| " + " | ".join(c.rjust(w) for c, w in zip(r, widths)) + " |" for r in table]
+    return lines
 
 
 # --------------------------------------------------------------------------------- plot
