@@ -34,7 +34,19 @@ app's sampling hook, the model running every forward pass; mlx-lm: max_tokens).
   The paired wall difference (HTTP minus in-process per token, between first and last delta) is
   printed too: on 2 shared cores it swings by +-20% with the load, so it says little here.
 
+`--api messages` drives our server over Anthropic's Messages API instead (`POST /v1/messages`,
+`anthropic-version: 2023-06-01`, streaming): the same conversation in Anthropic's shape, the system
+prompt as top-level `system`, the call turn as an assistant message of [`thinking` (with --reasoning;
+unsigned, taken as it is), `tool_use` (`toolu_<k>`, the parsed arguments as `input`)], the result as a
+user message of one `tool_result` block, the answer as [`thinking`, `text`], the tool with
+`input_schema`. TTFT runs to the first `content_block_delta` (text, thinking or input JSON); prompt =
+`input_tokens + cache_read_input_tokens`, cached = `cache_read_input_tokens`, completion =
+`output_tokens`, from the final `message_delta`'s usage. mlx_lm.server has no Messages API: --peer is
+left out (one line says so), and so is the overhead replay (its in-process half parses Chat
+Completions): --overhead-turns is 0.
+
 Targets (issue 13): our turn-10 TTFT <= 1.5x turn 2, while mlx-lm's grows; overhead < 5% of decode.
+Issue 29: over /v1/messages too, prefilled tokens per turn constant from turn 2 on, as on Chat.
 """
 
 from __future__ import annotations
@@ -47,7 +59,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 
@@ -64,6 +78,95 @@ from server_harness import free_port, running_server  # noqa: E402
 
 TOOL = {"type": "function", "function": {"name": "lookup", "description": "Look a fact up",
         "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}  # fmt: skip
+ANTHROPIC_TOOL = {"name": "lookup", "description": TOOL["function"]["description"],
+                  "input_schema": TOOL["function"]["parameters"]}  # fmt: skip
+ANTHROPIC_VERSION = "2023-06-01"
+CHAT_DELTAS = ("content", "reasoning", "tool_calls")  # delta fields that carry generated tokens
+TOKEN_DELTAS = ("text_delta", "thinking_delta", "input_json_delta")  # Anthropic's deltas of generated tokens
+
+
+def chat_body(model: str, system: str, msgs: list[dict], n: int) -> dict:
+    return {"model": model, "messages": [{"role": "system", "content": system}, *msgs], "tools": [TOOL],
+            "stream": True, "max_tokens": n, "stream_options": {"include_usage": True}, "temperature": 0}  # fmt: skip
+
+
+def chat_call(k: int, args: str, thought: str, result: str) -> list[dict]:
+    """The assistant's tool call and the tool's result, as Chat Completions messages."""
+    cid = f"call_{k}"
+    call = {"role": "assistant", "content": None,
+            "tool_calls": [{"id": cid, "type": "function", "function": {"name": "lookup", "arguments": args}}]}  # fmt: skip
+    if thought:
+        call["reasoning"] = thought
+    return [call, {"role": "tool", "tool_call_id": cid, "content": result}]
+
+
+def chat_answer(text: str, thought: str) -> dict:
+    return {"role": "assistant", "content": text, **({"reasoning": thought} if thought else {})}
+
+
+def chat_event(ch: dict) -> tuple[int, dict | None]:
+    """One Chat Completions chunk -> (token deltas in it, usage as {prompt, cached, completion} or None)."""
+    n = sum(1 for c in ch.get("choices") or [] if any(map((c.get("delta") or {}).get, CHAT_DELTAS)))
+    u = ch.get("usage")
+    if not u:
+        return n, None
+    cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens")
+    return n, {"prompt": u.get("prompt_tokens"), "cached": cached, "completion": u.get("completion_tokens")}
+
+
+def messages_body(model: str, system: str, msgs: list[dict], n: int) -> dict:
+    return {"model": model, "system": system, "messages": msgs, "tools": [ANTHROPIC_TOOL], "max_tokens": n,
+            "stream": True, "temperature": 0}  # fmt: skip
+
+
+def _thinking(thought: str) -> list[dict]:
+    return [{"type": "thinking", "thinking": thought}] if thought else []  # unsigned: taken as it is
+
+
+def messages_call(k: int, args: str, thought: str, result: str) -> list[dict]:
+    """The assistant's tool call and the tool's result, as Anthropic messages."""
+    cid = f"toolu_{k}"
+    call = {"type": "tool_use", "id": cid, "name": "lookup", "input": json.loads(args)}
+    return [{"role": "assistant", "content": [*_thinking(thought), call]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": cid, "content": result}]}]  # fmt: skip
+
+
+def messages_answer(text: str, thought: str) -> dict:
+    return {"role": "assistant", "content": [*_thinking(thought), {"type": "text", "text": text}]}
+
+
+def messages_event(ev: dict) -> tuple[int, dict | None]:
+    """One Anthropic stream event -> (token deltas in it, usage or None): the usage of the final
+    message_delta, prompt = input_tokens + cache_read_input_tokens (input_tokens are the uncached ones)."""
+    kind = ev.get("type")
+    if kind == "error":
+        raise SystemExit(f"/v1/messages stream error: {json.dumps(ev)[:300]}")
+    if kind == "content_block_delta":
+        return int((ev.get("delta") or {}).get("type") in TOKEN_DELTAS), None
+    if kind != "message_delta" or not ev.get("usage"):
+        return 0, None
+    u = ev["usage"]
+    inp, cached = u.get("input_tokens"), u.get("cache_read_input_tokens")
+    prompt = None if inp is None or cached is None else inp + cached
+    return 0, {"prompt": prompt, "cached": cached, "completion": u.get("output_tokens")}
+
+
+class Api(NamedTuple):
+    """How the agent loop speaks to a server: where it posts, the request body (model, system prompt,
+    messages, max_tokens), the messages of a call turn (k, arguments JSON, reasoning, tool result)
+    and of an answer (text, reasoning), and what one stream event (its JSON) says."""
+
+    path: str
+    headers: dict
+    body: Callable[[str, str, list, int], dict]
+    call: Callable[[int, str, str, str], list[dict]]
+    answer: Callable[[str, str], dict]
+    event: Callable[[dict], tuple[int, dict | None]]
+
+
+APIS = {"chat": Api("chat/completions", {}, chat_body, chat_call, chat_answer, chat_event),
+        "messages": Api("messages", {"anthropic-version": ANTHROPIC_VERSION}, messages_body, messages_call, messages_answer,
+                        messages_event)}  # fmt: skip
 
 
 def forced(enc, n: int, seed: int, call: bool, reasoning: int = 0) -> tuple[list[int], str, str]:
@@ -100,40 +203,40 @@ def thread_cpu(thread: threading.Thread | None) -> float:
 
 
 def stream_request(client: httpx.Client, body: dict, loop_thread: threading.Thread | None = None,
-                   keep_times: bool = False) -> dict:  # fmt: skip
-    """One streamed Chat Completions request on the client's kept-alive connection (a new
+                   keep_times: bool = False, api: Api = APIS["chat"]) -> dict:  # fmt: skip
+    """One streamed request of `api` on the client's kept-alive connection (a new
     `httpx.Client` per request would cost ~50 ms of TLS-context setup in every TTFT, even for
     http://); with `loop_thread` (our server's event-loop thread, in this process) also that
     thread's CPU seconds over the whole request; with `keep_times` also the send time `t0`, the
-    arrival time of every token delta (`times`) and the end of the stream (`end`), perf_counter."""
+    arrival time of every token delta (`times`) and the end of the stream (`end`), perf_counter.
+    prompt, cached, completion: read by `api.event` from the server's last usage (`usage`, as sent)."""
     c0 = thread_cpu(loop_thread)
     t0 = time.perf_counter()
     first = last = None
     n = 0
     times: list[float] = []
-    usage = None
-    with client.stream("POST", "chat/completions", json=body) as r:
+    usage = raw = None
+    with client.stream("POST", api.path, json=body, headers=api.headers) as r:
         if r.status_code != 200:
             raise SystemExit(f"{client.base_url}: HTTP {r.status_code}: {r.read()[:300]!r}")
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            ch = json.loads(line[6:])
-            usage = ch.get("usage") or usage
-            for c in ch.get("choices") or []:
-                d = c.get("delta") or {}
-                if d.get("content") or d.get("reasoning") or d.get("tool_calls"):
-                    first = first or time.perf_counter()
-                    last = time.perf_counter()
-                    n += 1
-                    times.append(last)
+                continue  # Anthropic's `event:` lines too: the data repeats the name as `type`
+            ev = json.loads(line[6:])
+            deltas, u = api.event(ev)
+            if u:
+                usage, raw = u, ev["usage"]
+            for _ in range(deltas):
+                first = first or time.perf_counter()
+                last = time.perf_counter()
+                n += 1
+                times.append(last)
     loop_cpu = thread_cpu(loop_thread) - c0
-    cached = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
-    prompt = (usage or {}).get("prompt_tokens")
-    completion = (usage or {}).get("completion_tokens")
+    prompt, cached, completion = ((usage or {}).get(key) for key in ("prompt", "cached", "completion"))
     kept = {"t0": t0, "times": times, "end": time.perf_counter()} if keep_times else {}
     return {**kept, "ttft": (first if first else time.perf_counter()) - t0, "prompt": prompt, "cached": cached,
             "prefilled": None if prompt is None or cached is None else prompt - cached, "completion": completion,
+            "usage": raw,  # as the server sent it
             "per_token": (last - first) / (n - 1) if n > 1 else None,  # wall, first to last delta
             "loop_cpu_per_token": loop_cpu / completion if loop_thread is not None and completion else None}  # fmt: skip
 
@@ -157,15 +260,21 @@ def in_process(app, enc, body: dict, toks: list[int]) -> dict:
 
 
 def agent_loop(client: httpx.Client, enc, turns: int, user: int, reply: int, model: str, seed: int, *, reasoning: int = 0,
-               hook: Hook | None = None, app=None, overhead: list | None = None, loop_thread: threading.Thread | None = None) -> list[dict]:  # fmt: skip
-    """One conversation of `turns` turns. Ours (hook given): forced replies, and with
-    `overhead` the paired HTTP / in-process replays of each answer request appended to it. With
+               hook: Hook | None = None, app=None, overhead: list | None = None, loop_thread: threading.Thread | None = None,
+               api: str = "chat") -> list[dict]:  # fmt: skip
+    """One conversation of `turns` turns over `api` (APIS: chat, messages). Ours (hook given): forced
+    replies, and with `overhead` (Chat only) the paired HTTP / in-process replays of each answer
+    request appended to it. With
     `reasoning`, every reply starts with that many tokens of analysis, and the client sends it back
     as `reasoning` on the assistant messages, as agents do: harmony keeps it while the tool call is
     continued and drops it once the turn has a final answer, so from turn 2 on the conversation a
     server holds no longer extends the one it is sent (the earlier turn's analysis is gone)."""
     ours = hook is not None
-    msgs = [{"role": "system", "content": f"You are a helpful agent (session {seed}). Use the lookup tool before answering."}]
+    wire = APIS[api]
+    if overhead is not None and api != "chat":
+        raise ValueError("the overhead replay parses Chat Completions requests: api must be 'chat'")
+    system = f"You are a helpful agent (session {seed}). Use the lookup tool before answering."
+    msgs: list[dict] = []
     rows = []
     for k in range(turns):
         msgs.append({"role": "user", "content": text_of(enc, user, seed + 1000 + k)})
@@ -174,9 +283,8 @@ def agent_loop(client: httpx.Client, enc, turns: int, user: int, reply: int, mod
         for step, toks in (("call", call_toks), ("answer", answer_toks)):
             if ours:
                 hook.next = toks
-            body = {"model": model, "messages": msgs, "tools": [TOOL], "stream": True,
-                    "max_tokens": len(toks), "stream_options": {"include_usage": True}, "temperature": 0}  # fmt: skip
-            row = stream_request(client, body)
+            body = wire.body(model, system, msgs, len(toks))
+            row = stream_request(client, body, api=wire)
             rows.append({"turn": k + 1, "step": step, **row})
             if ours and overhead is not None and step == "answer":
                 pair = {}
@@ -187,14 +295,9 @@ def agent_loop(client: httpx.Client, enc, turns: int, user: int, reply: int, mod
                         pair["loop_cpu"] = r["loop_cpu_per_token"]
                 overhead.append({"turn": k + 1, **pair})
             if step == "call":
-                cid = f"call_{k}"
-                msgs.append({"role": "assistant", "content": None, "tool_calls": [
-                    {"id": cid, "type": "function", "function": {"name": "lookup", "arguments": args}}]})  # fmt: skip
-                if call_thought:
-                    msgs[-1]["reasoning"] = call_thought
-                msgs.append({"role": "tool", "tool_call_id": cid, "content": text_of(enc, user, seed + 4000 + k)})
+                msgs += wire.call(k, args, call_thought, text_of(enc, user, seed + 4000 + k))
             else:
-                msgs.append({"role": "assistant", "content": answer, **({"reasoning": answer_thought} if answer_thought else {})})
+                msgs.append(wire.answer(answer, answer_thought))
     return rows
 
 
@@ -258,6 +361,8 @@ def ratio(rows: list[dict], turns: int, step: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ours", required=True, help="mlx-oss folder")
+    ap.add_argument("--api", choices=sorted(APIS), default="chat",
+                    help="chat: Chat Completions; messages: Anthropic's Messages API (ours only, no overhead replay)")  # fmt: skip
     ap.add_argument("--peer", help="mlx-lm folder of the same checkpoint (mlx-oss convert --to mlx-lm); omit to skip")
     ap.add_argument("--turns", type=int, default=10)
     ap.add_argument("--user", type=int, default=64, help="tokens per user message and per tool result")
@@ -272,6 +377,12 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.turns < 2 or a.repeats < 1:
         ap.error("--turns must be at least 2 and --repeats at least 1")
+    if a.api != "chat":
+        if a.peer:
+            print(f"--api {a.api}: mlx_lm.server has no Messages API, --peer left out", flush=True)
+            a.peer = None
+        print(f"--api {a.api}: no HTTP+SSE overhead replay (its in-process half parses Chat Completions)", flush=True)
+        a.overhead_turns = 0
 
     print(f"load at start: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} (1/5/15 min), {os.cpu_count()} CPUs", flush=True)
     model, enc = mlx_oss.load(a.ours, a.dtype)
@@ -285,13 +396,14 @@ def main(argv: list[str] | None = None) -> int:
             peer_url = f"http://127.0.0.1:{port}/v1"
         with running_server(model, enc, hook) as (url, app), httpx.Client(base_url=url + "/", timeout=3600) as ours_c, \
                 httpx.Client(base_url=(peer_url if peer else url) + "/", timeout=3600) as peer_c:
-            agent_loop(ours_c, enc, 1, a.user, a.reply, "gpt-oss-tiny", 0, reasoning=a.reasoning, hook=hook)  # warm-up (compiles, allocates)
+            agent_loop(ours_c, enc, 1, a.user, a.reply, "gpt-oss-tiny", 0, reasoning=a.reasoning, hook=hook, api=a.api)  # warm-up (compiles, allocates)
             if peer:
                 agent_loop(peer_c, enc, 1, a.user, a.reply, a.peer, 0, reasoning=a.reasoning)
             for rep in range(a.repeats):
                 seed = rep + 1  # a new conversation: the session number differs from the first message on
                 t0 = time.perf_counter()
-                ours_runs.append(agent_loop(ours_c, enc, a.turns, a.user, a.reply, "gpt-oss-tiny", seed, reasoning=a.reasoning, hook=hook))
+                ours_runs.append(agent_loop(ours_c, enc, a.turns, a.user, a.reply, "gpt-oss-tiny", seed, reasoning=a.reasoning, hook=hook,
+                                            api=a.api))  # fmt: skip
                 ours_wall.append(time.perf_counter() - t0)
                 print(f"run {rep + 1}/{a.repeats}: mlx-oss {ours_wall[-1]:.1f} s", end="", flush=True)
                 if peer:
@@ -314,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             peer.wait(60)
     print(f"load at end:   {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
     ours, theirs = medians(ours_runs), medians(peer_runs) if peer_runs else None
+    print(f"API: {'POST /v1/messages (Anthropic)' if a.api == 'messages' else 'POST /v1/chat/completions'}")
     table(ours, theirs, a.repeats)
     results = {"args": vars(a), "ours": ours, "ours_runs": ours_runs, "ours_wall_s": ours_wall, "overhead": overhead}
     print(f"\nwhole loop (median): mlx-oss {statistics.median(ours_wall):.2f} s"

@@ -59,3 +59,49 @@ def test_serve_bench_runs_both_servers_and_reports_what_they_did(tiny_chat_conve
     text = capsys.readouterr().out
     assert f"turn {turns} / turn 2 TTFT (call): mlx-oss" in text and ", mlx-lm " in text
     assert "server event-loop CPU:" in text and "% of the in-process decode time per token" in text
+
+
+@pytest.mark.slow
+def test_serve_bench_over_messages_prefills_only_what_is_new_as_over_chat(tiny_chat_converted, tmp_path, capsys):
+    """issue 29: the same agent loop over `POST /v1/messages` (Anthropic's shape: top-level system,
+    thinking + tool_use, tool_result, thinking + text) prefills per turn what it does over Chat
+    Completions: the prompt-cache pool serves Messages requests the same way."""
+    bench = _bench()
+    turns, user, reply = 3, 16, 8
+    common = ["--ours", str(tiny_chat_converted), "--turns", str(turns), "--user", str(user), "--reply", str(reply),
+              "--reasoning", "8", "--repeats", "1"]  # fmt: skip
+    out = {api: tmp_path / f"{api}.json" for api in ("chat", "messages")}
+    assert bench.main([*common, "--api", "chat", "--overhead-turns", "0", "--json", str(out["chat"])]) == 0
+    capsys.readouterr()
+    # mlx_lm.server has no Messages API: the peer is left out (before anything loads it), as is the overhead replay
+    no_peer = ["--peer", str(tmp_path / "no-peer")]
+    assert bench.main([*common, "--api", "messages", *no_peer, "--json", str(out["messages"])]) == 0
+    text = capsys.readouterr().out
+    chat, msgs = (json.loads(out[api].read_text()) for api in ("chat", "messages"))
+    assert "mlx_lm.server has no Messages API" in text and "peer" not in msgs and msgs["overhead"] == []
+    assert "API: POST /v1/messages" in text and f"turn {turns} / turn 2 TTFT (call): mlx-oss " in text
+    assert f"turn {turns} / turn 2 TTFT (answer): mlx-oss " in text and ", mlx-lm" not in text
+    c, m = chat["ours_runs"][0], msgs["ours_runs"][0]
+    assert [(r["turn"], r["step"]) for r in m] == [(k, s) for k in range(1, turns + 1) for s in ("call", "answer")]
+    # prompt, cached, completion are the server's own usage (the final message_delta's), Anthropic's way:
+    # input_tokens are the uncached ones
+    for r in m:
+        u = r["usage"]
+        assert set(u) >= {"input_tokens", "cache_read_input_tokens", "output_tokens"}, u
+        assert r["prompt"] == u["input_tokens"] + u["cache_read_input_tokens"]
+        assert r["cached"] == u["cache_read_input_tokens"]
+        assert r["prefilled"] == u["input_tokens"] and r["completion"] == u["output_tokens"] and r["ttft"] > 0
+    assert [r["completion"] for r in m] == [r["completion"] for r in c]
+    # the same conversation: Messages renders a tool_use's input as compact JSON where Chat keeps the
+    # client's arguments string (`{"q": "…"}`), so its prompt is shorter by `d` tokens per call in it
+    d = c[1]["prompt"] - m[1]["prompt"]  # turn 1's answer: one call in the prompt
+    assert d >= 0
+    assert [cr["prompt"] - mr["prompt"] for cr, mr in zip(c, m)] == [d * (r["turn"] - (r["step"] == "call")) for r in m]
+    # from turn 2 on every request prefills what is new since the server's cached prefix: with the
+    # analysis harmony drops, that span holds exactly one call (the previous turn's call re-rendered
+    # without its analysis / the call just made), so Messages prefills Chat's count less that call's `d`;
+    # a server that stopped reusing the cache for /v1/messages would prefill the whole, growing prompt
+    assert [r["prefilled"] for r in m[2:]] == [r["prefilled"] - d for r in c[2:]]
+    assert len({r["prefilled"] for r in m[2:] if r["step"] == "call"}) == 1
+    assert len({r["prefilled"] for r in m[2:] if r["step"] == "answer"}) == 1
+    assert all(r["cached"] > 0 for r in m[1:]) and m[-2]["prefilled"] < m[-2]["prompt"] // 2
