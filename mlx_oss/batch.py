@@ -7,10 +7,16 @@ read once for B tokens. Each sequence gets what it gets alone through `Engine.ge
 tokens, logits equal up to float rounding, the same seeded samples; tests/test_batch.py), whatever
 else is in the batch: a sampler owns its PRNG key and logits processors, attention is per sequence.
 
-Sequences join and leave between steps (continuous batching): `add()` prefills the new sequence alone
-(the engine's chunked prefill, optionally resuming an `EngineState` from a prompt-cache pool), and a
-finished or cancelled sequence leaves at once; its `EngineState` can be handed back (`keep_state`).
-Not yet: prefill interleaved with decode steps (an `add` runs its whole prefill before the next step).
+Sequences join and leave between steps (continuous batching): a new sequence is prefilled alone (the
+engine's chunked prefill, optionally resuming an `EngineState` from a prompt-cache pool), and a finished
+or cancelled sequence leaves at once; its `EngineState` can be handed back (`keep_state`).
+
+The prefill is interleaved with the decode steps when the generator has a `prefill_step`: `add()` only
+queues the sequence, and each `step()` feeds one chunk of `prefill_step` tokens of the oldest queued
+prompt before the decode pass, so a joining prompt costs the running sequences one chunk's time per
+token instead of its whole prefill at once (a long prompt would otherwise stall every stream for
+seconds); the sequence joins the decode pass of the step that finishes its prefill. Without it `add()`
+prefills at once (offline jobs, where only the total counts).
 """
 
 from __future__ import annotations
@@ -18,24 +24,42 @@ from __future__ import annotations
 import itertools
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import Callable, Generator, Iterable, NamedTuple, Sequence
 
 import mlx.core as mx
 
 from mlx_oss import tokenizer as tk
-from mlx_oss.engine import Engine, EngineState, Snapshot, settle, take_snapshot
+from mlx_oss.engine import Engine, EngineState, Snapshot, drain, settle, take_snapshot
 from mlx_oss.sampling import Sampler, SamplingConfig
 
 __all__ = ["BatchEvent", "BatchGenerator", "BatchResult", "generate_batch"]
 
 
 class BatchEvent(NamedTuple):
-    """What one `step()` did to one sequence: `token` it generated (None: cancelled before this step)
-    and why it ended (`done`: "stop", "tool_call", "length", "context", "cancelled"; None: it goes on)."""
+    """What one `step()` did to one sequence: `token` it generated (None: it ended without one) and why
+    it ended (`done`: "stop", "tool_call", "length", "context", "cancelled", "failed" (its queued prefill
+    raised: `error`); None: it goes on)."""
 
     seq_id: int
     token: int | None
     done: str | None
+    error: BaseException | None = None
+
+
+@dataclass
+class _Queued:
+    """A sequence `add` queued: prefilled chunk by chunk by `step()` (with a `prefill_step`)."""
+
+    prompt: list[int]
+    sampler: Sampler
+    max_tokens: int | None
+    stop_tokens: frozenset[int]
+    state: EngineState | None
+    boundaries: tuple[int, ...]
+    keep_state: bool
+    should_stop: Callable[[], bool] | None
+    steps: Generator[int, None, tuple[mx.array | None, int]] | None = None  # the engine's prefill, once started
+    next_chunk: int = 0  # tokens the next `next(steps)` feeds
 
 
 @dataclass
@@ -70,7 +94,8 @@ class BatchGenerator:
     step); `step()` -> one `BatchEvent` per live sequence; `cancel(id)` (safe from another thread: it
     takes effect at the next step, which reports it). Use from one thread (MLX streams are per thread),
     like `Engine`. `max_context`, `prefill_chunk`, `kv_bits`, `kv_group_size`, `max_snapshots`: as
-    `Engine`'s, for every sequence.
+    `Engine`'s, for every sequence. `prefill_step`: tokens of a queued prompt prefilled per `step()`
+    (interleaved prefill, module docstring; it is the prefill's chunk then); None: `add` prefills at once.
     """
 
     def __init__(
@@ -82,14 +107,19 @@ class BatchGenerator:
         prefill_chunk: int | None = None,
         kv_bits: int | None = None,
         kv_group_size: int | None = None,
+        prefill_step: int | None = None,
     ) -> None:
         self.model = model
+        if prefill_step is not None and prefill_step < 1:
+            raise ValueError(f"prefill_step must be at least 1, got {prefill_step}")
+        self.prefill_step = prefill_step
         # the prefill tool: a sequence is prefilled alone through the engine's own code, then detached
         self._engine = Engine(
-            model, max_context=max_context, max_snapshots=max_snapshots, prefill_chunk=prefill_chunk,
+            model, max_context=max_context, max_snapshots=max_snapshots, prefill_chunk=prefill_step or prefill_chunk,
             kv_bits=kv_bits, kv_group_size=kv_group_size,
         )  # fmt: skip
         self._live: dict[int, _Sequence] = {}
+        self._queued: dict[int, _Queued] = {}  # in arrival order; the first is the one being prefilled
         self._ids = itertools.count()
         self._cancelled: set[int] = set()
         self._lock = threading.Lock()
@@ -100,12 +130,17 @@ class BatchGenerator:
         return self._engine.max_context
 
     def __len__(self) -> int:
-        """Live sequences (what the next step advances)."""
-        return len(self._live)
+        """Sequences in the batch: decoding, and queued for their prefill (what `step()` advances)."""
+        return len(self._live) + len(self._queued)
 
     @property
     def ids(self) -> list[int]:
-        return list(self._live)
+        return list(self._live) + list(self._queued)
+
+    @property
+    def decoding(self) -> int:
+        """Sequences past their prefill (the rows of the next decode pass)."""
+        return len(self._live)
 
     def check_prompt(self, prompt: list[int]) -> None:
         """Raise ContextLengthError (or ValueError) now if `add(prompt, ...)` would, as `Engine.check_prompt`."""
@@ -134,36 +169,103 @@ class BatchGenerator:
     ) -> int | None:
         """Prefill `prompt` for a new sequence (chunked, as `Engine.prefill`; from `state`'s longest
         reusable prefix if given: the batch takes ownership of it) and make it join the decode batch.
+        With a `prefill_step` the prefill is only queued: `step()` does it, chunk by chunk.
 
-        -> its id, or None if `should_stop()` cut the prefill. Raises ContextLengthError (before any
-        compute) as `Engine.generate` does. `keep_state`: when it ends, its `EngineState` (caches,
-        tokens, snapshots) is kept for `take_state(id)`, e.g. to return it to a prompt-cache pool.
+        -> its id, or None if `should_stop()` cut the prefill (queued: that step reports it "cancelled").
+        Raises ContextLengthError (before any compute) as `Engine.generate` does. `keep_state`: when it
+        ends, its `EngineState` (caches, tokens, snapshots) is kept for `take_state(id)`, e.g. to return it
+        to a prompt-cache pool.
         """
         if max_tokens is not None and max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
-        engine = self._engine
-        engine.check_prompt(prompt)  # before taking `state`: a prompt that does not fit leaves it to the caller
-        try:
-            if state is not None:
-                engine.attach(state)
-            logits, reused = engine.prefill(prompt, should_stop, boundaries)
-        finally:
-            st = engine.detach()
+        self._engine.check_prompt(prompt)  # before taking `state`: a prompt that does not fit leaves it to the caller
+        q = _Queued(list(prompt), sampler, max_tokens, frozenset(stop_tokens), state, tuple(boundaries), keep_state,
+                    should_stop)  # fmt: skip
+        seq_id = next(self._ids)
+        if self.prefill_step is not None:
+            self._queued[seq_id] = q
+            return seq_id
+        logits, reused = self._prefill(q, all_at_once=True)
         if logits is None:
             return None
-        seq = _Sequence(
-            list(st.cache), list(st.tokens), list(st.snapshots), sampler, max_tokens, frozenset(stop_tokens),
-            keep_state, len(prompt), reused, y=mx.array([0]),
-        )  # fmt: skip
-        seq.y = sampler(logits, seq.context())
-        mx.async_eval(seq.y)
-        seq_id = next(self._ids)
-        self._live[seq_id] = seq
+        self._join(seq_id, q, logits, reused)
         return seq_id
+
+    def _prefill(self, q: _Queued, all_at_once: bool = False) -> tuple[mx.array | None, int] | None:
+        """Run `q`'s prefill in the engine: all of it, or (queued) its next chunk (`q.next_chunk` tokens).
+        -> (logits or None if stopped, reused tokens) when it is over, else None (more chunks to go). The
+        sequence's state is then `q.state` (the engine is free again)."""
+        engine = self._engine
+        try:
+            if q.steps is None:
+                if q.state is not None:
+                    engine.attach(q.state)
+                q.state = None
+                q.steps = engine.prefill_steps(q.prompt, q.should_stop, q.boundaries)
+                q.next_chunk = next(q.steps)  # the rewind; what the first chunk costs
+                if not all_at_once:
+                    return None
+            if all_at_once:
+                done = drain(q.steps)
+            else:
+                q.next_chunk = next(q.steps)
+                return None
+        except StopIteration as e:
+            done = e.value
+        except BaseException:
+            q.steps = None
+            engine.detach()  # the engine must be free for the next prompt; this state is lost
+            raise
+        q.steps = None
+        q.state = engine.detach()
+        return done
+
+    def _join(self, seq_id: int, q: _Queued, logits: mx.array, reused: int) -> None:
+        """`q`'s prefill is done: sample its first token; it decodes from the next pass on."""
+        st = q.state
+        seq = _Sequence(
+            list(st.cache), list(st.tokens), list(st.snapshots), q.sampler, q.max_tokens, q.stop_tokens,
+            q.keep_state, len(q.prompt), reused, y=mx.array([0]),
+        )  # fmt: skip
+        seq.y = q.sampler(logits, seq.context())
+        mx.async_eval(seq.y)
+        self._live[seq_id] = seq
+
+    def _prefill_queued(self) -> list[BatchEvent]:
+        """Prefill chunks of the queued prompts, oldest first, up to `prefill_step` tokens in all (short
+        prompts take one chunk each, so several may join in one step; a chunk that would pass the budget
+        waits for the next step); -> the events of those whose prefill
+        ended without joining (cut, failed)."""
+        events, budget = [], self.prefill_step
+        while self._queued and budget > 0:
+            seq_id, q = next(iter(self._queued.items()))
+            try:
+                if q.steps is not None:
+                    if q.next_chunk > budget and budget < self.prefill_step:
+                        break  # the next chunk would pass the step's budget: the next step takes it
+                    budget -= q.next_chunk
+                done = self._prefill(q)  # not started: the rewind only, and the size of its first chunk
+            except Exception as e:  # this sequence fails; the batch goes on
+                del self._queued[seq_id]
+                events.append(BatchEvent(seq_id, None, "failed", e))
+                continue
+            if done is None:
+                continue
+            del self._queued[seq_id]
+            logits, reused = done
+            if logits is None:
+                events.append(BatchEvent(seq_id, None, "cancelled"))
+                continue
+            try:
+                self._join(seq_id, q, logits, reused)
+            except Exception as e:  # the first sampling failed (a logits processor)
+                events.append(BatchEvent(seq_id, None, "failed", e))
+        return events
 
     def cancel(self, seq_id: int) -> None:
         """End sequence `seq_id` before the next step's forward pass (which then reports it as
-        `BatchEvent(seq_id, None, "cancelled")`); its pending token is never fed. Thread-safe."""
+        `BatchEvent(seq_id, None, "cancelled")`); its pending token is never fed, a queued prefill stops
+        where it is (its state is dropped). Thread-safe."""
         with self._lock:
             self._cancelled.add(seq_id)
 
@@ -191,6 +293,14 @@ class BatchGenerator:
             if seq_id in self._live:
                 self._leave(seq_id)
                 events.append(BatchEvent(seq_id, None, "cancelled"))
+            elif seq_id in self._queued:
+                q = self._queued.pop(seq_id)
+                if q.steps is not None:
+                    q.steps.close()
+                    self._engine.detach()
+                events.append(BatchEvent(seq_id, None, "cancelled"))
+        if self._queued:
+            events += self._prefill_queued()
         if not self._live:
             return events
         ids = list(self._live)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Generator, Iterable, Iterator, TypeVar
 
 import mlx.core as mx
 
@@ -32,6 +32,7 @@ __all__ = ["ContextLengthError", "Engine", "EngineState", "Generation", "Snapsho
 
 Stop = Callable[[], bool]
 Progress = Callable[[int, int], None]
+_T = TypeVar("_T")
 
 
 DEFAULT_PREFILL_CHUNK = 2048  # tokens per forward call while prefilling: a long prompt never builds a T x T mask
@@ -56,6 +57,24 @@ def prefill_chunks(
     lm_head. `total` (default: where the cache ends up) lets full-layer caches grow once;
     `on_chunk(a, b)` after tokens[:, a:b] went in.
     """
+    return drain(prefill_chunk_steps(model, cache, tokens, chunk=chunk, total=total, want_logits=want_logits,
+                                     should_stop=should_stop, on_chunk=on_chunk))  # fmt: skip
+
+
+def prefill_chunk_steps(
+    model,
+    cache: list,
+    tokens: mx.array,
+    *,
+    chunk: int = DEFAULT_PREFILL_CHUNK,
+    total: int | None = None,
+    want_logits: bool = True,
+    should_stop: Stop | None = None,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> Generator[int, None, mx.array | bool]:
+    """`prefill_chunks` one chunk at a time: before each chunk it yields the chunk's size in tokens, and
+    the next `next()` feeds it (so its caller, e.g. a batch between decode steps, knows what the next
+    step of the prefill costs before it asks for it); returns what `prefill_chunks` returns."""
     T = tokens.shape[1]
     total = cache[0].offset + T if total is None else total
     logits = None
@@ -63,6 +82,7 @@ def prefill_chunks(
         if should_stop is not None and should_stop():
             return False
         e = min(T, s + chunk)
+        yield e - s
         logits = model(tokens[:, s:e], cache, last_only=True)
         if want_logits and e == T:
             mx.eval(logits)
@@ -74,6 +94,15 @@ def prefill_chunks(
         if on_chunk is not None:
             on_chunk(s, e)
     return logits if want_logits else True
+
+
+def drain(steps: Generator[int, None, _T]) -> _T:
+    """Run a step generator (`prefill_chunk_steps`, `Engine.prefill_steps`) to its end; -> its value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as e:
+            return e.value
 
 
 class ContextLengthError(ValueError):
@@ -306,10 +335,10 @@ class Engine:
 
     # ------------------------------------------------------------------ forward
 
-    def _prefill(
+    def _prefill_steps(
         self, tokens: list[int], should_stop: Stop, total: int, want_logits: bool, progress: Progress | None = None
-    ) -> mx.array | bool:
-        """`prefill_chunks` into the engine's caches, recording the tokens fed; `progress(cached, total)`
+    ) -> Generator[int, None, mx.array | bool]:
+        """`prefill_chunk_steps` into the engine's caches, recording the tokens fed; `progress(cached, total)`
         after each chunk."""
 
         def fed(a: int, b: int) -> None:
@@ -317,7 +346,7 @@ class Engine:
             if progress is not None:
                 progress(len(self._tokens), total)
 
-        return prefill_chunks(
+        return prefill_chunk_steps(
             self.model, self.cache, mx.array([tokens], dtype=mx.int32), chunk=self.prefill_chunk, total=total,
             want_logits=want_logits, should_stop=should_stop, on_chunk=fed,
         )  # fmt: skip
@@ -337,18 +366,32 @@ class Engine:
         """
         return self._fill(prompt, should_stop, boundaries, progress)
 
+    def prefill_steps(
+        self, prompt: list[int], should_stop: Stop | None = None, boundaries: Iterable[int] = ()
+    ) -> Generator[int, None, tuple[mx.array | None, int]]:
+        """`prefill` one chunk (at most `prefill_chunk` tokens) at a time: yields the size of the next
+        chunk, which the next `next()` feeds; returns what `prefill` returns. The engine is mid-prefill
+        until the generator ends: use nothing else of it meanwhile (a batch interleaves a joining
+        prompt's chunks with its decode steps this way)."""
+        return self._fill_steps(prompt, should_stop, boundaries)
+
     def _fill(
         self, prompt: list[int], should_stop: Stop | None, boundaries: Iterable[int], progress: Progress | None = None,
     ) -> tuple[mx.array | None, int]:  # fmt: skip
         """`prefill`'s work, also the first half of `generate` (a subclass that announces a public
         `prefill` to other ranks must not announce generate's own)."""
+        return drain(self._fill_steps(prompt, should_stop, boundaries, progress))
+
+    def _fill_steps(
+        self, prompt: list[int], should_stop: Stop | None, boundaries: Iterable[int], progress: Progress | None = None,
+    ) -> Generator[int, None, tuple[mx.array | None, int]]:  # fmt: skip
         self.check_prompt(prompt)
         stop = should_stop or (lambda: False)
         keep = self._rewind(prompt)
         cuts = sorted({b for b in boundaries if keep < b < len(prompt)}) + [len(prompt)]
         start, out = keep, None
         for end in cuts:
-            out = self._prefill(prompt[start:end], stop, len(prompt), want_logits=end == len(prompt), progress=progress)
+            out = yield from self._prefill_steps(prompt[start:end], stop, len(prompt), end == len(prompt), progress)
             if out is False:
                 return None, keep
             self.snapshot("prompt")

@@ -176,6 +176,18 @@ class ModelInfo:
         return lo
 
 
+AUTO_BATCH_CAP = 8  # `serve --max-batch auto` never batches more (the step cost grows with the rows; docs/SERVER.md)
+
+
+def auto_batch_size(limit: int, weights: int, cache_bytes: int, per_sequence: int, cap: int = AUTO_BATCH_CAP) -> int:
+    """`mlx-oss serve --max-batch auto`: how many sequences at the full context fit `limit` bytes (the GPU's
+    working set, or the RAM on the CPU backend) beside the weights and the prompt-cache pool's budget
+    (`--cache-bytes`, which the pool may fill), each needing `per_sequence` bytes of KV cache; at least 1
+    (one at a time always runs), at most `cap`."""
+    free = limit - weights - cache_bytes
+    return max(1, min(cap, free // max(1, per_sequence)))
+
+
 def _classify(spec: Spec, by_name: dict[str, Spec], dense: dict[str, Spec]) -> tuple[str, int]:
     """-> (weight format, parameter count) of one stored tensor."""
     n = 1

@@ -335,3 +335,86 @@ def test_generate_batch_equals_solo_runs(chat_model):
     for r, p in zip(results, [rendered, prompts[1], prompts[2]]):
         toks, _, reason, _ = solo(chat_model, p, GREEDY, 6, stop_tokens=(200002, 200012))
         assert r.tokens == toks and r.stop_reason == reason and r.text == tok.decode(toks)
+
+
+# ---------------------------------------------------------------------- interleaved prefill
+
+
+def test_a_joining_prompt_is_prefilled_a_chunk_per_step_and_everyone_matches_solo(chat_model, monkeypatch):
+    """`prefill_step=8`: B (37 tokens, from a state holding 9 of them) joins while A decodes; each step
+    feeds at most 8 tokens of queued prompts before A's decode pass, so A gets a token every step, and B
+    joins the pass of the step that ends its prefill (28 tokens to go after the reused 9: 8, 8, 8, 4).
+    C is queued behind B: its first chunk (8) does not fit what B's last one left of that step's budget,
+    so it starts at the next step; two short prompts fit one step together. Each equals its solo run,
+    logits step by step."""
+    V = chat_model.args.vocab_size
+    pa, pb, pc = prompt_of(20, 6, V), prompt_of(21, 37, V), prompt_of(22, 11, V)
+    engine = Engine(chat_model)
+    engine.prefill(pb[:9])
+    state = engine.detach()
+    chunks: list[int] = []
+    real = chat_model.__call__
+    monkeypatch.setattr(type(chat_model), "__call__", lambda self, x, cache, **kw: (chunks.append(x.shape[1]), real(x, cache, **kw))[1])
+    run = Run(BatchGenerator(chat_model, prefill_step=8))
+    a = run.add(pa, GREEDY, max_tokens=14)
+    assert chunks == [] and len(run.batch) == 1 and run.batch.decoding == 0  # queued, not prefilled
+    run.step()
+    assert chunks == [6] and run.tokens[a] and run.batch.decoding == 1  # its one chunk, then its first token
+    b = run.add(pb, GREEDY, max_tokens=6, state=state, keep_state=True)
+    c = run.add(pc, GREEDY, max_tokens=4)
+    per_step = []
+    for _ in range(5):
+        chunks.clear()
+        n_a = len(run.tokens[a])
+        run.step()
+        per_step.append((chunks[:], len(run.tokens[a]) - n_a, len(run.tokens[b]), len(run.tokens[c])))
+    assert per_step == [([8], 1, 0, 0), ([8], 1, 0, 0), ([8], 1, 0, 0), ([4], 1, 1, 0), ([8], 1, 2, 0)], per_step
+    run.finish()
+    for sid, p, n in [(a, pa, 14), (b, pb, 6), (c, pc, 4)]:
+        toks, rec, reason, _ = solo(chat_model, p, GREEDY, n)
+        assert_same(run.tokens[sid], run.recs[sid], toks, rec)
+        assert run.done[sid] == reason == "length"
+    st = run.batch.take_state(b)
+    assert list(st.tokens) == pb + run.tokens[b]
+    chunks.clear()
+    d, e = run.add(prompt_of(23, 3, V), GREEDY, max_tokens=2), run.add(prompt_of(24, 4, V), GREEDY, max_tokens=2)
+    run.step()
+    assert chunks == [3, 4] and run.batch.decoding == 2 and run.tokens[d] and run.tokens[e]  # one step, both joined
+
+
+def test_a_queued_prefill_cancelled_or_failing_leaves_the_others_alone(chat_model):
+    """Cancelled mid-prefill (after one of its chunks), cut by `should_stop`, or failing in its first
+    sampling: that sequence ends with one event ("cancelled" / "failed" with the error), the engine is
+    free for the next prompt, and the decoding sequence goes on as alone."""
+    V = chat_model.args.vocab_size
+    pa = prompt_of(30, 5, V)
+
+    def broken(context, logits):
+        raise RuntimeError("processor failed")
+
+    run = Run(BatchGenerator(chat_model, prefill_step=4))
+    a = run.add(pa, GREEDY, max_tokens=12)
+    run.step()
+    b = run.add(prompt_of(31, 20, V), GREEDY, max_tokens=3)
+    run.step()  # b's first chunk
+    run.batch.cancel(b)
+    events = run.step()
+    assert BatchEvent(b, None, "cancelled") in events and b not in run.batch.ids
+    stop = [False]
+    c = run.add(prompt_of(32, 9, V), GREEDY, max_tokens=3, should_stop=lambda: stop[0])
+    run.step()
+    stop[0] = True
+    events = run.step()
+    assert BatchEvent(c, None, "cancelled") in events and c not in run.batch.ids
+    d = run.batch.add(prompt_of(33, 3, V), Sampler(SamplingConfig(logits_processors=(broken,))), max_tokens=3)
+    run.tokens[d] = []
+    failed = [e for e in run.step() if e.seq_id == d]
+    assert [(e.token, e.done, str(e.error)) for e in failed] == [(None, "failed", "processor failed")]
+    e = run.add(prompt_of(34, 6, V), GREEDY, max_tokens=2)
+    run.finish()
+    assert run.done[a] == "length" and run.done[e] == "length"
+    for sid, p, n in [(a, pa, 12), (e, prompt_of(34, 6, V), 2)]:
+        toks, rec, _, _ = solo(chat_model, p, GREEDY, n)
+        assert_same(run.tokens[sid], run.recs[sid], toks, rec)
+    with pytest.raises(ValueError, match="prefill_step"):
+        BatchGenerator(chat_model, prefill_step=0)

@@ -12,23 +12,27 @@ import json
 import threading
 
 import httpx
+import jsonschema
 import pytest
 
 import mlx_oss
 from mlx_oss.cli import main as cli_main
 from server_harness import (
     MODEL_ID,
+    Gate,
     Hold,
     Scripts,
     join_all,
     post_json,
     reply,
     running_server,
+    sdk_client,
     stream_chat,
     stream_responses,
     wait_idle,
     wait_until,
 )
+from test_server_structured import BUDGET, LIMIT, PARAMS, TOOL_R, USER, WEATHER, Weather, _valid
 
 
 @pytest.fixture(scope="module")
@@ -289,9 +293,9 @@ def test_a_conversation_continued_after_a_batched_turn_reuses_its_prefix(model_t
 # ----------------------------------------------------------------------------- the flag
 
 
-def test_max_batch_flag_is_a_positive_int_defaulting_to_1(capsys):
+def test_max_batch_flag_is_a_positive_int_or_auto_by_default(capsys):
     parser = cli_main.build_parser()
-    assert parser.parse_args(["serve", "-m", "x"]).max_batch == 1
+    assert parser.parse_args(["serve", "-m", "x"]).max_batch == "auto"
     assert parser.parse_args(["serve", "-m", "x", "--max-batch", "4"]).max_batch == 4
     for bad in ("0", "-1", "two"):
         with pytest.raises(SystemExit) as e:
@@ -364,3 +368,294 @@ def test_builtin_tool_rounds_run_in_the_batch_as_alone(model_tok):
         assert types == ["reasoning", "web_search_call", "reasoning", "message"] and text == final
         assert (types, text, given, used) == alone[key][:4]
         assert cached >= alone[key][4] > 0  # round 2 resumed round 1 (more if a shared prefix was cached too)
+
+
+# ----------------------------------------------------------------------------- constraints and logprobs, at once
+
+
+class _Seen:
+    """A logits processor that changes nothing and logs (name, jobs running on the worker) at every sampling
+    step of its request: two requests whose steps interleave in the log decoded at the same time."""
+
+    def __init__(self, log: list, name: str, app_of) -> None:
+        self.log, self.name, self.app_of = log, name, app_of
+
+    def __call__(self, context, logits):
+        self.log.append((self.name, self.app_of().state.backend.worker.running))
+        return logits
+
+
+LOGPROB_ANSWER = "Each of us gets what is ours, token by token"
+CLIENTS = {"strict-answer": 7, "strict-tool": 8, "with-logprobs": 9}  # the user's words, and the seed of each
+
+
+def _sdk_clients(client) -> dict:
+    """Three openai SDK clients, each streaming: a strict JSON-schema answer (chat, `response_format` from a
+    pydantic model), a call to a named strict function tool (responses), logprobs of a scripted answer (chat)."""
+
+    def strict_answer():
+        with client.chat.completions.stream(model=MODEL_ID, messages=[{"role": "user", "content": "strict-answer"}],
+                                            response_format=Weather, seed=CLIENTS["strict-answer"],
+                                            max_completion_tokens=LIMIT, extra_body={"reasoning": BUDGET},
+                                            stream_options={"include_usage": True}) as s:  # fmt: skip
+            deltas = "".join(ev.delta for ev in s if ev.type == "content.delta")
+            r = s.get_final_completion()
+        c = r.choices[0]
+        assert deltas == c.message.content
+        return c.finish_reason, c.message.content, c.message.parsed, r.usage.completion_tokens
+
+    def strict_tool():
+        events = list(client.responses.create(model=MODEL_ID, input="strict-tool", tools=[TOOL_R], reasoning=BUDGET,
+                                              tool_choice={"type": "function", "name": "get_weather"},
+                                              max_output_tokens=LIMIT, stream=True,
+                                              extra_body={"seed": CLIENTS["strict-tool"]}))  # fmt: skip
+        assert events[-1].type == "response.completed", events[-1]
+        r = events[-1].response
+        calls = [(it.name, it.arguments) for it in r.output if it.type == "function_call"]
+        streamed = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+        assert len(calls) == 1 and calls[0][1] == streamed
+        return r.status, calls[0], [it.type for it in r.output], r.usage.output_tokens
+
+    def with_logprobs():
+        text, entries, reason = "", [], None
+        for chunk in client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "with-logprobs"}],
+                                                    logprobs=True, top_logprobs=2, stream=True, temperature=1.0,
+                                                    seed=CLIENTS["with-logprobs"], max_tokens=60,
+                                                    stream_options={"include_usage": True}):  # fmt: skip
+            for c in chunk.choices:
+                text += c.delta.content or ""
+                entries += [e.model_dump() for e in (c.logprobs.content if c.logprobs else None) or []]
+                reason = c.finish_reason or reason
+        return reason, text, entries
+
+    return {"strict-answer": strict_answer, "strict-tool": strict_tool, "with-logprobs": with_logprobs}
+
+
+def _clients_hook(tok, log: list, app_of, gate=None):
+    """The sampling hook of the three clients: each gets a `_Seen` (the logprobs one then its scripted answer);
+    a request with "blocker" in it gets `gate`, then a short scripted reply."""
+    from mlx_oss.sampling import ScriptedTokens
+
+    def hook(body):
+        text = json.dumps(body)
+        if "blocker" in text:
+            return [gate, ScriptedTokens(reply(tok, final="blocker"))]
+        name = next(n for n in CLIENTS if n in text)
+        seen = _Seen(log, name, app_of)
+        if name == "with-logprobs":
+            return [seen, ScriptedTokens(reply(tok, analysis="hm", final=LOGPROB_ANSWER))]
+        return [seen]
+
+    return hook
+
+
+def test_sdk_clients_with_different_constraints_decode_together_each_as_alone(model_tok):
+    """A strict answer schema, a named strict tool and logprobs, streamed by three SDK clients in one batch:
+    each reply is its own (the schema valid, the call's arguments valid, the logprobs' tokens its text) and
+    equal to what the same request gets alone. Guards that each sequence keeps its own `Sampler.extra`
+    (generation.py `generation_program`: a fresh `turn.constraint` per request), its own logprob records
+    (`_RoundOutput.feed` / `TokenOutput`) and its own row of the batch's logits (batch.py `step`: `logits[b]`)."""
+    model, tok = model_tok
+    alone_log: list = []
+    holder: dict = {}
+    solo_hook = _clients_hook(tok, alone_log, lambda: holder["solo"])
+    with running_server(model, tok, solo_hook, max_context=1024) as (url, app):
+        holder["solo"] = app
+        fns = _sdk_clients(sdk_client((url,)))
+        alone = {name: fn() for name, fn in fns.items()}  # one after another, on the one-at-a-time engine
+    log: list = []
+    gate = Gate()
+    with running_server(model, tok, _clients_hook(tok, log, lambda: holder["batch"], gate), max_context=1024,
+                        max_batch=4) as (url, app):  # fmt: skip
+        holder["batch"] = app
+        worker = app.state.backend.worker
+        blocker = threading.Thread(target=lambda: post_json(url, "/chat/completions", _chat("blocker")), daemon=True)
+        blocker.start()
+        wait_until(gate.entered.is_set, "the blocker holds the worker")  # so the three join the batch at once
+        fns = _sdk_clients(sdk_client((url,)))
+        queued: list = []
+
+        def release_when_queued():
+            try:
+                wait_until(lambda: worker.waiting == 3, "the three queued", 30)
+                queued.append(worker.running)
+            finally:
+                gate.release.set()
+
+        threading.Thread(target=release_when_queued, daemon=True).start()
+        together = _in_threads(fns)
+        assert queued == [1]  # the three waited together while the blocker held the worker
+        assert join_all([blocker], 60)
+        wait_idle(app)
+        assert app.state.backend.outcomes == {"stop": 3, "tool_call": 1}
+    for name, got in together.items():
+        assert not isinstance(got, Exception), (name, got)
+    # they decoded at once: each one's steps lie between the others' first and last (alone: one after another)
+    steps = {n: [i for i, (m, _) in enumerate(log) if m == n] for n in CLIENTS}
+    for a in CLIENTS:
+        for b in CLIENTS:
+            assert steps[a][0] < steps[b][-1], (a, b)
+        assert max(r for m, r in log if m == a) >= 3, a
+    assert all(r == 1 for _, r in alone_log)
+    reason, content, parsed, _ = together["strict-answer"]
+    # random weights: only the constraint can make it valid
+    assert reason == "stop" and isinstance(parsed, Weather), content
+    status, (fn_name, arguments), kinds, _ = together["strict-tool"]
+    assert status == "completed" and fn_name == "get_weather" and kinds[-1] == "function_call"
+    jsonschema.validate(json.loads(arguments), PARAMS)
+    reason, text, entries = together["with-logprobs"]
+    assert reason == "stop" and text == LOGPROB_ANSWER and "".join(e["token"] for e in entries) == text
+    assert together["strict-answer"] == alone["strict-answer"] and together["strict-tool"] == alone["strict-tool"]
+    assert alone["with-logprobs"][:2] == (reason, text)
+    _same_logprobs(entries, alone["with-logprobs"][2])
+
+
+def _same_logprobs(entries: list[dict], alone: list[dict]) -> None:
+    """Logprob entries (tokens, top tokens) equal to those of the same request alone, their values up to rounding."""
+    assert [(e["token"], [t["token"] for t in e["top_logprobs"]]) for e in entries] == [
+        (a["token"], [t["token"] for t in a["top_logprobs"]]) for a in alone
+    ]
+    for e, a in zip(entries, alone):
+        assert e["logprob"] == pytest.approx(a["logprob"], abs=1e-3)
+        tops = [t["logprob"] for t in e["top_logprobs"]]
+        assert tops == pytest.approx([t["logprob"] for t in a["top_logprobs"]], abs=1e-3)
+
+
+# ----------------------------------------------------------------------------- a client leaves a full batch
+
+
+def _held_stream(url: str, key: str) -> tuple:
+    """A streamed chat request (its `Hold` keeps it going) with logprobs: (text, logprob entries, reason, usage)."""
+    body = _chat(key, stream=True, stream_options={"include_usage": True}, logprobs=True, top_logprobs=2)
+    status, chunks, done = stream_chat(url, body)
+    assert status == 200 and done
+    text = "".join(c["delta"].get("content") or "" for ch in chunks for c in ch["choices"])
+    entries = [e for ch in chunks for c in ch["choices"] for e in ((c.get("logprobs") or {}).get("content") or [])]
+    reason = [c["finish_reason"] for ch in chunks for c in ch["choices"] if c["finish_reason"]]
+    return text, entries, reason, chunks[-1]["usage"]["completion_tokens"]
+
+
+def test_a_client_leaving_a_full_batch_frees_its_place_for_the_queue_and_the_other_goes_on_as_alone(model_tok):
+    """`--max-batch 2`, both places held (the leaver, the stayer) and a third request queued: the leaver drops
+    its stream and the queued request runs in its place and completes while the stayer is still held; the
+    stayer then ends with exactly the tokens and logprobs it gets alone. Guards the cancel path of a batched
+    sequence: generation.py `BatchRunner.step` (`should_stop` -> `batch.cancel`, the ended program leaves the
+    runner), worker.py `_serve_batch` (a place freed is taken from the queue) and batch.py `step` (a sequence
+    leaving does not shift the others' caches or logits rows)."""
+    model, tok = model_tok
+    scripts = HeldScripts()
+    leaving, staying = scripts.held["leaver"], scripts.held["stayer"] = hold(tok), hold(tok)
+    scripts.keyed["queued"] = reply(tok, final="my turn now")
+    with running_server(model, tok, scripts, max_context=8192, max_batch=2) as (url, app):
+        backend, worker = app.state.backend, app.state.backend.worker
+        read, leave = threading.Event(), threading.Event()
+        out: dict = {}
+
+        def leaver():
+            with httpx.stream("POST", url + "/chat/completions", json=_chat("leaver", stream=True), timeout=120) as r:
+                for i, _ in enumerate(r.iter_lines()):
+                    if i >= 4:
+                        read.set()
+                        leave.wait(120)
+                        return "left"  # closes the connection mid-stream
+            return "ended"
+
+        def run(name, fn):
+            out[name] = fn()
+
+        threads = {"leaver": threading.Thread(target=run, args=("leaver", leaver), daemon=True),
+                   "stayer": threading.Thread(target=run, args=("stayer", lambda: _held_stream(url, "stayer")), daemon=True),
+                   "queued": threading.Thread(target=run, args=("queued", lambda: _chat_plain(url, "queued")), daemon=True)}  # fmt: skip
+        threads["leaver"].start()
+        wait_until(read.is_set, "the leaver reads its first chunks")
+        threads["stayer"].start()
+        wait_until(staying.entered.is_set, "the stayer in flight")
+        threads["queued"].start()
+        wait_until(lambda: worker.waiting == 1, "the third request queued")
+        assert worker.running == 2 and "queued" not in out  # no place for it while both are held
+        leave.set()
+        threads["queued"].join(20)
+        assert out.get("queued") == ("my turn now", len(reply(tok, final="my turn now")), "stop")
+        assert threads["stayer"].is_alive() and not staying.release.is_set()  # the leaver's place, not the stayer's
+        assert out["leaver"] == "left" and not leaving.release.is_set() and backend.outcomes["cancelled"] == 1
+        held = staying.held
+        staying.release.set()
+        assert join_all(threads.values(), 60)
+        wait_idle(app)
+        assert dict(backend.outcomes) == {"cancelled": 1, "stop": 2}
+    text, entries, reason, used = out["stayer"]
+    assert reason == ["stop"] and text == " la" * staying.held + " done" and staying.held >= held
+    solo_scripts = HeldScripts()
+    solo_scripts.held["stayer"] = Hold(staying.head, staying.filler, staying.tail, limit=staying.held)  # never released
+    with running_server(model, tok, solo_scripts, max_context=8192) as (url, app):
+        alone = _held_stream(url, "stayer")
+    assert (text, reason, used) == (alone[0], alone[2], alone[3])
+    assert "".join(e["token"] for e in entries) == text
+    _same_logprobs(entries, alone[1])
+
+
+# ----------------------------------------------------------------------------- a strict answer cut by the limit
+
+
+def _cut_requests(url: str) -> dict:
+    """A strict Weather answer with room for 6 tokens, four ways (responses / chat, plain / streamed)."""
+    fmt = {"type": "json_schema", "name": "Weather", "schema": WEATHER, "strict": True}
+    resp = {"model": MODEL_ID, "input": USER, "text": {"format": fmt}, "seed": 1, "reasoning": {"max_tokens": 0},
+            "max_output_tokens": 6}  # fmt: skip
+    chat = {"model": MODEL_ID, "messages": USER, "seed": 1, "max_tokens": 6, "reasoning": {"max_tokens": 0},
+            "response_format": {"type": "json_schema", "json_schema": {"name": "W", "schema": WEATHER, "strict": True}}}  # fmt: skip
+
+    def responses_plain():
+        r = post_json(url, "/responses", resp).json()
+        msg = [it for it in r["output"] if it["type"] == "message"]
+        return r["status"], r["incomplete_details"], msg[-1]["status"], msg[-1]["content"][0]["text"]
+
+    def responses_stream():
+        status, events = stream_responses(url, {**resp, "stream": True})
+        assert status == 200
+        r = events[-1]["response"]
+        text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+        return events[-1]["type"], r["status"], r["incomplete_details"], text
+
+    def chat_plain():
+        c = post_json(url, "/chat/completions", chat).json()["choices"][0]
+        return c["finish_reason"], c["message"]["content"]
+
+    def chat_stream():
+        status, chunks, done = stream_chat(url, {**chat, "stream": True})
+        assert status == 200 and done
+        text = "".join(c["delta"].get("content") or "" for ch in chunks for c in ch["choices"])
+        return [c["finish_reason"] for ch in chunks for c in ch["choices"] if c["finish_reason"]], text
+
+    return {"responses": responses_plain, "responses-stream": responses_stream, "chat": chat_plain,
+            "chat-stream": chat_stream}  # fmt: skip
+
+
+def test_a_strict_answer_cut_by_the_limit_in_a_batch_is_incomplete_as_alone(model_tok):
+    """The four ways of test_server_structured's cut reply, at once and beside a held request: each reports
+    incomplete / length with the same cut text as alone. Guards the "length" end of a batched round (batch.py
+    `_done` -> generation.py `_RoundOutput.result`: the open message closed incomplete) under a constraint."""
+    model, tok = model_tok
+    with running_server(model, tok, Scripts(), max_context=1024) as (url, app):
+        alone = {name: fn() for name, fn in _cut_requests(url).items()}
+    scripts = HeldScripts()
+    held = scripts.held["holdme"] = hold(tok)
+    with running_server(model, tok, scripts, max_context=4096, max_batch=5) as (url, app):
+        out: dict = {}
+        holder = threading.Thread(target=lambda: out.__setitem__("held", _chat_plain(url, "holdme")), daemon=True)
+        holder.start()
+        wait_until(held.entered.is_set, "the held request in flight")
+        together = _in_threads(_cut_requests(url))
+        assert holder.is_alive() and not held.release.is_set()  # they ran beside it
+        held.release.set()
+        assert join_all([holder], 60) and out["held"][2] == "stop"
+        wait_idle(app)
+        assert dict(app.state.backend.outcomes) == {"length": 4, "stop": 1}
+    assert together == alone
+    incomplete = {"reason": "max_output_tokens"}
+    status, details, item_status, text = together["responses"]
+    assert (status, details, item_status) == ("incomplete", incomplete, "incomplete")
+    assert text and not _valid(Weather, text)
+    assert together["responses-stream"][:3] == ("response.incomplete", "incomplete", incomplete)
+    assert together["chat"][0] == "length" and not _valid(Weather, together["chat"][1])
+    assert together["chat-stream"][0][-1] == "length"

@@ -15,8 +15,10 @@ suite runs 300 bodies, seeded, in well under a minute of requests).
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
+import threading
 
 import httpx
 import pytest
@@ -26,7 +28,7 @@ from hypothesis import strategies as st
 import mlx_oss
 from mlx_oss.sampling import ScriptedTokens
 from mlx_oss.server.request_body import CHAT, MESSAGES, RESPONSES
-from server_harness import MODEL_ID, reply, running_server
+from server_harness import MODEL_ID, reply, running_server, sse_frames
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 
@@ -143,18 +145,66 @@ def check_stream(path: str, text: str) -> None:
         assert kind in ("event: response.completed", "event: response.incomplete", "event: response.failed"), kind
 
 
-@pytest.fixture(scope="module")
-def fuzz_server(tiny_chat_converted):
+class Steps:
+    """The sampling hook: each request gets the script "ok" and a processor that changes nothing but notes
+    how many jobs the worker is running at each step (`most`: proof that fuzzed requests shared a batch)."""
+
+    def __init__(self, script: list[int]) -> None:
+        self.script, self.app, self.most = script, None, 0
+
+    def __call__(self, body):
+        return [ScriptedTokens(self.script), self.note]
+
+    def note(self, context, logits):
+        self.most = max(self.most, self.app.state.backend.worker.running)
+        return logits
+
+
+@pytest.fixture(scope="module", params=[1, 3], ids=["alone", "max-batch-3"])
+def fuzz_server(tiny_chat_converted, request):
+    """The server, one request at a time (the engine) or `--max-batch 3` (issue 28: every generation a
+    program in the `BatchRunner`, beside the background requests of the test)."""
     model, tok = mlx_oss.load(tiny_chat_converted, dtype="float32")
-    script = reply(tok, final="ok")
-    with running_server(model, tok, lambda body: [ScriptedTokens(script)], max_context=192, max_queue=4,
-                        body_limit=1 << 20) as (url, app):  # fmt: skip
+    hook = Steps(reply(tok, final="ok"))
+    with running_server(model, tok, hook, max_context=192, max_queue=4, body_limit=1 << 20,
+                        max_batch=request.param) as (url, app):  # fmt: skip
+        hook.app = app
         with httpx.Client(timeout=120) as client:
-            yield url, app, client
+            yield url, app, client, hook
+
+
+def _background(url: str, stop: threading.Event, got: list) -> None:
+    """Valid requests one after another until `stop` (batched with the fuzzed ones), streamed or not, ended
+    by the script (max_tokens 8) or by the limit (4: the script's "ok" but not its <|return|>): (status, the
+    reply's text, its finish_reason) of each, and what it should be."""
+    with httpx.Client(timeout=120) as client:
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            stream, limit = i % 2 == 1, 8 if i % 4 < 2 else 4
+            r = client.post(url + "/chat/completions", json={**CHAT_BASE, "stream": stream, "max_tokens": limit})
+            want = (200, "ok", "stop" if limit == 8 else "length")
+            if r.status_code != 200:
+                got.append(((r.status_code, r.text[:300]), want))
+            elif stream:
+                chunks = [json.loads(f[6:]) for f in sse_frames(r.text) if f.startswith("data: {")]
+                choices = [c for ch in chunks for c in ch["choices"]]
+                text = "".join(c["delta"].get("content") or "" for c in choices)
+                got.append(((200, text, [c["finish_reason"] for c in choices if c["finish_reason"]][-1]), want))
+            else:
+                c = r.json()["choices"][0]
+                got.append(((200, c["message"]["content"], c["finish_reason"]), want))
 
 
 def test_fuzzed_bodies_never_get_a_5xx_and_the_server_keeps_answering(fuzz_server):
-    url, app, client = fuzz_server
+    """With `max_batch` 3 a background client keeps a valid request in flight the whole time, so fuzzed
+    generations share the batch with it: no 5xx, and the valid ones are all answered "ok"."""
+    url, app, client, hook = fuzz_server
+    batched = app.state.backend.max_batch > 1
+    stop, background = threading.Event(), []
+    thread = threading.Thread(target=_background, args=(url, stop, background), daemon=True)
+    if batched:
+        thread.start()
     seen: dict[int, int] = {}
     by_api: dict[str, set[int]] = {}  # status classes each API answered
 
@@ -173,7 +223,15 @@ def test_fuzzed_bodies_never_get_a_5xx_and_the_server_keeps_answering(fuzz_serve
         elif isinstance(body, dict) and body.get("stream") is True:
             check_stream(path, r.text)
 
-    one()
+    try:
+        one()
+    finally:
+        stop.set()
+    if batched:
+        thread.join(60)
+        assert not thread.is_alive() and len(background) > 10
+        assert [got for got, want in background if got != want] == []
+        assert hook.most >= 2  # fuzzed generations were batched with the background ones
     assert seen.get(200, 0) > 10 and sum(v for k, v in seen.items() if 400 <= k < 500) > 50, seen
     assert by_api == {path: {2, 4} for path in APIS}, by_api  # every API both served and refused
     # the same keep-alive connection still works, and so does a fresh one

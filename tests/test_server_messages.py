@@ -259,6 +259,8 @@ def test_adaptive_thinking_with_output_config_effort(srv, client):
     assert "thinking.type" in anthropic_error(r, 400, "invalid_request_error")
     r = raw(srv, "/messages", {"model": MODEL, "max_tokens": 10, "messages": USER, "temperature": 1.5})
     assert "temperature" in anthropic_error(r, 400, "invalid_request_error")  # Anthropic's range is 0..1
+    r = raw(srv, "/messages", {"model": MODEL, "max_tokens": 10, "messages": USER, "tools": [{"input_schema": {}}]})
+    assert anthropic_error(r, 400, "invalid_request_error") == "'tools[0].name' is required"  # not a KeyError later
 
 
 def test_omitted_thinking_comes_back_empty_with_a_signature_that_carries_it(srv, client):

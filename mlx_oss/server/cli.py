@@ -72,8 +72,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "'claude-*' for Claude Code, which asks for Claude models by name")  # fmt: skip
     s.add_argument("--max-queue", type=positive_int, default=16,
                    help="requests waiting beyond the running ones, beyond which the server answers 429")  # fmt: skip
-    s.add_argument("--max-batch", type=positive_int, default=1, metavar="N",
-                   help="generations run at once, decoded together (default 1: one at a time; not with --hosts yet)")  # fmt: skip
+    s.add_argument("--max-batch", type=_max_batch, default="auto", metavar="N",
+                   help="generations run at once, decoded together (default auto: as many sequences at the full "
+                        "context as fit the memory beside the weights and --cache-bytes, 1 to 8; 1: one at a time; "
+                        "with --hosts always 1)")  # fmt: skip
     s.add_argument("--max-body", type=byte_size, default=byte_size("32M"), help="request body size limit (413 above)")
     s.add_argument("--stored-bytes", type=byte_size, default=byte_size("256M"),
                    help="memory for stored responses (store=true, for previous_response_id); the oldest go first "
@@ -151,10 +153,48 @@ def host_warnings(host: str, key: str | None, allowed_hosts: list[str] = ()) -> 
     return out
 
 
+def _max_batch(value: str) -> int | str:
+    return "auto" if value == "auto" else positive_int(value)
+
+
 def check_max_batch(a: argparse.Namespace, group: bool = False) -> None:
-    """UsageError (exit 2): batched generation is not supported in a group (--hosts, mlx.launch) yet."""
-    if getattr(a, "max_batch", 1) > 1 and (group or getattr(a, "hosts", None)):
+    """UsageError (exit 2): batched generation is not supported in a group (--hosts, mlx.launch) yet;
+    there `auto` means 1 (one generation at a time, which the group runs)."""
+    in_group = group or getattr(a, "hosts", None)
+    if getattr(a, "max_batch", 1) == "auto":
+        if in_group:
+            a.max_batch = 1
+        return
+    if a.max_batch > 1 and in_group:
         raise UsageError("--max-batch above 1 is not supported with --hosts (a group of machines) yet")
+
+
+def memory_limit() -> int:
+    """Bytes the model may use: Metal's recommended working set on a Mac, else the machine's RAM."""
+    from mlx_oss.backend import device
+
+    limit = int(device.device_info().get("max_recommended_working_set_size", 0))
+    return limit or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def resolve_max_batch(a: argparse.Namespace, folder, max_context: int, say, limit: int | None = None) -> int:
+    """`--max-batch auto` -> a number (`mlx_oss.info.auto_batch_size`, said on stderr); a number stays."""
+    if a.max_batch != "auto":
+        return a.max_batch
+    from mlx_oss.backend import device
+    from mlx_oss.info import auto_batch_size, describe
+
+    info = describe(folder)
+    dtype = a.dtype or device.default_dtype()
+    limit = memory_limit() if limit is None else limit
+    weights = info.weight_bytes_at(dtype)
+    per = info.kv_bytes(max_context, dtype, a.kv_bits, a.kv_group_size)
+    n = auto_batch_size(limit, weights, a.cache_bytes, per)
+    g = 2**30
+    say(f"mlx-oss serve: --max-batch auto: {n} ({limit / g:.1f} GiB of memory, weights {weights / g:.1f} GiB, "
+        f"--cache-bytes {a.cache_bytes / g:.1f} GiB, {per / g:.2f} GiB of KV cache per sequence at "
+        f"{max_context} tokens)")  # fmt: skip
+    return n
 
 
 def run(a: argparse.Namespace, processors=None) -> int:
@@ -197,6 +237,8 @@ def _serve(a: argparse.Namespace, session, uvicorn, create_app, processors) -> i
 
         folder = resolve_model(a.model, status=say)
         model, tokenizer = load(folder, a.dtype, **kv_cache_kwargs(a))
+        context = a.max_context or model.args.max_position_embeddings
+        a.max_batch = resolve_max_batch(a, folder, context, say)
     else:  # rank 0 of a group: this rank's slice; the engine leads the others, stopped from the worker thread
         check_max_batch(a, group=True)
         from mlx_oss.distributed import cli as dist

@@ -434,6 +434,14 @@ class _Task:
     generated: int = 0
 
 
+# Tokens of a joining prompt prefilled per batch step (`BatchGenerator(prefill_step=)`): the running streams
+# wait one such chunk per token while a prompt joins, instead of its whole prefill at once. Measured on
+# this CPU backend (tiny-chat, float32): a 128-token chunk 76 ms, 256: 185 ms, 512: 1070 ms (the
+# fallback attention's scores grow with the chunk), against 44 ms for a decode step of 4 sequences:
+# 128 stalls the others least and prefills fastest here. Not measured on a Mac (docs/SERVER.md).
+BATCH_PREFILL_STEP = 128
+
+
 class BatchRunner:
     """Drives several requests' `generation_program`s at once through one `BatchGenerator`
     (`mlx-oss serve --max-batch N`, N > 1; docs/SERVER.md "Several clients at once"). Each round is one
@@ -447,7 +455,7 @@ class BatchRunner:
 
         from mlx_oss.batch import BatchGenerator
 
-        self._new_batch = lambda: BatchGenerator(model, max_context=max_context)
+        self._new_batch = lambda: BatchGenerator(model, max_context=max_context, prefill_step=BATCH_PREFILL_STEP)
         self.batch = self._new_batch()
         self.pool = pool
         self._tasks: dict[int, _Task] = {}  # seq_id -> the task decoding it
@@ -566,6 +574,9 @@ class BatchRunner:
                 if ev.done is not None or stop or error:
                     if ev.done is None:
                         self.batch.cancel(ev.seq_id)  # leaves before the next pass; its state follows then
-                    self._end_round(task, ev.done, error)
+                    reason = ev.done
+                    if ev.error is not None:  # its queued prefill (or first sampling) failed: the round ends with it
+                        reason, error = None, _error_text(ev.error)
+                    self._end_round(task, reason, error)
         ended, self._ended = self._ended, []
         return ended

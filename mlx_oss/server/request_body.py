@@ -183,7 +183,7 @@ _MESSAGES_FIELDS = {
     "tools": _t("array", "null", items=_obj({"type": _STR, "name": {"type": "string", "minLength": 1},
                                              "description": _STR, "input_schema": _SCHEMA_OBJECT, "strict": _BOOL,
                                              "defer_loading": _BOOL},
-                                            nullable=False)),
+                                            required=("name",), nullable=False)),
     "tool_choice": _obj({"type": _STR, "name": _STR, "disable_parallel_tool_use": _BOOL}),
     "thinking": _obj({"type": _STR, "budget_tokens": _BUDGET, "display": _t("string", "null", enum=["summarized", "omitted", None])}),
     "output_config": _obj({"effort": _EFFORT, "format": _obj({"type": _STR, "schema": _SCHEMA_OBJECT})}),
