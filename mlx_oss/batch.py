@@ -12,17 +12,20 @@ engine's chunked prefill, optionally resuming an `EngineState` from a prompt-cac
 or cancelled sequence leaves at once; its `EngineState` can be handed back (`keep_state`).
 
 The prefill is interleaved with the decode steps when the generator has a `prefill_step`: `add()` only
-queues the sequence, and each `step()` feeds one chunk of `prefill_step` tokens of the oldest queued
-prompt before the decode pass, so a joining prompt costs the running sequences one chunk's time per
-token instead of its whole prefill at once (a long prompt would otherwise stall every stream for
-seconds); the sequence joins the decode pass of the step that finishes its prefill. Without it `add()`
-prefills at once (offline jobs, where only the total counts).
+queues the sequence, and each `step()` feeds at most `prefill_step` tokens of the queued prompts (oldest
+first) before the decode pass, so a joining prompt costs the running sequences a chunk's time per token
+instead of its whole prefill at once (a long prompt would otherwise stall every stream for seconds); the
+sequence joins the decode pass of the step that finishes its prefill. With `prefill_balance` the chunk
+is also held to that many decode passes' time, measured as it runs (a token budget alone means 30 ms on
+one model and seconds on another). Without `prefill_step`, `add()` prefills at once (offline jobs, where
+only the total counts).
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Generator, Iterable, NamedTuple, Sequence
 
@@ -58,7 +61,7 @@ class _Queued:
     boundaries: tuple[int, ...]
     keep_state: bool
     should_stop: Callable[[], bool] | None
-    steps: Generator[int, None, tuple[mx.array | None, int]] | None = None  # the engine's prefill, once started
+    steps: Generator[int, int | None, tuple[mx.array | None, int]] | None = None  # the engine's prefill, once started
     next_chunk: int = 0  # tokens the next `next(steps)` feeds
 
 
@@ -96,6 +99,9 @@ class BatchGenerator:
     like `Engine`. `max_context`, `prefill_chunk`, `kv_bits`, `kv_group_size`, `max_snapshots`: as
     `Engine`'s, for every sequence. `prefill_step`: tokens of a queued prompt prefilled per `step()`
     (interleaved prefill, module docstring; it is the prefill's chunk then); None: `add` prefills at once.
+    `prefill_balance` (with `prefill_step`): while sequences decode, a step's prefill takes at most that
+    many times a decode pass's time (both measured as the batch runs: `prefill_budget`), so a joining
+    prompt at most (1 + balance)x the others' inter-token time whatever the model and machine.
     """
 
     def __init__(
@@ -108,11 +114,17 @@ class BatchGenerator:
         kv_bits: int | None = None,
         kv_group_size: int | None = None,
         prefill_step: int | None = None,
+        prefill_balance: float | None = None,
     ) -> None:
         self.model = model
         if prefill_step is not None and prefill_step < 1:
             raise ValueError(f"prefill_step must be at least 1, got {prefill_step}")
+        if prefill_balance is not None and prefill_balance <= 0:
+            raise ValueError(f"prefill_balance must be above 0, got {prefill_balance}")
         self.prefill_step = prefill_step
+        self.prefill_balance = prefill_balance
+        self._decode_s: float | None = None  # a decode pass's wall time, smoothed
+        self._token_s: float | None = None  # a prefilled token's wall time, smoothed
         # the prefill tool: a sequence is prefilled alone through the engine's own code, then detached
         self._engine = Engine(
             model, max_context=max_context, max_snapshots=max_snapshots, prefill_chunk=prefill_step or prefill_chunk,
@@ -191,8 +203,9 @@ class BatchGenerator:
         self._join(seq_id, q, logits, reused)
         return seq_id
 
-    def _prefill(self, q: _Queued, all_at_once: bool = False) -> tuple[mx.array | None, int] | None:
-        """Run `q`'s prefill in the engine: all of it, or (queued) its next chunk (`q.next_chunk` tokens).
+    def _prefill(self, q: _Queued, all_at_once: bool = False, feed: int | None = None) -> tuple[mx.array | None, int] | None:
+        """Run `q`'s prefill in the engine: all of it, or (queued) its next chunk (`q.next_chunk` tokens, or
+        the first `feed` of them).
         -> (logits or None if stopped, reused tokens) when it is over, else None (more chunks to go). The
         sequence's state is then `q.state` (the engine is free again)."""
         engine = self._engine
@@ -208,7 +221,7 @@ class BatchGenerator:
             if all_at_once:
                 done = drain(q.steps)
             else:
-                q.next_chunk = next(q.steps)
+                q.next_chunk = q.steps.send(feed)
                 return None
         except StopIteration as e:
             done = e.value
@@ -231,20 +244,35 @@ class BatchGenerator:
         mx.async_eval(seq.y)
         self._live[seq_id] = seq
 
+    def prefill_budget(self) -> int:
+        """Prefill tokens the next step may feed: `prefill_step`; with `prefill_balance` and sequences
+        decoding, no more than fit `prefill_balance` decode passes at the measured costs (at least 1)."""
+        step = self.prefill_step or 0
+        if self.prefill_balance is None or not self._live or self._decode_s is None or self._token_s is None:
+            return step
+        return max(1, min(step, int(self.prefill_balance * self._decode_s / self._token_s)))
+
+    @staticmethod
+    def _smooth(old: float | None, new: float) -> float:
+        return new if old is None else 0.7 * old + 0.3 * new
+
     def _prefill_queued(self) -> list[BatchEvent]:
-        """Prefill chunks of the queued prompts, oldest first, up to `prefill_step` tokens in all (short
-        prompts take one chunk each, so several may join in one step; a chunk that would pass the budget
-        waits for the next step); -> the events of those whose prefill
-        ended without joining (cut, failed)."""
-        events, budget = [], self.prefill_step
-        while self._queued and budget > 0:
+        """Prefill the queued prompts, oldest first, `prefill_budget()` tokens in all (short prompts fit
+        one step together; a chunk is cut to what the budget leaves; the budget is asked again after each
+        chunk, so a step that began with nobody decoding holds back once someone joins); -> the events of
+        those whose prefill ended without joining (cut, failed)."""
+        events, fed = [], 0
+        while self._queued and fed < self.prefill_budget():  # the budget drops once a sequence joins
             seq_id, q = next(iter(self._queued.items()))
             try:
+                n = None
                 if q.steps is not None:
-                    if q.next_chunk > budget and budget < self.prefill_step:
-                        break  # the next chunk would pass the step's budget: the next step takes it
-                    budget -= q.next_chunk
-                done = self._prefill(q)  # not started: the rewind only, and the size of its first chunk
+                    n = min(q.next_chunk, self.prefill_budget() - fed)
+                    fed += n
+                t = time.perf_counter()
+                done = self._prefill(q, feed=n)  # not started: the rewind only, and the size of its first chunk
+                if n is not None:
+                    self._token_s = self._smooth(self._token_s, (time.perf_counter() - t) / n)
             except Exception as e:  # this sequence fails; the batch goes on
                 del self._queued[seq_id]
                 events.append(BatchEvent(seq_id, None, "failed", e))
@@ -260,6 +288,9 @@ class BatchGenerator:
                 self._join(seq_id, q, logits, reused)
             except Exception as e:  # the first sampling failed (a logits processor)
                 events.append(BatchEvent(seq_id, None, "failed", e))
+                continue
+            if self.prefill_balance is not None and self._decode_s is None:
+                break  # it decodes now: its first pass is timed before the balance holds more prefill back
         return events
 
     def cancel(self, seq_id: int) -> None:
@@ -299,10 +330,14 @@ class BatchGenerator:
                     q.steps.close()
                     self._engine.detach()
                 events.append(BatchEvent(seq_id, None, "cancelled"))
-        if self._queued:
+        prefilled = bool(self._queued)
+        if prefilled:
+            if self._live:  # the last decode pass first, so the chunks are timed alone
+                mx.eval([q.y for q in self._live.values()])
             events += self._prefill_queued()
         if not self._live:
             return events
+        t = time.perf_counter()
         ids = list(self._live)
         seqs = [self._live[i] for i in ids]
         ys = [s.y for s in seqs]
@@ -323,7 +358,12 @@ class BatchGenerator:
                 ended.append(seq_id)
             events.append(BatchEvent(seq_id, tok, done))
         if sampled:
-            mx.async_eval(sampled)
+            if prefilled:  # timed alone (the next step's prefill would wait for it anyway)
+                mx.eval(sampled)
+            else:
+                mx.async_eval(sampled)
+        # pipelined, a step waits for the pass before it: either way its time is one pass's cost
+        self._decode_s = self._smooth(self._decode_s, time.perf_counter() - t)
         for seq_id in ended:
             self._leave(seq_id)
         return events

@@ -38,27 +38,16 @@ _T = TypeVar("_T")
 DEFAULT_PREFILL_CHUNK = 2048  # tokens per forward call while prefilling: a long prompt never builds a T x T mask
 
 
-def prefill_chunks(
-    model,
-    cache: list,
-    tokens: mx.array,
-    *,
-    chunk: int = DEFAULT_PREFILL_CHUNK,
-    total: int | None = None,
-    want_logits: bool = True,
-    should_stop: Stop | None = None,
-    on_chunk: Callable[[int, int], None] | None = None,
-) -> mx.array | bool:
+def prefill_chunks(model, cache: list, tokens: mx.array, **kw) -> mx.array | bool:
     """Feed `tokens` [B, T] into `cache`, `chunk` tokens per forward call (the one prefill loop: the
-    engine's and the benchmark's), stoppable between chunks.
+    engine's and the benchmark's), stoppable between chunks: `prefill_chunk_steps` run to its end, with
+    its keywords (`chunk`, `total`, `want_logits`, `should_stop`, `on_chunk`).
 
     -> the last position's logits [B, 1, vocab] (evaluated) if `want_logits`, else True; False if
     stopped. Only the caches are evaluated for the other chunks, so MLX skips their last-layer MoE and
-    lm_head. `total` (default: where the cache ends up) lets full-layer caches grow once;
-    `on_chunk(a, b)` after tokens[:, a:b] went in.
+    lm_head.
     """
-    return drain(prefill_chunk_steps(model, cache, tokens, chunk=chunk, total=total, want_logits=want_logits,
-                                     should_stop=should_stop, on_chunk=on_chunk))  # fmt: skip
+    return drain(prefill_chunk_steps(model, cache, tokens, **kw))
 
 
 def prefill_chunk_steps(
@@ -71,18 +60,23 @@ def prefill_chunk_steps(
     want_logits: bool = True,
     should_stop: Stop | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
-) -> Generator[int, None, mx.array | bool]:
+) -> Generator[int, int | None, mx.array | bool]:
     """`prefill_chunks` one chunk at a time: before each chunk it yields the chunk's size in tokens, and
-    the next `next()` feeds it (so its caller, e.g. a batch between decode steps, knows what the next
-    step of the prefill costs before it asks for it); returns what `prefill_chunks` returns."""
+    the next `next()` feeds it, or `send(n)` only its first n (so its caller, e.g. a batch between
+    decode steps, knows what the next step of the prefill costs and can make it smaller); returns what
+    `prefill_chunks` returns. `total` (default: where the cache ends up) lets full-layer caches grow
+    once; `on_chunk(a, b)` after tokens[:, a:b] went in."""
     T = tokens.shape[1]
     total = cache[0].offset + T if total is None else total
     logits = None
-    for s in range(0, T, chunk):
+    s = 0
+    while s < T:
         if should_stop is not None and should_stop():
             return False
         e = min(T, s + chunk)
-        yield e - s
+        want = yield e - s
+        if want is not None and 0 < want < e - s:
+            e = s + want
         logits = model(tokens[:, s:e], cache, last_only=True)
         if want_logits and e == T:
             mx.eval(logits)
@@ -93,10 +87,11 @@ def prefill_chunk_steps(
                 c.reserve(total)
         if on_chunk is not None:
             on_chunk(s, e)
+        s = e
     return logits if want_logits else True
 
 
-def drain(steps: Generator[int, None, _T]) -> _T:
+def drain(steps: Generator[int, int | None, _T]) -> _T:
     """Run a step generator (`prefill_chunk_steps`, `Engine.prefill_steps`) to its end; -> its value."""
     while True:
         try:
@@ -337,7 +332,7 @@ class Engine:
 
     def _prefill_steps(
         self, tokens: list[int], should_stop: Stop, total: int, want_logits: bool, progress: Progress | None = None
-    ) -> Generator[int, None, mx.array | bool]:
+    ) -> Generator[int, int | None, mx.array | bool]:
         """`prefill_chunk_steps` into the engine's caches, recording the tokens fed; `progress(cached, total)`
         after each chunk."""
 
@@ -368,9 +363,10 @@ class Engine:
 
     def prefill_steps(
         self, prompt: list[int], should_stop: Stop | None = None, boundaries: Iterable[int] = ()
-    ) -> Generator[int, None, tuple[mx.array | None, int]]:
+    ) -> Generator[int, int | None, tuple[mx.array | None, int]]:
         """`prefill` one chunk (at most `prefill_chunk` tokens) at a time: yields the size of the next
-        chunk, which the next `next()` feeds; returns what `prefill` returns. The engine is mid-prefill
+        chunk, which the next `next()` feeds (`send(n)`: only its first n tokens); returns what `prefill`
+        returns. The engine is mid-prefill
         until the generator ends: use nothing else of it meanwhile (a batch interleaves a joining
         prompt's chunks with its decode steps this way)."""
         return self._fill_steps(prompt, should_stop, boundaries)
@@ -384,7 +380,7 @@ class Engine:
 
     def _fill_steps(
         self, prompt: list[int], should_stop: Stop | None, boundaries: Iterable[int], progress: Progress | None = None,
-    ) -> Generator[int, None, tuple[mx.array | None, int]]:  # fmt: skip
+    ) -> Generator[int, int | None, tuple[mx.array | None, int]]:  # fmt: skip
         self.check_prompt(prompt)
         stop = should_stop or (lambda: False)
         keep = self._rewind(prompt)

@@ -344,9 +344,9 @@ def test_a_joining_prompt_is_prefilled_a_chunk_per_step_and_everyone_matches_sol
     """`prefill_step=8`: B (37 tokens, from a state holding 9 of them) joins while A decodes; each step
     feeds at most 8 tokens of queued prompts before A's decode pass, so A gets a token every step, and B
     joins the pass of the step that ends its prefill (28 tokens to go after the reused 9: 8, 8, 8, 4).
-    C is queued behind B: its first chunk (8) does not fit what B's last one left of that step's budget,
-    so it starts at the next step; two short prompts fit one step together. Each equals its solo run,
-    logits step by step."""
+    C is queued behind B: the 4 tokens B's last chunk left of that step's budget go to C's first chunk,
+    cut to fit; C's other 7 come next step and it joins. Two short prompts fit one step together. Each
+    equals its solo run, logits step by step (prefilled in other pieces than alone)."""
     V = chat_model.args.vocab_size
     pa, pb, pc = prompt_of(20, 6, V), prompt_of(21, 37, V), prompt_of(22, 11, V)
     engine = Engine(chat_model)
@@ -368,7 +368,7 @@ def test_a_joining_prompt_is_prefilled_a_chunk_per_step_and_everyone_matches_sol
         n_a = len(run.tokens[a])
         run.step()
         per_step.append((chunks[:], len(run.tokens[a]) - n_a, len(run.tokens[b]), len(run.tokens[c])))
-    assert per_step == [([8], 1, 0, 0), ([8], 1, 0, 0), ([8], 1, 0, 0), ([4], 1, 1, 0), ([8], 1, 2, 0)], per_step
+    assert per_step == [([8], 1, 0, 0), ([8], 1, 0, 0), ([8], 1, 0, 0), ([4, 4], 1, 1, 0), ([7], 1, 2, 1)], per_step
     run.finish()
     for sid, p, n in [(a, pa, 14), (b, pb, 6), (c, pc, 4)]:
         toks, rec, reason, _ = solo(chat_model, p, GREEDY, n)
@@ -418,3 +418,38 @@ def test_a_queued_prefill_cancelled_or_failing_leaves_the_others_alone(chat_mode
         assert_same(run.tokens[sid], run.recs[sid], toks, rec)
     with pytest.raises(ValueError, match="prefill_step"):
         BatchGenerator(chat_model, prefill_step=0)
+
+
+def test_the_prefill_budget_follows_the_measured_costs(chat_model, monkeypatch):
+    """`prefill_balance`: while sequences decode, a step's prefill is held to `balance` decode passes at the
+    costs measured so far (tokens = balance x pass time / token time, at least 1, at most `prefill_step`);
+    with nothing decoding, or nothing measured yet, the whole `prefill_step`. The chunks fed follow it."""
+    V = chat_model.args.vocab_size
+    batch = BatchGenerator(chat_model, prefill_step=64, prefill_balance=2.0)
+    assert batch.prefill_budget() == 64  # nothing measured, nothing decoding
+    run = Run(batch)
+    run.add(prompt_of(40, 5, V), GREEDY, max_tokens=30)
+    for _ in range(4):
+        run.step()
+    assert batch._decode_s is not None and batch._token_s is not None
+    batch._decode_s, batch._token_s = 0.010, 0.001  # 2 x 10 ms / 1 ms: 20 tokens
+    assert batch.prefill_budget() == 20
+    batch._decode_s = 0.0001
+    assert batch.prefill_budget() == 1  # at least one token: a prompt always gets on
+    batch._decode_s = 10.0
+    assert batch.prefill_budget() == 64  # never above prefill_step
+    # the chunks follow the budget: freeze the measurements at 20 tokens a step
+    monkeypatch.setattr(BatchGenerator, "_smooth", staticmethod(lambda old, new: old))
+    batch._decode_s, batch._token_s = 0.010, 0.001
+    chunks: list[int] = []
+    real = chat_model.__call__
+    monkeypatch.setattr(type(chat_model), "__call__", lambda self, x, cache, **kw: (chunks.append(x.shape[1]), real(x, cache, **kw))[1])
+    b = run.add(prompt_of(41, 50, V), GREEDY, max_tokens=3)
+    while b not in run.tokens or not run.tokens[b]:
+        run.step()
+    assert chunks == [20, 20, 10], chunks
+    run.finish()
+    toks, rec, _, _ = solo(chat_model, prompt_of(41, 50, V), GREEDY, 3)
+    assert_same(run.tokens[b], run.recs[b], toks, rec)
+    with pytest.raises(ValueError, match="prefill_balance"):
+        BatchGenerator(chat_model, prefill_step=8, prefill_balance=0)

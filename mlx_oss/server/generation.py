@@ -434,12 +434,16 @@ class _Task:
     generated: int = 0
 
 
-# Tokens of a joining prompt prefilled per batch step (`BatchGenerator(prefill_step=)`): the running streams
-# wait one such chunk per token while a prompt joins, instead of its whole prefill at once. Measured on
-# this CPU backend (tiny-chat, float32): a 128-token chunk 76 ms, 256: 185 ms, 512: 1070 ms (the
-# fallback attention's scores grow with the chunk), against 44 ms for a decode step of 4 sequences:
-# 128 stalls the others least and prefills fastest here. Not measured on a Mac (docs/SERVER.md).
+# A joining prompt is prefilled between decode steps (`BatchGenerator(prefill_step=, prefill_balance=)`): at
+# most BATCH_PREFILL_STEP tokens per step, and while others decode no longer than BATCH_PREFILL_BALANCE decode
+# passes, so their inter-token time grows at most 5x while a prompt joins and the prompt's prefill runs at
+# 4/5 of its speed alone or better. Measured on this CPU backend: tiny-chat (float32) prefills a 128-token
+# chunk in 76 ms, 256 in 185 ms, 512 in 1070 ms (the fallback attention's scores grow with the chunk), and
+# a decode pass of 4 sequences takes 44 ms: the cap decides there. 20b-slice layers: ~75 ms per prompt token
+# against ~0.26 s per pass: the time rule decides (~14 tokens a step). Balance 1 was tried: tiny-chat's
+# TTFT p95 at 4 clients rose from 200 to 719 ms (docs/BENCH.md). A Mac's costs are not measured.
 BATCH_PREFILL_STEP = 128
+BATCH_PREFILL_BALANCE = 4.0
 
 
 class BatchRunner:
@@ -455,7 +459,8 @@ class BatchRunner:
 
         from mlx_oss.batch import BatchGenerator
 
-        self._new_batch = lambda: BatchGenerator(model, max_context=max_context, prefill_step=BATCH_PREFILL_STEP)
+        self._new_batch = lambda: BatchGenerator(model, max_context=max_context, prefill_step=BATCH_PREFILL_STEP,
+                                                 prefill_balance=BATCH_PREFILL_BALANCE)
         self.batch = self._new_batch()
         self.pool = pool
         self._tasks: dict[int, _Task] = {}  # seq_id -> the task decoding it
