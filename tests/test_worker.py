@@ -250,3 +250,100 @@ def test_fail_all_returns_soon_after_a_slow_reader_takes_its_events(worker, loop
     assert got == ["lost", END]
     assert 1.0 <= took < 1.45
     release.set()
+
+
+# ----------------------------------------------------------------------------- the batched worker (max_batch > 1)
+
+
+class FakeRunner:
+    """Stands in for `BatchRunner`: a started job's program runs `steps` steps, then ends (with the error
+    its program was, if it is an exception)."""
+
+    most = 0  # the most jobs any FakeRunner held at once
+
+    def __init__(self, steps: int = 3) -> None:
+        self.left: dict = {}
+        self.steps = steps
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.left)
+
+    def start(self, key, prog) -> None:
+        self.left[key] = (self.steps, prog)
+        FakeRunner.most = max(FakeRunner.most, len(self.left))
+
+    def step(self) -> list:
+        if self.left:
+            time.sleep(0.005)
+        out = []
+        for k, (n, prog) in list(self.left.items()):
+            if n <= 1:
+                del self.left[k]
+                out.append((k, prog if isinstance(prog, Exception) else None))
+            else:
+                self.left[k] = (n - 1, prog)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def batched():
+    w = GenerationWorker(max_queue=4, max_batch=2, runner=FakeRunner)
+    w.start()
+    yield w
+    w.stop(timeout=5)
+
+
+def test_a_batched_worker_runs_the_last_function_on_its_thread_then_ends(loop):
+    w = GenerationWorker(max_batch=2, runner=FakeRunner)
+    w.start()
+    job = w.submit(lambda emit, cancelled: "program", loop)
+    assert events(job, loop) == [END]
+    ran: list[str] = []
+    assert w.stop(timeout=5, last=lambda: ran.append(threading.current_thread().name)) is True
+    assert ran == [WORKER_THREAD]
+
+
+def test_a_batched_worker_sleeps_while_idle(batched, loop):
+    """Nothing to run: the worker waits on its queue, it does not poll (a spinning thread would take a core)."""
+    job = batched.submit(lambda emit, cancelled: "program", loop)
+    assert events(job, loop) == [END]
+    thread = next(t for t in threading.enumerate() if t.name == WORKER_THREAD)
+    clock = time.pthread_getcpuclockid(thread.ident)
+    c0 = time.clock_gettime(clock)
+    time.sleep(0.5)
+    assert time.clock_gettime(clock) - c0 < 0.05
+
+
+def test_a_batched_worker_runs_at_most_max_batch_jobs_at_once(batched, loop):
+    FakeRunner.most = 0
+    jobs = [batched.submit(lambda emit, cancelled: "program", loop) for _ in range(4)]
+    assert all(events(j, loop) == [END] for j in jobs)
+    assert FakeRunner.most == 2
+
+
+def test_a_batched_job_cancelled_before_it_starts_ends_and_the_worker_goes_on(batched, loop):
+    fn, entered, release = blocker()
+    holding = [batched.submit(lambda emit, cancelled: (entered.set(), release.wait(10), "program")[2], loop)]
+    assert entered.wait(10)
+    gone = batched.submit(lambda emit, cancelled: "never started", loop)
+    gone.cancel()
+    release.set()
+    later = batched.submit(lambda emit, cancelled: "program", loop)
+    assert events(gone, loop) == [END]
+    assert events(holding[0], loop) == [END] and events(later, loop) == [END]
+
+
+def test_a_batched_job_whose_program_cannot_start_gets_the_error_then_end(batched, loop):
+    boom = RuntimeError("no program")
+
+    def fails(emit, cancelled):
+        raise boom
+
+    bad = batched.submit(fails, loop)
+    assert events(bad, loop) == [boom, END]
+    ok = batched.submit(lambda emit, cancelled: "program", loop)
+    assert events(ok, loop) == [END]  # the worker went on
