@@ -22,7 +22,8 @@ NICE=${NICE:-15}
 # module -> "file(s) to mutate|tests that cover it"; a group of files shares one stats pass (minutes for
 # the server tests) and its summary has a line per file
 declare -A MODULES=(
-  [engine]="mlx_oss/engine.py|tests/test_engine.py"
+  # engine: plus the batch, which drives its prefill chunk by chunk (`prefill_steps`, issue 28)
+  [engine]="mlx_oss/engine.py|tests/test_engine.py tests/test_batch.py"
   # cache: plus the quantized caches (issue 30: codes, ring order, snapshots; the long fidelity case is ~30 s)
   [cache]="mlx_oss/nn/cache.py|tests/test_cache.py tests/test_kv_quant.py"
   [chat]="mlx_oss/chat.py|tests/test_chat.py tests/test_chat_history.py tests/test_unparsed.py tests/test_builtin_chat.py --deselect tests/test_builtin_chat.py::test_scripted_chat_searches_opens_finds_runs_code_and_cites --deselect tests/test_builtin_chat.py::test_refused_python_and_bad_browser_calls_are_results_and_the_chat_goes_on"
@@ -58,10 +59,10 @@ declare -A MODULES=(
   [server_cli]="mlx_oss/server/cli.py|tests/test_server_cli.py tests/test_server_security.py tests/test_server_cli_flags.py"
   [server_access_log]="mlx_oss/server/access_log.py|tests/test_server_access_log.py"
   # the rest of the server (issue 31), in two groups over the server tests
-  [server_core]="mlx_oss/server/cache_pool.py mlx_oss/server/worker.py mlx_oss/server/generation.py mlx_oss/server/token_output.py mlx_oss/server/sse.py mlx_oss/server/errors.py mlx_oss/server/settings.py mlx_oss/server/backend.py|tests/test_cache_pool.py tests/test_cache_pool_branches.py tests/test_server.py tests/test_server_features.py tests/test_server_paths.py tests/test_server_settings.py tests/test_server_security.py tests/test_server_builtin.py tests/test_readme_server.py tests/test_token_output.py tests/test_server_errors.py tests/test_server_sse.py tests/test_worker.py tests/test_stop_matcher.py tests/test_server_batch.py tests/test_batch.py"
+  [server_core]="mlx_oss/server/cache_pool.py mlx_oss/server/worker.py mlx_oss/server/generation.py mlx_oss/server/token_output.py mlx_oss/server/sse.py mlx_oss/server/errors.py mlx_oss/server/settings.py mlx_oss/server/backend.py|tests/test_cache_pool.py tests/test_cache_pool_branches.py tests/test_server.py tests/test_server_features.py tests/test_server_paths.py tests/test_server_settings.py tests/test_server_security.py tests/test_server_builtin.py tests/test_readme_server.py tests/test_token_output.py tests/test_server_errors.py tests/test_server_sse.py tests/test_worker.py tests/test_stop_matcher.py tests/test_server_batch.py tests/test_batch.py tests/test_server_messages.py"
   [server_api]="mlx_oss/server/conversation.py mlx_oss/server/tools.py mlx_oss/server/builtin.py|tests/test_server_conversation.py tests/test_server_tools.py tests/test_cache_pool_branches.py tests/test_server.py tests/test_server_features.py tests/test_server_paths.py tests/test_server_settings.py tests/test_server_security.py tests/test_server_builtin.py tests/test_server_responses_clients.py"
   # the routes (issues 27 and 31): the two APIs' request and response shapes, the app and the serve command
-  [server_routes]="mlx_oss/server/app.py mlx_oss/server/responses.py mlx_oss/server/chat_completions.py mlx_oss/server/messages.py mlx_oss/server/cli.py|tests/test_server_messages.py tests/test_responses.py tests/test_chat_completions.py tests/test_server_cli.py tests/test_server_cli_flags.py tests/test_server_errors.py tests/test_server_sse.py tests/test_server.py tests/test_server_features.py tests/test_server_paths.py tests/test_server_settings.py tests/test_server_security.py tests/test_server_structured.py tests/test_server_batch.py tests/test_server_kv_quant.py"
+  [server_routes]="mlx_oss/server/app.py mlx_oss/server/responses.py mlx_oss/server/chat_completions.py mlx_oss/server/messages.py mlx_oss/server/cli.py|tests/test_server_messages.py tests/test_responses.py tests/test_chat_completions.py tests/test_server_cli.py tests/test_server_cli_flags.py tests/test_server_errors.py tests/test_server_sse.py tests/test_server.py tests/test_server_features.py tests/test_server_paths.py tests/test_server_settings.py tests/test_server_security.py tests/test_server_structured.py tests/test_server_batch.py tests/test_server_kv_quant.py tests/test_server_max_batch.py tests/test_readme_server.py"
   # batched decode (issue 28): exact per sequence against solo runs
   [batch]="mlx_oss/batch.py|tests/test_batch.py tests/test_server_batch.py"
   # the built-in tools (issues 25 and 31), one group: a local web server, a real kernel per python test
@@ -72,7 +73,11 @@ declare -A MODULES=(
   [distributed]="mlx_oss/distributed/plan.py mlx_oss/distributed/hosts.py mlx_oss/distributed/layers.py mlx_oss/distributed/load.py mlx_oss/distributed/mirror.py mlx_oss/distributed/session.py mlx_oss/distributed/launch.py mlx_oss/distributed/cli.py mlx_oss/distributed/engine.py|tests/test_distributed_inprocess.py tests/test_distributed.py"
   # what may be removed or replaced, and the config values (issue 25)
   [safe_paths]="convert/safe_paths.py|tests/test_safe_paths.py"
-  [config]="mlx_oss/config.py|tests/test_config_validation.py tests/test_convert.py"
+  [config]="mlx_oss/config.py|tests/test_config_validation.py tests/test_convert.py tests/test_kv_quant.py"
+  # what fits in memory (issues 30 and 28): `mlx-oss info`'s arithmetic and `serve --max-batch auto`
+  [info]="mlx_oss/info.py|tests/test_info.py tests/test_server_max_batch.py"
+  # the benchmark's measuring (issue 28's `bench --batch`)
+  [bench_batch]="mlx_oss/bench/batch.py|tests/test_bench_batch.py"
 )
 ORDER=(engine cache chat harmony_parser harmony_render cli_args cli_generate cli_main tui_session tui_cli convert)
 [ $# -gt 0 ] && ORDER=("$@")
