@@ -454,7 +454,7 @@ class BatchRunner:
     `start(key, prog)`, then `step()` until `busy` is False; `step()` -> the keys of the programs that
     ended, each with the exception that ended it or None. Create and use it on one thread."""
 
-    def __init__(self, model, pool: PromptCachePool, *, max_context: int | None = None, tool_threads: int = 4) -> None:
+    def __init__(self, model, pool: PromptCachePool, *, max_context: int | None = None, tool_threads: int) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         from mlx_oss.batch import BatchGenerator
