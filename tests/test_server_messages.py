@@ -282,6 +282,11 @@ def test_omitted_thinking_comes_back_empty_with_a_signature_that_carries_it(srv,
                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "21C"}]}]  # fmt: skip
     client.messages.create(model=MODEL, max_tokens=50, messages=messages, tools=[WEATHER], extra_body={"thinking": omitted})
     assert "<|channel|>analysis<|message|>Need the weather.<|end|>" in prompt_text(app, tok)
+    for display in ("summarized", "updates"):  # "updates": what interactive Claude Code 2.1.337 sends
+        scripts.push(reply(tok, analysis="Shown.", final="ok"))
+        m = client.messages.create(model=MODEL, max_tokens=50, messages=USER,
+                                   extra_body={"thinking": {"type": "adaptive", "display": display}})  # fmt: skip
+        assert m.content[0].thinking == "Shown."
 
 
 def test_deferred_tools_are_not_in_the_prompt(srv):
@@ -326,3 +331,15 @@ def test_models_in_both_sdks_shapes(srv, client):
     assert [(m.id, m.owned_by) for m in oai.models.list().data] == [(MODEL_ID, "mlx-oss")]
     assert httpx.get(srv[0] + "/models", headers={"x-api-key": "wrong"}, timeout=30).status_code == 401
     assert httpx.get(srv[0] + "/models", timeout=30).status_code == 401
+
+
+def test_the_printed_claude_code_settings_warn_below_its_compaction_floor():
+    """Claude Code reads an auto-compact window under 100k as 100k (it says so at start, 2.1.337), so with a
+    smaller server context it would send more than the server takes before it compacts: the printout says so."""
+    from mlx_oss.server.settings import CLAUDE_CODE_MIN_WINDOW, client_settings
+
+    title = lambda ctx: next(line for line in client_settings("http://h:1/v1", "m", False, ctx).splitlines()  # noqa: E731
+                             if line.startswith("Claude Code "))  # fmt: skip
+    assert title(CLAUDE_CODE_MIN_WINDOW) == "Claude Code 2.1.337:"
+    assert "--max-context 100000 or more" in title(CLAUDE_CODE_MIN_WINDOW - 1)
+    assert "CLAUDE_CODE_AUTO_COMPACT_WINDOW=32768 \\" in client_settings("http://h:1/v1", "m", False, 32768)

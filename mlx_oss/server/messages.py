@@ -89,7 +89,8 @@ def thinking_settings(value: Any, config: Any = None) -> tuple[ReasoningEffort, 
 
 
 def thinking_shown(value: Any) -> bool:
-    """False for `thinking.display: "omitted"`: thinking blocks come back empty, with their signature."""
+    """False for `thinking.display: "omitted"`: thinking blocks come back empty, with their signature. Other
+    values (Anthropic's "summarized", Claude Code's interactive "updates") show the analysis as it is."""
     return not (value is not None and value.get("display") == "omitted")
 
 

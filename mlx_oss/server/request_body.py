@@ -185,7 +185,7 @@ _MESSAGES_FIELDS = {
                                              "defer_loading": _BOOL},
                                             required=("name",), nullable=False)),
     "tool_choice": _obj({"type": _STR, "name": _STR, "disable_parallel_tool_use": _BOOL}),
-    "thinking": _obj({"type": _STR, "budget_tokens": _BUDGET, "display": _t("string", "null", enum=["summarized", "omitted", None])}),
+    "thinking": _obj({"type": _STR, "budget_tokens": _BUDGET, "display": _STR}),  # "omitted" hides it; others ("summarized", "updates") show it
     "output_config": _obj({"effort": _EFFORT, "format": _obj({"type": _STR, "schema": _SCHEMA_OBJECT})}),
     "output_format": _obj({"type": _STR, "schema": _SCHEMA_OBJECT}),
     "context_management": _obj(),  # accepted, changes nothing (messages.py)

@@ -22,6 +22,9 @@ KEY_ENV = "MLX_OSS_API_KEY"
 CODEX_PROFILE = "mlx-oss"  # the file ~/.codex/mlx-oss.config.toml, selected by `codex --profile mlx-oss`
 CODEX_VERSION = "0.171.0"  # the Codex CLI the printed config was checked with (tests/clients/package.json)
 CLAUDE_CODE_VERSION = "2.1.337"  # the Claude Code the printed variables were checked with (the same file)
+# Claude Code reads a CLAUDE_CODE_AUTO_COMPACT_WINDOW below this as this (it says so at start): a server with a
+# smaller context refuses its requests before it compacts
+CLAUDE_CODE_MIN_WINDOW = 100_000
 
 
 def codex_config(base_url: str, model_id: str, has_key: bool) -> str:
@@ -58,6 +61,9 @@ def client_settings(base_url: str, model_id: str, has_key: bool, context: int = 
     codex = "".join(f"    {line}\n" if line else "\n" for line in codex_config(base_url, model_id, has_key).splitlines())
     codex_env = f" (with {KEY_ENV} set in its environment)" if has_key else ""
     claude = "".join(f"    {k}={v} \\\n" for k, v in claude_code_env(base_url, model_id, has_key, context).items())
+    claude_note = "" if context >= CLAUDE_CODE_MIN_WINDOW else (
+        f" (it compacts no earlier than {CLAUDE_CODE_MIN_WINDOW} tokens: give the server --max-context "
+        f"{CLAUDE_CODE_MIN_WINDOW} or more)")
     return f"""\
 mlx-oss serve: {model_id} at {base_url}  (Ctrl+C to stop)
 
@@ -71,7 +77,7 @@ curl:
 
 Codex {CODEX_VERSION} (~/.codex/{CODEX_PROFILE}.config.toml), then `codex --profile {CODEX_PROFILE}`{codex_env}:
 {codex}
-Claude Code {CLAUDE_CODE_VERSION}:
+Claude Code {CLAUDE_CODE_VERSION}{claude_note}:
 {claude}    claude
 
 Open WebUI: Admin Settings > Connections > OpenAI API > add
