@@ -155,6 +155,23 @@ def ctx_served(model_tok):
 LONG = "one two three four five six seven eight nine ten eleven twelve"
 
 
+def test_context_limit_mid_generation_in_a_batch(model_tok):
+    """`--max-batch 2`: the batch holds each sequence to the server's `--max-context`, as the engine does
+    (Chat Completions `length`, Messages `max_tokens`, the usage adding up to the limit)."""
+    model, tok = model_tok
+    prompt = _chat_prompt_len(tok, _chat(_user(CONTENT)))
+    limit = prompt + ROOM
+    cut = tok.decode(reply(tok, final=LONG)[:ROOM]).split("<|message|>", 1)[1]
+    scripts = Scripts()
+    with running_server(model, tok, scripts, max_context=limit, max_batch=2) as (url, app):
+        scripts.push(reply(tok, final=LONG))
+        r = post_json(url, "/chat/completions", _chat(_user(CONTENT)))
+        ch = r.json()["choices"][0]
+        assert (r.status_code, ch["finish_reason"], ch["message"]["content"]) == (200, "length", cut)
+        assert (r.json()["usage"]["completion_tokens"], r.json()["usage"]["total_tokens"]) == (ROOM, limit)
+        assert app.state.backend.outcomes.get("context") == 1
+
+
 def test_context_limit_mid_generation_in_every_api(ctx_served):
     url, app, scripts, tok, limit = ctx_served
     wait_idle(app)
