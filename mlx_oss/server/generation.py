@@ -467,7 +467,7 @@ class BatchRunner:
         self._tools: list[tuple[_Task, object]] = []  # (task, Future of its ToolResult)
         self._ended: list[tuple[object, BaseException | None]] = []
         self._prompt_end: dict[int, int] = {}  # seq_id -> its prompt's length (for `pool.release`); absent: drop its state
-        self._executor = ThreadPoolExecutor(max(1, tool_threads), thread_name_prefix="mlx-oss-tool")
+        self._executor = ThreadPoolExecutor(tool_threads, thread_name_prefix="mlx-oss-tool")  # one per program at most
 
     @property
     def max_context(self) -> int:
