@@ -400,6 +400,7 @@ def test_a_queued_prefill_cancelled_or_failing_leaves_the_others_alone(chat_mode
     run.batch.cancel(b)
     events = run.step()
     assert BatchEvent(b, None, "cancelled") in events and b not in run.batch.ids
+    assert run.batch._engine.tokens == []  # its half-prefilled state is dropped, not held by the engine
     stop = [False]
     c = run.add(prompt_of(32, 9, V), GREEDY, max_tokens=3, should_stop=lambda: stop[0])
     run.step()
@@ -453,3 +454,25 @@ def test_the_prefill_budget_follows_the_measured_costs(chat_model, monkeypatch):
     assert_same(run.tokens[b], run.recs[b], toks, rec)
     with pytest.raises(ValueError, match="prefill_balance"):
         BatchGenerator(chat_model, prefill_step=8, prefill_balance=0)
+    assert len(run.batch) == 0 and batch._decode_s is not None
+    assert batch.prefill_budget() == 64  # measured, but nobody decodes: nobody to hold back for
+
+
+def test_the_measurements_are_smoothed_and_the_first_join_is_timed_before_more_prefill(chat_model):
+    """A step that began with nobody decoding stops prefilling once a sequence joins, until a decode pass of
+    it has been timed (`prefill_balance` needs one); the costs are smoothed (0.7 old + 0.3 new), so one slow
+    step moves the budget a little, not all the way."""
+    V = chat_model.args.vocab_size
+    assert BatchGenerator._smooth(None, 2.0) == 2.0 and BatchGenerator._smooth(1.0, 2.0) == pytest.approx(1.3)
+    run = Run(BatchGenerator(chat_model, prefill_step=64, prefill_balance=2.0))
+    a, b = run.add(prompt_of(50, 5, V), GREEDY, max_tokens=4), run.add(prompt_of(51, 5, V), GREEDY, max_tokens=4)
+    run.step()
+    assert run.batch.decoding == 1 and run.tokens[a] and not run.tokens[b]  # b waits for a's first timed pass
+    run.finish()
+    for sid, seed in ((a, 50), (b, 51)):
+        toks, rec, _, _ = solo(chat_model, prompt_of(seed, 5, V), GREEDY, 4)
+        assert_same(run.tokens[sid], run.recs[sid], toks, rec)
+    plain = Run(BatchGenerator(chat_model, prefill_step=64))  # no balance: both join in the first step
+    plain.add(prompt_of(50, 5, V), GREEDY, max_tokens=4), plain.add(prompt_of(51, 5, V), GREEDY, max_tokens=4)
+    plain.step()
+    assert plain.batch.decoding == 2
