@@ -267,8 +267,13 @@ def test_max_queue_counts_beyond_the_batch_and_refuses_the_next(model_tok):
 # ----------------------------------------------------------------------------- the prompt cache
 
 
-def test_a_conversation_continued_after_a_batched_turn_reuses_its_prefix(model_tok):
+def test_a_conversation_continued_after_a_batched_turn_reuses_its_prefix(model_tok, monkeypatch):
+    """`cached_tokens` as reported, and as done: the prompt tokens the model is fed for the second turn are
+    only those past the cached prefix (the pool's state goes into the batch, not just its length)."""
     model, tok = model_tok
+    fed: list[int] = []
+    real = type(model).__call__
+    monkeypatch.setattr(type(model), "__call__", lambda self, x, cache, **kw: (fed.append(x.shape[1]), real(self, x, cache, **kw))[1])
     scripts = Scripts()
     scripts.keyed["opening"] = reply(tok, final="A reply")
     scripts.keyed["other words"] = reply(tok, final="B reply")
@@ -280,7 +285,9 @@ def test_a_conversation_continued_after_a_batched_turn_reuses_its_prefix(model_t
                              for n, m in (("A1", a), ("B1", b))})  # fmt: skip
         u1 = {n: r.json()["usage"] for n, r in first.items()}
         a2 = a + [{"role": "assistant", "content": "A reply"}, {"role": "user", "content": "A again"}]
+        fed.clear()
         u2 = post_json(url, "/chat/completions", {"model": MODEL_ID, "messages": a2}).json()["usage"]
+        assert sum(fed) == u2["prompt_tokens"] - u2["prompt_tokens_details"]["cached_tokens"], fed
         b2 = b + [{"role": "assistant", "content": "B reply"}, {"role": "user", "content": "A again, for B"}]
         scripts.keyed["for B"] = reply(tok, final="B reply 2")
         u3 = post_json(url, "/chat/completions", {"model": MODEL_ID, "messages": b2}).json()["usage"]
@@ -659,3 +666,32 @@ def test_a_strict_answer_cut_by_the_limit_in_a_batch_is_incomplete_as_alone(mode
     assert together["responses-stream"][:3] == ("response.incomplete", "incomplete", incomplete)
     assert together["chat"][0] == "length" and not _valid(Weather, together["chat"][1])
     assert together["chat-stream"][0][-1] == "length"
+
+
+def test_the_batch_runner_ends_a_program_that_fails_and_one_whose_prompt_the_batch_refuses(model_tok):
+    """`BatchRunner` on its own: a generation program that raises, and one that asks to decode a prompt the
+    batch refuses (an id outside the vocabulary; the server's own programs check the context first), each
+    end with their error as (key, error), and the runner is idle after (the others' errors are not theirs)."""
+    from mlx_oss.sampling import Sampler, SamplingConfig
+    from mlx_oss.server.cache_pool import PromptCachePool
+    from mlx_oss.server.generation import BatchRunner, _Decode
+
+    model, tok = model_tok
+    runner = BatchRunner(model, PromptCachePool(1 << 20), max_context=256, tool_threads=2)
+    boom = RuntimeError("program bug")
+
+    def failing():
+        raise boom
+        yield  # a generator
+
+    def bad_prompt():
+        yield _Decode([model.args.vocab_size + 5], (), Sampler(SamplingConfig(temperature=0)), 1, None, lambda: False)
+
+    runner.start("failing", failing())
+    runner.start("bad-prompt", bad_prompt())
+    ended = dict(runner.step())
+    assert set(ended) == {"failing", "bad-prompt"}
+    assert ended["failing"] is boom
+    assert isinstance(ended["bad-prompt"], ValueError) and "vocabulary" in str(ended["bad-prompt"])
+    assert not runner.busy
+    runner.close()

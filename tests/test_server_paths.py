@@ -628,10 +628,11 @@ def test_stop_strings_cut_the_answer_only(srv):
     assert [c["finish_reason"] for ch in chunks for c in ch["choices"] if c["finish_reason"]] == ["stop"]
 
 
-def test_context_limit_reached_by_a_builtin_round(model_tok):
+@pytest.mark.parametrize("max_batch", [1, 2], ids=["alone", "batched"])
+def test_context_limit_reached_by_a_builtin_round(model_tok, max_batch):
     """A tool result that leaves no room under `max_context` ends the response incomplete (the context
     counts as running out of output tokens) with the first round's usage; one token of room gives one
-    token of a second round."""
+    token of a second round. The same with batching on (the batch checks the round's prompt)."""
     model, tok = model_tok
     r1, r2 = builtin_reply(tok, call=SEARCH), builtin_reply(tok, final="No search here, sorry.")
     body = {"model": MODEL_ID, "input": "search mlx", "tools": [{"type": "web_search"}], "store": False}
@@ -642,7 +643,7 @@ def test_context_limit_reached_by_a_builtin_round(model_tok):
         assert post_json(url, "/responses", body).json()["status"] == "completed"
     p1, p2 = rec.round_prompts
     for limit, second in ((p2, 0), (p2 + 1, 1)):
-        with running_server(model, tok, scripts, max_context=limit) as (url, app):
+        with running_server(model, tok, scripts, max_context=limit, max_batch=max_batch) as (url, app):
             scripts.push(r1 + r2)
             resp = post_json(url, "/responses", body).json()
             assert resp["status"] == "incomplete" and resp["incomplete_details"] == {"reason": "max_output_tokens"}
