@@ -488,40 +488,33 @@ class BatchRunner:
         self._executor.shutdown(wait=False)
 
     def _advance(self, task: _Task, answer: object) -> None:
-        """Resume `task`'s program with `answer` until it waits on the batch or a tool, or ends."""
-        while True:
-            try:
-                ask = task.prog.send(answer)
-            except StopIteration:
-                self._ended.append((task.key, None))
-                return
-            except BaseException as e:  # noqa: BLE001 - reported to the request, as the engine path raises it
-                self._ended.append((task.key, e))
-                return
-            if isinstance(ask, _RunTool):
-                self._tools.append((task, self._executor.submit(ask.run)))
-                return
-            assert isinstance(ask, _Decode)
-            try:
-                self.batch.check_prompt(ask.prompt)  # raised to the request, as `_decode_alone` does
-            except Exception as e:
-                task.prog.close()
-                self._ended.append((task.key, e))
-                return
-            state, reuse = self.pool.take(ask.prompt)
-            try:
-                sid = self.batch.add(ask.prompt, ask.sampler, max_tokens=ask.max_tokens, state=state,
-                                     boundaries=ask.boundaries, keep_state=True, should_stop=ask.should_stop)  # fmt: skip
-            except Exception as e:  # prefill or the first sampling failed: this round ends with the error
-                answer = _Decoded(None, reuse, 0, _error_text(e))
-                continue
-            if sid is None:  # cancelled during its prefill
-                answer = _Decoded("cancelled", reuse, 0)
-                continue
-            task.ask, task.seq_id, task.reused, task.generated = ask, sid, reuse, 0
-            self._tasks[sid] = task
-            self._prompt_end[sid] = len(ask.prompt)
+        """Resume `task`'s program with `answer`: it ends, or waits on a tool or on the batch (queued there)."""
+        try:
+            ask = task.prog.send(answer)
+        except StopIteration:
+            self._ended.append((task.key, None))
             return
+        except BaseException as e:  # noqa: BLE001 - reported to the request, as the engine path raises it
+            self._ended.append((task.key, e))
+            return
+        if isinstance(ask, _RunTool):
+            self._tools.append((task, self._executor.submit(ask.run)))
+            return
+        assert isinstance(ask, _Decode)
+        try:
+            self.batch.check_prompt(ask.prompt)  # raised to the request, as `_decode_alone` does
+        except Exception as e:
+            task.prog.close()
+            self._ended.append((task.key, e))
+            return
+        state, reuse = self.pool.take(ask.prompt)
+        # queued (the batch has a prefill_step): its prefill runs in later steps, and a cut, a failure or a
+        # cancel comes back as its event there (`step`)
+        sid = self.batch.add(ask.prompt, ask.sampler, max_tokens=ask.max_tokens, state=state,
+                             boundaries=ask.boundaries, keep_state=True, should_stop=ask.should_stop)  # fmt: skip
+        task.ask, task.seq_id, task.reused, task.generated = ask, sid, reuse, 0
+        self._tasks[sid] = task
+        self._prompt_end[sid] = len(ask.prompt)
 
     def _end_round(self, task: _Task, reason: str | None, error: str | None = None) -> None:
         del self._tasks[task.seq_id]
