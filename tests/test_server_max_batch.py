@@ -58,3 +58,13 @@ def test_auto_is_one_in_a_group_and_a_number_above_one_is_refused():
     a = _args()
     check_max_batch(a)
     assert a.max_batch == "auto"  # alone: sized after the model loads
+
+
+def test_the_memory_limit_is_metals_working_set_or_the_ram():
+    import os
+
+    from mlx_oss.backend import device
+
+    assert device.memory_limit({"max_recommended_working_set_size": 48 * G}) == 48 * G
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert device.memory_limit({"memory_size": 64 * G}) == ram  # no working set known: the RAM

@@ -45,6 +45,15 @@ def device_info(metal: bool | None = None, info: dict | None = None) -> dict:
         return dict(mx.metal.device_info())
 
 
+def memory_limit(info: dict | None = None) -> int:
+    """Bytes the model may use: Metal's recommended working set on a Mac (`serve --max-batch auto` sizes the
+    batch within it), else the machine's RAM (the CPU backend)."""
+    import os
+
+    limit = int(device_info(info=info).get("max_recommended_working_set_size", 0))
+    return limit or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def chip_name(info: dict | None = None, sysctl: Callable[[], str] | None = None) -> str:
     """"Apple M3 Max" on a Mac (from Metal, else sysctl), else the CPU architecture."""
     info = device_info(info=info)

@@ -169,14 +169,6 @@ def check_max_batch(a: argparse.Namespace, group: bool = False) -> None:
         raise UsageError("--max-batch above 1 is not supported with --hosts (a group of machines) yet")
 
 
-def memory_limit() -> int:
-    """Bytes the model may use: Metal's recommended working set on a Mac, else the machine's RAM."""
-    from mlx_oss.backend import device
-
-    limit = int(device.device_info().get("max_recommended_working_set_size", 0))
-    return limit or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def resolve_max_batch(a: argparse.Namespace, folder, max_context: int, say, limit: int | None = None) -> int:
     """`--max-batch auto` -> a number (`mlx_oss.info.auto_batch_size`, said on stderr); a number stays."""
     if a.max_batch != "auto":
@@ -186,7 +178,7 @@ def resolve_max_batch(a: argparse.Namespace, folder, max_context: int, say, limi
 
     info = describe(folder)
     dtype = a.dtype or device.default_dtype()
-    limit = memory_limit() if limit is None else limit
+    limit = device.memory_limit() if limit is None else limit
     weights = info.weight_bytes_at(dtype)
     per = info.kv_bytes(max_context, dtype, a.kv_bits, a.kv_group_size)
     n = auto_batch_size(limit, weights, a.cache_bytes, per)
