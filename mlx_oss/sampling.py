@@ -1,10 +1,17 @@
 """Sampling settings and the sampler the engine calls once per token.
 
 The filters are mlx-lm's (`apply_top_p`, `apply_min_p`, `apply_top_k`, in mlx-lm's order), imported
-only when a filter is on because importing mlx-lm costs about a second. Randomness comes from an
-explicit key split once per token instead of MLX's global generator, so a `seed` reproduces a
-reply exactly whatever else the process samples in between (another chat, another thread). A draw is
-Gumbel-max, so a logits processor that masks tokens changes a draw only if it masked the one drawn.
+only when a filter is on because importing mlx-lm costs about a second. Randomness comes from the
+sampler's own generator instead of a global one, so a `seed` reproduces a reply exactly whatever else
+the process samples in between (another chat, another thread, the other sequences of a batch). A draw
+is Gumbel-max, so a logits processor that masks tokens changes a draw only if it masked the one drawn.
+
+The Gumbel noise is drawn on the host with numpy (SFC64 and its vectorized log), not with MLX's
+`random`: a draw needs noise for every one of the 201,088 tokens, which cost 2.5 ms a token with MLX's
+threefry and two logs on the CPU backend against 0.7 ms with numpy, and the host work overlaps the
+forward pass the engine has already queued (the sampler is called before the logits are computed).
+With a batch that is one draw per sequence per step: at B = 4 the noise had cost as much as the
+forward pass (docs/BENCH.md, "Batched decode").
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import mlx.core as mx
+import numpy as np
 
 __all__ = ["SamplingConfig", "Sampler", "LogitsProcessor", "ScriptedTokens", "TokenLogprobs"]
 
@@ -115,7 +123,8 @@ class Sampler:
     def __init__(self, config: SamplingConfig) -> None:
         self.config = config
         seed = config.seed if config.seed is not None else secrets.randbits(63)
-        self._key = mx.random.key(seed)
+        self._rng = np.random.Generator(np.random.SFC64(seed))  # numpy's fastest; PCG64 costs 20% more
+        self._noise = np.empty(0, dtype=np.float32)  # reused: see `gumbel_noise`
         self._filters = self._make_filters(config)
         self.records: list[_Record] = []
         # after the config's processors: per round of a reply (a fresh `ReplyConstraint` each round),
@@ -181,13 +190,26 @@ class Sampler:
             logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         for f in self._filters:
             logprobs = f(logprobs)
-        self._key, sub = mx.random.split(self._key)
         # Gumbel-max: argmax(logits / T + Gumbel noise) is a draw from softmax(logits / T), and with the
-        # noise fixed by the key, masking tokens the draw did not pick leaves it unchanged, so a
+        # noise fixed by the generator, masking tokens the draw did not pick leaves it unchanged, so a
         # constraint changes a reply only where it must (MLX's `categorical` shifts every draw).
         scaled = logprobs * (1 / self.config.temperature)
-        return mx.argmax(scaled + mx.random.gumbel(scaled.shape, key=sub), axis=-1)
+        if self._noise.shape[0] != scaled.shape[-1]:
+            self._noise = np.empty(scaled.shape[-1], dtype=np.float32)
+        return mx.argmax(scaled + mx.array(gumbel_noise(self._rng, self._noise)), axis=-1)  # mx.array copies
 
+
+def gumbel_noise(rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
+    """Fills `out` (float32) with standard Gumbel draws, -log(-log(u)), and returns it. numpy's float32
+    uniforms are k / 2^24 for k = 0 .. 2^24 - 1; k = 0 stands for its bin's middle, 2^-25, instead of
+    log(0), so every draw is finite. In place: a fresh 800 KB array per step costs more in page faults
+    than the logs."""
+    rng.random(out=out, dtype=np.float32)
+    np.maximum(out, np.float32(2.0**-25), out=out)
+    np.log(out, out=out)
+    np.negative(out, out=out)
+    np.log(out, out=out)
+    return np.negative(out, out=out)
 
 
 class ScriptedTokens:

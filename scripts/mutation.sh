@@ -76,6 +76,9 @@ declare -A MODULES=(
   [config]="mlx_oss/config.py|tests/test_config_validation.py tests/test_convert.py tests/test_kv_quant.py"
   # what fits in memory (issues 30 and 28): `mlx-oss info`'s arithmetic and `serve --max-batch auto`
   [info]="mlx_oss/info.py|tests/test_info.py tests/test_server_max_batch.py"
+  # the sampler (issue 28: the Gumbel noise drawn by numpy): distributions, seeds, filters, and the batch's
+  # per-sequence draws against solo runs
+  [sampling]="mlx_oss/sampling.py|tests/test_engine_sampling.py tests/test_batch.py tests/test_constraint.py"
   # the benchmark's measuring (issue 28's `bench --batch`)
   [bench_batch]="mlx_oss/bench/batch.py|tests/test_bench_batch.py"
 )

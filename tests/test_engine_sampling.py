@@ -6,7 +6,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_oss.sampling import Sampler, SamplingConfig, ScriptedTokens
+from mlx_oss.sampling import Sampler, SamplingConfig, ScriptedTokens, gumbel_noise
 
 LOGITS = mx.array(np.log(np.array([[0.5, 0.3, 0.15, 0.05] + [1e-6] * 60], dtype=np.float32)))
 
@@ -19,8 +19,22 @@ def draws(cfg: SamplingConfig, n: int = 200) -> list[int]:
 def test_seed_reproduces_and_differs():
     a, b, c = draws(SamplingConfig(seed=1)), draws(SamplingConfig(seed=1)), draws(SamplingConfig(seed=2))
     assert a == b and a != c
-    mx.random.seed(0)  # the global generator does not matter
+    mx.random.seed(0)  # the global generators do not matter
+    np.random.seed(0)
     assert draws(SamplingConfig(seed=1)) == a
+
+
+def test_gumbel_noise_is_standard_gumbel_and_finite_at_both_ends():
+    out = np.empty(400_000, dtype=np.float32)
+    g = gumbel_noise(np.random.default_rng(0), out)
+    assert g is out and abs(g.mean() - 0.5772) < 0.01 and abs(g.var() - np.pi**2 / 6) < 0.02  # gamma, pi^2/6
+
+    class Ends:  # numpy's float32 uniforms reach 0 and 1 - 2^-24, never 1
+        def random(self, out, dtype):
+            out[:] = np.array([0.0, 1 - 2.0**-24, 0.5], dtype=dtype)
+
+    ends = gumbel_noise(Ends(), np.empty(3, dtype=np.float32))
+    assert np.isfinite(ends).all() and ends[0] < -2.8 and ends[1] > 16
 
 
 def test_temperature_one_follows_the_distribution():

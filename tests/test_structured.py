@@ -305,7 +305,7 @@ def test_the_format_can_be_given_for_one_turn_and_the_prompt_is_the_same_either_
 def test_a_strict_reply_cut_by_max_tokens_is_length_and_never_parsed(model_tok):
     r = _chat(model_tok, 0, response_format=PERSON, max_reasoning_tokens=0, max_tokens=6).ask("who?")
     assert r.stats.stop_reason == "length" and r.parsed is None and not _valid(r.answer, PERSON)
-    assert r.answer.startswith('{"name":"')
+    assert r.answer.startswith('{"name"')  # what the grammar allows first, however the draws fall
 
 
 def test_a_schema_that_cannot_be_enforced_fails_before_any_compute_and_keeps_the_history(model_tok):
