@@ -152,7 +152,13 @@ for name in "${ORDER[@]}"; do
   case $file in *mlx_oss/convert/*) prebuilt=;; *) prebuilt=$TINY_CHAT/converted;; esac
   # PYTHONPATH: a process the tests start (a rank, `mlx-oss serve`) imports the mutated package too, and
   # inherits the mutant's name from the environment
-  (cd "$dir" && PYTHONPATH="$dir/mutants${PYTHONPATH:+:$PYTHONPATH}" MLX_OSS_TEST_TINY_CHAT=$prebuilt nice -n "$NICE" "$MUTMUT" run --max-children "${JOBS:-1}" ${MUTANTS:-} > mutmut.log 2>&1) || true
+  run_mutmut() {
+    (cd "$dir" && PYTHONPATH="$dir/mutants${PYTHONPATH:+:$PYTHONPATH}" MLX_OSS_TEST_TINY_CHAT=$prebuilt nice -n "$NICE" "$MUTMUT" run --max-children "${JOBS:-1}" ${MUTANTS:-} > mutmut.log 2>&1) || true
+  }
+  run_mutmut
+  # mutmut 3.8's first stats pass right after generating the mutants sometimes maps no test to any of them
+  # ("could not find any test case"); the same command again, on the mutants it just wrote, maps them
+  if grep -q "could not find any test case" "$dir/mutmut.log"; then run_mutmut; fi
   (cd "$dir" && "$MUTMUT" results --all true > results.txt 2>&1) || true
   line=$("$PY" - "$dir/results.txt" "$name" $files <<'PYEOF'
 import collections, sys

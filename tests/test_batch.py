@@ -337,6 +337,40 @@ def test_generate_batch_equals_solo_runs(chat_model):
         assert r.tokens == toks and r.stop_reason == reason and r.text == tok.decode(toks)
 
 
+def test_generate_batch_defaults_per_prompt_configs_and_one_slot(chat_model, monkeypatch):
+    """The defaults (8 slots, 256 tokens, a "medium" system message for a string), a config per prompt
+    (each as alone with its own), one slot (one at a time, the same tokens) and the refusals."""
+    from mlx_oss.harmony import Message, Role, render_conversation_for_completion
+    from mlx_oss.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(None)
+    V = chat_model.args.vocab_size
+    live: list[int] = []
+    real_add = BatchGenerator.add
+    monkeypatch.setattr(BatchGenerator, "add", lambda self, *a, **kw: (live.append(len(self)), real_add(self, *a, **kw))[1])
+    nine = [prompt_of(200 + i, 5, V) for i in range(9)]
+    short = generate_batch(chat_model, tok, nine, sampling=GREEDY, max_tokens=2, stop_tokens=NO_STOP)
+    assert max(live) == 7 and [len(r.tokens) for r in short] == [2] * 9  # 8 at once, the ninth waits
+    assert short[8].tokens == solo(chat_model, nine[8], GREEDY, 2)[0]
+
+    [long] = generate_batch(chat_model, tok, [nine[0]], sampling=GREEDY, stop_tokens=NO_STOP)
+    assert len(long.tokens) == 256 and long.stop_reason == "length"
+    [text] = generate_batch(chat_model, tok, ["Hi"], sampling=GREEDY, max_tokens=3, stop_tokens=NO_STOP)
+    medium = render_conversation_for_completion([Message.system(reasoning_effort="medium"), Message(Role.USER, "Hi")], encoding=tok)
+    assert text.tokens == solo(chat_model, medium, GREEDY, 3)[0]
+
+    configs = [SamplingConfig(temperature=1.0, seed=5), SamplingConfig(temperature=0.7, seed=9)]
+    own = generate_batch(chat_model, tok, nine[:2], sampling=configs, max_tokens=5, stop_tokens=NO_STOP)
+    assert [r.tokens for r in own] == [solo(chat_model, p, c, 5)[0] for p, c in zip(nine[:2], configs)]
+    live.clear()
+    one = generate_batch(chat_model, tok, nine[:3], sampling=GREEDY, max_tokens=2, max_batch=1, stop_tokens=NO_STOP)
+    assert live == [0, 0, 0] and [r.tokens for r in one] == [r.tokens for r in short[:3]]
+    with pytest.raises(ValueError, match="max_batch must be at least 1"):
+        generate_batch(chat_model, tok, nine[:1], max_batch=0)
+    with pytest.raises(ValueError, match="2 sampling configs for 3 prompts"):
+        generate_batch(chat_model, tok, nine[:3], sampling=configs)
+
+
 # ---------------------------------------------------------------------- interleaved prefill
 
 

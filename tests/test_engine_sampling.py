@@ -6,7 +6,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_oss.sampling import Sampler, SamplingConfig, ScriptedTokens, gumbel_noise
+from mlx_oss.sampling import Sampler, SamplingConfig, ScriptedTokens, TokenLogprobs, gumbel_noise
 
 LOGITS = mx.array(np.log(np.array([[0.5, 0.3, 0.15, 0.05] + [1e-6] * 60], dtype=np.float32)))
 
@@ -80,3 +80,39 @@ def test_processors_see_context_and_apply():
 def test_invalid_settings(kw):
     with pytest.raises(ValueError):
         SamplingConfig(**kw)
+
+
+def test_logprobs_are_the_models_own_distribution_with_the_top_k_best_first():
+    probs = np.array([0.5, 0.3, 0.15, 0.05] + [1e-6] * 60)
+    want = np.log(probs / probs.sum())
+
+    def ban_zero(ctx, logits):  # what is sampled changes, what is reported does not
+        return mx.where(mx.arange(logits.shape[-1]) == 0, -mx.inf, logits)
+
+    s = Sampler(SamplingConfig(seed=3, temperature=0, logprobs=3, logits_processors=(ban_zero,)))
+    toks = [int(s(LOGITS * 2 + 1).item()), int(s(LOGITS).item())]  # a shift and a scale, then as is
+    assert toks == [1, 1] and len(s.records) == 2
+    first, second = s.logprobs(0), s.logprobs(1)
+    assert first.token == 1 and first.logprob == pytest.approx(np.log(0.3**2 / (probs**2).sum()), abs=1e-5)
+    assert [i for i, _ in first.top] == [0, 1, 2]  # best first
+    assert second == TokenLogprobs(1, pytest.approx(want[1], abs=1e-5), tuple(second.top))
+    assert [i for i, _ in second.top] == [0, 1, 2]
+    assert [v for _, v in second.top] == pytest.approx(want[:3], abs=1e-5)
+
+    none = Sampler(SamplingConfig(seed=3, logprobs=0))
+    tok = int(none(LOGITS).item())
+    assert none.logprobs(0).top == () and none.logprobs(0).logprob == pytest.approx(want[tok], abs=1e-5)
+    assert none.logprobs(0).token == tok
+    wide = Sampler(SamplingConfig(temperature=0, logprobs=100))  # more than the vocabulary: all of it
+    wide(LOGITS)
+    assert len(wide.logprobs(0).top) == 64
+    off = Sampler(SamplingConfig(seed=3))
+    off(LOGITS)
+    assert off.records == []
+
+
+def test_the_config_saves_the_settings_of_a_chat_not_the_per_request_ones():
+    c = SamplingConfig(temperature=0.7, top_p=0.9, top_k=5, min_p=0.1, seed=11, logprobs=2, logits_processors=(abs,))
+    d = c.to_dict()  # what a saved chat keeps (chat.py); logprobs and processors belong to a request
+    assert d == {"temperature": 0.7, "top_p": 0.9, "top_k": 5, "min_p": 0.1, "seed": 11}
+    assert SamplingConfig(**d) == SamplingConfig(temperature=0.7, top_p=0.9, top_k=5, min_p=0.1, seed=11)
