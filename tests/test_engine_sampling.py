@@ -34,7 +34,8 @@ def test_gumbel_noise_is_standard_gumbel_and_finite_at_both_ends():
             out[:] = np.array([0.0, 1 - 2.0**-24, 0.5], dtype=dtype)
 
     ends = gumbel_noise(Ends(), np.empty(3, dtype=np.float32))
-    assert np.isfinite(ends).all() and ends[0] < -2.8 and ends[1] > 16
+    assert np.isfinite(ends).all() and ends[1] > 16
+    assert ends[0] == pytest.approx(-np.log(25 * np.log(2)), rel=1e-6)  # u = 2^-25 for k = 0
 
 
 def test_temperature_one_follows_the_distribution():
@@ -50,6 +51,8 @@ def test_temperature_one_follows_the_distribution():
         (SamplingConfig(top_p=0.7, seed=0), {0, 1}),
         (SamplingConfig(min_p=0.35, seed=0), {0, 1}),
         (SamplingConfig(top_k=1000, seed=0), {0, 1, 2, 3}),
+        (SamplingConfig(top_k=64, seed=0), {0, 1, 2, 3}),  # the whole vocabulary: no filter
+        (SamplingConfig(top_k=1, seed=0), {0}),
     ],
 )
 def test_filters_restrict_support(cfg, support):
@@ -76,10 +79,42 @@ def test_processors_see_context_and_apply():
     assert [int(forced(LOGITS).item()) for _ in range(2)] == [5, 9]
 
 
-@pytest.mark.parametrize("kw", [dict(temperature=-0.1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-1), dict(min_p=2)])
-def test_invalid_settings(kw):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(temperature=-0.1), "temperature must be >= 0, got -0.1"),
+        (dict(top_p=0), r"top_p must be in \(0, 1\], got 0"),
+        (dict(top_p=1.5), r"top_p must be in \(0, 1\], got 1.5"),
+        (dict(top_k=-1), "top_k must be >= 0, got -1"),
+        (dict(min_p=2), r"min_p must be in \[0, 1\], got 2"),
+        (dict(min_p=-0.5), r"min_p must be in \[0, 1\], got -0.5"),
+        (dict(logprobs=-1), "logprobs must be >= 0, got -1"),
+    ],
+)
+def test_invalid_settings(kw, message):
+    with pytest.raises(ValueError, match=message):
         SamplingConfig(**kw)
+
+
+def test_the_edges_of_each_range_are_valid_and_processors_become_a_tuple():
+    for kw in (dict(temperature=0), dict(top_p=1), dict(top_k=0), dict(min_p=0), dict(min_p=1), dict(logprobs=0)):
+        SamplingConfig(**kw)
+    c = SamplingConfig(logits_processors=[ScriptedTokens([3])])  # a list, as a caller may pass
+    assert isinstance(c.logits_processors, tuple) and int(Sampler(c)(LOGITS).item()) == 3
+
+
+def test_no_filter_no_mlx_lm(monkeypatch):
+    """mlx-lm's filters are loaded only when one is on (importing them costs about a second)."""
+    from mlx_oss import sampling
+
+    def boom():
+        raise AssertionError("mlx-lm's sample_utils loaded without a filter")
+
+    monkeypatch.setattr(sampling, "_mlx_lm_sample_utils", boom)
+    for c in (SamplingConfig(), SamplingConfig(temperature=0, top_k=2, top_p=0.5, min_p=0.2), SamplingConfig(top_p=1)):
+        assert Sampler(c)._filters == []
+    with pytest.raises(AssertionError, match="without a filter"):
+        Sampler(SamplingConfig(top_k=1))
 
 
 def test_logprobs_are_the_models_own_distribution_with_the_top_k_best_first():
@@ -106,6 +141,21 @@ def test_logprobs_are_the_models_own_distribution_with_the_top_k_best_first():
     wide = Sampler(SamplingConfig(temperature=0, logprobs=100))  # more than the vocabulary: all of it
     wide(LOGITS)
     assert len(wide.logprobs(0).top) == 64
+    one = Sampler(SamplingConfig(temperature=0, logprobs=1))
+    one(LOGITS)
+    assert one.logprobs(0).top == ((0, pytest.approx(want[0], abs=1e-5)),)
+
+
+def test_the_top_logprobs_are_the_k_best_in_order_not_by_id():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(1, 5000)).astype(np.float32) * 3
+    s = Sampler(SamplingConfig(seed=1, logprobs=7))
+    s(mx.array(x))
+    lp = x[0] - np.log(np.exp(x[0].astype(np.float64)).sum())
+    best = np.argsort(-lp)[:7]
+    top = s.logprobs(0).top
+    assert [i for i, _ in top] == best.tolist() and best.tolist() != sorted(best.tolist())
+    assert [v for _, v in top] == pytest.approx(lp[best], abs=1e-4)
     off = Sampler(SamplingConfig(seed=3))
     off(LOGITS)
     assert off.records == []
