@@ -60,6 +60,12 @@ def test_filters_restrict_support(cfg, support):
     assert got == support
 
 
+@pytest.mark.parametrize("cfg, support", [(SamplingConfig(top_p=0.7, seed=0), {0, 1}), (SamplingConfig(top_p=0.9, seed=1), {0, 1, 2})])
+def test_filters_see_normalized_log_probabilities_whatever_the_logits_offset(cfg, support):
+    s = Sampler(cfg)  # the model's logits are not log-probabilities: top-p needs them normalized
+    assert {int(s(LOGITS + 50.0).item()) for _ in range(300)} == support  # exp(2 x 50) would overflow
+
+
 def test_low_temperature_sharpens():
     hot = np.mean(np.array(draws(SamplingConfig(seed=0, temperature=2.0), 1000)) == 0)
     cold = np.mean(np.array(draws(SamplingConfig(seed=0, temperature=0.3), 1000)) == 0)
