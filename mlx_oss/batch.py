@@ -77,8 +77,6 @@ class _Sequence:
     max_tokens: int | None
     stop_tokens: frozenset[int]
     keep_state: bool
-    prompt_tokens: int
-    reused_tokens: int
     y: mx.array  # the next token, sampled (lazily) but not yet fed
     generated: list[int] = field(default_factory=list)
 
@@ -197,10 +195,10 @@ class BatchGenerator:
         if self.prefill_step is not None:
             self._queued[seq_id] = q
             return seq_id
-        logits, reused = self._prefill(q, all_at_once=True)
+        logits, _ = self._prefill(q, all_at_once=True)
         if logits is None:
             return None
-        self._join(seq_id, q, logits, reused)
+        self._join(seq_id, q, logits)
         return seq_id
 
     def _prefill(self, q: _Queued, all_at_once: bool = False, feed: int | None = None) -> tuple[mx.array | None, int] | None:
@@ -233,12 +231,12 @@ class BatchGenerator:
         q.state = engine.detach()
         return done
 
-    def _join(self, seq_id: int, q: _Queued, logits: mx.array, reused: int) -> None:
+    def _join(self, seq_id: int, q: _Queued, logits: mx.array) -> None:
         """`q`'s prefill is done: sample its first token; it decodes from the next pass on."""
         st = q.state
         seq = _Sequence(
             list(st.cache), list(st.tokens), list(st.snapshots), q.sampler, q.max_tokens, q.stop_tokens,
-            q.keep_state, len(q.prompt), reused, y=mx.array([0]),
+            q.keep_state, y=mx.array([0]),
         )  # fmt: skip
         seq.y = q.sampler(logits, seq.context())
         mx.async_eval(seq.y)
@@ -280,12 +278,12 @@ class BatchGenerator:
             if done is None:
                 continue
             del self._queued[seq_id]
-            logits, reused = done
+            logits, _ = done
             if logits is None:
                 events.append(BatchEvent(seq_id, None, "cancelled"))
                 continue
             try:
-                self._join(seq_id, q, logits, reused)
+                self._join(seq_id, q, logits)
             except Exception as e:  # the first sampling failed (a logits processor)
                 events.append(BatchEvent(seq_id, None, "failed", e))
                 continue

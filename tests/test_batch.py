@@ -251,8 +251,12 @@ def test_a_finished_state_resumes_in_an_engine(chat_model):
     assert rel_err(np.array(logits).reshape(-1), scratch) <= 1e-5
     # and a batch can start from a state too: only the new part is prefilled
     b2 = BatchGenerator(chat_model)
-    sid2 = b2.add(nxt + [7], Sampler(GREEDY), max_tokens=1, state=engine.detach(), keep_state=True)
-    assert b2._live[sid2].reused_tokens == len(nxt)
+    fed: list[int] = []
+    real = type(chat_model).__call__
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(chat_model), "__call__", lambda self, x, cache, **kw: (fed.append(x.shape[1]), real(self, x, cache, **kw))[1])
+        sid2 = b2.add(nxt + [7], Sampler(GREEDY), max_tokens=1, state=engine.detach(), keep_state=True)
+    assert fed == [1] and b2.tokens(sid2) == nxt + [7]
 
 
 # ---------------------------------------------------------------------- one forward pass
@@ -453,6 +457,50 @@ def test_a_queued_prefill_cancelled_or_failing_leaves_the_others_alone(chat_mode
         assert_same(run.tokens[sid], run.recs[sid], toks, rec)
     with pytest.raises(ValueError, match="prefill_step"):
         BatchGenerator(chat_model, prefill_step=0)
+
+
+def test_a_prefill_that_raises_fails_only_its_sequence_and_the_queue_goes_on_in_the_same_step(chat_model, monkeypatch):
+    """A prompt whose chunk raises ends with one "failed" event carrying the error, and so does one whose
+    first sampling fails; either way the next queued prompt is prefilled and decodes from that same step
+    (the budget allows it), the tokens of what it holds are the prompt's, and every survivor matches
+    its solo run. Without `prefill_step` there is no budget: `add` prefills at once."""
+    V = chat_model.args.vocab_size
+    assert BatchGenerator(chat_model).prefill_budget() == 0
+    real = type(chat_model).__call__
+
+    def flaky(self, x, cache, **kw):
+        if x.shape[1] == 13:
+            raise RuntimeError("chunk failed")
+        return real(self, x, cache, **kw)
+
+    def broken(context, logits):
+        raise RuntimeError("processor failed")
+
+    monkeypatch.setattr(type(chat_model), "__call__", flaky)
+    pa, pb, pc, pd, pe = (prompt_of(50 + i, n, V) for i, n in enumerate((5, 13, 7, 4, 6)))
+    run = Run(BatchGenerator(chat_model, prefill_step=32))
+    a = run.add(pa, GREEDY, max_tokens=8)
+    run.step()
+    b = run.add(pb, GREEDY, max_tokens=3)
+    c = run.add(pc, GREEDY, max_tokens=3)
+    events = run.step()
+    assert [(e.seq_id, e.token, e.done, str(e.error)) for e in events if e.seq_id == b] == [(b, None, "failed", "chunk failed")]
+    assert run.batch.ids == [a, c] and run.batch.decoding == 2 and run.batch.tokens(c)[:7] == pc
+    d = run.batch.add(pd, Sampler(SamplingConfig(logits_processors=(broken,))), max_tokens=3)
+    run.tokens[d] = []
+    e = run.add(pe, GREEDY, max_tokens=3)
+    events = run.step()
+    assert [(x.seq_id, x.token, x.done, str(x.error)) for x in events if x.seq_id == d] == [(d, None, "failed", "processor failed")]
+    assert e in run.batch.ids and run.batch.decoding == len(run.batch.ids)  # e decodes from this step
+    f = run.add(prompt_of(55, 9, V), GREEDY, max_tokens=3, should_stop=lambda: True)  # cut before its chunk
+    pg = prompt_of(56, 5, V)
+    g = run.add(pg, GREEDY, max_tokens=3)
+    events = run.step()
+    assert BatchEvent(f, None, "cancelled") in events and g in run.batch.ids and run.batch.decoding == len(run.batch.ids)
+    run.finish()
+    for sid, p, n in [(a, pa, 8), (c, pc, 3), (e, pe, 3), (g, pg, 3)]:
+        toks, rec, _, _ = solo(chat_model, p, GREEDY, n)
+        assert_same(run.tokens[sid], run.recs[sid], toks, rec)
 
 
 def test_the_prefill_budget_follows_the_measured_costs(chat_model, monkeypatch):
