@@ -486,6 +486,7 @@ def test_a_prefill_that_raises_fails_only_its_sequence_and_the_queue_goes_on_in_
     events = run.step()
     assert [(e.seq_id, e.token, e.done, str(e.error)) for e in events if e.seq_id == b] == [(b, None, "failed", "chunk failed")]
     assert run.batch.ids == [a, c] and run.batch.decoding == 2 and run.batch.tokens(c)[:7] == pc
+    assert run.batch.generated(a) == run.tokens[a] and len(run.tokens[a]) == 2
     d = run.batch.add(pd, Sampler(SamplingConfig(logits_processors=(broken,))), max_tokens=3)
     run.tokens[d] = []
     e = run.add(pe, GREEDY, max_tokens=3)
@@ -498,6 +499,7 @@ def test_a_prefill_that_raises_fails_only_its_sequence_and_the_queue_goes_on_in_
     events = run.step()
     assert BatchEvent(f, None, "cancelled") in events and g in run.batch.ids and run.batch.decoding == len(run.batch.ids)
     run.finish()
+    assert run.batch.take_state(a) is None  # no state kept unless asked (`keep_state`)
     for sid, p, n in [(a, pa, 8), (c, pc, 3), (e, pe, 3), (g, pg, 3)]:
         toks, rec, _, _ = solo(chat_model, p, GREEDY, n)
         assert_same(run.tokens[sid], run.recs[sid], toks, rec)
@@ -546,6 +548,7 @@ def test_the_measurements_are_smoothed_and_the_first_join_is_timed_before_more_p
     step moves the budget a little, not all the way."""
     V = chat_model.args.vocab_size
     assert BatchGenerator._smooth(None, 2.0) == 2.0 and BatchGenerator._smooth(1.0, 2.0) == pytest.approx(1.3)
+    assert BatchGenerator._smooth(2.0, 1.0) == pytest.approx(1.7)
     run = Run(BatchGenerator(chat_model, prefill_step=64, prefill_balance=2.0))
     a, b = run.add(prompt_of(50, 5, V), GREEDY, max_tokens=4), run.add(prompt_of(51, 5, V), GREEDY, max_tokens=4)
     run.step()
