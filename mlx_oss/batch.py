@@ -5,7 +5,7 @@ Decode is bound by reading the weights (memory bandwidth on a Mac; the 201k-row 
 `Sampler`, and advances all of them one token per `step()` with one `Model.step` call: the weights are
 read once for B tokens. Each sequence gets what it gets alone through `Engine.generate` (the same
 tokens, logits equal up to float rounding, the same seeded samples; tests/test_batch.py), whatever
-else is in the batch: a sampler owns its PRNG key and logits processors, attention is per sequence.
+else is in the batch: a sampler owns its random generator and logits processors, attention is per sequence.
 
 Sequences join and leave between steps (continuous batching): a new sequence is prefilled alone (the
 engine's chunked prefill, optionally resuming an `EngineState` from a prompt-cache pool), and a finished

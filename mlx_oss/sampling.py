@@ -128,7 +128,7 @@ class Sampler:
         self._filters = self._make_filters(config)
         self.records: list[_Record] = []
         # after the config's processors: per round of a reply (a fresh `ReplyConstraint` each round),
-        # while the random key carries on across rounds
+        # while the random generator carries on across rounds
         self.extra: tuple[LogitsProcessor, ...] = ()
 
     @property

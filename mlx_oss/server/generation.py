@@ -13,7 +13,7 @@ what each request emits, whichever way its tokens are produced.
 
 Each round gets a fresh `ReplyConstraint` from its turn (`Turn.constraint`: tool_choice, strict schemas,
 the reasoning budget left) as the sampler's `extra` processor, after the request's own; the sampler (and
-its random key) carries across rounds.
+its random generator) carries across rounds.
 """
 
 from __future__ import annotations
