@@ -369,6 +369,11 @@ def test_generate_batch_defaults_per_prompt_configs_and_one_slot(chat_model, mon
     live.clear()
     one = generate_batch(chat_model, tok, nine[:3], sampling=GREEDY, max_tokens=2, max_batch=1, stop_tokens=NO_STOP)
     assert live == [0, 0, 0] and [r.tokens for r in one] == [r.tokens for r in short[:3]]
+    first = short[0].tokens[0]  # a stop token ends the sequence there; the context limit ends it as alone
+    [stopped] = generate_batch(chat_model, tok, nine[:1], sampling=GREEDY, max_tokens=5, stop_tokens=(first,))
+    assert stopped.tokens == [first] and stopped.stop_reason == "stop"
+    [full] = generate_batch(chat_model, tok, nine[:1], sampling=GREEDY, max_tokens=50, stop_tokens=NO_STOP, max_context=8)
+    assert full.stop_reason == "context" and len(full.tokens) == 3  # 5 prompt tokens + 3 = the context of 8
     with pytest.raises(ValueError, match="max_batch must be at least 1"):
         generate_batch(chat_model, tok, nine[:1], max_batch=0)
     with pytest.raises(ValueError, match="2 sampling configs for 3 prompts"):
