@@ -510,6 +510,24 @@ def test_a_prefill_that_raises_fails_only_its_sequence_and_the_queue_goes_on_in_
         assert_same(run.tokens[sid], run.recs[sid], toks, rec)
 
 
+@pytest.mark.parametrize("prefill_step", [None, 8])
+def test_boundaries_leave_the_snapshots_an_engine_leaves(chat_model, prefill_step):
+    """`add(..., boundaries=)` (the end of the instructions, from the server): the kept state holds ring
+    snapshots at those positions, as `Engine.prefill` leaves them, so a later prompt that shares only the
+    instructions resumes there. Whether the prompt is prefilled at once or a chunk per step."""
+    V = chat_model.args.vocab_size
+    p = prompt_of(70, 30, V)
+    engine = Engine(chat_model)
+    engine.prefill(p, boundaries=(12,))
+    alone = [(s.position, s.kind) for s in engine.detach().snapshots]
+    assert (12, "prompt") in alone
+    run = Run(BatchGenerator(chat_model, prefill_step=prefill_step))
+    sid = run.add(p, GREEDY, max_tokens=1, keep_state=True, boundaries=(12,))
+    run.finish()
+    batched = [(s.position, s.kind) for s in run.batch.take_state(sid).snapshots]
+    assert [x for x in batched if x[0] <= len(p)] == alone
+
+
 def test_the_prefill_budget_follows_the_measured_costs(chat_model, monkeypatch):
     """`prefill_balance`: while sequences decode, a step's prefill is held to `balance` decode passes at the
     costs measured so far (tokens = balance x pass time / token time, at least 1, at most `prefill_step`);

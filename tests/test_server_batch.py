@@ -297,6 +297,26 @@ def test_a_conversation_continued_after_a_batched_turn_reuses_its_prefix(model_t
             "completion_tokens"] - 1  # fmt: skip
 
 
+def test_a_new_conversation_with_the_same_instructions_reuses_them_after_a_batched_turn(model_tok):
+    """The instructions' end is a snapshot boundary in a batch too (`BatchRunner` hands the turn's boundaries to
+    the batch): a new conversation with the same system message, after one served in a batch, starts from the
+    cache at the instructions' end (past the 8-token sliding window, so only a ring snapshot there allows it),
+    exactly as one at a time."""
+    model, tok = model_tok
+    system = {"role": "system", "content": "Shared instructions, long enough to pass the sliding window of eight."}
+    cached = {}
+    for max_batch in (1, 2):
+        scripts = Scripts()
+        scripts.keyed["first"] = reply(tok, final="one")
+        scripts.keyed["second"] = reply(tok, final="two")
+        with running_server(model, tok, scripts, max_context=1024, max_batch=max_batch) as (url, app):
+            for text in ("the first question", "the second question, another one"):
+                body = {"model": MODEL_ID, "messages": [system, {"role": "user", "content": text}]}
+                usage = post_json(url, "/chat/completions", body).json()["usage"]
+        cached[max_batch] = usage["prompt_tokens_details"]["cached_tokens"]
+    assert cached[2] == cached[1] and cached[1] > 20, cached
+
+
 # ----------------------------------------------------------------------------- the flag
 
 
