@@ -11,7 +11,7 @@ The Gumbel noise is drawn on the host with numpy (SFC64 and its vectorized log),
 threefry and two logs on the CPU backend against 0.7 ms with numpy, and the host work overlaps the
 forward pass the engine has already queued (the sampler is called before the logits are computed).
 With a batch that is one draw per sequence per step: at B = 4 the noise had cost as much as the
-forward pass (docs/BENCH.md, "Batched decode").
+forward pass (docs/BENCH.md, "Sampling noise").
 """
 
 from __future__ import annotations
