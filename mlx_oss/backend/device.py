@@ -7,6 +7,7 @@ Why float32 on the CPU backend: MLX CPU `gather_qmm` in mxfp4 for 4 experts of 5
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from typing import Callable
@@ -48,8 +49,6 @@ def device_info(metal: bool | None = None, info: dict | None = None) -> dict:
 def memory_limit(info: dict | None = None) -> int:
     """Bytes the model may use: Metal's recommended working set on a Mac (`serve --max-batch auto` sizes the
     batch within it), else the machine's RAM (the CPU backend)."""
-    import os
-
     limit = int(device_info(info=info).get("max_recommended_working_set_size", 0))
     return limit or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
