@@ -1,6 +1,7 @@
 """What the client conformance tests share (tests/clients/conftest.py holds the fixtures): a real
-uvicorn server around the tiny chat model with the scripted-replies hook, behind a recorder of each
-request's method, path, User-Agent and Authorization header, and running the Node scripts."""
+uvicorn server around a lean tiny chat model (`lean_chat_converted`) with the scripted-replies hook,
+behind a recorder of each request's method, path, User-Agent and Authorization header, and running the
+Node scripts."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The client conformance layer (docs/CLIENTS.md): unmodified third-party clients, pinned in the repository
 (Node: package.json + package-lock.json here; Python: pyproject.toml's `test` extra), against a real
-uvicorn server around the tiny chat model. Replies are scripted harmony (server_harness.Scripts, which
-also records every request body); the server's rendering, parsing, streaming and API translation are
-the real code (client_harness.py).
+uvicorn server around a lean tiny chat model (`lean_chat_converted`). Replies are scripted harmony
+(server_harness.Scripts, which also records every request body); the server's rendering, parsing,
+streaming and API translation are the real code (client_harness.py).
 
 Node clients: `.ci/run` installs them (`npm ci --prefix tests/clients`); elsewhere the `node_clients`
 fixture runs `npm ci` on first use (or when package-lock.json changed). Without node/npm those tests
@@ -26,9 +26,23 @@ NPM_CI_TIMEOUT_S = 600
 
 
 @pytest.fixture(scope="session")
-def served_clients(tiny_chat_converted):
+def lean_chat_converted(tmp_path_factory) -> Path:
+    """tiny-chat with one full-attention layer and 4 query heads: the clients send prompts of 10-13k
+    tokens, and the CPU backend's attention over them is most of a client test's time (16 heads x 2 full
+    layers: ~25 s for Claude Code's first prompt). The protocol under test does not depend on the size."""
+    from mlx_oss.convert.convert import convert_checkpoint
+    from mlx_oss.convert.synthetic import preset, write_checkpoint
+
+    root = tmp_path_factory.mktemp("lean-chat")
+    spec = preset("tiny-chat", num_hidden_layers=2, num_attention_heads=4)
+    src = write_checkpoint(root / "src", spec, "hf", seed=0)
+    return convert_checkpoint(src, root / "converted", progress=False).dst
+
+
+@pytest.fixture(scope="session")
+def served_clients(lean_chat_converted):
     """One server for the whole layer (its prompt cache carries Codex's long prefix from run to run)."""
-    model, tok = mlx_oss.load(tiny_chat_converted, dtype="float32")
+    model, tok = mlx_oss.load(lean_chat_converted, dtype="float32")
     scripts = Scripts()
     requests: list[dict] = []
     with serve(model, tok, scripts, requests) as (url, app):
