@@ -32,7 +32,7 @@ from typing import Callable, Generator, Iterable, NamedTuple, Sequence
 import mlx.core as mx
 
 from mlx_oss import tokenizer as tk
-from mlx_oss.engine import Engine, EngineState, Snapshot, drain, settle, take_snapshot
+from mlx_oss.engine import DEFAULT_MAX_SNAPSHOTS, Engine, EngineState, Snapshot, drain, settle, take_snapshot
 from mlx_oss.sampling import Sampler, SamplingConfig
 
 __all__ = ["BatchEvent", "BatchGenerator", "BatchResult", "generate_batch"]
@@ -107,7 +107,7 @@ class BatchGenerator:
         model,
         *,
         max_context: int | None = None,
-        max_snapshots: int = 16,
+        max_snapshots: int = DEFAULT_MAX_SNAPSHOTS,
         prefill_chunk: int | None = None,
         kv_bits: int | None = None,
         kv_group_size: int | None = None,

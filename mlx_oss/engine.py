@@ -36,6 +36,7 @@ _T = TypeVar("_T")
 
 
 DEFAULT_PREFILL_CHUNK = 2048  # tokens per forward call while prefilling: a long prompt never builds a T x T mask
+DEFAULT_MAX_SNAPSHOTS = 16  # ring snapshots an engine (or a batch, per sequence) keeps, the newest
 
 
 def prefill_chunks(model, cache: list, tokens: mx.array, **kw) -> mx.array | bool:
@@ -228,7 +229,7 @@ class Engine:
         model,
         *,
         max_context: int | None = None,
-        max_snapshots: int = 16,
+        max_snapshots: int = DEFAULT_MAX_SNAPSHOTS,
         prefill_chunk: int | None = None,
         kv_bits: int | None = None,
         kv_group_size: int | None = None,

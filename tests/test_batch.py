@@ -8,6 +8,7 @@ an 8-slot sliding window, so decoding a few tokens wraps the rings.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import mlx.core as mx
@@ -201,16 +202,18 @@ def test_a_logits_processor_affects_only_its_sequence(chat_model):
         assert_same(run.tokens[sid], run.recs[sid], toks, rec)
 
 
-def test_quantized_caches_match_solo(tiny_chat_hd64_converted):
-    """`kv_bits=8`: full layers on quantized caches, per sequence, as the quantized engine alone."""
+@pytest.mark.parametrize("group", [64, 32])
+def test_quantized_caches_match_solo(tiny_chat_hd64_converted, group):
+    """`kv_bits=8`: full layers on quantized caches, per sequence, as the quantized engine alone (with the
+    default group size and another)."""
     model = load_model(tiny_chat_hd64_converted, dtype="float32")
     V = model.args.vocab_size
     prompts = [prompt_of(40, 5, V), prompt_of(41, 19, V)]
-    run = Run(BatchGenerator(model, kv_bits=8))
+    run = Run(BatchGenerator(model, kv_bits=8, kv_group_size=group))
     ids = [run.add(p, GREEDY, max_tokens=12) for p in prompts]
     run.finish()
     for sid, p in zip(ids, prompts):
-        toks, rec, _, _ = solo(model, p, GREEDY, 12, kv_bits=8)
+        toks, rec, _, _ = solo(model, p, GREEDY, 12, kv_bits=8, kv_group_size=group)
         assert_same(run.tokens[sid], run.recs[sid], toks, rec)
 
 
@@ -528,6 +531,53 @@ def test_boundaries_leave_the_snapshots_an_engine_leaves(chat_model, prefill_ste
     assert [x for x in batched if x[0] <= len(p)] == alone
 
 
+def test_a_message_end_in_a_generation_leaves_the_snapshot_an_engine_leaves(chat_model):
+    """An `<|end|>` decoded in the batch leaves a "message" snapshot there, as `Engine.generate` does: the
+    first a full snapshot list gives up (prompt ends are kept longer), and where a conversation that
+    continues after that message resumes."""
+    from mlx_oss import tokenizer as tk
+
+    V = chat_model.args.vocab_size
+    p, script = prompt_of(72, 20, V), [1, tk.END, 2, 3]
+
+    def config():  # a script is used up by the run it drives
+        return replace(GREEDY, logits_processors=(ScriptedTokens(script),))
+
+    engine = Engine(chat_model)
+    assert list(engine.generate(p, Sampler(config()), max_tokens=4, stop_tokens=NO_STOP)) == script
+    alone = [(s.position, s.kind) for s in engine.detach().snapshots]
+    assert (len(p) + 2, "message") in alone
+    run = Run(BatchGenerator(chat_model))
+    sid = run.add(p, config(), max_tokens=4, keep_state=True)
+    run.finish()
+    assert run.tokens[sid] == script
+    assert [(s.position, s.kind) for s in run.batch.take_state(sid).snapshots] == alone
+
+
+def test_the_engine_settings_reach_every_sequence(chat_model, monkeypatch):
+    """`prefill_chunk` and `max_snapshots` act in the batch as in an engine given them: without
+    `prefill_step` a prompt goes in chunks of that size, and a kept state holds at most that many
+    snapshots. The smallest settings of the batch's own are valid: one token a step, a balance of 1."""
+    V = chat_model.args.vocab_size
+    p, marks = prompt_of(71, 40, V), (6, 12, 20, 28)
+    engine = Engine(chat_model, max_snapshots=2)
+    engine.prefill(p, boundaries=marks)
+    alone = [(s.position, s.kind) for s in engine.detach().snapshots]
+    assert len(alone) == 2
+    run = Run(BatchGenerator(chat_model, max_snapshots=2))
+    sid = run.add(p, GREEDY, max_tokens=1, keep_state=True, boundaries=marks)
+    run.finish()
+    assert [(s.position, s.kind) for s in run.batch.take_state(sid).snapshots if s.position <= len(p)] == alone
+    chunks: list[int] = []
+    real = chat_model.__call__
+    monkeypatch.setattr(type(chat_model), "__call__", lambda self, x, cache, **kw: (chunks.append(x.shape[1]), real(x, cache, **kw))[1])
+    run = Run(BatchGenerator(chat_model, prefill_chunk=16))
+    run.add(p, GREEDY, max_tokens=1)
+    assert chunks == [16, 16, 8], chunks
+    BatchGenerator(chat_model, prefill_step=1, prefill_balance=1.0)
+    BatchGenerator(chat_model, prefill_step=1, prefill_balance=0.01)
+
+
 def test_the_prefill_budget_follows_the_measured_costs(chat_model, monkeypatch):
     """`prefill_balance`: while sequences decode, a step's prefill is held to `balance` decode passes at the
     costs measured so far (tokens = balance x pass time / token time, at least 1, at most `prefill_step`);
@@ -536,10 +586,12 @@ def test_the_prefill_budget_follows_the_measured_costs(chat_model, monkeypatch):
     batch = BatchGenerator(chat_model, prefill_step=64, prefill_balance=2.0)
     assert batch.prefill_budget() == 64  # nothing measured, nothing decoding
     run = Run(batch)
+    t0 = time.perf_counter()
     run.add(prompt_of(40, 5, V), GREEDY, max_tokens=30)
     for _ in range(4):
         run.step()
-    assert batch._decode_s is not None and batch._token_s is not None
+    elapsed = time.perf_counter() - t0  # each measurement is a part of it, and so is their smoothed mean
+    assert 0 < batch._decode_s < elapsed and 0 < batch._token_s < elapsed, (batch._decode_s, batch._token_s, elapsed)
     batch._decode_s, batch._token_s = 0.010, 0.001  # 2 x 10 ms / 1 ms: 20 tokens
     assert batch.prefill_budget() == 20
     batch._decode_s = 0.0001
