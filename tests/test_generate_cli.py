@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 
 import jsonschema
 import numpy as np
@@ -628,6 +629,20 @@ def test_silence_timing_on_a_terminal_and_elsewhere():
     assert Silence(Bare()).tty is False and Silence(io.StringIO()).tty is False and Silence(_Tty()).tty is True
 
 
+def _read_question(master: int) -> bytes:
+    """What the terminal shows up to the end of one question: a pty hands the writer's bytes over
+    asynchronously, so one `read` right after the call may return only part of them (a CI flake)."""
+    import os
+    import select
+
+    seen, deadline = b"", time.monotonic() + 10
+    while b"for this chat? " not in seen:
+        assert time.monotonic() < deadline, seen
+        if select.select([master], [], [], 0.1)[0]:
+            seen += os.read(master, 65536)
+    return seen
+
+
 def test_terminal_approver_answers_and_modes():
     import os
     import select
@@ -645,11 +660,11 @@ def test_terminal_approver_answers_and_modes():
                                  (b"\xffr\n", False), (b"\n", False)):  # fmt: skip
             os.write(master, answer)
             assert TerminalApprover("ask", tty_path=name)(call) is expected, answer
-            os.read(master, 65536)  # the question
+            _read_question(master)
         always = TerminalApprover("ask", tty_path=name)
         os.write(master, b"always\n")
         assert always(call) is True and always.mode == "always"
-        os.read(master, 65536)
+        _read_question(master)
         os.write(master, b"r\n")  # typed ahead: never read, nothing asked
         for mode, expected in (("never", False), ("always", True)):
             assert TerminalApprover(mode, tty_path=name)(call) is expected
