@@ -368,7 +368,9 @@ def too_small_text(small: list[Advice]) -> str:
     """One line for the Macs where nothing runs, however set."""
     names = ", ".join(a.mac.label for a in small[:-1]) + (" and " if len(small) > 1 else "") + small[-1].mac.label
     top = small[-1].mac
-    return (f"{names}: too small with any setting: the weights alone take at least {_gib(small[-1].least_weights)}, "
+    macs = "Macs" if len(small) > 1 else "Mac"
+    return (f"{names} {macs}: too small with any setting: the weights alone take at least "
+            f"{_gib(small[-1].least_weights)}, "
             f"more than the {_gib(raised_gpu_limit(top.memory))} worth wiring on {top.label} "
             f"(all but {OS_RESERVE // 2**30} GiB).")  # fmt: skip
 

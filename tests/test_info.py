@@ -5,6 +5,8 @@ worked out here by hand from the dimensions, not read back from `mlx_oss.info`."
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -254,7 +256,7 @@ def test_no_advice_where_it_already_fits_and_none_where_nothing_can(m20b, tmp_pa
     a = advise(m120, mac_sizes([16])[0], 4096, [None, 8, 4])
     assert a.setup is None and a.least_weights == m120.weight_bytes_dense_bits(4)
     text = format_info(m120, [4096], macs=mac_sizes([16, 24, 96]))
-    assert "16 GB and 24 GB: too small with any setting" in text and "96 GB Mac" not in text
+    assert "16 GB and 24 GB Macs: too small with any setting" in text and "96 GB Mac" not in text
 
 
 def test_a_mac_as_set_now_uses_its_own_limit(m20b):
@@ -283,6 +285,45 @@ def test_the_row_for_this_mac(tmp_path, monkeypatch, capsys):
 
 
 # ---------------------------------------------------------------- the command
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+@pytest.fixture
+def hub_configs(tmp_path, monkeypatch) -> None:
+    """The working folder holds gpt-oss-20b/config.json and gpt-oss-120b/config.json (the Hub's
+    dimensions), and this is not a Mac (no "this Mac" row)."""
+    import platform
+
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
+    for name in ("20b", "120b"):
+        (tmp_path / f"gpt-oss-{name}").mkdir()
+        (tmp_path / f"gpt-oss-{name}" / "config.json").write_text(json.dumps(PRESETS[name].hf_config()))
+    monkeypatch.chdir(tmp_path)
+
+
+def test_the_docs_show_what_info_prints(hub_configs, capsys):
+    """docs/MODEL.md's `$ mlx-oss info ...` blocks are the command's exact output, every character (the
+    layout of each table, the units, each advice sentence), for the 20b and 120b configs as the Hub has
+    them. The "this Mac" row is left out (as on Linux). After an intended change: run the block's command
+    in a folder holding gpt-oss-20b/config.json and gpt-oss-120b/config.json and paste its output."""
+    blocks = re.findall(r"^```\n\$ mlx-oss (info .*?)\n(.*?)^```", (DOCS / "MODEL.md").read_text(), re.S | re.M)
+    assert [b[0].split()[1] for b in blocks] == ["gpt-oss-20b/config.json", "gpt-oss-120b/config.json"]
+    for command, shown in blocks:
+        assert main(command.split()) == 0
+        assert capsys.readouterr().out == shown, command
+
+
+def test_info_json_for_the_docs_commands_is_the_fixture(hub_configs, capsys):
+    """`--json` for the same two commands equals tests/fixtures/info_json.json, every key and value: what a
+    script reads does not change by accident. After an intended change, in such a folder, for each key K of
+    the fixture: `mlx-oss K --json`."""
+    want = json.loads((Path(__file__).parent / "fixtures" / "info_json.json").read_text())
+    assert len(want) == 2
+    for command, expected in want.items():
+        assert main([*command.split(), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == expected, command
 
 
 def test_info_kv_bits_selects_the_numbers_shown(tmp_path, capsys):
