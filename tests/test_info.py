@@ -282,6 +282,11 @@ def test_the_row_for_this_mac(tmp_path, monkeypatch, capsys):
     assert len(macs) == len(MAC_MEMORY_GB) + 1
     assert main(["info", cfg, "--json", "--memory", "16"]) == 0  # sizes chosen: only those
     assert len(json.loads(capsys.readouterr().out)["memory_fit"]["macs"]) == 1
+    assert main(["info", cfg]) == 0
+    text = capsys.readouterr().out
+    assert "this Mac (Apple M9, 16 GB)   11.00 GiB" in text
+    assert ("GPU limit: macOS's default, about 2/3 of RAM below 36 GB and 3/4 from 36 GB (`iogpu.wired_limit_mb`); "
+            "this Mac: Metal's, as set now\n") in text  # fmt: skip
 
 
 # ---------------------------------------------------------------- the command
@@ -315,15 +320,27 @@ def test_the_docs_show_what_info_prints(hub_configs, capsys):
         assert capsys.readouterr().out == shown, command
 
 
-def test_info_json_for_the_docs_commands_is_the_fixture(hub_configs, capsys):
-    """`--json` for the same two commands equals tests/fixtures/info_json.json, every key and value: what a
-    script reads does not change by accident. After an intended change, in such a folder, for each key K of
-    the fixture: `mlx-oss K --json`."""
-    want = json.loads((Path(__file__).parent / "fixtures" / "info_json.json").read_text())
-    assert len(want) == 2
+def test_info_outputs_are_the_fixture(hub_configs, capsys):
+    """The text (line by line) and `--json` of five commands equal tests/fixtures/info_outputs.json: the
+    docs' two, a group size other than 64 (it appears in the commands advised), a Mac where some context
+    fits as stored, an advice whose second option changes nothing but the limit, and no setting reaching
+    the context. What a reader or a script sees does not change by accident. After an intended change,
+    in such a folder, for each key K: `mlx-oss K` (lines) and `mlx-oss K --json`."""
+    want = json.loads((Path(__file__).parent / "fixtures" / "info_outputs.json").read_text())
+    assert len(want) == 5
     for command, expected in want.items():
+        assert main(command.split()) == 0
+        assert capsys.readouterr().out.splitlines() == expected["text"], command
         assert main([*command.split(), "--json"]) == 0
-        assert json.loads(capsys.readouterr().out) == expected, command
+        assert json.loads(capsys.readouterr().out) == expected["json"], command
+
+
+def test_counts_in_units():
+    """Parameter counts as the text shows them: B, M, K from exactly one of the unit up."""
+    from mlx_oss.info import _count
+
+    assert [_count(n) for n in (999, 1000, 1500, 10**6, 2_500_000, 10**9, 20_914_757_184)] == [
+        "999", "1.00 K", "1.50 K", "1.00 M", "2.50 M", "1.00 B", "20.91 B"]  # fmt: skip
 
 
 def test_info_kv_bits_selects_the_numbers_shown(tmp_path, capsys):
