@@ -264,3 +264,39 @@ def test_paragraphs_are_all_reachable_by_scrolling(web):
     assert seen == set(range(total))
     text = "\n".join(b.stack[0].lines)
     assert all(p in text for p in PARAGRAPHS)
+
+
+@pytest.mark.parametrize(
+    "url, title",
+    [
+        ("https://a.test/x", "Notes (draft)"),  # parentheses in a page's title
+        ("", "python (programming)"),  # a search page: no URL, the query as its title
+        ("", "mlx"),
+        ("view-source:https://a.test/x", "Source of https://a.test/x"),
+        ("https://en.wikipedia.org/wiki/Python_(programming_language)", "Python"),  # parentheses in the URL
+        ("https://a.test/x/find?pattern=f(x) (y)", "Find results for text: `f(x) (y)` in `Notes (draft)`"),
+    ],
+)
+def test_a_display_reads_back_as_shown(url, title):
+    """`parse_display` (a reopened chat's browser pages are rebuilt from what the model was shown) gives
+    back the title, URL, cursor, size and numbered lines `window()` wrote, whatever parentheses the title
+    or the URL hold: a search for "python (programming)" is a page without a URL, not one at "programming"."""
+    from mlx_oss.builtin.browser.page import Page, parse_display, window
+
+    page = Page(url, title, "\n".join(f"line {i}" for i in range(12)))
+    d = parse_display(window(page, 7, 3, 4, len, 100))
+    assert (d.cursor, d.title, d.url, d.total) == (7, title, url, 12)
+    assert d.lines == {3: "line 3", 4: "line 4", 5: "line 5", 6: "line 6"}
+    assert parse_display("Error: no such page") is None
+
+
+def test_a_find_page_whose_page_was_not_shown_cites_its_url_as_the_title():
+    """A reopened chat whose `open` result is gone (a message deleted) but whose `find` result stays: the
+    find page is rebuilt alone, and a citation of it names the searched page by its URL, as its title."""
+    from mlx_oss.builtin.browser.page import Page, window
+
+    found = Page("https://a.test/x/find?pattern=item", "Find results for text: `item` in `Notes`", "item one\nitem two")
+    browser = Browser(NoSearch())
+    browser.restore([window(found, 0, 0, 2, len, 100)])
+    (c,) = browser.citations("See 【0†L1】.")
+    assert (c.url, c.title, c.quote) == ("https://a.test/x", "https://a.test/x", "item two")

@@ -258,6 +258,7 @@ NEAR_MISSES = [
     "http://[fe80::1]/",
     "http://intranet.test:{port}/page",  # a name for a private address
     "http://mixed.test:{port}/page",  # a name with one public and one loopback address
+    "http://zoned.test:{port}/page",  # a link-local IPv6 address with its zone, as getaddrinfo gives it
 ]
 
 
@@ -265,6 +266,7 @@ NEAR_MISSES = [
 def near_net(net):
     net.answers["intranet.test"] = [["10.1.2.3"]]
     net.answers["mixed.test"] = [[PUBLIC_IP, "127.0.0.1"]]
+    net.answers["zoned.test"] = [["fe80::1%2"]]
     return net
 
 

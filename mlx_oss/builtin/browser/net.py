@@ -42,7 +42,7 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
 def is_public(address: str) -> bool:
     """True for a globally routable address: not loopback, private, link-local, shared, reserved,
     unspecified (0.0.0.0 reaches this machine), nor an IPv6 form of such an IPv4 address."""
-    ip = ipaddress.ip_address(address.split("%")[0])
+    ip = ipaddress.ip_address(address)  # an IPv6 zone ("fe80::1%eth0", as getaddrinfo gives one) parses too
     if isinstance(ip, ipaddress.IPv6Address) and (v4 := _embedded_ipv4(ip)) is not None:
         return v4.is_global
     return ip.is_global

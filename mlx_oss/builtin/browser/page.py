@@ -23,6 +23,10 @@ _MAX_FIND = 50
 FIND_PATH = "/find?pattern="  # a find page's URL: the searched page's URL + this + the pattern
 _DISPLAY = re.compile(r"\[(?P<cursor>\d+)\] (?P<header>[^\n]*)\n\*\*viewing lines \[(?P<loc>\d+) - (?P<end>-?\d+)\] of (?P<last>-?\d+)\*\*\n")
 _NUMBERED = re.compile(r"L(\d+): ?(.*)")
+# `title (url)`: the URL is what follows the first " (" that starts a web address (the browser opens http(s)
+# only); a search page has no URL and its title, the query, may end in "(...)"; a find page's URL may hold
+# " (" from its pattern, unquoted
+_TITLE_URL = re.compile(r"(?P<title>.*?) \((?P<url>(?:view-source:)?https?://.*)\)")
 
 
 @dataclass(frozen=True)
@@ -42,10 +46,10 @@ def parse_display(text: str) -> Display | None:
     if m is None:
         return None
     header, url = m.group("header"), ""
-    if header.endswith(")") and " (" in header:
-        header, url = header[:-1].rsplit(" (", 1)
+    if (u := _TITLE_URL.fullmatch(header)) is not None:
+        header, url = u.group("title"), u.group("url")
     lines = {}
-    for row in text[m.end() :].lstrip("\n").split("\n"):
+    for row in text[m.end() :].split("\n"):  # the blank row after the position line matches nothing
         lm = _NUMBERED.fullmatch(row)
         if lm:
             lines[int(lm.group(1))] = lm.group(2)
