@@ -300,3 +300,41 @@ def test_a_find_page_whose_page_was_not_shown_cites_its_url_as_the_title():
     browser.restore([window(found, 0, 0, 2, len, 100)])
     (c,) = browser.citations("See 【0†L1】.")
     assert (c.url, c.title, c.quote) == ("https://a.test/x", "https://a.test/x", "item two")
+
+
+def test_a_refused_url_is_named_in_at_most_200_characters_on_one_line():
+    """The refusal names the URL as given, whitespace collapsed, cut to 200 characters with an ellipsis."""
+    from mlx_oss.builtin.browser import BrowserError
+
+    def refusal(url: str) -> str:
+        with pytest.raises(BrowserError) as e:
+            Fetcher().fetch(url)
+        return str(e.value)
+
+    exact = "ftp://a.test/" + "x" * 187  # 200 characters: shown whole
+    assert refusal(exact) == f"`{exact}` is not an http(s) URL"
+    long = exact + "y"
+    assert refusal(long) == f"`{exact[:199]}…` is not an http(s) URL"
+    assert refusal("ftp://a.test/a \n\t b") == "`ftp://a.test/a b` is not an http(s) URL"
+
+
+def test_find_lists_at_most_50_matches_from_the_first_line():
+    """`find`: a match on line 0 is found; 60 matching lines (each past the last one's context) give the
+    first 50, each a link to its line."""
+    from mlx_oss.builtin.browser.page import Page, find_in_page
+
+    page = Page("https://a.test/x", "T", "\n".join("needle" if i % 5 == 0 else "hay" for i in range(300)))
+    found = find_in_page(page, "NEEDLE")
+    assert [s.line for s in found.snippets.values()] == list(range(0, 250, 5))
+    assert found.lines[0] == "# 【0†match at L0】"
+
+
+def test_a_reopened_page_keeps_its_lines_as_numbered_then():
+    """A display read back keeps each row as one line even when it is longer than today's wrap width (an
+    older display): the line numbers its citations name stay right."""
+    row = "w" * 120
+    shown = f"[0] Old page (https://a.test/old)\n**viewing lines [0 - 2] of 2**\n\nL0: first\nL1: {row}\nL2: last"
+    browser = Browser(NoSearch())
+    browser.restore([shown])
+    (c,) = browser.citations("【0†L1-L2】")
+    assert c.quote == f"{row}\nlast" and browser.stack[0].lines == ["first", row, "last"]

@@ -125,6 +125,11 @@ def test_dense_bits_weights_equal_a_real_conversion(tiny_hf, tmp_path, bits):
     q = describe(convert_checkpoint(tiny_hf, tmp_path / "q", dense_bits=bits, progress=False).dst)
     assert describe(tiny_hf).weight_bytes_dense_bits(bits) == q.weight_bytes
     assert q.weight_bytes_dense_bits(bits) is None  # already quantized: the converter keeps it
+    # the same parameters, counted by their unquantized shapes: codes, scales and biases are not parameters
+    plain = describe(tiny_hf)
+    assert q.total_params == plain.total_params and q.params["mxfp4 experts"] == plain.params["mxfp4 experts"]
+    assert q.params["affine dense"] + q.params["bf16 dense"] == plain.params["bf16 dense"]
+    assert 0 < q.params["bf16 dense"] < q.params["affine dense"]  # norms, sinks, router stay bf16
 
 
 # ---------------------------------------------------------------- activations
@@ -384,6 +389,8 @@ def test_advice_names_the_folder_to_convert(tiny_hf, tiny_converted, tmp_path):
     assert f"`mlx-oss convert {tiny_hf} FOLDER --dense-bits" in advice(tiny_hf)
     assert "`mlx-oss convert CHECKPOINT FOLDER --dense-bits" in advice(tiny_converted)  # already converted
     assert "`mlx-oss convert CHECKPOINT FOLDER --dense-bits" in advice(tiny_hf / "config.json")  # no weights
+    (fit,) = info_json(describe(tiny_hf), [64], macs=mac, source=str(tiny_hf))["memory_fit"]["macs"]
+    assert f"`mlx-oss convert {tiny_hf} FOLDER --dense-bits" in fit["advice"]["text"]  # --json says the same
 
 
 def test_quantized_settings_only_where_head_dim_allows(tiny_converted, capsys):
