@@ -132,6 +132,30 @@ def test_dense_bits_weights_equal_a_real_conversion(tiny_hf, tmp_path, bits):
     assert 0 < q.params["bf16 dense"] < q.params["affine dense"]  # norms, sinks, router stay bf16
 
 
+def test_each_stored_tensor_counts_in_its_format():
+    """Parameters and bytes per format, from the tensors' names, dtypes and shapes: packed MXFP4 codes hold 8
+    values per uint32 and their uint8 scales none; an affine-quantized dense weight counts its unquantized
+    shape, its scales and biases none; other dense tensors count as stored, named by dtype (an mlx-lm folder
+    may hold float16 or float32)."""
+    from mlx_oss.convert.layouts import Spec, our_specs
+    from mlx_oss.info import _count_bytes
+
+    info = ModelInfo(SMALL, "mlx-lm")
+    q = next(s for s in our_specs(SMALL) if s.name.endswith("attn.qkv.weight"))
+    specs = [
+        Spec("layers.0.mlp.gate_up.weight", "U32", (4, 2, 3)), Spec("layers.0.mlp.gate_up.scales", "U8", (4, 2, 1)),
+        Spec(q.name, "U32", (q.shape[0], 8)), Spec(q.name[: -len("weight")] + "scales", "BF16", (q.shape[0], 2)),
+        Spec(q.name[: -len("weight")] + "biases", "BF16", (q.shape[0], 2)),
+        Spec("norm.weight", "F32", (128,)), Spec("embedding.weight", "BF16", (512, 128)), Spec("sinks", "F16", (4,)),
+        Spec("layers.0.mlp.router.bias", "U8", (8,)),
+    ]  # fmt: skip
+    _count_bytes(info, specs)
+    assert info.params == {"mxfp4 experts": 4 * 2 * 3 * 8, "affine dense": q.shape[0] * q.shape[1], "f32 dense": 128,
+                           "bf16 dense": 512 * 128, "f16 dense": 4, "u8 dense": 8}  # fmt: skip
+    assert info.bytes == {"mxfp4 experts": 4 * 2 * 3 * 4 + 8, "affine dense": q.shape[0] * (8 * 4 + 2 * 2 + 2 * 2),
+                          "f32 dense": 128 * 4, "bf16 dense": 512 * 128 * 2, "f16 dense": 8, "u8 dense": 8}  # fmt: skip
+
+
 # ---------------------------------------------------------------- activations
 
 
