@@ -119,3 +119,58 @@ def test_pool_is_bounded_by_bytes(model_tok):
     pool.max_bytes = one + one // 2
     pool.prepare(e, prompt(tok, "four"))
     assert pool.nbytes <= pool.max_bytes
+
+
+def _state(e: Engine, tokens: list[int], boundaries: tuple[int, ...] = ()):
+    """The engine's state after generating 3 greedy tokens from `tokens` (the engine left empty), with ring
+    snapshots at `boundaries` (where the server marks the instructions' end)."""
+    list(e.generate(tokens, Sampler(SamplingConfig(temperature=0)), max_tokens=3, boundaries=boundaries))
+    return e.detach()
+
+
+def test_take_hands_out_the_best_state_moved_or_forked_and_nothing_for_an_unrelated_prompt(model_tok):
+    """Batched generation's side (`take`): the state with the longest reusable prefix; moved out when the
+    prompt diverges at or after the prompt it was built for (an agent loop resending its conversation),
+    else a fork the pool keeps (a new conversation sharing the instructions); nothing reusable: (None, 0)."""
+    model, tok = model_tok
+    e = Engine(model)
+    pa, pb = prompt(tok, "conversation A opening"), prompt(tok, "conversation B, other words")
+    common = next(i for i, (x, y) in enumerate(zip(pa, pb)) if x != y)  # the instructions and more
+    pool = PromptCachePool(1 << 30)
+    a, b = _state(e, pa, (common - 2,)), _state(e, pb, (common - 2,))
+    pool.release(a, len(pa))
+    pool.release(b, len(pb))
+    assert pool.take([7, 8, 9]) == (None, 0) and len(pool) == 2  # no token in common
+    shared = prompt(tok, "conversation C")  # shares the instructions with both: a fork of one
+    state, reuse = pool.take(shared)
+    assert reuse == common - 2 and len(pool) == 2 and state is not a and state is not b
+    assert state.tokens == b.tokens  # the equals' tie goes to the one used last
+    nxt = pa + [5, 6]  # A's own continuation: from A's prompt end on (its reply dropped); moved out
+    state, reuse = pool.take(nxt)
+    assert state is a and reuse == len(pa) and len(pool) == 1
+    e.attach(state)
+    gen, logits = run(e, nxt)
+    assert gen.reused_tokens == reuse and close(logits, scratch(model, nxt))
+
+
+def test_release_keeps_the_newest_past_the_budget_and_evicts_the_least_recently_used(model_tok):
+    """`release`: the newest state stays even alone past `max_bytes` (it plays the engine state's part);
+    older ones go least recently used first, and a fork handed out by `take` marks its state used."""
+    model, tok = model_tok
+    e = Engine(model)
+    ps = [prompt(tok, t) for t in ("first one", "second, other words", "third, more other words")]
+    mark = next(i for i, (x, y) in enumerate(zip(ps[0], ps[1])) if x != y) - 2  # in the shared instructions
+    states = [_state(e, ps[0], (mark, len(ps[0]) - 1))] + [_state(e, p, (mark,)) for p in ps[1:]]
+    pool = PromptCachePool(1)
+    pool.release(states[0], len(ps[0]))
+    assert len(pool) == 1  # alone past the budget: kept
+    pool.release(states[1], len(ps[1]))
+    assert len(pool) == 1 and pool.take(ps[1] + [5])[0] is states[1]  # the older one evicted
+    pool = PromptCachePool(max(s.nbytes for s in states))  # room for one besides the newest
+    pool.release(states[0], len(ps[0]))
+    pool.release(states[1], len(ps[1]))
+    forked, reuse = pool.take(ps[0][:-1] + [5])  # a regenerate of state 0's last token: a fork of it
+    assert reuse == len(ps[0]) - 1 and forked.tokens == states[0].tokens and len(pool) == 2
+    pool.release(states[2], len(ps[2]))  # state 1, used least recently now, goes
+    assert len(pool) == 2
+    assert [pool.take(p + [5])[0] for p in (ps[0], ps[2])] == [states[0], states[2]] and len(pool) == 0
