@@ -350,18 +350,27 @@ def test_the_docs_show_what_info_prints(hub_configs, capsys):
 
 
 def test_info_outputs_are_the_fixture(hub_configs, capsys):
-    """The text (line by line) and `--json` of five commands equal tests/fixtures/info_outputs.json: the
+    """The text (line by line) and `--json` of seven commands equal tests/fixtures/info_outputs.json: the
     docs' two, a group size other than 64 (it appears in the commands advised), a Mac where some context
-    fits as stored, an advice whose second option changes nothing but the limit, and no setting reaching
-    the context. What a reader or a script sees does not change by accident. After an intended change,
-    in such a folder, for each key K: `mlx-oss K` (lines) and `mlx-oss K --json`."""
+    fits as stored, an advice whose second option changes nothing but the limit, an advice of one step,
+    no setting reaching the context (with --kv-bits and without), one Mac too small. What a reader or a
+    script sees does not change by accident. After an intended change, in such a folder, for each key K:
+    `mlx-oss K` (lines) and `mlx-oss K --json`."""
     want = json.loads((Path(__file__).parent / "fixtures" / "info_outputs.json").read_text())
-    assert len(want) == 5
+    assert len(want) == 7
     for command, expected in want.items():
         assert main(command.split()) == 0
         assert capsys.readouterr().out.splitlines() == expected["text"], command
         assert main([*command.split(), "--json"]) == 0
         assert json.loads(capsys.readouterr().out) == expected["json"], command
+
+
+def test_bytes_in_binary_units():
+    """Bytes as the text shows them: GiB, MiB from exactly one of the unit up, else KiB."""
+    from mlx_oss.info import _gib
+
+    assert [_gib(n) for n in (1536, 2**20 - 1, 2**20, 3 * 2**19, 2**30, 13_761_264_768)] == [
+        "1.50 KiB", "1024.00 KiB", "1.00 MiB", "1.50 MiB", "1.00 GiB", "12.82 GiB"]  # fmt: skip
 
 
 def test_counts_in_units():
