@@ -375,7 +375,7 @@ def too_small_text(small: list[Advice]) -> str:
             f"(all but {OS_RESERVE // 2**30} GiB).")  # fmt: skip
 
 
-def advice_text(info: ModelInfo, a: Advice, group_size: int = 64, source: str = "CHECKPOINT") -> str:
+def advice_text(info: ModelInfo, a: Advice, group_size: int, source: str) -> str:
     """One paragraph: what to set so the model runs `a.target` tokens on `a.mac`, from the numbers."""
     head = f"{a.mac.label} Mac: as stored ({_gib(info.weight_bytes)} of weights), "
     if a.default_longest:

@@ -275,7 +275,7 @@ def test_advice_keeps_the_cache_setting_asked_for(m20b):
             assert list(f.longest) == [f"{bits}-bit"]
             # the same setup with an unquantized cache, said alongside where it reaches further (no score blocks)
             assert a.unquantized_longest == m20b.longest_context(a.limit, None, 64, a.setup.dense_bits)
-            said = f"without --kv-bits: up to {a.unquantized_longest} tokens" in advice_text(m20b, a)
+            said = f"without --kv-bits: up to {a.unquantized_longest} tokens" in advice_text(m20b, a, 64, "CHECKPOINT")
             assert said == (a.unquantized_longest > a.longest)
 
 
