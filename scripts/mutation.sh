@@ -75,7 +75,7 @@ declare -A MODULES=(
   [safe_paths]="convert/safe_paths.py|tests/test_safe_paths.py"
   [config]="mlx_oss/config.py|tests/test_config_validation.py tests/test_convert.py tests/test_kv_quant.py"
   # what fits in memory (issues 30 and 28): `mlx-oss info`'s arithmetic and `serve --max-batch auto`
-  [info]="mlx_oss/info.py|tests/test_info.py tests/test_server_max_batch.py"
+  [info]="mlx_oss/info.py|tests/test_info.py tests/test_cli_info.py tests/test_server_max_batch.py"
   # the sampler (issue 28: the Gumbel noise drawn by numpy): distributions, seeds, filters, and the batch's
   # per-sequence draws against solo runs
   [sampling]="mlx_oss/sampling.py|tests/test_engine_sampling.py tests/test_batch.py tests/test_constraint.py"

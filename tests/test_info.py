@@ -201,6 +201,8 @@ def test_default_gpu_limit():
     assert default_gpu_limit(32 * GiB) == 32 * GiB * 2 // 3
     assert default_gpu_limit(36 * GiB) == 27 * GiB
     assert default_gpu_limit(64 * GiB) == 48 * GiB
+    odd = 36 * GiB + 1  # what Metal reports need not divide: whole bytes, as the JSON gives them
+    assert default_gpu_limit(odd) == odd * 3 // 4 and isinstance(default_gpu_limit(odd), int)
     assert raised_gpu_limit(16 * GiB) == 12 * GiB == 16 * GiB - OS_RESERVE
 
 
@@ -265,6 +267,17 @@ def test_advice_for_20b_on_a_16_gb_mac_names_what_makes_it_fit(m20b):
     first = advice.split(" Up to ")[0]  # the recommendation, before any longer-context option
     assert ("keep the cache unquantized" in first) == (a.setup.kv_bits is None)
     assert (f"`--kv-bits {a.setup.kv_bits}`" in first) == (a.setup.kv_bits is not None)
+
+
+def test_a_setup_that_reaches_the_target_exactly_is_chosen(m20b):
+    """The cheapest setup whose longest context is the target itself counts as reaching it: on a Mac whose
+    limit is exactly what --dense-bits 8 needs for 4096 tokens (and no room to raise it), that is the
+    advice, not the --dense-bits 4 that reaches further."""
+    limit = m20b.needed_bytes(4096, dense_bits=8)
+    mac = Mac("exact", limit, limit)  # raised_gpu_limit(limit) is below the limit: nothing to raise
+    a = advise(m20b, mac, 4096, [None])
+    assert (a.setup.dense_bits, a.setup.raised, a.longest, a.fits) == (8, False, 4096, True)
+    assert a.longer is not None and a.longer[0].dense_bits == 4 and a.longer[1] > 4096
 
 
 def test_advice_keeps_the_cache_setting_asked_for(m20b):
@@ -350,14 +363,15 @@ def test_the_docs_show_what_info_prints(hub_configs, capsys):
 
 
 def test_info_outputs_are_the_fixture(hub_configs, capsys):
-    """The text (line by line) and `--json` of seven commands equal tests/fixtures/info_outputs.json: the
+    """The text (line by line) and `--json` of nine commands equal tests/fixtures/info_outputs.json: the
     docs' two, a group size other than 64 (it appears in the commands advised), a Mac where some context
-    fits as stored, an advice whose second option changes nothing but the limit, an advice of one step,
-    no setting reaching the context (with --kv-bits and without), one Mac too small. What a reader or a
-    script sees does not change by accident. After an intended change, in such a folder, for each key K:
-    `mlx-oss K` (lines) and `mlx-oss K --json`."""
+    fits as stored (with --kv-bits too), an advice whose second option changes nothing but the limit, an
+    advice of one step, no setting reaching the context (with --kv-bits and without), the same without
+    --kv-bits reaching further, one Mac too small. What a reader or a script sees does not change by
+    accident. After an intended change, in such a folder, for each key K: `mlx-oss K` (lines) and
+    `mlx-oss K --json`."""
     want = json.loads((Path(__file__).parent / "fixtures" / "info_outputs.json").read_text())
-    assert len(want) == 7
+    assert len(want) == 9
     for command, expected in want.items():
         assert main(command.split()) == 0
         assert capsys.readouterr().out.splitlines() == expected["text"], command

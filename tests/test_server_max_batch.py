@@ -25,6 +25,7 @@ G = 2**30
 def test_auto_batch_size_rule(limit, weights, cache, per, want):
     assert auto_batch_size(limit, weights, cache, per) == want
     assert auto_batch_size(10**15, 0, 0, 1) == AUTO_BATCH_CAP == 8
+    assert auto_batch_size(105, 100, 0, 1) == auto_batch_size(105, 100, 0, 0) == 5  # no KV cache: 1 byte each
 
 
 def _args(*argv: str) -> argparse.Namespace:
