@@ -202,7 +202,7 @@ def _classify(spec: Spec, by_name: dict[str, Spec], dense: dict[str, Spec]) -> t
         return "affine dense", full[0] * full[1]
     if spec.name.endswith((".scales", ".biases")) and spec.name.rsplit(".", 1)[0] + ".weight" in by_name:
         return "affine dense", 0
-    return "bf16 dense" if spec.dtype == "BF16" else f"{spec.dtype.lower()} dense", n
+    return f"{spec.dtype.lower()} dense", n  # "bf16 dense", "f32 dense", ... as stored
 
 
 def describe(path: str | Path) -> ModelInfo:
