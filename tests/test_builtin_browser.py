@@ -88,6 +88,7 @@ def test_find_makes_a_pseudo_page_and_opening_a_match_centers_it(web):
     call(b, "open", id=web.url("/page"))
     f = call(b, "find", pattern="QUANTIZATION kernels")
     assert f.text.startswith("[1] Find results for text: `QUANTIZATION kernels` in `MLX Release Notes`")
+    assert shown_lines(f.text)[0] == 0 and len(shown_lines(f.text)) > 1  # from the top, as many lines as fit
     m = re.search(r"# 【0†match at L(\d+)】", f.text)
     line = int(m.group(1))
     assert "quantization kernels are now faster" in b.stack[0].lines[line]
@@ -96,7 +97,7 @@ def test_find_makes_a_pseudo_page_and_opening_a_match_centers_it(web):
     none = call(b, "find", pattern="zebra", cursor=0)
     assert "No `find` results for pattern: `zebra`" in none.text
     nested = call(b, "find", pattern="x")  # current page is a find page
-    assert nested.error and "Cannot run `find`" in nested.text
+    assert nested.error and nested.text == "Cannot run `find` on a search results page or a find results page"
 
 
 def test_cursor_stack_and_citations_resolve_to_urls(web):
@@ -338,3 +339,10 @@ def test_a_reopened_page_keeps_its_lines_as_numbered_then():
     browser.restore([shown])
     (c,) = browser.citations("【0†L1-L2】")
     assert c.quote == f"{row}\nlast" and browser.stack[0].lines == ["first", row, "last"]
+
+
+def test_links_read_as_their_text():
+    """What `find` searches and a citation quotes: a link `【id†text†domain】` as its text alone."""
+    from mlx_oss.builtin.browser.page import strip_links
+
+    assert strip_links("see 【3†MLX docs†mlx.dev】 and 【12†the notes】.") == "see MLX docs and the notes."
