@@ -9,7 +9,7 @@ and calls `on_disconnect` (which cancels the generation) the moment the client i
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncGenerator, Callable
 
 import anyio
 
@@ -44,9 +44,10 @@ async def watch_disconnect(receive: Callable, on_disconnect: Callable[[], None])
 
 
 class EventStream:
-    """An ASGI text/event-stream response over `chunks` that cancels on disconnect."""
+    """An ASGI text/event-stream response over `chunks` that cancels on disconnect (and closes `chunks`,
+    so their `finally` runs whichever way the stream ends)."""
 
-    def __init__(self, chunks: AsyncIterator[bytes], on_disconnect: Callable[[], None], headers: dict[str, str] | None = None):
+    def __init__(self, chunks: AsyncGenerator[bytes, None], on_disconnect: Callable[[], None], headers: dict[str, str] | None = None):
         self.chunks = chunks
         self.on_disconnect = on_disconnect
         self.headers = HEADERS + [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -67,8 +68,6 @@ class EventStream:
             except OSError:  # the client went away mid-send
                 self.on_disconnect()
             finally:
-                aclose = getattr(self.chunks, "aclose", None)
-                if aclose is not None:
-                    with anyio.CancelScope(shield=True):
-                        await aclose()
+                with anyio.CancelScope(shield=True):
+                    await self.chunks.aclose()
             tg.cancel_scope.cancel()
