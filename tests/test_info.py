@@ -204,6 +204,7 @@ def test_default_gpu_limit():
     odd = 36 * GiB + 1  # what Metal reports need not divide: whole bytes, as the JSON gives them
     assert default_gpu_limit(odd) == odd * 3 // 4 and isinstance(default_gpu_limit(odd), int)
     assert raised_gpu_limit(16 * GiB) == 12 * GiB == 16 * GiB - OS_RESERVE
+    assert raised_gpu_limit(OS_RESERVE // 2) == 0  # nothing worth wiring, never below 0
 
 
 @pytest.mark.parametrize("bits", [None, 8, 4])
@@ -363,20 +364,26 @@ def test_the_docs_show_what_info_prints(hub_configs, capsys):
 
 
 def test_info_outputs_are_the_fixture(hub_configs, capsys):
-    """The text (line by line) and `--json` of nine commands equal tests/fixtures/info_outputs.json: the
-    docs' two, a group size other than 64 (it appears in the commands advised), a Mac where some context
-    fits as stored (with --kv-bits too), an advice whose second option changes nothing but the limit, an
-    advice of one step, no setting reaching the context (with --kv-bits and without), the same without
-    --kv-bits reaching further, one Mac too small. What a reader or a script sees does not change by
-    accident. After an intended change, in such a folder, for each key K: `mlx-oss K` (lines) and
-    `mlx-oss K --json`."""
+    """The text (line by line) and `--json` of twelve commands equal tests/fixtures/info_outputs.json: the
+    docs' two, group sizes other than 64 (in the commands advised and the bytes, with --kv-bits; one the
+    head size cannot hold, which leaves the cache unquantized), a Mac where some context fits as stored
+    (with --kv-bits too), an advice whose second option changes nothing but the limit, an advice of one
+    step, no setting reaching the context (with --kv-bits and without), the same without --kv-bits
+    reaching further, one Mac too small and several (120b by default). What a reader or a script sees
+    does not change by accident. After an intended change, in such a folder, for each key K: `mlx-oss K`
+    (lines) and `mlx-oss K --json`. The Python API's defaults are the command's: `format_info` and
+    `info_json` given only the contexts."""
     want = json.loads((Path(__file__).parent / "fixtures" / "info_outputs.json").read_text())
-    assert len(want) == 9
+    assert len(want) == 12
     for command, expected in want.items():
         assert main(command.split()) == 0
         assert capsys.readouterr().out.splitlines() == expected["text"], command
         assert main([*command.split(), "--json"]) == 0
         assert json.loads(capsys.readouterr().out) == expected["json"], command
+    plain = want["info gpt-oss-20b/config.json"]
+    info = describe("gpt-oss-20b/config.json")
+    assert format_info(info, [4096, 32768, 131072]).splitlines() == plain["text"]
+    assert json.loads(json.dumps(info_json(info, [4096, 32768, 131072]))) == plain["json"]
 
 
 def test_bytes_in_binary_units():
