@@ -346,3 +346,17 @@ def test_links_read_as_their_text():
     from mlx_oss.builtin.browser.page import strip_links
 
     assert strip_links("see 【3†MLX docs†mlx.dev】 and 【12†the notes】.") == "see MLX docs and the notes."
+
+
+def test_only_anchors_to_web_pages_become_links():
+    """A link is an anchor with text and an http(s) URL with a host (relative ones resolved against the
+    page): not an anchor in the page, another scheme, a missing or empty href, or no text. A `†` in the
+    text would end the link's markup early: it reads `‡`."""
+    html = ("<p><a href='/docs'>Docs</a> <a href='#top'>Top</a> <a href='mailto:a@b.test'>Mail</a> "
+            "<a href='javascript:go()'>Go</a> <a href='tel:123'>Call</a> <a href='data:text/html,x'>Data</a> "
+            "<a>No href</a> <a href=' '>Blank</a> <a href='/empty'> </a> <a href='http:///nowhere'>Hostless</a> "
+            "<a href='https://other.test/x'>Dagger † here</a></p>")  # fmt: skip
+    page = html_to_text(html, "https://site.test/page")
+    assert page.text == "【0†Docs】 Top Mail Go Call Data No href Blank  Hostless 【1†Dagger ‡ here†other.test】"
+    assert page.links == {0: "https://site.test/docs", 1: "https://other.test/x"}
+    assert html_to_text("<a href='/docs'>Docs</a> <a href='http://x.test/'>X</a>").text == "Docs 【0†X†x.test】"

@@ -50,9 +50,9 @@ class _Converter(MarkdownConverter):
     def convert_a(self, el, text, parent_tags):
         href = (el.get("href") or "").strip()
         text = " ".join(text.split()).replace("†", "‡")
-        if not text or not href or href.startswith(("#", "mailto:", "javascript:", "tel:", "data:")):
+        if not text or not href or href.startswith("#"):  # an anchor in this page
             return text
-        url = urljoin(self.base_url, href) if self.base_url else href
+        url = urljoin(self.base_url, href)  # mailto:, javascript:, data:, ... keep their scheme: refused below
         if urlparse(url).scheme not in ("http", "https") or not domain_of(url):
             return text
         link_id = self._ids.setdefault(url, len(self._ids))
