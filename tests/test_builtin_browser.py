@@ -359,4 +359,5 @@ def test_only_anchors_to_web_pages_become_links():
     page = html_to_text(html, "https://site.test/page")
     assert page.text == "【0†Docs】 Top Mail Go Call Data No href Blank  Hostless 【1†Dagger ‡ here†other.test】"
     assert page.links == {0: "https://site.test/docs", 1: "https://other.test/x"}
-    assert html_to_text("<a href='/docs'>Docs</a> <a href='http://x.test/'>X</a>").text == "Docs 【0†X†x.test】"
+    bare = html_to_text("<a href='/docs'>Docs</a> <a href='http://x.test/'>X</a>")  # no page URL: no base
+    assert (bare.text, bare.title) == ("Docs 【0†X†x.test】", "")
