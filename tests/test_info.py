@@ -447,6 +447,17 @@ def test_advice_names_the_folder_to_convert(tiny_hf, tiny_converted, tmp_path):
     assert f"`mlx-oss convert {tiny_hf} FOLDER --dense-bits" in fit["advice"]["text"]  # --json says the same
 
 
+def test_a_config_alone_names_its_layout(tiny_hf, tiny_original, tiny_converted):
+    """`mlx-oss info CONFIG.json` (before downloading): the layout read from the config itself (ours says
+    "format": "mlx-oss", the Hub's "model_type": "gpt_oss", the original checkpoint neither), with the same
+    dimensions and byte counts as the whole folder."""
+    for folder, layout in ((tiny_hf, "hf"), (tiny_original, "original"), (tiny_converted, "mlx-oss")):
+        alone, whole = describe(folder / "config.json"), describe(folder)
+        assert (alone.layout, alone.from_config, alone.integrity) == (layout, True, None), folder
+        assert alone.dims == whole.dims and alone.total_params == whole.total_params, folder
+        assert whole.integrity == ("sizes and headers match manifest.json" if layout == "mlx-oss" else None)
+
+
 def test_quantized_settings_only_where_head_dim_allows(tiny_converted, capsys):
     assert main(["info", str(tiny_converted), "--memory", "16"]) == 0  # head_dim 16: no group of 64
     text = capsys.readouterr().out
