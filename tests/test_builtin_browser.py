@@ -361,3 +361,13 @@ def test_only_anchors_to_web_pages_become_links():
     assert page.links == {0: "https://site.test/docs", 1: "https://other.test/x"}
     bare = html_to_text("<a href='/docs'>Docs</a> <a href='http://x.test/'>X</a>")  # no page URL: no base
     assert (bare.text, bare.title) == ("Docs 【0†X†x.test】", "")
+
+
+def test_titles_lists_and_marks_read_plainly():
+    """The page title without the whitespace around it (the site's name when there is none); lists with one
+    bullet at every depth; underscores and asterisks left as written (no Markdown escapes)."""
+    html = ("<html><head><title>\n  Release  notes \n</title></head><body><ul><li>a<ul><li>b</li></ul></li></ul>"
+            "<p>x_y *z*</p></body></html>")  # fmt: skip
+    page = html_to_text(html, "https://site.test/p")
+    assert (page.title, page.text) == ("Release  notes", "* a\n  * b\n\nx_y *z*")
+    assert html_to_text("<p>x</p>", "https://site.test/p").title == "site.test"
