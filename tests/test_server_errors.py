@@ -24,3 +24,15 @@ def test_clip_keeps_200_characters_and_cuts_201_to_199_and_an_ellipsis():
     assert clip("x" * 200) == "x" * 200
     assert clip("x" * 201) == "x" * 199 + "…" and len(clip("y" * 10_000)) == 200
     assert clip("abcdef", 4) == "abc…" and clip("abcd", 4) == "abcd"
+
+
+def test_anthropic_error_types_for_statuses_it_does_not_name():
+    """Anthropic's error types by status: those it names, else invalid_request_error for a 4xx (the guard's
+    415, a 405) and api_error for a 5xx (a 502, a 504)."""
+    from mlx_oss.server.errors import anthropic_body
+
+    kinds = {s: anthropic_body(s, "m")["error"]["type"] for s in (400, 405, 415, 429, 500, 502, 504, 529)}
+    assert kinds == {400: "invalid_request_error", 405: "invalid_request_error", 415: "invalid_request_error",
+                     429: "rate_limit_error", 500: "api_error", 502: "api_error", 504: "api_error",
+                     529: "overloaded_error"}  # fmt: skip
+    assert anthropic_body(415, "m") == {"type": "error", "error": {"type": "invalid_request_error", "message": "m"}}
