@@ -276,6 +276,7 @@ def test_paragraphs_are_all_reachable_by_scrolling(web):
         ("view-source:https://a.test/x", "Source of https://a.test/x"),
         ("https://en.wikipedia.org/wiki/Python_(programming_language)", "Python"),  # parentheses in the URL
         ("https://a.test/x/find?pattern=f(x) (y)", "Find results for text: `f(x) (y)` in `Notes (draft)`"),
+        ("https://y.test/p", "Mirror of (https://x.test/p)"),  # a web address in parentheses in the title
     ],
 )
 def test_a_display_reads_back_as_shown(url, title):

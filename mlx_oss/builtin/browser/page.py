@@ -23,10 +23,10 @@ _MAX_FIND = 50
 FIND_PATH = "/find?pattern="  # a find page's URL: the searched page's URL + this + the pattern
 _DISPLAY = re.compile(r"\[(?P<cursor>\d+)\] (?P<header>[^\n]*)\n\*\*viewing lines \[(?P<loc>\d+) - (?P<end>-?\d+)\] of (?P<last>-?\d+)\*\*\n")
 _NUMBERED = re.compile(r"L(\d+): ?(.*)")
-# `title (url)`: the URL is what follows the first " (" that starts a web address (the browser opens http(s)
-# only); a search page has no URL and its title, the query, may end in "(...)"; a find page's URL may hold
-# " (" from its pattern, unquoted
-_TITLE_URL = re.compile(r"(?P<title>.*?) \((?P<url>(?:view-source:)?https?://.*)\)")
+# `title (url)`: the URL is what follows the last " (" that starts a web address (the browser opens http(s)
+# only); a search page has no URL and its title, the query, may end in "(...)"; a title may quote a web
+# address in parentheses; a find page's URL may hold " (" from its pattern, unquoted
+_TITLE_URL = re.compile(r"(?P<title>.*) \((?P<url>(?:view-source:)?https?://.*)\)")
 
 
 @dataclass(frozen=True)
