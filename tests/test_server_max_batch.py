@@ -70,18 +70,3 @@ def test_the_memory_limit_is_metals_working_set_or_the_ram():
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert device.memory_limit({"memory_size": 64 * G}) == ram  # no working set known: the RAM
 
-
-def test_a_group_engine_refuses_batching_in_one_line():
-    """A group's leader engine (`serve --hosts`) generates one request at a time: a batch asked of it by the
-    Python API (the CLI refuses it before) is a ValueError naming why, before anything is built."""
-    from mlx_oss.engine import Engine
-    from mlx_oss.server.backend import Backend
-
-    leader = type("Leader", (Engine,), {})
-    kw = dict(max_context=None, cache_bytes=0, max_queue=1, sampling=None, max_tokens=None, processors=None,
-              end_group=None)  # fmt: skip
-    with pytest.raises(ValueError) as e:
-        Backend(None, None, max_batch=2, engine_class=leader, **kw)
-    assert str(e.value) == "batched generation (max_batch > 1) is not supported in a group (--hosts) yet"
-    with pytest.raises(AttributeError):  # one at a time is allowed: it goes on to build the engine (no model here)
-        Backend(None, None, max_batch=1, engine_class=leader, **kw)

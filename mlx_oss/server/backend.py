@@ -38,16 +38,16 @@ class Backend:
         self,
         model,
         tokenizer,
-        *,  # all given by `create_app`, whose defaults are the server's
-        max_context: int | None,
-        cache_bytes: int,
-        max_queue: int,
-        max_batch: int,
-        sampling: SamplingConfig | None,
-        max_tokens: int | None,
-        processors: ProcessorHook | None,
-        engine_class: type[Engine],
-        end_group: Callable[[], None] | None,
+        *,
+        max_context: int | None = None,
+        cache_bytes: int = 8 << 30,
+        max_queue: int = 16,
+        max_batch: int = 1,
+        sampling: SamplingConfig | None = None,
+        max_tokens: int | None = None,
+        processors: ProcessorHook | None = None,
+        engine_class: type[Engine] = Engine,
+        end_group: Callable[[], None] | None = None,
     ) -> None:
         if max_batch > 1 and engine_class is not Engine:
             raise ValueError("batched generation (max_batch > 1) is not supported in a group (--hosts) yet")
