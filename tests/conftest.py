@@ -50,21 +50,30 @@ def tiny_chat_converted(tmp_path_factory) -> Path:
     prebuilt = os.environ.get("MLX_OSS_TEST_TINY_CHAT")
     if prebuilt:
         return Path(prebuilt)
-    root = tmp_path_factory.mktemp("chat")
-    from mlx_oss.convert.synthetic import write_checkpoint
-
-    src = write_checkpoint(root / "src", preset("tiny-chat"), "hf", seed=0)
-    return convert_checkpoint(src, root / "converted", progress=False).dst
+    return _tiny_chat(tmp_path_factory.mktemp("chat"))
 
 
 @pytest.fixture(scope="session")
 def tiny_chat_hd64_converted(tmp_path_factory) -> Path:
     """tiny-chat at gpt-oss's head_dim 64, so MLX can quantize its KV cache (groups of 32, 64 or 128
     values; tiny-chat's head_dim 16 cannot be grouped). Do not modify."""
-    root = tmp_path_factory.mktemp("chat-hd64")
+    return _tiny_chat(tmp_path_factory.mktemp("chat-hd64"), head_dim=64)
+
+
+@pytest.fixture(scope="session")
+def lean_chat_converted(tmp_path_factory) -> Path:
+    """tiny-chat with one full-attention layer and 4 query heads, for the client layer (tests/clients): the
+    clients send prompts of 10-13k tokens, and the CPU backend's attention over them is most of a client
+    test's time (16 heads x 2 full layers: ~25 s for Claude Code's first prompt). The protocol under test
+    does not depend on the size. Do not modify."""
+    return _tiny_chat(tmp_path_factory.mktemp("lean-chat"), num_hidden_layers=2, num_attention_heads=4)
+
+
+def _tiny_chat(root: Path, **overrides) -> Path:
+    """The tiny-chat preset with `overrides`, written as an HF checkpoint and converted under `root`."""
     from mlx_oss.convert.synthetic import write_checkpoint
 
-    src = write_checkpoint(root / "src", preset("tiny-chat", head_dim=64), "hf", seed=0)
+    src = write_checkpoint(root / "src", preset("tiny-chat", **overrides), "hf", seed=0)
     return convert_checkpoint(src, root / "converted", progress=False).dst
 
 

@@ -26,20 +26,6 @@ NPM_CI_TIMEOUT_S = 600
 
 
 @pytest.fixture(scope="session")
-def lean_chat_converted(tmp_path_factory) -> Path:
-    """tiny-chat with one full-attention layer and 4 query heads: the clients send prompts of 10-13k
-    tokens, and the CPU backend's attention over them is most of a client test's time (16 heads x 2 full
-    layers: ~25 s for Claude Code's first prompt). The protocol under test does not depend on the size."""
-    from mlx_oss.convert.convert import convert_checkpoint
-    from mlx_oss.convert.synthetic import preset, write_checkpoint
-
-    root = tmp_path_factory.mktemp("lean-chat")
-    spec = preset("tiny-chat", num_hidden_layers=2, num_attention_heads=4)
-    src = write_checkpoint(root / "src", spec, "hf", seed=0)
-    return convert_checkpoint(src, root / "converted", progress=False).dst
-
-
-@pytest.fixture(scope="session")
 def served_clients(lean_chat_converted):
     """One server for the whole layer (its prompt cache carries Codex's long prefix from run to run)."""
     model, tok = mlx_oss.load(lean_chat_converted, dtype="float32")
