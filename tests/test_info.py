@@ -37,8 +37,9 @@ SMALL = Dims(num_hidden_layers=4, num_experts=8, experts_per_token=2, vocab_size
              max_position_embeddings=4096)  # fmt: skip
 
 
-def _config(tmp_path, name: str) -> str:
-    folder = tmp_path / name
+def _config(tmp_path, name: str, folder_name: str | None = None) -> str:
+    """A folder holding only preset `name`'s config.json (named `folder_name`, default `name`)."""
+    folder = tmp_path / (folder_name or name)
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(PRESETS[name].hf_config()))
     return str(folder)
@@ -346,8 +347,7 @@ def hub_configs(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(platform, "system", lambda: "Linux")
     for name in ("20b", "120b"):
-        (tmp_path / f"gpt-oss-{name}").mkdir()
-        (tmp_path / f"gpt-oss-{name}" / "config.json").write_text(json.dumps(PRESETS[name].hf_config()))
+        _config(tmp_path, name, f"gpt-oss-{name}")
     monkeypatch.chdir(tmp_path)
 
 
