@@ -26,8 +26,9 @@ def prompt(tok, *texts: str) -> list[int]:
     return render_conversation_for_completion(msgs, Role.ASSISTANT, encoding=tok)
 
 
-def run(engine: Engine, tokens: list[int], n: int = 3):
-    """Generate n greedy tokens; -> (generation, logits at the prompt's last position from the engine)."""
+def run(engine: Engine, tokens: list[int], n: int = 3, boundaries: tuple[int, ...] = ()):
+    """Generate n greedy tokens (ring snapshots at `boundaries`, where the server marks the instructions'
+    end); -> (generation, logits at the prompt's last position from the engine)."""
     seen = []
 
     def record(ctx, logits):
@@ -35,7 +36,8 @@ def run(engine: Engine, tokens: list[int], n: int = 3):
             seen.append(np.array(logits.reshape(-1)))
         return logits
 
-    gen = engine.generate(tokens, Sampler(SamplingConfig(temperature=0, logits_processors=(record,))), max_tokens=n)
+    gen = engine.generate(tokens, Sampler(SamplingConfig(temperature=0, logits_processors=(record,))), max_tokens=n,
+                          boundaries=boundaries)  # fmt: skip
     list(gen)
     return gen, seen[0]
 
@@ -122,9 +124,8 @@ def test_pool_is_bounded_by_bytes(model_tok):
 
 
 def _state(e: Engine, tokens: list[int], boundaries: tuple[int, ...] = ()):
-    """The engine's state after generating 3 greedy tokens from `tokens` (the engine left empty), with ring
-    snapshots at `boundaries` (where the server marks the instructions' end)."""
-    list(e.generate(tokens, Sampler(SamplingConfig(temperature=0)), max_tokens=3, boundaries=boundaries))
+    """The engine's state after `run` (the engine left empty)."""
+    run(e, tokens, boundaries=boundaries)
     return e.detach()
 
 
