@@ -372,3 +372,61 @@ def test_titles_lists_and_marks_read_plainly():
     page = html_to_text(html, "https://site.test/p")
     assert (page.title, page.text) == ("Release  notes", "* a\n  * b\n\nx_y *z*")
     assert html_to_text("<p>x</p>", "https://site.test/p").title == "site.test"
+
+
+def test_a_restore_skips_what_is_not_a_display_and_keeps_a_missing_cursor_empty():
+    """A reopened chat's browser results: an error text is no page, and a cursor whose result is gone (a
+    message deleted) is an empty page, so the cursors after it keep their numbers and citations."""
+    from mlx_oss.builtin.browser.page import Page, window
+
+    a = Page("https://a.test/a", "A", "a zero\na one")
+    c = Page("https://a.test/c", "C", "c zero\nc one")
+    browser = Browser(NoSearch())
+    browser.restore([window(a, 0, 0, 2, len, 100), "Error fetching URL `https://a.test/b`: HTTP 404", window(c, 2, 0, 2, len, 100)])
+    assert [(p.url, p.title, p.lines) for p in browser.stack] == [
+        ("https://a.test/a", "A", ["a zero", "a one"]),
+        ("", "", [""]),
+        ("https://a.test/c", "C", ["c zero", "c one"]),
+    ]
+    (c1,) = browser.citations("【2†L1】")
+    assert (c1.cursor, c1.url, c1.quote) == (2, "https://a.test/c", "c one")
+    assert browser.call("open", '{"loc": 1}').text.startswith("[3] C (https://a.test/c)\n")  # the next cursor
+
+
+class _Failing:
+    """A fetcher with a bug: every fetch raises a plain exception."""
+
+    def fetch(self, url: str, view_source: bool = False):
+        raise ValueError(f"no parser for {url}")
+
+
+def test_an_unexpected_failure_is_an_answer_and_the_browser_goes_on(web):
+    b = Browser(NoSearch(), fetcher=_Failing(), count_tokens=count)
+    a = call(b, "open", id="https://a.test/x")
+    assert (a.error, a.text, a.page) == (True, "browser.open failed: ValueError: no parser for https://a.test/x", None)
+    assert b.stack == []
+    assert call(b, "open", id="https://a.test/y").text.endswith("https://a.test/y")  # the same browser answers again
+
+
+class _NoResults:
+    name = "none"
+
+    def search(self, query, topn, client):
+        return []
+
+
+def test_a_search_without_results_says_so():
+    b = Browser(_NoResults(), count_tokens=count)
+    a = call(b, "search", query="rare words")
+    assert not a.error and a.text == "[0] rare words\n**viewing lines [0 - 2] of 2**\n\nL0: # Search Results\nL1: \nL2: No results for `rare words`."
+    assert a.page.title == "rare words" and a.page.links == {}
+
+
+def test_view_source_without_an_id_shows_the_source_of_the_page_at_the_cursor(web):
+    b = browser(web)
+    call(b, "open", id=web.url("/other"))
+    call(b, "find", pattern="other")  # cursor 1: a find page, which cites /other
+    v = call(b, "open", view_source=True)
+    assert not v.error and "<title>Other</title>" in v.text and v.page.url == f"view-source:{web.url('/other')}"
+    w = call(b, "open", view_source=True, cursor=0)
+    assert "<title>Other</title>" in w.text and w.page is v.page  # the same source, from the cache

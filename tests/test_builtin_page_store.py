@@ -91,3 +91,20 @@ def test_a_page_larger_than_the_limit_is_still_shown_whole():
 def test_the_size_of_a_page_counts_its_text_and_links_in_utf8():
     page = Page("https://x/", "T", "héllo", links={0: "https://x/ü"})
     assert page.nbytes == len("héllo".encode()) + len("https://x/ü".encode())
+
+
+def test_cached_pages_no_cursor_shows_go_first_oldest_first_and_only_as_many_as_needed():
+    """After a restore (a reopened chat) the stack holds the pages rebuilt from the displays, and the
+    pages fetched before stay cached, shown by no cursor. Past the limit the oldest of those goes, and
+    only it: the next ones still open from the cache, and no shown page loses its text."""
+    pages = Pages(size=10 * KB)
+    b = Browser(NoSearch(), fetcher=pages, max_page_bytes=45 * KB)
+    displays = [open_(b, name) for name in "abc"]
+    b.restore(displays)  # each display showed about 4 KB of its page: 12 KB rebuilt, 30 KB cached
+    assert all(p not in b._cache.values() for p in b.stack)  # rebuilt pages; a, b, c cached apart
+    open_(b, "d")
+    assert held(b) <= 45 * KB and all(p.text for p in b.stack)
+    assert list(b._cache) == ["https://site/b", "https://site/c", "https://site/d"]
+    open_(b, "b")
+    open_(b, "a")
+    assert pages.fetched == [f"https://site/{n}" for n in "abcda"]  # b from the cache, a fetched again

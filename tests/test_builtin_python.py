@@ -458,3 +458,61 @@ def test_turning_python_on_later_uses_the_chats_approver_and_folder(tmp_path):
     assert on.python.workdir == tmp_path
     on.python.session = ScriptedSession()
     assert not on.run(code("print(1)")).refused
+
+
+def _kernels_in(folder) -> list[int]:
+    """The live processes of this user working in `folder` (a kernel runs in its chat's folder)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as stat_file:
+                state = stat_file.read().rsplit(")", 1)[1].split()[0]
+            if os.readlink(f"/proc/{pid}/cwd") == str(folder) and state != "Z":
+                pids.append(int(pid))
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_kernel_that_does_not_start_in_time_is_an_answer_and_leaves_nothing_running(tmp_path, monkeypatch):
+    """jupyter_client's wait gives up (faked: a real kernel's start takes a second or two, and the wait
+    polls in 1 s steps): the kernel it started is shut down, its sockets' folder removed, and the model
+    reads why; the next call starts a kernel again."""
+    from jupyter_client.blocking.client import BlockingKernelClient
+
+    from mlx_oss.builtin.python.kernel import KernelSession
+
+    def give_up(self, timeout=None):
+        time.sleep(0.3)  # the channels' threads start meanwhile, as in a real wait
+        raise RuntimeError(f"Kernel didn't respond in {timeout} seconds")
+
+    monkeypatch.setattr(BlockingKernelClient, "wait_for_ready", give_up)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where the sockets' folder goes
+    (tmp_path / "tmp").mkdir()
+    session = KernelSession(tmp_path / "a", startup_timeout_s=2.5)
+    with pytest.raises(RuntimeError, match=r"^the Python kernel did not start within 2.5 s$"):
+        session.execute("print(1)", 5.0)
+    assert not session.running and _kernels_in(tmp_path / "a") == [] and list((tmp_path / "tmp").iterdir()) == []
+    t = PythonTool(approve=yes, workdir=tmp_path / "b", startup_timeout_s=2.5)
+    a = t.call(code("print(1)"))
+    assert (a.error, a.text) == (True, "The python tool failed: RuntimeError: the Python kernel did not start within 2.5 s")
+    assert _kernels_in(tmp_path / "b") == []
+    monkeypatch.undo()
+    assert t.call(code("print(1)")).text == "1" and _kernels_in(tmp_path / "b") != []
+    t.close()
+    assert _kernels_in(tmp_path / "b") == []
+
+
+def test_close_leaves_a_folder_put_in_place_of_its_own(tmp_path, monkeypatch):
+    """The code may replace the tool's temporary folder with a link to a folder of the user's: that one
+    is not the tool's to remove, and closing says nothing (a chat is ending)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    t = PythonTool(approve=yes, keep_files=False)
+    made, theirs = t.workdir, tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("kept")
+    made.rmdir()
+    made.symlink_to(theirs)
+    t.close()
+    assert (theirs / "notes.txt").read_text() == "kept" and made.is_symlink()

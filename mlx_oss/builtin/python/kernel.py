@@ -109,8 +109,8 @@ class KernelSession:
         try:
             kc.wait_for_ready(timeout=self.startup_timeout_s)
         except RuntimeError:
-            kc.stop_channels()
-            km.shutdown_kernel(now=True)
+            _stop(kc, km, self._sockets)
+            self._sockets = None
             raise RuntimeError(f"the Python kernel did not start within {self.startup_timeout_s:g} s") from None
         self._km, self._kc = km, kc
         # A session dropped without close() (or the app exiting) still stops its kernel.
