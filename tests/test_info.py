@@ -475,3 +475,95 @@ def test_bad_flags_exit_2_in_one_line(tiny_converted, capsys, argv):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("mlx-oss info: error: ")
+
+
+# ---------------------------------------------------------------- the Python API's defaults
+
+
+def test_the_python_api_defaults_are_the_commands(m20b, tiny_hf):
+    """What `mlx_oss.info` computes when a caller leaves an argument out is what `mlx-oss info` shows by
+    default: bfloat16 on Metal, the unquantized cache, group size 64, and a source folder named CHECKPOINT."""
+    from mlx_oss.info import kv_settings
+
+    assert m20b.slot_bytes() == m20b.slot_bytes("bfloat16", None, 64) == 2 * 8 * 64 * 2
+    assert m20b.slot_bytes(bits=8) == m20b.slot_bytes("bfloat16", 8, 64) == 2 * 8 * (64 + 2 * 2 * 64 // 64)
+    assert m20b.kv_bytes(4096) == m20b.kv_bytes(4096, "bfloat16", None, 64)
+    assert m20b.needed_bytes(4096) == m20b.needed_bytes(4096, "bfloat16", None, 64, None)
+    assert kv_settings(m20b, None) == kv_settings(m20b, None, 64) == [None, 8, 4]
+    assert kv_settings(m20b, None, 128) == [None]  # 128 does not divide a head of 64
+    mac = [Mac("tiny", 2**20, 2**20 // 2)]  # too small for the weights as stored: --dense-bits is advised
+    info = describe(tiny_hf)
+    assert format_info(info, [64], macs=mac) == format_info(info, [64], macs=mac, source="CHECKPOINT")
+    assert "`mlx-oss convert CHECKPOINT FOLDER --dense-bits" in format_info(info, [64], macs=mac)
+    (fit,) = info_json(info, [64], macs=mac)["memory_fit"]["macs"]
+    assert "`mlx-oss convert CHECKPOINT FOLDER --dense-bits" in fit["advice"]["text"]
+
+
+def test_the_dtype_reaches_every_figure_it_changes(m20b):
+    """float32 (the CPU backend) doubles the dense weights held, the cache and the activations."""
+    c = 4096
+    f32 = m20b.weight_bytes_at("float32")
+    assert f32 == m20b.weight_bytes + m20b.bytes["bf16 dense"]
+    assert m20b.needed_bytes(c, "float32") == f32 + m20b.kv_bytes(c, "float32") + m20b.activation_bytes(c, "float32")
+    assert m20b.activation_bytes(c, "float32") == 2 * m20b.activation_bytes(c)
+    limit = m20b.needed_bytes(c, "float32")
+    assert m20b.longest_context(limit, dtype="float32") == c  # exactly what fits in float32
+    assert m20b.longest_context(limit) > c  # in bfloat16 the same limit holds more
+
+
+def test_weights_without_bf16_dense_tensors_are_held_as_stored():
+    """A folder converted with --dense-bits keeps no bf16 dense tensor: its weights are the same bytes in
+    any compute dtype, and a second --dense-bits is refused in words."""
+    info = ModelInfo(SMALL, "mlx-oss", params={"mxfp4 experts": 100, "affine dense": 50},
+                     bytes={"mxfp4 experts": 60, "affine dense": 40})  # fmt: skip
+    assert info.weight_bytes_at("float32") == info.weight_bytes_at("bfloat16") == 100
+    with pytest.raises(ValueError, match=r"^the dense weights are already quantized: --dense-bits does not apply$"):
+        info.weights_with(8)
+
+
+def test_an_attention_heavy_layer_counts_its_attention_temporaries():
+    """SMALL's layer has a narrow MoE (2 experts of 96): per token its attention holds more (qkv twice,
+    the output, four hidden rows) than the MoE (input copy, gate_up, SwiGLU), and the larger one counts."""
+    qkv = (4 + 2 * 2) * 64
+    attn, moe = 2 * qkv + 4 * 64 + 4 * 128, 2 * (128 + 3 * 96)
+    assert attn > moe
+    info = _small()
+    assert info.activation_bytes(100) == 100 * attn * 2
+    assert info.activation_bytes(4096, "float32") == 2048 * attn * 4
+
+
+def test_each_format_counts_its_parameters_and_none_counted_reads_zero():
+    info = ModelInfo(SMALL, "hf", bytes={"bf16 dense": 10 * 2**20})  # bytes known, parameters not counted
+    row = next(line for line in format_info(info, [64], macs=[]).splitlines() if line.strip().startswith("bf16 dense"))
+    assert row.split() == ["bf16", "dense", "0", "params", "10.00", "MiB"]
+
+
+def test_the_advice_uses_the_group_size_asked_for(m20b):
+    """`fit_macs` hands its group size to the advice: a 16 GB Mac advised with group 32 matches `advise`
+    at 32, whose cache costs more per token than at 64."""
+    (mac,) = mac_sizes([16])
+    (fit,) = fit_macs(m20b, [mac], [8], 32, target=65536)
+    assert fit.advice == advise(m20b, mac, 65536, [8], 32) != advise(m20b, mac, 65536, [8], 64)
+
+
+def test_what_describe_reads_is_told_by_what_the_path_is(tiny_converted, tmp_path):
+    """A folder whose name ends in .json is a folder; a config's bad field names the config file; a
+    folder with weights that are not a gpt-oss checkpoint is refused as such, not read as a config alone."""
+    import shutil
+
+    from mlx_oss.errors import UserError
+
+    folder = tmp_path / "model.json"
+    shutil.copytree(tiny_converted, folder)
+    assert describe(folder).dims == describe(tiny_converted).dims
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({**PRESETS["20b"].hf_config(), "num_local_experts": "many"}))
+    with pytest.raises(UserError, match=re.escape(str(bad / "config.json"))):
+        describe(bad)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (other / "model.safetensors").write_bytes(b"")
+    with pytest.raises(UserError, match=r": not a gpt-oss checkpoint \("):
+        describe(other)
