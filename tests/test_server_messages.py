@@ -343,3 +343,112 @@ def test_the_printed_claude_code_settings_warn_below_its_compaction_floor():
     assert title(CLAUDE_CODE_MIN_WINDOW) == "Claude Code 2.1.337:"
     assert "--max-context 100000 or more" in title(CLAUDE_CODE_MIN_WINDOW - 1)
     assert "CLAUDE_CODE_AUTO_COMPACT_WINDOW=32768 \\" in client_settings("http://h:1/v1", "m", False, 32768)
+
+
+# ----------------------------------------------------------------------------- what a schema cannot say
+
+
+CALL = {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo", "unit": "c"}}]}
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"thinking": {"type": "enabled"}}, "thinking.budget_tokens: thinking of type 'enabled' needs 'budget_tokens'"),
+        ({"thinking": {"type": "maybe"}}, "thinking.type must be 'enabled', 'adaptive' or 'disabled', not 'maybe'"),
+        ({"messages": [*USER, {"role": "assistant", "content": [{"type": "tool_use", "name": "f", "input": {}}]}]},
+         "messages[1].content[0] needs an 'id' and a 'name'"),
+        ({"messages": [*USER, {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "input": {}}]}]},
+         "messages[1].content[0] needs an 'id' and a 'name'"),
+        ({"messages": [*USER, {"role": "assistant", "content": [{"type": "image", "source": {}}]}]},
+         "messages[1].content[0].type 'image' is not supported in an assistant message (supported: thinking, text, tool_use)"),
+        ({"messages": [{"role": "user", "content": []}, {"role": "system", "content": ""}]}, "'messages' holds no content"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "tool"}}, "tool_choice.name: tool_choice of type 'tool' needs a 'name'"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "sometimes"}}, "tool_choice.type must be auto, any, tool or none, not 'sometimes'"),
+    ],
+)  # fmt: skip
+def test_what_the_schema_lets_through_is_refused_by_name(srv, extra, message):
+    """Each a 400 in Anthropic's shape whose one line names the field, on both endpoints."""
+    body = {"model": MODEL, "messages": USER, **extra}
+    assert anthropic_error(raw(srv, "/messages", {**body, "max_tokens": 10}), 400, "invalid_request_error") == message
+    assert anthropic_error(raw(srv, "/messages/count_tokens", body), 400, "invalid_request_error") == message
+
+
+def test_tool_results_text_and_unsigned_thinking_render_as_sent(srv):
+    """A tool_result marked `is_error` reads "Error: ..." to the model; an assistant's text beside its tool_use
+    is commentary (a preamble), alone it is the final answer; a thinking block without a signature (a client
+    that kept the text only) is the call's analysis as written."""
+    url, app, scripts, tok = srv
+    asked = {"role": "assistant", "content": [{"type": "thinking", "thinking": "Need the weather."},
+                                              {"type": "text", "text": "Checking."}, *CALL["content"]]}  # fmt: skip
+    failed = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True,
+                                           "content": [{"type": "text", "text": "timeout"}]}]}  # fmt: skip
+    text = _render(app, tok, {"model": MODEL, "tools": [WEATHER], "messages": [*USER, asked, failed]})
+    assert text.endswith("<|start|>assistant<|channel|>analysis<|message|>Need the weather.<|end|>"
+                         "<|start|>assistant<|channel|>commentary<|message|>Checking.<|end|>"
+                         '<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json<|message|>{"city":"Oslo","unit":"c"}<|call|>'
+                         "<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>Error: timeout<|end|>"
+                         "<|start|>assistant")  # fmt: skip
+    ok = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "12 C"}]}
+    answer = {"role": "assistant", "content": "It is 12 C."}
+    text = _render(app, tok, {"model": MODEL, "tools": [WEATHER], "messages": [*USER, CALL, ok, answer, *USER]})
+    assert "<|message|>12 C<|end|>" in text and "<|start|>assistant<|channel|>final<|message|>It is 12 C.<|end|>" in text
+
+
+def test_server_tools_are_left_out_with_a_warning(srv, caplog):
+    url, app, scripts, tok = srv
+    tools = [{"type": "web_search_20250305", "name": "web_search"}, WEATHER, {"type": "bash_20250124", "name": "bash"}]
+    with caplog.at_level("WARNING", logger="mlx_oss.server"):
+        text = _render(app, tok, {"model": MODEL, "tools": tools, "messages": USER})
+    assert "get_weather" in text and "web_search" not in text and "bash" not in text
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "Anthropic server tools this server does not run, left out of the prompt: tools[0] 'web_search_20250305', "
+        "tools[2] 'bash_20250124'"]  # fmt: skip
+
+
+def test_tool_choice_and_top_k_reach_the_turn(srv):
+    from mlx_oss.server.messages import parse_request
+
+    url, app, scripts, tok = srv
+    backend, seal = app.state.backend, app.state.stored.seal
+
+    def turn(**extra):
+        body = {"model": MODEL, "messages": USER, "tools": [WEATHER], **extra}
+        return parse_request(body, backend.sampling(body), seal).turn
+
+    assert turn().tool_choice == turn(tool_choice={"type": "auto"}).tool_choice
+    assert turn(tool_choice={"type": "none"}).tool_choice.mode == "none"
+    assert turn(tool_choice={"type": "any"}).tool_choice.mode == "required"
+    assert turn(tool_choice={"type": "tool", "name": "get_weather"}).tool_choice.recipients == ("functions.get_weather",)
+    assert turn(top_k=7).sampling.top_k == 7 and turn().sampling.top_k == backend.sampling({}).top_k
+
+
+def test_the_builder_shows_only_anthropic_blocks_and_reads_arguments_as_an_object():
+    """A built-in tool's call (the server runs it) is no block of the reply, nor are its deltas; an empty
+    delta sends nothing; a call whose arguments are not a JSON object has the input {}; before the end the
+    usage is the prompt's alone."""
+    from mlx_oss.server.generation import BROWSER_CALL, FUNCTION_CALL, MESSAGE, Finished, ItemDelta, ItemDone, ItemStarted, Usage
+    from mlx_oss.server.messages import MessageBuilder
+    from mlx_oss.server.responses import ReasoningSeal
+
+    b = MessageBuilder("m", ReasoningSeal(), prompt_tokens=12)
+    assert b.feed(ItemStarted(BROWSER_CALL, "browser.search")) == []
+    assert b.feed(ItemDelta('{"query": "x"}')) == [] and b.feed(ItemDone(BROWSER_CALL, '{"query": "x"}')) == []
+    assert b.feed(ItemDelta("stray")) == [] and b.feed(object()) == []
+    assert b.content == []
+    (start,) = b.feed(ItemStarted(MESSAGE))
+    assert start[1]["index"] == 0 and b.feed(ItemDelta("")) == [] and b.feed(object()) == []
+    b.feed(ItemDelta("Hi"))
+    b.feed(ItemDone(MESSAGE, "Hi"))
+    assert b.message()["usage"] == {"input_tokens": 12, "output_tokens": 0, "cache_read_input_tokens": 0,
+                                    "cache_creation_input_tokens": 0}  # fmt: skip
+    assert b.message()["stop_reason"] == "end_turn" and b.end()[0][1]["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
+    for raw_args in ("[1, 2]", "not json", "  "):
+        b.feed(ItemStarted(FUNCTION_CALL, "f"))
+        b.feed(ItemDelta(raw_args))
+        b.feed(ItemDone(FUNCTION_CALL, raw_args, "f"))
+        assert b.content[-1]["input"] == {}
+    b.feed(Finished(Usage(prompt_tokens=12, cached_tokens=4, completion_tokens=9), "tool_call"))
+    assert b.message()["usage"] == {"input_tokens": 8, "output_tokens": 9, "cache_read_input_tokens": 4,
+                                    "cache_creation_input_tokens": 0}  # fmt: skip
+    assert b.message()["stop_reason"] == "tool_use" and [c["type"] for c in b.message()["content"]] == ["text"] + ["tool_use"] * 3
