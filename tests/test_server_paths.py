@@ -10,6 +10,7 @@ harmony, the model runs every forward pass."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -668,3 +669,113 @@ def test_a_request_cannot_raise_the_servers_tool_call_limit(model_tok):
         assert [o["status"] for o in calls] == ["failed", "failed", "incomplete"]  # no search backend: a failed result
         seen = [app.state.stored.tool_messages(o["id"])[1].text for o in calls[:2]]
         assert "limit of 1 built-in tool calls" not in seen[0] and "limit of 1 built-in tool calls" in seen[1]
+
+
+# ----------------------------------------------------------------------------- a failure while generating
+
+
+class Fails:
+    """A logits processor that raises at its `at`-th step: a bug anywhere in a forward pass or the sampler."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.calls = at, 0
+
+    def __call__(self, context, logits):
+        self.calls += 1
+        if self.calls == self.at:
+            raise RuntimeError("the forward pass broke\nsecond line")
+        return logits
+
+
+BROKE = "RuntimeError: the forward pass broke"  # the first line of the error, with its type
+
+
+def _anthropic_stream(url: str, body: dict) -> list[tuple[str, dict]]:
+    with httpx.stream("POST", url + "/messages", json={**body, "stream": True}, timeout=120) as r:
+        assert r.status_code == 200
+        raw = r.read().decode()
+    out = []
+    for frame in raw.strip().split("\n\n"):
+        head, data = frame.split("\n", 1)
+        out.append((head.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
+    return out
+
+
+@pytest.mark.parametrize("max_batch", [1, 2], ids=["alone", "batched"])
+def test_a_failure_mid_generation_ends_the_reply_with_its_error_in_every_api_and_the_next_starts_clean(model_tok, max_batch):
+    """A step fails after the reply began (the third sampling step): each API ends that reply with the error's
+    first line, in its own shape (a 500 JSON, a stream's error chunk or `response.failed` or `error` event);
+    the state it left is not reused: the same prompt again is computed from scratch (no cached tokens), and its
+    first logits equal a fresh forward pass."""
+    model, tok = model_tok
+    scripts = Scripts()
+    msgs = _user("a question that fails")
+    anthropic = {"model": MODEL_ID, "max_tokens": 50, "messages": msgs}
+    with running_server(model, tok, scripts, max_context=1024, max_batch=max_batch) as (url, app):
+
+        def failing():
+            scripts.push(reply(tok, final="an answer never finished"), Fails(3))
+
+        failing()
+        r = post_json(url, "/chat/completions", _chat(msgs))
+        assert (r.status_code, r.json()) == (500, {"error": {"message": BROKE, "type": "server_error", "param": None, "code": "server_error"}})
+        failing()
+        status, chunks, done = stream_chat(url, _chat(msgs, stream=True))
+        assert status == 200 and done and chunks[-1] == r.json()
+        failing()
+        r = post_json(url, "/responses", {"model": MODEL_ID, "input": "a question that fails"})
+        assert (r.status_code, r.json()["error"]) == (500, {"message": BROKE, "type": "server_error", "param": None, "code": "server_error"})
+        failing()
+        status, events = stream_responses(url, {"model": MODEL_ID, "input": "a question that fails", "stream": True})
+        assert status == 200 and events[-1]["type"] == "response.failed"
+        assert events[-1]["response"]["error"] == {"code": "server_error", "message": BROKE}
+        failing()
+        r = post_json(url, "/messages", anthropic)
+        assert (r.status_code, r.json()) == (500, {"type": "error", "error": {"type": "api_error", "message": BROKE}})
+        failing()
+        events = _anthropic_stream(url, anthropic)
+        assert [k for k, _ in events] == ["message_start", "ping", "error"]
+        assert events[-1][1] == {"type": "error", "error": {"type": "api_error", "message": BROKE}}
+        assert _health(url)["generations"] == {"error": 6}
+        rec = FirstLogits()
+        scripts.push(reply(tok, final="fine"), rec)
+        r = post_json(url, "/chat/completions", _chat(msgs))
+        assert r.json()["choices"][0]["message"]["content"] == "fine"
+        assert r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+        [(context, logits)] = rec.firsts
+        fresh = np.array(model(mx.array([context]), None, last_only=True)[0, -1])
+        assert float(np.linalg.norm(logits - fresh) / np.linalg.norm(fresh)) <= 1e-5
+
+
+def test_in_a_batch_a_failed_first_sampling_ends_its_request_alone_and_a_failed_step_ends_them_all(model_tok):
+    """`--max-batch 2`, two requests in flight. A logits processor that fails at a request's first sampling
+    (its prefill's end) ends that request only: the other's answer is whole. One that fails in a shared
+    decoding step leaves the whole batch's state unknown: both end with the error, and the batch starts
+    clean for the next."""
+    model, tok = model_tok
+    scripts = Scripts()
+    with running_server(model, tok, scripts, max_context=1024, max_batch=2) as (url, app):
+
+        def two(first_fails_at: int) -> tuple:
+            gate = Gate()
+            scripts.push(reply(tok, final="the first answer"), gate)
+            results: dict[str, object] = {}
+            a = threading.Thread(target=lambda: results.update(a=post_json(url, "/chat/completions", _chat(_user("first")))))
+            a.start()
+            assert gate.entered.wait(60)  # the first is decoding, held at its first step
+            scripts.push(reply(tok, final="the second answer is longer than the first one"), Fails(first_fails_at))
+            b = threading.Thread(target=lambda: results.update(b=post_json(url, "/chat/completions", _chat(_user("second")))))
+            b.start()
+            wait_until(lambda: app.state.backend.worker.waiting == 1, "the second request queued")
+            gate.release.set()
+            assert join_all([a, b])
+            return results["a"], results["b"]
+
+        a, b = two(1)
+        assert (a.status_code, a.json()["choices"][0]["message"]["content"]) == (200, "the first answer")
+        assert (b.status_code, b.json()["error"]["message"]) == (500, BROKE)
+        a, b = two(4)
+        assert [(r.status_code, r.json()["error"]["message"]) for r in (a, b)] == [(500, BROKE), (500, BROKE)]
+        scripts.push(reply(tok, final="fine"))
+        r = post_json(url, "/chat/completions", _chat(_user("third")))
+        assert r.json()["choices"][0]["message"]["content"] == "fine"
