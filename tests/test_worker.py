@@ -347,3 +347,52 @@ def test_a_batched_job_whose_program_cannot_start_gets_the_error_then_end(batche
     assert events(bad, loop) == [boom, END]
     ok = batched.submit(lambda emit, cancelled: "program", loop)
     assert events(ok, loop) == [END]  # the worker went on
+
+
+class BrokenRunner(FakeRunner):
+    """A runner whose step raises once its jobs hold `program: "break"`; counts the runners made and closed."""
+
+    made = closed = 0
+
+    def __init__(self) -> None:
+        super().__init__(steps=3)
+        BrokenRunner.made += 1
+
+    def step(self) -> list:
+        if any(prog == "break" for _, prog in self.left.values()):
+            raise RuntimeError("the runner broke")
+        return super().step()
+
+    def close(self) -> None:
+        BrokenRunner.closed += 1
+
+
+def test_a_runner_that_fails_ends_its_jobs_with_the_error_and_a_fresh_one_goes_on(loop):
+    """A bug in the runner's step leaves its state unknown: every job it held gets the error, then END; it
+    is closed and a new runner serves the next jobs."""
+    BrokenRunner.made = BrokenRunner.closed = 0
+    w = GenerationWorker(max_queue=4, max_batch=2, runner=BrokenRunner)
+    w.start()
+    try:
+        fn, entered, release = blocker()
+        held = w.submit(lambda emit, cancelled: (entered.set(), release.wait(10), "program")[2], loop)
+        assert entered.wait(10)
+        breaking = w.submit(lambda emit, cancelled: "break", loop)
+        release.set()
+        a, b = events(held, loop), events(breaking, loop)
+        assert isinstance(a[0], RuntimeError) and str(a[0]) == "the runner broke"
+        assert a == b == [a[0], END]
+        assert (BrokenRunner.made, BrokenRunner.closed) == (2, 1)
+        assert events(w.submit(lambda emit, cancelled: "program", loop), loop) == [END]
+    finally:
+        w.stop(timeout=5)
+    assert BrokenRunner.closed == 2
+
+
+@pytest.mark.parametrize("bad", [0, -3])
+def test_a_batch_of_no_places_or_without_a_runner_is_refused_in_one_line(bad):
+    with pytest.raises(ValueError, match=rf"^max_batch must be at least 1, got {bad}$"):
+        GenerationWorker(max_batch=bad)
+    with pytest.raises(ValueError, match=r"^max_batch > 1 needs a runner$"):
+        GenerationWorker(max_batch=2)
+    assert GenerationWorker(max_batch=1).max_batch == 1
