@@ -175,3 +175,18 @@ def test_release_keeps_the_newest_past_the_budget_and_evicts_the_least_recently_
     pool.release(states[2], len(ps[2]))  # state 1, used least recently now, goes
     assert len(pool) == 2
     assert [pool.take(p + [5])[0] for p in (ps[0], ps[2])] == [states[0], states[2]] and len(pool) == 0
+
+
+def test_a_negative_budget_is_refused_and_an_empty_state_is_not_kept(model_tok):
+    """`--cache-bytes` below 0 is refused in one line; a state of no tokens (a sequence that ended before its
+    prefill fed one) is nothing to reuse: released, it is not kept, and the newest kept state stays."""
+    model, tok = model_tok
+    with pytest.raises(ValueError, match=r"^max_bytes must be >= 0, got -1$"):
+        PromptCachePool(-1)
+    e = Engine(model)
+    p = prompt(tok, "a conversation")
+    kept = _state(e, p)
+    pool = PromptCachePool(1 << 30)
+    pool.release(kept, len(p))
+    pool.release(e.detach(), 0)  # the engine left empty: a state of no tokens
+    assert len(pool) == 1 and pool.take(p + [5])[0] is kept

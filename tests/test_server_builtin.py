@@ -286,3 +286,21 @@ def _seen(app, sse: str) -> str:
     """The tool results the model read in the response `sse` streamed."""
     resp = next(json.loads(ln[6:])["response"] for ln in sse.splitlines() if '"response.completed"' in ln)
     return "\n".join(app.state.stored.tool_messages(o["id"])[1].text for o in resp["output"] if o["type"] == "web_search_call")
+
+
+def test_a_continued_response_without_code_interpreter_closes_the_kernel_it_had():
+    """`previous_response_id` continues a session; a continuation that no longer lists code_interpreter
+    stops that session's kernel (no process left behind) and keeps its browser pages."""
+
+    class Closing:
+        closed = 0
+
+        def close(self) -> None:
+            Closing.closed += 1
+
+    tools = ServerTools(allow_python=True)
+    first = tools.session(("browser",))
+    first.tools.python = Closing()
+    kept_browser = first.tools.browser
+    second = tools.session(("browser",), previous=first)
+    assert Closing.closed == 1 and second.tools.python is None and second.tools.browser is kept_browser
