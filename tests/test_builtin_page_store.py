@@ -102,6 +102,7 @@ def test_cached_pages_no_cursor_shows_go_first_oldest_first_and_only_as_many_as_
     displays = [open_(b, name) for name in "abc"]
     b.restore(displays)  # each display showed about 4 KB of its page: 12 KB rebuilt, 30 KB cached
     assert all(p not in b._cache.values() for p in b.stack)  # rebuilt pages; a, b, c cached apart
+    assert [p.nbytes for p in b.stack] == [len("\n".join(p.lines).encode()) for p in b.stack]  # what was shown
     open_(b, "d")
     assert held(b) <= 45 * KB and all(p.text for p in b.stack)
     assert list(b._cache) == ["https://site/b", "https://site/c", "https://site/d"]

@@ -55,7 +55,7 @@ def claude_code_env(base_url: str, model_id: str, has_key: bool, context: int) -
     }
 
 
-def client_settings(base_url: str, model_id: str, has_key: bool, context: int = 131072) -> str:
+def client_settings(base_url: str, model_id: str, has_key: bool, context: int) -> str:
     key = f"${KEY_ENV}" if has_key else "none (any string works)"
     sdk_key = f'os.environ["{KEY_ENV}"]' if has_key else '"none"'
     codex = "".join(f"    {line}\n" if line else "\n" for line in codex_config(base_url, model_id, has_key).splitlines())
