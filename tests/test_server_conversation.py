@@ -194,3 +194,19 @@ def test_a_conversation_that_is_not_harmony_is_a_400():
     bad = Turn((Message.user("hi"), Message(Role.TOOL, [], recipient=None)))
     e = refusal(bad.render, ENC)
     assert e.param == "messages" and str(e).startswith("the conversation cannot be rendered as harmony: ")
+
+
+def test_a_turn_not_compiled_compiles_its_schemas_for_the_round_or_says_it_cannot():
+    """The server compiles a turn's schemas before it queues the request; a turn that was not (the Python
+    API's own use) compiles them when its round's constraint is made, and without the Grammars to do it
+    that is a programming error, said in words."""
+    from mlx_oss.grammar import Grammars
+    from mlx_oss.server.tools import StrictSchema
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    turn = Turn((Message.user("q"),), answer_schema=StrictSchema("final", schema, "text.format.schema"))
+    with pytest.raises(ValueError, match=r"^a turn with strict schemas needs the Grammars to compile them$"):
+        turn.constraint(ENC, None)
+    grammars = Grammars(ENC)
+    late, early = turn.constraint(ENC, grammars), turn.compile(grammars).constraint(ENC, grammars)
+    assert list(late.content) == list(early.content) == ["final"] and late.content["final"] is early.content["final"]
