@@ -63,6 +63,9 @@ declare -A MODULES=(
   [server_api]="mlx_oss/server/conversation.py mlx_oss/server/tools.py mlx_oss/server/builtin.py|tests/test_server_conversation.py tests/test_server_tools.py tests/test_cache_pool_branches.py tests/test_server.py tests/test_server_features.py tests/test_server_paths.py tests/test_server_settings.py tests/test_server_security.py tests/test_server_builtin.py tests/test_server_responses_clients.py"
   # the routes (issues 27 and 31): the two APIs' request and response shapes, the app and the serve command
   [server_routes]="mlx_oss/server/app.py mlx_oss/server/responses.py mlx_oss/server/chat_completions.py mlx_oss/server/messages.py mlx_oss/server/cli.py|tests/test_server_messages.py tests/test_responses.py tests/test_chat_completions.py tests/test_server_cli.py tests/test_server_cli_flags.py tests/test_server_errors.py tests/test_server_sse.py tests/test_server.py tests/test_server_features.py tests/test_server_paths.py tests/test_server_settings.py tests/test_server_security.py tests/test_server_structured.py tests/test_server_batch.py tests/test_server_kv_quant.py tests/test_server_max_batch.py tests/test_readme_server.py"
+  # the three APIs' request and response shapes against their own fast tests (seconds a mutant, where the
+  # routes' group runs the server tests): its survivors are then re-run against server_routes' tests
+  [server_shapes]="mlx_oss/server/responses.py mlx_oss/server/chat_completions.py mlx_oss/server/messages.py|tests/test_responses.py tests/test_chat_completions.py tests/test_server_messages.py tests/test_server_errors.py tests/test_server_sse.py"
   # batched decode (issue 28): exact per sequence against solo runs
   [batch]="mlx_oss/batch.py|tests/test_batch.py tests/test_server_batch.py"
   # the built-in tools (issues 25 and 31), one group: a local web server, a real kernel per python test

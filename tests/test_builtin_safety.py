@@ -454,3 +454,23 @@ def test_true_approves(tmp_path):
     t, session = tool_answering(True, tmp_path)
     a = t.call(ToolCall("python", "print(1)", "print(1)", tool="python", recipient="python"))
     assert not a.refused and a.text == "ran" and session.ran == ["print(1)"]
+
+
+@pytest.mark.parametrize("host, why", [
+    ("a" * 64 + ".example", "encoding with 'idna' codec failed (UnicodeError: "),  # a label past 63 (the rest: Python's words)
+    ("nowhere.test", "[Errno -2] Name or service not known"),  # the resolver's answer (faked)
+])  # fmt: skip
+def test_a_name_that_cannot_be_looked_up_is_said_so(monkeypatch, host, why):
+    real = socket.getaddrinfo
+
+    def resolver(name, *a, **kw):
+        if name == "nowhere.test":
+            raise socket.gaierror(-2, "Name or service not known")
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    with pytest.raises(BrowserError) as e:
+        Fetcher(FetchLimits(timeout_s=5)).fetch(f"http://{host}/")
+    said = f"cannot reach the site (ConnectError: cannot look up {host} ({why}"
+    assert str(e.value).startswith(said) and str(e.value).endswith("))") and "\n" not in str(e.value)
+    assert why.endswith(": ") or str(e.value) == said + "))"
