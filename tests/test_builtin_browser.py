@@ -374,6 +374,29 @@ def test_titles_lists_and_marks_read_plainly():
     assert html_to_text("<p>x</p>", "https://site.test/p").title == "site.test"
 
 
+def test_a_page_reads_as_plain_lines():
+    """ATX headings; bold and italic without marks; a line break as a new line; trailing spaces and runs of
+    blank lines gone; Markdown's special characters as written (no escapes); the content of scripts, styles,
+    templates, drawings, formulas and embedded frames left out; preformatted text fenced as it is."""
+    html = """<html><head><title>T</title><style>p{}</style></head><body>
+<h2>Section  two</h2>
+<p>Some <b>bold</b> and <i>italic</i> and <strong>strong</strong> text.   </p>
+<p>line one   <br>line two<br/>line three</p>
+<p>1. not a list + plus - minus # hash [brackets] (parens) &lt;tag&gt; back\\slash</p>
+<script>var x = 1;</script><noscript>no</noscript><template>t</template><svg><text>s</text></svg><math>m</math>
+<iframe>f</iframe><object>o</object><canvas>c</canvas>
+
+
+
+<ul><li>first</li><li>second</li></ul>
+<pre>  code   keeps   spaces</pre>
+</body></html>"""
+    assert html_to_text(html, "https://a.test/x").text == (
+        "## Section two\n\nSome bold and italic and strong text.\n\nline one\nline two\nline three\n\n"
+        "1. not a list + plus - minus # hash [brackets] (parens) <tag> back\\slash\n\n* first\n* second\n\n"
+        "```\n  code   keeps   spaces\n```")  # fmt: skip
+
+
 def test_a_restore_skips_what_is_not_a_display_and_keeps_a_missing_cursor_empty():
     """A reopened chat's browser results: an error text is no page, and a cursor whose result is gone (a
     message deleted) is an empty page, so the cursors after it keep their numbers and citations."""

@@ -83,10 +83,8 @@ def html_to_text(html: str, url: str = "", title: str | None = None) -> PageText
         escape_underscores=False,
         escape_misc=False,
         strong_em_symbol="",
-        newline_style="backslash",
     )
     text = conv.convert_soup(soup)
-    text = text.replace("\\\n", "\n")
-    text = re.sub(r"[ \t]+\n", "\n", text)
+    text = re.sub(r"[ \t]+\n", "\n", text)  # markdownify's line breaks ("  \n") and trailing spaces
     text = re.sub(r"\n{3,}", "\n\n", text).strip()
     return PageText(title or doc_title or domain_of(url), text, conv.links)
