@@ -231,3 +231,18 @@ def test_malformed_harmony_never_puts_markup_in_content(srv, client):
     stream = client.responses.create(model=MODEL_ID, input="hi", stream=True, max_output_tokens=len(bad))
     deltas = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
     assert deltas == "Hi there!loose words"
+    # Responses: text outside any message is a message of its own, one however many pieces it comes in, and
+    # the message before it ends complete
+    scripts.push(bad)
+    r = client.responses.create(model=MODEL_ID, input="hi", max_output_tokens=len(bad))
+    assert [(o.type, o.status, [c.text for c in o.content]) for o in r.output] == [
+        ("message", "completed", ["Hi there!"]), ("message", "completed", ["loose words"])]  # fmt: skip
+    scripts.push(tok.encode("<|channel|>analysis<|message|>hm<|end|>loose words<|start|>assistant<|channel|>final<|message|>ok<|return|>",
+                            allowed_special="all"))  # fmt: skip
+    r = client.responses.create(model=MODEL_ID, input="hi")
+    assert [(o.type, o.status) for o in r.output] == [("reasoning", "completed"), ("message", "completed"), ("message", "completed")]
+    assert [c.text for o in r.output[1:] for c in o.content] == ["loose words", "ok"]
+    # ended by <|return|> with the start of a stop string held back: the held text is shown at the end
+    scripts.push(tok.encode("plain words EN<|return|>", allowed_special="all"))
+    r = client.chat.completions.create(model=MODEL_ID, messages=USER, stop=["END"])
+    assert (r.choices[0].message.content, r.choices[0].finish_reason) == ("plain words EN", "stop")

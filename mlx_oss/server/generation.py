@@ -411,7 +411,7 @@ class _RoundOutput:
             seen = len(parser.unparsed_text)
             parser.finish()  # a reply cut inside what was not a header: its text is still shown
             self.show_unparsed(parser.unparsed_text[seen:])
-        self.close(False)
+        self.close(done.reason == "stop" and not error)  # text outside harmony that a stop token ended is whole
         reason = done.reason or ("error" if error else "stop")
         if self.stop_hit:
             reason = "stop"
