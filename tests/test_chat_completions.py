@@ -184,3 +184,12 @@ def test_an_empty_answer_is_an_empty_string_and_unparsed_tokens_show_in_usage():
     assert c["choices"][0]["message"]["content"] == "" and c["choices"][0]["finish_reason"] == "length"
     assert c["usage"]["completion_tokens_details"] == {"reasoning_tokens": 0, "unparsed_tokens": 1}
     assert json.dumps(c)  # all JSON
+
+
+def test_reasoning_keeps_its_own_spaces_and_letters_at_its_ends():
+    """Only the blank lines joining the analysis messages are trimmed from the reasoning: spaces and
+    any letter at its ends are the model's text."""
+    acc = ChatAccumulator("m")
+    feed_all(acc, [ItemStarted(REASONING, channel=ANALYSIS), ItemDelta("  X marks it X  "), ItemDone(REASONING, "  X marks it X  "),
+                   ItemStarted(MESSAGE, channel="final"), ItemDone(MESSAGE, ""), Finished(USAGE, "stop")])  # fmt: skip
+    assert acc.completion()["choices"][0]["message"]["reasoning"] == "  X marks it X  "

@@ -51,11 +51,8 @@ class ChatRequest:
 
 
 def _reasoning_sent_back(m: dict) -> str | None:
-    for key in REASONING_FIELDS:
-        v = m.get(key)
-        if isinstance(v, str) and v:
-            return v
-    return None
+    """The first non-empty reasoning field (the schema lets only strings or null through)."""
+    return next((m[key] for key in REASONING_FIELDS if m.get(key)), None)
 
 
 def _messages(raw: list) -> tuple[list[Message], str | None]:
