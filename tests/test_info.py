@@ -539,31 +539,10 @@ def test_each_format_counts_its_parameters_and_none_counted_reads_zero():
 
 
 def test_the_advice_uses_the_group_size_asked_for(m20b):
-    """`fit_macs` hands its group size to the advice: a 16 GB Mac advised with group 32 matches `advise`
-    at 32, whose cache costs more per token than at 64."""
-    (mac,) = mac_sizes([16])
-    (fit,) = fit_macs(m20b, [mac], [8], 32, target=65536)
-    assert fit.advice == advise(m20b, mac, 65536, [8], 32) != advise(m20b, mac, 65536, [8], 64)
-
-
-def test_what_describe_reads_is_told_by_what_the_path_is(tiny_converted, tmp_path):
-    """A folder whose name ends in .json is a folder; a config's bad field names the config file; a
-    folder with weights that are not a gpt-oss checkpoint is refused as such, not read as a config alone."""
-    import shutil
-
-    from mlx_oss.errors import UserError
-
-    folder = tmp_path / "model.json"
-    shutil.copytree(tiny_converted, folder)
-    assert describe(folder).dims == describe(tiny_converted).dims
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    (bad / "config.json").write_text(json.dumps({**PRESETS["20b"].hf_config(), "num_local_experts": "many"}))
-    with pytest.raises(UserError, match=re.escape(str(bad / "config.json"))):
-        describe(bad)
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    (other / "model.safetensors").write_bytes(b"")
-    with pytest.raises(UserError, match=r": not a gpt-oss checkpoint \("):
-        describe(other)
+    """`fit_macs` hands its group size to the advice: on a Mac whose limit holds 65536 tokens of an 8-bit
+    cache at group 64, the advice at group 32 (whose cache costs more per token) starts from fewer tokens."""
+    mac = Mac("24 GB", 24 * GiB, m20b.needed_bytes(65536, "bfloat16", 8, 64))
+    (fit,) = fit_macs(m20b, [mac], [8], 32, target=131072)
+    assert fit.advice == advise(m20b, mac, 131072, [8], 32) != advise(m20b, mac, 131072, [8], 64)
+    assert fit.advice.default_longest == m20b.longest_context(mac.gpu_limit, 8, 32) < 65536
+    assert advise(m20b, mac, 131072, [8], 64).default_longest == 65536
