@@ -202,3 +202,24 @@ def test_reasoning_keeps_its_own_spaces_and_letters_at_its_ends():
     feed_all(acc, [ItemStarted(REASONING, channel=ANALYSIS), ItemDelta("  X marks it X  "), ItemDone(REASONING, "  X marks it X  "),
                    ItemStarted(MESSAGE, channel="final"), ItemDone(MESSAGE, ""), Finished(USAGE, "stop")])  # fmt: skip
     assert acc.completion()["choices"][0]["message"]["reasoning"] == "  X marks it X  "
+
+
+def test_sent_back_parts_calls_without_arguments_and_non_ascii_arguments():
+    """An assistant's content in OpenAI's text, output_text and refusal parts (a refusal's text is in
+    `refusal`); a call without `arguments` is a call with none; arguments given as an object keep their
+    characters as written (no \\u escapes, which the model never wrote); no system message: no instructions."""
+    t = parse_request(body([
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": [{"type": "text", "text": "a "}, {"type": "output_text", "text": "b "},
+                                          {"type": "refusal", "refusal": "no"}]},
+        {"role": "user", "content": "more"},
+        {"role": "assistant", "tool_calls": [{"id": "c1", "function": {"name": "get"}},
+                                             {"id": "c2", "function": {"name": "get", "arguments": {"city": "Zürich"}}}]},
+    ], tools=[GET]), BASE).turn  # fmt: skip
+    assert t.history[1:] == (
+        Message.assistant("a b no", channel="final"),
+        Message.user("more"),
+        Message.tool_call("functions.get", ""),
+        Message.tool_call("functions.get", '{"city": "Zürich"}'),
+    )
+    assert t.instructions is None

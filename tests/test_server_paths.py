@@ -779,3 +779,44 @@ def test_in_a_batch_a_failed_first_sampling_ends_its_request_alone_and_a_failed_
         scripts.push(reply(tok, final="fine"))
         r = post_json(url, "/chat/completions", _chat(_user("third")))
         assert r.json()["choices"][0]["message"]["content"] == "fine"
+
+
+def test_in_a_batch_a_failure_reading_a_token_ends_its_request_alone_and_drops_its_state(model_tok, monkeypatch):
+    """`--max-batch 2`: reading a generated token fails for one request (a bug in the harmony parser or a
+    stop string's matcher, faked): that request ends with the error, the other's answer is whole, and the
+    failed one's state is not pooled: its prompt again is computed from scratch."""
+    from mlx_oss.server import generation
+
+    model, tok = model_tok
+    real, fired = generation._RoundOutput.feed, []
+
+    def feed(self, token):
+        if self.step == 2 and not fired:
+            fired.append(self)
+            raise RuntimeError("the forward pass broke\nsecond line")
+        return real(self, token)
+
+    scripts = Scripts()
+    with running_server(model, tok, scripts, max_context=1024, max_batch=2) as (url, app):
+        gate = Gate()
+        scripts.push(reply(tok, final="the first answer"), gate)
+        results: dict[str, object] = {}
+        a = threading.Thread(target=lambda: results.update(a=post_json(url, "/chat/completions", _chat(_user("first")))))
+        a.start()
+        assert gate.entered.wait(60)
+        scripts.push(reply(tok, final="the second answer is longer than the first one"))
+        b = threading.Thread(target=lambda: results.update(b=post_json(url, "/chat/completions", _chat(_user("second")))))
+        b.start()
+        wait_until(lambda: app.state.backend.worker.waiting == 1, "the second request queued")
+        monkeypatch.setattr(generation._RoundOutput, "feed", feed)
+        gate.release.set()
+        assert join_all([a, b])
+        assert (results["a"].status_code, results["a"].json()["error"]["message"]) == (500, BROKE)
+        assert results["b"].json()["choices"][0]["message"]["content"] == "the second answer is longer than the first one"
+        wait_idle(app)
+        scripts.push(reply(tok, final="again"))
+        r = post_json(url, "/chat/completions", _chat(_user("first")))
+        assert r.json()["choices"][0]["message"]["content"] == "again"
+        first, second = (chat_completions.parse_request(_chat(_user(t)), SamplingConfig()).turn.render(tok)[0] for t in ("first", "second"))
+        shared = next(i for i, (x, y) in enumerate(zip(first, second)) if x != y)
+        assert 0 < r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] <= shared  # B's state, never A's

@@ -290,10 +290,12 @@ def text_of(content: Any, param: str, kinds: tuple[str, ...] = ("text", "input_t
         if isinstance(part, str):
             out.append(part)
             continue
-        if not isinstance(part, dict) or part.get("type") not in kinds or not isinstance(part.get("text"), str):
-            t = part.get("type") if isinstance(part, dict) else type(part).__name__
-            raise bad_request(f"{param}[{i}]: only text parts are supported (got {t!r})", f"{param}[{i}]")
-        out.append(part["text"])
+        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        # OpenAI's refusal parts hold their text in `refusal`
+        text = part.get("refusal" if kind == "refusal" and "refusal" in part else "text") if isinstance(part, dict) else None
+        if kind not in kinds or not isinstance(text, str):
+            raise bad_request(f"{param}[{i}]: only text parts are supported (got {kind!r})", f"{param}[{i}]")
+        out.append(text)
     return "".join(out)
 
 
