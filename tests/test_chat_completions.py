@@ -223,3 +223,21 @@ def test_sent_back_parts_calls_without_arguments_and_non_ascii_arguments():
         Message.tool_call("functions.get", '{"city": "Zürich"}'),
     )
     assert t.instructions is None
+
+
+def test_a_strict_response_format_and_a_reasoning_budget_reach_the_turn():
+    """`response_format` json_schema with `strict`: the answer must follow the schema (named where it was
+    set); json_object: any object; `reasoning.max_tokens`: the analysis budget; a format of another type is
+    refused naming `response_format.type`."""
+    from mlx_oss.server.tools import StrictSchema
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "count", "schema": schema, "strict": True}}
+    t = parse_request(body([{"role": "user", "content": "q"}], response_format=fmt, reasoning={"max_tokens": 64}), BASE).turn
+    assert t.answer_schema == StrictSchema("final", schema, "response_format.json_schema.schema")
+    assert t.response_format.name == "count" and t.reasoning_budget == 64
+    loose = parse_request(body([{"role": "user", "content": "q"}], response_format={**fmt, "json_schema": {
+        "name": "count", "schema": schema}}), BASE).turn  # fmt: skip
+    assert loose.answer_schema is None and loose.reasoning_budget is None  # described, not enforced
+    assert parse_request(body([{"role": "user", "content": "q"}], response_format={"type": "json_object"}), BASE).turn.answer_schema.target == "final"
+    assert refusal(body([{"role": "user", "content": "q"}], response_format={"type": "yaml"}))[1] == "response_format.type"

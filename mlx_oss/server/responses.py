@@ -483,8 +483,8 @@ _MAX_IMAGE_BYTES = 8 << 20
 
 def _arguments(raw: str) -> dict:
     try:
-        args = json.loads(raw) if raw.strip() else {}
-    except json.JSONDecodeError:
+        args = json.loads(raw)
+    except json.JSONDecodeError:  # not JSON, or nothing written
         return {}
     return args if isinstance(args, dict) else {}
 
@@ -493,7 +493,7 @@ def web_search_action(recipient: str, raw: str, url: str = "") -> dict:
     """The `action` of a web_search_call (the openai SDK's search / open_page / find_in_page) for
     the model's `browser.<function>` call; `url` is the page the call showed ("" if none)."""
     args = _arguments(raw)
-    function = recipient.split(".", 1)[1] if "." in recipient else ""
+    function = recipient.partition(".")[2]
     if function == "open":
         target = args.get("id")
         return {"type": "open_page", "url": url or (target if isinstance(target, str) else None)}
