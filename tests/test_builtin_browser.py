@@ -453,3 +453,33 @@ def test_view_source_without_an_id_shows_the_source_of_the_page_at_the_cursor(we
     assert not v.error and "<title>Other</title>" in v.text and v.page.url == f"view-source:{web.url('/other')}"
     w = call(b, "open", view_source=True, cursor=0)
     assert "<title>Other</title>" in w.text and w.page is v.page  # the same source, from the cache
+
+
+def test_a_find_page_shows_each_match_with_the_lines_after_it():
+    """Each match: its link line, then the matched line and the three after it; matches apart by a blank line."""
+    from mlx_oss.builtin.browser.page import Page, find_in_page
+
+    page = Page("https://a.test/x", "T", "\n".join(["alpha one", "beta", "gamma", "delta", "alpha two", "epsilon", "zeta", "eta", "theta"]))
+    assert find_in_page(page, "ALPHA").text == (
+        "# 【0†match at L0】\nalpha one\nbeta\ngamma\ndelta\n\n# 【1†match at L4】\nalpha two\nepsilon\nzeta\neta")
+
+
+class _Lines:
+    """A fetcher of one page of the given lines."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def fetch(self, url: str, view_source: bool = False):
+        from mlx_oss.builtin.browser.page import Page
+
+        return Page(url, "T", "\n".join(self.lines))
+
+
+@pytest.mark.parametrize("line, shown", [("abcde", 5), ("", 10)])
+def test_without_a_tokenizer_a_window_counts_a_token_per_four_characters(line, shown):
+    """The browser's own estimate (no tokenizer given): a numbered line `L3: abcde` of 10 characters is 2
+    tokens, an empty one (`L3: `) 1 at least; a window of 10 tokens shows as many lines as fit."""
+    b = Browser(NoSearch(), fetcher=_Lines([line] * 30), view_tokens=10)
+    text = call(b, "open", id="https://a.test/p").text
+    assert shown_lines(text) == list(range(shown))
