@@ -483,3 +483,13 @@ def test_without_a_tokenizer_a_window_counts_a_token_per_four_characters(line, s
     b = Browser(NoSearch(), fetcher=_Lines([line] * 30), view_tokens=10)
     text = call(b, "open", id="https://a.test/p").text
     assert shown_lines(text) == list(range(shown))
+
+
+def test_a_cursor_or_a_page_that_is_not_there_is_said_so():
+    b = Browser(NoSearch(), fetcher=_Lines(["one"]))
+    assert call(b, "find", pattern="x").text == "No page is open yet: search, or open a URL, first."
+    call(b, "open", id="https://a.test/p")
+    for cursor in (1, 5, -2):
+        a = call(b, "find", pattern="one", cursor=cursor)
+        assert (a.error, a.text) == (True, f"Cursor `{cursor}` is out of range. Available cursor indices: [0 - 0].")
+    assert not call(b, "find", pattern="one", cursor=0).error

@@ -955,3 +955,11 @@ def test_image_data_urls_and_their_limit(tmp_path):
 def test_url_citation():
     c = Citation("【1†L2】", 3, 8, 1, "https://u", "T", 2, 2, "quote")
     assert url_citation(c) == {"type": "url_citation", "url": "https://u", "title": "T", "start_index": 3, "end_index": 8}
+
+
+def test_after_its_end_a_response_shows_nothing_more():
+    b = builder()
+    run(b, [ItemStarted(MESSAGE, channel="final"), ItemDelta("done")])
+    assert [k for k, _ in b.feed(Finished(Usage(), "length"))][-1] == "response.incomplete"
+    assert b.feed(ItemDelta("late")) == [] and b.feed(ItemDone(MESSAGE, "late")) == []
+    assert b.output[0]["content"][0]["text"] == "done"

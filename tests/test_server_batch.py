@@ -716,3 +716,19 @@ def test_the_batch_runner_ends_a_program_that_fails_and_one_whose_prompt_the_bat
     assert isinstance(ended["bad-prompt"], ValueError) and "vocabulary" in str(ended["bad-prompt"])
     assert not runner.busy
     runner.close()
+
+
+def test_the_servers_batch_prefills_a_joining_prompt_in_bounded_steps(model_tok):
+    """The batch `serve --max-batch` makes (and makes again after a failure) holds a joining prompt's prefill
+    to BATCH_PREFILL_STEP tokens a step and BATCH_PREFILL_BALANCE decode passes' time (generation.py says why)."""
+    from mlx_oss.server.cache_pool import PromptCachePool
+    from mlx_oss.server.generation import BATCH_PREFILL_BALANCE, BATCH_PREFILL_STEP, BatchRunner
+
+    model, _ = model_tok
+    runner = BatchRunner(model, PromptCachePool(0), max_context=512, tool_threads=1)
+    try:
+        for batch in (runner.batch, runner._new_batch()):
+            assert (batch.prefill_step, batch.prefill_balance) == (BATCH_PREFILL_STEP, BATCH_PREFILL_BALANCE) == (128, 4.0)
+            assert batch.max_context == 512
+    finally:
+        runner.close()

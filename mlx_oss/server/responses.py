@@ -143,7 +143,7 @@ class OutputOptions:
     calls: tuple[tuple[str, CallKind], ...] = ()
 
     def call(self, recipient: str | None) -> CallKind | None:
-        return next((k for r, k in self.calls if r == recipient), None) if recipient is not None else None
+        return next((k for r, k in self.calls if r == recipient), None)  # None (no recipient) matches no call
 
 
 class Echo(dict):
