@@ -493,3 +493,12 @@ def test_a_cursor_or_a_page_that_is_not_there_is_said_so():
         a = call(b, "find", pattern="one", cursor=cursor)
         assert (a.error, a.text) == (True, f"Cursor `{cursor}` is out of range. Available cursor indices: [0 - 0].")
     assert not call(b, "find", pattern="one", cursor=0).error
+
+
+def test_opening_a_match_starts_four_lines_above_it_as_the_reference_does():
+    """OpenAI's reference browser opens a find result `loc -= 4` only when its line is past 4: a match on
+    lines 0-4 opens at its own line."""
+    from mlx_oss.builtin.browser.page import Snippet, open_line
+
+    assert [open_line(Snippet("u", "#0", line)) for line in (0, 2, 4, 5, 9)] == [0, 2, 4, 1, 5]
+    assert open_line(Snippet("u", "t")) == 0 and open_line(None) == 0  # a search result: from the top

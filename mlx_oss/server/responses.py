@@ -334,7 +334,7 @@ def _code_messages(it: dict, where: str) -> tuple[Message, ...]:
 
 
 def _recipient(name: str, namespace: Any) -> str:
-    return f"{namespace}.{name}" if isinstance(namespace, str) and namespace and namespace != "functions" else FUNCTIONS + name
+    return f"{namespace}.{name}" if isinstance(namespace, str) and namespace else FUNCTIONS + name
 
 
 def _call_output(it: dict, calls: dict[str, str], where: str) -> Message:
@@ -345,9 +345,7 @@ def _call_output(it: dict, calls: dict[str, str], where: str) -> Message:
         call_id = it.get("id")
     if call_id not in calls:
         raise bad_request(f"{where}.call_id {call_id!r} does not match any earlier function_call", f"{where}.call_id")
-    output = it.get("output")
-    text = output if isinstance(output, str) else text_of(output, f"{where}.output", ("input_text", "output_text", "text"))
-    return Message.tool_result(calls[call_id], text)
+    return Message.tool_result(calls[call_id], text_of(it.get("output"), f"{where}.output"))
 
 
 def _history(items: list, stored: StoredResponses | None = None, first: int = 0) -> tuple[list[Message], list[str]]:
