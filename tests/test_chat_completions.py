@@ -6,6 +6,7 @@ object or its stream chunks, field by field."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -148,7 +149,9 @@ def test_stream_chunks_their_shape_and_the_last_ones():
     first = acc.first_chunk()
     assert first == {"id": acc.id, "object": "chat.completion.chunk", "created": acc.created, "model": "m",
                      "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]}
+    assert isinstance(acc.created, int) and abs(acc.created - time.time()) < 60  # seconds since the epoch, now
     chunks = feed_all(acc, EVENTS)
+    assert [c["choices"][0]["delta"] for c in chunks[2:]] == [{"content": "Hi"}, {"content": "!"}]
     assert chunks[2]["choices"][0]["logprobs"] == {"content": list(LP), "refusal": None}
     assert chunks[3]["choices"][0]["logprobs"] is None  # a delta with no entries
     last = acc.last_chunks(include_usage=True)
@@ -156,6 +159,7 @@ def test_stream_chunks_their_shape_and_the_last_ones():
     assert last[1] == {"id": acc.id, "object": "chat.completion.chunk", "created": acc.created, "model": "m",
                        "choices": [], "usage": acc.completion()["usage"]}
     assert len(acc.last_chunks(include_usage=False)) == 1
+    assert len(ChatAccumulator("m").last_chunks(include_usage=True)) == 1  # no Finished (never started): no usage
     assert acc.completion()["choices"][0]["logprobs"] == {"content": list(LP), "refusal": None}
 
 
