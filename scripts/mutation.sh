@@ -66,6 +66,9 @@ declare -A MODULES=(
   # the three APIs' request and response shapes against their own fast tests (seconds a mutant, where the
   # routes' group runs the server tests): its survivors are then re-run against server_routes' tests
   [server_shapes]="mlx_oss/server/responses.py mlx_oss/server/chat_completions.py mlx_oss/server/messages.py|tests/test_responses.py tests/test_chat_completions.py tests/test_server_messages.py tests/test_server_errors.py tests/test_server_sse.py"
+  # the request core (the API-independent request, tools, built-in sessions) against its fast tests; its
+  # survivors are then re-run against server_api's tests
+  [server_request]="mlx_oss/server/conversation.py mlx_oss/server/tools.py mlx_oss/server/builtin.py|tests/test_server_conversation.py tests/test_server_tools.py tests/test_responses.py tests/test_chat_completions.py tests/test_server_messages.py"
   # batched decode (issue 28): exact per sequence against solo runs
   [batch]="mlx_oss/batch.py|tests/test_batch.py tests/test_server_batch.py"
   # the built-in tools (issues 25 and 31), one group: a local web server, a real kernel per python test
