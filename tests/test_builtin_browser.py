@@ -372,6 +372,7 @@ def test_titles_lists_and_marks_read_plainly():
     page = html_to_text(html, "https://site.test/p")
     assert (page.title, page.text) == ("Release  notes", "* a\n  * b\n\nx_y *z*")
     assert html_to_text("<p>x</p>", "https://site.test/p").title == "site.test"
+    assert html_to_text("<title>Release<i>notes</i> 2</title><p>x</p>", "https://site.test/p").title == "Release notes 2"  # words apart
 
 
 def test_a_page_reads_as_plain_lines():

@@ -863,7 +863,9 @@ def test_code_interpreter_calls_that_fail_are_cut_or_are_never_run():
     assert [k for k, _ in evs][-3:] == ["response.code_interpreter_call_code.done", "response.output_item.done", "response.incomplete"]
     assert b.output[0]["status"] == "incomplete" and b.output[0]["outputs"] is None
     b = builder()  # the limit of built-in calls reached: the last call is shown, not run
-    evs = run(b, [*start, ItemDone(PYTHON_CALL, "1/0", "python"), Finished(USAGE, "tool_limit")])
+    evs = run(b, [*start, ItemDone(PYTHON_CALL, "1/0", "python")])
+    assert b.output[0]["status"] == "interpreting"  # while it runs (a response failed now shows it so)
+    evs += run(b, [Finished(USAGE, "tool_limit")])
     P = {"item_id": b.output[0]["id"], "output_index": 0}
     assert evs[-3:] == [("response.code_interpreter_call.interpreting", P),
                         ("response.output_item.done", {"output_index": 0, "item": {**b.output[0]}}),
