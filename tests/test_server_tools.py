@@ -122,6 +122,8 @@ def test_namespaces_custom_and_local_shell_tools():
     assert list(by_name) == ["plain", "patch", "re", "local_shell"]
     assert by_name["patch"].description == "Apply a patch.\n\nThe input must match this Lark grammar:\nstart: /.+/"
     assert by_name["re"].description == "The input must match this regular expression:\na+"
+    lark = parse_tools([{"type": "custom", "name": "g", "format": {"type": "grammar", "definition": "start: /x/"}}], responses=True)
+    assert lark.functions[0].description == "The input must match this Lark grammar:\nstart: /x/"  # Lark unless said
     assert ns.tools[1].description == "The input is free-form text."
     string_input = {"type": "object", "properties": {"input": {"type": "string"}}, "required": ["input"]}
     assert by_name["patch"].parameters == string_input
@@ -148,6 +150,10 @@ def test_a_namespace_seen_twice_keeps_its_first_description_and_all_tools():
     ({"type": "custom", "name": ""}, "a custom tool needs a non-empty string 'name'", "tools[0].name"),
     ({"type": "custom", "name": "c", "format": {"type": "grammar"}},
      "custom tool 'c': a grammar format needs its 'definition'", "tools[0].format.definition"),
+    ({"type": "custom", "name": "c", "format": {"type": "grammar", "definition": ""}},
+     "custom tool 'c': a grammar format needs its 'definition'", "tools[0].format.definition"),
+    ({"type": "namespace", "name": "ns", "tools": [{"type": "function"}]}, "a function tool needs a non-empty string 'name'",
+     "tools[0].tools[0]"),
     ({"type": "custom", "name": "c", "format": {"type": "grammar", "syntax": "ebnf", "definition": "x"}},
      "custom tool 'c': format.syntax must be 'lark' or 'regex', not 'ebnf'", "tools[0].format.syntax"),
     ({"type": "custom", "name": "c", "format": {"type": "json"}},
