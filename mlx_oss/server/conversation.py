@@ -259,7 +259,7 @@ def response_format(spec: Any, param: str) -> ResponseFormat | None:
 def strict_answer(spec: Any, param: str) -> StrictSchema | None:
     """The schema the answer must follow, for a format `response_format` accepted: `json_object`
     (any object), or `json_schema` with `strict: true`; None otherwise (described only)."""
-    kind = (spec.get("type") or "text") if spec is not None else "text"
+    kind = spec.get("type") if spec is not None else None
     if kind == "json_object":
         return StrictSchema(FINAL, ANY_JSON_OBJECT, f"{param}.type")
     if kind != "json_schema":
@@ -268,9 +268,9 @@ def strict_answer(spec: Any, param: str) -> StrictSchema | None:
     return StrictSchema(FINAL, d.get("schema"), f"{where}.schema") if d.get("strict") is True else None
 
 
-def reasoning_budget(reasoning: Any) -> int | None:
+def reasoning_budget(reasoning: dict) -> int | None:
     """`reasoning.max_tokens` (OpenRouter's convention; an integer >= 0, checked by the request schema)."""
-    value = reasoning.get("max_tokens") if isinstance(reasoning, dict) else None
+    value = reasoning.get("max_tokens")
     return None if value is None else int(value)  # (2.0 passes the schema as an integer)
 
 

@@ -585,7 +585,7 @@ class ResponseBuilder:
             item = {"id": f"ci_{hexid}", "type": "code_interpreter_call", "status": "in_progress", "code": "",
                     "container_id": self.container_id, "outputs": None}  # fmt: skip
             self.output.append(item)
-            self._item, self._recipient = item, ev.name or ""
+            self._item = item
             where = self._where()
             return [self._event("response.output_item.added", output_index=where["output_index"], item=copy.deepcopy(item)),
                     self._event("response.code_interpreter_call.in_progress", **where)]  # fmt: skip
