@@ -109,3 +109,13 @@ def test_cached_pages_no_cursor_shows_go_first_oldest_first_and_only_as_many_as_
     open_(b, "b")
     open_(b, "a")
     assert pages.fetched == [f"https://site/{n}" for n in "abcda"]  # b from the cache, a fetched again
+
+
+def test_pages_that_fill_the_limit_exactly_are_all_kept():
+    sizes = Browser(NoSearch(), fetcher=Pages(size=10 * KB))
+    for name in "ab":
+        open_(sizes, name)
+    b = Browser(NoSearch(), fetcher=Pages(size=10 * KB), max_page_bytes=held(sizes))
+    for name in "ab":
+        open_(b, name)
+    assert all(p.text for p in b.stack) and len(b._cache) == 2 and held(b) == b.max_page_bytes

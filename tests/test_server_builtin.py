@@ -304,3 +304,11 @@ def test_a_continued_response_without_code_interpreter_closes_the_kernel_it_had(
     kept_browser = first.tools.browser
     second = tools.session(("browser",), previous=first)
     assert Closing.closed == 1 and second.tools.python is None and second.tools.browser is kept_browser
+
+
+def test_the_server_keeps_as_many_sessions_as_its_docs_say():
+    """Each kept session may hold a python kernel: the server keeps the 16 newest (docs/SERVER.md)."""
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "SERVER.md").read_text()
+    assert Sessions().max_items == 16 and "is kept, at most 16 (the oldest is closed, its kernel stopped)" in " ".join(docs.split())

@@ -95,7 +95,7 @@ class ToolSet:
         return tuple(r for r, _ in self.calls)
 
     def call_kind(self, recipient: str | None) -> CallKind | None:
-        return next((k for r, k in self.calls if r == recipient), None) if recipient is not None else None
+        return next((k for r, k in self.calls if r == recipient), None)  # None (no recipient) matches no call
 
     @property
     def client_tools(self) -> bool:
