@@ -109,6 +109,11 @@ def test_cached_pages_no_cursor_shows_go_first_oldest_first_and_only_as_many_as_
     open_(b, "b")
     open_(b, "a")
     assert pages.fetched == [f"https://site/{n}" for n in "abcda"]  # b from the cache, a fetched again
+    pages = Pages(size=10 * KB)  # a tighter limit: two cached pages must go, the oldest two
+    b = Browser(NoSearch(), fetcher=pages, max_page_bytes=35 * KB)
+    b.restore([open_(b, name) for name in "abc"])
+    open_(b, "d")
+    assert list(b._cache) == ["https://site/c", "https://site/d"] and held(b) <= 35 * KB and all(p.text for p in b.stack)
 
 
 def test_pages_that_fill_the_limit_exactly_are_all_kept():

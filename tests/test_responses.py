@@ -141,7 +141,7 @@ def test_a_code_call_that_never_ran_is_left_out_when_sent_back():
 def test_a_null_type_is_a_message_and_string_parts_of_reasoning_count():
     """Fields the schema lets through as null or as strings read as OpenAI reads them."""
     r = req([{"type": None, "role": "user", "content": "hi"},
-             {"type": "reasoning", "content": ["thought ", {"type": "reasoning_text", "text": "more"}],
+             {"type": "reasoning", "content": ["thought ", {"type": "reasoning_text"}, {"type": "reasoning_text", "text": "more"}],
               "summary": [{"type": "summary_text", "text": "not this"}]}])  # fmt: skip
     assert r.turn.history == (Message.user("hi"), Message.assistant("thought more", channel=ANALYSIS))
     assert req("q", parallel_tool_calls=None).echo["parallel_tool_calls"] is True  # a boolean, as OpenAI's object has
@@ -617,8 +617,8 @@ def test_start_events_and_the_response_object():
     snapshot = b.response()
     run(b, [ItemStarted(MESSAGE, channel="final"), ItemDelta("x")])
     assert snapshot["output"] == [] and b.response()["output"][0]["content"][0]["text"] == "x"  # a snapshot, not a view
-    assert b.options == OutputOptions() and ResponseBuilder("m", {}).options == OutputOptions()
-    assert ResponseBuilder("m", {}, options=OutputOptions(summary=True)).options.summary
+    assert b.options == OutputOptions() and ResponseBuilder("m", {}, "").options == OutputOptions()
+    assert ResponseBuilder("m", {}, "", options=OutputOptions(summary=True)).options.summary
 
 
 def test_reasoning_then_an_answer_with_logprobs():
@@ -660,7 +660,7 @@ def test_reasoning_then_an_answer_with_logprobs():
 
 def test_reasoning_summary_and_encrypted_content_when_asked():
     stored = StoredResponses(state_key="k")
-    b = ResponseBuilder("m", req("q", stored, include=[ENCRYPTED], reasoning={"summary": "detailed"}).echo)
+    b = ResponseBuilder("m", req("q", stored, include=[ENCRYPTED], reasoning={"summary": "detailed"}).echo, "")
     evs = run(b, [ItemStarted(REASONING, channel=ANALYSIS), ItemDelta("a"), ItemDelta("b"), ItemDone(REASONING, "ab")])
     rs = b.output[0]
     R = {"item_id": rs["id"], "output_index": 0}

@@ -348,7 +348,7 @@ def _call_output(it: dict, calls: dict[str, str], where: str) -> Message:
     return Message.tool_result(calls[call_id], text_of(it.get("output"), f"{where}.output"))
 
 
-def _history(items: list, stored: StoredResponses | None = None, first: int = 0) -> tuple[list[Message], list[str]]:
+def _history(items: list, stored: StoredResponses | None, first: int) -> tuple[list[Message], list[str]]:
     """Input items -> harmony history and instructions. Items before `first` came from the previous
     response (errors name `previous_response_id`); item `first + i` is the client's `input[i]`."""
     history: list[Message] = []
@@ -526,7 +526,7 @@ class ResponseBuilder:
     `container_id` names the python session of this conversation (code_interpreter_call items);
     `options` (default: the request's, carried by its `Echo`) how the output items are built."""
 
-    def __init__(self, model: str, echo: dict, container_id: str = "", options: OutputOptions | None = None) -> None:
+    def __init__(self, model: str, echo: dict, container_id: str, options: OutputOptions | None = None) -> None:
         self.id = f"resp_{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model = model

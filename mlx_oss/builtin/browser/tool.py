@@ -232,7 +232,7 @@ class Browser:
                 return
             page = self._cache.pop(key)
             if id(page) not in shown:
-                total -= sizes.pop(id(page), 0)
+                total -= sizes.pop(id(page))
         for page in self.stack[:-1]:
             if total <= self.max_page_bytes:
                 return
