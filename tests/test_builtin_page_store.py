@@ -124,3 +124,21 @@ def test_pages_that_fill_the_limit_exactly_are_all_kept():
     for name in "ab":
         open_(b, name)
     assert all(p.text for p in b.stack) and len(b._cache) == 2 and held(b) == b.max_page_bytes
+
+
+def test_the_oldest_shown_pages_lose_their_text_only_as_far_as_needed():
+    """Exactly at the limit nothing more goes; a lower limit frees as many of the oldest pages as it takes,
+    a page shown at two cursors once."""
+    page = Pages(size=10 * KB).fetch("https://site/x").nbytes
+    b = Browser(NoSearch(), fetcher=Pages(size=10 * KB), max_page_bytes=2 * page)
+    for name in "abc":
+        open_(b, name)
+    assert [bool(p.text) for p in b.stack] == [False, True, True] and held(b) == 2 * page  # at the limit: b stays
+    b = Browser(NoSearch(), fetcher=Pages(size=10 * KB), max_page_bytes=10 * page)
+    open_(b, "a")
+    b.call("open", json.dumps({"loc": 2}))  # cursor 1 shows a again
+    for name in "bc":
+        open_(b, name)
+    b.max_page_bytes = page + page // 2  # room for the newest page and half of another
+    open_(b, "d")
+    assert [bool(p.text) for p in b.stack] == [False, False, False, False, True] and held(b) == page

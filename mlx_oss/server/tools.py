@@ -40,7 +40,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from mlx_oss.harmony import ToolDescription, ToolNamespace, json_schema_to_typescript
+from mlx_oss.harmony import ToolDescription, ToolNamespace
 from mlx_oss.server.builtin import BROWSER_TYPES, PYTHON_TYPES, ServerTools
 from mlx_oss.server.errors import bad_request, clip
 
@@ -116,7 +116,6 @@ def _function(spec: dict[str, Any], param: str) -> ToolDescription:
         if not isinstance(params, dict):
             raise bad_request(f"tool {name!r}: 'parameters' must be a JSON schema object", param)
         check_schema(params, f"tool {name!r}: its parameters", param)
-        json_schema_to_typescript(params)
     return ToolDescription(name, desc, params)
 
 
