@@ -325,7 +325,7 @@ def _reasoning_item(it: dict, seal: ReasoningSeal, where: str) -> dict:
     return it
 
 
-def _code_messages(it: dict, where: str) -> tuple[Message, ...]:
+def _code_messages(it: dict) -> tuple[Message, ...]:
     """A code_interpreter_call item not stored here: its code and logs, as the model wrote and saw them."""
     code = it.get("code") or ""
     logs = "".join(o.get("logs") or "" for o in it.get("outputs") or [])
@@ -348,7 +348,7 @@ def _call_output(it: dict, calls: dict[str, str], where: str) -> Message:
     return Message.tool_result(calls[call_id], text_of(it.get("output"), f"{where}.output"))
 
 
-def _history(items: list, stored: StoredResponses | None, first: int) -> tuple[list[Message], list[str]]:
+def _history(items: list, stored: StoredResponses, first: int) -> tuple[list[Message], list[str]]:
     """Input items -> harmony history and instructions. Items before `first` came from the previous
     response (errors name `previous_response_id`); item `first + i` is the client's `input[i]`."""
     history: list[Message] = []
@@ -400,11 +400,11 @@ def _history(items: list, stored: StoredResponses | None, first: int) -> tuple[l
         elif kind in ("function_call_output", "custom_tool_call_output", "local_shell_call_output"):
             history.append(_call_output(it, calls, where))
         elif kind in ("web_search_call", "code_interpreter_call"):
-            known = stored.tool_messages(it.get("id")) if stored is not None else None
+            known = stored.tool_messages(it.get("id"))
             if known is not None:
                 history.extend(known)
             elif kind == "code_interpreter_call" and it.get("status") != "incomplete":
-                history.extend(_code_messages(it, where))
+                history.extend(_code_messages(it))
             # left out: an unknown web search (not stored here: what the page said is gone), and a code
             # call that never ran (cut off, or past the call limit): the model must not read "no output"
         else:
