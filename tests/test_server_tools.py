@@ -56,6 +56,12 @@ def test_function_tools_in_both_apis_shapes():
     ([{"name": "f", "parameters": []}], "tool 'f': 'parameters' must be a JSON schema object", "tools[0]"),
     ([{"name": "f", "parameters": {"type": "objekt"}}],
      "tool 'f': its parameters schema is not a valid JSON Schema: 'objekt' is not valid under any of the given schemas (at type)", "tools[0]"),
+    ([{"name": "f", "parameters": {"$schema": 5, "type": "object"}}],
+     "tool 'f': its parameters schema's $schema must be a string naming a JSON Schema draft, not int", "tools[0]"),
+    ([{"name": "f", "parameters": {"$schema": "https://example.com/mine", "type": "objekt"}}],  # an unknown draft: the latest
+     "tool 'f': its parameters schema is not a valid JSON Schema: 'objekt' is not valid under any of the given schemas (at type)", "tools[0]"),
+    ([{"name": "f", "parameters": {"$schema": "http://json-schema.org/draft-04/schema#", "type": "object", "minimum": "x"}}],
+     "tool 'f': its parameters schema is not a valid JSON Schema: 'x' is not of type 'number' (at minimum)", "tools[0]"),
     ([{"name": "f"}, {"name": "f"}], "two tools are named 'f'", "tools"),
     ([{"type": "retrieval"}], "tool type 'retrieval' is not supported (supported: function)", "tools[0].type"),
     ([{"type": "web_search"}], "tool type 'web_search' is a built-in tool, run only by /v1/responses (use that endpoint, "
@@ -246,3 +252,12 @@ def test_call_names_and_custom_and_shell_arguments_both_ways():
     assert json.loads(shell_arguments(full)) == {"command": ["ls", "-l"], "workdir": "/tmp", "timeout_ms": 1500}
     assert json.loads(shell_arguments({"command": ["é"]})) == {"command": ["é"]} and "é" in shell_arguments({"command": ["é"]})
     assert json.loads(shell_arguments(None)) == {"command": []}
+
+
+def test_a_schema_of_an_unknown_draft_is_checked_as_the_latest_without_a_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # jsonschema warns (and will refuse) when it guesses the draft itself
+        ts = parse_tools([{"name": "f", "parameters": {"$schema": "https://example.com/mine", "type": "object"}}])
+    assert ts.functions[0].parameters["type"] == "object"

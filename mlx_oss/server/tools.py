@@ -170,10 +170,14 @@ def check_schema(schema: Any, what: str, param: str) -> None:
     """400 unless `schema` is a valid JSON Schema (checked against its draft's meta-schema by
     `jsonschema`), so the model is never shown a schema that means nothing."""
     from jsonschema.exceptions import SchemaError
-    from jsonschema.validators import validator_for
+    from jsonschema.validators import Draft202012Validator, validator_for
 
-    try:
-        validator_for(schema).check_schema(schema)
+    dialect = schema.get("$schema") if isinstance(schema, dict) else None
+    if dialect is not None and not isinstance(dialect, str):
+        raise bad_request(f"{what} schema's $schema must be a string naming a JSON Schema draft, not "
+                          f"{type(dialect).__name__}", param)  # fmt: skip
+    try:  # a draft it does not know: checked as the latest (no warning on the server's terminal)
+        validator_for(schema, default=Draft202012Validator).check_schema(schema)
     except SchemaError as e:
         where = "/".join(str(p) for p in e.path)
         raise bad_request(f"{what} schema is not a valid JSON Schema: {e.message}" + (f" (at {where})" if where else ""),
