@@ -142,3 +142,14 @@ def test_the_oldest_shown_pages_lose_their_text_only_as_far_as_needed():
     b.max_page_bytes = page + page // 2  # room for the newest page and half of another
     open_(b, "d")
     assert [bool(p.text) for p in b.stack] == [False, False, False, False, True] and held(b) == page
+
+
+def test_a_find_page_that_lost_its_text_still_cites_the_page_it_searched():
+    b = Browser(NoSearch(), fetcher=Pages(size=10 * KB), max_page_bytes=25 * KB)
+    open_(b, "a")
+    assert not b.call("find", json.dumps({"pattern": "a text"})).error  # cursor 1: a find page on a
+    for name in "bcd":
+        open_(b, name)
+    assert not b.stack[1].text
+    (c,) = b.citations("see 【1†L0】")
+    assert (c.cursor, c.url) == (1, "https://site/a")
