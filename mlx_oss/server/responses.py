@@ -298,7 +298,7 @@ def _inputs(items: list, stored: StoredResponses) -> list:
         where = f"input[{i}]"
         if _is_reference(it):
             ref = it.get("id")
-            found = stored.item(ref) if isinstance(ref, str) else None
+            found = stored.item(ref)  # a string or null (the request schema): null finds nothing
             if found is None:
                 raise APIError(400, f"{where}: no item with id {str(ref)[:100]!r} is stored on this server (store=true "
                                "keeps the newest responses' input and output items)", param=f"{where}.id",
