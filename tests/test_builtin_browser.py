@@ -503,3 +503,11 @@ def test_opening_a_match_starts_four_lines_above_it_as_the_reference_does():
 
     assert [open_line(Snippet("u", "#0", line)) for line in (0, 2, 4, 5, 9)] == [0, 2, 4, 1, 5]
     assert open_line(Snippet("u", "t")) == 0 and open_line(None) == 0  # a search result: from the top
+
+
+def test_a_location_just_past_the_last_line_is_refused():
+    b = Browser(NoSearch(), fetcher=_Lines(["zero", "one", "two"]))
+    call(b, "open", id="https://a.test/p")
+    assert shown_lines(call(b, "open", loc=2).text) == [2]
+    a = call(b, "open", loc=3)
+    assert (a.error, a.text) == (True, "Invalid location parameter: `3`. Cannot exceed page maximum of 2.")

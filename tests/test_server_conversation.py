@@ -178,6 +178,9 @@ def test_truncation_drops_the_fewest_oldest_turns_that_make_it_fit():
     history = _turns(6)
     whole, _ = Turn(history, instructions="Be brief.").render(ENC)
     assert Turn(history, truncate=True).render(ENC, len(whole) + 100)[0] == Turn(history).render(ENC)[0]  # fits: as is
+    exact = Turn(history, instructions="Be brief.", truncate=True)
+    assert exact.render(ENC, len(whole) + 1)[0] == whole  # one token of room: as is
+    assert len(exact.render(ENC, len(whole))[0]) < len(whole)  # no room to generate: the oldest turn goes
     without = {k: Turn((history[2 * k :]), instructions="Be brief.").render(ENC)[0] for k in range(7)}
     for limit in (len(without[1]) + 1, len(without[2]) + 1, len(without[5]) + 1, len(without[3])):
         tokens, points = Turn(history, instructions="Be brief.", truncate=True).render(ENC, limit)
