@@ -965,3 +965,13 @@ def test_after_its_end_a_response_shows_nothing_more():
     assert [k for k, _ in b.feed(Finished(Usage(), "length"))][-1] == "response.incomplete"
     assert b.feed(ItemDelta("late")) == [] and b.feed(ItemDone(MESSAGE, "late")) == []
     assert b.output[0]["content"][0]["text"] == "done"
+
+
+def test_a_strict_text_format_and_a_reasoning_budget_reach_the_turn():
+    from mlx_oss.server.tools import StrictSchema
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], "additionalProperties": False}
+    t = req("q", text={"format": {"type": "json_schema", "name": "count", "schema": schema, "strict": True}},
+            reasoning={"max_tokens": 32}).turn  # fmt: skip
+    assert (t.answer_schema, t.reasoning_budget) == (StrictSchema("final", schema, "text.format.schema"), 32)
+    assert (req("q").turn.answer_schema, req("q").turn.reasoning_budget) == (None, None)

@@ -182,12 +182,14 @@ def test_truncation_drops_the_fewest_oldest_turns_that_make_it_fit():
     assert exact.render(ENC, len(whole) + 1)[0] == whole  # one token of room: as is
     assert len(exact.render(ENC, len(whole))[0]) < len(whole)  # no room to generate: the oldest turn goes
     without = {k: Turn((history[2 * k :]), instructions="Be brief.").render(ENC)[0] for k in range(7)}
-    for limit in (len(without[1]) + 1, len(without[2]) + 1, len(without[5]) + 1, len(without[3])):
+    for limit in (len(without[1]) + 1, len(without[2]) + 1, len(without[5]) + 1, len(without[3]), len(without[6]) + 1):
         tokens, points = Turn(history, instructions="Be brief.", truncate=True).render(ENC, limit)
         k = min(k for k in range(7) if len(without[k]) < limit)
         assert tokens == without[k] and len(tokens) < limit
         assert points[-1] == len(tokens) - 2  # the last message's end, before <|start|>assistant
     assert Turn(history, instructions="Be brief.").render(ENC, len(without[6]))[0] == whole  # without truncate: as is
+    two = (Message.user("first " + "word " * 50), *history)  # two user messages in a row: the first can go alone
+    assert Turn(two, instructions="Be brief.", truncate=True).render(ENC, len(whole) + 1)[0] == whole
     e = refusal(Turn(history, instructions="Be brief.", truncate=True).render, ENC, len(without[6]))
     assert e.code == "context_length_exceeded" and e.param == "input"
     assert str(e).startswith(f"This model's maximum context length is {len(without[6])} tokens; with truncation 'auto'")
