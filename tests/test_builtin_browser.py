@@ -511,3 +511,22 @@ def test_a_location_just_past_the_last_line_is_refused():
     assert shown_lines(call(b, "open", loc=2).text) == [2]
     a = call(b, "open", loc=3)
     assert (a.error, a.text) == (True, "Invalid location parameter: `3`. Cannot exceed page maximum of 2.")
+
+
+def test_lines_wrap_at_80_characters_keeping_their_spaces():
+    from mlx_oss.builtin.browser.page import wrap_lines
+
+    assert wrap_lines("a" * 79 + " b") == ["a" * 79 + " ", "b"]
+    assert wrap_lines("  two  spaces " + "w" * 70 + " end") == ["  two  spaces ", "w" * 70 + " end"]
+
+
+def test_a_window_of_one_line_a_first_line_larger_than_the_window_and_a_long_url():
+    from mlx_oss.builtin.browser.page import Page, window
+
+    page = Page("https://a.test/" + "p" * 1100, "T", "\n".join(["short"] * 5 + ["x" * 60]))
+    one = window(page, 0, 2, 1, len, 100)
+    assert one.endswith("\n\nL2: short") and "**viewing lines [2 - 2] of 5**" in one
+    assert window(page, 0, 0, 0, len, 12) == window(page, 0, 0, -1, len, 12)  # 0 lines asked: as many as fit
+    big = window(page, 0, 5, -1, len, 10)  # its one line is 65 "tokens": shown anyway
+    assert big.endswith("\n\nL5: " + "x" * 60)
+    assert big.split("\n", 1)[0] == f"[0] T (https://a.test/{'p' * (1024 - len('https://a.test/'))})"  # URL cut at 1024
