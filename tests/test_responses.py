@@ -975,3 +975,5 @@ def test_a_strict_text_format_and_a_reasoning_budget_reach_the_turn():
             reasoning={"max_tokens": 32}).turn  # fmt: skip
     assert (t.answer_schema, t.reasoning_budget) == (StrictSchema("final", schema, "text.format.schema"), 32)
     assert (req("q").turn.answer_schema, req("q").turn.reasoning_budget) == (None, None)
+    assert req("q", reasoning={"max_tokens": 32}).echo["reasoning"] == {"effort": "medium", "summary": None, "max_tokens": 32}
+    assert "max_tokens" not in req("q").echo["reasoning"]  # echoed only when asked for

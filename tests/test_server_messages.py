@@ -452,6 +452,12 @@ def test_the_builder_shows_only_anthropic_blocks_and_reads_arguments_as_an_objec
     from mlx_oss.server.responses import ReasoningSeal
 
     b = MessageBuilder("m", ReasoningSeal(), prompt_tokens=12)
+    before = {"input_tokens": 12, "output_tokens": 0, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
+    assert b.start() == [("message_start", {"type": "message_start", "message": {
+        "id": b.id, "type": "message", "role": "assistant", "model": "m", "content": [], "stop_reason": None,
+        "stop_sequence": None, "usage": before}}), ("ping", {"type": "ping"})]  # fmt: skip
+    assert b.end() == [("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                          "usage": before}), ("message_stop", {"type": "message_stop"})]  # fmt: skip
     assert b.feed(ItemStarted(BROWSER_CALL, "browser.search")) == []
     assert b.feed(ItemDelta('{"query": "x"}')) == [] and b.feed(ItemDone(BROWSER_CALL, '{"query": "x"}')) == []
     assert b.feed(ItemDelta("stray")) == [] and b.feed(object()) == []
@@ -472,3 +478,5 @@ def test_the_builder_shows_only_anthropic_blocks_and_reads_arguments_as_an_objec
     assert b.message()["usage"] == {"input_tokens": 8, "output_tokens": 9, "cache_read_input_tokens": 4,
                                     "cache_creation_input_tokens": 0}  # fmt: skip
     assert b.message()["stop_reason"] == "tool_use" and [c["type"] for c in b.message()["content"]] == ["text"] + ["tool_use"] * 3
+    b.feed(Finished(Usage(prompt_tokens=12, completion_tokens=3), "stop", stop_sequence="END"))
+    assert b.end()[0][1]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}
