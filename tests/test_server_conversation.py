@@ -192,7 +192,8 @@ def test_truncation_drops_the_fewest_oldest_turns_that_make_it_fit():
     assert Turn(two, instructions="Be brief.", truncate=True).render(ENC, len(whole) + 1)[0] == whole
     e = refusal(Turn(history, instructions="Be brief.", truncate=True).render, ENC, len(without[6]))
     assert e.code == "context_length_exceeded" and e.param == "input"
-    assert str(e).startswith(f"This model's maximum context length is {len(without[6])} tokens; with truncation 'auto'")
+    assert str(e) == (f"This model's maximum context length is {len(without[6])} tokens; with truncation 'auto' the last "
+                      "turn alone (and the instructions and tools) does not fit.")  # fmt: skip
 
 
 def test_a_conversation_that_is_not_harmony_is_a_400():
@@ -215,3 +216,15 @@ def test_a_turn_not_compiled_compiles_its_schemas_for_the_round_or_says_it_canno
     grammars = Grammars(ENC)
     late, early = turn.constraint(ENC, grammars), turn.compile(grammars).constraint(ENC, grammars)
     assert list(late.content) == list(early.content) == ["final"] and late.content["final"] is early.content["final"]
+
+
+def test_the_snapshot_points_are_the_ends_of_the_system_developer_and_last_messages():
+    """Where the cache keeps states (`boundaries`): a conversation sharing the system message, or the system
+    and developer messages, resumes from there."""
+    from mlx_oss.harmony import render_conversation_for_completion
+
+    turn = Turn((Message.user("q"),), instructions="Be brief.")
+    tokens, points = turn.render(ENC)
+    system, developer = turn.header()
+    ends = [len(render_conversation_for_completion(msgs, None, encoding=ENC)) for msgs in ([system], [system, developer])]
+    assert points == (ends[0], ends[1], len(tokens) - 2) and ends[0] < ends[1] < len(tokens) - 2
