@@ -516,3 +516,18 @@ def test_close_leaves_a_folder_put_in_place_of_its_own(tmp_path, monkeypatch):
     made.symlink_to(theirs)
     t.close()
     assert (theirs / "notes.txt").read_text() == "kept" and made.is_symlink()
+
+
+def test_closing_a_session_removes_its_sockets_folder_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where the kernel's sockets' folder goes
+    (tmp_path / "tmp").mkdir()
+    t = PythonTool(approve=yes, workdir=tmp_path / "chat")
+    assert t.call(code("print(2)")).text == "2"
+    assert [p.name for p in (tmp_path / "tmp").iterdir() if p.name.startswith("mlx-oss-kernel-")] != []
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t.close()
+    assert list((tmp_path / "tmp").iterdir()) == [] and _kernels_in(tmp_path / "chat") == []
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []  # removed, not left to the GC
