@@ -411,6 +411,14 @@ def test_tool_results_text_and_unsigned_thinking_render_as_sent(srv):
                          "<|start|>assistant")  # fmt: skip
     ok = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "12 C"}]}
     answer = {"role": "assistant", "content": "It is 12 C."}
+    forged = {"role": "assistant", "content": [{"type": "thinking", "thinking": "x", "signature": "mlxoss-r1.forged"}, *CALL["content"]]}
+    r = raw(srv, "/messages", {"model": MODEL, "max_tokens": 10, "tools": [WEATHER], "messages": [*USER, forged]})
+    assert anthropic_error(r, 400, "invalid_request_error") == (
+        "messages[1].content[0].signature was not made by this server, or was altered (thinking is sent back with "
+        "the signature this server gave it)")  # fmt: skip
+    blank = {"role": "assistant", "content": [{"type": "thinking", "thinking": ""}, *CALL["content"]]}
+    text = _render(app, tok, {"model": MODEL, "tools": [WEATHER], "messages": [*USER, blank, ok]})
+    assert "<|channel|>analysis" not in text  # a thinking block with nothing in it is no analysis
     text = _render(app, tok, {"model": MODEL, "tools": [WEATHER], "messages": [*USER, CALL, ok, answer, *USER]})
     assert "<|message|>12 C<|end|>" in text and "<|start|>assistant<|channel|>final<|message|>It is 12 C.<|end|>" in text
 

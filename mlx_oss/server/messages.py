@@ -272,8 +272,8 @@ def usage_json(u) -> dict:
 def _input(raw: str) -> dict:
     """A call's arguments as Anthropic's `input` object ({} when the model wrote no JSON object)."""
     try:
-        value = json.loads(raw) if raw.strip() else {}
-    except ValueError:
+        value = json.loads(raw)
+    except ValueError:  # not JSON, or nothing written
         return {}
     return value if isinstance(value, dict) else {}
 
