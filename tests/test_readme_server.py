@@ -86,7 +86,7 @@ def test_codex_config_matches_printout_and_works(server):
     cfg = tomllib.loads(toml_text)
     provider = cfg["model_providers"]["mlx-oss"]
     assert provider["wire_api"] == "responses" and cfg["model_provider"] == "mlx-oss" and "profiles" not in cfg
-    printed = client_settings(BASE, "gpt-oss-20b", has_key=False)
+    printed = client_settings(BASE, "gpt-oss-20b", has_key=False, context=131072)
     for line in toml_text.strip().splitlines():
         assert line.strip() in printed
     # What Codex sends: streaming Responses, store=false, the whole conversation each time.
@@ -149,7 +149,7 @@ def test_the_printed_settings_work_as_printed(server, keyed_server, monkeypatch,
     key = "sk-printed-test"
     if keyed:
         monkeypatch.setenv("MLX_OSS_API_KEY", key)
-    text = client_settings(BASE, "gpt-oss-20b", has_key=keyed)
+    text = client_settings(BASE, "gpt-oss-20b", has_key=keyed, context=131072)  # gpt-oss-20b's context, as the README shows
     assert text.splitlines()[0] == f"mlx-oss serve: gpt-oss-20b at {BASE}  (Ctrl+C to stop)"
     assert key not in text
     assert all(line == line.rstrip() for line in text.splitlines())  # pastes cleanly

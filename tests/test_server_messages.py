@@ -346,8 +346,9 @@ def test_the_printed_claude_code_settings_warn_below_its_compaction_floor():
 
 
 def test_the_docs_show_the_claude_code_settings_serve_prints():
-    """README.md and docs/CLIENTS.md show the variables `mlx-oss serve --model openai/gpt-oss-20b` prints for
-    Claude Code, without a key: the same lines; with a key, the token is the variable that holds it."""
+    """docs/CLIENTS.md shows the variables `mlx-oss serve --model openai/gpt-oss-20b` prints for Claude Code,
+    without a key (the README's block: tests/clients/test_client_claude.py); with a key, the token is the
+    variable that holds it."""
     import re
     from pathlib import Path
 
@@ -356,9 +357,8 @@ def test_the_docs_show_the_claude_code_settings_serve_prints():
     root = Path(__file__).resolve().parents[1]
     printed = client_settings("http://127.0.0.1:8000/v1", "gpt-oss-20b", False, 131072)
     lines = [line.strip() for line in printed.splitlines() if re.match(r"\s+[A-Z_]+=", line)]
-    for doc in ("README.md", "docs/CLIENTS.md"):
-        block = re.search(r"```sh\n(ANTHROPIC_BASE_URL=.*?)claude\n```", (root / doc).read_text(), re.S).group(1)
-        assert block.splitlines() == lines, doc
+    block = re.search(r"```sh\n(ANTHROPIC_BASE_URL=.*?)claude\n```", (root / "docs/CLIENTS.md").read_text(), re.S).group(1)
+    assert block.splitlines() == lines
     with_key = claude_code_env("http://127.0.0.1:8000/v1", "m", True, 131072)
     assert with_key["ANTHROPIC_AUTH_TOKEN"] == f"${KEY_ENV}" == "$MLX_OSS_API_KEY"
     assert {k: v for k, v in with_key.items() if k != "ANTHROPIC_AUTH_TOKEN"} == {

@@ -42,7 +42,7 @@ def codex_home(tmp_path_factory) -> Path:
 
 def _codex(server, home: Path, work: Path, has_key: bool, *flags: str) -> subprocess.CompletedProcess:
     profile = codex_config(server.url, MODEL_ID, has_key)
-    printed = client_settings(server.url, MODEL_ID, has_key)
+    printed = client_settings(server.url, MODEL_ID, has_key, 32768)  # the client harness's server context
     assert all(line.strip() in printed for line in profile.splitlines())  # what the banner shows, exactly
     (home / "config.toml").write_text(BASE_CONFIG)
     (home / f"{CODEX_PROFILE}.config.toml").write_text(profile)
