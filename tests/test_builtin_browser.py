@@ -424,7 +424,7 @@ class _Failing:
         raise ValueError(f"no parser for {url}")
 
 
-def test_an_unexpected_failure_is_an_answer_and_the_browser_goes_on(web):
+def test_an_unexpected_failure_is_an_answer_and_the_browser_goes_on():
     b = Browser(NoSearch(), fetcher=_Failing(), count_tokens=count)
     a = call(b, "open", id="https://a.test/x")
     assert (a.error, a.text, a.page) == (True, "browser.open failed: ValueError: no parser for https://a.test/x", None)

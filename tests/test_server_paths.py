@@ -747,6 +747,28 @@ def test_a_failure_mid_generation_ends_the_reply_with_its_error_in_every_api_and
         assert float(np.linalg.norm(logits - fresh) / np.linalg.norm(fresh)) <= 1e-5
 
 
+FIRST, SECOND = "the first answer", "the second answer is longer than the first one"
+
+
+def _two_in_flight(url: str, app, scripts: Scripts, tok, *second_processors, before_release=lambda: None) -> tuple:
+    """Two chat requests in one batch: the first held at its first step until the second is queued behind it
+    (with `second_processors` before its script), then `before_release()`, then both run. -> their responses."""
+    gate = Gate()
+    scripts.push(reply(tok, final=FIRST), gate)
+    results: dict[str, object] = {}
+    a = threading.Thread(target=lambda: results.update(a=post_json(url, "/chat/completions", _chat(_user("first")))))
+    a.start()
+    assert gate.entered.wait(60)  # the first is decoding, held at its first step
+    scripts.push(reply(tok, final=SECOND), *second_processors)
+    b = threading.Thread(target=lambda: results.update(b=post_json(url, "/chat/completions", _chat(_user("second")))))
+    b.start()
+    wait_until(lambda: app.state.backend.worker.waiting == 1, "the second request queued")
+    before_release()
+    gate.release.set()
+    assert join_all([a, b])
+    return results["a"], results["b"]
+
+
 def test_in_a_batch_a_failed_first_sampling_ends_its_request_alone_and_a_failed_step_ends_them_all(model_tok):
     """`--max-batch 2`, two requests in flight. A logits processor that fails at a request's first sampling
     (its prefill's end) ends that request only: the other's answer is whole. One that fails in a shared
@@ -756,25 +778,10 @@ def test_in_a_batch_a_failed_first_sampling_ends_its_request_alone_and_a_failed_
     scripts = Scripts()
     with running_server(model, tok, scripts, max_context=1024, max_batch=2) as (url, app):
 
-        def two(first_fails_at: int) -> tuple:
-            gate = Gate()
-            scripts.push(reply(tok, final="the first answer"), gate)
-            results: dict[str, object] = {}
-            a = threading.Thread(target=lambda: results.update(a=post_json(url, "/chat/completions", _chat(_user("first")))))
-            a.start()
-            assert gate.entered.wait(60)  # the first is decoding, held at its first step
-            scripts.push(reply(tok, final="the second answer is longer than the first one"), Fails(first_fails_at))
-            b = threading.Thread(target=lambda: results.update(b=post_json(url, "/chat/completions", _chat(_user("second")))))
-            b.start()
-            wait_until(lambda: app.state.backend.worker.waiting == 1, "the second request queued")
-            gate.release.set()
-            assert join_all([a, b])
-            return results["a"], results["b"]
-
-        a, b = two(1)
-        assert (a.status_code, a.json()["choices"][0]["message"]["content"]) == (200, "the first answer")
+        a, b = _two_in_flight(url, app, scripts, tok, Fails(1))
+        assert (a.status_code, a.json()["choices"][0]["message"]["content"]) == (200, FIRST)
         assert (b.status_code, b.json()["error"]["message"]) == (500, BROKE)
-        a, b = two(4)
+        a, b = _two_in_flight(url, app, scripts, tok, Fails(4))
         assert [(r.status_code, r.json()["error"]["message"]) for r in (a, b)] == [(500, BROKE), (500, BROKE)]
         scripts.push(reply(tok, final="fine"))
         r = post_json(url, "/chat/completions", _chat(_user("third")))
@@ -798,21 +805,10 @@ def test_in_a_batch_a_failure_reading_a_token_ends_its_request_alone_and_drops_i
 
     scripts = Scripts()
     with running_server(model, tok, scripts, max_context=1024, max_batch=2) as (url, app):
-        gate = Gate()
-        scripts.push(reply(tok, final="the first answer"), gate)
-        results: dict[str, object] = {}
-        a = threading.Thread(target=lambda: results.update(a=post_json(url, "/chat/completions", _chat(_user("first")))))
-        a.start()
-        assert gate.entered.wait(60)
-        scripts.push(reply(tok, final="the second answer is longer than the first one"))
-        b = threading.Thread(target=lambda: results.update(b=post_json(url, "/chat/completions", _chat(_user("second")))))
-        b.start()
-        wait_until(lambda: app.state.backend.worker.waiting == 1, "the second request queued")
-        monkeypatch.setattr(generation._RoundOutput, "feed", feed)
-        gate.release.set()
-        assert join_all([a, b])
-        assert (results["a"].status_code, results["a"].json()["error"]["message"]) == (500, BROKE)
-        assert results["b"].json()["choices"][0]["message"]["content"] == "the second answer is longer than the first one"
+        a, b = _two_in_flight(url, app, scripts, tok,
+                              before_release=lambda: monkeypatch.setattr(generation._RoundOutput, "feed", feed))
+        assert (a.status_code, a.json()["error"]["message"]) == (500, BROKE)
+        assert b.json()["choices"][0]["message"]["content"] == SECOND
         wait_idle(app)
         scripts.push(reply(tok, final="again"))
         r = post_json(url, "/chat/completions", _chat(_user("first")))
