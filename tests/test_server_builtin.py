@@ -16,7 +16,7 @@ import pytest
 
 from mlx_oss.builtin.browser import Browser, ExaSearch, FetchLimits, Fetcher
 from mlx_oss.builtin.python import PythonTool
-from mlx_oss.server.builtin import ServerTools, Session, Sessions, allow_all
+from mlx_oss.server.builtin import ServerTools, allow_all
 from server_harness import MODEL_ID, Scripts, running_server
 from test_builtin_chat import builtin_reply, model_tok, web  # noqa: F401 - shared fixtures
 from tests.web_fixture import EXA_KEY
@@ -218,31 +218,6 @@ def test_previous_response_keeps_the_python_state_past_a_refused_request(client,
     assert "NameError" in app.state.stored.tool_messages(fresh.id)[1].text and fresh.container_id != set_x.container_id
 
 
-class _Tools:
-    """Stands in for a session's BuiltinTools: records `close()`."""
-
-    def __init__(self) -> None:
-        self.closed = False
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def test_sessions_past_their_limit_close_the_oldest():
-    """`Sessions` filled past `max_items`: the oldest put is closed (its kernel stopped) and gone, the newest
-    stay; a session taken and put back under the next response's id counts as new."""
-    sessions = Sessions(max_items=2)
-    made = {rid: Session(_Tools()) for rid in ("r1", "r2", "r3")}
-    for rid, session in made.items():
-        sessions.put(rid, session)
-    assert len(sessions) == 2 and [made[r].tools.closed for r in ("r1", "r2", "r3")] == [True, False, False]
-    assert sessions.take("r1") is None
-    sessions.put("r4", sessions.take("r2"))  # r2's conversation continued by r4
-    sessions.put("r5", Session(_Tools()))
-    assert made["r3"].tools.closed and not made["r2"].tools.closed
-    assert sessions.take("r3") is None and sessions.take("r4") is made["r2"] and len(sessions) == 1
-
-
 def test_python_refused_without_allow_python_and_web_tools_refused_in_chat_completions(model_tok):
     model, tok = model_tok
     with running_server(model, tok, Scripts(), max_context=1024) as (url, app):
@@ -286,29 +261,3 @@ def _seen(app, sse: str) -> str:
     """The tool results the model read in the response `sse` streamed."""
     resp = next(json.loads(ln[6:])["response"] for ln in sse.splitlines() if '"response.completed"' in ln)
     return "\n".join(app.state.stored.tool_messages(o["id"])[1].text for o in resp["output"] if o["type"] == "web_search_call")
-
-
-def test_a_continued_response_without_code_interpreter_closes_the_kernel_it_had():
-    """`previous_response_id` continues a session; a continuation that no longer lists code_interpreter
-    stops that session's kernel (no process left behind) and keeps its browser pages."""
-
-    class Closing:
-        closed = 0
-
-        def close(self) -> None:
-            Closing.closed += 1
-
-    tools = ServerTools(allow_python=True)
-    first = tools.session(("browser",))
-    first.tools.python = Closing()
-    kept_browser = first.tools.browser
-    second = tools.session(("browser",), previous=first)
-    assert Closing.closed == 1 and second.tools.python is None and second.tools.browser is kept_browser
-
-
-def test_the_server_keeps_as_many_sessions_as_its_docs_say():
-    """Each kept session may hold a python kernel: the server keeps the 16 newest (docs/SERVER.md)."""
-    from pathlib import Path
-
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "SERVER.md").read_text()
-    assert Sessions().max_items == 16 and "is kept, at most 16 (the oldest is closed, its kernel stopped)" in " ".join(docs.split())

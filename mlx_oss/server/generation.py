@@ -327,17 +327,19 @@ class _RoundOutput:
         self.reasoning_tokens = 0
         self.headers_unparsed = 0  # tokens of headers ended without <|message|> (their words are shown as unparsed)
         self.logprobs: list[dict] = []  # entries of answer tokens whose text is not emitted yet
+        self.shown = 0  # characters of the first pending entry's text already emitted (a stop string's held tail)
         self.step = 0
 
     def send(self, delta: str, flush: bool = False) -> None:
         """Emit `delta` with the logprob entries of the tokens whose text it releases (text the
         stop matcher holds back keeps its entries pending)."""
-        keep, n = 0, 0
+        keep, n = 0, -self.shown  # n: characters of `delta` the released entries account for
         lp = self.logprobs
         while keep < len(lp) and (flush or n + len(lp[keep]["token"]) <= len(delta)):
             n += len(lp[keep]["token"])
             keep += 1
         lps, self.logprobs = tuple(lp[:keep]), lp[keep:]
+        self.shown = len(delta) - n if self.logprobs else 0
         if delta or lps:
             self.text.append(delta)
             self.emit(ItemDelta(delta, lps))
