@@ -53,13 +53,17 @@ SEARCH = '<|channel|>analysis<|message|>look<|end|><|start|>assistant<|channel|>
 class ScriptedTools(BuiltinTools):
     """The built-in tools with scripted answers (no browser or kernel): records each call it runs."""
 
-    def __init__(self, *answers: str, fail: Exception | None = None) -> None:
+    def __init__(self, *answers: str, fail: Exception | None = None, cancel: threading.Event | None = None) -> None:
         super().__init__()
-        self.answers, self.fail = list(answers), fail
+        self.answers, self.fail, self.cancel = list(answers), fail, cancel
         self.calls: list[tuple[str, str]] = []
+        self.stopped: list[bool] = []  # what `should_stop()` said during each call
 
     def run(self, call: ToolCall, should_stop=lambda: False) -> ToolResult:
         self.calls.append((call.recipient, call.raw))
+        if self.cancel is not None:  # the client goes while the tool runs
+            self.cancel.set()
+        self.stopped.append(should_stop())
         if self.fail is not None:
             raise self.fail
         return ToolResult(call.name, self.answers.pop(0), tool=self.owner(call.recipient) or "")
@@ -78,18 +82,19 @@ class Run:
                  *, prompt: list[int] | None = None, max_tokens: int | None = None, stops: tuple[str, ...] = (),
                  turn: Turn | None = None, tools: BuiltinTools | None = None, max_calls: int = 8,
                  sampling: SamplingConfig = SamplingConfig(), cancel_after_tool: bool = False,
-                 max_context: int = MAX_CONTEXT, sample: bool = False, reused: int = 0) -> None:  # fmt: skip
+                 max_context: int = MAX_CONTEXT, sample: bool = False, reused: int = 0, grammars=None,
+                 cancelled: threading.Event | None = None, no_turn: bool = False) -> None:  # fmt: skip
         self.events: list[object] = []
         self.asks: list[_Decode] = []
         self.fed: list[list[int]] = []  # the tokens each round took before it stopped
         self.extras: list[tuple] = []  # each round's sampler.extra, when it was asked
-        cancelled = threading.Event()
-        if turn is None and tools is not None:
+        cancelled = cancelled or threading.Event()
+        if turn is None and tools is not None and not no_turn:
             turn = Turn(history=(Message.user("hi"),))
         if prompt is None:
             prompt = turn.render(ENC)[0] if turn is not None else toks("<|start|>user<|message|>hi<|end|><|start|>assistant")
         prog = generation_program(ENC, prompt, (len(prompt),), sampling, max_tokens, stops, cancelled,
-                                  self.events.append, turn, tools, max_calls, None, max_context)  # fmt: skip
+                                  self.events.append, turn, tools, max_calls, grammars, max_context)  # fmt: skip
         script = list(rounds)
         answer: object = None
         while True:
@@ -212,7 +217,7 @@ def test_a_held_back_stop_prefix_is_released_when_the_answer_ends():
     r = Run([(reply, "stop")], stops=("END",))
     assert r.items() == [(MESSAGE, "one EN", True, FINAL)]
     assert r.finished.stop_sequence is None
-    assert not r.asks[0].should_stop()
+    assert r.asks[0].should_stop() is False
 
 
 def test_a_stop_string_in_a_calls_arguments_is_not_a_stop():
@@ -292,6 +297,17 @@ def test_the_reasoning_budget_left_is_handed_to_each_rounds_fresh_constraint():
     assert (c1.budget, c2.budget) == (5, 4)  # "look" was one analysis token of the first round
 
 
+def test_a_turn_not_compiled_is_compiled_for_each_round_with_the_grammars():
+    from mlx_oss.grammar import Grammars
+    from mlx_oss.server.tools import StrictSchema
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    turn = Turn((Message.user("q"),), answer_schema=StrictSchema("final", schema, "text.format.schema"))
+    r = Run([('<|channel|>final<|message|>{"n": 1}<|return|>', "stop")], turn=turn, grammars=Grammars(ENC))
+    ((c,),) = r.extras
+    assert list(c.content) == ["final"] and r.finished.stop_reason == "stop"
+
+
 @pytest.mark.parametrize("max_calls", [0, 1, 2])
 def test_calls_past_the_limit_are_answered_with_the_limit_then_one_round_more_ends_the_reply(max_calls):
     tools = ScriptedTools(*["R"] * max_calls)
@@ -300,11 +316,31 @@ def test_calls_past_the_limit_are_answered_with_the_limit_then_one_round_more_en
     done = r.of(ToolDone)
     assert len(done) == max_calls + 1
     assert [d.result.content for d in done[:max_calls]] == ["R"] * max_calls
-    limit = done[-1].result
-    assert limit.error and limit.tool == "browser" and f"the limit of {max_calls} built-in tool calls" in limit.content
-    assert limit.content == done[-1].reply.text
+    text = (f"Error: the limit of {max_calls} built-in tool calls for this response is reached, so this call was not "
+            "run. Answer now with what you have.")  # fmt: skip
+    assert done[-1].result == ToolResult("browser.search", text, "", True, tool="browser")
+    assert done[-1].reply.text == text
     assert r.finished.stop_reason == "tool_limit"
     assert r.finished.usage.completion_tokens == (max_calls + 2) * len(toks(SEARCH))
+
+
+def test_a_built_in_call_is_run_only_when_the_round_ended_on_its_call_token():
+    ended = '<|channel|>commentary to=browser.search<|constrain|>json<|message|>{}<|end|>'
+    tools = ScriptedTools("R")
+    r = Run([(ended, "length")], tools=tools)
+    assert tools.calls == [] and r.finished.stop_reason == "length"
+    r = Run([("<|channel|>commentary<|message|>x<|call|>", "tool_call")], tools=tools)  # a call to no one
+    assert tools.calls == [] and r.finished.stop_reason == "tool_call"
+    r = Run([("<|call|>", "tool_call")], tools=tools)  # no message at all
+    assert tools.calls == [] and r.finished.stop_reason == "tool_call"
+
+
+def test_built_in_calls_need_both_the_tools_and_the_turn():
+    tools = ScriptedTools("R")
+    r = Run([(SEARCH, "tool_call")], tools=tools, no_turn=True)  # cannot render a next round
+    assert tools.calls == [] and r.finished.stop_reason == "tool_call" and r.items()[1][0] == BROWSER_CALL
+    r = Run([(SEARCH, "tool_call")], turn=Turn(history=(Message.user("hi"),)))  # the client's to run
+    assert r.finished.stop_reason == "tool_call" and r.items()[1][0] == FUNCTION_CALL
 
 
 def test_a_python_call_is_its_own_kind():
@@ -321,17 +357,27 @@ def test_without_built_in_tools_a_browser_call_is_a_function_call_for_the_client
 
 
 def test_a_cancel_during_the_tool_finishes_cancelled_after_its_result():
-    r = Run([(SEARCH, "tool_call")], tools=ScriptedTools("R"), cancel_after_tool=True)
-    assert len(r.of(ToolDone)) == 1 and r.finished.stop_reason == "cancelled"
+    r = Run([(SEARCH, "tool_call")], tools=ScriptedTools("R"), cancel_after_tool=True, reused=1)
+    assert len(r.of(ToolDone)) == 1
+    assert r.finished == Finished(Usage(len(r.asks[0].prompt), 1, len(toks(SEARCH)), 1, 0), "cancelled")
     assert r.asks[0].should_stop()  # the cancel reaches the round's stop check too
+
+
+def test_the_tool_is_handed_the_requests_cancel_check():
+    cancelled = threading.Event()
+    tools = ScriptedTools("R", "R", cancel=None)
+    Run([(SEARCH, "tool_call"), (REPLY, "stop")], tools=tools, cancelled=cancelled)
+    tools.cancel = cancelled
+    Run([(SEARCH, "tool_call")], tools=tools, cancelled=cancelled)
+    assert tools.stopped == [False, True]  # a long fetch or python cell can end early
 
 
 def test_a_tool_round_that_overflows_the_context_finishes_with_context():
     turn = Turn(history=(Message.user("hi"),))
     tools = ScriptedTools("x " * 300)
     first = len(turn.render(ENC)[0])
-    r = Run([(SEARCH, "tool_call")], turn=turn, tools=tools, max_context=first + 100)
-    assert len(r.asks) == 1 and r.finished.stop_reason == "context"
+    r = Run([(SEARCH, "tool_call")], turn=turn, tools=tools, max_context=first + 100, reused=2)
+    assert len(r.asks) == 1 and r.finished == Finished(Usage(first, 2, len(toks(SEARCH)), 1, 0), "context")
     # a prompt of exactly the context is no room either
     second = len(Turn(history=(Message.user("hi"), *_messages(SEARCH),
                                Message.tool_result("browser.search", "ok"))).render(ENC)[0])  # fmt: skip
@@ -345,6 +391,15 @@ def test_with_truncation_a_turn_that_no_longer_fits_at_all_finishes_with_context
     first = len(turn.render(ENC)[0])
     r = Run([(SEARCH, "tool_call")], turn=turn, tools=ScriptedTools("x " * 300), max_context=first + 100)
     assert r.finished.stop_reason == "context"
+
+
+def test_with_truncation_the_next_round_drops_the_oldest_turns_to_fit():
+    old = (Message.user("long " * 200), Message.assistant("ok"))
+    turn = Turn(history=(*old, Message.user("hi")), truncate=True)
+    first = len(turn.render(ENC)[0])
+    r = Run([(SEARCH, "tool_call"), (REPLY, "stop")], turn=turn, tools=ScriptedTools("x " * 50), max_context=first + 40)
+    assert r.finished.stop_reason == "stop" and len(r.asks[1].prompt) < first  # the old turn went
+    assert ENC.decode(r.asks[1].prompt).count("long") == 0 and "x x x" in ENC.decode(r.asks[1].prompt)
 
 
 def test_a_tool_that_raises_becomes_an_error_result_and_the_reply_goes_on():
@@ -364,10 +419,20 @@ def test_run_tool_names_the_recipient_and_hands_on_the_stop_check():
             seen.append((call.recipient, call.name, call.raw, call.tool, should_stop()))
             return ToolResult(call.name, "ok")
 
+    calls = []
+
+    class Recording(BuiltinTools):
+        def run(self, call, should_stop=lambda: False):
+            calls.append(call)
+            return ToolResult(call.name, "ok")
+
     res = run_tool(Tools(), "python", "print(2)", lambda: True)
     assert seen == [("python", "python", "print(2)", "python", True)] and res.content == "ok"
+    run_tool(Recording(), "browser.find", '{"pattern": "x"}', lambda: False)
+    raw = '{"pattern": "x"}'
+    assert calls == [ToolCall("browser.find", raw, raw, None, "", "browser.find", tool="browser")]
     res = run_tool(ScriptedTools(fail=KeyError()), "browser.open", "{}", lambda: False)
-    assert res.content == "Error: the browser tool failed: KeyError: " and res.name == "browser.open"
+    assert res == ToolResult("browser.open", "Error: the browser tool failed: KeyError: ", "", True, tool="browser")
 
 
 def test_citations_are_resolved_in_the_answer_only():
@@ -403,6 +468,23 @@ def test_a_header_that_ends_without_a_message_shows_its_words_then_the_reply_goe
     r = Run([(reply, "stop")])
     assert r.items() == [(MESSAGE, "to=x", True, UNPARSED), (MESSAGE, "ok", True, FINAL)]
     assert r.finished.usage.unparsed_tokens == 4  # the header's tokens before its <|end|>
+    twice = "<|channel|>final to=x<|end|><|start|>assistant<|channel|>final to=y<|end|>"
+    r = Run([(twice, "stop")])
+    assert r.items() == [(MESSAGE, "to=xto=y", True, UNPARSED)] and r.finished.usage.unparsed_tokens == 4 + 5
+
+
+@pytest.mark.parametrize("reply, shown", [
+    # an earlier message ended; the cut header is an assistant's with no channel: its words are shown
+    ("<|channel|>final<|message|>ok<|end|>stray<|start|>assistant<|channel|>final<|message|>b<|end|>"
+     "<|start|>assistant more words", ["ok", "stray", "b", "assistant more words"]),
+    # the same while text outside harmony is still open: added to it (markup removed)
+    ("<|channel|>final<|message|>ok<|end|>stray<|start|>assistant more words", ["ok", "strayassistant more words"]),
+    # a header that is being written when the budget ends: nothing of it is text
+    ("<|channel|>final<|message|>ok<|end|><|start|>assistant<|channel|>fin", ["ok"]),
+])  # fmt: skip
+def test_a_reply_cut_inside_what_is_not_a_header_still_shows_its_words(reply, shown):
+    r = Run([(reply, "length")])
+    assert [text for _, text, _, _ in r.items()] == shown
 
 
 def test_markup_inside_content_is_removed_and_counted():
@@ -427,6 +509,31 @@ def test_logprobs_of_text_held_by_a_stop_string_wait_for_it_and_are_dropped_at_t
     deltas = [(d.text, [e["token"] for e in d.logprobs]) for d in r.of(ItemDelta)]
     # " E" could begin " END": its "E" and its entry wait; " two" releases both with its own; " END" never shows
     assert deltas == [("one", ["one"]), (" ", []), ("E two", [" E", " two"]), (" ", [])]
+
+
+def test_a_character_split_across_tokens_gets_every_entry_by_the_answers_end():
+    reply = "<|channel|>final<|message|>a🤖<|return|>"
+    r = Run([(reply, "stop")], sampling=SamplingConfig(temperature=0, logprobs=0), sample=True)
+    answer = [t for t in toks(reply)[3:-1]]
+    entries = [lp for d in r.of(ItemDelta) for lp in d.logprobs]
+    assert len(answer) > 2 and len(entries) == len(answer)  # the last ones with the final flush
+    assert b"".join(bytes(e["bytes"]) for e in entries) == "a🤖".encode()
+
+
+@pytest.mark.parametrize("stops", [("e t",), ("ENDX",), ("END", "o t"), ("wo", "X"), ("one t",)])
+def test_each_entry_comes_with_the_delta_that_completes_its_text(stops):
+    """Over stop strings that hold back parts of one or several tokens: after each delta, the entries sent are
+    exactly the tokens whose whole text has been shown (never one early, never one left behind)."""
+    reply = "<|channel|>final<|message|>one E two ENDX now<|return|>"
+    r = Run([(reply, "stop")], stops=stops, sampling=SamplingConfig(temperature=0, logprobs=0), sample=True)
+    answer = [ENC.decode([t]) for t in toks(reply)[3:-1]]
+    shown, sent = 0, 0
+    for d in r.of(ItemDelta):
+        shown += len(d.text)
+        sent += len(d.logprobs)
+        whole = max(i for i in range(len(answer) + 1) if len("".join(answer[:i])) <= shown)
+        assert [e["token"] for e in d.logprobs] == answer[sent - len(d.logprobs) : sent]
+        assert sent == whole, (stops, d)
 
 
 def test_without_logprobs_requested_no_entries():

@@ -28,7 +28,7 @@ from mlx_oss.builtin import BuiltinTools
 from mlx_oss.engine import Engine
 from mlx_oss.events import Citation, ToolCall, ToolResult
 from mlx_oss.grammar import Grammars
-from mlx_oss.harmony import ANALYSIS, UNPARSED, Message, ParserState, Role, StreamParser
+from mlx_oss.harmony import ANALYSIS, UNPARSED, Message, ParserState, StreamParser
 from mlx_oss.sampling import Sampler, SamplingConfig
 from mlx_oss.server.cache_pool import PromptCachePool
 from mlx_oss.server.conversation import Turn
@@ -127,7 +127,7 @@ class StopMatcher:
 def _kind(channel: str | None, recipient: str | None, tools: BuiltinTools | None) -> str:
     if recipient is not None:
         owner = tools.owner(recipient) if tools is not None else None
-        return {"browser": BROWSER_CALL, "python": PYTHON_CALL}.get(owner or "", FUNCTION_CALL)
+        return BROWSER_CALL if owner == "browser" else PYTHON_CALL if owner == "python" else FUNCTION_CALL
     return REASONING if channel == ANALYSIS else MESSAGE
 
 
@@ -137,8 +137,9 @@ def _call_limit_text(limit: int) -> str:
 
 
 def run_tool(tools: BuiltinTools, recipient: str, raw: str, should_stop: Callable[[], bool]) -> ToolResult:
-    """Run one built-in call; whatever goes wrong becomes the result's text (never raised)."""
-    owner = tools.owner(recipient) or "functions"
+    """Run one call to a built-in tool (`recipient` is `browser.*` or `python`); whatever goes wrong
+    becomes the result's text (never raised)."""
+    owner = tools.owner(recipient)
     call = ToolCall(recipient, raw, raw, None, "", recipient, tool=owner)
     try:
         return tools.run(call, should_stop)
@@ -279,7 +280,7 @@ def generation_program(
             emit(Finished(Usage(*totals), "tool_limit"))
             return
         if calls >= max_calls:
-            result = ToolResult(last.recipient, _call_limit_text(max_calls), "", True, tool=tools.owner(last.recipient) or "")
+            result = ToolResult(last.recipient, _call_limit_text(max_calls), "", True, tool=tools.owner(last.recipient))
         else:
             recipient, raw = last.recipient, last.text
             result = yield _RunTool(lambda: run_tool(tools, recipient, raw, cancelled.is_set))
@@ -313,13 +314,12 @@ class _RoundOutput:
     """One round's output side: each token through the harmony parser into the items it emits."""
 
     def __init__(self, encoding, sampler: Sampler, stops: tuple[str, ...], emit, tools) -> None:
-        self.encoding = encoding
         self.emit = emit
         self.tools = tools
         self.stops = stops
         self.stop_hit = False
         self.out = TokenOutput(encoding, sampler)
-        self.parser = StreamParser(Role.ASSISTANT, encoding=encoding)
+        self.parser = StreamParser(encoding=encoding)  # an assistant's reply
         self.matcher = StopMatcher(stops)
         self.open_item: ItemStarted | None = None
         self.text: list[str] = []
@@ -409,19 +409,19 @@ class _RoundOutput:
     def result(self, prompt: list[int], done: _Decoded) -> _Round:
         """The round once its decode ended (`done`): the open item closed, the reason and the counts."""
         error, parser = done.error, self.parser
-        if self.open_item is None and parser.state is ParserState.HEADER and not error:
+        if parser.state is ParserState.HEADER and not error:  # (an open item then is unparsed text)
             seen = len(parser.unparsed_text)
             parser.finish()  # a reply cut inside what was not a header: its text is still shown
             self.show_unparsed(parser.unparsed_text[seen:])
         self.close(done.reason == "stop" and not error)  # text outside harmony that a stop token ended is whole
-        reason = done.reason or ("error" if error else "stop")
+        reason = done.reason or "stop"
         if self.stop_hit:
             reason = "stop"
         elif error:
             reason = "error"
         counts = (len(prompt), done.reused, done.generated, self.reasoning_tokens,
                   self.out.unparsed_tokens + parser.unparsed_tokens + self.headers_unparsed)  # fmt: skip
-        return _Round(self.messages, reason, error, counts, self.matcher.hit if self.stop_hit else None)
+        return _Round(self.messages, reason, error, counts, self.matcher.hit)
 
 
 @dataclass
