@@ -121,7 +121,7 @@ class Run:
                 if ask.out.feed(t):
                     break
             self.fed.append(fed)
-            answer = _Decoded(reason, reused, len(fed), error[0] if error else None)
+            answer = _Decoded(reason, reused, error[0] if error else None)
         assert not script, "rounds left that the program never asked for"
 
     def of(self, kind: type) -> list:
@@ -511,6 +511,15 @@ def test_logprobs_of_text_held_by_a_stop_string_wait_for_it_and_are_dropped_at_t
     assert deltas == [("one", ["one"]), (" ", []), ("E two", [" E", " two"]), (" ", [])]
 
 
+def test_text_outside_harmony_before_the_answer_does_not_shift_its_entries():
+    reply = ("<|channel|>final<|message|>ok<|end|>stray words<|start|>assistant<|channel|>final<|message|>"
+             "one E two END<|return|>")  # fmt: skip
+    r = Run([(reply, "stop")], stops=("END",), sampling=SamplingConfig(temperature=0, logprobs=0), sample=True)
+    deltas = [(d.text, [e["token"] for e in d.logprobs]) for d in r.of(ItemDelta)]
+    assert deltas == [("ok", ["ok"]), ("str", []), ("ay", []), (" words", []),
+                      ("one", ["one"]), (" ", []), ("E two", [" E", " two"]), (" ", [])]  # fmt: skip
+
+
 def test_a_character_split_across_tokens_gets_every_entry_by_the_answers_end():
     reply = "<|channel|>final<|message|>a🤖<|return|>"
     r = Run([(reply, "stop")], sampling=SamplingConfig(temperature=0, logprobs=0), sample=True)
@@ -520,7 +529,7 @@ def test_a_character_split_across_tokens_gets_every_entry_by_the_answers_end():
     assert b"".join(bytes(e["bytes"]) for e in entries) == "a🤖".encode()
 
 
-@pytest.mark.parametrize("stops", [("e t",), ("ENDX",), ("END", "o t"), ("wo", "X"), ("one t",)])
+@pytest.mark.parametrize("stops", [("e t",), ("ENDX",), ("END", "o t"), ("wo", "X"), ("one t",), ("E tw",), ("ENDX n",)])
 def test_each_entry_comes_with_the_delta_that_completes_its_text(stops):
     """Over stop strings that hold back parts of one or several tokens: after each delta, the entries sent are
     exactly the tokens whose whole text has been shown (never one early, never one left behind)."""
@@ -534,6 +543,15 @@ def test_each_entry_comes_with_the_delta_that_completes_its_text(stops):
         whole = max(i for i in range(len(answer) + 1) if len("".join(answer[:i])) <= shown)
         assert [e["token"] for e in d.logprobs] == answer[sent - len(d.logprobs) : sent]
         assert sent == whole, (stops, d)
+
+
+def test_a_token_that_releases_one_held_tail_and_holds_another_keeps_the_count_of_each():
+    """Stop "ab": "a" is held; "xa" releases it and holds its own "a"; "ta" the same; "c" releases the rest."""
+    words = ["a", "xa", "ta", "c"]
+    body = toks("<|channel|>final<|message|>") + [toks(w)[0] for w in words] + toks("<|return|>")
+    r = Run([(body, "stop")], stops=("ab",), sampling=SamplingConfig(temperature=0, logprobs=0), sample=True)
+    deltas = [(d.text, [e["token"] for e in d.logprobs]) for d in r.of(ItemDelta)]
+    assert deltas == [("ax", ["a"]), ("at", ["xa"]), ("ac", ["ta", "c"])]
 
 
 def test_without_logprobs_requested_no_entries():

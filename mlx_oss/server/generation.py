@@ -165,7 +165,6 @@ class _Decode:
 class _Decoded:
     reason: str | None  # the engine's stop reason (None: the consumer stopped it, or it failed)
     reused: int
-    generated: int
     error: str | None = None
 
 
@@ -233,7 +232,7 @@ def _decode_alone(engine: Engine, pool: PromptCachePool, ask: _Decode) -> _Decod
     except Exception as e:  # the cache state is unknown after a failure: start clean
         engine.reset()
         error = _error_text(e)
-    return _Decoded(gen.stop_reason, gen.reused_tokens, len(gen.generated), error)
+    return _Decoded(gen.stop_reason, gen.reused_tokens, error)
 
 
 def generation_program(
@@ -328,7 +327,7 @@ class _RoundOutput:
         self.headers_unparsed = 0  # tokens of headers ended without <|message|> (their words are shown as unparsed)
         self.logprobs: list[dict] = []  # entries of answer tokens whose text is not emitted yet
         self.shown = 0  # characters of the first pending entry's text already emitted (a stop string's held tail)
-        self.step = 0
+        self.step = 0  # tokens fed: the round's completion tokens (in both drivers, a failure's too)
 
     def send(self, delta: str, flush: bool = False) -> None:
         """Emit `delta` with the logprob entries of the tokens whose text it releases (text the
@@ -361,8 +360,7 @@ class _RoundOutput:
         shown = strip_markup(raw)
         if not shown:
             return
-        if self.open_item is None or self.open_item.channel != UNPARSED:
-            self.close(True)
+        if self.open_item is None:  # (text outside a message comes while no message is open, or unparsed text is)
             self.open_item, self.text = ItemStarted(MESSAGE, None, UNPARSED), []
             self.emit(self.open_item)
         self.send(shown)
@@ -409,7 +407,7 @@ class _RoundOutput:
     def result(self, prompt: list[int], done: _Decoded) -> _Round:
         """The round once its decode ended (`done`): the open item closed, the reason and the counts."""
         error, parser = done.error, self.parser
-        if parser.state is ParserState.HEADER and not error:  # (an open item then is unparsed text)
+        if not error:
             seen = len(parser.unparsed_text)
             parser.finish()  # a reply cut inside what was not a header: its text is still shown
             self.show_unparsed(parser.unparsed_text[seen:])
@@ -419,7 +417,7 @@ class _RoundOutput:
             reason = "stop"
         elif error:
             reason = "error"
-        counts = (len(prompt), done.reused, done.generated, self.reasoning_tokens,
+        counts = (len(prompt), done.reused, self.step, self.reasoning_tokens,
                   self.out.unparsed_tokens + parser.unparsed_tokens + self.headers_unparsed)  # fmt: skip
         return _Round(self.messages, reason, error, counts, self.matcher.hit)
 
@@ -433,7 +431,6 @@ class _Task:
     ask: _Decode | None = None
     seq_id: int | None = None
     reused: int = 0
-    generated: int = 0
 
 
 # A joining prompt is prefilled between decode steps (`BatchGenerator(prefill_step=, prefill_balance=)`): at
@@ -514,13 +511,13 @@ class BatchRunner:
         # cancel comes back as its event there (`step`)
         sid = self.batch.add(ask.prompt, ask.sampler, max_tokens=ask.max_tokens, state=state,
                              boundaries=ask.boundaries, keep_state=True, should_stop=ask.should_stop)  # fmt: skip
-        task.ask, task.seq_id, task.reused, task.generated = ask, sid, reuse, 0
+        task.ask, task.seq_id, task.reused = ask, sid, reuse
         self._tasks[sid] = task
         self._prompt_end[sid] = len(ask.prompt)
 
     def _end_round(self, task: _Task, reason: str | None, error: str | None = None) -> None:
         del self._tasks[task.seq_id]
-        done = _Decoded(reason, task.reused, task.generated, error)
+        done = _Decoded(reason, task.reused, error)
         task.ask = task.seq_id = None
         self._advance(task, done)
 
@@ -561,7 +558,6 @@ class BatchRunner:
                 task = self._tasks.get(ev.seq_id)
                 stop, error = False, None
                 if task is not None and ev.token is not None:
-                    task.generated += 1
                     try:
                         stop = task.ask.out.feed(ev.token)
                     except Exception as e:  # the state is unknown after a failure: dropped

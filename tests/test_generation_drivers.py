@@ -1,0 +1,236 @@
+"""The two drivers of a request's `generation_program` (mlx_oss/server/generation.py) on the tiny random-weight
+model, without HTTP: `run_generation` (one request at a time: the engine and the pool's `prepare`) and
+`BatchRunner` (several at once through a `BatchGenerator`, the pool's `take`/`release`). Replies are forced
+with the test-only `ScriptedTokens`; built-in calls are answered by scripted tools. The same programs must
+emit the same events whichever driver runs them; cancels, failures and refused prompts end their own request
+only; the states go back to the pool. The server tests cover the same over HTTP, at seconds a test."""
+
+from __future__ import annotations
+
+import threading
+
+import mlx.core as mx
+import pytest
+
+import mlx_oss
+from mlx_oss.engine import Engine
+from mlx_oss.harmony import Message
+from mlx_oss.sampling import SamplingConfig, ScriptedTokens
+from mlx_oss.server.cache_pool import PromptCachePool
+from mlx_oss.server.conversation import Turn
+from mlx_oss.server.generation import BatchRunner, Finished, ItemDone, ToolDone, generation_program, run_generation
+from test_generation import REPLY, SEARCH, ScriptedTools, toks
+
+CONTEXT = 1024
+
+
+@pytest.fixture(scope="module")
+def model_tok(tiny_chat_converted):
+    return mlx_oss.load(tiny_chat_converted, dtype="float32")
+
+
+class Request:
+    """One request: its turn, its scripted reply (all rounds), its settings; `events` once it ran."""
+
+    def __init__(self, tok, user: str, reply: str, *, max_tokens: int | None = None, stops: tuple[str, ...] = (),
+                 tools: ScriptedTools | None = None, fail_at: int | None = None) -> None:  # fmt: skip
+        self.turn = Turn(history=(Message.user(user),))
+        self.tok, self.reply, self.max_tokens, self.stops, self.tools = tok, reply, max_tokens, stops, tools
+        self.fail_at = fail_at
+        self.cancelled = threading.Event()
+        self.events: list[object] = []
+
+    def sampling(self) -> SamplingConfig:
+        script = ScriptedTokens(toks(self.reply))
+        if self.fail_at is None:
+            return SamplingConfig(temperature=0, logits_processors=(script,))
+        steps = [0]
+
+        def failing(context, logits):  # a processor that fails at its `fail_at`-th step
+            steps[0] += 1
+            if steps[0] == self.fail_at:
+                raise RuntimeError("processor broke\nsecond line")
+            return logits
+
+        return SamplingConfig(temperature=0, logits_processors=(script, failing))
+
+    def program(self, max_context: int = CONTEXT):
+        prompt, boundaries = self.turn.render(self.tok)
+        return generation_program(self.tok, prompt, boundaries, self.sampling(), self.max_tokens, self.stops,
+                                  self.cancelled, self.events.append, self.turn, self.tools, 8, None, max_context)  # fmt: skip
+
+    def alone(self, engine: Engine, pool: PromptCachePool) -> None:
+        prompt, boundaries = self.turn.render(self.tok)
+        run_generation(engine, pool, self.tok, prompt, boundaries, self.sampling(), self.max_tokens, self.stops,
+                       self.cancelled, self.events.append, self.turn, self.tools)  # fmt: skip
+
+    @property
+    def finished(self) -> Finished:
+        assert isinstance(self.events[-1], Finished)
+        return self.events[-1]
+
+
+def run_batch(runner: BatchRunner, requests: dict[str, Request], on_step=None) -> dict[str, BaseException | None]:
+    for key, r in requests.items():
+        runner.start(key, r.program(runner.max_context))
+    ended: dict[str, BaseException | None] = {}
+    steps = 0
+    while runner.busy:
+        ended.update(runner.step())
+        steps += 1
+        if on_step is not None:
+            on_step(steps)
+        assert steps < 2000
+    return ended
+
+
+def _requests(tok) -> dict[str, Request]:
+    return {
+        "plain": Request(tok, "plain question", REPLY),
+        "cut": Request(tok, "a question cut by its budget", REPLY, max_tokens=9),
+        "stopped": Request(tok, "a question with a stop string", REPLY.replace("Hello world", "Hello END world"),
+                           stops=("END",)),  # fmt: skip
+        "tool": Request(tok, "a question that searches", SEARCH + REPLY, tools=ScriptedTools("found it")),
+    }
+
+
+def test_the_batch_emits_what_each_request_emits_alone(model_tok):
+    model, tok = model_tok
+    alone = _requests(tok)
+    for r in alone.values():  # each from an empty pool: nothing cached before its first round
+        r.alone(Engine(model, max_context=CONTEXT), PromptCachePool(1 << 30))
+    together = _requests(tok)
+    runner = BatchRunner(model, PromptCachePool(1 << 30), max_context=CONTEXT, tool_threads=4)
+    try:
+        assert run_batch(runner, together) == {k: None for k in together}
+    finally:
+        runner.close()
+    for key, r in together.items():
+        assert r.events == alone[key].events, key
+    reasons = {k: r.finished.stop_reason for k, r in together.items()}
+    assert reasons == {"plain": "stop", "cut": "length", "stopped": "stop", "tool": "stop"}
+    assert together["stopped"].finished.stop_sequence == "END"
+    assert together["tool"].tools.calls == [("browser.search", '{"query": "q"}')]
+    (done,) = [e for e in together["tool"].events if isinstance(e, ToolDone)]
+    assert done.result.content == "found it"
+    assert together["tool"].finished.usage.cached_tokens > 0  # the second round resumed the first's state
+
+
+def test_a_request_cancelled_in_the_batch_ends_alone_and_the_others_go_on(model_tok):
+    model, tok = model_tok
+    reqs = {"stays": Request(tok, "the one that stays", REPLY), "leaves": Request(tok, "the one that leaves", REPLY)}
+    pool = PromptCachePool(1 << 30)
+    runner = BatchRunner(model, pool, max_context=CONTEXT, tool_threads=2)
+
+    def on_step(n):
+        if n == 4:
+            reqs["leaves"].cancelled.set()
+
+    try:
+        assert run_batch(runner, reqs, on_step) == {"stays": None, "leaves": None}
+    finally:
+        runner.close()
+    assert reqs["stays"].finished.stop_reason == "stop"
+    left = reqs["leaves"].finished
+    assert left.stop_reason == "cancelled" and left.usage.completion_tokens < len(toks(REPLY))
+    # both states went back to the pool: the one that stayed, whole, resumes a continuation
+    assert len(pool) == 2
+
+
+def test_the_states_of_a_batch_go_back_to_the_pool_and_a_continuation_resumes_them(model_tok):
+    model, tok = model_tok
+    pool = PromptCachePool(1 << 30)
+    first = Request(tok, "remember this", REPLY)
+    runner = BatchRunner(model, pool, max_context=CONTEXT, tool_threads=1)
+    try:
+        run_batch(runner, {"first": first})
+        assert len(pool) == 1
+        history = (Message.user("remember this"), Message.assistant("Hello world"), Message.user("and then?"))
+        second = Request(tok, "", REPLY)
+        second.turn = Turn(history=history)
+        run_batch(runner, {"second": second})
+    finally:
+        runner.close()
+    prompt = second.turn.render(tok)[0]
+    assert 0 < second.finished.usage.cached_tokens < len(prompt)
+    assert second.finished.usage.prompt_tokens == len(prompt)
+
+
+def test_a_failing_round_ends_its_request_with_the_error_in_both_drivers(model_tok):
+    model, tok = model_tok
+    engine = Engine(model, max_context=CONTEXT)
+    alone = Request(tok, "this one fails", REPLY, fail_at=5)
+    alone.alone(engine, PromptCachePool(1 << 30))
+    assert alone.finished.stop_reason == "error" and alone.finished.error == "RuntimeError: processor broke"
+    assert engine.tokens == []  # the cache's state is unknown after a failure: the engine starts clean
+    items = [e for e in alone.events if isinstance(e, ItemDone)]
+    assert items and not items[-1].complete
+    pool = PromptCachePool(1 << 30)
+    batched = Request(tok, "this one fails", REPLY, fail_at=5)  # (in a batch a failed step fails all: below)
+    runner = BatchRunner(model, pool, max_context=CONTEXT, tool_threads=2)
+    try:
+        assert run_batch(runner, {"fails": batched}) == {"fails": None}
+    finally:
+        runner.close()
+    assert batched.events == alone.events  # the tokens it had fed counted the same way too
+    assert len(pool) == 0  # the failed one's state is dropped, never pooled
+
+
+def test_a_prompt_past_the_context_is_refused_before_any_decode_in_both_drivers(model_tok):
+    model, tok = model_tok
+    long = Request(tok, "word " * 300, REPLY)
+    with pytest.raises(ValueError, match="context"):
+        long.alone(Engine(model, max_context=128), PromptCachePool(1 << 30))
+    runner = BatchRunner(model, PromptCachePool(1 << 30), max_context=128, tool_threads=1)
+    try:
+        ended = run_batch(runner, {"long": Request(tok, "word " * 300, REPLY)})
+    finally:
+        runner.close()
+    assert isinstance(ended["long"], ValueError) and "context" in str(ended["long"])
+
+
+def test_a_tool_that_fails_inside_the_runner_ends_only_its_request(model_tok):
+    """`run_tool` never raises; a bug in the runner's tool thread must still end only that request."""
+    model, tok = model_tok
+    boom = RuntimeError("tool thread bug")
+    reqs = {"tool": Request(tok, "searches", SEARCH + REPLY, tools=ScriptedTools("x")), "plain": Request(tok, "plain", REPLY)}
+    runner = BatchRunner(model, PromptCachePool(1 << 30), max_context=CONTEXT, tool_threads=2)
+    real = runner._executor.submit
+
+    def submit(fn):
+        def broken():
+            raise boom
+        return real(broken)
+
+    runner._executor.submit = submit
+    try:
+        ended = run_batch(runner, reqs)
+    finally:
+        runner.close()
+    assert ended == {"tool": boom, "plain": None} and reqs["plain"].finished.stop_reason == "stop"
+
+
+def test_a_failed_batch_step_ends_every_live_round_and_a_fresh_batch_goes_on(model_tok):
+    model, tok = model_tok
+    reqs = {"a": Request(tok, "first of two", REPLY), "b": Request(tok, "second of two", REPLY)}
+    runner = BatchRunner(model, PromptCachePool(1 << 30), max_context=CONTEXT, tool_threads=2)
+    broken = runner.batch
+
+    def step():
+        raise RuntimeError("the batch broke")
+
+    def on_step(n):
+        if n == 3:
+            broken.step = step
+
+    try:
+        assert run_batch(runner, reqs, on_step) == {"a": None, "b": None}
+        assert runner.batch is not broken  # a fresh one
+        after = Request(tok, "after the failure", REPLY)
+        run_batch(runner, {"after": after})
+    finally:
+        runner.close()
+    for r in reqs.values():
+        assert r.finished.stop_reason == "error" and r.finished.error == "RuntimeError: the batch broke"
+    assert after.finished.stop_reason == "stop"
+    mx.clear_cache()
