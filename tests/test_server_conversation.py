@@ -228,3 +228,27 @@ def test_the_snapshot_points_are_the_ends_of_the_system_developer_and_last_messa
     system, developer = turn.header()
     ends = [len(render_conversation_for_completion(msgs, None, encoding=ENC)) for msgs in ([system], [system, developer])]
     assert points == (ends[0], ends[1], len(tokens) - 2) and ends[0] < ends[1] < len(tokens) - 2
+
+
+def test_json_object_and_strict_json_schema_formats_are_answers_the_reply_must_follow():
+    from mlx_oss.server.conversation import strict_answer
+    from mlx_oss.server.tools import StrictSchema
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    assert strict_answer({"type": "json_object"}, "text.format") == StrictSchema("final", {"type": "object"}, "text.format.type")
+    assert strict_answer({"type": "json_schema", "name": "n", "schema": schema, "strict": True}, "text.format") == \
+        StrictSchema("final", schema, "text.format.schema")  # fmt: skip
+    assert strict_answer({"type": "json_schema", "name": "n", "schema": schema}, "text.format") is None
+    assert strict_answer({"type": "text"}, "text.format") is None and strict_answer(None, "text.format") is None
+
+
+def test_a_schema_that_cannot_be_enforced_is_a_400_naming_where_it_was_set():
+    from mlx_oss.grammar import Grammars
+    from mlx_oss.server.tools import StrictSchema
+
+    bad = {"oneOf": [{"type": "integer"}, {"type": "number"}]}  # (2 matches both)
+    turn = Turn((Message.user("q"),), answer_schema=StrictSchema("final", bad, "response_format.json_schema.schema"))
+    e = refusal(turn.compile, Grammars(ENC))
+    assert e.param == "response_format.json_schema.schema"
+    assert str(e).startswith('response_format.json_schema.schema cannot be enforced: keyword(s) ["oneOf"] not supported')
+    assert str(e).endswith("; with strict false it would only be described to the model")

@@ -261,3 +261,28 @@ def test_a_schema_of_an_unknown_draft_is_checked_as_the_latest_without_a_warning
         warnings.simplefilter("error")  # jsonschema warns (and will refuse) when it guesses the draft itself
         ts = parse_tools([{"name": "f", "parameters": {"$schema": "https://example.com/mine", "type": "object"}}])
     assert ts.functions[0].parameters["type"] == "object"
+
+
+def test_strict_functions_are_schemas_the_reply_must_follow_named_where_the_request_set_them():
+    """`strict: true` in either API's shape and in a namespace: the arguments' schema (none given: no
+    arguments at all), each with the parameter a 400 about it would name; `strict` false or absent: none."""
+    from mlx_oss.server.tools import NO_ARGUMENTS, StrictSchema
+
+    params = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"], "additionalProperties": False}
+    chat = parse_tools([{"type": "function", "function": {"name": "f", "strict": True, "parameters": params}},
+                        {"type": "function", "function": {"name": "g", "strict": True}},
+                        {"type": "function", "function": {"name": "h", "strict": False, "parameters": params}},
+                        {"type": "function", "function": {"name": "i", "parameters": params}}])  # fmt: skip
+    assert chat.strict == (StrictSchema("functions.f", params, "tools[0].function.parameters"),
+                           StrictSchema("functions.g", NO_ARGUMENTS, "tools[1].function.parameters"))  # fmt: skip
+    resp = parse_tools([{"type": "function", "name": "f", "strict": True, "parameters": params},
+                        {"type": "namespace", "name": "ns", "tools": [
+                            {"type": "function", "name": "n", "strict": True, "parameters": params},
+                            {"type": "function", "name": "m", "parameters": params}]}], responses=True)  # fmt: skip
+    assert resp.strict == (StrictSchema("functions.f", params, "tools[0].parameters"),
+                           StrictSchema("ns.n", params, "tools[1].tools[0].parameters"))  # fmt: skip
+
+
+def test_a_boolean_schema_is_a_valid_schema():
+    check_schema(True, "tools[0]", "tools[0].parameters")  # JSON Schema's "anything"
+    check_schema(False, "tools[0]", "tools[0].parameters")
