@@ -18,7 +18,16 @@ from mlx_oss.harmony import Message
 from mlx_oss.sampling import SamplingConfig, ScriptedTokens
 from mlx_oss.server.cache_pool import PromptCachePool
 from mlx_oss.server.conversation import Turn
-from mlx_oss.server.generation import BatchRunner, Finished, ItemDone, ToolDone, generation_program, run_generation
+from mlx_oss.server.generation import (
+    BatchRunner,
+    Finished,
+    ItemDone,
+    ToolDone,
+    Usage,
+    _Decode,
+    generation_program,
+    run_generation,
+)
 from test_generation import REPLY, SEARCH, ScriptedTools, toks
 
 CONTEXT = 1024
@@ -234,3 +243,133 @@ def test_a_failed_batch_step_ends_every_live_round_and_a_fresh_batch_goes_on(mod
         assert r.finished.stop_reason == "error" and r.finished.error == "RuntimeError: the batch broke"
     assert after.finished.stop_reason == "stop"
     mx.clear_cache()
+
+
+def test_the_batch_runner_ends_a_program_that_fails_and_one_whose_prompt_the_batch_refuses(model_tok):
+    """`BatchRunner` on its own: a generation program that raises, and one that asks to decode a prompt the
+    batch refuses (an id outside the vocabulary; the server's own programs check the context first), each
+    end with their error as (key, error), and the runner is idle after (the others' errors are not theirs)."""
+    from mlx_oss.sampling import Sampler, SamplingConfig
+    from mlx_oss.server.cache_pool import PromptCachePool
+    from mlx_oss.server.generation import BatchRunner, _Decode
+
+    model, tok = model_tok
+    runner = BatchRunner(model, PromptCachePool(1 << 20), max_context=256, tool_threads=2)
+    boom = RuntimeError("program bug")
+
+    def failing():
+        raise boom
+        yield  # a generator
+
+    def bad_prompt():
+        yield _Decode([model.args.vocab_size + 5], (), Sampler(SamplingConfig(temperature=0)), 1, None, lambda: False)
+
+    runner.start("failing", failing())
+    runner.start("bad-prompt", bad_prompt())
+    ended = dict(runner.step())
+    assert set(ended) == {"failing", "bad-prompt"}
+    assert ended["failing"] is boom
+    assert isinstance(ended["bad-prompt"], ValueError) and "vocabulary" in str(ended["bad-prompt"])
+    assert not runner.busy
+    runner.close()
+
+
+def test_the_servers_batch_prefills_a_joining_prompt_in_bounded_steps(model_tok):
+    """The batch `serve --max-batch` makes (and makes again after a failure) holds a joining prompt's prefill
+    to BATCH_PREFILL_STEP tokens a step and BATCH_PREFILL_BALANCE decode passes' time (generation.py says why)."""
+    from mlx_oss.server.cache_pool import PromptCachePool
+    from mlx_oss.server.generation import BATCH_PREFILL_BALANCE, BATCH_PREFILL_STEP, BatchRunner
+
+    model, _ = model_tok
+    runner = BatchRunner(model, PromptCachePool(0), max_context=512, tool_threads=1)
+    try:
+        for batch in (runner.batch, runner._new_batch()):
+            assert (batch.prefill_step, batch.prefill_balance) == (BATCH_PREFILL_STEP, BATCH_PREFILL_BALANCE) == (128, 4.0)
+            assert batch.max_context == 512
+    finally:
+        runner.close()
+
+
+def _feed_fails_at(prog, at: int):
+    """`prog` with its rounds' output failing at the `at`-th token it is fed (a parser bug, say)."""
+    answer = None
+    while True:
+        try:
+            ask = prog.send(answer)
+        except StopIteration:
+            return
+        if isinstance(ask, _Decode):
+            real, seen = ask.out.feed, [0]
+
+            def feed(tok, real=real, seen=seen):
+                seen[0] += 1
+                stop = real(tok)
+                if seen[0] == at:
+                    raise RuntimeError("parser broke")
+                return stop
+
+            ask.out.feed = feed
+        answer = yield ask
+
+
+def test_in_a_batch_a_token_that_cannot_be_read_ends_its_request_alone_and_drops_its_state(model_tok):
+    model, tok = model_tok
+    pool = PromptCachePool(1 << 30)
+    runner = BatchRunner(model, pool, max_context=CONTEXT, tool_threads=2)
+    broken, fine = Request(tok, "the broken one", REPLY), Request(tok, "the fine one", REPLY)
+    try:
+        runner.start("broken", _feed_fails_at(broken.program(), 4))
+        runner.start("fine", fine.program())
+        ended = {}
+        while runner.busy:
+            ended.update(runner.step())
+        assert len(runner) == 0
+    finally:
+        runner.close()
+    assert ended == {"broken": None, "fine": None}
+    assert broken.finished.stop_reason == "error" and broken.finished.error == "RuntimeError: parser broke"
+    assert broken.finished.usage.completion_tokens == 4 and fine.finished.stop_reason == "stop"
+    assert len(pool) == 1  # the fine one's state only
+
+
+def test_in_a_batch_a_failed_first_sampling_ends_its_request_alone(model_tok):
+    model, tok = model_tok
+    pool = PromptCachePool(1 << 30)
+    runner = BatchRunner(model, pool, max_context=CONTEXT, tool_threads=2)
+    reqs = {"fails": Request(tok, "fails at once", REPLY, fail_at=1), "fine": Request(tok, "goes on", REPLY)}
+    try:
+        assert run_batch(runner, reqs) == {"fails": None, "fine": None}
+    finally:
+        runner.close()
+    assert reqs["fails"].events == [Finished(Usage(len(reqs["fails"].turn.render(tok)[0]), 0, 0, 0, 0), "error",
+                                             "RuntimeError: processor broke")]  # fmt: skip
+    assert reqs["fine"].finished.stop_reason == "stop" and len(pool) == 1
+
+
+def test_len_counts_the_programs_decoding_and_those_running_a_tool(model_tok):
+    model, tok = model_tok
+    release = threading.Event()
+
+    class Slow(ScriptedTools):
+        def run(self, call, should_stop=lambda: False):
+            release.wait(30)
+            return super().run(call, should_stop)
+
+    runner = BatchRunner(model, PromptCachePool(1 << 30), max_context=CONTEXT, tool_threads=2)
+    tool = Request(tok, "searches slowly", SEARCH + REPLY, tools=Slow("x"))
+    plain = Request(tok, "plain", "<|channel|>final<|message|>" + "word " * 80 + "<|return|>")  # outlasts the call
+    try:
+        runner.start("tool", tool.program())
+        runner.start("plain", plain.program())
+        assert len(runner) == 2
+        while not runner._tools:
+            runner.step()
+        assert len(runner) == 2 and runner.busy  # one decoding, one in its tool
+        release.set()
+        while runner.busy:
+            runner.step()
+        assert len(runner) == 0
+    finally:
+        release.set()
+        runner.close()
+    assert tool.finished.stop_reason == plain.finished.stop_reason == "stop"
