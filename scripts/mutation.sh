@@ -72,7 +72,7 @@ declare -A MODULES=(
   # one request's generation logic driven by scripted tokens (no model), and the server's parts that have
   # their own fast tests; their survivors are then re-run against server_core's tests
   [server_generation]="mlx_oss/server/generation.py|tests/test_generation.py tests/test_stop_matcher.py tests/test_token_output.py tests/test_generation_drivers.py"
-  [server_parts]="mlx_oss/server/cache_pool.py mlx_oss/server/worker.py mlx_oss/server/token_output.py mlx_oss/server/sse.py mlx_oss/server/errors.py|tests/test_cache_pool.py tests/test_cache_pool_branches.py tests/test_token_output.py tests/test_server_errors.py tests/test_server_sse.py tests/test_worker.py"
+  [server_parts]="mlx_oss/server/cache_pool.py mlx_oss/server/worker.py mlx_oss/server/token_output.py mlx_oss/server/sse.py mlx_oss/server/errors.py mlx_oss/server/backend.py|tests/test_cache_pool.py tests/test_cache_pool_branches.py tests/test_token_output.py tests/test_server_errors.py tests/test_server_sse.py tests/test_worker.py tests/test_backend.py"
   # batched decode (issue 28): exact per sequence against solo runs
   [batch]="mlx_oss/batch.py|tests/test_batch.py tests/test_server_batch.py"
   # the built-in tools (issues 25 and 31), one group: a local web server, a real kernel per python test
