@@ -254,7 +254,7 @@ def in_process(app, enc, body: dict, toks: list[int]) -> dict:
             times.append(time.perf_counter())
 
     run_generation(backend.engine, backend.pool, enc, prompt, boundaries, req.turn.sampling, len(toks), (),
-                   threading.Event(), emit)  # fmt: skip
+                   threading.Event(), emit, turn=None, tools=None, max_calls=0, grammars=None)  # fmt: skip
     n = len(times)
     return {"per_token": (times[-1] - times[0]) / (n - 1) if n > 1 else None}
 

@@ -33,6 +33,7 @@ from mlx_oss.server.generation import (
     _Decode,
     _Decoded,
     _RunTool,
+    _error_text,
     generation_program,
     run_tool,
 )
@@ -557,3 +558,9 @@ def test_a_token_that_releases_one_held_tail_and_holds_another_keeps_the_count_o
 def test_without_logprobs_requested_no_entries():
     r = Run([(REPLY, "stop")], sample=True)
     assert all(d.logprobs == () for d in r.of(ItemDelta))
+
+
+def test_an_error_is_its_type_and_the_first_line_of_its_message():
+    assert _error_text(RuntimeError("broke\nsecond line")) == "RuntimeError: broke"
+    assert _error_text(RuntimeError("  \n  ")) == "RuntimeError"
+    assert _error_text(KeyError()) == "KeyError" and _error_text(ValueError("")) == "ValueError"

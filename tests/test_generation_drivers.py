@@ -8,6 +8,7 @@ only; the states go back to the pool. The server tests cover the same over HTTP,
 from __future__ import annotations
 
 import threading
+import time
 
 import mlx.core as mx
 import pytest
@@ -42,8 +43,10 @@ class Request:
     """One request: its turn, its scripted reply (all rounds), its settings; `events` once it ran."""
 
     def __init__(self, tok, user: str, reply: str, *, max_tokens: int | None = None, stops: tuple[str, ...] = (),
-                 tools: ScriptedTools | None = None, fail_at: int | None = None) -> None:  # fmt: skip
-        self.turn = Turn(history=(Message.user(user),))
+                 tools: ScriptedTools | None = None, fail_at: int | None = None, cancel_at: int | None = None,
+                 instructions: str | None = None, grammars=None, **turn) -> None:  # fmt: skip
+        self.turn = Turn(history=(Message.user(user),), instructions=instructions, **turn)
+        self.grammars, self.cancel_at = grammars, cancel_at
         self.tok, self.reply, self.max_tokens, self.stops, self.tools = tok, reply, max_tokens, stops, tools
         self.fail_at = fail_at
         self.cancelled = threading.Event()
@@ -51,6 +54,16 @@ class Request:
 
     def sampling(self) -> SamplingConfig:
         script = ScriptedTokens(toks(self.reply))
+        if self.cancel_at is not None:
+            calls = [0]
+
+            def cancelling(context, logits):  # the client goes at the `cancel_at`-th step
+                calls[0] += 1
+                if calls[0] == self.cancel_at:
+                    self.cancelled.set()
+                return logits
+
+            return SamplingConfig(temperature=0, logits_processors=(script, cancelling))
         if self.fail_at is None:
             return SamplingConfig(temperature=0, logits_processors=(script,))
         steps = [0]
@@ -66,12 +79,12 @@ class Request:
     def program(self, max_context: int = CONTEXT):
         prompt, boundaries = self.turn.render(self.tok)
         return generation_program(self.tok, prompt, boundaries, self.sampling(), self.max_tokens, self.stops,
-                                  self.cancelled, self.events.append, self.turn, self.tools, 8, None, max_context)  # fmt: skip
+                                  self.cancelled, self.events.append, self.turn, self.tools, 8, self.grammars, max_context)  # fmt: skip
 
     def alone(self, engine: Engine, pool: PromptCachePool) -> None:
         prompt, boundaries = self.turn.render(self.tok)
         run_generation(engine, pool, self.tok, prompt, boundaries, self.sampling(), self.max_tokens, self.stops,
-                       self.cancelled, self.events.append, self.turn, self.tools)  # fmt: skip
+                       self.cancelled, self.events.append, self.turn, self.tools, 8, self.grammars)  # fmt: skip
 
     @property
     def finished(self) -> Finished:
@@ -373,3 +386,79 @@ def test_len_counts_the_programs_decoding_and_those_running_a_tool(model_tok):
         release.set()
         runner.close()
     assert tool.finished.stop_reason == plain.finished.stop_reason == "stop"
+
+
+def test_a_cancel_stops_the_engine_in_both_drivers(model_tok):
+    model, tok = model_tok
+    alone = Request(tok, "leaves early", REPLY, cancel_at=4)
+    alone.alone(Engine(model, max_context=CONTEXT), PromptCachePool(1 << 30))
+    assert alone.finished.stop_reason == "cancelled" and alone.finished.usage.completion_tokens == 3  # (the 4th never read)
+    batched = Request(tok, "leaves early", REPLY, cancel_at=4)
+    runner = BatchRunner(model, PromptCachePool(1 << 30), max_context=CONTEXT, tool_threads=1)
+    try:
+        run_batch(runner, {"b": batched})
+    finally:
+        runner.close()
+    assert batched.finished.stop_reason == "cancelled" and batched.finished.usage.completion_tokens < len(toks(REPLY))
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_new_conversation_with_the_same_instructions_resumes_from_their_end(model_tok, batched):
+    """The turn's boundaries reach the engine: a state is kept at the end of the developer message."""
+    model, tok = model_tok
+    first = Request(tok, "first conversation", REPLY, instructions="Answer in French.")
+    second = Request(tok, "a different one", REPLY, instructions="Answer in French.")
+    developer_end = second.turn.render(tok)[1][1]
+    pool = PromptCachePool(1 << 30)
+    if batched:
+        runner = BatchRunner(model, pool, max_context=CONTEXT, tool_threads=1)
+        try:
+            run_batch(runner, {"first": first})
+            run_batch(runner, {"second": second})
+        finally:
+            runner.close()
+    else:
+        engine = Engine(model, max_context=CONTEXT)
+        first.alone(engine, pool)
+        second.alone(engine, pool)
+    assert second.finished.usage.cached_tokens == developer_end
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_turn_not_compiled_is_compiled_with_the_grammars_given(model_tok, batched):
+    from mlx_oss.grammar import Grammars
+    from mlx_oss.server.tools import StrictSchema
+
+    model, tok = model_tok
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    reply = '<|channel|>final<|message|>{"n":5}<|return|>'  # (the grammar's JSON has no optional spaces)
+    r = Request(tok, "a number", reply, grammars=Grammars(tok), answer_schema=StrictSchema("final", schema, "f"))
+    if batched:
+        runner = BatchRunner(model, PromptCachePool(1 << 30), max_context=CONTEXT, tool_threads=1)
+        try:
+            assert run_batch(runner, {"r": r}) == {"r": None}
+        finally:
+            runner.close()
+    else:
+        r.alone(Engine(model, max_context=CONTEXT), PromptCachePool(1 << 30))
+    assert r.finished.stop_reason == "stop" and [e.text for e in r.events if isinstance(e, ItemDone)] == ['{"n":5}']
+
+
+def test_close_does_not_wait_for_a_tool_still_running(model_tok):
+    model, tok = model_tok
+    release = threading.Event()
+
+    class Stuck(ScriptedTools):
+        def run(self, call, should_stop=lambda: False):
+            release.wait(30)
+            return super().run(call, should_stop)
+
+    runner = BatchRunner(model, PromptCachePool(1 << 30), max_context=CONTEXT, tool_threads=1)
+    r = Request(tok, "searches forever", SEARCH + REPLY, tools=Stuck("x"))
+    runner.start("r", r.program())
+    while not runner._tools:
+        runner.step()
+    t0 = time.monotonic()
+    runner.close()  # a server stopping: the tool's thread is left to end on its own
+    assert time.monotonic() - t0 < 10
+    release.set()

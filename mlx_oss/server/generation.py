@@ -191,10 +191,10 @@ def run_generation(
     stops: tuple[str, ...],
     cancelled: threading.Event,
     emit: Callable[[object], None],
-    turn: Turn | None = None,
-    tools: BuiltinTools | None = None,
-    max_calls: int = 8,
-    grammars: Grammars | None = None,
+    turn: Turn | None,
+    tools: BuiltinTools | None,
+    max_calls: int,
+    grammars: Grammars | None,
 ) -> None:
     """Generate a reply to `prompt`, emitting ItemStarted/ItemDelta/ItemDone, then Finished. With
     `tools` (and the `turn` that made `prompt`), a call to a built-in tool is run here, its result
@@ -517,9 +517,7 @@ class BatchRunner:
 
     def _end_round(self, task: _Task, reason: str | None, error: str | None = None) -> None:
         del self._tasks[task.seq_id]
-        done = _Decoded(reason, task.reused, error)
-        task.ask = task.seq_id = None
-        self._advance(task, done)
+        self._advance(task, _Decoded(reason, task.reused, error))
 
     def _ended_sequence(self, seq_id: int) -> None:
         """A sequence left the batch: its state back to the pool (or dropped after a failure)."""
