@@ -163,19 +163,37 @@ def test_the_states_of_a_batch_go_back_to_the_pool_and_a_continuation_resumes_th
     model, tok = model_tok
     pool = PromptCachePool(1 << 30)
     first = Request(tok, "remember this", REPLY)
-    runner = BatchRunner(model, pool, max_context=CONTEXT, tool_threads=1)
+    counting = _Counting(model)
+    runner = BatchRunner(counting, pool, max_context=CONTEXT, tool_threads=1)
     try:
         run_batch(runner, {"first": first})
         assert len(pool) == 1
         history = (Message.user("remember this"), Message.assistant("Hello world"), Message.user("and then?"))
         second = Request(tok, "", REPLY)
         second.turn = Turn(history=history)
+        counting.fed = 0
         run_batch(runner, {"second": second})
     finally:
         runner.close()
     prompt = second.turn.render(tok)[0]
-    assert 0 < second.finished.usage.cached_tokens < len(prompt)
-    assert second.finished.usage.prompt_tokens == len(prompt)
+    usage = second.finished.usage
+    assert 0 < usage.cached_tokens < len(prompt) and usage.prompt_tokens == len(prompt)
+    # the pooled state was resumed, not just counted: only the rest of the prompt went through the model
+    assert counting.fed <= len(prompt) - usage.cached_tokens + usage.completion_tokens + 1
+
+
+class _Counting:
+    """The model, counting the tokens its forward passes are given."""
+
+    def __init__(self, model) -> None:
+        self.model, self.fed = model, 0
+
+    def __call__(self, x, *args, **kw):
+        self.fed += x.size
+        return self.model(x, *args, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
 
 
 def test_a_failing_round_ends_its_request_with_the_error_in_both_drivers(model_tok):
@@ -462,3 +480,60 @@ def test_close_does_not_wait_for_a_tool_still_running(model_tok):
     runner.close()  # a server stopping: the tool's thread is left to end on its own
     assert time.monotonic() - t0 < 10
     release.set()
+
+
+def test_every_program_runs_its_tool_at_once_on_the_runners_named_threads(model_tok):
+    """`tool_threads` (the server's --max-batch): as many built-in calls at once, each on an `mlx-oss-tool`
+    thread; a call that waited for a thread would leave the barrier short of its parties."""
+    model, tok = model_tok
+    n = 8
+    barrier, names = threading.Barrier(n, timeout=20), []
+
+    class Meeting(ScriptedTools):
+        def run(self, call, should_stop=lambda: False):
+            names.append(threading.current_thread().name)
+            barrier.wait()  # raises BrokenBarrierError unless all n calls run together
+            return super().run(call, should_stop)
+
+    reqs = {f"r{i}": Request(tok, f"search number {i}", SEARCH + REPLY, tools=Meeting("met")) for i in range(n)}
+    runner = BatchRunner(model, PromptCachePool(1 << 30), max_context=CONTEXT, tool_threads=n)
+    try:
+        assert run_batch(runner, reqs) == {k: None for k in reqs}
+    finally:
+        runner.close()
+    for r in reqs.values():
+        (done,) = [e for e in r.events if isinstance(e, ToolDone)]
+        assert done.result.content == "met"
+    assert len(names) == n and all(name.startswith("mlx-oss-tool_") for name in names)
+
+
+def test_a_step_with_only_a_tool_running_waits_briefly_for_it(model_tok):
+    """Nothing to decode while a built-in call runs: `step` waits for it a moment (50 ms), so the worker
+    neither spins nor sleeps past a result (or a new request)."""
+    model, tok = model_tok
+    release = threading.Event()
+
+    class Held(ScriptedTools):
+        def run(self, call, should_stop=lambda: False):
+            release.wait(30)
+            return super().run(call, should_stop)
+
+    runner = BatchRunner(model, PromptCachePool(1 << 30), max_context=CONTEXT, tool_threads=1)
+    r = Request(tok, "searches", SEARCH + REPLY, tools=Held("x"))
+    try:
+        runner.start("r", r.program())
+        while not runner._tools or len(runner.batch):
+            runner.step()
+        times = []
+        for _ in range(3):
+            t0 = time.monotonic()
+            assert runner.step() == []
+            times.append(time.monotonic() - t0)
+        assert 0.02 < min(times) and max(times) < 0.5, times
+        release.set()
+        while runner.busy:
+            runner.step()
+    finally:
+        release.set()
+        runner.close()
+    assert r.finished.stop_reason == "stop"
