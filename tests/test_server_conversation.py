@@ -86,6 +86,9 @@ def test_response_format_refusals_name_the_field():
     assert (str(e), e.param) == ("response_format needs a 'schema' object", "response_format.json_schema.schema")
     e = refusal(response_format, {"type": "json_schema", "schema": ["not", "a", "dict"]}, "text.format")
     assert e.param == "text.format.schema"
+    e = refusal(response_format, {"type": "json_schema", "json_schema": {"schema": {"type": 5}}}, "response_format")
+    assert (str(e), e.param) == ("response_format schema is not a valid JSON Schema: 5 is not valid under any of the "
+                                 "given schemas (at type)", "response_format.json_schema.schema")  # fmt: skip
 
 
 def test_text_of_joins_text_parts_and_refuses_others_by_index():
@@ -252,3 +255,19 @@ def test_a_schema_that_cannot_be_enforced_is_a_400_naming_where_it_was_set():
     assert e.param == "response_format.json_schema.schema"
     assert str(e).startswith('response_format.json_schema.schema cannot be enforced: keyword(s) ["oneOf"] not supported')
     assert str(e).endswith("; with strict false it would only be described to the model")
+
+
+def test_the_header_describes_the_built_in_tools_and_the_namespaces():
+    from mlx_oss.server.builtin import ServerTools
+    from mlx_oss.server.tools import parse_tools
+
+    from dataclasses import replace
+
+    tools = parse_tools([{"type": "web_search"}, {"type": "namespace", "name": "multi_agent_v1", "tools": [{"name": "spawn"}]}],
+                        builtin=ServerTools(), responses=True)  # fmt: skip
+    tools = replace(tools, builtin=ServerTools().session(tools.builtin_names).tools.namespaces())  # as the server does
+    system, developer = Turn((Message.user("q"),), tools=tools).header()
+    assert [ns.name for ns in system.content.tools] == ["browser"]
+    assert [ns.name for ns in developer.content.tools] == ["multi_agent_v1"]
+    prompt = ENC.decode(Turn((Message.user("q"),), tools=tools).render(ENC)[0])
+    assert "namespace browser" in prompt and "namespace multi_agent_v1" in prompt
