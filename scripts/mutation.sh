@@ -77,6 +77,9 @@ declare -A MODULES=(
   [batch]="mlx_oss/batch.py|tests/test_batch.py tests/test_server_batch.py"
   # the built-in tools (issues 25 and 31), one group: a local web server, a real kernel per python test
   [builtin]="mlx_oss/builtin/registry.py mlx_oss/builtin/browser/tool.py mlx_oss/builtin/browser/page.py mlx_oss/builtin/browser/fetch.py mlx_oss/builtin/browser/net.py mlx_oss/builtin/browser/html.py mlx_oss/builtin/browser/search.py mlx_oss/builtin/python/tool.py mlx_oss/builtin/python/kernel.py mlx_oss/builtin/python/docker.py|tests/test_builtin_registry.py tests/test_builtin_search.py tests/test_builtin_safety.py tests/test_builtin_browser.py tests/test_builtin_python.py tests/test_builtin_page_store.py tests/test_builtin_chat.py tests/test_server_builtin.py"
+  # the browser and the registry against their own fast tests (a local web server; no kernel, no model): the
+  # `builtin` group's web half at seconds a mutant
+  [builtin_web]="mlx_oss/builtin/registry.py mlx_oss/builtin/browser/tool.py mlx_oss/builtin/browser/page.py mlx_oss/builtin/browser/fetch.py mlx_oss/builtin/browser/net.py mlx_oss/builtin/browser/html.py mlx_oss/builtin/browser/search.py|tests/test_builtin_registry.py tests/test_builtin_search.py tests/test_builtin_safety.py tests/test_builtin_browser.py tests/test_builtin_page_store.py"
   # the two-Mac group but its watchdog (above): the in-process tests (ranks as threads over an in-memory
   # mx.distributed, what mutmut sees), and the ranks the slow tests start (the script's PYTHONPATH puts the
   # mutated package first there too)
