@@ -537,3 +537,18 @@ def test_a_step_with_only_a_tool_running_waits_briefly_for_it(model_tok):
         release.set()
         runner.close()
     assert r.finished.stop_reason == "stop"
+
+
+def test_a_sequence_stopped_by_a_stop_string_leaves_the_batch_at_once(model_tok):
+    """The client's stop string ends the round; the batch must not go on decoding the rest of it."""
+    model, tok = model_tok
+    tail = " and on" * 40
+    r = Request(tok, "stops early", f"<|channel|>final<|message|>one END{tail}<|return|>", stops=("END",))
+    runner = BatchRunner(model, PromptCachePool(1 << 30), max_context=CONTEXT, tool_threads=1)
+    steps = []
+    try:
+        run_batch(runner, {"r": r}, steps.append)
+    finally:
+        runner.close()
+    assert r.finished.stop_reason == "stop" and r.finished.stop_sequence == "END"
+    assert len(steps) < 15  # the ~8 tokens to the stop and a step or two to leave, not the 80 after it

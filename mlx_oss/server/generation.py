@@ -560,7 +560,7 @@ class BatchRunner:
                         stop = task.ask.out.feed(ev.token)
                     except Exception as e:  # the state is unknown after a failure: dropped
                         error = _error_text(e)
-                        self._prompt_end.pop(ev.seq_id, None)
+                        del self._prompt_end[ev.seq_id]
                 if ev.done is not None:
                     self._ended_sequence(ev.seq_id)
                 if task is None:  # its round already ended (a stop string, a failure)
