@@ -88,6 +88,7 @@ def test_find_makes_a_pseudo_page_and_opening_a_match_centers_it(web):
     call(b, "open", id=web.url("/page"))
     f = call(b, "find", pattern="QUANTIZATION kernels")
     assert f.text.startswith("[1] Find results for text: `QUANTIZATION kernels` in `MLX Release Notes`")
+    assert b.stack[1].url == web.url("/page") + "/find?pattern=QUANTIZATION%20kernels"  # its own URL (a restore's key)
     assert shown_lines(f.text)[0] == 0 and len(shown_lines(f.text)) > 1  # from the top, as many lines as fit
     m = re.search(r"# 【0†match at L(\d+)】", f.text)
     line = int(m.group(1))
@@ -105,15 +106,15 @@ def test_cursor_stack_and_citations_resolve_to_urls(web):
     call(b, "open", id=web.url("/page"))  # cursor 0
     call(b, "open", id=web.url("/other"))  # cursor 1
     call(b, "find", pattern="item number 7", cursor=0)  # cursor 2: a find page of cursor 0
-    answer = "MLX lists items【0†L4-L5】, the other page greets【1†L2】 and 【2†L0】; bogus 【9†L1】 and 【1†x】."
+    answer = "MLX lists items【0†L4-L5】, the other page greets【1†L2】 and 【2†L0】; bogus 【9†L1】【3†L1】 and 【1†x】."
     cites = b.citations(answer)
-    assert [c.cursor for c in cites] == [0, 1, 2, 1]
+    assert [c.cursor for c in cites] == [0, 1, 2, 1]  # cursor 3 is one past the stack: not a page
     c0 = cites[0]
     assert (c0.url, c0.title, c0.line_start, c0.line_end) == (web.url("/page"), "MLX Release Notes", 4, 5)
     assert answer[c0.start : c0.end] == "【0†L4-L5】" and c0.quote == "\n".join(b.stack[0].lines[4:6])
     assert cites[1].url == web.url("/other") and cites[1].line_start == cites[1].line_end == 2
     assert cites[2].url == web.url("/page") and cites[2].title == "MLX Release Notes"  # find page cites its page
-    assert cites[3].line_start is None  # 【1†x】: the page, no lines
+    assert cites[3].line_start is None and cites[3].quote == ""  # 【1†x】: the page, no lines
     bad = call(b, "open", cursor=7, loc=0)
     assert bad.error and "Cursor `7` is out of range" in bad.text
 
@@ -202,6 +203,11 @@ def test_exa_search_page_and_open_result(web):
     o = call(b, "open", id=0)
     assert o.text.startswith("[1] MLX Release Notes")
     assert b.citations("see 【0†L2】") == ()  # a results page has no URL to cite
+    (c,) = b.citations("see 【0†L2】 and 【1†L2】")  # ... and the page after it still is one
+    assert c.cursor == 1 and c.url == web.url("/page")
+    assert b.stack[0].url == "" and b.stack[0].snippets[0].title == "Result 0 about MLX"
+    call(b, "search", query="one only", topn=0)  # at least one result is asked for
+    assert web.posted[-1]["numResults"] == 1
 
 
 def test_exa_key_from_env_and_never_shown(web, monkeypatch):
@@ -530,3 +536,24 @@ def test_a_window_of_one_line_a_first_line_larger_than_the_window_and_a_long_url
     big = window(page, 0, 5, -1, len, 10)  # its one line is 65 "tokens": shown anyway
     assert big.endswith("\n\nL5: " + "x" * 60)
     assert big.split("\n", 1)[0] == f"[0] T (https://a.test/{'p' * (1024 - len('https://a.test/'))})"  # URL cut at 1024
+
+
+def test_the_search_api_is_reached_where_pages_on_private_addresses_are_refused(web):
+    """The search endpoint is the operator's (a local SearXNG, say), never a page the model chose: it is called
+    without the private-address check that every page's URL gets; a result's title cannot forge a cursor mark."""
+    from mlx_oss.builtin.browser import FetchLimits, Fetcher, SearchResult
+
+    seen = []
+
+    class Local:
+        name = "local"
+
+        def search(self, query, topn, client):
+            seen.append(client.get(web.url("/page")).status_code)  # the backend's own request, to 127.0.0.1
+            return [SearchResult("A † title", web.url("/page"), "snippet")]
+
+    b = Browser(Local(), fetcher=Fetcher(FetchLimits(timeout_s=5.0)))  # private addresses refused
+    s = call(b, "search", query="q")
+    assert not s.error and seen == [200]
+    assert "【0†A ‡ title†127.0.0.1:" in s.text
+    assert call(b, "open", id=0).error  # the page itself is on a private address: refused
