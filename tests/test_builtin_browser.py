@@ -557,3 +557,20 @@ def test_the_search_api_is_reached_where_pages_on_private_addresses_are_refused(
     assert not s.error and seen == [200]
     assert "【0†A ‡ title†127.0.0.1:" in s.text
     assert call(b, "open", id=0).error  # the page itself is on a private address: refused
+
+
+def test_a_restore_of_nothing_empties_the_stack_and_windows_with_gaps_keep_their_line_numbers():
+    from mlx_oss.builtin.browser.page import Page, window
+
+    a = Page("https://a.test/a", "A", "\n".join(f"a {i}" for i in range(10)))
+    browser = Browser(NoSearch())
+    browser.restore([window(a, 0, 0, 2, len, 100)])
+    assert len(browser.stack) == 1
+    browser.restore([])  # a chat whose browser results were all deleted
+    assert browser.stack == []
+    s1, s2 = Page("", "first query", "# Search Results\n\n* one"), Page("", "second query", "# Search Results\n\n* two")
+    browser.restore([window(a, 0, 0, 2, len, 100), window(s1, 1, 0, 3, len, 100), window(a, 2, 6, 2, len, 100),
+                     window(s2, 3, 0, 3, len, 100)])  # fmt: skip
+    assert browser.stack[0] is browser.stack[2]  # one page shown twice: its lines together, the gap empty
+    assert browser.stack[0].lines == ["a 0", "a 1", "", "", "", "", "a 6", "a 7", "", ""]
+    assert [p.title for p in browser.stack[1::2]] == ["first query", "second query"]  # each search page its own

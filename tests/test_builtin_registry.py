@@ -349,3 +349,13 @@ def test_the_approver_set_on_the_tools_reaches_the_python_tool(tmp_path):
     assert off.approve is no
     on = off.with_names(("browser", "python")).python  # made now: the chat's approver and folder
     assert (on.backend, on.approve, on.workdir) == ("jupyter", no, tmp_path / "chat")
+
+
+def test_a_browser_made_by_name_counts_tokens_with_the_chats_counter():
+    def count(text: str) -> int:
+        return len(text.split())
+
+    tools = BuiltinTools(["browser"], browser="none", count_tokens=count)
+    assert tools.browser.count_tokens is count and tools.browser.counts_exactly
+    assert tools.owner("browser.search") == "browser" and tools.owner("python") == "python"
+    assert tools.owner("functions.browser") is None and tools.owner("browsers.x") is None

@@ -51,8 +51,8 @@ class BuiltinTools:
             if count_tokens is not None and not self.browser.counts_exactly:  # a ready browser made without one
                 self.browser.count_tokens, self.browser.counts_exactly = count_tokens, True
         if "python" in self.names:
-            self.python = python if isinstance(python, PythonTool) else PythonTool(python, approve=approve, workdir=workdir)
-            if approve is not None:
+            self.python = python if isinstance(python, PythonTool) else PythonTool(python, workdir=workdir)
+            if approve is not None:  # (a ready tool keeps its own approval unless one is given)
                 self.python.approve = approve
 
     def with_names(self, names: Sequence[str] | str | None) -> BuiltinTools:
@@ -84,7 +84,7 @@ class BuiltinTools:
 
     def owner(self, recipient: str) -> str | None:
         """`browser` / `python` when the recipient is that built-in tool's, else None."""
-        head = recipient.split(".", 1)[0]
+        head = recipient.partition(".")[0]
         return head if head in BUILTIN_TOOLS else None
 
     def enabled(self, recipient: str) -> bool:

@@ -96,7 +96,7 @@ class Browser:
                 continue
             url, source = d.url, None
             if FIND_PATH in url:
-                source = url.split(FIND_PATH, 1)[0]
+                source = url.partition(FIND_PATH)[0]
             key = url or f"#{d.cursor}"  # a search page has no URL: its own lines
             lines.setdefault(key, {}).update(d.lines)
             by_cursor[d.cursor] = (key, url, d.title, d.total, source)
