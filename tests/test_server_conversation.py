@@ -271,3 +271,32 @@ def test_the_header_describes_the_built_in_tools_and_the_namespaces():
     assert [ns.name for ns in developer.content.tools] == ["multi_agent_v1"]
     prompt = ENC.decode(Turn((Message.user("q"),), tools=tools).render(ENC)[0])
     assert "namespace browser" in prompt and "namespace multi_agent_v1" in prompt
+
+
+def test_each_rounds_constraint_follows_the_turns_tool_choice_schemas_and_built_in_tools():
+    """`Turn.constraint`: a named choice allows that call only, `auto` with a strict answer the answer or any
+    tool's call; with built-in tools on, a strict answer leaves the headers to the model (it writes those calls
+    its own way)."""
+    from dataclasses import replace
+
+    from mlx_oss.constraint import call_header, channel_header
+    from mlx_oss.grammar import Grammars
+    from mlx_oss.harmony import FINAL
+    from mlx_oss.server.builtin import ServerTools
+    from mlx_oss.server.tools import StrictSchema, parse_tools
+
+    tools = parse_tools([{"type": "function", "function": {"name": n}} for n in ("a", "b")])
+    named = Turn((Message.user("q"),), tools=tools, tool_choice=ToolChoice("required", ("functions.b",)))
+    assert named.constraint(ENC, None).then == [call_header("functions.b", ENC)]
+    required = replace(named, tool_choice=ToolChoice("required", tools.recipients()))
+    assert required.constraint(ENC, None).then == [call_header(r, ENC) for r in ("functions.a", "functions.b")]
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    strict = Turn((Message.user("q"),), tools=tools, answer_schema=StrictSchema("final", schema, "text.format.schema"))
+    grammars = Grammars(ENC)
+    c = strict.compile(grammars).constraint(ENC, grammars)
+    assert c.then == [channel_header(FINAL, ENC), call_header("functions.a", ENC), call_header("functions.b", ENC)]
+    assert c.first is not None and list(c.content) == [FINAL]
+    web = parse_tools([{"type": "web_search"}], builtin=ServerTools(), responses=True)
+    web = replace(web, builtin=ServerTools().session(web.builtin_names).tools.namespaces())
+    with_builtin = replace(strict, tools=web).compile(grammars).constraint(ENC, grammars)
+    assert with_builtin.first is None and list(with_builtin.content) == [FINAL]  # headers free, the answer enforced

@@ -62,7 +62,7 @@ def test_function_tools_in_both_apis_shapes():
      "tool 'f': its parameters schema is not a valid JSON Schema: 'objekt' is not valid under any of the given schemas (at type)", "tools[0]"),
     ([{"name": "f", "parameters": {"$schema": "http://json-schema.org/draft-04/schema#", "type": "object", "minimum": "x"}}],
      "tool 'f': its parameters schema is not a valid JSON Schema: 'x' is not of type 'number' (at minimum)", "tools[0]"),
-    ([{"name": "f"}, {"name": "f"}], "two tools are named 'f'", "tools"),
+    ([{"name": "f"}, {"name": "f"}], "two tools are named 'f'", "tools[1]"),
     ([{"type": "retrieval"}], "tool type 'retrieval' is not supported (supported: function)", "tools[0].type"),
     ([{"type": "web_search"}], "tool type 'web_search' is a built-in tool, run only by /v1/responses (use that endpoint, "
                                "or a function tool here)", "tools[0].type"),
@@ -90,9 +90,12 @@ def test_builtin_types_name_browser_and_python_once_each():
 
 def test_web_search_without_external_access_is_left_out(caplog):
     with caplog.at_level(logging.INFO, logger="mlx_oss.server"):
-        ts = parse_tools([{"type": "web_search", "external_web_access": False}], builtin=ServerTools(), responses=True)
-    assert ts.builtin_names == ()
-    assert "tools[0]: 'web_search' with external_web_access false: left out" in caplog.text
+        ts = parse_tools([{"type": "web_search", "external_web_access": False}, {"name": "f"}], builtin=ServerTools(),
+                         responses=True)  # fmt: skip
+    assert ts.builtin_names == () and ts.recipients() == ("functions.f",)  # the tools after it still count
+    (rec,) = [r for r in caplog.records if r.name == "mlx_oss.server"]
+    assert rec.getMessage() == ("tools[0]: 'web_search' with external_web_access false: left out (this server has no "
+                                "offline web index)")  # fmt: skip
     assert parse_tools([{"type": "web_search", "external_web_access": True}], builtin=ServerTools()).builtin_names == ("browser",)
 
 
@@ -286,3 +289,13 @@ def test_strict_functions_are_schemas_the_reply_must_follow_named_where_the_requ
 def test_a_boolean_schema_is_a_valid_schema():
     check_schema(True, "tools[0]", "tools[0].parameters")  # JSON Schema's "anything"
     check_schema(False, "tools[0]", "tools[0].parameters")
+
+
+@pytest.mark.parametrize("tools, param", [
+    ([{"type": "custom", "name": "x"}, {"type": "custom", "name": "x"}], "tools[1]"),
+    ([{"type": "local_shell"}, {"type": "local_shell"}], "tools[1]"),
+    ([{"type": "function", "function": {"name": "x"}}, {"type": "custom", "name": "x"}], "tools[1]"),
+])  # fmt: skip
+def test_a_second_tool_of_a_name_is_refused_naming_it(tools, param):
+    msg, got = refusal_line(parse_tools, tools, responses=True)
+    assert got == param and msg.startswith("two tools are named ")

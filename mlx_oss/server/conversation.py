@@ -104,11 +104,11 @@ class Turn:
             if grammars is None:
                 raise ValueError("a turn with strict schemas needs the Grammars to compile them")
             compiled = dict(self.compile(grammars).grammars)
-        answer = compiled.pop(FINAL, None) if self.answer_schema is not None else None
+        answer = compiled.pop(FINAL, None)  # (only the answer's schema has the target `final`)
         c = self.tool_choice
         budget = None if self.reasoning_budget is None else max(0, self.reasoning_budget - reasoning_used)
         recipients = c.recipients if c.mode == "required" else self.tools.recipients()
-        return reply_constraint(encoding, tool_choice=c.mode, recipients=recipients if c.mode != "none" else (),
+        return reply_constraint(encoding, tool_choice=c.mode, recipients=recipients,
                                 answer=answer, arguments=compiled, grammars=grammars, reasoning_budget=budget,
                                 builtin_calls=bool(self.tools.builtin))  # fmt: skip
 

@@ -241,7 +241,7 @@ def parse_tools(tools: Any, param: str = "tools", builtin: ServerTools | None = 
             raise bad_request("each tool must be an object", where)
         kind = spec.get("type", "function")
         if kind == "function":
-            got.add(_function(spec, where), FUNCTION, None, param, _strict(spec, where))
+            got.add(_function(spec, where), FUNCTION, None, where, _strict(spec, where))
         elif builtin is not None and (owner := builtin.kind(kind)) is not None:
             if owner == "python" and not builtin.allow_python:
                 raise bad_request(f"tool type {kind!r} runs code on the server, which this server does not allow "
@@ -257,9 +257,9 @@ def parse_tools(tools: Any, param: str = "tools", builtin: ServerTools | None = 
         elif responses and kind == "namespace":
             got.namespace(spec, where)
         elif responses and kind == "custom":
-            got.add(_custom(spec, where), CUSTOM, None, param)
+            got.add(_custom(spec, where), CUSTOM, None, where)
         elif responses and kind == "local_shell":
-            got.add(_LOCAL_SHELL, LOCAL_SHELL, None, param)
+            got.add(_LOCAL_SHELL, LOCAL_SHELL, None, where)
         elif responses:
             dropped.append(f"{where} {clip(str(kind))!r}")
         else:
@@ -363,7 +363,7 @@ def tool_choice(value: Any, tools: ToolSet) -> ToolChoice:
         fn = value.get("function") if isinstance(value.get("function"), dict) else value
         name = LOCAL_SHELL_NAME if kind == "local_shell" else fn.get("name")
         ns = value.get("namespace")
-        recipient = f"{ns}.{name}" if ns and ns != "functions" else FUNCTIONS + str(name)
+        recipient = f"{ns}.{name}" if ns else FUNCTIONS + str(name)  # (namespace `functions`: the same)
         found = tools.call_kind(recipient)
         if found is None or found.kind != {"function": FUNCTION, "custom": CUSTOM, "local_shell": LOCAL_SHELL}[kind]:
             what = "a local_shell tool" if kind == "local_shell" else repr(name)
