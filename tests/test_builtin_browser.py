@@ -574,3 +574,46 @@ def test_a_restore_of_nothing_empties_the_stack_and_windows_with_gaps_keep_their
     assert browser.stack[0] is browser.stack[2]  # one page shown twice: its lines together, the gap empty
     assert browser.stack[0].lines == ["a 0", "a 1", "", "", "", "", "a 6", "a 7", "", ""]
     assert [p.title for p in browser.stack[1::2]] == ["first query", "second query"]  # each search page its own
+
+
+@pytest.mark.parametrize("path, expect", [("/status/400", "HTTP 400 Bad Request"), ("/status/404", "HTTP 404 Not Found"),
+                                          ("/status/599", "HTTP 599")])  # fmt: skip
+def test_every_status_from_400_is_an_error_named_by_its_code_and_reason(web, path, expect):
+    a = call(browser(web), "open", id=web.url(path))
+    assert a.error and a.text.endswith(expect) and not a.text.endswith(" ")
+    assert not call(browser(web), "open", id=web.url("/status/299")).error  # below 400: a page
+
+
+def test_a_page_without_a_content_type_is_read_as_html_and_its_source_as_text(web):
+    b = browser(web)
+    shown = call(b, "open", id=web.url("/notype"))
+    assert not shown.error and "Untyped" in shown.text and "<h1>" not in shown.text
+    source = call(b, "open", id=web.url("/notype"), view_source=True)
+    assert not source.error and "<h1>Untyped</h1>" in source.text
+
+
+def test_a_page_is_decoded_by_its_charset_and_bad_bytes_are_replaced(web):
+    b = browser(web)
+    assert "café crème" in call(b, "open", id=web.url("/latin1")).text
+    bad = call(b, "open", id=web.url("/badbytes"))
+    assert not bad.error and "ok \ufffd\ufffd end" in bad.text
+
+
+def test_the_browsers_defaults(monkeypatch):
+    for var in ("EXA_API_KEY", "YDC_API_KEY", "SEARXNG_URL"):
+        monkeypatch.delenv(var, raising=False)
+    b = Browser()
+    assert (b.backend.name, b.view_tokens, b.max_results) == ("none", 1024, 10)
+
+
+def test_arguments_empty_or_of_the_wrong_kind(web):
+    b = browser(web)
+    call(b, "open", id=web.url("/page"))
+    again = b.call("open", "")  # no arguments at all: the current page again
+    assert not again.error and again.text.startswith("[1] MLX Release Notes")
+    wrong = call(b, "open", loc="three")
+    assert wrong.error and wrong.text == "browser.open: `loc` has the wrong type (str)"
+    extra = call(b, "find", pattern="x", nope=1)
+    assert extra.error and extra.text == "browser.find has no argument 'nope' (it takes pattern, cursor)"
+    at = call(b, "open", cursor=0, loc=4.0, num_lines=2.0)  # whole floats are read as integers
+    assert not at.error and shown_lines(at.text) == [4, 5]

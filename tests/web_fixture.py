@@ -40,10 +40,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep test output clean
         pass
 
-    def _send(self, status: int, body: bytes | str, ctype: str = "text/html; charset=utf-8", headers=()):
+    def _send(self, status: int, body: bytes | str, ctype: str | None = "text/html; charset=utf-8", headers=()):
         data = body.encode() if isinstance(body, str) else body
         self.send_response(status)
-        self.send_header("content-type", ctype)
+        if ctype is not None:
+            self.send_header("content-type", ctype)
         self.send_header("content-length", str(len(data)))
         for k, v in headers:
             self.send_header(k, v)
@@ -94,6 +95,14 @@ class _Handler(BaseHTTPRequestHandler):
             except (BrokenPipeError, ConnectionResetError):
                 pass
             return
+        if u.path.startswith("/status/"):  # any status, its reason phrase as Python's table has it (599: none)
+            return self._send(int(u.path.rsplit("/", 1)[1]), "<p>status page</p>")
+        if u.path == "/notype":  # no content-type: read as HTML
+            return self._send(200, "<h1>Untyped</h1><p>body</p>", None)
+        if u.path == "/latin1":
+            return self._send(200, "<p>caf\u00e9 cr\u00e8me</p>".encode("latin-1"), "text/html; charset=iso-8859-1")
+        if u.path == "/badbytes":  # not UTF-8 although it says so
+            return self._send(200, b"<p>ok \xff\xfe end</p>")
         if u.path == "/missing":
             return self._send(404, "<h1>Not found</h1>")
         if u.path == "/error":

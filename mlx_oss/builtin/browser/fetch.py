@@ -72,12 +72,12 @@ class Fetcher:
                 if r.status_code >= 400:
                     raise BrowserError(f"HTTP {r.status_code} {r.reason_phrase}".rstrip())
                 ctype = r.headers.get("content-type", "").split(";")[0].strip().lower()
-                is_html = ctype in _HTML_TYPES or (not ctype and not view_source)
+                is_html = ctype in _HTML_TYPES or not ctype  # no type: read as HTML (its source, as text)
                 if not (is_html or ctype.startswith(_TEXT_TYPES)):
                     raise BrowserError(f"unsupported content type {ctype} (the browser reads HTML and text pages)")
                 body = self._read(r)
                 final_url = str(r.url)
-                text = body.decode(r.encoding or "utf-8", errors="replace")
+                text = body.decode(r.encoding, errors="replace")  # (httpx: the charset, else utf-8)
         except BrowserError:
             raise
         except AddressRefused as e:
