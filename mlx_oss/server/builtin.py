@@ -66,8 +66,8 @@ class ServerTools:
             browser = self.browser()
         if python is None and "python" in names:
             python = self.python()
-        tools = BuiltinTools(names, browser=browser or "auto", python=python or "jupyter",
-                             approve=allow_all if self.allow_python else None)  # fmt: skip
+        ready = {k: v for k, v in (("browser", browser), ("python", python)) if v is not None}  # the others: unused
+        tools = BuiltinTools(names, **ready, approve=allow_all if self.allow_python else None)
         return Session(tools, previous.container_id) if previous is not None else Session(tools)
 
 
