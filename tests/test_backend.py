@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -203,3 +204,85 @@ def test_in_a_group_a_failure_from_a_lost_peer_is_left_to_fail_all(model_tok, lo
         assert isinstance(error, RuntimeError) and end is END and time.monotonic() - t0 < 10
     finally:
         single.shutdown()
+
+
+@pytest.mark.parametrize("max_batch", [1, 2])
+def test_a_turns_stop_strings_schemas_tools_and_call_limit_reach_its_generation(model_tok, loop, max_batch):
+    """What `submit` hands the generation, one at a time and batched: the stop strings, the Grammars for a strict
+    answer, the built-in tools with the call limit, and (batched) the context for the rounds after a call."""
+    from mlx_oss.server.generation import ToolDone
+    from test_generation import SEARCH, ScriptedTools
+
+    backend = make(model_tok, max_batch=max_batch, max_context=512)
+    try:
+        def go(turn, reply, tools=None, max_calls=8):
+            turn = replace(turn, sampling=backend.sampling({"reply": reply}))
+            prompt, boundaries = backend.prompt(backend.compile(turn))
+
+            async def submit():
+                return backend.submit(backend.compile(turn), prompt, boundaries, tools, max_calls)
+
+            return events(asyncio.run_coroutine_threadsafe(submit(), loop).result(10), loop, timeout=60)
+
+        plain = Turn((Message.user("hi"),))
+        stopped = go(replace(plain, stop=("wor",)), REPLY)[-2]
+        assert (stopped.stop_reason, stopped.stop_sequence) == ("stop", "wor")
+        schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+        strict = replace(plain, answer_schema=StrictSchema("final", schema, "text.format.schema"))
+        got = go(strict, '<|channel|>final<|message|>{"n":5}<|return|>')
+        assert [e.text for e in got if isinstance(e, ItemDone)] == ['{"n":5}']
+        tools = ScriptedTools("found")
+        got = go(plain, SEARCH + REPLY, tools)
+        assert tools.calls and [e.result.content for e in got if isinstance(e, ToolDone)] == ["found"]
+        assert got[-2].stop_reason == "stop"
+        limited = go(plain, SEARCH + SEARCH, ScriptedTools(), max_calls=0)
+        assert [e.result.error for e in limited if isinstance(e, ToolDone)] == [True]
+        assert limited[-2].stop_reason == "tool_limit"
+    finally:
+        backend.shutdown()
+
+
+def test_a_truncated_turn_is_rendered_to_fit_the_context(model_tok):
+    backend = make(model_tok, max_context=160)
+    try:
+        turn = Turn((Message.user("old " * 200), Message.assistant("ok"), Message.user("hi")), truncate=True)
+        tokens, _ = backend.prompt(turn)
+        assert len(tokens) < 160 and "old" not in backend.tokenizer.decode(tokens)
+    finally:
+        backend.shutdown()
+
+
+def test_events_yields_a_jobs_events_and_raises_what_the_worker_raised(model_tok, loop):
+    backend = make(model_tok)
+    try:
+        async def collect(fn):
+            job = backend.worker.submit(fn, asyncio.get_running_loop())
+            return [ev async for ev in Backend.events(job)]
+
+        def emits(emit, cancelled):
+            emit("one")
+            emit("two")
+
+        assert asyncio.run_coroutine_threadsafe(collect(emits), loop).result(10) == ["one", "two"]
+
+        def fails(emit, cancelled):
+            emit("before")
+            raise RuntimeError("worker side")
+
+        with pytest.raises(RuntimeError, match="worker side"):
+            asyncio.run_coroutine_threadsafe(collect(fails), loop).result(10)
+    finally:
+        backend.shutdown()
+
+
+def test_the_defaults_and_a_batch_in_a_group_refused(model_tok):
+    from mlx_oss.distributed.engine import LeaderEngine
+
+    backend = make(model_tok)
+    try:
+        assert backend.worker.max_queue == 16 and backend.max_batch == 1
+    finally:
+        backend.shutdown()
+    with pytest.raises(ValueError) as e:
+        make(model_tok, max_batch=2, engine_class=LeaderEngine)
+    assert str(e.value) == "batched generation (max_batch > 1) is not supported in a group (--hosts) yet"
