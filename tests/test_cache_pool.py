@@ -190,3 +190,7 @@ def test_a_negative_budget_is_refused_and_an_empty_state_is_not_kept(model_tok):
     pool.release(kept, len(p))
     pool.release(e.detach(), 0)  # the engine left empty: a state of no tokens
     assert len(pool) == 1 and pool.take(p + [5])[0] is kept
+
+
+def test_an_empty_pool_hands_out_nothing_to_reuse():
+    assert PromptCachePool(1 << 20).take([1, 2, 3]) == (None, 0)

@@ -36,3 +36,13 @@ def test_anthropic_error_types_for_statuses_it_does_not_name():
                      429: "rate_limit_error", 500: "api_error", 502: "api_error", 504: "api_error",
                      529: "overloaded_error"}  # fmt: skip
     assert anthropic_body(415, "m") == {"type": "error", "error": {"type": "invalid_request_error", "message": "m"}}
+
+
+def test_an_error_in_anthropics_shape_names_its_parameter_once():
+    named = APIError(400, "must be a positive integer", param="max_tokens")
+    assert named.anthropic() == {"type": "error", "error": {"type": "invalid_request_error",
+                                                           "message": "max_tokens: must be a positive integer"}}  # fmt: skip
+    said = APIError(400, "max_tokens must be a positive integer", param="max_tokens")  # already in the message
+    assert said.anthropic()["error"]["message"] == "max_tokens must be a positive integer"
+    assert APIError(429, "busy").anthropic() == {"type": "error", "error": {"type": "rate_limit_error", "message": "busy"}}
+    assert APIError(503, "down").anthropic()["error"]["type"] == "overloaded_error"

@@ -56,3 +56,10 @@ def test_logprob_entries_count_from_the_generations_first_step():
     sampler(mx.array([[5.0, 0.0, 0.0]]))
     entry = out.logprob(0)
     assert entry["bytes"] == list(ENC.decode_single_token_bytes(0)) and entry["top_logprobs"][0]["bytes"] == entry["bytes"]
+
+
+def test_the_first_special_token_is_markup_and_each_markup_token_counts():
+    out = TokenOutput(load_tokenizer(None), Sampler(SamplingConfig()))
+    assert out.is_markup(tk.FIRST_SPECIAL) and not out.is_markup(tk.FIRST_SPECIAL - 1)
+    assert out.content(tk.FIRST_SPECIAL, "<|x|>") == "" and out.content(200005, "<|channel|>a") == "a"
+    assert out.unparsed_tokens == 2
