@@ -474,3 +474,53 @@ def test_a_name_that_cannot_be_looked_up_is_said_so(monkeypatch, host, why):
     said = f"cannot reach the site (ConnectError: cannot look up {host} ({why}"
     assert str(e.value).startswith(said) and str(e.value).endswith("))") and "\n" not in str(e.value)
     assert why.endswith(": ") or str(e.value) == said + "))"
+
+
+def test_time_left_is_the_timeout_cut_to_the_deadline_and_an_error_after_it():
+    import httpcore
+
+    from mlx_oss.builtin.browser.net import DeadlineBackend
+
+    b = DeadlineBackend(time.monotonic() + 60, check_address=False)
+    assert b.time_left(2.0, httpcore.ReadTimeout) == 2.0  # the operation's own timeout, well inside the deadline
+    assert 59 < b.time_left(None, httpcore.ReadTimeout) <= 60  # no timeout of its own: what is left
+    assert b.time_left(300.0, httpcore.ReadTimeout) <= 60
+    past = DeadlineBackend(time.monotonic() - 1, check_address=False)
+    with pytest.raises(httpcore.WriteTimeout, match="^the time limit was reached$"):
+        past.time_left(5.0, httpcore.WriteTimeout)
+
+
+def test_a_read_waits_no_longer_than_its_own_timeout_inside_a_long_deadline():
+    """A connection's read timeout (httpx's per-operation timeout) holds even when the deadline is far away."""
+    import httpcore
+
+    from mlx_oss.builtin.browser.net import DeadlineBackend
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    try:
+        b = DeadlineBackend(time.monotonic() + 60, check_address=False)
+        stream = b.connect_tcp("127.0.0.1", server.getsockname()[1], timeout=5.0)
+        conn, _ = server.accept()
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(httpcore.ReadTimeout):
+                stream.read(10, timeout=0.3)  # the peer never writes
+            assert time.monotonic() - t0 < 3  # its own 0.3 s, not the minute left
+            stream.write(b"ping", timeout=1.0)
+            assert conn.recv(4) == b"ping"
+        finally:
+            conn.close()
+            stream.close()
+    finally:
+        server.close()
+
+
+def test_a_name_resolves_to_its_addresses_once_each_and_an_ip_literal_as_itself():
+    from mlx_oss.builtin.browser.net import DeadlineBackend
+
+    b = DeadlineBackend(time.monotonic() + 60, check_address=False)
+    assert b._resolve("127.0.0.1", 80, 5.0) == ["127.0.0.1"] and b._resolve("::1", 80, 5.0) == ["::1"]
+    got = b._resolve("localhost", 8080, 5.0)
+    assert got and len(got) == len(set(got)) and set(got) <= {"127.0.0.1", "::1"}
