@@ -617,3 +617,13 @@ def test_arguments_empty_or_of_the_wrong_kind(web):
     assert extra.error and extra.text == "browser.find has no argument 'nope' (it takes pattern, cursor)"
     at = call(b, "open", cursor=0, loc=4.0, num_lines=2.0)  # whole floats are read as integers
     assert not at.error and shown_lines(at.text) == [4, 5]
+
+
+def test_a_redirect_to_another_scheme_is_refused_by_name_and_pages_are_asked_for_as_the_browser(web):
+    from mlx_oss.builtin.browser.fetch import USER_AGENT
+
+    b = browser(web)
+    hop = call(b, "open", id=web.url("/goto?to=ftp://x.org/a"))
+    assert hop.error and hop.text.endswith("only http and https URLs can be opened, not ftp:")
+    call(b, "open", id=web.url("/other"))
+    assert web.agents[-1] == USER_AGENT

@@ -69,6 +69,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802
         self.server.hits.append(self.path)
+        self.server.agents.append(self.headers.get("user-agent"))
         u = urlparse(self.path)
         q = parse_qs(u.query)
         base = self.server.base
@@ -161,6 +162,7 @@ class _Server(ThreadingHTTPServer):
     base = ""
     hits: list
     posted: list
+    agents: list
 
 
 class WebServer:
@@ -173,7 +175,7 @@ class WebServer:
         self.httpd = _Server(("127.0.0.1", 0), _Handler)
         if self.tls is not None:
             self.httpd.socket = self.tls.wrap_socket(self.httpd.socket, server_side=True)
-        self.httpd.hits, self.httpd.posted = [], []
+        self.httpd.hits, self.httpd.posted, self.httpd.agents = [], [], []
         scheme = "https" if self.tls is not None else "http"
         self.base = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
         self.httpd.base = self.base
@@ -187,6 +189,11 @@ class WebServer:
     @property
     def hits(self) -> list[str]:
         return self.httpd.hits
+
+    @property
+    def agents(self) -> list[str | None]:
+        """The user-agent header of each GET, in order."""
+        return self.httpd.agents
 
     @property
     def posted(self) -> list[dict]:
