@@ -627,3 +627,10 @@ def test_a_redirect_to_another_scheme_is_refused_by_name_and_pages_are_asked_for
     assert hop.error and hop.text.endswith("only http and https URLs can be opened, not ftp:")
     call(b, "open", id=web.url("/other"))
     assert web.agents[-1] == USER_AGENT
+
+
+def test_a_text_page_is_titled_by_its_file_name(web):
+    b = browser(web)
+    shown = call(b, "open", id=web.url("/plain.txt"))
+    assert shown.text.startswith(f"[0] plain.txt ({web.url('/plain.txt')})")
+    assert (b.stack[0].url, b.stack[0].title) == (web.url("/plain.txt"), "plain.txt")

@@ -93,7 +93,7 @@ class Fetcher:
         if is_html:
             pt = html_to_text(text, final_url)
             return Page(final_url, pt.title, pt.text, pt.links)
-        return Page(final_url, final_url.rsplit("/", 1)[-1] or parsed.netloc, neutralize(text))
+        return Page(final_url, final_url.rpartition("/")[2] or parsed.netloc, neutralize(text))  # its file name
 
     def _read(self, r: httpx.Response) -> bytes:
         limit = self.limits.max_bytes
