@@ -106,6 +106,18 @@ def run_batch(runner: BatchRunner, requests: dict[str, Request], on_step=None) -
     return ended
 
 
+class HeldTools(ScriptedTools):
+    """Scripted tools whose calls wait for `release` (a built-in call still running)."""
+
+    def __init__(self, release: threading.Event, *answers: str) -> None:
+        super().__init__(*answers)
+        self.release = release
+
+    def run(self, call, should_stop=lambda: False):
+        self.release.wait(30)
+        return super().run(call, should_stop)
+
+
 def _requests(tok) -> dict[str, Request]:
     return {
         "plain": Request(tok, "plain question", REPLY),
@@ -380,14 +392,8 @@ def test_in_a_batch_a_failed_first_sampling_ends_its_request_alone(model_tok):
 def test_len_counts_the_programs_decoding_and_those_running_a_tool(model_tok):
     model, tok = model_tok
     release = threading.Event()
-
-    class Slow(ScriptedTools):
-        def run(self, call, should_stop=lambda: False):
-            release.wait(30)
-            return super().run(call, should_stop)
-
     runner = BatchRunner(model, PromptCachePool(1 << 30), max_context=CONTEXT, tool_threads=2)
-    tool = Request(tok, "searches slowly", SEARCH + REPLY, tools=Slow("x"))
+    tool = Request(tok, "searches slowly", SEARCH + REPLY, tools=HeldTools(release, "x"))
     plain = Request(tok, "plain", "<|channel|>final<|message|>" + "word " * 80 + "<|return|>")  # outlasts the call
     try:
         runner.start("tool", tool.program())
@@ -465,14 +471,8 @@ def test_a_turn_not_compiled_is_compiled_with_the_grammars_given(model_tok, batc
 def test_close_does_not_wait_for_a_tool_still_running(model_tok):
     model, tok = model_tok
     release = threading.Event()
-
-    class Stuck(ScriptedTools):
-        def run(self, call, should_stop=lambda: False):
-            release.wait(30)
-            return super().run(call, should_stop)
-
     runner = BatchRunner(model, PromptCachePool(1 << 30), max_context=CONTEXT, tool_threads=1)
-    r = Request(tok, "searches forever", SEARCH + REPLY, tools=Stuck("x"))
+    r = Request(tok, "searches forever", SEARCH + REPLY, tools=HeldTools(release, "x"))
     runner.start("r", r.program())
     while not runner._tools:
         runner.step()
@@ -512,14 +512,8 @@ def test_a_step_with_only_a_tool_running_waits_briefly_for_it(model_tok):
     neither spins nor sleeps past a result (or a new request)."""
     model, tok = model_tok
     release = threading.Event()
-
-    class Held(ScriptedTools):
-        def run(self, call, should_stop=lambda: False):
-            release.wait(30)
-            return super().run(call, should_stop)
-
     runner = BatchRunner(model, PromptCachePool(1 << 30), max_context=CONTEXT, tool_threads=1)
-    r = Request(tok, "searches", SEARCH + REPLY, tools=Held("x"))
+    r = Request(tok, "searches", SEARCH + REPLY, tools=HeldTools(release, "x"))
     try:
         runner.start("r", r.program())
         while not runner._tools or len(runner.batch):
