@@ -84,18 +84,9 @@ def test_sampling_is_the_servers_defaults_with_the_hooks_processors(model_tok):
         assert (got.temperature, got.top_p, got.seed) == (0.3, 0.8, 5)
         (script,) = got.logits_processors
         assert isinstance(script, ScriptedTokens) and script.tokens == toks("x")
-        assert make_default_sampling(model_tok) == SamplingConfig()
     finally:
         plain.shutdown()
         hooked.shutdown()
-
-
-def make_default_sampling(model_tok) -> SamplingConfig:
-    backend = make(model_tok, processors=None)
-    try:
-        return backend.sampling({})
-    finally:
-        backend.shutdown()
 
 
 def test_a_reply_runs_on_the_worker_and_its_outcome_is_counted(model_tok, loop):
@@ -278,9 +269,10 @@ def test_events_yields_a_jobs_events_and_raises_what_the_worker_raised(model_tok
 def test_the_defaults_and_a_batch_in_a_group_refused(model_tok):
     from mlx_oss.distributed.engine import LeaderEngine
 
-    backend = make(model_tok)
+    backend = make(model_tok, processors=None)
     try:
         assert backend.worker.max_queue == 16 and backend.max_batch == 1
+        assert backend.sampling({}) == SamplingConfig()  # no server settings: the library's defaults
     finally:
         backend.shutdown()
     with pytest.raises(ValueError) as e:
